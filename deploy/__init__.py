@@ -1,0 +1,1 @@
+"""Deployment helpers: local broker harness; compose and Kubernetes files."""

@@ -1,0 +1,26 @@
+"""Run the local Kafka broker in the foreground: ``python -m deploy.local.kafka --data-dir DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from deploy.local.kafka.broker import LocalKafka
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data-dir", required=True, help="where the broker keeps its logs and data")
+    parser.add_argument("--port", type=int, default=None, help="listener port (default: a free one)")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with LocalKafka(args.data_dir, port=args.port) as kafka:
+        print(f"Kafka broker ready at {kafka.bootstrap} (data in {kafka.data_dir})", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

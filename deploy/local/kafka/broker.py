@@ -1,0 +1,210 @@
+"""A real single-node Apache Kafka broker (KRaft) for development, tests and the demo.
+
+The broker runs from its own Maven artifacts (``org.apache.kafka:kafka_2.13``, see ``pom.xml``)
+on the machine's Java 17: no Docker, no downloaded tarball. ``mvn`` resolves the jars once into
+``target/lib``; every later start is offline.
+
+    with LocalKafka(data_dir) as kafka:      # blocks until the broker answers metadata requests
+        produce_to(kafka.bootstrap)
+
+``stop()`` followed by ``start()`` restarts the broker on the same port with the same data, which
+fault tests use to take the broker away and bring it back.
+
+Command line (foreground until Ctrl-C / SIGTERM):
+
+    python -m deploy.local.kafka --data-dir /tmp/kafka [--port 9092]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+HERE = Path(__file__).resolve().parent
+LIB_DIR = HERE / "target" / "lib"
+DEFAULT_START_TIMEOUT_S = 90.0
+DEFAULT_STOP_TIMEOUT_S = 30.0
+BROKER_HEAP = "-Xmx768m"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be prepared, started or stopped."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_artifacts() -> list[Path]:
+    """Resolve the broker jars with Maven if they are not there yet; return the classpath."""
+    if not any(LIB_DIR.glob("kafka_2.13-*.jar")):
+        if shutil.which("mvn") is None:
+            raise BrokerError("Maven (mvn) is not on PATH; install Maven to fetch the Kafka broker")
+        if shutil.which("java") is None:
+            raise BrokerError("java is not on PATH; the local Kafka broker needs Java 17 or newer")
+        result = subprocess.run(
+            ["mvn", "-q", "-B", "-f", str(HERE / "pom.xml"), "dependency:copy-dependencies",
+             f"-DoutputDirectory={LIB_DIR}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise BrokerError(
+                "mvn could not resolve the Kafka broker artifacts:\n"
+                + (result.stdout + result.stderr)[-4000:]
+            )
+    return sorted(LIB_DIR.glob("*.jar"))
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={data_dir / 'logs'}",
+        "num.partitions=4",
+        "auto.create.topics.enable=true",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.flush.interval.messages=9223372036854775807",
+        "",
+    ])
+
+
+def _log4j_properties(log_file: Path) -> str:
+    return "\n".join([
+        "status = error",
+        "appender.file.type = File",
+        "appender.file.name = file",
+        f"appender.file.fileName = {log_file}",
+        "appender.file.layout.type = PatternLayout",
+        "appender.file.layout.pattern = [%d] %p %m (%c)%n",
+        "rootLogger.level = info",
+        "rootLogger.appenderRef.file.ref = file",
+        "logger.kafka.name = kafka",
+        "logger.kafka.level = warn",
+        "logger.apache.name = org.apache.kafka",
+        "logger.apache.level = warn",
+        "",
+    ])
+
+
+class LocalKafka:
+    """One broker process; not thread-safe. Ports are chosen once and kept across restarts."""
+
+    def __init__(self, data_dir: Path | str, *, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _java(self, main_class: str, *args: str) -> list[str]:
+        classpath = os.pathsep.join(str(jar) for jar in ensure_artifacts())
+        return [
+            "java", BROKER_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp", classpath, main_class, *args,
+        ]
+
+    def _prepare(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "server.properties"
+        config.write_text(_server_properties(self.data_dir, self.port, self.controller_port))
+        (self.data_dir / "log4j2.properties").write_text(_log4j_properties(self.log_file))
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = _kafka_cluster_id()
+            result = subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)),
+                capture_output=True, text=True, check=False,
+            )
+            if result.returncode != 0:
+                raise BrokerError(f"formatting the KRaft storage failed:\n{result.stdout}{result.stderr}")
+        return config
+
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> LocalKafka:
+        """Start the broker and block until it serves metadata, or raise BrokerError."""
+        if self._process is not None and self._process.poll() is None:
+            return self
+        config = self._prepare()
+        with open(self.data_dir / "broker.stdout", "ab") as out:
+            self._process = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_ready(timeout)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise BrokerError(
+                    f"the Kafka broker exited with code {self._process.returncode}; "
+                    f"see {self.log_file} and {self.data_dir / 'broker.stdout'}"
+                )
+            try:
+                metadata = admin.list_topics(timeout=1.0)
+                if metadata.brokers:
+                    return
+            except Exception:  # noqa: BLE001 - not ready yet, keep polling until the deadline
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise BrokerError(f"the Kafka broker did not become ready within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop the broker cleanly (SIGTERM), killing it if it has not exited within ``timeout``."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _kafka_cluster_id() -> str:
+    """A random cluster id in Kafka's format: 16 bytes, URL-safe base64 without padding."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
