@@ -208,3 +208,18 @@ def _kafka_cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def create_topics(bootstrap: str, names: list[str], *, partitions: int = 4, timeout: float = 30.0) -> None:
+    """Create topics that do not exist yet (one replica: this is the single-node dev broker)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
+    for name, future in (admin.create_topics(wanted, operation_timeout=timeout) if wanted else {}).items():
+        try:
+            future.result(timeout)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise BrokerError(f"could not create topic {name}: {exc}") from exc

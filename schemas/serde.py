@@ -1,0 +1,184 @@
+"""Avro serde for provline events.
+
+Two wire formats, both accepted by :meth:`Catalog.decode`:
+
+* Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the
+  writer schema + Avro binary body. Used when no schema registry is configured.
+* Confluent wire format: ``00`` + 4-byte big-endian schema id + Avro binary body. The id is
+  resolved to a writer schema by the ``registry`` callable given to the catalog.
+
+Every ``*.avsc`` in ``schemas/avsc`` is a writer schema provline has released, named
+``<Record>.v<N>.avsc``; the highest ``N`` of a record is its current reader schema, and older
+writer schemas are resolved against it (Avro schema resolution). Schemas are parsed once per
+catalog; :func:`default_catalog` shares one per process. Encoding and decoding are thread-safe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint as schema_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+from schemas.errors import CorruptEventError, InvalidEventError, UnknownSchemaError
+
+AVSC_DIR = Path(__file__).resolve().parent / "avsc"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+NAMESPACE = "provline.v1"
+_FILE_NAME = re.compile(r"^(?P<record>[A-Za-z]+)\.v(?P<revision>\d+)\.avsc$")
+
+Record = dict[str, Any]
+RegistryLookup = Callable[[int], Mapping[str, Any] | str]
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    record: str  # short record name, e.g. "RunEvent"
+    revision: int
+    parsed: Any
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    record: str
+    value: Record
+    writer: WriterSchema
+
+
+def _fingerprint(schema: Any) -> bytes:
+    crc = int(schema_fingerprint(to_parsing_canonical_form(schema), "CRC-64-AVRO"), 16)
+    return struct.pack("<Q", crc)
+
+
+def load_writer_schema(raw: Mapping[str, Any] | str, *, record: str = "", revision: int = 0) -> WriterSchema:
+    schema = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    parsed = fastavro.parse_schema(schema)
+    name = record or str(schema["name"]).rsplit(".", 1)[-1]
+    return WriterSchema(record=name, revision=revision, parsed=parsed, fingerprint=_fingerprint(parsed))
+
+
+class Catalog:
+    """All released writer schemas, the current reader schema per record, and the codecs."""
+
+    def __init__(self, avsc_dir: Path = AVSC_DIR, *, registry: RegistryLookup | None = None) -> None:
+        self._by_fingerprint: dict[bytes, WriterSchema] = {}
+        self._current: dict[str, WriterSchema] = {}
+        self._registry = registry
+        self._by_registry_id: dict[int, WriterSchema] = {}
+        for path in sorted(avsc_dir.glob("*.avsc")):
+            match = _FILE_NAME.match(path.name)
+            if match is None:
+                raise UnknownSchemaError(f"{path.name}: schema files are named <Record>.v<N>.avsc")
+            writer = load_writer_schema(
+                path.read_text(), record=match["record"], revision=int(match["revision"])
+            )
+            self._by_fingerprint[writer.fingerprint] = writer
+            current = self._current.get(writer.record)
+            if current is None or writer.revision > current.revision:
+                self._current[writer.record] = writer
+
+    @property
+    def records(self) -> list[str]:
+        return sorted(self._current)
+
+    def current(self, record: str) -> WriterSchema:
+        try:
+            return self._current[record]
+        except KeyError:
+            raise UnknownSchemaError(
+                f"no schema for event kind {record!r}; known kinds: {', '.join(self.records)}"
+            ) from None
+
+    def encode(self, record: str, value: Record, *, schema_id: int | None = None) -> bytes:
+        """Encode with the current schema; single-object encoding, or Confluent framing with ``schema_id``."""
+        if schema_id is None:
+            header = SINGLE_OBJECT_MAGIC + self.current(record).fingerprint
+        else:
+            header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
+        return header + self.encode_body(record, value)
+
+    def encode_body(self, record: str, value: Record) -> bytes:
+        """Avro binary body only: the canonical encoding that hash chains are computed over."""
+        buffer = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buffer, self.current(record).parsed, value, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InvalidEventError(f"{record} does not match schema {NAMESPACE}.{record}: {exc}") from exc
+        return buffer.getvalue()
+
+    def writer_for(self, data: bytes) -> tuple[WriterSchema, int]:
+        """The writer schema named by the header of ``data``, and where the Avro body starts."""
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                raise CorruptEventError(f"event of {len(data)} bytes is shorter than its 10-byte header")
+            writer = self._by_fingerprint.get(data[2:10])
+            if writer is None:
+                raise UnknownSchemaError(
+                    f"schema fingerprint {data[2:10].hex()} not found in schemas/; "
+                    "upgrade provline or configure a schema registry"
+                )
+            return writer, 10
+        if data[:1] == CONFLUENT_MAGIC:
+            if len(data) < 5:
+                raise CorruptEventError(f"event of {len(data)} bytes is shorter than its 5-byte header")
+            return self._registry_writer(struct.unpack(">I", data[1:5])[0]), 5
+        raise CorruptEventError(
+            f"event starts with {data[:2].hex() or 'nothing'}, neither Avro single-object encoding (c301) "
+            "nor Confluent wire format (00); the producer is not writing provline events"
+        )
+
+    def _registry_writer(self, schema_id: int) -> WriterSchema:
+        writer = self._by_registry_id.get(schema_id)
+        if writer is not None:
+            return writer
+        if self._registry is None:
+            raise UnknownSchemaError(
+                f"event uses Confluent wire format with schema id {schema_id}, but no schema registry "
+                "is configured; set PROVLINE_SCHEMA_REGISTRY_URL"
+            )
+        try:
+            writer = load_writer_schema(self._registry(schema_id))
+        except Exception as exc:
+            raise UnknownSchemaError(f"schema id {schema_id} could not be fetched from the registry: {exc}") from exc
+        self._by_registry_id[schema_id] = writer
+        return writer
+
+    def decode(self, data: bytes) -> Decoded:
+        """Decode either wire format, resolving the writer schema against the current reader schema."""
+        writer, body_start = self.writer_for(data)
+        reader = self.current(writer.record)
+        body = io.BytesIO(memoryview(data)[body_start:])
+        try:
+            value = fastavro.schemaless_reader(body, writer.parsed, None if reader is writer else reader.parsed)
+        except Exception as exc:  # fastavro raises many types on garbage; all mean the same here
+            raise CorruptEventError(
+                f"{writer.record} event (schema {writer.fingerprint_hex}) does not decode: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        trailing = len(data) - body_start - body.tell()
+        if trailing:
+            raise CorruptEventError(
+                f"{writer.record} event (schema {writer.fingerprint_hex}) has {trailing} bytes after its body"
+            )
+        return Decoded(record=writer.record, value=value, writer=writer)
+
+
+@cache
+def default_catalog() -> Catalog:
+    """The process-wide catalog of ``schemas/avsc`` (parsed once, on first use)."""
+    return Catalog()

@@ -1,0 +1,72 @@
+"""Shared fixtures: one real Kafka broker per test session, isolated topics per test, a chDB store.
+
+The broker is, in order of preference: the one named by ``PROVLINE_KAFKA_BOOTSTRAP``; the local
+KRaft broker from Maven artifacts (``deploy/local/kafka``), which also allows restarts for fault
+tests; a testcontainers Kafka when ``PROVLINE_TEST_DOCKER=1`` and a Docker engine is present.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.local.kafka import LocalKafka, create_topics
+from schemas import Topics
+
+TEST_PARTITIONS = 4
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No PROVLINE_* setting leaks from the developer's shell into a test's settings."""
+    for name in list(os.environ):
+        if name.startswith("PROVLINE_") and name != "PROVLINE_KAFKA_BOOTSTRAP":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The local broker this session started, or None when an external broker is used."""
+    if os.environ.get("PROVLINE_KAFKA_BOOTSTRAP"):
+        yield None
+        return
+    if os.environ.get("PROVLINE_TEST_DOCKER") == "1":
+        yield None
+        return
+    broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka | None) -> Iterator[str]:
+    if local_kafka is not None:
+        yield local_kafka.bootstrap
+    elif os.environ.get("PROVLINE_KAFKA_BOOTSTRAP"):
+        yield os.environ["PROVLINE_KAFKA_BOOTSTRAP"]
+    else:
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str) -> Topics:
+    """Fresh topics for one test, so tests sharing the session broker never see each other's events."""
+    isolated = Topics(prefix=f"test-{uuid.uuid4().hex[:10]}")
+    create_topics(kafka_bootstrap, isolated.all, partitions=TEST_PARTITIONS)
+    return isolated
+
+
+@pytest.fixture
+def chdb_path(tmp_path: Path) -> str:
+    """A fresh on-disk chDB store (the real ClickHouse engine, in process)."""
+    return f"chdb://{tmp_path / 'clickhouse'}"
