@@ -39,7 +39,9 @@ def first_break(catalog: Catalog, chain: list[tuple[str, dict[str, Any]]]) -> tu
     previous: str | None = None
     for index, (kind, value) in enumerate(chain):
         if value.get("prev_hash") != previous:
-            return index, f"prev_hash {value.get('prev_hash')} does not link to {previous}: an event is missing or moved"
+            return index, (
+                f"prev_hash {value.get('prev_hash')} does not link to {previous}: an event is missing or moved"
+            )
         if event_hash(catalog, kind, value) != value.get("hash"):
             return index, "content does not match its hash: the event was altered"
         previous = value["hash"]

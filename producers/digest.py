@@ -1,0 +1,50 @@
+"""Content digests: streaming SHA-256 of files, and a Merkle root over a per-file manifest.
+
+A dataset's digest depends only on its files' relative paths and contents: not on the order the
+files are listed in, nor on the chunk size they are read with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Hex SHA-256 of a file, read in chunks (memory stays bounded for any file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(root: Path) -> list[dict[str, object]]:
+    """Per-file entries (relative path, SHA-256, size) of a file or a directory tree, sorted by path."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    base = root.parent if root.is_file() else root
+    return sorted(
+        (
+            {"path": p.relative_to(base).as_posix(), "sha256": file_sha256(p), "size": p.stat().st_size}
+            for p in files
+        ),
+        key=lambda entry: str(entry["path"]),
+    )
+
+
+def merkle_root(entries: list[dict[str, object]]) -> str:
+    """``sha256:<hex>`` root of a binary Merkle tree whose leaves are (path, sha256) pairs in path order."""
+    level = [
+        hashlib.sha256(f"{e['path']}\0{e['sha256']}".encode()).digest()
+        for e in sorted(entries, key=lambda entry: str(entry["path"]))
+    ]
+    if not level:
+        return "sha256:" + hashlib.sha256(b"").hexdigest()
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [hashlib.sha256(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return "sha256:" + level[0].hex()

@@ -1,0 +1,41 @@
+"""Emitter settings, from ``PROVLINE_*`` environment variables or keyword arguments."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.events import DEFAULT_TOPIC_PREFIX
+
+DEFAULT_QUEUE_MAX_MESSAGES = 100_000
+DEFAULT_LINGER_MS = 5.0
+
+
+class EmitterSettings(BaseSettings):
+    """How a job or service publishes lineage events.
+
+    ``transport``: ``kafka`` publishes to ``kafka_bootstrap``; ``memory`` keeps events in the
+    process (tests); ``console`` prints one line per event; ``none`` disables provline with one
+    warning. When ``transport`` is not set, ``kafka`` is used if ``kafka_bootstrap`` is set,
+    otherwise ``none``: importing provline without a broker configured never breaks a job.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PROVLINE_", env_nested_delimiter="__", extra="forbid")
+
+    transport: Literal["kafka", "memory", "console", "none"] | None = None
+    kafka_bootstrap: str | None = None
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    producer_name: str | None = None
+    queue_max_messages: int = Field(DEFAULT_QUEUE_MAX_MESSAGES, gt=0)
+    linger_ms: float = Field(DEFAULT_LINGER_MS, ge=0)
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra librdkafka settings (SASL, TLS...), e.g. PROVLINE_KAFKA__SASL_MECHANISM",
+    )
+
+    def resolved_transport(self) -> str:
+        if self.transport is not None:
+            return self.transport
+        return "kafka" if self.kafka_bootstrap else "none"

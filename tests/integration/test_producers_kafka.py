@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from confluent_kafka import Consumer
+
+from producers import EmitterSettings, Lineage
+from schemas import Topics, default_catalog
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0) -> list:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    messages, deadline = [], time.monotonic() + timeout
+    try:
+        while len(messages) < count and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                messages.append(message)
+    finally:
+        consumer.close()
+    return messages
+
+
+def test_job_events_reach_the_broker_with_the_captured_facts(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    dataset = tmp_path / "train.csv"
+    dataset.write_text("x,y\n1,0\n2,1\n")
+    settings = EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
+    with Lineage(settings=settings, producer_name="integration-job") as lineage:
+        with lineage.run("train", stage="training", params={"lr": 0.1}, seed=5) as run:
+            digest = run.use_dataset(dataset, name="train")
+            run.register_model(dataset, name="m", version="1")
+        lineage.deploy("m", "1", endpoint="/predict")
+
+    messages = consume(kafka_bootstrap, topics.lineage, 5)
+    decoded = [default_catalog().decode(m.value()) for m in messages]
+    by_kind = {}
+    for message, event in zip(messages, decoded, strict=True):
+        by_kind.setdefault(event.record, []).append(event.value)
+        assert message.key().decode() in (event.value.get("run_id"), event.value.get("digest"), "m@1")
+    assert sorted(by_kind) == ["DatasetVersion", "Deployment", "ModelVersion", "RunEvent"]
+
+    completed = next(v for v in by_kind["RunEvent"] if v["state"] == "COMPLETED")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert completed["code"]["commit"] == commit
+    assert completed["environment"]["python"] == platform.python_version()
+    assert completed["environment"]["packages"]["fastavro"] == metadata.version("fastavro")
+    assert completed["hyperparameters"] == {"lr": "0.1"} and completed["seeds"] == {"seed": 5}
+    assert by_kind["DatasetVersion"][0]["digest"] == digest
+    assert by_kind["ModelVersion"][0]["run_id"] == completed["run_id"]

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+import struct
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
+from schemas.events import Topics, key_for, new_envelope, producer_identity
+from schemas.integrity import HashChain, first_break
+from schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC
+
+ENVELOPE_FIELDS = ["event_id", "event_time", "producer", "prev_hash", "hash", "signature"]
+
+
+def deployment(**overrides: object) -> dict:
+    value = {
+        **new_envelope(producer_identity("test", "session-1"), event_time=datetime(2026, 1, 2, 3, 4, 5, 6, UTC)),
+        "model_name": "churn", "model_version": "3", "environment": "production",
+        "endpoint": "/predict", "action": "DEPLOY", "reason": None, "previous_version": "2",
+    }
+    value.update(overrides)
+    return value
+
+
+def test_every_schema_starts_with_the_same_envelope() -> None:
+    envelopes = set()
+    for path in AVSC_DIR.glob("*.avsc"):
+        schema = json.loads(path.read_text())
+        assert schema["namespace"] == "provline.v1", path.name
+        fields = schema["fields"][: len(ENVELOPE_FIELDS)]
+        assert [f["name"] for f in fields] == ENVELOPE_FIELDS, path.name
+        envelopes.add(json.dumps(fields, sort_keys=True))
+    assert len(envelopes) == 1
+
+
+def test_catalog_has_every_event_kind_of_the_design() -> None:
+    assert set(default_catalog().records) == {
+        "DatasetVersion", "FeatureSetVersion", "RunEvent", "ModelVersion", "Evaluation", "Decision",
+        "Deployment", "InferenceRequest", "InferenceResponse", "PredictionTrace", "Feedback",
+        "DeliveryGap", "DriftMetric",
+    }
+
+
+def test_single_object_round_trip() -> None:
+    catalog = default_catalog()
+    value = deployment()
+    data = catalog.encode("Deployment", value)
+    assert data[:2] == SINGLE_OBJECT_MAGIC
+    assert data[2:10] == catalog.current("Deployment").fingerprint
+    decoded = catalog.decode(data)
+    assert decoded.record == "Deployment"
+    assert decoded.value == value
+
+
+def test_confluent_wire_format_round_trip_through_a_registry_lookup() -> None:
+    raw = (AVSC_DIR / "Deployment.v1.avsc").read_text()
+    requested: list[int] = []
+
+    def registry(schema_id: int) -> str:
+        requested.append(schema_id)
+        return raw
+
+    catalog = Catalog(registry=registry)
+    value = deployment()
+    data = catalog.encode("Deployment", value, schema_id=42)
+    assert data[:5] == b"\x00" + struct.pack(">I", 42)
+    assert catalog.decode(data).value == value
+    assert catalog.decode(data).value == value
+    assert requested == [42]  # fetched once, then cached
+
+
+def test_confluent_format_without_registry_names_the_fix() -> None:
+    data = default_catalog().encode("Deployment", deployment(), schema_id=7)
+    with pytest.raises(UnknownSchemaError, match="schema id 7.*PROVLINE_SCHEMA_REGISTRY_URL"):
+        default_catalog().decode(data)
+
+
+def _write_schema(directory: Path, revision: int, extra_fields: list[dict]) -> None:
+    schema = {
+        "type": "record", "name": "Thing", "namespace": "provline.v1",
+        "fields": [{"name": "id", "type": "string"}, *extra_fields],
+    }
+    (directory / f"Thing.v{revision}.avsc").write_text(json.dumps(schema))
+
+
+def test_old_writer_schema_is_resolved_against_the_current_reader(tmp_path: Path) -> None:
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    old_dir.mkdir()
+    new_dir.mkdir()
+    _write_schema(old_dir, 1, [{"name": "dropped_later", "type": "int"}])
+    _write_schema(new_dir, 1, [{"name": "dropped_later", "type": "int"}])
+    _write_schema(new_dir, 2, [{"name": "added", "type": "string", "default": "none yet"}])
+
+    old_bytes = Catalog(old_dir).encode("Thing", {"id": "x", "dropped_later": 5})
+    decoded = Catalog(new_dir).decode(old_bytes)
+
+    assert decoded.writer.revision == 1
+    assert decoded.value == {"id": "x", "added": "none yet"}
+
+
+def test_unknown_fingerprint_names_the_problem_and_the_fix() -> None:
+    data = SINGLE_OBJECT_MAGIC + bytes.fromhex("0011223344556677") + b"\x02"
+    with pytest.raises(UnknownSchemaError, match="fingerprint 0011223344556677 not found in schemas/; upgrade"):
+        default_catalog().decode(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "starts with nothing"),
+        (b"{\"json\": true}", "neither Avro single-object encoding"),
+        (SINGLE_OBJECT_MAGIC + b"\x01\x02", "shorter than its 10-byte header"),
+        (b"\x00\x01", "shorter than its 5-byte header"),
+    ],
+)
+def test_corrupt_headers_are_named(data: bytes, message: str) -> None:
+    with pytest.raises(CorruptEventError, match=message):
+        default_catalog().decode(data)
+
+
+def test_truncated_and_padded_bodies_are_corrupt() -> None:
+    data = default_catalog().encode("Deployment", deployment())
+    with pytest.raises(CorruptEventError, match="Deployment event .* does not decode"):
+        default_catalog().decode(data[:-5])
+    with pytest.raises(CorruptEventError, match="3 bytes after its body"):
+        default_catalog().decode(data + b"abc")
+
+
+def test_encoding_a_record_that_does_not_fit_names_the_schema() -> None:
+    with pytest.raises(InvalidEventError, match="Deployment does not match schema provline.v1.Deployment"):
+        default_catalog().encode("Deployment", deployment(action="EXPLODE"))
+
+
+def test_hash_chain_detects_altered_missing_and_swapped_events() -> None:
+    catalog = default_catalog()
+    chain = HashChain(catalog)
+    events = [("Deployment", chain.seal("Deployment", deployment(model_version=str(i)))) for i in range(4)]
+    assert first_break(catalog, events) is None
+
+    altered = [(k, dict(v)) for k, v in events]
+    altered[2][1]["endpoint"] = "/other"
+    assert first_break(catalog, altered) == (2, "content does not match its hash: the event was altered")
+
+    missing = events[:1] + events[2:]
+    assert first_break(catalog, missing)[0] == 1
+    swapped = [events[0], events[2], events[1], events[3]]
+    assert first_break(catalog, swapped)[0] == 1
+
+
+def test_topics_and_keys() -> None:
+    topics = Topics("acme")
+    assert topics.for_kind("InferenceRequest") == "acme.inference.v1"
+    assert topics.for_kind("Feedback") == "acme.inference.v1"
+    assert topics.for_kind("RunEvent") == "acme.lineage.v1"
+    assert topics.for_kind("PredictionTrace") == "acme.traces.v1"
+    assert key_for("Deployment", deployment()) == "churn@3"
+    with pytest.raises(ValueError, match="no topic for event kind 'Nope'"):
+        topics.for_kind("Nope")
