@@ -12,17 +12,23 @@ A transport is two methods (``send`` and ``close``); Kafka, memory, console and 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaError, Producer
 from prometheus_client import Counter
 
 from producers.errors import ConfigurationError
 from producers.settings import EmitterSettings
+from producers.spool import Spool
 from schemas.events import Topics, key_for, new_envelope, producer_identity
 from schemas.integrity import HashChain
 from schemas.serde import Catalog, default_catalog
@@ -33,6 +39,10 @@ EVENTS_SENT = Counter("provline_events_emitted_total", "Events handed to the tra
 EVENTS_DELIVERED = Counter("provline_events_delivered_total", "Events the broker acknowledged")
 EVENTS_DROPPED = Counter("provline_events_dropped_total", "Events lost, by reason", ["reason"])
 DEFAULT_CLOSE_TIMEOUT_S = 10.0
+SHIP_INTERVAL_S = 0.05
+SPOOL_BATCH_MAX = 5000
+CHECKPOINT_INTERVAL_S = 0.5
+CLOSE_GRACE_S = 5.0
 
 
 class Transport(Protocol):
@@ -84,15 +94,20 @@ class NoTransport:
 
 
 class KafkaTransport:
-    """confluent-kafka producer: idempotent, acks=all, compressed; a thread serves delivery reports.
+    """confluent-kafka producer (idempotent, acks=all, compressed) behind a write-ahead spool.
 
-    librdkafka keeps its own bounded queue (``queue_max_messages``); when it is full, ``send``
-    drops the message and counts it rather than blocking the caller.
+    ``send`` appends to a bounded in-memory queue and returns. One worker thread moves queued
+    messages into the on-disk :class:`~producers.spool.Spool`, hands them to librdkafka (at most
+    ``max_in_flight`` unacknowledged) and marks them acknowledged from delivery reports. While the
+    broker is away nothing is lost and memory stays bounded: messages wait on disk, and are sent
+    in order when it returns, or by the next process that opens the same spool directory.
+    librdkafka never expires messages (``message.timeout.ms=0``), so order per partition holds.
+
+    Only when the queue is full and the spool has reached ``spool_max_bytes`` does ``on_full``
+    apply: ``block`` waits for room, ``drop`` discards the message and counts it.
     """
 
     def __init__(self, settings: EmitterSettings) -> None:
-        from confluent_kafka import Producer
-
         if not settings.kafka_bootstrap:
             raise ConfigurationError("transport 'kafka' needs PROVLINE_KAFKA_BOOTSTRAP (host:port,...)")
         config: dict[str, Any] = {
@@ -101,43 +116,131 @@ class KafkaTransport:
             "acks": "all",
             "compression.type": "lz4",
             "linger.ms": settings.linger_ms,
-            "queue.buffering.max.messages": settings.queue_max_messages,
+            "message.timeout.ms": 0,
+            "queue.buffering.max.messages": settings.max_in_flight,
             "client.id": settings.producer_name or "provline",
         }
         for name, value in settings.kafka.items():
             config[name.replace("_", ".")] = value
+        self._settings = settings
         self._producer = Producer(config)
+        self._spool = open_spool(settings)
+        self._queue: deque[tuple[str, bytes, bytes]] = deque()
+        self._room = threading.Condition()
         self._closing = threading.Event()
-        self._poller = threading.Thread(target=self._serve_delivery_reports, name="provline-kafka", daemon=True)
-        self._poller.start()
-
-    def _serve_delivery_reports(self) -> None:
-        while not self._closing.is_set():
-            self._producer.poll(0.1)
-
-    @staticmethod
-    def _on_delivery(error: Any, message: Any) -> None:
-        if error is None:
-            EVENTS_DELIVERED.inc()
-        else:
-            EVENTS_DROPPED.labels("delivery_failed").inc()
-            log.error("provline event to %s was not delivered: %s", message.topic(), error)
+        self._next_to_send = self._spool.committed  # replay what an earlier process left unsent
+        self._in_flight = 0
+        self._close_deadline = float("inf")
+        self._worker = threading.Thread(target=self._run, name="provline-emitter", daemon=True)
+        self._worker.start()
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
-        try:
-            self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
-        except BufferError:
-            EVENTS_DROPPED.labels("queue_full").inc()
-            log.warning("provline queue is full (%d messages); event to %s dropped", len(self._producer), topic)
+        with self._room:
+            while len(self._queue) >= self._settings.queue_max_messages:
+                if self._spool_full() and self._settings.on_full == "drop":
+                    EVENTS_DROPPED.labels("queue_and_spool_full").inc()
+                    log.warning("provline queue and spool are full; event to %s dropped", topic)
+                    return
+                self._room.wait(0.1)
+            self._queue.append((topic, key, value))
+            if len(self._queue) == 1:
+                self._room.notify_all()
+
+    def _spool_full(self) -> bool:
+        return self._spool.size_bytes() >= self._settings.spool_max_bytes
+
+    def _take_batch(self) -> list[tuple[str, bytes, bytes]]:
+        with self._room:
+            if not self._queue and not self._closing.is_set():
+                self._room.wait(SHIP_INTERVAL_S)
+            if self._spool_full():
+                return []
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), SPOOL_BATCH_MAX))]
+            if batch:
+                self._room.notify_all()
+            return batch
+
+    def _run(self) -> None:
+        last_checkpoint = time.monotonic()
+        while True:
+            batch = self._take_batch()
+            if batch:
+                self._spool.append(batch)
+            self._ship()
+            closing = self._closing.is_set()
+            self._producer.poll(SHIP_INTERVAL_S if closing else 0)
+            if time.monotonic() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
+                self._spool.checkpoint()
+                last_checkpoint = time.monotonic()
+            if closing and not self._queue and (
+                self._spool.backlog == 0 or time.monotonic() >= self._close_deadline
+            ):
+                break
+        self._producer.flush(max(0.0, self._close_deadline - time.monotonic()))
+        # What is still undelivered stays in the spool; purged here so that this producer cannot
+        # deliver it later too, when the next process replays the spool.
+        self._producer.purge()
+        self._producer.poll(0)
+        self._spool.close()
+
+    def _ship(self) -> None:
+        """Hand spooled, unsent messages to librdkafka, oldest first, up to max_in_flight."""
+        room = self._settings.max_in_flight - self._in_flight
+        if room <= 0 or self._next_to_send >= self._spool.next_sequence:
+            return
+        for message in self._spool.pending(self._next_to_send):
+            if room <= 0:
+                break
+            try:
+                self._producer.produce(
+                    message.topic, value=message.value, key=message.key,
+                    on_delivery=partial(self._on_delivery, message.sequence),
+                )
+            except BufferError:
+                break
+            self._next_to_send = message.sequence + 1
+            self._in_flight += 1
+            room -= 1
+
+    def _on_delivery(self, sequence: int, error: Any, message: Any) -> None:
+        self._in_flight -= 1
+        if error is not None and error.code() in _PURGED:
+            return  # still in the spool: replayed by the next process
+        if error is not None:
+            # With no message timeout, only permanent errors arrive here (too large, not authorised):
+            # retrying cannot help, so the event is counted as dropped and the spool moves on.
+            EVENTS_DROPPED.labels("rejected_by_broker").inc()
+            log.error("provline event to %s rejected by the broker: %s", message.topic(), error)
+        else:
+            EVENTS_DELIVERED.inc()
+        self._spool.ack(sequence)
+
+    @property
+    def backlog(self) -> int:
+        """Messages accepted by ``send`` and not yet acknowledged by the broker."""
+        return len(self._queue) + self._spool.backlog
 
     def close(self, timeout: float) -> bool:
-        remaining = self._producer.flush(timeout)
+        """Spool everything queued, try to deliver within ``timeout``; what is left stays in the spool."""
+        self._close_deadline = time.monotonic() + timeout
         self._closing.set()
-        self._poller.join(timeout=1.0)
+        with self._room:
+            self._room.notify_all()
+        self._worker.join(timeout + CLOSE_GRACE_S)
+        remaining = self.backlog
         if remaining:
-            EVENTS_DROPPED.labels("undelivered_at_close").inc(remaining)
-            log.error("provline closed with %d events undelivered after %.1fs", remaining, timeout)
+            log.warning("provline closed with %d events not yet delivered; they stay in %s and are sent "
+                        "by the next process using that spool directory", remaining, self._spool.directory)
         return remaining == 0
+
+
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
+
+
+def open_spool(settings: EmitterSettings) -> Spool:
+    """The configured spool directory, or a private temporary one (no replay across processes)."""
+    directory = settings.spool_dir or Path(tempfile.mkdtemp(prefix="provline-spool-"))
+    return Spool(directory, fsync=settings.spool_fsync)
 
 
 class Emitter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -10,7 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.events import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_QUEUE_MAX_MESSAGES = 100_000
+DEFAULT_MAX_IN_FLIGHT = 100_000
 DEFAULT_LINGER_MS = 5.0
+DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 
 
 class EmitterSettings(BaseSettings):
@@ -28,8 +31,18 @@ class EmitterSettings(BaseSettings):
     kafka_bootstrap: str | None = None
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     producer_name: str | None = None
-    queue_max_messages: int = Field(DEFAULT_QUEUE_MAX_MESSAGES, gt=0)
+    queue_max_messages: int = Field(DEFAULT_QUEUE_MAX_MESSAGES, gt=0, description="in-memory queue bound")
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, gt=0, description="messages handed to librdkafka, unacked")
     linger_ms: float = Field(DEFAULT_LINGER_MS, ge=0)
+    spool_dir: Path | None = Field(
+        None, description="durable spool; events left undelivered are sent by the next process using it. "
+        "Default: a private temporary directory (no replay across processes)",
+    )
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, gt=0)
+    on_full: Literal["block", "drop"] = Field(
+        "block", description="when both the queue and the spool are full: wait for room, or drop and count",
+    )
     kafka: dict[str, str] = Field(
         default_factory=dict,
         description="extra librdkafka settings (SASL, TLS...), e.g. PROVLINE_KAFKA__SASL_MECHANISM",

@@ -1,0 +1,216 @@
+"""A durable, append-only on-disk spool of Kafka messages: the emitter's write-ahead log.
+
+Every message is appended before it is handed to Kafka, and the spool remembers how far the
+broker has acknowledged (``ack`` of record sequence numbers, in any order). After a crash or a
+broker outage, :meth:`Spool.pending` replays every unacknowledged record in append order, also
+in the next process that opens the same directory.
+
+Layout: ``segment-<first sequence number>.log`` files of records ``[u32 length][u32 crc32]
+[u16 topic length][topic][u32 key length][key][value]``, rolled at ``segment_bytes``; a
+``committed`` file holds the highest sequence number below which everything was acknowledged
+(replaced atomically). Fully acknowledged segments are deleted. A torn last record (crash
+mid-write) is detected by its length or CRC and cut off on open.
+
+Not thread-safe: one writer thread owns a spool. ``fsync``: ``always`` (after every append
+batch), ``interval`` (at most every ``fsync_interval_s``), ``never`` (leave it to the OS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+log = logging.getLogger("provline.spool")
+
+FsyncPolicy = Literal["always", "interval", "never"]
+DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_FSYNC_INTERVAL_S = 1.0
+_HEADER = struct.Struct("<II")
+_SEGMENT_PREFIX = "segment-"
+
+
+@dataclass(frozen=True)
+class SpooledMessage:
+    sequence: int
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def encode_record(topic: str, key: bytes, value: bytes) -> bytes:
+    topic_bytes = topic.encode()
+    payload = struct.pack("<H", len(topic_bytes)) + topic_bytes + struct.pack("<I", len(key)) + key + value
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> tuple[str, bytes, bytes]:
+    (topic_length,) = struct.unpack_from("<H", payload, 0)
+    topic = payload[2 : 2 + topic_length].decode()
+    (key_length,) = struct.unpack_from("<I", payload, 2 + topic_length)
+    key_start = 6 + topic_length
+    return topic, payload[key_start : key_start + key_length], payload[key_start + key_length :]
+
+
+def _read_records(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(offset after the record, payload) for every intact record; stops at the first torn one."""
+    offset = 0
+    while True:
+        header = handle.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        length, crc = _HEADER.unpack(header)
+        payload = handle.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return
+        offset += _HEADER.size + length
+        yield offset, payload
+
+
+class Spool:
+    def __init__(
+        self, directory: Path | str, *, fsync: FsyncPolicy = "interval",
+        fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.fsync_interval_s = fsync_interval_s
+        self.segment_bytes = segment_bytes
+        self._committed_path = self.directory / "committed"
+        self.committed = self._read_committed()  # every sequence number < committed is acknowledged
+        self._acked_ahead: set[int] = set()
+        self._segments = self._recover_segments()  # first sequence number -> path, in order
+        self.next_sequence = self._count_records()
+        self._size_bytes = sum(path.stat().st_size for path in self._segments.values())
+        self._last_fsync = time.monotonic()
+        self._writer: BinaryIO | None = None
+        self._writer_bytes = 0
+
+    def _read_committed(self) -> int:
+        try:
+            return int(self._committed_path.read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+
+    def _recover_segments(self) -> dict[int, Path]:
+        segments = {}
+        for path in self.directory.glob(f"{_SEGMENT_PREFIX}*.log"):
+            segments[int(path.stem.removeprefix(_SEGMENT_PREFIX))] = path
+        return dict(sorted(segments.items()))
+
+    def _count_records(self) -> int:
+        """Sequence number after the last intact record; cuts a torn tail left by a crash."""
+        if not self._segments:
+            return self.committed
+        first, path = next(reversed(self._segments.items()))
+        count, good_bytes = 0, 0
+        with open(path, "rb") as handle:
+            for good_bytes, _ in _read_records(handle):  # noqa: B007 - the last offset is what we need
+                count += 1
+        if good_bytes < path.stat().st_size:
+            log.warning("spool %s: cut %d bytes of a torn record left by a crash",
+                        path, path.stat().st_size - good_bytes)
+            with open(path, "r+b") as handle:
+                handle.truncate(good_bytes)
+        return max(first + count, self.committed)
+
+    def size_bytes(self) -> int:
+        """Bytes the spool's segments take on disk."""
+        return self._size_bytes
+
+    @property
+    def backlog(self) -> int:
+        """Records appended but not yet acknowledged."""
+        return self.next_sequence - self.committed - len(self._acked_ahead)
+
+    def append(self, messages: list[tuple[str, bytes, bytes]]) -> int:
+        """Append a batch; returns the sequence number of its first record."""
+        first = self.next_sequence
+        if self._writer is None or self._writer_bytes >= self.segment_bytes:
+            self._roll()
+        assert self._writer is not None
+        data = b"".join(encode_record(topic, key, value) for topic, key, value in messages)
+        self._writer.write(data)
+        self._writer.flush()
+        self._writer_bytes += len(data)
+        self._size_bytes += len(data)
+        self.next_sequence += len(messages)
+        self._maybe_fsync()
+        return first
+
+    def _roll(self) -> None:
+        if self._writer is not None:
+            self._fsync_now()
+            self._writer.close()
+        last = next(reversed(self._segments.items()), None)
+        if last is not None and last[1].stat().st_size < self.segment_bytes and self._writer is None:
+            path = last[1]  # continue the segment a previous process left unfinished
+        else:
+            path = self.directory / f"{_SEGMENT_PREFIX}{self.next_sequence:020d}.log"
+            self._segments[self.next_sequence] = path
+        self._writer = open(path, "ab")  # noqa: SIM115 - kept open for appends until close()
+        self._writer_bytes = path.stat().st_size
+
+    def _maybe_fsync(self) -> None:
+        if self.fsync == "always" or (
+            self.fsync == "interval" and time.monotonic() - self._last_fsync >= self.fsync_interval_s
+        ):
+            self._fsync_now()
+
+    def _fsync_now(self) -> None:
+        if self._writer is not None and self.fsync != "never":
+            os.fsync(self._writer.fileno())
+        self._last_fsync = time.monotonic()
+
+    def pending(self, start: int | None = None) -> Iterator[SpooledMessage]:
+        """Unacknowledged records from ``start`` (default: the oldest), in append order."""
+        start = self.committed if start is None else start
+        firsts = list(self._segments)
+        for index, first in enumerate(firsts):
+            end = firsts[index + 1] if index + 1 < len(firsts) else self.next_sequence
+            if end <= start:
+                continue
+            with open(self._segments[first], "rb") as handle:
+                sequence = first
+                for _, payload in _read_records(handle):
+                    if sequence >= self.next_sequence:
+                        return
+                    if sequence >= start and sequence not in self._acked_ahead:
+                        topic, key, value = decode_payload(payload)
+                        yield SpooledMessage(sequence, topic, key, value)
+                    sequence += 1
+
+    def ack(self, sequence: int) -> None:
+        """Mark one record delivered; the committed mark advances over contiguous acknowledgements."""
+        if sequence < self.committed:
+            return
+        self._acked_ahead.add(sequence)
+        while self.committed in self._acked_ahead:
+            self._acked_ahead.discard(self.committed)
+            self.committed += 1
+
+    def checkpoint(self) -> None:
+        """Persist the committed mark and delete fully acknowledged segments."""
+        temporary = self._committed_path.with_suffix(".tmp")
+        temporary.write_text(str(self.committed))
+        os.replace(temporary, self._committed_path)
+        firsts = list(self._segments)
+        for index, first in enumerate(firsts[:-1]):
+            if firsts[index + 1] <= self.committed:
+                path = self._segments.pop(first)
+                self._size_bytes -= path.stat().st_size
+                path.unlink()
+
+    def close(self) -> None:
+        self.checkpoint()
+        if self._writer is not None:
+            self._fsync_now()
+            self._writer.close()
+            self._writer = None
