@@ -66,7 +66,26 @@ def topics(kafka_bootstrap: str) -> Topics:
     return isolated
 
 
+@pytest.fixture(scope="session")
+def chdb_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB data directory of this test process: chDB hosts ONE engine (path) per process."""
+    return tmp_path_factory.mktemp("chdb") / "clickhouse"
+
+
 @pytest.fixture
-def chdb_path(tmp_path: Path) -> str:
-    """A fresh on-disk chDB store (the real ClickHouse engine, in process)."""
-    return f"chdb://{tmp_path / 'clickhouse'}"
+def chdb_path(chdb_root: Path) -> str:
+    """A fresh store for one test: a new, empty database in the session's one on-disk chDB engine.
+
+    ``chdb://<dir>?database=<db>``; the database already exists, so both ``sink.store.open_store``
+    and ``clickhouse_connect.get_client(dsn=...)`` open it. Close every client a test opens.
+    """
+    import clickhouse_connect
+
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    chdb_root.mkdir(parents=True, exist_ok=True)
+    client = clickhouse_connect.get_client(interface="chdb", path=str(chdb_root))
+    try:
+        client.command(f"CREATE DATABASE {database}")
+    finally:
+        client.close()
+    return f"chdb://{chdb_root}?database={database}"

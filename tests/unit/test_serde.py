@@ -159,3 +159,9 @@ def test_topics_and_keys() -> None:
     assert key_for("Deployment", deployment()) == "churn@3"
     with pytest.raises(ValueError, match="no topic for event kind 'Nope'"):
         topics.for_kind("Nope")
+
+
+def test_no_schema_declares_a_field_twice() -> None:
+    for path in AVSC_DIR.glob("*.avsc"):
+        names = [f["name"] for f in json.loads(path.read_text())["fields"]]
+        assert len(names) == len(set(names)), f"{path.name} declares a field twice"

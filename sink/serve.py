@@ -1,0 +1,81 @@
+"""``provline serve``: the sink writer and the audit API in one process (the owner of an embedded store)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+
+from sink.api import create_api
+from sink.errors import SinkError
+from sink.settings import SinkSettings
+from sink.store import migrate, open_store
+from sink.writer import SinkWriter
+
+log = logging.getLogger(__name__)
+
+WRITER_JOIN_TIMEOUT_SECONDS = 30.0
+
+
+def run_serve(settings: SinkSettings) -> None:
+    """Open the store, migrate, run the writer in a thread and serve the API until SIGTERM/SIGINT.
+
+    Blocks; call from the main thread. On a signal the API stops accepting requests, then the writer
+    inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
+    :class:`sink.errors.SinkError` when the writer died (the API is then shut down too).
+    """
+    writer_client = open_store(settings.clickhouse_url)
+    # A second client on the same store (for chDB: the same engine) so API queries never run
+    # on the writer's connection.
+    api_client = open_store(settings.clickhouse_url)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    try:
+        migrate(writer_client)
+        writer = SinkWriter(settings, writer_client)
+        config = uvicorn.Config(
+            create_api(settings, api_client), host=settings.api_host, port=settings.api_port, log_level="info"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=_run_writer, args=(writer, stop, server, failures), name="provline-sink-writer"
+        )
+        thread.start()
+        _install_stop_handlers(stop)
+        try:
+            server.run()
+        finally:
+            stop.set()
+            thread.join(WRITER_JOIN_TIMEOUT_SECONDS)
+            if thread.is_alive():
+                log.error("sink writer did not stop within %.0f s", WRITER_JOIN_TIMEOUT_SECONDS)
+    finally:
+        api_client.close()
+        writer_client.close()
+    if failures:
+        raise SinkError(f"the sink writer stopped on {failures[0]!r}; see the log above") from failures[0]
+
+
+def _run_writer(
+    writer: SinkWriter, stop: threading.Event, server: uvicorn.Server, failures: list[BaseException]
+) -> None:
+    try:
+        writer.run(stop)
+    except Exception as exc:
+        # A process that serves but no longer writes would hide the outage: stop the whole process.
+        log.exception("sink writer stopped on an error; shutting down")
+        failures.append(exc)
+        server.should_exit = True
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    # uvicorn swaps in its own handlers while serving, then restores these and re-raises the signal
+    # it caught; these turn that re-raise into a clean stop instead of KeyboardInterrupt or death.
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

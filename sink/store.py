@@ -1,0 +1,155 @@
+"""Opening the ClickHouse store and applying the DDL in ``sink/sql``.
+
+``chdb://<path>[?database=<db>]`` opens the embedded chDB engine in this process (the real
+ClickHouse engine, data on disk at ``<path>``); ``http(s)://user:password@host:port/<db>`` talks to
+a ClickHouse server. chDB hosts ONE engine per process: every client opened here for a chDB URL
+must name the same path until all of them are closed. Several clients on the one path are fine and
+each has its own session, so the writer and the API each get their own.
+
+A clickhouse-connect client must not run queries from several threads at once; give each thread
+its own client or serialise calls on a shared one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from sink.errors import MigrationError, StoreConfigError
+
+log = logging.getLogger(__name__)
+
+CHDB_SCHEME = "chdb://"
+MIGRATIONS_TABLE = "schema_migrations"
+_MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STATEMENT_END = re.compile(r";[ \t]*(?:\n|$)")
+
+
+@dataclass(frozen=True)
+class ChdbLocation:
+    path: str
+    database: str | None
+
+
+def parse_chdb_url(url: str) -> ChdbLocation:
+    """``chdb://<path>[?database=<db>]``: everything between the scheme and ``?`` is the path.
+
+    ``chdb://.provline/clickhouse`` is relative to the working directory, ``chdb:///var/lib/x``
+    absolute. (clickhouse-connect's own DSN parser would read ``.provline`` as a host.)
+    """
+    rest = url[len(CHDB_SCHEME):]
+    path, _, query = rest.partition("?")
+    if not path:
+        raise StoreConfigError(f"{url!r} names no directory; use chdb://<path>, e.g. chdb://.provline/clickhouse")
+    unknown = set(parse_qs(query)) - {"database"}
+    if unknown:
+        raise StoreConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; only ?database= is read")
+    database = parse_qs(query).get("database", [None])[0]
+    if database is not None and not _DATABASE_NAME.match(database):
+        raise StoreConfigError(f"{url!r}: database {database!r} must be letters, digits and underscores")
+    return ChdbLocation(path=str(Path(path).expanduser().resolve()), database=database)
+
+
+def open_store(url: str) -> Client:
+    """Open a client for ``url`` (see the module docstring). Blocks while connecting.
+
+    For chDB the directory and the database are created when missing. The returned client is not
+    thread-safe; call :func:`migrate` on one of them before writing.
+    """
+    if url.startswith(CHDB_SCHEME):
+        return _open_chdb(parse_chdb_url(url))
+    scheme = urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise StoreConfigError(
+            f"PROVLINE_CLICKHOUSE_URL scheme {scheme or '(none)'!r} is not supported; "
+            "use chdb://<path> for the embedded store or http(s)://user:password@host:port/database"
+        )
+    try:
+        return clickhouse_connect.get_client(dsn=url)
+    except ClickHouseError as exc:
+        raise StoreConfigError(
+            f"cannot connect to ClickHouse at {urlsplit(url).hostname}:{urlsplit(url).port}: {exc}; "
+            "check PROVLINE_CLICKHOUSE_URL and that the database exists"
+        ) from exc
+
+
+def _open_chdb(location: ChdbLocation) -> Client:
+    Path(location.path).mkdir(parents=True, exist_ok=True)
+    try:
+        client = clickhouse_connect.get_client(interface="chdb", path=location.path)
+        if location.database:
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{location.database}`")
+            client.database = location.database
+    except ClickHouseError as exc:
+        raise StoreConfigError(
+            f"cannot open the chDB store at {location.path}: {exc}; one process hosts one chDB store "
+            "(stop the other provline serve, or point PROVLINE_CLICKHOUSE_URL at the same path)"
+        ) from exc
+    return client
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """``(name, text)`` of every ``sink/sql/NNNN_*.sql``, in name order."""
+    folder = resources.files("sink") / "sql"
+    names = sorted(item.name for item in folder.iterdir() if _MIGRATION_NAME.match(item.name))
+    return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a DDL file: split at ``;`` that ends a line; comment-only chunks dropped."""
+    statements = []
+    for chunk in _STATEMENT_END.split(sql):
+        code = [line for line in chunk.splitlines() if line.strip() and not line.strip().startswith("--")]
+        if code:
+            statements.append(chunk.strip())
+    return statements
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def applied_migrations(client: Client) -> dict[str, str]:
+    result = client.query(f"SELECT name, argMax(sha256, applied_at) FROM {MIGRATIONS_TABLE} GROUP BY name")
+    return dict(result.result_rows)
+
+
+def migrate(client: Client) -> list[str]:
+    """Apply every migration not applied yet; returns their names. Idempotent; blocks.
+
+    Statements use ``IF NOT EXISTS``, so a run interrupted half-way is safely re-run. A file that
+    changed after it was applied is an error: released DDL is never edited, a new file is added.
+    """
+    files = migration_files()
+    for statement in split_statements(files[0][1]):  # the migrations table itself
+        client.command(statement)
+    done = applied_migrations(client)
+    applied = []
+    for name, text in files:
+        digest = _sha256(text)
+        if name in done:
+            if done[name] != digest:
+                raise MigrationError(
+                    f"sink/sql/{name} changed after it was applied to this store (sha256 {done[name][:12]}… "
+                    f"-> {digest[:12]}…); restore the released file and put the change in a new migration"
+                )
+            continue
+        for statement in split_statements(text):
+            try:
+                client.command(statement)
+            except ClickHouseError as exc:
+                raise MigrationError(f"sink/sql/{name} failed: {exc}") from exc
+        client.insert(MIGRATIONS_TABLE, [[name, digest]], column_names=["name", "sha256"])
+        log.info("applied migration %s", name)
+        applied.append(name)
+    return applied
