@@ -1,0 +1,54 @@
+"""The dead-letter topic: undecodable messages go there with the reason, and processing goes on.
+
+A dead letter keeps the original key and value bytes; headers say why and where it came from:
+``provline-error`` (the reason), ``provline-source-topic``, ``provline-source-partition``,
+``provline-source-offset``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faust.types import EventT, TopicT
+
+log = logging.getLogger(__name__)
+
+
+def dead_letter_headers(reason: str, *, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [
+        ("provline-error", reason.encode()),
+        ("provline-source-topic", topic.encode()),
+        ("provline-source-partition", str(partition).encode()),
+        ("provline-source-offset", str(offset).encode()),
+    ]
+
+
+class DeadLetters:
+    """Sends messages a processor cannot use to the DLQ topic (a Faust topic with raw serializers).
+
+    :meth:`send` never raises: a message that cannot be dead-lettered is logged and counted.
+    """
+
+    def __init__(self, topic: TopicT) -> None:
+        self.topic = topic
+        self.count = 0  # messages dead-lettered
+        self.failed = 0  # of those, how many could not be sent
+
+    async def send(self, event: EventT[Any, Any], reason: str) -> None:
+        message = event.message
+        self.count += 1
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason
+        )
+        try:
+            await self.topic.send(
+                key=message.key,
+                value=message.value,
+                headers=dead_letter_headers(
+                    reason, topic=message.topic, partition=message.partition, offset=message.offset
+                ),
+            )
+        except Exception:  # the caller is an agent that must go on; the loss is logged and counted
+            self.failed += 1
+            log.exception("could not dead-letter %s[%s]@%s", message.topic, message.partition, message.offset)

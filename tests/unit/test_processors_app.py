@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from stream_processors.app import create_app
+from stream_processors.dead_letters import DeadLetters
+from stream_processors.join_agent import retry_interval
+from stream_processors.settings import ProcessorSettings
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVLINE_KAFKA_BOOTSTRAP", "a:9092, b:9093")
+    monkeypatch.setenv("PROVLINE_TOPIC_PREFIX", "acme")
+    monkeypatch.setenv("PROVLINE_LINEAGE_WAIT_SECONDS", "2.5")
+    settings = ProcessorSettings()
+    assert settings.bootstrap_servers() == ["a:9092", "b:9093"]
+    assert settings.topic_prefix == "acme" and settings.lineage_wait_seconds == 2.5
+    assert settings.topic_partitions == 4 and settings.web_port == 6066
+
+
+def test_settings_refuse_unknown_and_invalid_values() -> None:
+    with pytest.raises(ValidationError, match="topic_partitons"):
+        ProcessorSettings(topic_partitons=3)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="lineage_wait_seconds"):
+        ProcessorSettings(lineage_wait_seconds=0)
+    with pytest.raises(ValueError, match="names no broker"):
+        ProcessorSettings(kafka_bootstrap=" , ").bootstrap_servers()
+
+
+def test_create_app_builds_agents_and_tables_without_connecting() -> None:
+    settings = ProcessorSettings(
+        kafka_bootstrap="127.0.0.1:1", topic_prefix="acme", app_id="unit-app", topic_partitions=6
+    )
+    app = create_app(settings)
+    assert set(app.agents) == {"lineage", "join"}
+    assert set(app.tables) == {"lineage", "pending-predictions"}
+    assert app.conf.topic_partitions == 6 and app.conf.id == "unit-app"
+    # two apps from one process do not share state
+    assert create_app(settings) is not app
+
+
+def test_retry_interval_is_bounded() -> None:
+    assert retry_interval(10) == 1.0
+    assert retry_interval(2) == 0.2
+    assert retry_interval(0.01) == 0.05
+
+
+class FakeTopic:
+    def __init__(self, *, fail: bool = False) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def send(self, **kwargs: Any) -> None:
+        if self.fail:
+            raise ConnectionError("broker gone")
+        self.sent.append(kwargs)
+
+
+def garbage_event() -> Any:
+    message = SimpleNamespace(topic="p.inference.v1", partition=2, offset=17, key=b"k", value=b"junk")
+    return SimpleNamespace(message=message, key=b"k", value=b"junk")
+
+
+def test_dead_letters_keep_the_bytes_and_say_why() -> None:
+    topic = FakeTopic()
+    dead_letters = DeadLetters(topic)  # type: ignore[arg-type]
+    asyncio.run(dead_letters.send(garbage_event(), "not a provline event"))
+    [sent] = topic.sent
+    assert (sent["key"], sent["value"]) == (b"k", b"junk")
+    assert dict(sent["headers"]) == {
+        "provline-error": b"not a provline event", "provline-source-topic": b"p.inference.v1",
+        "provline-source-partition": b"2", "provline-source-offset": b"17",
+    }
+    assert (dead_letters.count, dead_letters.failed) == (1, 0)
+
+
+def test_dead_letters_never_raise() -> None:
+    dead_letters = DeadLetters(FakeTopic(fail=True))  # type: ignore[arg-type]
+    asyncio.run(dead_letters.send(garbage_event(), "reason"))
+    assert (dead_letters.count, dead_letters.failed) == (1, 1)
