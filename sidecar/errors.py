@@ -1,0 +1,58 @@
+"""Errors of the sidecar.
+
+    SidecarError              base class
+    ├── StartupError          the sidecar could not start or stopped on its own; raised by run_sidecar
+    └── UpstreamError         the model server gave no usable response; becomes the client's reply
+        ├── UpstreamUnreachable   502: refused, reset, closed early, malformed response
+        └── UpstreamTimeout       504: no connection or no bytes within the configured timeout
+
+:func:`upstream_error_from` is the one place where aiohttp's errors become ours, and therefore
+the one place where a failure picks its HTTP status.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+
+class SidecarError(RuntimeError):
+    """Base class for provline sidecar errors."""
+
+
+class StartupError(SidecarError):
+    """The proxy or admin server failed to start or exited without being asked to."""
+
+
+class UpstreamError(SidecarError):
+    """The upstream call failed; ``status`` is what the client receives, ``reason`` what the event records."""
+
+    status: int = 502
+    client_message = "upstream unavailable"  # the reason names internal addresses; clients get this
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    client_message = "upstream unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    client_message = "upstream timed out"
+
+
+def upstream_error_from(exc: BaseException, *, upstream: str) -> UpstreamError | None:
+    """Our error for a failure of the upstream call, or None when ``exc`` is not an upstream failure.
+
+    Timeouts are checked first: aiohttp's timeout errors are also ``ClientError`` subclasses.
+    """
+    if isinstance(exc, TimeoutError):  # includes aiohttp's connect and read timeouts
+        detail = str(exc) or type(exc).__name__
+        return UpstreamTimeout(f"upstream {upstream} timed out: {detail}")
+    if isinstance(exc, aiohttp.ClientError):
+        detail = str(exc) or type(exc).__name__
+        return UpstreamUnreachable(f"upstream {upstream} failed: {detail}")
+    return None

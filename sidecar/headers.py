@@ -1,0 +1,152 @@
+"""Header rules of the proxy: hop-by-hop filtering, forwarding headers, prediction ids, traceparent.
+
+Pure functions over ASGI-style header lists (``(name, value)`` byte pairs, any name case); no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+
+from schemas.events import new_event_id
+
+Header = tuple[bytes, bytes]
+
+# RFC 9110 section 7.6.1, plus the non-standard ones proxies have always removed.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+    b"proxy-authorization", b"proxy-authenticate", b"trailer",
+})
+PREDICTION_ID_HEADER = b"x-prediction-id"
+MODEL_VERSION_HEADER = b"x-model-version"
+REQUEST_ID_HEADER = b"x-request-id"
+CLIENT_ID_HEADER = b"x-client-id"
+TRACEPARENT_HEADER = b"traceparent"
+
+# The proxy computes these itself from the bytes it forwards, or has already acted on them:
+# the body was read in full, so an ``Expect: 100-continue`` handshake with the upstream is moot.
+_RECOMPUTED_ON_REQUEST = frozenset({
+    b"host", b"content-length", b"expect", TRACEPARENT_HEADER, PREDICTION_ID_HEADER,
+})
+
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def values(headers: Iterable[Header], name: bytes) -> list[bytes]:
+    """Every value of header ``name`` (lower case), in order."""
+    return [value for key, value in headers if key.lower() == name]
+
+
+def first(headers: Iterable[Header], name: bytes) -> bytes | None:
+    found = values(headers, name)
+    return found[0] if found else None
+
+
+def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
+    """Header names listed in ``Connection`` headers, lower case: they are hop-by-hop too."""
+    names = set()
+    for value in values(headers, b"connection"):
+        names.update(token.strip().lower() for token in value.split(b","))
+    names.discard(b"")
+    return frozenset(names)
+
+
+def strip_hop_by_hop(headers: Sequence[Header]) -> list[Header]:
+    """``headers`` without hop-by-hop headers (fixed ones and those named by ``Connection``); order kept."""
+    drop = HOP_BY_HOP | connection_options(headers)
+    return [(key, value) for key, value in headers if key.lower() not in drop]
+
+
+def host_header(host: str, port: int | None, scheme: str) -> str:
+    """The ``Host`` value for a URL: the port only when it is not the scheme's default."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    default = 443 if scheme == "https" else 80
+    return host if port is None or port == default else f"{host}:{port}"
+
+
+def upstream_request_headers(
+    client_headers: Sequence[Header],
+    *,
+    upstream_host: str,
+    client_ip: str | None,
+    scheme: str,
+    traceparent: str,
+    prediction_id: str,
+) -> list[Header]:
+    """Headers the upstream receives: the client's end-to-end headers and the proxy's own.
+
+    ``X-Forwarded-For`` gets the client's address appended; ``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host`` are kept when an outer proxy set them (it saw the original request),
+    otherwise set from this request.
+    """
+    kept = [(k, v) for k, v in strip_hop_by_hop(client_headers) if k.lower() not in _RECOMPUTED_ON_REQUEST]
+    forwarded_for = [v for k, v in kept if k.lower() == b"x-forwarded-for"]
+    kept = [(k, v) for k, v in kept if k.lower() != b"x-forwarded-for"]
+    present = {k.lower() for k, _ in kept}
+    out: list[Header] = [(b"host", upstream_host.encode("latin-1")), *kept]
+    if client_ip:
+        forwarded_for.append(client_ip.encode("latin-1"))
+    if forwarded_for:
+        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    if b"x-forwarded-proto" not in present:
+        out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    original_host = first(client_headers, b"host")
+    if b"x-forwarded-host" not in present and original_host:
+        out.append((b"x-forwarded-host", original_host))
+    out.append((TRACEPARENT_HEADER, traceparent.encode("ascii")))
+    out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
+    return out
+
+
+def downstream_response_headers(
+    upstream_headers: Sequence[Header], *, prediction_id: str, model_version: str | None
+) -> list[Header]:
+    """Headers the client receives: the upstream's end-to-end headers plus prediction id and model version."""
+    kept = [(k, v) for k, v in strip_hop_by_hop(upstream_headers) if k.lower() != PREDICTION_ID_HEADER]
+    out = [*kept, (PREDICTION_ID_HEADER, prediction_id.encode("ascii"))]
+    if model_version and first(kept, MODEL_VERSION_HEADER) is None:
+        out.append((MODEL_VERSION_HEADER, model_version.encode("latin-1")))
+    return out
+
+
+def choose_prediction_id(request_id: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is a usable key (1-128 visible ASCII characters), else a UUIDv7."""
+    if request_id is not None:
+        request_id = request_id.strip()
+        if _REQUEST_ID.fullmatch(request_id):
+            return request_id.decode("ascii")
+    return new_event_id()
+
+
+def is_valid_traceparent(value: str) -> bool:
+    """W3C Trace Context rules: lower-case hex, version not ff, non-zero ids; version 00 has no extra fields."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return False
+    version, trace_id, parent_id, _flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return False
+    return trace_id != "0" * 32 and parent_id != "0" * 16
+
+
+def new_traceparent() -> str:
+    """A new sampled trace: random 16-byte trace id and 8-byte parent id (all-zero ids are invalid)."""
+    trace_id = parent_id = ""
+    while not is_valid_traceparent(f"00-{trace_id}-{parent_id}-01"):
+        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{parent_id}-01"
+
+
+def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
+    """The client's traceparent, unchanged, when there is exactly one valid one; otherwise a new trace."""
+    if len(incoming) == 1:
+        try:
+            value = incoming[0].decode("ascii").strip()
+        except UnicodeDecodeError:
+            value = ""
+        if is_valid_traceparent(value):
+            return value
+    return new_traceparent()

@@ -1,0 +1,95 @@
+"""``run_sidecar`` as a process: configured from the environment, admin port, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = (
+    "import logging; logging.basicConfig(level=logging.INFO)\n"
+    "from sidecar import SidecarSettings, run_sidecar\n"
+    "run_sidecar(SidecarSettings())\n"
+)
+
+
+class ModelHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b'{"score": 1}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def model_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ModelHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_run_sidecar_serves_reports_and_stops_on_sigterm(model_server: str) -> None:
+    port, admin_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVLINE_")}
+    env.update({
+        "PROVLINE_UPSTREAM": model_server, "PROVLINE_SIDECAR_HOST": "127.0.0.1",
+        "PROVLINE_SIDECAR_PORT": str(port), "PROVLINE_SIDECAR_ADMIN_PORT": str(admin_port),
+        "PROVLINE_TRANSPORT": "console", "PYTHONPATH": str(REPO),
+    })
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        admin = f"http://127.0.0.1:{admin_port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{admin}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "sidecar did not become ready"
+            time.sleep(0.1)
+        assert httpx.get(f"{admin}/healthz").json() == {"status": "ok"}
+
+        reply = httpx.post(f"http://127.0.0.1:{port}/predict", content=b'{"x": 2}',
+                           headers={"X-Request-ID": "run-1"})
+        assert reply.status_code == 200 and reply.content == b'{"score": 1}'
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 501  # proxied, not the admin's
+        metrics = httpx.get(f"{admin}/metrics").text
+        assert 'provline_sidecar_requests_total{status="200"} 1.0' in metrics
+        assert "provline_sidecar_upstream_latency_seconds_count 2.0" in metrics
+
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert "InferenceRequest" in stdout and "InferenceResponse" in stdout and "key=run-1" in stdout
+    assert "provline sidecar stopping" in stderr
