@@ -7,32 +7,42 @@ files are listed in, nor on the chunk size they are read with.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 CHUNK_BYTES = 1 << 20
 
+ProgressCallback = Callable[[int], None]
 
-def file_sha256(path: Path, *, chunk_bytes: int = CHUNK_BYTES) -> str:
-    """Hex SHA-256 of a file, read in chunks (memory stays bounded for any file size)."""
+
+def file_sha256(path: Path, *, chunk_bytes: int = CHUNK_BYTES, progress: ProgressCallback | None = None) -> str:
+    """Hex SHA-256 of a file, read in chunks (memory stays bounded for any file size).
+
+    ``progress`` is called with the number of bytes of each chunk read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return digest.hexdigest()
 
 
-def manifest(root: Path) -> list[dict[str, object]]:
+def list_files(root: Path) -> list[Path]:
+    """The file itself, or every file under a directory, sorted."""
+    return [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def manifest(root: Path, *, progress: ProgressCallback | None = None) -> list[dict[str, object]]:
     """Per-file entries (relative path, SHA-256, size) of a file or a directory tree, sorted by path."""
     root = Path(root)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    files = list_files(root)
     base = root.parent if root.is_file() else root
-    return sorted(
-        (
-            {"path": p.relative_to(base).as_posix(), "sha256": file_sha256(p), "size": p.stat().st_size}
-            for p in files
-        ),
-        key=lambda entry: str(entry["path"]),
-    )
+    return [
+        {"path": p.relative_to(base).as_posix(), "sha256": file_sha256(p, progress=progress), "size": p.stat().st_size}
+        for p in sorted(files, key=lambda p: p.relative_to(base).as_posix())
+    ]
 
 
 def merkle_root(entries: list[dict[str, object]]) -> str:

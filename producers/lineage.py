@@ -13,6 +13,7 @@ Every call emits its event at once, without waiting on the broker; ``close`` flu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -21,8 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from producers.capture import code_version, environment
-from producers.digest import file_sha256, manifest, merkle_root
+from producers.capture import code_reference, code_version, environment, seed_everything
+from producers.datasets import describe, digest_progress
+from producers.digest import file_sha256
 from producers.emitter import DEFAULT_CLOSE_TIMEOUT_S, Emitter, build_emitter
 from producers.settings import EmitterSettings
 from schemas.events import model_key
@@ -30,6 +32,9 @@ from schemas.events import model_key
 
 def _json_values(params: dict[str, Any] | None) -> dict[str, str]:
     return {name: json.dumps(value, sort_keys=True, default=str) for name, value in (params or {}).items()}
+
+
+Metric = float | tuple[float, float, float]  # value, or (value, ci_low, ci_high)
 
 
 class Run:
@@ -45,12 +50,13 @@ class Run:
         self.stage = stage
         self.parent_run_id = parent_run_id
         self.hyperparameters = _json_values(params)
-        self.seeds = {"seed": seed} if seed is not None else {}
+        self.seeds: dict[str, int] = {"seed": seed} if seed is not None else {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
+        self.feature_sets: list[str] = []
         self.metrics: dict[str, float] = {}
         self.code = code_version()
-        self.environment = environment()
+        self.environment = environment(lineage.settings.capture_env)
         self._started = time.monotonic()
 
     def _emit_state(self, state: str, *, error: BaseException | None = None) -> dict[str, Any]:
@@ -64,43 +70,94 @@ class Run:
             "duration_ms": int((time.monotonic() - self._started) * 1000) if finished else None,
         })
 
-    def _dataset(self, path: str | Path, *, name: str, **details: Any) -> str:
-        entries = manifest(Path(path))
-        digest = merkle_root(entries)
-        self.lineage.emitter.emit("DatasetVersion", {
-            "name": name, "digest": digest, "files": entries, "sources": [str(path)], **details,
-        })
-        return digest
+    def seed_everything(self, seed: int) -> list[str]:
+        """Seed random, NumPy and PyTorch (where installed) and record the seed."""
+        self.seeds["seed"] = seed
+        return seed_everything(seed)
 
-    def use_dataset(self, path: str | Path, *, name: str, **details: Any) -> str:
-        """Record a dataset this run reads (a file or directory); returns its digest."""
-        digest = self._dataset(path, name=name, **details)
+    def _dataset(self, data: str | Path | Any, *, name: str, details: dict[str, Any]) -> str:
+        with digest_progress(data, name) as progress:
+            fields = describe(data, name=name, progress=progress)
+        self.lineage.emitter.emit("DatasetVersion", {"name": name, **fields, **details})
+        return str(fields["digest"])
+
+    def use_dataset(
+        self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
+        pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
+        quality_checks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Record a dataset this run reads: a file, a directory, a pandas DataFrame or a pyarrow
+        Table. Emits DatasetVersion with digest, schema, row count and column profiles; returns
+        the digest. Blocks while the data is read (a progress bar shows on large files)."""
+        details = _dataset_details(license, consent, pii, owner, parents, quality_checks)
+        digest = self._dataset(data, name=name, details=details)
         self.inputs.append(digest)
         return digest
 
-    def produce_dataset(self, path: str | Path, *, name: str, **details: Any) -> str:
-        """Record a dataset this run writes; returns its digest."""
-        digest = self._dataset(path, name=name, run_id=self.run_id, **details)
+    def produce_dataset(
+        self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
+        pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
+        quality_checks: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Record a dataset this run writes (see :meth:`use_dataset`); returns its digest."""
+        details = _dataset_details(license, consent, pii, owner, parents or list(self.inputs), quality_checks)
+        digest = self._dataset(data, name=name, details={**details, "run_id": self.run_id})
         self.outputs.append(digest)
         return digest
 
     def log_metric(self, name: str, value: float) -> None:
         self.metrics[name] = float(value)
 
+    def log_feature_set(
+        self, name: str, features: list[dict[str, Any]], *, input_datasets: list[str] | None = None,
+    ) -> str:
+        """Record a feature set: each feature is ``{"name", "dtype", "code", "parameters"}`` where
+        ``code`` is the transformation function (its repo, commit, path and symbol are captured)
+        or a mapping with those keys. Returns the feature set digest."""
+        records = [{
+            "name": feature["name"], "dtype": str(feature.get("dtype", "unknown")),
+            "code": code_reference(feature["code"]) if feature.get("code") is not None else
+            {"repo": None, "commit": None, "path": None, "symbol": None},
+            "parameters": _json_values(feature.get("parameters")),
+        } for feature in features]
+        datasets = list(input_datasets if input_datasets is not None else self.inputs)
+        digest = "sha256:" + hashlib.sha256(
+            json.dumps({"name": name, "features": records, "inputs": datasets}, sort_keys=True).encode()
+        ).hexdigest()
+        self.lineage.emitter.emit("FeatureSetVersion", {
+            "name": name, "digest": digest, "features": records, "input_datasets": datasets, "run_id": self.run_id,
+        })
+        self.feature_sets.append(digest)
+        return digest
+
     def register_model(
         self, artifact_path: str | Path, *, name: str, version: str, framework: str | None = None,
-        artifact_uri: str | None = None,
+        artifact_uri: str | None = None, io_signature: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Record a model artifact trained by this run, with the datasets the run used."""
+        """Record a model artifact trained by this run, with the datasets and feature sets it used."""
         path = Path(artifact_path)
         event = self.lineage.emitter.emit("ModelVersion", {
             "model_name": name, "version": version,
             "artifact_uri": artifact_uri or path.resolve().as_uri(),
             "artifact_sha256": file_sha256(path), "framework": framework, "run_id": self.run_id,
             "datasets": [d for d in self.inputs if d.startswith("sha256:")],
+            "feature_sets": list(self.feature_sets),
+            "io_signature": json.dumps(io_signature, sort_keys=True) if io_signature is not None else None,
         })
         self.outputs.append(model_key(name, version))
         return event
+
+
+def _dataset_details(
+    license: str | None, consent: str | None, pii: list[str] | None, owner: str | None,
+    parents: list[str] | None, quality_checks: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    return {
+        "license": license, "consent": consent, "pii_tags": list(pii or []), "owner": owner,
+        "parents": list(parents or []),
+        "quality_checks": [{"name": c["name"], "passed": bool(c["passed"]), "detail": c.get("detail")}
+                           for c in quality_checks or []],
+    }
 
 
 class Lineage:
@@ -110,7 +167,8 @@ class Lineage:
         self, emitter: Emitter | None = None, *, settings: EmitterSettings | None = None,
         producer_name: str = "provline-job",
     ) -> None:
-        self.emitter = emitter or build_emitter(settings, producer_name=producer_name)
+        self.settings = settings or EmitterSettings()
+        self.emitter = emitter or build_emitter(self.settings, producer_name=producer_name)
         self._active: list[Run] = []
 
     @contextmanager
@@ -133,6 +191,32 @@ class Lineage:
         finally:
             self._active.pop()
 
+    def evaluate(
+        self, model_name: str, version: str, *, metrics: dict[str, Metric],
+        minimums: dict[str, float] | None = None, maximums: dict[str, float] | None = None,
+        dataset: str | None = None, slice: str | None = None, tests: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Record an evaluation. A metric passes when it is at least its minimum (or at most its
+        maximum); the evaluation passes when every metric with a threshold passes."""
+        rows = [evaluate_metric(name, value, (minimums or {}).get(name), (maximums or {}).get(name))
+                for name, value in metrics.items()]
+        return self.emitter.emit("Evaluation", {
+            "model_name": model_name, "model_version": version, "dataset": dataset, "slice": slice,
+            "metrics": rows, "passed": all(row["passed"] is not False for row in rows),
+            "tests": list(tests or []), "run_id": self._active[-1].run_id if self._active else None,
+        })
+
+    def decide(
+        self, subject: str, *, transition: str, approved: bool, actor: str, role: str,
+        rationale: str | None = None, alternatives: list[str] | None = None, risk_refs: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Record an approval or rejection of ``subject`` (e.g. ``model:churn@3``) moving ``transition``."""
+        return self.emitter.emit("Decision", {
+            "subject": subject, "transition": transition, "outcome": "APPROVED" if approved else "REJECTED",
+            "actor": actor, "role": role, "rationale": rationale, "alternatives": list(alternatives or []),
+            "risk_refs": list(risk_refs or []),
+        })
+
     def deploy(
         self, model_name: str, version: str, *, endpoint: str, environment: str = "production",
         action: str = "DEPLOY", reason: str | None = None, previous_version: str | None = None,
@@ -151,3 +235,15 @@ class Lineage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def evaluate_metric(name: str, value: Metric, minimum: float | None, maximum: float | None) -> dict[str, Any]:
+    """One Evaluation metric row; ``passed`` is None when the metric has no threshold."""
+    point, low, high = (value, None, None) if isinstance(value, int | float) else value
+    passed = None
+    if minimum is not None:
+        passed = point >= minimum
+    if maximum is not None:
+        passed = (passed is not False) and point <= maximum
+    return {"name": name, "value": float(point), "ci_low": low, "ci_high": high,
+            "threshold": minimum if minimum is not None else maximum, "passed": passed}

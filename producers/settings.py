@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from producers.capture import DEFAULT_ENV_ALLOW_LIST
 from schemas.events import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_QUEUE_MAX_MESSAGES = 100_000
@@ -42,6 +43,10 @@ class EmitterSettings(BaseSettings):
     spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, gt=0)
     on_full: Literal["block", "drop"] = Field(
         "block", description="when both the queue and the spool are full: wait for room, or drop and count",
+    )
+    capture_env: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ENV_ALLOW_LIST),
+        description="environment variables a run records; names that look like secrets never are",
     )
     kafka: dict[str, str] = Field(
         default_factory=dict,

@@ -38,9 +38,10 @@ class CheckedSql:
 
 
 def _blank_literals(sql: str) -> str:
-    """``sql`` with string literals, quoted identifiers and comments replaced by spaces.
+    """``sql`` with string literals and quoted identifiers replaced by ``x`` and comments by spaces.
 
-    Keeps positions so that what remains is only code the guard may inspect for ``;`` and keywords.
+    Keeps positions so that what remains is only code the guard may inspect for ``;`` and keywords;
+    literals stay non-blank so that a statement ending in one is not cut short.
     """
     out: list[str] = []
     i, n = 0, len(sql)
@@ -52,7 +53,7 @@ def _blank_literals(sql: str) -> str:
                 j += 2 if sql[j] == "\\" else 1
             if j >= n:
                 raise ReadOnlySqlError(f"unterminated {ch} quote starting at character {i}")
-            out.append(" " * (j + 1 - i))
+            out.append("x" * (j + 1 - i))
             i = j + 1
         elif sql.startswith("--", i) or ch == "#":
             j = sql.find("\n", i)

@@ -72,3 +72,11 @@ def test_settings_read_prefixed_env_and_refuse_unknown_keys(monkeypatch: pytest.
     assert (settings.kafka_bootstrap, settings.batch_max_events) == ("broker:9092", 10)
     with pytest.raises(ValidationError, match="batch_max_event"):
         SinkSettings(batch_max_event=3)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["SELECT * FROM t WHERE id = 'abc'", "SELECT * FROM t WHERE id = 'abc'  ;\n", "SELECT `c`"],
+)
+def test_a_statement_ending_in_a_literal_is_kept_whole(sql: str) -> None:
+    assert check_readonly_sql(sql).sql == sql.rstrip().rstrip(";").rstrip()

@@ -1,0 +1,1 @@
+"""The demo: a churn model trained, deployed behind the sidecar, and one prediction traced."""

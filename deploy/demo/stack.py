@@ -1,0 +1,261 @@
+"""The whole provline system on one machine, started as real processes.
+
+Used by ``python -m deploy.demo`` and by the end-to-end test, so both exercise the same path:
+
+    broker (deploy/local/kafka)  ->  provline serve (sink + audit API on chDB)
+                                 ->  provline processors (Faust trace joiner)
+    training job (producers)     ->  model server  <-  provline sidecar  <-  client requests
+
+Every process logs to ``<workdir>/logs/<name>.log``; ``stop()`` ends them all (SIGTERM, then
+SIGKILL after a deadline) in the reverse order of their start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from deploy.demo import model as churn
+from deploy.local.kafka import LocalKafka, create_topics
+from deploy.local.kafka.broker import free_port
+from producers import EmitterSettings, Lineage
+from schemas import Topics
+
+REPO = Path(__file__).resolve().parents[2]
+ENDPOINT = "/predict"
+MODEL_NAME = "churn"
+MODEL_VERSION = "1"
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+TOPIC_PARTITIONS = 4
+
+
+class StackError(RuntimeError):
+    """A demo component did not start or answer; the message names its log file."""
+
+
+@dataclass
+class Service:
+    """One child process with its log file and an optional HTTP health URL."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    health_url: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
+        assert self.process is not None and self.health_url is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StackError(f"{self.name} exited with code {self.process.returncode}; "
+                                 f"last lines of {self.log_path}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.health_url, timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise StackError(f"{self.name} was not healthy at {self.health_url} within {timeout:.0f}s; "
+                         f"last lines of {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@dataclass
+class Prediction:
+    prediction_id: str
+    request_body: bytes
+    status: int
+    response_body: bytes
+    model_version: str | None
+
+
+@dataclass
+class TrainingFacts:
+    """What the training job recorded: the answers an audit of its predictions must find."""
+
+    run_id: str
+    commit: str | None
+    dataset_digest: str
+    artifact_sha256: str
+    model_path: Path
+    accuracy: float
+
+
+@dataclass
+class DemoStack:
+    workdir: Path
+    kafka_bootstrap: str | None = None
+    topics: Topics = field(default_factory=lambda: Topics("provline"))
+    services: list[Service] = field(default_factory=list)
+    broker: LocalKafka | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()
+        self.api_port = free_port()
+        self.model_port = free_port()
+        self.sidecar_port = free_port()
+        self.sidecar_admin_port = free_port()
+        self.processors_web_port = free_port()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def sidecar_url(self) -> str:
+        return f"http://127.0.0.1:{self.sidecar_port}"
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("PROVLINE_")}
+        assert self.kafka_bootstrap is not None, "start_broker() first"
+        env.update(PROVLINE_KAFKA_BOOTSTRAP=self.kafka_bootstrap, PROVLINE_TOPIC_PREFIX=self.topics.prefix,
+                   PYTHONUNBUFFERED="1", **extra)
+        return env
+
+    def _provline(self, name: str, args: list[str], env: dict[str, str], health_url: str | None) -> Service:
+        service = Service(name, [sys.executable, "-m", "provline", *args], env,
+                          self.workdir / "logs" / f"{name}.log", health_url).start()
+        self.services.append(service)
+        return service
+
+    def start_broker(self) -> None:
+        """Use PROVLINE_KAFKA_BOOTSTRAP's broker when given, else start the local one; create the topics."""
+        if self.kafka_bootstrap is None:
+            self.broker = LocalKafka(self.workdir / "kafka").start()
+            self.kafka_bootstrap = self.broker.bootstrap
+        create_topics(self.kafka_bootstrap, self.topics.all, partitions=TOPIC_PARTITIONS)
+
+    def start_platform(self) -> None:
+        """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust)."""
+        serve = self._provline("serve", ["serve"], self._env(
+            PROVLINE_CLICKHOUSE_URL=f"chdb://{self.workdir / 'clickhouse'}",
+            PROVLINE_API_PORT=str(self.api_port),
+        ), f"{self.api_url}/healthz")
+        self._provline("processors", ["processors"], self._env(
+            PROVLINE_DATA_DIR=str(self.workdir / "processors"),
+            PROVLINE_WEB_PORT=str(self.processors_web_port),
+            PROVLINE_TOPIC_PARTITIONS=str(TOPIC_PARTITIONS),
+        ), None)
+        serve.wait_healthy()
+
+    def train(self, *, rows: int = 2000, seed: int = 7) -> TrainingFacts:
+        """The ML job: generate data, train, register the model, all recorded through ``producers``."""
+        data_dir = self.workdir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        dataset, model_path = data_dir / "customers.csv", data_dir / "churn-model.json"
+        churn.generate_customers(dataset, rows=rows, seed=seed)
+        settings = EmitterSettings(kafka_bootstrap=self.kafka_bootstrap, topic_prefix=self.topics.prefix)
+        params = {"learning_rate": 0.5, "epochs": 300}
+        with Lineage(settings=settings, producer_name="demo-train") as lineage:
+            with lineage.run("train-churn", stage="training", params=params, seed=seed) as run:
+                digest = run.use_dataset(dataset, name="customers", license="synthetic", owner="demo")
+                features, labels = churn.load_customers(dataset)
+                model = churn.train(features, labels, **params)
+                run.log_metric("train_accuracy", churn.accuracy(model, features, labels))
+                churn.save(model, model_path)
+                registered = run.register_model(model_path, name=MODEL_NAME, version=MODEL_VERSION,
+                                                framework="numpy-logistic-regression")
+            lineage.deploy(MODEL_NAME, MODEL_VERSION, endpoint=ENDPOINT, environment="demo",
+                           reason="first release")
+        return TrainingFacts(run_id=run.run_id, commit=run.code["commit"], dataset_digest=digest,
+                             artifact_sha256=registered["artifact_sha256"], model_path=model_path,
+                             accuracy=run.metrics["train_accuracy"])
+
+    def start_serving(self, model_path: Path) -> None:
+        """The model server and the sidecar in front of it."""
+        model_server = Service(
+            "model-server",
+            [sys.executable, "-m", "deploy.demo.model_server", "--model", str(model_path),
+             "--version", MODEL_VERSION, "--port", str(self.model_port)],
+            self._env(), self.workdir / "logs" / "model-server.log", f"http://127.0.0.1:{self.model_port}/healthz",
+        ).start()
+        self.services.append(model_server)
+        sidecar = self._provline("sidecar", [
+            "sidecar", "--upstream", f"http://127.0.0.1:{self.model_port}", "--port", str(self.sidecar_port),
+            "--admin-port", str(self.sidecar_admin_port),
+        ], self._env(), f"http://127.0.0.1:{self.sidecar_admin_port}/readyz")
+        model_server.wait_healthy()
+        sidecar.wait_healthy()
+
+    def predict(self, customers: list[dict[str, Any]]) -> list[Prediction]:
+        """Send each customer through the sidecar, as a client of the model would."""
+        predictions = []
+        with httpx.Client(base_url=self.sidecar_url, timeout=10.0) as client:
+            for customer in customers:
+                body = json.dumps(customer).encode()
+                response = client.post(ENDPOINT, content=body, headers={"Content-Type": "application/json"})
+                predictions.append(Prediction(
+                    prediction_id=response.headers["X-Prediction-ID"], request_body=body,
+                    status=response.status_code, response_body=response.content,
+                    model_version=response.headers.get("X-Model-Version"),
+                ))
+        return predictions
+
+    def wait_for_trace(self, prediction_id: str, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+        """Poll the audit API until the prediction's trace is stored."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            response = httpx.get(f"{self.api_url}/v1/traces/{prediction_id}", timeout=5.0)
+            if response.status_code == 200:
+                return response.json()
+            time.sleep(0.5)
+        logs = "\n".join(f"--- {s.name}\n{s.log_tail(10)}" for s in self.services)
+        raise StackError(f"no trace for {prediction_id} within {timeout:.0f}s\n{logs}")
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Rows of a read-only query, run by the process that owns the store."""
+        response = httpx.post(f"{self.api_url}/v1/sql", json={"sql": query}, timeout=30.0)
+        if response.status_code != 200:
+            raise StackError(f"SQL failed ({response.status_code}): {response.text}")
+        body = response.json()
+        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> DemoStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
