@@ -24,30 +24,35 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Producer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import Counter
 
 from producers.errors import ConfigurationError
+from producers.gaps import GapTracker
 from producers.settings import EmitterSettings
 from producers.spool import Spool
+from schemas.errors import SchemaError
 from schemas.events import Topics, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain
+from schemas.integrity import HashChain, load_private_key
 from schemas.serde import Catalog, default_catalog
 
 log = logging.getLogger("provline.emitter")
 
 EVENTS_SENT = Counter("provline_events_emitted_total", "Events handed to the transport", ["kind"])
 EVENTS_DELIVERED = Counter("provline_events_delivered_total", "Events the broker acknowledged")
-EVENTS_DROPPED = Counter("provline_events_dropped_total", "Events lost, by reason", ["reason"])
 DEFAULT_CLOSE_TIMEOUT_S = 10.0
 SHIP_INTERVAL_S = 0.05
+# Waking the worker for every event would hand the GIL back and forth per event; it wakes on a
+# full batch, or after linger_ms.
+WAKE_BATCH = 512
 SPOOL_BATCH_MAX = 5000
 CHECKPOINT_INTERVAL_S = 0.5
 CLOSE_GRACE_S = 5.0
 
 
 class Transport(Protocol):
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one message; must not block and must not raise (count and log instead)."""
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
+        """Queue one message; False when it was dropped by policy. Never waits on the broker, never raises."""
 
     def close(self, timeout: float) -> bool:
         """Deliver what is queued within ``timeout`` seconds; True when nothing is left."""
@@ -66,8 +71,9 @@ class MemoryTransport:
 
     messages: list[Message] = field(default_factory=list)
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
         self.messages.append(Message(topic, key, value))
+        return True
 
     def close(self, timeout: float) -> bool:
         return True
@@ -77,17 +83,18 @@ class ConsoleTransport:
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
         decoded = self._catalog.decode(value)
         print(f"{topic} {decoded.record} key={key.decode()} event_id={decoded.value['event_id']}", flush=True)
+        return True
 
     def close(self, timeout: float) -> bool:
         return True
 
 
 class NoTransport:
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
-        pass
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
+        return True
 
     def close(self, timeout: float) -> bool:
         return True
@@ -107,7 +114,7 @@ class KafkaTransport:
     apply: ``block`` waits for room, ``drop`` discards the message and counts it.
     """
 
-    def __init__(self, settings: EmitterSettings) -> None:
+    def __init__(self, settings: EmitterSettings, drops: GapTracker) -> None:
         if not settings.kafka_bootstrap:
             raise ConfigurationError("transport 'kafka' needs PROVLINE_KAFKA_BOOTSTRAP (host:port,...)")
         config: dict[str, Any] = {
@@ -123,28 +130,29 @@ class KafkaTransport:
         for name, value in settings.kafka.items():
             config[name.replace("_", ".")] = value
         self._settings = settings
+        self._linger_s = max(settings.linger_ms / 1000, 0.001)
+        self.drops = drops
         self._producer = Producer(config)
         self._spool = open_spool(settings)
         self._queue: deque[tuple[str, bytes, bytes]] = deque()
         self._room = threading.Condition()
         self._closing = threading.Event()
-        self._next_to_send = self._spool.committed  # replay what an earlier process left unsent
+        self._cursor = self._spool.cursor_at(self._spool.committed)  # replay what an earlier process left
         self._in_flight = 0
         self._close_deadline = float("inf")
         self._worker = threading.Thread(target=self._run, name="provline-emitter", daemon=True)
         self._worker.start()
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
         with self._room:
             while len(self._queue) >= self._settings.queue_max_messages:
                 if self._spool_full() and self._settings.on_full == "drop":
-                    EVENTS_DROPPED.labels("queue_and_spool_full").inc()
-                    log.warning("provline queue and spool are full; event to %s dropped", topic)
-                    return
+                    return False
                 self._room.wait(0.1)
             self._queue.append((topic, key, value))
-            if len(self._queue) == 1:
+            if len(self._queue) == WAKE_BATCH:  # otherwise the worker wakes on its linger timer
                 self._room.notify_all()
+            return True
 
     def _spool_full(self) -> bool:
         return self._spool.size_bytes() >= self._settings.spool_max_bytes
@@ -152,7 +160,7 @@ class KafkaTransport:
     def _take_batch(self) -> list[tuple[str, bytes, bytes]]:
         with self._room:
             if not self._queue and not self._closing.is_set():
-                self._room.wait(SHIP_INTERVAL_S)
+                self._room.wait(self._linger_s)
             if self._spool_full():
                 return []
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), SPOOL_BATCH_MAX))]
@@ -164,9 +172,8 @@ class KafkaTransport:
         last_checkpoint = time.monotonic()
         while True:
             batch = self._take_batch()
-            if batch:
-                self._spool.append(batch)
-            self._ship()
+            first = self._spool.append(batch) if batch else self._spool.next_sequence
+            self._ship(batch, first)
             closing = self._closing.is_set()
             self._producer.poll(SHIP_INTERVAL_S if closing else 0)
             if time.monotonic() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
@@ -183,24 +190,37 @@ class KafkaTransport:
         self._producer.poll(0)
         self._spool.close()
 
-    def _ship(self) -> None:
-        """Hand spooled, unsent messages to librdkafka, oldest first, up to max_in_flight."""
+    def _ship(self, batch: list[tuple[str, bytes, bytes]], first: int) -> None:
+        """Hand spooled, unsent messages to librdkafka, oldest first, up to max_in_flight.
+
+        When nothing older waits, the batch just spooled goes from memory; otherwise records are
+        read back from the spool (a backlog after an outage, or left by an earlier process).
+        """
         room = self._settings.max_in_flight - self._in_flight
-        if room <= 0 or self._next_to_send >= self._spool.next_sequence:
+        if batch and self._cursor.sequence == first and room >= len(batch):
+            for offset, (topic, key, value) in enumerate(batch):
+                try:
+                    self._produce(first + offset, topic, key, value)
+                except BufferError:
+                    self._cursor = self._spool.cursor_at(first + offset)
+                    return
+            self._cursor = self._spool.end()
             return
-        for message in self._spool.pending(self._next_to_send):
-            if room <= 0:
-                break
-            try:
-                self._producer.produce(
-                    message.topic, value=message.value, key=message.key,
-                    on_delivery=partial(self._on_delivery, message.sequence),
-                )
-            except BufferError:
-                break
-            self._next_to_send = message.sequence + 1
-            self._in_flight += 1
-            room -= 1
+        while room > 0 and self._cursor.sequence < self._spool.next_sequence:
+            records = self._spool.read(self._cursor, min(room, SPOOL_BATCH_MAX))
+            if not records:
+                return
+            for record in records:
+                try:
+                    self._produce(record.sequence, record.topic, record.key, record.value)
+                except BufferError:
+                    self._cursor = self._spool.cursor_at(record.sequence)
+                    return
+            room -= len(records)
+
+    def _produce(self, sequence: int, topic: str, key: bytes, value: bytes) -> None:
+        self._producer.produce(topic, value=value, key=key, on_delivery=partial(self._on_delivery, sequence))
+        self._in_flight += 1
 
     def _on_delivery(self, sequence: int, error: Any, message: Any) -> None:
         self._in_flight -= 1
@@ -208,9 +228,9 @@ class KafkaTransport:
             return  # still in the spool: replayed by the next process
         if error is not None:
             # With no message timeout, only permanent errors arrive here (too large, not authorised):
-            # retrying cannot help, so the event is counted as dropped and the spool moves on.
-            EVENTS_DROPPED.labels("rejected_by_broker").inc()
+            # retrying cannot help, so the event is recorded as dropped and the spool moves on.
             log.error("provline event to %s rejected by the broker: %s", message.topic(), error)
+            self.drops.record("rejected_by_broker")
         else:
             EVENTS_DELIVERED.inc()
         self._spool.ack(sequence)
@@ -248,30 +268,42 @@ class Emitter:
 
     def __init__(
         self, transport: Transport, *, producer_name: str, topics: Topics | None = None,
-        catalog: Catalog | None = None,
+        catalog: Catalog | None = None, signer: Ed25519PrivateKey | None = None, drops: GapTracker | None = None,
     ) -> None:
         self.transport = transport
         self.topics = topics or Topics()
         self.catalog = catalog or default_catalog()
         self.session_id = str(uuid.uuid4())
         self.producer = producer_identity(producer_name, self.session_id)
-        self._chain = HashChain(self.catalog)
+        self._chain = HashChain(self.catalog, signer=signer)
         self._lock = threading.Lock()
         self._closed = False
+        self.drops = drops or GapTracker()
 
     def emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> dict[str, Any]:
-        """Publish one event; returns the full event (envelope included). Bad fields raise InvalidEventError."""
+        """Publish one event; returns the full event (envelope included). Thread-safe; never waits on
+        the broker. Fields that do not fit the schema raise InvalidEventError (a programming error)."""
+        value = self._send(kind, fields, event_time)
+        if value is not None:
+            EVENTS_SENT.labels(kind).inc()
+            for gap in self.drops.take():
+                self._send("DeliveryGap", gap, None)
+        return value if value is not None else {**fields}
+
+    def _send(self, kind: str, fields: dict[str, Any], event_time: datetime | None) -> dict[str, Any] | None:
         value = {**new_envelope(self.producer, event_time=event_time), **fields}
         topic = self.topics.for_kind(kind)
         key = key_for(kind, value).encode()
         with self._lock:  # the chain order must be the order the transport receives events in
             if self._closed:
-                EVENTS_DROPPED.labels("emitter_closed").inc()
-                log.warning("provline emitter is closed; %s event dropped", kind)
-                return value
-            self._chain.seal(kind, value)
-            self.transport.send(topic, key, self.catalog.encode(kind, value))
-        EVENTS_SENT.labels(kind).inc()
+                self.drops.record("emitter_closed")
+                return None
+            previous = self._chain.last_hash
+            message = self.catalog.header(kind) + self._chain.seal_encode(kind, value)
+            if not self.transport.send(topic, key, message):
+                self._chain.last_hash = previous  # a dropped event is not part of the chain
+                self.drops.record("queue_and_spool_full")
+                return None
         return value
 
     def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> bool:
@@ -291,13 +323,23 @@ class Emitter:
 
 
 def build_emitter(settings: EmitterSettings | None = None, *, producer_name: str = "provline") -> Emitter:
-    """An emitter for the configured transport; ``none`` (no broker configured) warns once."""
+    """An emitter for the configured transport; ``none`` (no broker configured) warns once.
+
+    Raises ConfigurationError at once for settings that cannot work (a bad signing key...).
+    """
     settings = settings or EmitterSettings()
     name = settings.producer_name or producer_name
+    signer = None
+    if settings.signing_key is not None:
+        try:
+            signer = load_private_key(settings.signing_key.get_secret_value())
+        except (SchemaError, ValueError) as exc:
+            raise ConfigurationError(f"PROVLINE_SIGNING_KEY cannot be used: {exc}") from exc
+    drops = GapTracker()
     kind = settings.resolved_transport()
     transport: Transport
     if kind == "kafka":
-        transport = KafkaTransport(settings)
+        transport = KafkaTransport(settings, drops)
     elif kind == "memory":
         transport = MemoryTransport()
     elif kind == "console":
@@ -305,4 +347,4 @@ def build_emitter(settings: EmitterSettings | None = None, *, producer_name: str
     else:
         log.warning("provline: no broker configured (PROVLINE_KAFKA_BOOTSTRAP); lineage events are discarded")
         transport = NoTransport()
-    return Emitter(transport, producer_name=name, topics=Topics(settings.topic_prefix))
+    return Emitter(transport, producer_name=name, topics=Topics(settings.topic_prefix), signer=signer, drops=drops)

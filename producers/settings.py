@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.capture import DEFAULT_ENV_ALLOW_LIST
@@ -47,6 +47,9 @@ class EmitterSettings(BaseSettings):
     capture_env: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ENV_ALLOW_LIST),
         description="environment variables a run records; names that look like secrets never are",
+    )
+    signing_key: SecretStr | None = Field(
+        None, description="Ed25519 private key (PEM or base64 of 32 bytes) to sign every event's hash",
     )
     kafka: dict[str, str] = Field(
         default_factory=dict,

@@ -36,6 +36,15 @@ _HEADER = struct.Struct("<II")
 _SEGMENT_PREFIX = "segment-"
 
 
+@dataclass
+class Cursor:
+    """Where the next record to read is: its sequence number, segment and byte offset."""
+
+    sequence: int
+    segment: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class SpooledMessage:
     sequence: int
@@ -58,9 +67,9 @@ def decode_payload(payload: bytes) -> tuple[str, bytes, bytes]:
     return topic, payload[key_start : key_start + key_length], payload[key_start + key_length :]
 
 
-def _read_records(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """(offset after the record, payload) for every intact record; stops at the first torn one."""
-    offset = 0
+def _read_records(handle: BinaryIO, offset: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset after the record, payload) for every intact record from ``offset`` (where ``handle``
+    is positioned); stops at the first torn one."""
     while True:
         header = handle.read(_HEADER.size)
         if len(header) < _HEADER.size:
@@ -169,23 +178,54 @@ class Spool:
             os.fsync(self._writer.fileno())
         self._last_fsync = time.monotonic()
 
+    def end(self) -> Cursor:
+        """A cursor after the last appended record."""
+        if not self._segments:
+            return Cursor(self.next_sequence, self.next_sequence, 0)
+        first, path = next(reversed(self._segments.items()))
+        return Cursor(self.next_sequence, first, self._writer_bytes if self._writer else path.stat().st_size)
+
+    def cursor_at(self, sequence: int) -> Cursor:
+        """A cursor at ``sequence``; scans its segment from the start, so use it to begin, then :meth:`read`."""
+        firsts = [first for first in self._segments if first <= sequence]
+        if not firsts:
+            return self.end() if sequence >= self.next_sequence else Cursor(sequence, sequence, 0)
+        cursor = Cursor(firsts[-1], firsts[-1], 0)
+        with open(self._segments[cursor.segment], "rb") as handle:
+            for next_offset, _ in _read_records(handle):
+                if cursor.sequence >= sequence:
+                    break
+                cursor.sequence += 1
+                cursor.offset = next_offset
+        return cursor
+
+    def read(self, cursor: Cursor, limit: int) -> list[SpooledMessage]:
+        """Up to ``limit`` records from ``cursor`` on, in append order; advances ``cursor``."""
+        if cursor.segment not in self._segments and self._segments:
+            moved = self.cursor_at(cursor.sequence)
+            cursor.segment, cursor.offset = moved.segment, moved.offset
+        records: list[SpooledMessage] = []
+        while len(records) < limit and cursor.sequence < self.next_sequence and cursor.segment in self._segments:
+            with open(self._segments[cursor.segment], "rb") as handle:
+                handle.seek(cursor.offset)
+                for next_offset, payload in _read_records(handle, cursor.offset):
+                    topic, key, value = decode_payload(payload)
+                    records.append(SpooledMessage(cursor.sequence, topic, key, value))
+                    cursor.sequence += 1
+                    cursor.offset = next_offset
+                    if len(records) >= limit or cursor.sequence >= self.next_sequence:
+                        return records
+            later = [first for first in self._segments if first > cursor.segment]
+            if not later:
+                break
+            cursor.segment, cursor.offset = later[0], 0
+        return records
+
     def pending(self, start: int | None = None) -> Iterator[SpooledMessage]:
         """Unacknowledged records from ``start`` (default: the oldest), in append order."""
-        start = self.committed if start is None else start
-        firsts = list(self._segments)
-        for index, first in enumerate(firsts):
-            end = firsts[index + 1] if index + 1 < len(firsts) else self.next_sequence
-            if end <= start:
-                continue
-            with open(self._segments[first], "rb") as handle:
-                sequence = first
-                for _, payload in _read_records(handle):
-                    if sequence >= self.next_sequence:
-                        return
-                    if sequence >= start and sequence not in self._acked_ahead:
-                        topic, key, value = decode_payload(payload)
-                        yield SpooledMessage(sequence, topic, key, value)
-                    sequence += 1
+        cursor = self.cursor_at(self.committed if start is None else start)
+        while records := self.read(cursor, 1000):
+            yield from (record for record in records if record.sequence not in self._acked_ahead)
 
     def ack(self, sequence: int) -> None:
         """Mark one record delivered; the committed mark advances over contiguous acknowledgements."""

@@ -2,21 +2,118 @@
 
 ``hash = SHA-256(Avro binary of the event with hash="" and signature=null)``; the encoding
 includes ``prev_hash``, so changing, removing or reordering any event breaks the chain from
-that event on. :class:`HashChain` is not thread-safe: the emitter seals under its own lock.
+that event on. With a signing key, ``signature`` is the Ed25519 signature of the ASCII hex
+``hash``. :class:`HashChain` is not thread-safe: the emitter seals under its own lock.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from schemas.errors import SchemaError
 from schemas.serde import Catalog
+
+
+class SigningKeyError(SchemaError):
+    """A signing or verification key could not be read."""
+
+
+def _key_bytes(text: str, what: str) -> bytes | None:
+    """Raw 32-byte key from base64, or None when ``text`` is PEM."""
+    stripped = text.strip()
+    if stripped.startswith("-----BEGIN"):
+        return None
+    try:
+        raw = base64.b64decode(stripped, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SigningKeyError(f"{what} is neither PEM nor base64: {exc}") from exc
+    if len(raw) != 32:
+        raise SigningKeyError(f"{what} decodes to {len(raw)} bytes; an Ed25519 key is 32 bytes (or PEM)")
+    return raw
+
+
+def load_private_key(text: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PEM (PKCS#8) or base64 of its 32 raw bytes."""
+    raw = _key_bytes(text, "the signing key")
+    if raw is not None:
+        return Ed25519PrivateKey.from_private_bytes(raw)
+    key = serialization.load_pem_private_key(text.strip().encode(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"the signing key is a {type(key).__name__}; provline signs with Ed25519")
+    return key
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from PEM (SubjectPublicKeyInfo) or base64 of its 32 raw bytes."""
+    raw = _key_bytes(text, "the verification key")
+    if raw is not None:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    key = serialization.load_pem_public_key(text.strip().encode())
+    if not isinstance(key, Ed25519PublicKey):
+        raise SigningKeyError(f"the verification key is a {type(key).__name__}; provline signs with Ed25519")
+    return key
+
+
+def signature_valid(public_key: Ed25519PublicKey, value: dict[str, Any]) -> bool:
+    """Whether ``value["signature"]`` is a valid signature of ``value["hash"]``."""
+    signature = value.get("signature")
+    if not signature:
+        return False
+    try:
+        public_key.verify(signature, str(value["hash"]).encode())
+    except InvalidSignature:
+        return False
+    return True
 
 
 def event_hash(catalog: Catalog, kind: str, value: dict[str, Any]) -> str:
     unsealed = {**value, "hash": "", "signature": None}
     return hashlib.sha256(catalog.encode_body(kind, unsealed)).hexdigest()
+
+
+def _skip_varint(body: bytes, offset: int) -> tuple[int, int]:
+    """(zigzag-decoded value, offset after it) of the Avro varint at ``offset``."""
+    shift = result = 0
+    while True:
+        byte = body[offset]
+        offset += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return (result >> 1) ^ -(result & 1), offset
+        shift += 7
+
+
+def _hash_offset(body: bytes) -> int:
+    """Byte offset of ``hash`` in an event's Avro body: after event_id, event_time, producer's four
+    strings and the prev_hash union, the envelope fields every event starts with."""
+    offset = 0
+    for index in range(2 + 4):  # event_id, event_time, producer.{name, host, version, session_id}
+        value, offset = _skip_varint(body, offset)
+        if index != 1:  # every field but event_time (a long) is a string: skip its bytes
+            offset += value
+    branch, offset = _skip_varint(body, offset)  # prev_hash: null | string
+    if branch == 1:
+        length, offset = _skip_varint(body, offset)
+        offset += length
+    return offset
+
+
+def _avro_bytes_field(data: bytes) -> bytes:
+    zigzag = len(data) << 1
+    out = bytearray()
+    while zigzag >= 0x80:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out) + data
 
 
 @dataclass
@@ -25,13 +122,38 @@ class HashChain:
 
     catalog: Catalog
     last_hash: str | None = None
+    signer: Ed25519PrivateKey | None = None
 
     def seal(self, kind: str, value: dict[str, Any]) -> dict[str, Any]:
-        """Set ``prev_hash`` and ``hash`` on ``value`` (in place) and advance the chain."""
+        """Set ``prev_hash``, ``hash`` (and ``signature``) on ``value`` in place; advance the chain."""
         value["prev_hash"] = self.last_hash
         value["hash"] = event_hash(self.catalog, kind, value)
+        if self.signer is not None:
+            value["signature"] = self.signer.sign(value["hash"].encode())
         self.last_hash = value["hash"]
         return value
+
+    def seal_encode(self, kind: str, value: dict[str, Any]) -> bytes:
+        """Seal ``value`` like :meth:`seal` and return its Avro body, encoding it only once.
+
+        The body is encoded with ``hash=""`` and ``signature=null`` (the bytes the hash covers); the
+        hash and signature are then spliced in where the envelope puts them, which gives exactly
+        the bytes that encoding the sealed event again would.
+        """
+        value["prev_hash"] = self.last_hash
+        value["hash"] = ""
+        value["signature"] = None
+        unsealed = self.catalog.encode_body(kind, value)
+        digest = hashlib.sha256(unsealed).hexdigest()
+        value["hash"] = digest
+        signature = b"\x00"
+        if self.signer is not None:
+            value["signature"] = self.signer.sign(digest.encode())
+            signature = b"\x02" + _avro_bytes_field(value["signature"])
+        self.last_hash = digest
+        offset = _hash_offset(unsealed)
+        # at offset: 0x00 (empty hash string), 0x00 (null signature branch)
+        return unsealed[:offset] + _avro_bytes_field(digest.encode()) + signature + unsealed[offset + 2 :]
 
 
 def first_break(catalog: Catalog, chain: list[tuple[str, dict[str, Any]]]) -> tuple[int, str] | None:

@@ -106,11 +106,13 @@ class Catalog:
 
     def encode(self, record: str, value: Record, *, schema_id: int | None = None) -> bytes:
         """Encode with the current schema; single-object encoding, or Confluent framing with ``schema_id``."""
+        return self.header(record, schema_id=schema_id) + self.encode_body(record, value)
+
+    def header(self, record: str, *, schema_id: int | None = None) -> bytes:
+        """The wire-format header that goes before an Avro body of ``record``'s current schema."""
         if schema_id is None:
-            header = SINGLE_OBJECT_MAGIC + self.current(record).fingerprint
-        else:
-            header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
-        return header + self.encode_body(record, value)
+            return SINGLE_OBJECT_MAGIC + self.current(record).fingerprint
+        return CONFLUENT_MAGIC + struct.pack(">I", schema_id)
 
     def encode_body(self, record: str, value: Record) -> bytes:
         """Avro binary body only: the canonical encoding that hash chains are computed over."""

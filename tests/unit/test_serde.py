@@ -9,7 +9,7 @@ import pytest
 
 from schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
 from schemas.events import Topics, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain, first_break
+from schemas.integrity import HashChain, event_hash, first_break
 from schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC
 
 ENVELOPE_FIELDS = ["event_id", "event_time", "producer", "prev_hash", "hash", "signature"]
@@ -165,3 +165,30 @@ def test_no_schema_declares_a_field_twice() -> None:
     for path in AVSC_DIR.glob("*.avsc"):
         names = [f["name"] for f in json.loads(path.read_text())["fields"]]
         assert len(names) == len(set(names)), f"{path.name} declares a field twice"
+
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+SIGNER = Ed25519PrivateKey.generate()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.text(max_size=300), host=st.text(max_size=80), endpoint=st.text(max_size=200),
+    micros=st.integers(min_value=-62_135_596_800_000_000, max_value=253_402_300_799_999_999),  # datetime's range
+    previous=st.none() | st.text(min_size=64, max_size=64),
+    signed=st.booleans(),
+)
+def test_single_encoding_seal_gives_the_bytes_of_encoding_the_sealed_event(
+    name: str, host: str, endpoint: str, micros: int, previous: str | None, signed: bool
+) -> None:
+    catalog = default_catalog()
+    value = deployment(endpoint=endpoint, producer={"name": name, "host": host, "version": "1", "session_id": "s"})
+    value["event_time"] = micros
+    chain = HashChain(catalog, last_hash=previous, signer=SIGNER if signed else None)
+    body = chain.seal_encode("Deployment", value)
+    assert body == catalog.encode_body("Deployment", value)
+    assert event_hash(catalog, "Deployment", value) == value["hash"]
+    assert catalog.decode(catalog.header("Deployment") + body).value["hash"] == value["hash"]

@@ -65,3 +65,21 @@ def test_acknowledged_segments_are_deleted_and_size_is_tracked(tmp_path: Path) -
     assert len(list(tmp_path.glob("segment-*.log"))) == 1
     assert spool.size_bytes() == sum(p.stat().st_size for p in tmp_path.glob("segment-*.log"))
     assert [m.sequence for m in Spool(tmp_path).pending()] == [16, 17, 18, 19]
+
+
+def test_a_cursor_reads_across_segments_in_batches_and_resumes_anywhere(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=100)
+    for start in range(0, 12, 3):
+        spool.append(messages(3, start=start))
+    cursor = spool.cursor_at(0)
+    seen = []
+    while batch := spool.read(cursor, 5):
+        assert len(batch) <= 5
+        seen.extend(batch)
+    assert [m.sequence for m in seen] == list(range(12))
+    assert [m.value for m in seen] == [v for _, _, v in messages(12)]
+    assert cursor.sequence == spool.end().sequence == 12
+    middle = spool.cursor_at(7)
+    assert [m.sequence for m in spool.read(middle, 2)] == [7, 8]
+    spool.append(messages(1, start=12))
+    assert [m.sequence for m in spool.read(cursor, 5)] == [12]

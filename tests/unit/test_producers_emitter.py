@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from producers import EmitterSettings, build_emitter
+from producers.emitter import Emitter, MemoryTransport
+from producers.errors import ConfigurationError
+from schemas import default_catalog
+from schemas.integrity import first_break, load_public_key, signature_valid
+
+
+def deployment(version: str) -> dict:
+    return {"model_name": "m", "model_version": version, "environment": "prod", "endpoint": "/p", "action": "DEPLOY"}
+
+
+def decoded(emitter: Emitter) -> list[tuple[str, dict]]:
+    return [(d.record, d.value) for d in (default_catalog().decode(m.value) for m in emitter.transport.messages)]
+
+
+class FlakyTransport(MemoryTransport):
+    """Drops the messages whose positions are listed, as a full queue and spool would."""
+
+    def __init__(self, drop_at: set[int]) -> None:
+        super().__init__()
+        self.drop_at = drop_at
+        self.calls = 0
+
+    def send(self, topic: str, key: bytes, value: bytes) -> bool:
+        self.calls += 1
+        if self.calls in self.drop_at:
+            return False
+        return super().send(topic, key, value)
+
+
+def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -> None:
+    emitter = Emitter(FlakyTransport(drop_at={2, 3, 4}), producer_name="flaky")
+    for version in "12345":
+        emitter.emit("Deployment", deployment(version))
+    events = decoded(emitter)
+    assert [kind for kind, _ in events] == ["Deployment", "Deployment", "DeliveryGap"]
+    gap = events[2][1]
+    assert gap["dropped"] == 3 and gap["reason"] == "queue_and_spool_full"
+    assert gap["first_time"] <= gap["last_time"]
+    assert events[1][1]["model_version"] == "5"
+    # the chain skips the dropped events: what was delivered still verifies
+    assert first_break(default_catalog(), events) is None
+
+
+def pem(key: Ed25519PrivateKey) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@pytest.mark.parametrize("encoding", ["pem", "base64"])
+def test_events_are_signed_with_the_configured_key(encoding: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    text = pem(key) if encoding == "pem" else base64.b64encode(
+        key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                          serialization.NoEncryption())).decode()
+    emitter = build_emitter(EmitterSettings(transport="memory", signing_key=text))
+    emitter.emit("Deployment", deployment("1"))
+    [(_, event)] = decoded(emitter)
+    public = load_public_key(base64.b64encode(key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode())
+    assert signature_valid(public, event)
+    assert not signature_valid(public, {**event, "hash": "0" * 64})
+    assert not signature_valid(load_public_key(
+        base64.b64encode(Ed25519PrivateKey.generate().public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()), event)
+    assert first_break(default_catalog(), [("Deployment", event)]) is None
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("not a key!", "neither PEM nor base64"),
+    (base64.b64encode(b"short").decode(), "decodes to 5 bytes"),
+])
+def test_an_unusable_signing_key_fails_at_start_up(key: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"PROVLINE_SIGNING_KEY cannot be used: .*{message}"):
+        build_emitter(EmitterSettings(transport="memory", signing_key=key))
+
+
+def test_a_closed_emitter_records_the_drop() -> None:
+    emitter = build_emitter(EmitterSettings(transport="memory"))
+    emitter.close()
+    emitter.emit("Deployment", deployment("1"))
+    assert emitter.transport.messages == []
+    assert emitter.drops.take()[0]["reason"] == "emitter_closed"
