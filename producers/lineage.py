@@ -37,12 +37,16 @@ def _json_values(params: dict[str, Any] | None) -> dict[str, str]:
 Metric = float | tuple[float, float, float]  # value, or (value, ci_low, ci_high)
 
 
+class CommandFailed(Exception):
+    """Recorded as the error of a wrapped command that exited with a non-zero code."""
+
+
 class Run:
     """One pipeline run; created by :meth:`Lineage.run`. Not thread-safe."""
 
     def __init__(
         self, lineage: Lineage, name: str, *, stage: str | None, params: dict[str, Any] | None,
-        seed: int | None, parent_run_id: str | None,
+        seed: int | None, parent_run_id: str | None, argv: list[str] | None = None,
     ) -> None:
         self.lineage = lineage
         self.run_id = str(uuid.uuid4())
@@ -55,7 +59,8 @@ class Run:
         self.outputs: list[str] = []
         self.feature_sets: list[str] = []
         self.metrics: dict[str, float] = {}
-        self.code = code_version()
+        self.exit_code: int | None = None  # set by command wrappers; non-zero makes the run FAILED
+        self.code = code_version(argv=argv)
         self.environment = environment(lineage.settings.capture_env)
         self._started = time.monotonic()
 
@@ -67,6 +72,7 @@ class Run:
             "code": self.code, "environment": self.environment,
             "hyperparameters": self.hyperparameters, "seeds": self.seeds, "metrics": self.metrics,
             "error": {"type": type(error).__name__, "message": str(error)} if error else None,
+            "exit_code": self.exit_code,
             "duration_ms": int((time.monotonic() - self._started) * 1000) if finished else None,
         })
 
@@ -174,11 +180,14 @@ class Lineage:
     @contextmanager
     def run(
         self, name: str, *, stage: str | None = None, params: dict[str, Any] | None = None,
-        seed: int | None = None,
+        seed: int | None = None, argv: list[str] | None = None,
     ) -> Iterator[Run]:
-        """Emit RunEvent STARTED now and COMPLETED or FAILED at exit; exceptions are re-raised."""
+        """Emit RunEvent STARTED now and COMPLETED or FAILED at exit; exceptions are re-raised.
+
+        ``argv`` is the command the run stands for (default: this process's ``sys.argv``).
+        """
         parent = self._active[-1].run_id if self._active else None
-        run = Run(self, name, stage=stage, params=params, seed=seed, parent_run_id=parent)
+        run = Run(self, name, stage=stage, params=params, seed=seed, parent_run_id=parent, argv=argv)
         run._emit_state("STARTED")
         self._active.append(run)
         try:
@@ -187,7 +196,10 @@ class Lineage:
             run._emit_state("FAILED", error=error)
             raise
         else:
-            run._emit_state("COMPLETED")
+            if run.exit_code:
+                run._emit_state("FAILED", error=CommandFailed(f"command exited with code {run.exit_code}"))
+            else:
+                run._emit_state("COMPLETED")
         finally:
             self._active.pop()
 
