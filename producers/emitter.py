@@ -11,12 +11,16 @@ A transport is two methods (``send`` and ``close``); Kafka, memory, console and 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -263,22 +267,46 @@ def open_spool(settings: EmitterSettings) -> Spool:
     return Spool(directory, fsync=settings.spool_fsync)
 
 
+def _call_weakly(method: weakref.WeakMethod[Callable[[], Any]]) -> None:
+    bound = method()
+    if bound is not None:
+        bound()
+
+
 class Emitter:
     """Seals, encodes and routes events; thread-safe; ``emit`` never blocks on the broker."""
 
     def __init__(
         self, transport: Transport, *, producer_name: str, topics: Topics | None = None,
         catalog: Catalog | None = None, signer: Ed25519PrivateKey | None = None, drops: GapTracker | None = None,
+        transport_in_child: Callable[[GapTracker], Transport] | None = None,
     ) -> None:
         self.transport = transport
         self.topics = topics or Topics()
         self.catalog = catalog or default_catalog()
-        self.session_id = str(uuid.uuid4())
-        self.producer = producer_identity(producer_name, self.session_id)
-        self._chain = HashChain(self.catalog, signer=signer)
-        self._lock = threading.Lock()
-        self._closed = False
+        self._producer_name = producer_name
+        self._signer = signer
+        self._transport_in_child = transport_in_child
         self.drops = drops or GapTracker()
+        self._start_session()
+        self._closed = False
+        self._delivered = True
+        # Flush on exit; and a forked child (whose copy of the worker thread and librdkafka are
+        # dead) starts its own session and transport. Weak references let the emitter be collected.
+        atexit.register(_call_weakly, weakref.WeakMethod(self.close))
+        os.register_at_fork(after_in_child=partial(_call_weakly, weakref.WeakMethod(self._after_fork)))
+
+    def _start_session(self) -> None:
+        self.session_id = str(uuid.uuid4())
+        self.producer = producer_identity(self._producer_name, self.session_id)
+        self._chain = HashChain(self.catalog, signer=self._signer)
+        self._lock = threading.Lock()
+
+    def _after_fork(self) -> None:
+        self._start_session()
+        if self._transport_in_child is not None and not self._closed:
+            self.drops = GapTracker()
+            self.transport = self._transport_in_child(self.drops)
 
     def emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> dict[str, Any]:
         """Publish one event; returns the full event (envelope included). Thread-safe; never waits on
@@ -307,13 +335,15 @@ class Emitter:
         return value
 
     def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> bool:
-        """Deliver queued events, waiting at most ``timeout`` seconds; True when all were delivered."""
+        """Deliver queued events, waiting at most ``timeout`` seconds; True when all were delivered.
+
+        Later calls return the first call's answer (close also runs at interpreter exit)."""
         with self._lock:
+            if self._closed:
+                return self._delivered
             self._closed = True
-        started = time.monotonic()
-        delivered = self.transport.close(timeout)
-        log.debug("provline emitter closed in %.3fs", time.monotonic() - started)
-        return delivered
+        self._delivered = self.transport.close(timeout)
+        return self._delivered
 
     def __enter__(self) -> Emitter:
         return self
@@ -338,8 +368,12 @@ def build_emitter(settings: EmitterSettings | None = None, *, producer_name: str
     drops = GapTracker()
     kind = settings.resolved_transport()
     transport: Transport
+    in_child = None
     if kind == "kafka":
         transport = KafkaTransport(settings, drops)
+        # a spool has one writer: a forked child spools to a private directory of its own
+        child_settings = settings.model_copy(update={"spool_dir": None})
+        in_child = partial(KafkaTransport, child_settings)
     elif kind == "memory":
         transport = MemoryTransport()
     elif kind == "console":
@@ -347,4 +381,5 @@ def build_emitter(settings: EmitterSettings | None = None, *, producer_name: str
     else:
         log.warning("provline: no broker configured (PROVLINE_KAFKA_BOOTSTRAP); lineage events are discarded")
         transport = NoTransport()
-    return Emitter(transport, producer_name=name, topics=Topics(settings.topic_prefix), signer=signer, drops=drops)
+    return Emitter(transport, producer_name=name, topics=Topics(settings.topic_prefix), signer=signer, drops=drops,
+                   transport_in_child=in_child)

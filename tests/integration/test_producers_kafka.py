@@ -59,3 +59,37 @@ def test_job_events_reach_the_broker_with_the_captured_facts(
     assert completed["hyperparameters"] == {"lr": "0.1"} and completed["seeds"] == {"seed": 5}
     assert by_kind["DatasetVersion"][0]["digest"] == digest
     assert by_kind["ModelVersion"][0]["run_id"] == completed["run_id"]
+
+
+def _emit_in_child(emitter, count: int) -> None:
+    for index in range(count):
+        emitter.emit("Deployment", {"model_name": "child", "model_version": str(index), "environment": "e",
+                                    "endpoint": "/p", "action": "DEPLOY"})
+    raise SystemExit(0 if emitter.close(timeout=30) else 1)
+
+
+def test_a_forked_child_gets_its_own_session_and_delivers(kafka_bootstrap: str, topics: Topics, tmp_path) -> None:
+    import multiprocessing
+
+    from producers import build_emitter
+    from schemas.integrity import first_break
+
+    emitter = build_emitter(EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix,
+                                            spool_dir=tmp_path / "spool"), producer_name="parent")
+    emitter.emit("Deployment", {"model_name": "parent", "model_version": "0", "environment": "e",
+                                "endpoint": "/p", "action": "DEPLOY"})
+    child = multiprocessing.get_context("fork").Process(target=_emit_in_child, args=(emitter, 3))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    emitter.emit("Deployment", {"model_name": "parent", "model_version": "1", "environment": "e",
+                                "endpoint": "/p", "action": "DEPLOY"})
+    assert emitter.close(timeout=30)
+
+    events = [default_catalog().decode(m.value()).value for m in consume(kafka_bootstrap, topics.lineage, 5)]
+    sessions: dict[str, list] = {}
+    for event in sorted(events, key=lambda e: e["event_id"]):
+        sessions.setdefault(event["producer"]["session_id"], []).append(("Deployment", event))
+    assert len(events) == 5 and len(sessions) == 2
+    assert sorted(len(chain) for chain in sessions.values()) == [2, 3]
+    assert all(first_break(default_catalog(), chain) is None for chain in sessions.values())
