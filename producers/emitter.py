@@ -114,8 +114,10 @@ class KafkaTransport:
     in order when it returns, or by the next process that opens the same spool directory.
     librdkafka never expires messages (``message.timeout.ms=0``), so order per partition holds.
 
-    Only when the queue is full and the spool has reached ``spool_max_bytes`` does ``on_full``
-    apply: ``block`` waits for room, ``drop`` discards the message and counts it.
+    The queue fills only when the worker cannot write to disk as fast as events come (or the
+    spool has reached ``spool_max_bytes``); then ``on_full`` applies: ``block`` waits for room
+    (jobs: nothing is lost), ``drop`` returns at once and the event is counted and recorded as a
+    delivery gap (servers: a request never waits on provline).
     """
 
     def __init__(self, settings: EmitterSettings, drops: GapTracker) -> None:
@@ -150,7 +152,7 @@ class KafkaTransport:
     def send(self, topic: str, key: bytes, value: bytes) -> bool:
         with self._room:
             while len(self._queue) >= self._settings.queue_max_messages:
-                if self._spool_full() and self._settings.on_full == "drop":
+                if self._settings.on_full == "drop":
                     return False
                 self._room.wait(0.1)
             self._queue.append((topic, key, value))
@@ -330,7 +332,7 @@ class Emitter:
             message = self.catalog.header(kind) + self._chain.seal_encode(kind, value)
             if not self.transport.send(topic, key, message):
                 self._chain.last_hash = previous  # a dropped event is not part of the chain
-                self.drops.record("queue_and_spool_full")
+                self.drops.record("queue_full")
                 return None
         return value
 

@@ -42,7 +42,8 @@ class EmitterSettings(BaseSettings):
     spool_fsync: Literal["always", "interval", "never"] = "interval"
     spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, gt=0)
     on_full: Literal["block", "drop"] = Field(
-        "block", description="when both the queue and the spool are full: wait for room, or drop and count",
+        "block", description="when the queue is full (the spool cannot take events as fast as they come, or "
+        "has reached spool_max_bytes): wait for room, or drop at once, count and record a delivery gap",
     )
     capture_env: list[str] = Field(
         default_factory=lambda: list(DEFAULT_ENV_ALLOW_LIST),

@@ -16,9 +16,13 @@ import contextlib
 import importlib.util
 import json
 import logging
+import os
+import random
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -28,8 +32,17 @@ import yarl
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from producers.emitter import Emitter, build_emitter
-from sidecar.errors import StartupError, UpstreamError, upstream_error_from
-from sidecar.events import Capture, request_fields, response_fields
+from producers.settings import EmitterSettings
+from sidecar.deployments import DeploymentFollower
+from sidecar.errors import (
+    PolicyError,
+    StartupError,
+    UpstreamAborted,
+    UpstreamError,
+    UpstreamUnreachable,
+    upstream_error_from,
+)
+from sidecar.events import Capture, describe_body, request_fields, response_fields
 from sidecar.headers import (
     CLIENT_ID_HEADER,
     MODEL_VERSION_HEADER,
@@ -44,7 +57,19 @@ from sidecar.headers import (
     upstream_request_headers,
     values,
 )
-from sidecar.metrics import EVENT_ERRORS, REQUESTS, UPSTREAM_LATENCY
+from sidecar.logs import configure_logging
+from sidecar.metrics import (
+    ADDED_LATENCY,
+    EVENT_BACKLOG,
+    EVENT_ERRORS,
+    REQUESTS,
+    SAMPLED_OUT,
+    UPSTREAM_ABORTED,
+    UPSTREAM_LATENCY,
+)
+from sidecar.model_version import DeploymentIndex, ModelVersionResolver
+from sidecar.payload import BodyTap, ObservedBody
+from sidecar.policy import Mode, Policy, Redactor, RouteDecision, load_policy
 from sidecar.settings import SidecarSettings
 
 Scope = MutableMapping[str, Any]
@@ -58,19 +83,46 @@ PRODUCER_NAME = "sidecar"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # aiohttp adds these unless told not to; the upstream must see only what the client sent.
 SKIPPED_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
+BACKLOG_INTERVAL_S = 1.0
+DECISION_CACHE_SIZE = 4096
+
+
+class ClientGone(Exception):
+    """The client disconnected before its whole request body arrived."""
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One proxied exchange, as the recorder needs it after the reply was sent."""
+
+    scope: Scope
+    prediction_id: str
+    traceparent: str
+    capture: Mode
+    recorded: bool  # False when sampled out
+    request: ObservedBody | bytes
+    status: int = 0
+    headers: list[Header] = field(default_factory=list)
+    reply: ObservedBody | bytes = b""
+    upstream_ns: int = 0
+    error: UpstreamError | None = None
 
 
 class SidecarApp:
     """The reverse proxy, an ASGI 3 app; serve it with lifespan on (it owns the upstream session).
 
     ``emitter``: when given, the caller owns it and closes it; otherwise one is built from
-    ``settings.emitter`` at start-up and closed at shutdown, waiting at most
-    ``settings.flush_timeout_s`` for queued events.
+    ``settings.emitter`` at start-up (always ``on_full="drop"``: serving never waits for room;
+    with a ``spool_dir``, this worker's own ``<spool_dir>/worker-<worker>``) and closed at
+    shutdown, waiting at most ``settings.flush_timeout_s`` for queued events.
+
+    Raises PolicyError at construction when the capture policy cannot be used.
     """
 
-    def __init__(self, settings: SidecarSettings, emitter: Emitter | None = None) -> None:
+    def __init__(self, settings: SidecarSettings, emitter: Emitter | None = None, *, worker: int = 0) -> None:
         self.settings = settings
         self.emitter = emitter
+        self.worker = worker
         self.ready = False
         self._owns_emitter = emitter is None
         self._session: aiohttp.ClientSession | None = None
@@ -78,7 +130,26 @@ class SidecarApp:
         self._upstream_origin = str(upstream.origin())
         self._upstream_prefix = upstream.raw_path.rstrip("/")
         self._upstream_host = host_header(upstream.raw_host or "", upstream.port, upstream.scheme)
-        self._capture = Capture(settings.max_capture_bytes, settings.max_parse_bytes)
+        self._capture = Capture(settings.max_capture_bytes, settings.max_parse_bytes, settings.max_features)
+        self.policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
+        key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key else None
+        if self.policy.needs_key and not key:
+            raise PolicyError(
+                f"the capture policy {settings.policy_file} hashes fields but PROVLINE_REDACTION_KEY is not set; "
+                "set it to a long random secret, the same for every worker and sidecar whose events you join"
+            )
+        self._redactor = Redactor(key)
+        self._default_capture: Mode = settings.capture_mode or ("redacted" if settings.policy_file else "full")
+        self._decisions: dict[tuple[str, str], RouteDecision] = {}
+        self._deployments = DeploymentIndex() if settings.follow_deployments else None
+        self._follower: DeploymentFollower | None = None
+        self._resolver = ModelVersionResolver(
+            static=settings.model_version,
+            fetch_metadata=self._fetch_metadata if settings.kserve_metadata else None,
+            deployments=self._deployments,
+            ttl_s=settings.metadata_ttl_s,
+        )
+        self._backlog_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -110,62 +181,171 @@ class SidecarApp:
             trust_env=False,
         )
         if self.emitter is None:
-            self.emitter = build_emitter(s.emitter, producer_name=PRODUCER_NAME)
+            self.emitter = build_emitter(worker_emitter_settings(s.emitter, self.worker), producer_name=PRODUCER_NAME)
+        if self._deployments is not None:
+            if not s.emitter.kafka_bootstrap:
+                raise StartupError("follow_deployments needs PROVLINE_KAFKA_BOOTSTRAP to read Deployment events")
+            self._follower = DeploymentFollower(s.emitter, self._deployments)
+        self._backlog_task = asyncio.create_task(self._report_backlog(), name="provline-sidecar-backlog")
         self.ready = True
-        log.info("provline sidecar forwarding to %s", s.upstream)
+        log.info("provline sidecar forwarding to %s", s.upstream, extra={"worker": self.worker})
 
     async def shutdown(self) -> None:
         """Close the pool; flush and close an emitter this app built (blocking work runs in a thread)."""
         self.ready = False
+        if self._backlog_task is not None:
+            self._backlog_task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._follower is not None:
+            await asyncio.to_thread(self._follower.stop)
         if self._owns_emitter and self.emitter is not None:
             delivered = await asyncio.to_thread(self.emitter.close, self.settings.flush_timeout_s)
             if not delivered:
                 log.error(
-                    "provline sidecar stopped with events undelivered after %.1fs; "
-                    "raise PROVLINE_FLUSH_TIMEOUT_S or check the broker", self.settings.flush_timeout_s,
+                    "provline sidecar stopped with events undelivered after %.1fs; they stay in the spool "
+                    "(PROVLINE_SPOOL_DIR) for the next start; raise PROVLINE_FLUSH_TIMEOUT_S or check the broker",
+                    self.settings.flush_timeout_s,
                 )
+
+    async def _report_backlog(self) -> None:
+        while True:
+            backlog = getattr(self.emitter.transport, "backlog", None) if self.emitter is not None else None
+            if isinstance(backlog, int):
+                EVENT_BACKLOG.set(backlog)
+            await asyncio.sleep(BACKLOG_INTERVAL_S)
+
+    def _decide(self, method: str, path: str) -> RouteDecision:
+        key = (method, path)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = self.policy.decide(
+                method, path, default_capture=self._default_capture, default_rate=self.settings.sample_rate
+            )
+            if len(self._decisions) < DECISION_CACHE_SIZE:  # paths may be unbounded (ids in them)
+                self._decisions[key] = decision
+        return decision
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self._session
         if session is None:
             raise RuntimeError("the sidecar received a request before its lifespan started; serve it with lifespan on")
+        arrived = time.perf_counter_ns()
         client_headers: list[Header] = scope["headers"]
         prediction_id = choose_prediction_id(first(client_headers, REQUEST_ID_HEADER))
         traceparent = traceparent_for_upstream(values(client_headers, TRACEPARENT_HEADER))
-        body = await _read_body(receive)
-        if body is None:
-            return  # the client left before sending its whole body: nothing was forwarded
-        started = time.perf_counter_ns()
-        error: UpstreamError | None = None
-        try:
-            status, headers, reply = await self._call_upstream(session, scope, body, prediction_id, traceparent)
-        except UpstreamError as exc:
-            error = exc
-            status, reply = exc.status, _error_body(exc, prediction_id)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(reply)).encode())]
-        latency_us = (time.perf_counter_ns() - started) // 1000
-        UPSTREAM_LATENCY.observe(latency_us / 1e6)
-        model_version = _text(first(headers, MODEL_VERSION_HEADER)) or self.settings.model_version
-        reply_headers = downstream_response_headers(
-            headers, prediction_id=prediction_id, model_version=self.settings.model_version
-        )
-        try:
-            await send({"type": "http.response.start", "status": status, "headers": reply_headers})
-            await send({"type": "http.response.body", "body": reply})
-        finally:
-            REQUESTS.labels(str(status)).inc()
-            # After the reply: the client is not kept waiting while events are built and encoded.
-            self._record(
-                scope, client_headers, body, prediction_id, traceparent,
-                status, headers, reply, model_version, latency_us, error,
-            )
+        decision = self._decide(scope["method"], scope["path"])
+        recorded = decision.sample_rate >= 1.0 or random.random() < decision.sample_rate
 
-    async def _call_upstream(
-        self, session: aiohttp.ClientSession, scope: Scope, body: bytes, prediction_id: str, traceparent: str
-    ) -> tuple[int, list[Header], bytes]:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return  # the client left before sending its body: nothing was forwarded
+        data: bytes | AsyncIterator[bytes] | None
+        tap: BodyTap | None = None
+        if message.get("more_body", False):  # a long body: stream it on, tapping size, hash and head
+            tap = BodyTap(self._capture.keep_bytes)
+            data = _stream_request(message.get("body", b""), receive, tap)
+            content_length = first(client_headers, b"content-length")
+            request: ObservedBody | bytes = b""
+        else:
+            request = message.get("body", b"")
+            data, content_length = request or None, None
+        exchange = _Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request)
+
+        started = time.perf_counter_ns()
+        try:
+            try:
+                response = await session.request(
+                    scope["method"],
+                    self._upstream_url(scope),
+                    headers=self._upstream_headers(scope, prediction_id, traceparent, content_length),
+                    data=data,
+                    allow_redirects=False,  # a redirect is the client's to follow
+                )
+            except Exception as exc:
+                if tap is not None and _client_gone(exc):
+                    return  # nobody to reply to; the upstream saw an incomplete body and no request is recorded
+                raise self._upstream_error(exc) from exc
+            if tap is not None:
+                exchange.request = ObservedBody.tapped(tap)
+            try:
+                await self._relay(exchange, response, send, started)
+            finally:
+                response.release()
+        except UpstreamError as error:
+            if tap is not None:  # as much of the body as the upstream took before failing
+                exchange.request = ObservedBody.tapped(tap)
+            exchange.upstream_ns = time.perf_counter_ns() - started
+            exchange.error, exchange.status = error, error.status
+            exchange.reply = _error_body(error, prediction_id)
+            exchange.headers = [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(exchange.reply)).encode())]
+            await self._send_reply(exchange, send)
+        finally:
+            if exchange.status:
+                REQUESTS.labels(str(exchange.status)).inc()
+                UPSTREAM_LATENCY.observe(exchange.upstream_ns / 1e9)
+                ADDED_LATENCY.observe(max(0, time.perf_counter_ns() - arrived - exchange.upstream_ns) / 1e9)
+        # After the reply: the client is not kept waiting while events are built and encoded.
+        if exchange.recorded:
+            await self._record(exchange)
+        else:
+            SAMPLED_OUT.inc()
+
+    async def _relay(
+        self, exchange: _Exchange, response: aiohttp.ClientResponse, send: Send, started: int
+    ) -> None:
+        """Pass the upstream's reply on: whole when small and of known length, else streamed chunk by chunk."""
+        exchange.status = response.status
+        exchange.headers = [(k.lower(), v) for k, v in response.raw_headers]
+        length = response.content_length
+        if length is not None and length <= self.settings.stream_threshold_bytes:
+            try:
+                exchange.reply = await response.read()
+            except Exception as exc:
+                raise self._upstream_error(exc) from exc
+            exchange.upstream_ns = time.perf_counter_ns() - started
+            await self._send_reply(exchange, send)
+            return
+        await send({"type": "http.response.start", "status": exchange.status,
+                    "headers": self._client_headers(exchange)})
+        tap = BodyTap(self._capture.keep_bytes)
+        try:
+            async for chunk in response.content.iter_any():
+                tap.feed(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except Exception as exc:
+            error = self._upstream_error(exc)
+            exchange.upstream_ns = time.perf_counter_ns() - started
+            exchange.error, exchange.reply = error, ObservedBody.tapped(tap)
+            UPSTREAM_ABORTED.inc()
+            if exchange.recorded:
+                await self._record(exchange)
+            exchange.status = 0  # counted below as an abort, not as a reply
+            # The status line is gone: the only honest signal left is to cut the connection.
+            raise UpstreamAborted(f"{error.reason}; the reply to {exchange.prediction_id} was cut off") from exc
+        exchange.upstream_ns = time.perf_counter_ns() - started
+        exchange.reply = ObservedBody.tapped(tap)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_reply(self, exchange: _Exchange, send: Send) -> None:
+        body = exchange.reply if isinstance(exchange.reply, bytes) else b""
+        headers = self._client_headers(exchange)
+        await send({"type": "http.response.start", "status": exchange.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _client_headers(self, exchange: _Exchange) -> list[Header]:
+        version = self._resolver.known(
+            header=None, path=exchange.scope["path"], endpoint=self._endpoint(exchange.scope)
+        )
+        return downstream_response_headers(
+            exchange.headers, prediction_id=exchange.prediction_id, model_version=version
+        )
+
+    def _upstream_headers(
+        self, scope: Scope, prediction_id: str, traceparent: str, content_length: bytes | None
+    ) -> list[tuple[str, str]]:
         client = scope.get("client")
         headers = upstream_request_headers(
             scope["headers"],
@@ -174,22 +354,15 @@ class SidecarApp:
             scheme=scope.get("scheme", "http"),
             traceparent=traceparent,
             prediction_id=prediction_id,
+            content_length=content_length,
         )
-        try:
-            async with session.request(
-                scope["method"],
-                self._upstream_url(scope),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
-                data=body or None,
-                allow_redirects=False,  # a redirect is the client's to follow
-            ) as response:
-                reply = await response.read()
-                return response.status, [(k.lower(), v) for k, v in response.raw_headers], reply
-        except Exception as exc:
-            error = upstream_error_from(exc, upstream=self._upstream_origin)
-            if error is None:
-                raise
-            raise error from exc
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+    def _upstream_error(self, exc: BaseException) -> UpstreamError:
+        error = upstream_error_from(exc, upstream=self._upstream_origin)
+        if error is None:
+            return UpstreamUnreachable(f"upstream {self._upstream_origin} failed: {type(exc).__name__}: {exc}")
+        return error
 
     def _upstream_url(self, scope: Scope) -> yarl.URL:
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
@@ -199,45 +372,113 @@ class SidecarApp:
         # encoded=True: the path and query go upstream byte for byte as the client sent them
         return yarl.URL(self._upstream_origin + target, encoded=True)
 
-    def _record(
-        self, scope: Scope, client_headers: list[Header], body: bytes, prediction_id: str, traceparent: str,
-        status: int, headers: list[Header], reply: bytes, model_version: str | None, latency_us: int,
-        error: UpstreamError | None,
-    ) -> None:
+    def _endpoint(self, scope: Scope) -> str:
+        return self.settings.endpoint or scope["path"]
+
+    async def _fetch_metadata(self, model: str) -> Any:
+        """KServe V2 model metadata, ``GET <upstream>/v2/models/<model>``; raises when there is none."""
+        if self._session is None:
+            raise RuntimeError("the upstream session is closed")
+        url = yarl.URL(self._upstream_origin + self._upstream_prefix + "/v2/models/" + quote(model, safe=""),
+                       encoded=True)
+        async with self._session.get(url, headers={"Accept": "application/json"}) as response:
+            if response.status != 200:
+                raise UpstreamUnreachable(f"model metadata {url} answered {response.status}")
+            return await response.json(content_type=None)
+
+    async def _record(self, exchange: _Exchange) -> None:
         """Emit the exchange's two events; a failure is logged and counted, never raised."""
         s = self.settings
         try:
             if self.emitter is None:
                 raise RuntimeError("no emitter: the sidecar's lifespan did not start")
-            endpoint = s.endpoint or scope["path"]
+            scope, capture = exchange.scope, self._capture
+            client_headers: list[Header] = scope["headers"]
+            request = _observed(exchange.request)
+            reply = _observed(exchange.reply)
+            request_type = _text(first(client_headers, b"content-type"))
+            request_record = describe_body(
+                request, request_type, mode=exchange.capture, rules=self.policy.inputs,
+                redactor=self._redactor, capture=capture, role="input",
+            )
+            reply_record = describe_body(
+                reply, _text(first(exchange.headers, b"content-type")), mode=exchange.capture,
+                rules=self.policy.outputs, redactor=self._redactor, capture=capture, role="output",
+            )
+            endpoint = self._endpoint(scope)
+            model_version = await self._resolver.resolve(
+                header=_text(first(exchange.headers, MODEL_VERSION_HEADER)),
+                reply_version=reply_record.model_version, path=scope["path"], endpoint=endpoint,
+            )
+            model_name = s.model_name or self._resolver.model_name(scope["path"], endpoint)
             self.emitter.emit("InferenceRequest", request_fields(
-                prediction_id=prediction_id,
+                prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
                 method=scope["method"],
                 path=scope["path"],
-                body=body,
-                content_type=_text(first(client_headers, b"content-type")),
+                observed=request,
+                record=request_record,
+                content_type=request_type,
                 client_id=_text(first(client_headers, CLIENT_ID_HEADER)),
-                traceparent=traceparent,
-                model_name=s.model_name,
-                model_version=s.model_version,
-                capture=self._capture,
+                traceparent=exchange.traceparent,
+                model_name=model_name,
+                model_version=model_version,
             ))
             self.emitter.emit("InferenceResponse", response_fields(
-                prediction_id=prediction_id,
+                prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
-                status=status,
-                body=reply,
-                content_type=_text(first(headers, b"content-type")),
-                model_name=s.model_name,
+                status=exchange.status,
+                observed=reply,
+                record=reply_record,
+                model_name=model_name,
                 model_version=model_version,
-                latency_us=latency_us,
-                error=error.reason if error else None,
-                capture=self._capture,
+                latency_us=exchange.upstream_ns // 1000,
+                error=exchange.error.reason if exchange.error else None,
             ))
         except Exception:
             EVENT_ERRORS.inc()
-            log.exception("provline sidecar could not record prediction %s; the reply was sent", prediction_id)
+            log.exception("provline sidecar could not record prediction %s; the reply was sent",
+                          exchange.prediction_id, extra={"prediction_id": exchange.prediction_id})
+
+
+def worker_emitter_settings(settings: EmitterSettings, worker: int) -> EmitterSettings:
+    """The emitter settings of one worker: never wait for room (drop and count), one spool per worker.
+
+    A spool has exactly one writer, so each worker process gets ``<spool_dir>/worker-<n>``; the
+    same worker number replays its predecessor's spool after a restart.
+    """
+    update: dict[str, Any] = {"on_full": "drop"}
+    if settings.spool_dir is not None:
+        update["spool_dir"] = settings.spool_dir / f"worker-{worker}"
+    return settings.model_copy(update=update)
+
+
+async def _stream_request(head: bytes, receive: Receive, tap: BodyTap) -> AsyncIterator[bytes]:
+    tap.feed(head)
+    yield head
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone("the client disconnected before sending its whole body")
+        chunk = message.get("body", b"")
+        tap.feed(chunk)
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _client_gone(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:  # aiohttp may wrap what the body iterator raised
+        if isinstance(seen, ClientGone):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _observed(body: ObservedBody | bytes) -> ObservedBody:
+    return body if isinstance(body, ObservedBody) else ObservedBody.whole(body)
 
 
 class AdminApp:
@@ -254,19 +495,19 @@ class AdminApp:
             return
         path = scope["path"]
         if path == "/healthz":
-            await _reply(send, 200, b'{"status":"ok"}')
+            await reply(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
             ready = self.proxy.ready
-            await _reply(send, 200 if ready else 503, b'{"status":"ready"}' if ready else b'{"status":"not ready"}')
+            await reply(send, 200 if ready else 503, b'{"status":"ready"}' if ready else b'{"status":"not ready"}')
         elif path == "/metrics":
-            await _reply(send, 200, generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+            await reply(send, 200, generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
         else:
-            await _reply(send, 404, b'{"error":"not found; try /healthz, /readyz or /metrics"}')
+            await reply(send, 404, b'{"error":"not found; try /healthz, /readyz or /metrics"}')
 
 
-def create_app(settings: SidecarSettings, emitter: Emitter | None = None) -> SidecarApp:
+def create_app(settings: SidecarSettings, emitter: Emitter | None = None, *, worker: int = 0) -> SidecarApp:
     """The proxy ASGI app for ``settings``; see :class:`SidecarApp` for who owns the emitter."""
-    return SidecarApp(settings, emitter)
+    return SidecarApp(settings, emitter, worker=worker)
 
 
 def create_admin_app(proxy: SidecarApp) -> AdminApp:
@@ -274,7 +515,7 @@ def create_admin_app(proxy: SidecarApp) -> AdminApp:
     return AdminApp(proxy)
 
 
-class _Server(uvicorn.Server):
+class ServerWithoutSignals(uvicorn.Server):
     """A uvicorn server that leaves signals to :func:`serve_sidecar`, which must stop two servers in order."""
 
     @contextlib.contextmanager
@@ -320,8 +561,8 @@ async def serve_sidecar(settings: SidecarSettings, *, emitter: Emitter | None = 
     then the admin server stops. Raises StartupError when a server stopped without a signal.
     """
     app: SidecarApp = create_app(settings, emitter)
-    proxy = _Server(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
-    admin = _Server(uvicorn_config(
+    proxy = ServerWithoutSignals(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
+    admin = ServerWithoutSignals(uvicorn_config(
         create_admin_app(app), host=settings.host, port=settings.admin_port, lifespan="off"
     ))
     loop = asyncio.get_running_loop()
@@ -351,10 +592,43 @@ async def serve_sidecar(settings: SidecarSettings, *, emitter: Emitter | None = 
         )
 
 
+async def serve_worker(settings: SidecarSettings, *, worker: int, sock: socket.socket, ready_fd: int) -> None:
+    """One worker process of :func:`sidecar.workers.supervise`: the proxy on the shared socket.
+
+    Writes one byte to ``ready_fd`` once it accepts requests; stops on SIGTERM or SIGINT,
+    finishing in-flight requests and flushing its events like a single-process sidecar.
+    """
+    app = create_app(settings, worker=worker)
+    proxy = ServerWithoutSignals(uvicorn_config(app, host=settings.host, port=settings.port, lifespan="on"))
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, lambda: setattr(proxy, "should_exit", True))
+    task = asyncio.create_task(proxy.serve(sockets=[sock]), name=f"provline-sidecar-worker-{worker}")
+    while not proxy.started and not task.done():
+        await asyncio.sleep(0.01)
+    if proxy.started:
+        os.write(ready_fd, b"1")
+    os.close(ready_fd)
+    await task
+    if not proxy.started:
+        raise StartupError(f"sidecar worker {worker} failed to start; see the log above")
+
+
 def run_sidecar(settings: SidecarSettings) -> None:
-    """Run the sidecar in this process until SIGTERM or SIGINT; blocks. Call from the main thread."""
+    """Run the sidecar until SIGTERM or SIGINT; blocks. Call from the main thread.
+
+    With ``settings.workers > 1`` this process supervises that many worker processes
+    (see :mod:`sidecar.workers`); otherwise it serves the proxy and admin port itself.
+    Logging is set up (``settings.log_format``) unless the program configured it already.
+    """
+    configure_logging(settings.log_format)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(serve_sidecar(settings))
+        if settings.workers > 1:
+            from sidecar.workers import supervise
+
+            runner.run(supervise(settings))
+        else:
+            runner.run(serve_sidecar(settings))
 
 
 async def _serve_lifespan(
@@ -392,7 +666,7 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _reply(send: Send, status: int, body: bytes, *, content_type: str = "application/json") -> None:
+async def reply(send: Send, status: int, body: bytes, *, content_type: str = "application/json") -> None:
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -2,9 +2,12 @@
 
     SidecarError              base class
     ├── StartupError          the sidecar could not start or stopped on its own; raised by run_sidecar
-    └── UpstreamError         the model server gave no usable response; becomes the client's reply
-        ├── UpstreamUnreachable   502: refused, reset, closed early, malformed response
-        └── UpstreamTimeout       504: no connection or no bytes within the configured timeout
+    │   └── PolicyError       the capture policy file is missing, invalid, or needs a key that is not set
+    ├── UpstreamError         the model server gave no usable response; becomes the client's reply
+    │   ├── UpstreamUnreachable   502: refused, reset, closed early, malformed response
+    │   └── UpstreamTimeout       504: no connection or no bytes within the configured timeout
+    └── UpstreamAborted       the upstream failed after its status line was passed on: the client's
+                              connection is cut, the only honest signal left
 
 :func:`upstream_error_from` is the one place where aiohttp's errors become ours, and therefore
 the one place where a failure picks its HTTP status.
@@ -21,6 +24,10 @@ class SidecarError(RuntimeError):
 
 class StartupError(SidecarError):
     """The proxy or admin server failed to start or exited without being asked to."""
+
+
+class PolicyError(StartupError):
+    """The capture policy cannot be used; the message names the file, the entry and the fix."""
 
 
 class UpstreamError(SidecarError):
@@ -42,6 +49,10 @@ class UpstreamUnreachable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     client_message = "upstream timed out"
+
+
+class UpstreamAborted(SidecarError):
+    """A streamed reply broke off mid-body; raised to the ASGI server so it closes the connection."""
 
 
 def upstream_error_from(exc: BaseException, *, upstream: str) -> UpstreamError | None:

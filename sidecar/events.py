@@ -1,14 +1,20 @@
 """The fields of the InferenceRequest and InferenceResponse events, built from one exchange.
 
 Pure functions; no I/O. The emitter adds the envelope (event id, time, producer, hash chain).
+The capture mode and the redaction rules decide what of each body goes into an event; the
+body's size and SHA-256 are always those of the exact bytes exchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.payload import digest_body, extract_scalars
+from sidecar.payload import DEFAULT_MAX_FEATURES, NotParsed, ObservedBody, Role, Scalar, extract_features, parse_json
+from sidecar.policy import FieldRules, Mode, Redactor
+
+REDACTION_NEEDS_JSON = "body not captured: the redaction policy applies to JSON bodies only"
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,62 @@ class Capture:
 
     max_capture_bytes: int
     max_parse_bytes: int
+    max_features: int = DEFAULT_MAX_FEATURES
+
+    @property
+    def keep_bytes(self) -> int:
+        """How many leading bytes of a streamed body must be kept to capture and parse it."""
+        return max(self.max_capture_bytes, self.max_parse_bytes)
+
+
+@dataclass(frozen=True)
+class BodyRecord:
+    """What an event records of one body besides its size and hash."""
+
+    body: bytes | None = None
+    truncated: bool = False
+    values: dict[str, Scalar] = field(default_factory=dict)
+    error: str | None = None
+    model_version: str | None = None  # a KServe V2 reply's own ``model_version``
+
+
+def describe_body(
+    observed: ObservedBody, content_type: str | None, *, mode: Mode, rules: FieldRules, redactor: Redactor,
+    capture: Capture, role: Role,
+) -> BodyRecord:
+    """Captured bytes, features and parse error of one body under ``mode``; never raises for bad input.
+
+    In ``redacted`` mode with rules for this direction, a body that is not a complete JSON document
+    is not captured at all: what cannot be parsed cannot be redacted.
+    """
+    if mode == "hash-only":
+        return BodyRecord()
+    document = parse_json(observed.head, content_type, size=observed.size, max_parse_bytes=capture.max_parse_bytes)
+    parsed = not isinstance(document, NotParsed)
+    error = document.error if isinstance(document, NotParsed) else None
+    version = _model_version(document) if parsed and role == "output" else None
+    if mode == "redacted" and rules:
+        if not parsed:
+            return BodyRecord(error=f"{error}; {REDACTION_NEEDS_JSON}")
+        document = redactor.redact(document, rules)
+        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        body, truncated = text[: capture.max_capture_bytes], len(text) > capture.max_capture_bytes
+    else:
+        body = observed.head[: capture.max_capture_bytes]
+        truncated = observed.size > capture.max_capture_bytes
+    if not parsed:
+        return BodyRecord(body=body, truncated=truncated, error=error)
+    extraction = extract_features(document, role=role, max_features=capture.max_features)
+    return BodyRecord(body=body, truncated=truncated, values=extraction.values, error=extraction.error,
+                      model_version=version)
+
+
+def _model_version(document: Any) -> str | None:
+    if isinstance(document, dict):
+        version = document.get("model_version")
+        if isinstance(version, str) and version:
+            return version
+    return None
 
 
 def request_fields(
@@ -25,16 +87,14 @@ def request_fields(
     endpoint: str,
     method: str,
     path: str,
-    body: bytes,
+    observed: ObservedBody,
+    record: BodyRecord,
     content_type: str | None,
     client_id: str | None,
     traceparent: str | None,
     model_name: str | None,
     model_version: str | None,
-    capture: Capture,
 ) -> dict[str, Any]:
-    digest = digest_body(body, capture.max_capture_bytes)
-    features = extract_scalars(body, content_type, max_parse_bytes=capture.max_parse_bytes)
     return {
         "prediction_id": prediction_id,
         "endpoint": endpoint,
@@ -43,12 +103,12 @@ def request_fields(
         "model_name": model_name,
         "model_version": model_version,
         "content_type": content_type,
-        "body_size": digest.size,
-        "body_sha256": digest.sha256,
-        "body": digest.captured,
-        "body_truncated": digest.truncated,
-        "features": features.values,
-        "parse_error": features.error,
+        "body_size": observed.size,
+        "body_sha256": observed.sha256,
+        "body": record.body,
+        "body_truncated": record.truncated,
+        "features": record.values,
+        "parse_error": record.error,
         "client_id": client_id,
         "traceparent": traceparent,
     }
@@ -59,27 +119,24 @@ def response_fields(
     prediction_id: str,
     endpoint: str,
     status: int,
-    body: bytes,
-    content_type: str | None,
+    observed: ObservedBody,
+    record: BodyRecord,
     model_name: str | None,
     model_version: str | None,
     latency_us: int,
     error: str | None,
-    capture: Capture,
 ) -> dict[str, Any]:
-    digest = digest_body(body, capture.max_capture_bytes)
-    outputs = extract_scalars(body, content_type, max_parse_bytes=capture.max_parse_bytes)
     return {
         "prediction_id": prediction_id,
         "endpoint": endpoint,
         "status": status,
         "model_name": model_name,
         "model_version": model_version,
-        "body_size": digest.size,
-        "body_sha256": digest.sha256,
-        "body": digest.captured,
-        "body_truncated": digest.truncated,
-        "outputs": outputs.values,
+        "body_size": observed.size,
+        "body_sha256": observed.sha256,
+        "body": record.body,
+        "body_truncated": record.truncated,
+        "outputs": record.values,
         "latency_us": latency_us,
         "error": error,
     }

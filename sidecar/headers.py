@@ -5,8 +5,8 @@ Pure functions over ASGI-style header lists (``(name, value)`` byte pairs, any n
 
 from __future__ import annotations
 
+import random
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 
 from schemas.events import new_event_id
@@ -75,8 +75,12 @@ def upstream_request_headers(
     scheme: str,
     traceparent: str,
     prediction_id: str,
+    content_length: bytes | None = None,
 ) -> list[Header]:
     """Headers the upstream receives: the client's end-to-end headers and the proxy's own.
+
+    ``content_length``: the client's declared length, for a body streamed on to the upstream
+    (a body held whole gets its length from the HTTP client).
 
     ``X-Forwarded-For`` gets the client's address appended; ``X-Forwarded-Proto`` and
     ``X-Forwarded-Host`` are kept when an outer proxy set them (it saw the original request),
@@ -98,6 +102,8 @@ def upstream_request_headers(
         out.append((b"x-forwarded-host", original_host))
     out.append((TRACEPARENT_HEADER, traceparent.encode("ascii")))
     out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
+    if content_length is not None:
+        out.append((b"content-length", content_length))
     return out
 
 
@@ -133,11 +139,15 @@ def is_valid_traceparent(value: str) -> bool:
 
 
 def new_traceparent() -> str:
-    """A new sampled trace: random 16-byte trace id and 8-byte parent id (all-zero ids are invalid)."""
-    trace_id = parent_id = ""
-    while not is_valid_traceparent(f"00-{trace_id}-{parent_id}-01"):
-        trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
-    return f"00-{trace_id}-{parent_id}-01"
+    """A new sampled trace: random 16-byte trace id and 8-byte parent id (all-zero ids are invalid).
+
+    Trace ids need to be unique, not secret (W3C Trace Context; OpenTelemetry's SDK does the same),
+    so the fast non-cryptographic generator is used: ``secrets`` costs a system call per id.
+    """
+    trace_id = parent_id = 0
+    while not trace_id or not parent_id:
+        trace_id, parent_id = random.getrandbits(128), random.getrandbits(64)
+    return f"00-{trace_id:032x}-{parent_id:016x}-01"
 
 
 def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:

@@ -1,17 +1,38 @@
-"""What the sidecar records about a body: digest, captured prefix, and extracted scalar values.
+"""What the sidecar records about a body: digest, captured prefix, and extracted feature values.
 
-Pure functions; no I/O. The one extraction rule for now: the top-level number, string and boolean
-fields of a JSON object. Format-specific parsers (KServe V2, TF Serving...) and redaction will be
-added here, behind :func:`extract_scalars`.
+Pure functions; no I/O. :func:`extract_features` understands the common model-server payloads
+and gives the named scalar values of the FIRST row of a batch (one sample per request is what
+drift monitoring needs, and it bounds the event size):
+
+=====================  ==============================================================
+format                 recognised by
+=====================  ==============================================================
+``kserve_v2``          ``inputs`` / ``outputs``: a list of tensors ``{"name", "shape", "data"}``
+``dataframe_split``    MLflow ``{"dataframe_split": {"columns": [...], "data": [[...]]}}``
+``dataframe_records``  MLflow ``{"dataframe_records": [{...}, ...]}``
+``instances``          TF Serving / MLflow row format ``{"instances": [...]}``
+``inputs``             TF Serving / MLflow columnar format ``{"inputs": {name: [...]}}`` or a list
+``predictions``        TF Serving / MLflow replies ``{"predictions": [...]}``, columnar ``outputs``
+``json_list``          a top-level JSON list (pandas records, MLflow 1 replies)
+``json_object``        any other JSON object: its top-level number, string and boolean fields
+=====================  ==============================================================
+
+Feature names: a named scalar is its name; a named vector gives ``name[0]``, ``name[1]``...;
+unnamed values are called ``input`` (requests) or ``output`` (responses).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Scalar = float | str | bool
+Role = Literal["input", "output"]
+DEFAULT_MAX_FEATURES = 256
 
 
 @dataclass(frozen=True)
@@ -26,6 +47,58 @@ class BodyDigest:
 class Extraction:
     values: dict[str, Scalar] = field(default_factory=dict)
     error: str | None = None  # why nothing could be extracted
+    format: str | None = None  # which payload format was recognised
+
+
+class BodyTap:
+    """Follows a body chunk by chunk: size, SHA-256 over every byte, and the first ``keep`` bytes.
+
+    Used for bodies the proxy streams instead of holding whole; not thread-safe.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._head: list[bytes] = []
+        self._kept = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        self.size += len(chunk)
+        if self._kept < self.keep:
+            part = chunk[: self.keep - self._kept]
+            self._head.append(part)
+            self._kept += len(part)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def head(self) -> bytes:
+        return b"".join(self._head)
+
+
+@dataclass(frozen=True)
+class ObservedBody:
+    """A body as the proxy saw it: its size and hash, and its first bytes (all of it when ``complete``)."""
+
+    size: int
+    sha256: str
+    head: bytes
+
+    @property
+    def complete(self) -> bool:
+        return len(self.head) == self.size
+
+    @classmethod
+    def whole(cls, body: bytes) -> ObservedBody:
+        return cls(len(body), hashlib.sha256(body).hexdigest(), body)
+
+    @classmethod
+    def tapped(cls, tap: BodyTap) -> ObservedBody:
+        return cls(tap.size, tap.sha256, tap.head)
 
 
 def digest_body(body: bytes, max_capture: int) -> BodyDigest:
@@ -46,37 +119,148 @@ def is_json_content_type(content_type: str | None) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-def extract_scalars(body: bytes, content_type: str | None, *, max_parse_bytes: int) -> Extraction:
-    """Top-level number/string/boolean fields of a JSON object body; never raises.
+class NotParsed:
+    """Marker for a body that gave no JSON document; ``error`` says why."""
 
-    Numbers become floats (Avro double); nested objects, arrays and nulls are skipped. Anything
-    that is not a JSON object gives no values and an ``error`` saying why.
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def parse_json(body: bytes, content_type: str | None, *, size: int | None = None,
+               max_parse_bytes: int) -> Any:
+    """The JSON document of ``body``, or :class:`NotParsed` saying why not; never raises.
+
+    ``size``: the full body size when ``body`` is only its head (then it is not parsed).
     """
-    if not body:
-        return Extraction(error="empty body")
+    size = len(body) if size is None else size
+    if size == 0:
+        return NotParsed("empty body")
     if not is_json_content_type(content_type):
-        return Extraction(error=f"content type {content_type!r} is not JSON")
-    if len(body) > max_parse_bytes:
-        return Extraction(error=f"body of {len(body)} bytes exceeds max_parse_bytes {max_parse_bytes}")
+        return NotParsed(f"content type {content_type!r} is not JSON")
+    if size > max_parse_bytes or size > len(body):
+        return NotParsed(f"body of {size} bytes exceeds max_parse_bytes {max_parse_bytes}")
     try:
-        document = json.loads(body)
+        return json.loads(body)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        return Extraction(error=f"not valid JSON: {exc}"[:300])
-    if not isinstance(document, dict):
-        return Extraction(error=f"JSON {type(document).__name__} is not an object")
+        return NotParsed(f"not valid JSON: {exc}"[:300])
+
+
+def extract_scalars(body: bytes, content_type: str | None, *, max_parse_bytes: int,
+                    role: Role = "input", max_features: int = DEFAULT_MAX_FEATURES) -> Extraction:
+    """Parse ``body`` and extract its features (see the module docstring); never raises."""
+    document = parse_json(body, content_type, max_parse_bytes=max_parse_bytes)
+    if isinstance(document, NotParsed):
+        return Extraction(error=document.error)
+    return extract_features(document, role=role, max_features=max_features)
+
+
+def extract_features(document: Any, *, role: Role = "input",
+                     max_features: int = DEFAULT_MAX_FEATURES) -> Extraction:
+    """Named scalar values of the first row of a parsed payload; never raises.
+
+    At most ``max_features`` values are kept, so a large tensor cannot blow up an event.
+    """
     values: dict[str, Scalar] = {}
-    for name, value in document.items():
-        if isinstance(value, bool | str):
-            values[name] = value
-        elif isinstance(value, int | float):
-            number = _as_float(value)
-            if number is not None:
-                values[name] = number
-    return Extraction(values=values)
-
-
-def _as_float(value: int | float) -> float | None:
     try:
-        return float(value)
-    except OverflowError:  # an integer beyond the double range
-        return None
+        found = _recognise(document, role)
+        if isinstance(found, str):
+            return Extraction(error=found)
+        kind, pairs = found
+        for name, value in pairs:  # lazy: odd shapes fail here, inside the try
+            if len(values) >= max_features:
+                break
+            scalar = _as_scalar(value)
+            if scalar is not None:
+                values[name] = scalar
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        return Extraction(error=f"payload not understood: {type(exc).__name__}: {exc}"[:300])
+    return Extraction(values=values, format=kind)
+
+
+Pairs = Iterator[tuple[str, Any]]
+
+
+def _recognise(document: Any, role: Role) -> tuple[str, Pairs] | str:
+    """The format and the (name, value) pairs of the first row, or why the document is not understood."""
+    unnamed = role
+    if isinstance(document, list):
+        return "json_list", _row(unnamed, document[0]) if document else iter(())
+    if not isinstance(document, dict):
+        return f"JSON {type(document).__name__} is not an object"
+    for key in ("inputs", "outputs"):
+        tensors = document.get(key)
+        if _is_tensor_list(tensors):
+            return "kserve_v2", _tensors(tensors)
+    split = document.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("columns"), list):
+        rows = split.get("data") or []
+        first = rows[0] if rows else []
+        first = first if isinstance(first, list) else [first]
+        return "dataframe_split", ((str(name), value) for name, value in zip(split["columns"], first, strict=False))
+    records = document.get("dataframe_records")
+    if isinstance(records, list):
+        return "dataframe_records", _row(unnamed, records[0]) if records else iter(())
+    for key, kind in (("instances", "instances"), ("inputs", "inputs"), ("predictions", "predictions"),
+                      ("outputs", "predictions")):
+        rows = document.get(key)
+        if isinstance(rows, list):
+            return kind, _row(unnamed if key != "predictions" else "output", rows[0]) if rows else iter(())
+        if isinstance(rows, dict):  # columnar: name -> batch of values
+            return kind, _columns(rows)
+    return "json_object", ((str(k), v) for k, v in document.items() if not isinstance(v, dict | list))
+
+
+def _is_tensor_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, dict) and "name" in t and "data" in t for t in value))
+
+
+def _tensors(tensors: list[dict[str, Any]]) -> Pairs:
+    for tensor in tensors:
+        flat = list(_flatten(tensor["data"]))
+        shape = tensor.get("shape")
+        per_row = len(flat)
+        if isinstance(shape, list) and len(shape) >= 2 and all(isinstance(d, int) and d >= 0 for d in shape):
+            per_row = math.prod(shape[1:])
+        yield from _named(str(tensor["name"]), flat[:per_row])
+
+
+def _row(unnamed: str, row: Any) -> Pairs:
+    if isinstance(row, dict):
+        for name, value in row.items():
+            yield from _named(str(name), list(_flatten(value)) if isinstance(value, list) else [value])
+    else:
+        yield from _named(unnamed, list(_flatten(row)) if isinstance(row, list) else [row])
+
+
+def _columns(columns: dict[str, Any]) -> Pairs:
+    for name, batch in columns.items():
+        first = batch[0] if isinstance(batch, list) and batch else batch
+        yield from _named(str(name), list(_flatten(first)) if isinstance(first, list) else [first])
+
+
+def _named(name: str, values: list[Any]) -> Pairs:
+    if len(values) == 1:
+        yield name, values[0]
+    else:
+        for index, value in enumerate(values):
+            yield f"{name}[{index}]", value
+
+
+def _flatten(value: Any) -> Iterator[Any]:
+    if isinstance(value, list):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value
+
+
+def _as_scalar(value: Any) -> Scalar | None:
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | float):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the double range
+            return None
+    return None  # null, objects

@@ -2,17 +2,26 @@
 
     PROVLINE_UPSTREAM=http://127.0.0.1:8000   the model server (required)
     PROVLINE_SIDECAR_PORT=8080                 where clients connect
-    PROVLINE_KAFKA_BOOTSTRAP=broker:9092        the emitter's settings, exactly as for EmitterSettings
+    PROVLINE_SIDECAR_WORKERS=4                 worker processes sharing the port
+    PROVLINE_SIDECAR_POLICY=policy.yaml        redaction, capture mode and sampling per route (sidecar.policy)
+    PROVLINE_REDACTION_KEY=...                 HMAC key for fields the policy hashes
+    PROVLINE_KAFKA_BOOTSTRAP=broker:9092        the emitter's settings, exactly as for EmitterSettings;
+                                               the sidecar always uses on_full=drop and one spool per worker
 
 Build once at start-up and pass down; nothing here reads the environment at import time.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, HttpUrl, field_validator, model_validator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from producers.settings import EmitterSettings
+from sidecar.model_version import DEFAULT_METADATA_TTL_S
+from sidecar.payload import DEFAULT_MAX_FEATURES
 
 DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 9090
@@ -25,6 +34,9 @@ DEFAULT_MAX_CONNECTIONS = 100
 # dropped by us before the upstream closes it under a non-idempotent POST (which cannot be retried).
 DEFAULT_KEEPALIVE_S = 4.0
 DEFAULT_FLUSH_TIMEOUT_S = 10.0
+# Replies up to this size (by Content-Length) are read whole and sent in one piece, the fastest path;
+# larger ones, and those of unknown length, are streamed to the client as they arrive.
+DEFAULT_STREAM_THRESHOLD_BYTES = 256 * 1024
 
 
 class SidecarSettings(BaseSettings):
@@ -63,6 +75,28 @@ class SidecarSettings(BaseSettings):
     max_parse_bytes: int = Field(
         DEFAULT_MAX_PARSE_BYTES, ge=0, description="larger bodies are hashed but not parsed for features"
     )
+    max_features: int = Field(DEFAULT_MAX_FEATURES, ge=0, description="feature values kept per event")
+    stream_threshold_bytes: int = Field(
+        DEFAULT_STREAM_THRESHOLD_BYTES, ge=0, description="replies larger than this are streamed, not buffered"
+    )
+    workers: int = Field(1, ge=1, validation_alias="PROVLINE_SIDECAR_WORKERS", description="worker processes")
+    policy_file: Path | None = Field(
+        None, validation_alias="PROVLINE_SIDECAR_POLICY",
+        description="YAML capture policy: fields to drop, hash or mask, capture mode and sampling per route",
+    )
+    redaction_key: SecretStr | None = Field(
+        None, validation_alias="PROVLINE_REDACTION_KEY", description="HMAC key for fields the policy hashes"
+    )
+    capture_mode: Literal["full", "redacted", "hash-only"] | None = Field(
+        None, description="default capture mode when the policy names none: redacted with a policy, else full"
+    )
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="default share of predictions recorded")
+    kserve_metadata: bool = Field(True, description="ask a KServe V2 server for the model version when needed")
+    metadata_ttl_s: float = Field(DEFAULT_METADATA_TTL_S, gt=0)
+    follow_deployments: bool = Field(
+        False, description="read Deployment events from the lineage topic to know each endpoint's model version"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="log lines as JSON objects or as text")
     flush_timeout_s: float = Field(
         DEFAULT_FLUSH_TIMEOUT_S, ge=0, description="how long shutdown waits for queued events to be delivered"
     )

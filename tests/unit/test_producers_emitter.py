@@ -43,7 +43,7 @@ def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -
     events = decoded(emitter)
     assert [kind for kind, _ in events] == ["Deployment", "Deployment", "DeliveryGap"]
     gap = events[2][1]
-    assert gap["dropped"] == 3 and gap["reason"] == "queue_and_spool_full"
+    assert gap["dropped"] == 3 and gap["reason"] == "queue_full"
     assert gap["first_time"] <= gap["last_time"]
     assert events[1][1]["model_version"] == "5"
     # the chain skips the dropped events: what was delivered still verifies

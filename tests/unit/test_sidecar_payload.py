@@ -35,7 +35,7 @@ def test_an_integer_beyond_the_double_range_is_skipped_not_fatal() -> None:
 def test_anything_but_a_json_object_gives_no_features_and_says_why() -> None:
     cases = {
         (b"", "application/json"): "empty body",
-        (b"[1, 2]", "application/json"): "not an object",
+        (b'"text"', "application/json"): "not an object",
         (b"{oops", "application/json"): "not valid JSON",
         (b"\xff\xfe\x00", None): "not valid JSON",
         (b"x=1", "application/x-www-form-urlencoded"): "is not JSON",
@@ -82,22 +82,29 @@ def test_every_scalar_of_a_flat_object_is_kept(document: dict) -> None:
 
 def test_event_fields_are_valid_for_the_schemas() -> None:
     from schemas import default_catalog
+    from schemas.events import new_envelope, producer_identity
+    from sidecar.events import describe_body
+    from sidecar.payload import ObservedBody
+    from sidecar.policy import FieldRules, Redactor
 
     capture = Capture(max_capture_bytes=4, max_parse_bytes=LIMIT)
+    body = ObservedBody.whole(b'{"x": 1}')
+    record = describe_body(body, "application/json", mode="full", rules=FieldRules(), redactor=Redactor(None),
+                           capture=capture, role="input")
     request = request_fields(
-        prediction_id="p1", endpoint="/predict", method="POST", path="/predict", body=b'{"x": 1}',
-        content_type="application/json", client_id="c", traceparent=None, model_name=None,
-        model_version=None, capture=capture,
+        prediction_id="p1", endpoint="/predict", method="POST", path="/predict", observed=body, record=record,
+        content_type="application/json", client_id="c", traceparent=None, model_name=None, model_version=None,
     )
     assert request["body"] == b'{"x"' and request["body_truncated"] and request["features"] == {"x": 1.0}
+    reply = ObservedBody.whole(b"ok")
+    reply_record = describe_body(reply, "text/plain", mode="full", rules=FieldRules(), redactor=Redactor(None),
+                                 capture=capture, role="output")
     response = response_fields(
-        prediction_id="p1", endpoint="/predict", status=200, body=b"ok", content_type="text/plain",
-        model_name="m", model_version="1", latency_us=5, error=None, capture=capture,
+        prediction_id="p1", endpoint="/predict", status=200, observed=reply, record=reply_record,
+        model_name="m", model_version="1", latency_us=5, error=None,
     )
-    assert response["outputs"] == {} and not response["body_truncated"]
+    assert response["outputs"] == {} and not response["body_truncated"] and response["body"] == b"ok"
     catalog = default_catalog()
-    from schemas.events import new_envelope, producer_identity
-
     for kind, fields in (("InferenceRequest", request), ("InferenceResponse", response)):
         value = {**new_envelope(producer_identity("t", "s")), **fields}
         assert catalog.decode(catalog.encode(kind, value)).value["prediction_id"] == "p1"

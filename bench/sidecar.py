@@ -1,0 +1,393 @@
+"""Benchmark: the sidecar against the model server it fronts, measured in the same run.
+
+    .venv/bin/python bench/sidecar.py                  # local Kafka broker started for the run
+    .venv/bin/python bench/sidecar.py --kafka none     # events built and encoded, then discarded
+    .venv/bin/python bench/sidecar.py --clients        # also: aiohttp vs httpx as upstream client
+
+A trivial upstream (by default a minimal ASGI app on uvicorn answering a fixed JSON prediction,
+``--upstream raw`` for a bare asyncio protocol server) runs in its own process; so do the
+sidecar (one worker) and the load generator, which is the same for every run: ``--connections``
+keep-alive connections, closed loop for saturation throughput, open loop at a fixed rate
+(latency measured from each request's scheduled time, so queueing counts) for percentiles at
+half of the direct saturation rate. Printed: proxied/direct throughput, capture on/off
+throughput, and the latency the sidecar adds at p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REQUEST_BODY = json.dumps({"age": 41, "income": 52000.5, "city": "Oslo", "member": True}).encode()
+REPLY_BODY = b'{"score": 0.8125, "label": "churn"}'
+REPLY = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+         + str(len(REPLY_BODY)).encode() + b"\r\n\r\n" + REPLY_BODY)
+console = Console()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+# --- the trivial upstream ------------------------------------------------------------------------
+
+class _Upstream(asyncio.Protocol):
+    def connection_made(self, transport: Any) -> None:
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length:]
+            self.transport.write(REPLY)
+
+
+async def _asgi_model(scope: dict, receive: Any, send: Any) -> None:
+    """The trivial model server: reads the request, answers a fixed prediction."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(REPLY_BODY)).encode())]})
+    await send({"type": "http.response.body", "body": REPLY_BODY})
+
+
+def run_upstream(port: int, kind: str) -> None:
+    if kind == "asgi":
+        import uvicorn
+
+        from sidecar.app import http_implementation
+
+        uvicorn.run(_asgi_model, host="127.0.0.1", port=port, http=http_implementation(), loop="uvloop",
+                    lifespan="off", access_log=False, log_level="warning", backlog=4096)
+        return
+    loop = new_loop()
+    loop.run_until_complete(loop.create_server(_Upstream, "127.0.0.1", port, backlog=4096))
+    loop.run_forever()
+
+
+# --- the sidecar ---------------------------------------------------------------------------------
+
+def run_sidecar_process(upstream_port: int, port: int, admin_port: int, capture: bool, kafka: str | None,
+                        spool_dir: str) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from producers.settings import EmitterSettings
+    from sidecar import SidecarSettings, run_sidecar
+
+    emitter = (EmitterSettings(kafka_bootstrap=kafka, spool_dir=Path(spool_dir), topic_prefix="bench")
+               if kafka else EmitterSettings(transport="none"))
+    run_sidecar(SidecarSettings(
+        upstream=f"http://127.0.0.1:{upstream_port}", host="127.0.0.1", port=port, admin_port=admin_port,
+        sample_rate=1.0 if capture else 0.0, emitter=emitter, kserve_metadata=False,
+    ))
+
+
+def wait_ready(admin_port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the sidecar did not become ready")
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+# --- the load generator --------------------------------------------------------------------------
+
+def request_bytes(port: int) -> bytes:
+    return (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(REQUEST_BODY)}\r\n\r\n").encode() + REQUEST_BODY
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"unexpected reply {head[:40]!r}")
+
+
+async def _load(port: int, connections: int, seconds: float, rate: float | None) -> list[float]:
+    request = request_bytes(port)
+    latencies: list[float] = []
+    start = time.perf_counter() + 0.2
+    deadline = start + seconds
+
+    async def connection(index: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _exchange(reader, writer, request)  # warm the connection up
+        interval = connections / rate if rate else 0.0
+        scheduled = start + (index * interval / connections if rate else 0.0)
+        while True:
+            now = time.perf_counter()
+            if rate:
+                if scheduled > now:
+                    await asyncio.sleep(scheduled - now)
+                began = scheduled
+                scheduled += interval
+            else:
+                began = now
+            if began >= deadline:
+                break
+            await _exchange(reader, writer, request)
+            if began >= start:
+                latencies.append(time.perf_counter() - began)
+        writer.close()
+
+    await asyncio.gather(*(connection(i) for i in range(connections)))
+    return latencies
+
+
+def run_load(port: int, connections: int, seconds: float, rate: float | None, out: Any) -> None:
+    loop = new_loop()
+    out.put(loop.run_until_complete(_load(port, connections, seconds, rate)))
+
+
+@dataclass
+class Measured:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def measure(port: int, connections: int, seconds: float, rate: float | None = None) -> Measured:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    process = ctx.Process(target=run_load, args=(port, connections, seconds, rate, out))
+    process.start()
+    latencies = np.array(out.get(timeout=seconds + 60))
+    process.join()
+    return Measured(len(latencies) / seconds, float(np.percentile(latencies, 50) * 1e3),
+                    float(np.percentile(latencies, 99) * 1e3))
+
+
+# --- the HTTP client comparison ------------------------------------------------------------------
+
+async def _client_rps(name: str, port: int, concurrency: int, count: int) -> float:
+    import aiohttp
+    import httpx
+
+    url = f"http://127.0.0.1:{port}/predict"
+    if name == "aiohttp":
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency))
+
+        async def one() -> None:
+            async with session.post(url, data=REQUEST_BODY) as reply:
+                await reply.read()
+        close = session.close
+    else:
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency))
+
+        async def one() -> None:
+            (await client.post(url, content=REQUEST_BODY)).read()
+        close = client.aclose
+    left = count
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()
+
+    await one()
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    await close()
+    return count / elapsed
+
+
+def compare_clients(port: int, concurrency: int) -> dict[str, float]:
+    loop = new_loop()
+    return {name: loop.run_until_complete(_client_rps(name, port, concurrency, 5000))
+            for name in ("aiohttp", "httpx")}
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def start_sidecar(ctx: Any, upstream_port: int, capture: bool, kafka: str | None, spool: str) -> tuple[Any, int]:
+    port, admin_port = free_port(), free_port()
+    process = ctx.Process(target=run_sidecar_process,
+                          args=(upstream_port, port, admin_port, capture, kafka, spool))
+    process.start()
+    wait_ready(admin_port)
+    return process, port
+
+
+def stop(process: Any) -> None:
+    process.terminate()
+    process.join(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the load")
+    parser.add_argument("--kafka", default="local", help="'local' (start a broker), 'none', or host:port")
+    parser.add_argument("--clients", action="store_true", help="also compare aiohttp and httpx as clients")
+    parser.add_argument("--upstream", choices=["asgi", "raw"], default="asgi",
+                        help="asgi: a minimal ASGI app on uvicorn, the stack of a typical Python model server; "
+                        "raw: a bare asyncio protocol, far faster than any real model server")
+    args = parser.parse_args()
+
+    ctx = multiprocessing.get_context("spawn")
+    upstream_port = free_port()
+    upstream = ctx.Process(target=run_upstream, args=(upstream_port, args.upstream), daemon=True)
+    upstream.start()
+    wait_listening(upstream_port)
+    broker = None
+    with tempfile.TemporaryDirectory(prefix="provline-bench-") as scratch:
+        kafka: str | None = None
+        if args.kafka == "local":
+            from deploy.local.kafka import LocalKafka, create_topics
+            from schemas import Topics
+
+            console.print("starting a local Kafka broker...")
+            broker = LocalKafka(Path(scratch) / "kafka").start()
+            kafka = broker.bootstrap
+            create_topics(kafka, Topics("bench").all)
+        elif args.kafka != "none":
+            kafka = args.kafka
+        try:
+            results = run_all(ctx, args, upstream_port, kafka, scratch)
+        finally:
+            if broker is not None:
+                broker.stop()
+            upstream.terminate()
+    report(results, args)
+
+
+def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str | None, scratch: str) -> dict:
+    results: dict[str, Any] = {"kafka": kafka or "none (events encoded, then discarded)"}
+    seconds, connections = args.seconds, args.connections
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=8 + args.clients)
+        if args.clients:
+            progress.update(task, description="aiohttp vs httpx as the upstream client")
+            results["clients"] = compare_clients(upstream_port, 64)
+            progress.advance(task)
+        progress.update(task, description="direct: saturation")
+        results["direct"] = measure(upstream_port, connections, seconds)
+        progress.advance(task)
+        rate = results["direct"].rps / 2
+        results["rate"] = rate
+        progress.update(task, description=f"direct: latency at {rate:.0f} req/s")
+        results["direct_half"] = measure(upstream_port, connections, seconds, rate)
+        progress.advance(task)
+
+        for capture in (False, True):
+            label = "capture on" if capture else "capture off"
+            sidecar, port = start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label))
+            try:
+                progress.update(task, description=f"sidecar, {label}: saturation")
+                results[label] = measure(port, connections, seconds)
+                progress.advance(task)
+                progress.update(task, description=f"sidecar, {label}: latency at {rate:.0f} req/s")
+                results[f"{label} half"] = measure(port, connections, seconds, rate)
+                progress.advance(task)
+                if capture:  # the rate the sidecar sustains, when it cannot take half of direct saturation
+                    low = results["low_rate"] = results[label].rps / 2
+                    progress.update(task, description=f"sidecar, {label}: latency at {low:.0f} req/s")
+                    results["capture on low"] = measure(port, connections, seconds, low)
+                    progress.advance(task)
+            finally:
+                stop(sidecar)
+        progress.update(task, description=f"direct: latency at {results['low_rate']:.0f} req/s")
+        results["direct low"] = measure(upstream_port, connections, seconds, results["low_rate"])
+        progress.advance(task)
+    return results
+
+
+def report(results: dict, args: argparse.Namespace) -> None:
+    direct, off, on = results["direct"], results["capture off"], results["capture on"]
+    half_direct, half_on, half_off = results["direct_half"], results["capture on half"], results["capture off half"]
+    table = Table(title=f"sidecar benchmark ({args.upstream} upstream, {args.connections} connections, "
+                        f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs, kafka: {results['kafka']})")
+    for column in ("run", "req/s (saturation)", "p50 ms @ half", "p99 ms @ half"):
+        table.add_column(column, justify="right" if column != "run" else "left")
+    for label, saturated, half in (("direct", direct, half_direct), ("sidecar, capture off", off, half_off),
+                                   ("sidecar, capture on", on, half_on)):
+        table.add_row(label, f"{saturated.rps:,.0f}", f"{half.p50_ms:.3f}", f"{half.p99_ms:.3f}")
+    console.print(table)
+    if "clients" in results:
+        clients = results["clients"]
+        console.print(f"upstream client, 64 concurrent: aiohttp {clients['aiohttp']:,.0f} req/s, "
+                      f"httpx {clients['httpx']:,.0f} req/s (ratio {clients['aiohttp'] / clients['httpx']:.1f}x)")
+    lines = [
+        ("proxied / direct throughput (capture on)", on.rps / direct.rps, ">= 0.60"),
+        ("capture on / capture off throughput", on.rps / off.rps, ">= 0.85"),
+    ]
+    for text, value, goal in lines:
+        console.print(f"{text}: [bold]{value:.2f}[/bold]  (goal {goal})")
+    low_direct, low_on = results["direct low"], results["capture on low"]
+    for text, rate, base, proxied in (
+        ("half of direct saturation", results["rate"], half_direct, half_on),
+        ("half of the sidecar's saturation", results["low_rate"], low_direct, low_on),
+    ):
+        console.print(f"added latency at {rate:,.0f} req/s ({text}), capture on: "
+                      f"p50 [bold]{proxied.p50_ms - base.p50_ms:+.3f} ms[/bold] (goal <= 1), "
+                      f"p99 [bold]{proxied.p99_ms - base.p99_ms:+.3f} ms[/bold] (goal <= 3)  "
+                      f"[direct p50 {base.p50_ms:.3f} / p99 {base.p99_ms:.3f} ms]")
+
+
+if __name__ == "__main__":
+    main()

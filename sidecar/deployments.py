@@ -1,0 +1,65 @@
+"""Follows Deployment events on the lineage topic, so the sidecar knows what each endpoint serves.
+
+A thin shell: a daemon thread reads the lineage topic from the beginning with a private consumer
+group (nothing committed) and feeds :class:`~sidecar.model_version.DeploymentIndex`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from confluent_kafka import Consumer
+
+from producers.settings import EmitterSettings
+from schemas import Topics, default_catalog
+from schemas.errors import SchemaError
+from sidecar.model_version import DeploymentIndex
+
+log = logging.getLogger("provline.sidecar")
+POLL_S = 0.2
+
+
+class DeploymentFollower:
+    """Keeps ``index`` up to date from the lineage topic until :meth:`stop`.
+
+    Only this thread writes the index; the event loop reads it with single dict look-ups, which
+    the GIL makes atomic, so no lock sits on the request path.
+    """
+
+    def __init__(self, settings: EmitterSettings, index: DeploymentIndex) -> None:
+        config = {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"provline-sidecar-deployments-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+        for name, value in settings.kafka.items():
+            config[name.replace("_", ".")] = value
+        self._consumer = Consumer(config)
+        self._consumer.subscribe([Topics(settings.topic_prefix).lineage])
+        self._index = index
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="provline-sidecar-deployments", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        catalog = default_catalog()
+        try:
+            while not self._stop.is_set():
+                message = self._consumer.poll(POLL_S)
+                if message is None or message.error() is not None or message.value() is None:
+                    continue
+                try:
+                    decoded = catalog.decode(message.value())
+                except SchemaError:
+                    continue  # not ours to judge: the sink dead-letters it
+                if decoded.record == "Deployment":
+                    self._index.observe(decoded.value)
+        finally:
+            self._consumer.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)

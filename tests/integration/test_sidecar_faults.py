@@ -1,0 +1,125 @@
+"""Fail-open delivery: the broker is away while the sidecar serves; every event arrives later, once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client import REGISTRY
+
+from deploy.local.kafka import LocalKafka
+from producers.settings import EmitterSettings
+from schemas import Topics
+from sidecar import SidecarSettings, create_app
+from sink.settings import SinkSettings
+from sink.store import migrate, open_store
+from sink.writer import SinkWriter
+from tests.integration.test_sidecar_proxy import LoopThread, Upstream, start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+REQUESTS = 2000
+CONCURRENCY = 32
+DEADLINE_S = 120.0
+
+
+async def send_all(url: str, ids: list[str]) -> list[int]:
+    statuses: list[int] = []
+    queue = list(reversed(ids))
+    async with aiohttp.ClientSession() as session:
+        async def worker() -> None:
+            while queue:
+                prediction_id = queue.pop()
+                async with session.post(f"{url}/predict", data=b'{"age": 41, "city": "Oslo"}',
+                                        headers={"X-Request-ID": prediction_id,
+                                                 "Content-Type": "application/json"}) as reply:
+                    await reply.read()
+                    statuses.append(reply.status)
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return statuses
+
+
+def wait_until(condition, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+    return result
+
+
+def dropped() -> float:
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "provline_events_dropped"
+               for sample in metric.samples if sample.name.endswith("_total"))
+
+
+def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_once_later(
+    local_kafka: LocalKafka | None, topics: Topics, chdb_path: str, tmp_path: Path
+) -> None:
+    if local_kafka is None:
+        pytest.fail("this test stops and restarts the broker: run it with the local broker, "
+                    "not PROVLINE_KAFKA_BOOTSTRAP")
+    loop = LoopThread()
+    upstream = Upstream()
+    runner = loop.run(upstream.start())
+    settings = SidecarSettings(
+        upstream=f"http://127.0.0.1:{upstream.port}", kserve_metadata=False,
+        emitter=EmitterSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix,
+                                spool_dir=tmp_path / "spool", producer_name="sidecar-fault"),
+    )
+    app = create_app(settings)  # builds and owns its emitter: on_full=drop, spool <spool_dir>/worker-0
+    ids = [f"fault-{i}-{uuid.uuid4().hex[:8]}" for i in range(REQUESTS)]
+    drops_before = dropped()
+    server, task, url = loop.run(start_server(app))
+    try:
+        local_kafka.stop()
+        try:
+            statuses = loop.run(send_all(url, ids), timeout=DEADLINE_S)
+            assert statuses == [200] * REQUESTS
+            backlog = wait_until(lambda: app.emitter.transport.backlog == 2 * REQUESTS,  # type: ignore[union-attr]
+                                 "every event to be queued or spooled")
+            assert backlog and (tmp_path / "spool" / "worker-0").is_dir()
+        finally:
+            local_kafka.start()
+        wait_until(lambda: app.emitter.transport.backlog == 0, "the spool to drain into the broker")  # type: ignore[union-attr]
+    finally:
+        loop.run(stop_server(server, task), timeout=60)
+        loop.run(runner.cleanup())
+        loop.close()
+    assert dropped() == drops_before
+
+    store = open_store(chdb_path)
+    migrate(store)
+    sink = SinkSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix, clickhouse_url=chdb_path,
+                        consumer_group=f"sink-{uuid.uuid4().hex[:8]}", batch_max_seconds=0.2)
+    writer_client = open_store(chdb_path)
+    writer = SinkWriter(sink, writer_client)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,))
+    thread.start()
+
+    def stored(table: str) -> list[tuple[str, int, int]]:
+        return store.query(f"SELECT prediction_id, count(), uniqExact(event_id) FROM {table} "
+                           "GROUP BY prediction_id").result_rows
+
+    try:
+        wait_until(lambda: sum(n for _, n, _ in stored("inference_requests")) >= REQUESTS
+                   and sum(n for _, n, _ in stored("inference_responses")) >= REQUESTS,
+                   f"{2 * REQUESTS} events in the store")
+    finally:
+        stop.set()
+        thread.join(30)
+        writer_client.close()
+    try:
+        for table in ("inference_requests", "inference_responses"):
+            rows = stored(table)
+            assert sorted(prediction_id for prediction_id, _, _ in rows) == sorted(ids), table
+            assert all(count == 1 and unique == 1 for _, count, unique in rows), table  # each stored once
+    finally:
+        store.close()

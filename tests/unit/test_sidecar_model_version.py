@@ -1,0 +1,82 @@
+"""Model version resolution order, the KServe metadata cache and the deployment index."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from sidecar.model_version import DeploymentIndex, ModelVersionResolver, kserve_target, version_from_metadata
+
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def deployment(version: str, minutes: int, action: str = "DEPLOY", endpoint: str = "/predict") -> dict:
+    return {"endpoint": endpoint, "model_name": "churn", "model_version": version, "action": action,
+            "event_time": T0 + timedelta(minutes=minutes)}
+
+
+def test_kserve_paths_and_metadata() -> None:
+    assert kserve_target("/v2/models/churn/infer") == ("churn", None)
+    assert kserve_target("/v2/models/churn/versions/3/infer") == ("churn", "3")
+    assert kserve_target("/v2/models/churn") == ("churn", None)
+    assert kserve_target("/predict") is None and kserve_target("/v1/models/churn:predict") is None
+    assert version_from_metadata({"name": "churn", "versions": ["3"]}) == "3"
+    assert version_from_metadata({"versions": ["1", "2"]}) is None  # ambiguous: which one served?
+    assert version_from_metadata({"versions": []}) is None and version_from_metadata([1]) is None
+
+
+def test_the_latest_deployment_wins_and_a_retirement_clears_it() -> None:
+    index = DeploymentIndex()
+    index.observe(deployment("2", 5))
+    index.observe(deployment("1", 1))  # older, read late
+    assert index.latest("/predict") == ("churn", "2")
+    index.observe(deployment("1", 6, "RETIRE"))  # not the current one
+    assert index.latest("/predict") == ("churn", "2")
+    index.observe(deployment("2", 7, "RETIRE"))
+    assert index.latest("/predict") is None and index.latest("/other") is None
+
+
+def test_resolution_order_header_kserve_deployment_static() -> None:
+    fetched: list[str] = []
+
+    async def fetch(model: str) -> dict:
+        fetched.append(model)
+        return {"versions": ["9"]}
+
+    async def scenario() -> None:
+        index = DeploymentIndex()
+        resolver = ModelVersionResolver(static="static", fetch_metadata=fetch, deployments=index)
+        path = "/v2/models/churn/infer"
+        assert await resolver.resolve(header="h", reply_version="r", path=path, endpoint=path) == "h"
+        assert await resolver.resolve(header=None, reply_version="r", path=path, endpoint=path) == "r"
+        assert await resolver.resolve(header=None, reply_version=None, path="/v2/models/churn/versions/4/infer",
+                                      endpoint=path) == "4"
+        assert resolver.known(header=None, path=path, endpoint=path) == "static"  # nothing fetched yet
+        both = await asyncio.gather(*(resolver.resolve(header=None, reply_version=None, path=path, endpoint=path)
+                                      for _ in range(5)))
+        assert both == ["9"] * 5 and fetched == ["churn"]  # one fetch, then the cache
+        assert resolver.known(header=None, path=path, endpoint=path) == "9"
+        assert await resolver.resolve(header=None, reply_version=None, path="/predict", endpoint="/predict") == "static"
+        index.observe(deployment("2", 1))
+        assert await resolver.resolve(header=None, reply_version=None, path="/predict", endpoint="/predict") == "2"
+        assert resolver.model_name("/predict", "/predict") == "churn"
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_metadata_fetch_falls_through_and_is_cached() -> None:
+    calls = 0
+
+    async def broken(model: str) -> dict:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("refused")
+
+    async def scenario() -> None:
+        resolver = ModelVersionResolver(static=None, fetch_metadata=broken, deployments=None)
+        for _ in range(3):
+            assert await resolver.resolve(header=None, reply_version=None, path="/v2/models/m/infer",
+                                          endpoint="e") is None
+
+    asyncio.run(scenario())
+    assert calls == 1

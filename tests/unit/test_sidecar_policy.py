@@ -1,0 +1,144 @@
+"""The capture policy: YAML parsing, redaction of every payload format, modes and sampling per route."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import PolicyError
+from sidecar.events import BodyRecord, Capture, describe_body
+from sidecar.payload import ObservedBody
+from sidecar.policy import MASK, FieldRules, Mode, Redactor, load_policy, parse_policy
+
+KEY = b"k" * 32
+POLICY = """
+inputs:
+  drop: [ssn]
+  hash: [customer_id, card]
+  mask: [phone, customer.email]
+outputs:
+  drop: [internal_score]
+capture: redacted
+sample_rate: 0.5
+routes:
+  - path: /v2/models/*/infer
+    methods: [post]
+    capture: hash-only
+    sample_rate: 0.1
+  - path: /health*
+    sample_rate: 0
+"""
+
+
+def keyed(value: object) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return "hmac-sha256:" + hmac.new(KEY, canonical, hashlib.sha256).hexdigest()
+
+
+def test_policy_file_is_parsed_and_routes_decide_mode_and_rate(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    policy = load_policy(path)
+    assert policy.needs_key
+    assert policy.inputs.action("ssn", "a.ssn") == "drop"
+    assert policy.inputs.action("email", "customer.email") == "mask"
+    assert policy.inputs.action("email", "other.email") is None
+    infer = policy.decide("POST", "/v2/models/churn/infer", default_capture="full", default_rate=1.0)
+    assert (infer.capture, infer.sample_rate) == ("hash-only", 0.1)
+    get = policy.decide("GET", "/v2/models/churn/infer", default_capture="full", default_rate=1.0)
+    assert (get.capture, get.sample_rate) == ("redacted", 0.5)  # the route names POST only
+    health = policy.decide("GET", "/healthz", default_capture="full", default_rate=1.0)
+    assert (health.capture, health.sample_rate) == ("redacted", 0.0)
+
+
+def test_defaults_apply_without_a_policy_file() -> None:
+    policy = parse_policy("")
+    decision = policy.decide("POST", "/x", default_capture="full", default_rate=0.25)
+    assert (decision.capture, decision.sample_rate) == ("full", 0.25) and not policy.needs_key
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("inputs: {dorp: [a]}", "inputs.dorp"),
+    ("capture: everything", "capture"),
+    ("routes: [{path: /x, sample_rate: 2}]", "routes.0.sample_rate"),
+    ("inputs: [", "not valid YAML"),
+])
+def test_invalid_policies_name_the_faulty_entry(text: str, message: str) -> None:
+    with pytest.raises(PolicyError, match="policy.yaml") as raised:
+        parse_policy(text, source="policy.yaml")
+    assert message in str(raised.value)
+
+
+def test_a_missing_policy_file_says_which_setting(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="PROVLINE_SIDECAR_POLICY"):
+        load_policy(tmp_path / "nope.yaml")
+
+
+def test_json_objects_are_redacted_at_any_depth_and_by_dotted_path() -> None:
+    rules = FieldRules.of(drop=["ssn"], hash=["customer_id"], mask=["phone", "customer.email"])
+    document = {"ssn": "123-45-6789", "customer": {"customer_id": 42, "email": "a@b.c", "ssn": "x"},
+                "rows": [{"phone": "555-1234", "email": "keep@x.y"}], "age": 41}
+    redacted = Redactor(KEY).redact(document, rules)
+    assert redacted == {"customer": {"customer_id": keyed(42), "email": MASK},
+                        "rows": [{"phone": MASK, "email": "keep@x.y"}], "age": 41}
+    assert document["ssn"] == "123-45-6789"  # the original is untouched
+
+
+def test_kserve_tensors_and_dataframe_columns_are_redacted_by_name() -> None:
+    rules = FieldRules.of(drop=["ssn"], hash=["card"], mask=["phone"])
+    kserve = {"inputs": [
+        {"name": "ssn", "shape": [1], "datatype": "BYTES", "data": ["123-45-6789"]},
+        {"name": "card", "shape": [2], "datatype": "BYTES", "data": ["4111", "4111"]},
+        {"name": "phone", "shape": [1, 1], "datatype": "BYTES", "data": [["555"]]},
+        {"name": "age", "shape": [1], "datatype": "INT64", "data": [41]},
+    ]}
+    redacted = Redactor(KEY).redact(kserve, rules)
+    assert [t["name"] for t in redacted["inputs"]] == ["card", "phone", "age"]
+    assert redacted["inputs"][0]["data"] == [keyed("4111"), keyed("4111")]  # equal values stay joinable
+    assert redacted["inputs"][1]["data"] == [[MASK]] and redacted["inputs"][2]["data"] == [41]
+
+    split = {"dataframe_split": {"columns": ["ssn", "phone", "age"], "data": [["1", "555", 41], ["2", "556", 17]]}}
+    assert Redactor(KEY).redact(split, rules) == {
+        "dataframe_split": {"columns": ["phone", "age"], "data": [[MASK, 41], [MASK, 17]]}}
+
+
+def test_hashing_needs_a_key_and_differs_by_key() -> None:
+    with pytest.raises(PolicyError, match="PROVLINE_REDACTION_KEY"):
+        Redactor(None).keyed_hash("x")
+    assert Redactor(b"a").keyed_hash("x") != Redactor(b"b").keyed_hash("x")
+
+
+CAPTURE = Capture(max_capture_bytes=1000, max_parse_bytes=1000)
+
+
+def describe(body: bytes, mode: Mode, rules: FieldRules, capture: Capture = CAPTURE) -> BodyRecord:
+    return describe_body(ObservedBody.whole(body), "application/json", mode=mode, rules=rules,
+                         redactor=Redactor(KEY), capture=capture, role="input")
+
+
+def test_modes_decide_what_of_a_body_is_recorded() -> None:
+    rules = FieldRules.of(drop=["ssn"], mask=["phone"])
+    body = json.dumps({"ssn": "123-45-6789", "phone": "555-1234", "age": 41}).encode()
+    full = describe(body, "full", rules)
+    assert full.body == body and full.values["phone"] == "555-1234"
+    redacted = describe(body, "redacted", rules)
+    assert json.loads(redacted.body) == {"phone": MASK, "age": 41}
+    assert redacted.values == {"phone": MASK, "age": 41.0}
+    hashed = describe(body, "hash-only", rules)
+    assert (hashed.body, hashed.values, hashed.truncated) == (None, {}, False)
+
+
+def test_redacted_mode_records_nothing_of_a_body_it_cannot_parse_and_truncates_with_a_marker() -> None:
+    rules = FieldRules.of(drop=["ssn"])
+    binary = describe(b"\x00ssn=123-45-6789", "redacted", rules)
+    assert binary.body is None and binary.values == {}
+    assert "redaction policy applies to JSON bodies only" in binary.error
+    small = Capture(max_capture_bytes=10, max_parse_bytes=1000)
+    long = describe(json.dumps({"ssn": "1", "text": "a" * 50}).encode(), "redacted", rules, capture=small)
+    assert long.truncated and long.body == b'{"text":"a'
+    no_rules = describe(b"\x00binary", "redacted", FieldRules())
+    assert no_rules.body == b"\x00binary"  # nothing to redact: captured as sent
