@@ -7,6 +7,8 @@ uses ``producers`` never loads ClickHouse or Faust.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -48,22 +50,45 @@ def sidecar(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     admin_port: Annotated[int | None, typer.Option(help="port of /healthz, /readyz and /metrics")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="worker processes sharing the port")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="YAML capture policy: redaction, capture mode, sampling per route")
+    ] = None,
+    model_version: Annotated[str | None, typer.Option(help="recorded when nothing better is known")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text")] = None,
 ) -> None:
-    """Run the trace proxy in front of a model server."""
+    """Run the trace proxy in front of a model server; other settings from PROVLINE_* variables."""
+    from pydantic import ValidationError
+
     from sidecar.app import run_sidecar
+    from sidecar.errors import StartupError
     from sidecar.settings import SidecarSettings
 
-    overrides = {"upstream": upstream, "host": host, "port": port, "admin_port": admin_port}
-    run_sidecar(SidecarSettings(**{name: value for name, value in overrides.items() if value is not None}))
+    overrides = {"upstream": upstream, "host": host, "port": port, "admin_port": admin_port, "workers": workers,
+                 "policy_file": policy, "model_version": model_version, "log_format": log_format}
+    try:
+        settings = SidecarSettings(**{name: value for name, value in overrides.items() if value is not None})
+        run_sidecar(settings)
+    except (ValidationError, StartupError) as exc:
+        console.print(f"[red]provline sidecar: {exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
-def _api_get(api: str, path: str) -> tuple[int, dict]:
-    response = httpx.get(f"{api.rstrip('/')}{path}", timeout=API_TIMEOUT_S)
+def _api_headers() -> dict[str, str]:
+    """The bearer token of the audit API from PROVLINE_API_TOKEN (none when unset)."""
+    import os
+
+    token = os.environ.get("PROVLINE_API_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _api_get(api: str, path: str, params: dict | None = None) -> tuple[int, dict]:
+    response = httpx.get(f"{api.rstrip('/')}{path}", params=params, headers=_api_headers(), timeout=API_TIMEOUT_S)
     return response.status_code, response.json()
 
 
 def _api_post(api: str, path: str, body: dict) -> tuple[int, dict]:
-    response = httpx.post(f"{api.rstrip('/')}{path}", json=body, timeout=API_TIMEOUT_S)
+    response = httpx.post(f"{api.rstrip('/')}{path}", json=body, headers=_api_headers(), timeout=API_TIMEOUT_S)
     return response.status_code, response.json()
 
 
@@ -107,16 +132,259 @@ def print_trace(trace: dict) -> None:
     console.print(table)
 
 
+def _api_query(api: str) -> Callable[[str], list[dict]]:
+    """Rows of one read-only query through the audit API, as dicts; exits with the API's reason."""
+
+    def query(statement: str) -> list[dict]:
+        try:
+            status, body = _api_post(api, "/v1/sql", {"sql": statement})
+        except httpx.HTTPError as exc:
+            raise _unreachable(api, exc) from exc
+        if status != 200:
+            console.print(f"[red]audit API answered {status}: {body.get('detail', body)}[/red]")
+            raise typer.Exit(1 if status < 500 else 2)
+        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+
+    return query
+
+
 @app.command()
 def sql(query: str, api: ApiOption = DEFAULT_API_URL) -> None:
     """Run one read-only SQL statement against the store and print the result as JSON lines."""
+    for row in _api_query(api)(query):
+        print(json.dumps(row, default=str))
+
+
+def _api_answer(api: str, path: str, params: dict | None = None) -> dict:
+    """The JSON answer of a GET on the audit API; exits 1 (not found / refused) or 2 (unreachable)."""
     try:
-        status, body = _api_post(api, "/v1/sql", {"sql": query})
+        status, body = _api_get(api, path, {k: v for k, v in (params or {}).items() if v not in (None, "", [])})
     except httpx.HTTPError as exc:
         raise _unreachable(api, exc) from exc
     if status != 200:
-        console.print(f"[red]{body.get('detail', body)}[/red]")
+        console.print(f"[red]audit API answered {status}: {body.get('detail', body)}[/red]")
         raise typer.Exit(1)
-    for row in body["rows"]:
-        print(json.dumps(dict(zip(body["columns"], row, strict=True)), default=str))
+    return body
 
+
+def _print_rows(rows: list[dict], as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
+        return
+    table = Table(title=title, title_justify="left")
+    for column in rows[0] if rows else []:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else json.dumps(v) if isinstance(v, list | dict) else str(v)
+                        for v in row.values()))
+    console.print(table)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
+SinceOption = Annotated[str | None, typer.Option(help="from this time (ISO 8601)")]
+UntilOption = Annotated[str | None, typer.Option(help="before this time (ISO 8601)")]
+ProjectOption = Annotated[str | None, typer.Option(help="only this project (the producing job or service)")]
+OwnerOption = Annotated[str | None, typer.Option(help="only this owner")]
+LimitOption = Annotated[int, typer.Option(help="at most this many rows")]
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the ClickHouse schema (idempotent; applied files are recorded). Not while serving chDB."""
+    from sink.settings import SinkSettings
+    from sink.store import migrate as apply_migrations
+    from sink.store import open_store
+
+    settings = SinkSettings()
+    client = open_store(settings.clickhouse_url)
+    try:
+        applied = apply_migrations(client, cluster=settings.cluster, retention_days=settings.retention_days)
+    finally:
+        client.close()
+    console.print(f"applied {', '.join(applied)}" if applied else "the store is up to date")
+
+
+@app.command()
+def lineage(
+    direction: Annotated[str, typer.Argument(help="upstream or downstream")],
+    entity: Annotated[str, typer.Argument(help="kind:id, e.g. dataset:sha256:…, model:churn@3, prediction:<id>")],
+    kind: Annotated[list[str] | None, typer.Option("--kind", help="only nodes of this kind (repeatable)")] = None,
+    max_depth: Annotated[int, typer.Option(help="hops to walk at most")] = 12,
+    limit: LimitOption = 1000,
+    as_json: JsonOption = False,
+    api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Walk the lineage graph from ENTITY, e.g. every prediction downstream of a dataset."""
+    body = _api_answer(api, f"/v1/lineage/{direction}",
+                       {"node": entity, "kinds": kind, "max_depth": max_depth, "limit": limit})
+    _print_rows(body["nodes"], as_json, f"{direction} of {entity}")
+
+
+@app.command()
+def runs(
+    since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None, owner: OwnerOption = None,
+    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Pipeline runs, newest first."""
+    body = _api_answer(api, "/v1/runs",
+                       {"since": since, "until": until, "project": project, "owner": owner, "limit": limit})
+    _print_rows(body["runs"], as_json, "runs")
+
+
+@app.command()
+def models(
+    model: Annotated[str | None, typer.Argument(help="only this model name")] = None,
+    since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None, owner: OwnerOption = None,
+    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Registered model versions with their latest deployment and evaluations."""
+    body = _api_answer(api, "/v1/models", {"model": model, "since": since, "until": until, "project": project,
+                                           "owner": owner, "limit": limit})
+    _print_rows(body["models"], as_json, "models")
+
+
+@app.command()
+def drift(
+    model: Annotated[str, typer.Argument(help="model name, or NAME@VERSION")],
+    since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None,
+    breached: Annotated[bool, typer.Option("--breached", help="only breached windows")] = False,
+    limit: LimitOption = 1000, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Drift statistics of MODEL per window, feature and metric."""
+    name, _, version = model.partition("@")
+    body = _api_answer(api, f"/v1/drift/{name}", {"version": version, "since": since, "until": until,
+                                                  "project": project, "breached_only": breached, "limit": limit})
+    _print_rows(body["drift"], as_json, f"drift of {model}")
+
+
+@app.command()
+def export(
+    subject: Annotated[str, typer.Argument(help="a prediction id, or MODEL@VERSION")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory to write the bundle into")] = Path("evidence"),
+    fmt: Annotated[str, typer.Option("--format", help="json, prov (W3C PROV-JSON) or openlineage")] = "json",
+    api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Write a self-contained evidence bundle (signed when serve has PROVLINE_SIGNING_KEY)."""
+    import base64
+
+    body = _api_answer(api, f"/v1/evidence/{subject}", {"format": fmt})
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in body["files"].items():
+        (out / name).write_bytes(base64.b64decode(data))
+    console.print(f"wrote {len(body['files'])} files to {out}")
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path | None, typer.Argument(help="an evidence bundle directory; omit to check the store")] = None,
+    public_key: Annotated[str | None, typer.Option(help="Ed25519 public key (PEM or base64) the bundle must be "
+                                                       "signed with")] = None,
+    session: Annotated[str | None, typer.Option(help="check only this producer session in the store")] = None,
+    api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Check a bundle offline, or the store's hash chains and signatures; exit 1 naming the first problem."""
+    if bundle is not None:
+        from schemas import default_catalog
+        from schemas.integrity import load_public_key
+        from sink.evidence import verify_bundle
+
+        files = {path.name: path.read_bytes() for path in sorted(bundle.iterdir()) if path.is_file()}
+        key = load_public_key(public_key) if public_key else None
+        problems = verify_bundle(files, default_catalog(), public_key=key)
+        for problem in problems:
+            console.print(f"[red]{problem}[/red]")
+        if problems:
+            raise typer.Exit(1)
+        console.print(f"[green]{bundle}: every file matches the manifest; events match their hashes[/green]")
+        return
+    body = _api_answer(api, "/v1/verify", {"session": session})
+    for finding in body["findings"]:
+        console.print(f"[red]session {finding['session']}: {finding['problem']} at {finding['table']} "
+                      f"event {finding['event_id']} (#{finding['index']}): {finding['detail']}[/red]")
+    if body["findings"]:
+        raise typer.Exit(1)
+    console.print(f"[green]{body['events']} events in {body['sessions']} sessions: every chain intact"
+                  f"{' and signed' if body['signatures'] else ''}[/green]")
+
+
+
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(help="run name (default: the command's name)")] = None,
+    stage: Annotated[str | None, typer.Option(help="pipeline stage, e.g. training")] = None,
+) -> None:
+    """Record any command as a run: provline run [--name N] -- COMMAND [ARGS...]."""
+    from producers import Lineage
+    from producers.command import run_command
+
+    lineage = Lineage(producer_name="provline-run")
+    try:
+        code = run_command(list(ctx.args), lineage, name=name, stage=stage)
+    finally:
+        lineage.close()
+    raise typer.Exit(code)
+
+
+@app.command()
+def promote(
+    model: str,
+    version: str,
+    to: Annotated[str, typer.Option("--to", help="target environment, e.g. production")],
+    endpoint: Annotated[str, typer.Option(help="endpoint the model will serve, e.g. /predict")],
+    policy: Annotated[Path | None, typer.Option(help="promotion policy (JSON or YAML)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why, recorded with the Deployment")] = None,
+    api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Record a promotion only if the model's lineage is complete; otherwise list what is missing."""
+    from producers import Lineage
+    from producers.policy import PromotionPolicy, missing_requirements
+    from provline.facts import current_deployment, model_facts
+
+    query = _api_query(api)
+    facts = model_facts(query, model, version)
+    missing = missing_requirements(facts, PromotionPolicy.load(policy), to)
+    if missing:
+        console.print(f"[red]{model}@{version} cannot be promoted to {to}; missing:[/red]")
+        for item in missing:
+            console.print(f"  - {item}")
+        raise typer.Exit(1)
+    previous = current_deployment(query, endpoint, to)
+    lineage = Lineage(producer_name="provline-promote")
+    lineage.deploy(model, version, endpoint=endpoint, environment=to, action="PROMOTE", reason=reason,
+                   previous_version=previous["model_version"] if previous else None)
+    if not lineage.close():
+        console.print("[red]the Deployment event was not delivered; check PROVLINE_KAFKA_BOOTSTRAP[/red]")
+        raise typer.Exit(2)
+    console.print(f"[green]promoted {model}@{version} to {to} on {endpoint}[/green]")
+
+
+@app.command()
+def openlineage(
+    run_id: str,
+    namespace: Annotated[str, typer.Option(help="OpenLineage namespace of the job")] = "provline",
+    post: Annotated[str | None, typer.Option(help="also POST each event to this OpenLineage endpoint, "
+                                                  "e.g. http://marquez:5000/api/v1/lineage")] = None,
+    api: ApiOption = DEFAULT_API_URL,
+) -> None:
+    """Export a recorded run as OpenLineage RunEvents (JSON, one per line)."""
+    from producers.openlineage import run_to_openlineage
+    from provline.facts import datasets, models_of_run, run_states
+
+    query = _api_query(api)
+    states = run_states(query, run_id)
+    if not states:
+        console.print(f"[yellow]no run {run_id} in the store[/yellow]")
+        raise typer.Exit(1)
+    digests = sorted({d for s in states for d in (s.get("inputs") or []) + (s.get("outputs") or [])})
+    events = run_to_openlineage(states, datasets=datasets(query, digests), models=models_of_run(query, run_id),
+                                namespace=namespace)
+    for event in events:
+        print(json.dumps(event, sort_keys=True))
+        if post:
+            response = httpx.post(post, json=event, timeout=API_TIMEOUT_S)
+            if response.status_code >= 300:
+                console.print(f"[red]{post} refused the event: {response.status_code} {response.text[:200]}[/red]")
+                raise typer.Exit(2)

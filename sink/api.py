@@ -1,28 +1,53 @@
-"""The audit HTTP API: traces by prediction id, read-only SQL, health and metrics.
+"""The audit HTTP API: traces, lineage walks, runs, models, drift, evidence, verify and read-only SQL.
 
-Every ``/v1`` route depends on :func:`audit_reader`, the one place where authentication and
-role checks attach. The API owns its client: the handlers run in a thread pool, so calls on the
-client are serialised with a lock (clickhouse-connect clients are not for concurrent queries).
+Every ``/v1`` request carries ``Authorization: Bearer <token>``; the token maps to a reader and a
+role (``viewer`` < ``auditor`` < ``admin``) from :attr:`SinkSettings.api_tokens`. Viewers see the
+audit answers; raw payloads (stored events, SQL over the raw columns, evidence bundles, store
+verification) need ``auditor``; the access log needs ``admin``. Every request but the health and
+metrics probes, allowed or denied, is written to ``access_log`` (who, what, when, status, size);
+if that write fails the answer is withheld (503): no unlogged reads.
+
+The API owns its client: handlers run in a thread pool, so calls on the client are serialised
+with a lock (clickhouse-connect clients are not for concurrent queries).
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import threading
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from sink import queries
+from schemas import default_catalog
+from schemas.integrity import load_private_key, load_public_key
+from sink import evidence, queries
 from sink.errors import ReadOnlySqlError
-from sink.queries import MAX_SQL_CHARS
+from sink.queries import MAX_SQL_CHARS, Filters
 from sink.settings import SinkSettings
+from sink.verify import verify_session
+
+log = logging.getLogger(__name__)
+
+ROLE_RANK = {"viewer": 0, "auditor": 1, "admin": 2}
+UNLOGGED_PATHS = frozenset({"/healthz", "/metrics"})
+ACCESS_LOG_COLUMNS = (
+    "time", "request_id", "reader", "role", "method", "path", "query", "status", "allowed", "response_bytes",
+    "client",
+)
 
 
 @dataclass(frozen=True)
@@ -30,19 +55,52 @@ class Reader:
     """Who is reading; every audit read is made on behalf of one."""
 
     name: str
-    roles: frozenset[str]
+    role: str
+
+    def may(self, role: str) -> bool:
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
-ANONYMOUS = Reader(name="anonymous", roles=frozenset({"auditor"}))
+def authenticate(settings: SinkSettings, token: str | None) -> Reader | None:
+    """The reader a bearer token belongs to, or None. Compares in constant time. Pure."""
+    if not token:
+        return None
+    found = None
+    for name, grant in settings.api_tokens.items():
+        if hmac.compare_digest(grant.token.get_secret_value().encode(), token.encode()):
+            found = Reader(name=name, role=grant.role)
+    return found
 
 
-def audit_reader(request: Request) -> Reader:
-    """The caller of a ``/v1`` route. Authentication replaces this function's body; routes stay as they are."""
-    return ANONYMOUS
+_bearer = HTTPBearer(auto_error=False, description="an API token from PROVLINE_API_TOKENS")
+
+
+def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Reader:
+    reader: Reader | None = getattr(request.state, "reader", None)
+    if reader is None:
+        detail = (
+            "no bearer token; send 'Authorization: Bearer <token>' (provline commands read PROVLINE_API_TOKEN)"
+            if credentials is None else "unknown token; ask an admin for a token in PROVLINE_API_TOKENS"
+        )
+        raise HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+    return reader
+
+
+def require(role: str) -> Callable[[Reader], Reader]:
+    def check(reader: Annotated[Reader, Depends(_caller)]) -> Reader:
+        if not reader.may(role):
+            raise HTTPException(
+                status_code=403, detail=f"{reader.name} has role {reader.role}; this needs {role} or higher",
+            )
+        return reader
+
+    return check
 
 
 # Module level: FastAPI resolves the handlers' string annotations in this module's namespace.
-ReaderDep = Annotated[Reader, Depends(audit_reader)]
+Viewer = Annotated[Reader, Depends(require("viewer"))]
+Auditor = Annotated[Reader, Depends(require("auditor"))]
+Admin = Annotated[Reader, Depends(require("admin"))]
 
 
 class SqlRequest(BaseModel):
@@ -57,10 +115,45 @@ class LockedClient:
         self.lock = threading.Lock()
 
 
+def access_row(request: Request, reader: Reader | None, status: int, size: int) -> list[Any]:
+    return [
+        datetime.now(UTC), str(uuid.uuid4()), reader.name if reader else "", reader.role if reader else "",
+        request.method, request.url.path, request.url.query, status, status not in (401, 403), size,
+        request.client.host if request.client else "",
+    ]
+
+
 def create_api(settings: SinkSettings, client: Client) -> FastAPI:
     """Build the app around ``client`` (which the app does not close). Handlers block on the store."""
-    app = FastAPI(title="provline audit API", version="1")
+    app = FastAPI(
+        title="provline audit API", version="1",
+        description="Audit queries over the provline store. Bearer tokens map to roles viewer, auditor, admin.",
+    )
     store = LockedClient(client)
+    catalog = default_catalog()
+    signer = load_private_key(settings.signing_key.get_secret_value()) if settings.signing_key else None
+    event_key = load_public_key(settings.event_public_key) if settings.event_public_key else None
+
+    def write_access_log(row: list[Any]) -> None:
+        with store.lock:
+            store.client.insert("access_log", [row], column_names=list(ACCESS_LOG_COLUMNS))
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if request.url.path in UNLOGGED_PATHS:
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        reader = authenticate(settings, token.strip()) if scheme.lower() == "bearer" else None
+        request.state.reader = reader
+        response = await call_next(request)
+        size = int(response.headers.get("content-length", 0))
+        try:
+            await run_in_threadpool(write_access_log, access_row(request, reader, response.status_code, size))
+        except Exception:
+            log.exception("could not write the access log; withholding the answer")
+            return JSONResponse(status_code=503, content={"detail": "access log unavailable; try again later"})
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -72,10 +165,21 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/traces/{prediction_id}")
-    def get_trace(prediction_id: str, reader: ReaderDep) -> dict[str, Any]:
+    @app.get("/v1/traces/{prediction_id}", summary="The whole chain behind one prediction")
+    def get_trace(
+        prediction_id: str, reader: Viewer,
+        raw: Annotated[bool, Query(description="include the stored raw events (auditor)")] = False,
+    ) -> dict[str, Any]:
+        if raw and not reader.may("auditor"):
+            raise HTTPException(status_code=403, detail=f"raw payloads need role auditor; {reader.name} is a viewer")
         with store.lock:
             found = queries.trace(store.client, prediction_id)
+            if found is not None and raw:
+                ids = [value for value in found["sources"].values() if value]
+                found["raw_events"] = [
+                    {"kind": e["kind"], "event_id": e["event_id"], "raw": queries.to_jsonable(bytes(e["raw"]))}
+                    for e in queries.events_by_id(store.client, ids)
+                ]
         if found is None:
             raise HTTPException(
                 status_code=404,
@@ -84,8 +188,52 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
             )
         return found
 
-    @app.post("/v1/sql")
-    def post_sql(body: SqlRequest, reader: ReaderDep) -> dict[str, Any]:
+    @app.get("/v1/lineage/{direction}", summary="Walk lineage_edges upstream or downstream of a node")
+    def get_lineage(
+        direction: str, reader: Viewer,
+        node: Annotated[str, Query(description="kind:id, e.g. dataset:sha256:…, model:churn@3")],
+        kinds: Annotated[list[str] | None, Query(description="only these node kinds")] = None,
+        max_depth: int = queries.DEFAULT_MAX_DEPTH, limit: int = queries.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        try:
+            with store.lock:
+                rows = queries.lineage(store.client, direction, node, kinds=kinds, max_depth=max_depth, limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return {"direction": direction, "node": node, "nodes": rows}
+
+    def filters(since: datetime | None, until: datetime | None, project: str, owner: str, limit: int) -> Filters:
+        return Filters(since=since or queries.EPOCH, until=until or queries.FAR_FUTURE, project=project,
+                       owner=owner, limit=limit)
+
+    @app.get("/v1/runs", summary="Pipeline runs, filtered by start time, project and owner")
+    def get_runs(
+        reader: Viewer, since: datetime | None = None, until: datetime | None = None, project: str = "",
+        owner: str = "", limit: int = queries.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        with store.lock:
+            return {"runs": queries.runs(store.client, filters(since, until, project, owner, limit))}
+
+    @app.get("/v1/models", summary="Registered model versions, filtered by time, project, owner, name")
+    def get_models(
+        reader: Viewer, since: datetime | None = None, until: datetime | None = None, project: str = "",
+        owner: str = "", model: str = "", limit: int = queries.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        with store.lock:
+            return {"models": queries.models(store.client, filters(since, until, project, owner, limit), model=model)}
+
+    @app.get("/v1/drift/{model}", summary="Drift statistics of one model")
+    def get_drift(
+        model: str, reader: Viewer, version: str = "", since: datetime | None = None, until: datetime | None = None,
+        project: str = "", breached_only: bool = False, limit: int = queries.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        with store.lock:
+            rows = queries.drift(store.client, model, filters(since, until, project, "", limit), version=version,
+                                 breached_only=breached_only)
+        return {"model": model, "drift": rows}
+
+    @app.post("/v1/sql", summary="One read-only SQL statement (auditor: it can read raw payloads)")
+    def post_sql(body: SqlRequest, reader: Auditor) -> dict[str, Any]:
         try:
             with store.lock:
                 return queries.run_readonly_sql(store.client, body.sql)
@@ -93,6 +241,41 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
             raise HTTPException(status_code=400, detail=f"refused: {exc}") from exc
         except ClickHouseError as exc:
             raise HTTPException(status_code=400, detail=f"query failed: {exc}") from exc
+
+    @app.get("/v1/evidence/{subject}", summary="An evidence bundle for a prediction id or MODEL@VERSION")
+    def get_evidence(subject: str, reader: Auditor, format: str = "json") -> dict[str, Any]:
+        try:
+            with store.lock:
+                gathered = evidence.gather(store.client, subject)
+            files = evidence.build_bundle(gathered, format, catalog, signer=signer)
+        except evidence.BundleError as exc:
+            raise HTTPException(status_code=404 if "stored" in str(exc) else 400, detail=str(exc)) from exc
+        return {"subject": subject, "format": format, "files": {n: queries.to_jsonable(d) for n, d in files.items()}}
+
+    @app.get("/v1/verify", summary="Recompute hash chains (and signatures) of stored events")
+    def get_verify(reader: Auditor, session: str = "") -> dict[str, Any]:
+        findings, checked_events = [], 0
+        with store.lock:
+            names = [session] if session else queries.sessions(store.client)
+        for name in names:
+            with store.lock:
+                events = queries.session_events(store.client, name)
+            checked_events += len(events)
+            found = verify_session(catalog, name, events, public_key=event_key)
+            if found is not None:
+                findings.append(found.as_dict())
+        return {"sessions": len(names), "events": checked_events, "signatures": event_key is not None,
+                "findings": findings}
+
+    @app.get("/v1/access-log", summary="The most recent audit API requests (admin)")
+    def get_access_log(reader: Admin, limit: int = 100) -> dict[str, Any]:
+        with store.lock:
+            result = store.client.query(
+                "SELECT * FROM access_log ORDER BY time DESC LIMIT {limit:UInt32}",
+                parameters={"limit": max(1, min(limit, queries.MAX_LIMIT))},
+            )
+        rows = [queries.to_jsonable(list(row)) for row in result.result_rows]
+        return {"columns": list(result.column_names), "rows": rows}
 
     @app.exception_handler(ClickHouseError)
     def store_error(request: Request, exc: ClickHouseError) -> JSONResponse:

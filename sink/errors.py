@@ -4,7 +4,8 @@
     ├── StoreConfigError        the ClickHouse URL cannot be used (bad scheme, missing path)
     ├── MigrationError          a DDL file cannot be applied, or changed after it was applied
     ├── ReadOnlySqlError        a statement sent to the read-only SQL endpoint was refused
-    └── DeadLetterError         undecodable messages could not be written to the dead-letter topic
+    ├── DeadLetterError         undecodable messages could not be written to the dead-letter topic
+    └── BundleError             no evidence bundle can be built for the subject asked for
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class ReadOnlySqlError(SinkError, ValueError):
 
 class DeadLetterError(SinkError):
     """The dead-letter topic did not accept a batch's undecodable messages; the batch is not committed."""
+
+
+class BundleError(SinkError, ValueError):
+    """The store holds nothing about the subject, or the bundle format is unknown."""

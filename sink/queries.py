@@ -1,4 +1,4 @@
-"""Audit queries: the joined trace of one prediction, and read-only SQL.
+"""Audit queries: traces, lineage walks, runs, models, drift, stored events, and read-only SQL.
 
 The SQL text lives in ``sink/sql/*.sql``; the guard and the shaping of results are pure functions.
 Calls block on the store; a client is not thread-safe, so callers serialise use of a shared one.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from sink.errors import ReadOnlySqlError
-from sink.rows import to_jsonable
+from sink.lineage import parse_node
+from sink.rows import TABLES, to_jsonable
 
 READ_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"})
 MAX_SQL_CHARS = 100_000
@@ -152,3 +154,106 @@ def trace(client: Client, prediction_id: str) -> dict[str, Any] | None:
     if not rows:
         return None
     return shape_trace(rows[0])
+
+
+# ---------------------------------------------------------------- lineage, runs, models, drift
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 100_000
+DEFAULT_MAX_DEPTH = 12
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
+DIRECTIONS = ("upstream", "downstream")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Time window and owner/project filters shared by runs, models and drift ('' = any)."""
+
+    since: datetime = EPOCH
+    until: datetime = FAR_FUTURE
+    project: str = ""
+    owner: str = ""
+    limit: int = DEFAULT_LIMIT
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "since": self.since, "until": self.until, "project": self.project, "owner": self.owner,
+            "limit": max(1, min(self.limit, MAX_LIMIT)),
+        }
+
+
+def _rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    result = client.query(sql, parameters=parameters)
+    return [to_jsonable(dict(row)) for row in result.named_results()]
+
+
+def lineage(
+    client: Client, direction: str, node: str, *, kinds: list[str] | None = None,
+    max_depth: int = DEFAULT_MAX_DEPTH, limit: int = DEFAULT_LIMIT,
+) -> list[dict[str, Any]]:
+    """Nodes up- or downstream of ``node`` (``kind:id``) with depth, edge and the node it came via.
+
+    Raises ValueError for an unknown direction or a malformed node. Blocks on one query.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r} is neither 'upstream' nor 'downstream'")
+    parse_node(node)
+    return _rows(client, sql_file(f"lineage_{direction}.sql"), {
+        "node": node, "kinds": list(kinds or []), "max_depth": max(1, max_depth),
+        "limit": max(1, min(limit, MAX_LIMIT)),
+    })
+
+
+def runs(client: Client, filters: Filters) -> list[dict[str, Any]]:
+    return _rows(client, sql_file("runs.sql"), filters.parameters())
+
+
+def models(client: Client, filters: Filters, *, model: str = "") -> list[dict[str, Any]]:
+    return _rows(client, sql_file("models.sql"), {**filters.parameters(), "model": model})
+
+
+def drift(
+    client: Client, model: str, filters: Filters, *, version: str = "", breached_only: bool = False
+) -> list[dict[str, Any]]:
+    return _rows(client, sql_file("drift.sql"), {
+        **{k: v for k, v in filters.parameters().items() if k != "owner"},
+        "model": model, "version": version, "breached_only": breached_only,
+    })
+
+
+# ---------------------------------------------------------------- stored events, for verify and export
+
+def stored_events_sql(where: str) -> str:
+    """Every event table's ``(kind, table, event_id, producer_session, hash, prev_hash, raw)`` under one WHERE."""
+    parts = [
+        f"SELECT '{kind}' AS kind, '{spec.table}' AS table, event_id, producer_session, hash, prev_hash, raw "
+        f"FROM {spec.table} FINAL WHERE {where}"
+        for kind, spec in sorted(TABLES.items())
+    ]
+    return "\nUNION ALL\n".join(parts)
+
+
+def sessions(client: Client) -> list[str]:
+    parts = [f"SELECT DISTINCT producer_session AS s FROM {spec.table}" for spec in TABLES.values()]
+    result = client.query(f"SELECT DISTINCT s FROM ({' UNION ALL '.join(parts)}) ORDER BY s")
+    return [row[0] for row in result.result_rows]
+
+
+def session_events(client: Client, session: str) -> list[dict[str, Any]]:
+    """A producer session's stored events ordered by event id (UUIDv7: creation order); raw as bytes."""
+    result = client.query(
+        f"SELECT * FROM ({stored_events_sql('producer_session = {session:String}')}) ORDER BY event_id",
+        parameters={"session": session}, column_formats={"raw": "bytes"},
+    )
+    return list(result.named_results())
+
+
+def events_by_id(client: Client, event_ids: list[str]) -> list[dict[str, Any]]:
+    if not event_ids:
+        return []
+    result = client.query(
+        f"SELECT * FROM ({stored_events_sql('event_id IN {ids:Array(String)}')}) ORDER BY event_id",
+        parameters={"ids": sorted(set(event_ids))}, column_formats={"raw": "bytes"},
+    )
+    return list(result.named_results())

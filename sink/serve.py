@@ -34,7 +34,7 @@ def run_serve(settings: SinkSettings) -> None:
     stop = threading.Event()
     failures: list[BaseException] = []
     try:
-        migrate(writer_client)
+        migrate(writer_client, cluster=settings.cluster, retention_days=settings.retention_days)
         writer = SinkWriter(settings, writer_client)
         config = uvicorn.Config(
             create_api(settings, api_client), host=settings.api_host, port=settings.api_port, log_level="info"

@@ -124,15 +124,62 @@ def applied_migrations(client: Client) -> dict[str, str]:
     return dict(result.result_rows)
 
 
-def migrate(client: Client) -> list[str]:
-    """Apply every migration not applied yet; returns their names. Idempotent; blocks.
+_CREATE = re.compile(r"^(\s*CREATE TABLE IF NOT EXISTS\s+\w+)", re.MULTILINE)
+_ALTER = re.compile(r"^(\s*ALTER TABLE\s+\w+)", re.MULTILINE)
+_ENGINE = re.compile(r"ENGINE\s*=\s*(ReplacingMergeTree|MergeTree)(?:\(([^)]*)\))?")
+REPLICA_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
+TTL_COLUMNS = {"access_log": "time"}  # every other table keeps rows by event_time
 
-    Statements use ``IF NOT EXISTS``, so a run interrupted half-way is safely re-run. A file that
-    changed after it was applied is an error: released DDL is never edited, a new file is added.
+
+def render_ddl(statement: str, cluster: str | None) -> str:
+    """``statement`` for a cluster: ``ON CLUSTER`` and Replicated engines; unchanged without one. Pure."""
+    if cluster is None:
+        return statement
+    statement = _CREATE.sub(lambda m: f"{m.group(1)} ON CLUSTER '{cluster}'", statement, count=1)
+    statement = _ALTER.sub(lambda m: f"{m.group(1)} ON CLUSTER '{cluster}'", statement, count=1)
+
+    def replicated(match: re.Match[str]) -> str:
+        args = ", ".join(part for part in (REPLICA_PATH, match.group(2)) if part)
+        return f"ENGINE = Replicated{match.group(1)}({args})"
+
+    return _ENGINE.sub(replicated, statement, count=1)
+
+
+def ttl_statements(retention_days: dict[str, int], tables: set[str], cluster: str | None) -> list[str]:
+    """``ALTER TABLE ... MODIFY TTL`` per configured table; unknown tables are an error. Pure."""
+    unknown = sorted(set(retention_days) - tables)
+    if unknown:
+        raise MigrationError(
+            f"retention_days names unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(tables))}"
+        )
+    return [
+        render_ddl(
+            f"ALTER TABLE {table} MODIFY TTL toDateTime({TTL_COLUMNS.get(table, 'event_time')}) "
+            f"+ INTERVAL {int(days)} DAY",
+            cluster,
+        )
+        for table, days in sorted(retention_days.items())
+    ]
+
+
+def store_tables(client: Client) -> set[str]:
+    rows = client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+    return {row[0] for row in rows} - {MIGRATIONS_TABLE}
+
+
+def migrate(
+    client: Client, *, cluster: str | None = None, retention_days: dict[str, int] | None = None
+) -> list[str]:
+    """Apply every migration not applied yet, then the configured TTLs; returns the migrations applied.
+
+    Idempotent; blocks. Statements use ``IF NOT EXISTS`` (or are ``ALTER ... MODIFY``), so a run
+    interrupted half-way is safely re-run. A file that changed after it was applied is an error:
+    released DDL is never edited, a new file is added. With ``cluster`` every statement runs
+    ``ON CLUSTER`` with Replicated engines (:func:`render_ddl`).
     """
     files = migration_files()
     for statement in split_statements(files[0][1]):  # the migrations table itself
-        client.command(statement)
+        client.command(render_ddl(statement, cluster))
     done = applied_migrations(client)
     applied = []
     for name, text in files:
@@ -146,10 +193,13 @@ def migrate(client: Client) -> list[str]:
             continue
         for statement in split_statements(text):
             try:
-                client.command(statement)
+                client.command(render_ddl(statement, cluster))
             except ClickHouseError as exc:
                 raise MigrationError(f"sink/sql/{name} failed: {exc}") from exc
         client.insert(MIGRATIONS_TABLE, [[name, digest]], column_names=["name", "sha256"])
         log.info("applied migration %s", name)
         applied.append(name)
+    if retention_days:
+        for statement in ttl_statements(retention_days, store_tables(client), cluster):
+            client.command(statement)
     return applied

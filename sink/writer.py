@@ -1,14 +1,17 @@
-"""The Kafka -> ClickHouse loop.
+"""The Kafka -> ClickHouse loop: each event stored exactly once, offsets committed after the insert.
 
-At-least-once into an idempotent store: a batch's offsets are committed only after every insert of
-the batch succeeded and its dead letters were delivered, so a crash re-delivers the batch, and the
-tables (ReplacingMergeTree ordered by ... event_id) collapse the re-delivered rows.
+A batch's offsets are committed only after every insert of the batch succeeded and its dead
+letters were delivered, so a crash re-delivers the batch; the "in flight" commit metadata and a
+keyed lookup make the redelivered events that were already inserted be skipped (no duplicate
+rows), and every insert carries a deduplication token. See :class:`SinkWriter`.
 
-:func:`plan_batch` and :func:`next_offsets` are pure; :class:`SinkWriter` is the I/O shell.
+:func:`plan_batch`, :func:`needs_check` and the offset helpers are pure; :class:`SinkWriter` is the
+I/O shell.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,10 +22,11 @@ from typing import Any, Protocol
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from schemas import Catalog, SchemaError, Topics, default_catalog
+from schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
 from sink import metrics
 from sink.errors import DeadLetterError
-from sink.rows import Origin, table_for, to_row
+from sink.lineage import EDGE_COLUMNS, edge_rows
+from sink.rows import INDEX_COLUMNS, LOOKUP_COLUMNS, Origin, index_row, table_for, to_row
 from sink.settings import SinkSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,11 @@ HEADER_ERROR = "provline-dlq-error"
 HEADER_TOPIC = "provline-source-topic"
 HEADER_PARTITION = "provline-source-partition"
 HEADER_OFFSET = "provline-source-offset"
+# Committed-offset metadata while a batch is being inserted: "the store may hold rows up to here".
+IN_FLIGHT_PREFIX = "provline-in-flight:"
+LAG_INTERVAL_SECONDS = 5.0
+ASSIGN_TIMEOUT_SECONDS = 60.0
+WATERMARK_TIMEOUT_SECONDS = 1.0
 
 
 class MessageLike(Protocol):
@@ -65,10 +74,49 @@ class DeadLetter:
 
 
 @dataclass
+class TableRows:
+    """Rows for one table, and for each row the event it came from."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+    def add(self, row: tuple[Any, ...], event_id: str) -> None:
+        self.rows.append(row)
+        self.event_ids.append(event_id)
+
+    def without(self, stored: set[str]) -> TableRows:
+        kept = TableRows(self.columns)
+        for row, event_id in zip(self.rows, self.event_ids, strict=True):
+            if event_id not in stored:
+                kept.add(row, event_id)
+        return kept
+
+
+@dataclass
 class BatchPlan:
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)  # table -> rows
-    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> column names
+    events: dict[str, TableRows] = field(default_factory=dict)  # event table -> rows
+    derived: dict[str, TableRows] = field(default_factory=dict)  # lineage_edges, prediction_index -> rows
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (event table, lookup key, event_id, topic, partition, offset) of every event row, for recovery
+    keys: list[tuple[str, Any, str, str, int, int]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        return {table: rows.rows for table, rows in self.events.items()}
+
+    @property
+    def columns(self) -> dict[str, tuple[str, ...]]:
+        return {table: rows.columns for table, rows in {**self.derived, **self.events}.items()}
+
+    def without(self, stored: set[str]) -> BatchPlan:
+        """This plan minus the events (and their derived rows) whose event id is in ``stored``."""
+        return BatchPlan(
+            events={t: r.without(stored) for t, r in self.events.items()},
+            derived={t: r.without(stored) for t, r in self.derived.items()},
+            dead_letters=self.dead_letters,
+            keys=[k for k in self.keys if k[2] not in stored],
+        )
 
 
 @dataclass(frozen=True)
@@ -76,6 +124,7 @@ class BatchResult:
     rows_by_table: dict[str, int]
     dead_letters: int
     committed: dict[tuple[str, int], int]  # (topic, partition) -> next offset to read
+    skipped: int = 0  # redelivered events already stored
 
 
 def _origin(message: MessageLike) -> Origin:
@@ -85,9 +134,24 @@ def _origin(message: MessageLike) -> Origin:
     )
 
 
+def _validate(value: dict[str, Any]) -> None:
+    if not value.get("event_id"):
+        raise InvalidEventError("event has an empty event_id; the producer must set a UUIDv7 (new_envelope())")
+    if not value.get("hash"):
+        raise InvalidEventError(
+            f"event {value['event_id']} has an empty hash: it was never sealed; producers must seal events "
+            "(schemas.integrity.HashChain) so that they can be verified"
+        )
+
+
 def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
-    """Decode every message; rows grouped per table, undecodable messages as dead letters."""
+    """Decode and validate every message; rows per event table plus derived lineage and index rows.
+
+    Undecodable or invalid messages become dead letters; an event id seen twice in the batch is
+    kept once. Pure.
+    """
     plan = BatchPlan()
+    seen: set[str] = set()
     for message in messages:
         origin = _origin(message)
         try:
@@ -95,12 +159,59 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
                 raise SchemaError("empty message value (a tombstone?); provline events are never empty")
             decoded = catalog.decode(origin.raw)
             spec = table_for(decoded.record)
+            _validate(decoded.value)
+            row = to_row(decoded.record, decoded.value, origin)
         except (SchemaError, ValueError) as exc:
             plan.dead_letters.append(DeadLetter(origin, message.key(), type(exc).__name__, str(exc)))
             continue
-        plan.columns[spec.table] = spec.columns
-        plan.rows.setdefault(spec.table, []).append(to_row(decoded.record, decoded.value, origin))
+        kind, value = decoded.record, decoded.value
+        event_id = value["event_id"]
+        if event_id in seen:
+            continue
+        seen.add(event_id)
+        plan.events.setdefault(spec.table, TableRows(spec.columns)).add(row, event_id)
+        plan.keys.append((spec.table, row[spec.lookup_index], event_id, origin.topic, origin.partition, origin.offset))
+        for edge in edge_rows(kind, value):
+            plan.derived.setdefault("lineage_edges", TableRows(EDGE_COLUMNS)).add(edge, event_id)
+        if kind == "PredictionTrace":
+            plan.derived.setdefault("prediction_index", TableRows(INDEX_COLUMNS)).add(index_row(value), event_id)
     return plan
+
+
+def dedup_token(table: str, event_ids: Sequence[str]) -> str:
+    """The insert deduplication token of one insert: the same events into the same table, the same token."""
+    digest = hashlib.sha256(table.encode())
+    for event_id in event_ids:
+        digest.update(b"\0" + event_id.encode())
+    return digest.hexdigest()
+
+
+def in_flight_metadata(end_offset: int) -> str:
+    return f"{IN_FLIGHT_PREFIX}{end_offset}"
+
+
+def parse_in_flight(metadata: str | None) -> int | None:
+    """The end offset a crashed sink may have inserted up to, from committed-offset metadata."""
+    if metadata and metadata.startswith(IN_FLIGHT_PREFIX):
+        try:
+            return int(metadata[len(IN_FLIGHT_PREFIX):])
+        except ValueError:
+            return None
+    return None
+
+
+def needs_check(
+    keys: Sequence[tuple[str, Any, str, str, int, int]], in_flight: dict[tuple[str, int], int]
+) -> dict[str, tuple[list[Any], list[str]]]:
+    """Per event table, the (lookup keys, event ids) of rows that a crashed sink may already have stored."""
+    wanted: dict[str, tuple[list[Any], list[str]]] = {}
+    for table, key, event_id, topic, partition, offset in keys:
+        end = in_flight.get((topic, partition))
+        if end is not None and offset < end:
+            keys_, ids = wanted.setdefault(table, ([], []))
+            keys_.append(key)
+            ids.append(event_id)
+    return wanted
 
 
 def next_offsets(messages: Iterable[MessageLike]) -> dict[tuple[str, int], int]:
@@ -127,12 +238,19 @@ def source_topics(topics: Topics) -> list[str]:
 
 
 def consumer_config(settings: SinkSettings) -> dict[str, Any]:
+    static = {"group.instance.id": settings.consumer_instance_id} if settings.consumer_instance_id else {}
     return {
+        **static,
+        "session.timeout.ms": settings.session_timeout_ms,
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": settings.consumer_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        # Backpressure: librdkafka stops fetching when this much is queued, so a slow store bounds
+        # the memory held instead of growing it.
+        "queued.max.messages.kbytes": settings.prefetch_max_kbytes,
+        "fetch.max.bytes": min(settings.batch_max_bytes, 50 * 1024 * 1024),
     }
 
 
@@ -140,8 +258,35 @@ def producer_config(settings: SinkSettings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
 
 
+def insert_rows(client: Client, table: str, rows: TableRows) -> None:
+    """One insert of ``rows`` with its deduplication token. Blocks; raises what the client raises."""
+    if not rows.rows:
+        return
+    with metrics.INSERT_SECONDS.labels(table=table).time():
+        client.insert(
+            table, rows.rows, column_names=list(rows.columns),
+            settings={"insert_deduplication_token": dedup_token(table, rows.event_ids)},
+        )
+    metrics.ROWS_WRITTEN.labels(table=table).inc(len(rows.rows))
+
+
+def insert_plan(client: Client, plan: BatchPlan) -> None:
+    """Insert a planned batch: derived rows first, then the events they come from (see SinkWriter)."""
+    for table, rows in plan.derived.items():
+        insert_rows(client, table, rows)
+    for table, rows in plan.events.items():
+        insert_rows(client, table, rows)
+
+
 class SinkWriter:
-    """Consumes the lineage, inference, traces and drift topics into ClickHouse.
+    """Consumes the lineage, inference, traces and drift topics into ClickHouse, each event once.
+
+    Before a batch is inserted its partitions' committed offsets are re-committed unchanged with
+    "in flight up to offset E" metadata; after the inserts the new offsets are committed without
+    it. A sink that starts on a partition whose metadata says "in flight" looks up which of the
+    redelivered events below E are already stored and inserts only the others, so a crash
+    between insert and commit leaves no duplicate rows. Every insert also carries a deduplication
+    token over its event ids, so a retried identical insert is dropped by ClickHouse.
 
     Owns one Kafka consumer and one DLQ producer; ``client`` must not be used by other threads
     while :meth:`run` is going. Not thread-safe: one thread calls :meth:`run`, another may set the
@@ -156,6 +301,9 @@ class SinkWriter:
         self._consumer = Consumer(consumer_config(settings))
         self._producer = Producer(producer_config(settings))
         self._pending: list[MessageLike] = []
+        self._pending_bytes = 0
+        self._in_flight: dict[tuple[str, int], int] = {}  # partitions a crashed sink may have half-done
+        self._lag_checked = 0.0
 
     def run(self, stop_event: threading.Event) -> None:
         """Consume, insert and commit until ``stop_event`` is set; blocks. Closes the consumer at the end.
@@ -163,7 +311,7 @@ class SinkWriter:
         The batch in hand when the event is set is still inserted and committed. A batch whose
         insert fails is not committed: the consumer seeks back to it and retries after a pause.
         """
-        self._consumer.subscribe(source_topics(self._topics), on_revoke=self._on_revoke)
+        self._consumer.subscribe(source_topics(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not stop_event.is_set():
                 self._fill(stop_event)
@@ -178,7 +326,11 @@ class SinkWriter:
 
     def _fill(self, stop_event: threading.Event) -> None:
         deadline: float | None = None
-        while len(self._pending) < self._settings.batch_max_events and not stop_event.is_set():
+        while (
+            len(self._pending) < self._settings.batch_max_events
+            and self._pending_bytes < self._settings.batch_max_bytes
+            and not stop_event.is_set()
+        ):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
@@ -188,6 +340,7 @@ class SinkWriter:
                 error = message.error()
                 if error is None:
                     self._pending.append(message)
+                    self._pending_bytes += len(message.value() or b"")
                 else:
                     self._on_consumer_error(error)
             if self._pending and deadline is None:
@@ -199,14 +352,36 @@ class SinkWriter:
             raise KafkaException(error)
         log.warning("Kafka consumer error (will keep consuming): %s", error)
 
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        deadline = time.monotonic() + ASSIGN_TIMEOUT_SECONDS
+        while True:
+            try:
+                found = consumer.committed(partitions, timeout=DLQ_FLUSH_TIMEOUT_SECONDS)
+                break
+            except KafkaException as exc:
+                # Without the committed metadata the sink cannot know what a predecessor left half
+                # done: retry (the group coordinator may still be loading), then stop rather than guess.
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("cannot read committed offsets yet (%s); retrying", exc)
+                time.sleep(RETRY_BACKOFF_SECONDS / 2)
+        for committed in found:
+            end = parse_in_flight(committed.metadata)
+            if end is not None:
+                log.info("%s[%d]: a previous sink stopped mid-batch; checking offsets below %d against the store",
+                         committed.topic, committed.partition, end)
+                self._in_flight[(committed.topic, committed.partition)] = end
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Offsets of revoked partitions can only be committed now, before the rebalance completes.
         self._flush_pending(None)
+        for partition in partitions:
+            self._in_flight.pop((partition.topic, partition.partition), None)
 
     def _flush_pending(self, stop_event: threading.Event | None) -> None:
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
         try:
             self.process_batch(batch)
         except Exception:
@@ -223,29 +398,75 @@ class SinkWriter:
             except KafkaException as exc:  # partition no longer ours: its new owner re-reads it
                 log.info("not seeking %s[%d] back: %s", topic, partition, exc)
 
+    def _commit(self, offsets: dict[tuple[str, int], int], metadata: dict[tuple[str, int], str]) -> None:
+        self._consumer.commit(
+            offsets=[
+                TopicPartition(topic, partition, offset, metadata=metadata.get((topic, partition), ""))
+                for (topic, partition), offset in offsets.items()
+            ],
+            asynchronous=False,
+        )
+
+    def _stored(self, plan: BatchPlan) -> set[str]:
+        """Event ids of ``plan`` that a crashed predecessor already inserted (only for in-flight partitions)."""
+        stored: set[str] = set()
+        for table, (keys, ids) in needs_check(plan.keys, self._in_flight).items():
+            column = LOOKUP_COLUMNS[table]
+            result = self._client.query(
+                f"SELECT event_id FROM {table} WHERE {column} IN {{keys:Array(String)}} "
+                "AND event_id IN {ids:Array(String)}",
+                parameters={"keys": sorted({str(k) for k in keys}), "ids": ids},
+            )
+            stored.update(row[0] for row in result.result_rows)
+        return stored
+
     def process_batch(self, messages: Sequence[MessageLike]) -> BatchResult:
         """Decode, dead-letter, insert one batch per table, then commit the batch's offsets. Blocks.
 
         Raises on an insert, dead-letter or commit failure; then nothing of the batch is committed.
+        Derived rows (lineage edges, prediction index) go in before the events they come from, so
+        an event found stored after a crash always has its derived rows stored too.
         """
         plan = plan_batch(messages, self._catalog)
         self._send_dead_letters(plan.dead_letters)
-        for table, rows in plan.rows.items():
-            with metrics.INSERT_SECONDS.labels(table=table).time():
-                self._client.insert(table, rows, column_names=list(plan.columns[table]))
-            metrics.ROWS_WRITTEN.labels(table=table).inc(len(rows))
-        committed = next_offsets(messages)
-        if committed:
-            self._consumer.commit(
-                offsets=[TopicPartition(topic, partition, offset) for (topic, partition), offset in committed.items()],
-                asynchronous=False,
-            )
+        start, end = first_offsets(messages), next_offsets(messages)
+        if start:
+            self._commit(start, {position: in_flight_metadata(offset) for position, offset in end.items()})
+        stored = self._stored(plan)
+        if stored:
+            for table, _key, event_id, *_ in plan.keys:
+                if event_id in stored:
+                    metrics.REDELIVERED_SKIPPED.labels(table=table).inc()
+            plan = plan.without(stored)
+            log.info("skipping %d redelivered events already stored", len(stored))
+        insert_plan(self._client, plan)
+        if end:
+            self._commit(end, {})
+            for position, offset in end.items():
+                if self._in_flight.get(position, -1) <= offset:
+                    self._in_flight.pop(position, None)
         metrics.BATCHES.labels(outcome="committed").inc()
+        self._update_lag(end)
         return BatchResult(
-            rows_by_table={table: len(rows) for table, rows in plan.rows.items()},
+            rows_by_table={table: len(rows.rows) for table, rows in plan.events.items()},
             dead_letters=len(plan.dead_letters),
-            committed=committed,
+            committed=end,
+            skipped=len(stored),
         )
+
+    def _update_lag(self, committed: dict[tuple[str, int], int]) -> None:
+        now = time.monotonic()
+        if now - self._lag_checked < LAG_INTERVAL_SECONDS:
+            return
+        self._lag_checked = now
+        for (topic, partition), offset in committed.items():
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_SECONDS
+                )
+            except KafkaException:
+                continue
+            metrics.LAG.labels(topic=topic, partition=str(partition)).set(max(high - offset, 0))
 
     def _send_dead_letters(self, dead_letters: Sequence[DeadLetter]) -> None:
         if not dead_letters:

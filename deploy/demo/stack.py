@@ -35,6 +35,8 @@ ENDPOINT = "/predict"
 MODEL_NAME = "churn"
 MODEL_VERSION = "1"
 START_TIMEOUT_S = 90.0
+# The demo's audit API token (role admin); `provline serve` refuses /v1 requests without one.
+DEMO_API_TOKEN = "demo-admin-token-not-for-production"
 STOP_TIMEOUT_S = 20.0
 TOPIC_PARTITIONS = 4
 
@@ -138,6 +140,10 @@ class DemoStack:
         return f"http://127.0.0.1:{self.api_port}"
 
     @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {DEMO_API_TOKEN}"}
+
+    @property
     def sidecar_url(self) -> str:
         return f"http://127.0.0.1:{self.sidecar_port}"
 
@@ -166,6 +172,7 @@ class DemoStack:
         serve = self._provline("serve", ["serve"], self._env(
             PROVLINE_CLICKHOUSE_URL=f"chdb://{self.workdir / 'clickhouse'}",
             PROVLINE_API_PORT=str(self.api_port),
+            PROVLINE_API_TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
         ), f"{self.api_url}/healthz")
         self._provline("processors", ["processors"], self._env(
             PROVLINE_DATA_DIR=str(self.workdir / "processors"),
@@ -231,7 +238,7 @@ class DemoStack:
         """Poll the audit API until the prediction's trace is stored."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            response = httpx.get(f"{self.api_url}/v1/traces/{prediction_id}", timeout=5.0)
+            response = httpx.get(f"{self.api_url}/v1/traces/{prediction_id}", headers=self.api_headers, timeout=5.0)
             if response.status_code == 200:
                 return response.json()
             time.sleep(0.5)
@@ -240,7 +247,7 @@ class DemoStack:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Rows of a read-only query, run by the process that owns the store."""
-        response = httpx.post(f"{self.api_url}/v1/sql", json={"sql": query}, timeout=30.0)
+        response = httpx.post(f"{self.api_url}/v1/sql", json={"sql": query}, headers=self.api_headers, timeout=30.0)
         if response.status_code != 200:
             raise StackError(f"SQL failed ({response.status_code}): {response.text}")
         body = response.json()

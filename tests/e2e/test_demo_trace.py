@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from deploy.demo.stack import ENDPOINT, MODEL_NAME, MODEL_VERSION, REPO, DemoStack
+from deploy.demo.stack import DEMO_API_TOKEN, ENDPOINT, MODEL_NAME, MODEL_VERSION, REPO, DemoStack
+from producers import EmitterSettings, Lineage
 from schemas import Topics
 
 pytestmark = pytest.mark.e2e
@@ -24,6 +27,40 @@ CUSTOMERS = [
     {"tenure_months": 2, "monthly_charges": 99.9, "support_calls": 5},
     {"tenure_months": 60, "monthly_charges": 30.0, "support_calls": 0},
 ]
+
+
+def promote(stack: DemoStack) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provline", "promote", MODEL_NAME, MODEL_VERSION, "--to", "production",
+         "--endpoint", ENDPOINT, "--reason", "e2e", "--api", stack.api_url],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "PROVLINE_API_TOKEN": DEMO_API_TOKEN, "PROVLINE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+             "PROVLINE_TOPIC_PREFIX": stack.topics.prefix, "COLUMNS": "200"},
+    )
+
+
+def check_promotion_guardrail(stack: DemoStack, dataset_digest: str) -> None:
+    """`provline promote` refuses while evaluation and approval are missing, then records PROMOTE."""
+    refused = promote(stack)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"no passing evaluation of {MODEL_NAME}@{MODEL_VERSION}" in refused.stdout
+    assert f"no approval by role risk-officer for model:{MODEL_NAME}@{MODEL_VERSION} -> production" in refused.stdout
+
+    settings = EmitterSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=stack.topics.prefix)
+    with Lineage(settings=settings, producer_name="e2e-review") as lineage:
+        lineage.evaluate(MODEL_NAME, MODEL_VERSION, metrics={"accuracy": 0.8}, minimums={"accuracy": 0.6},
+                         dataset=dataset_digest)
+        lineage.decide(f"model:{MODEL_NAME}@{MODEL_VERSION}", transition="staging->production", approved=True,
+                       actor="e2e", role="risk-officer", rationale="passes")
+    deadline = time.monotonic() + 60
+    while not stack.sql("SELECT event_id FROM decisions") and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+    accepted = promote(stack)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    while not stack.sql("SELECT event_id FROM deployments WHERE JSONExtractString(payload, 'action') = 'PROMOTE'"):
+        assert time.monotonic() < deadline, "the PROMOTE deployment never reached the store"
+        time.sleep(0.3)
 
 
 def test_a_prediction_is_traced_to_its_input_model_run_commit_and_dataset(
@@ -46,10 +83,11 @@ def test_a_prediction_is_traced_to_its_input_model_run_commit_and_dataset(
         chosen = predictions[0]
         cli = subprocess.run(
             [sys.executable, "-m", "provline", "trace", chosen.prediction_id, "--json", "--api", stack.api_url],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, env={**os.environ, "PROVLINE_API_TOKEN": DEMO_API_TOKEN},
         )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout) == stack.wait_for_trace(chosen.prediction_id)
+        check_promotion_guardrail(stack, facts.dataset_digest)
         [audit] = stack.sql(f"""
             SELECT t.request_sha256 AS request_sha256, t.model_name AS model_name,
                    t.model_version AS model_version, t.artifact_sha256 AS artifact_sha256,

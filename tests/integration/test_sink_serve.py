@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from typer.testing import CliRunner, Result
 
 from deploy.local.kafka.broker import free_port
 from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
@@ -21,12 +26,16 @@ pytestmark = pytest.mark.integration
 DEADLINE_SECONDS = 30.0
 
 
+TOKEN = "t" * 32
+
+
 def wait_for_trace(base: str, prediction_id: str, process: subprocess.Popen[bytes]) -> dict[str, object]:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
         assert process.poll() is None, "provline serve exited early"
         try:
-            reply = httpx.get(f"{base}/v1/traces/{prediction_id}", timeout=2)
+            reply = httpx.get(f"{base}/v1/traces/{prediction_id}", headers={"Authorization": f"Bearer {TOKEN}"},
+                              timeout=2)
             if reply.status_code == 200:
                 return reply.json()
         except httpx.TransportError:
@@ -35,13 +44,23 @@ def wait_for_trace(base: str, prediction_id: str, process: subprocess.Popen[byte
     raise AssertionError(f"no trace for {prediction_id} within {DEADLINE_SECONDS:.0f} s")
 
 
-def test_serve_writes_serves_and_stops_on_sigterm(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> None:
+def test_serve_writes_serves_and_stops_on_sigterm(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from confluent_kafka import Producer
 
+    chain = HashChain(default_catalog())
+    model = new_envelope(producer_identity("test", "serve"))
+    model.update(model_name="churn", version="3", artifact_uri="s3://m", artifact_sha256="a" * 64,
+                 run_id="run-1", datasets=["sha256:d"])
+    chain.seal("ModelVersion", model)
     value = new_envelope(producer_identity("test", "serve"))
-    value.update(prediction_id="pred-serve", endpoint="/predict", complete=True)
-    HashChain(default_catalog()).seal("PredictionTrace", value)
+    value.update(prediction_id="pred-serve", endpoint="/predict", complete=True, model_name="churn",
+                 model_version="3")
+    chain.seal("PredictionTrace", value)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topics.lineage, key=key_for("ModelVersion", model),
+                     value=default_catalog().encode("ModelVersion", model))
     producer.produce(topics.traces, key=key_for("PredictionTrace", value),
                      value=default_catalog().encode("PredictionTrace", value))
     assert producer.flush(10) == 0
@@ -54,15 +73,72 @@ def test_serve_writes_serves_and_stops_on_sigterm(kafka_bootstrap: str, topics: 
         "PROVLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}",
         "PROVLINE_API_PORT": str(port),
         "PROVLINE_BATCH_MAX_SECONDS": "0.1",
+        "PROVLINE_API_TOKENS": json.dumps({"ops": {"token": TOKEN, "role": "auditor"}}),
+        "PROVLINE_SIGNING_KEY": base64.b64encode(SIGNING_KEY).decode(),
     }
     code = "from sink.serve import run_serve; from sink.settings import SinkSettings; run_serve(SinkSettings())"
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2])
     try:
-        found = wait_for_trace(f"http://127.0.0.1:{port}", "pred-serve", process)
+        base = f"http://127.0.0.1:{port}"
+        found = wait_for_trace(base, "pred-serve", process)
         assert found["trace_event_id"] == value["event_id"]
+        assert httpx.get(f"{base}/v1/traces/pred-serve", timeout=5).status_code == 401
+        check_cli(base, tmp_path, monkeypatch)
         process.send_signal(signal.SIGTERM)
         assert process.wait(DEADLINE_SECONDS) == 0
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+SIGNING_KEY = bytes(range(32))
+
+
+def cli(*args: str) -> Result:
+    from provline.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit commands against the running serve, with and without PROVLINE_API_TOKEN."""
+    refused = cli("trace", "pred-serve", "--api", base)
+    assert refused.exit_code == 2 and "401" in refused.output
+    monkeypatch.setenv("PROVLINE_API_TOKEN", TOKEN)
+    traced = cli("trace", "pred-serve", "--json", "--api", base)
+    assert traced.exit_code == 0, traced.output
+    assert json.loads(traced.output)["model_name"] == "churn"
+    counted = cli("sql", "SELECT count() AS n FROM prediction_traces", "--api", base)
+    assert counted.exit_code == 0 and json.loads(counted.output) == {"n": 1}
+    walked = cli("lineage", "downstream", "dataset:sha256:d", "--kind", "prediction", "--json", "--api", base)
+    assert walked.exit_code == 0, walked.output
+    assert [row["node"] for row in json.loads(walked.output)] == ["prediction:pred-serve"]
+    listed = cli("models", "--json", "--api", base)
+    assert listed.exit_code == 0 and [m["model_version"] for m in json.loads(listed.output)] == ["3"]
+    assert json.loads(cli("runs", "--json", "--api", base).output) == []
+    assert json.loads(cli("drift", "churn@3", "--json", "--api", base).output) == []
+    assert cli("verify", "--api", base).exit_code == 0
+    out = tmp_path / "bundle"
+    exported = cli("export", "pred-serve", "--format", "prov", "--out", str(out), "--api", base)
+    assert exported.exit_code == 0, exported.output
+    public = base64.b64encode(
+        Ed25519PrivateKey.from_private_bytes(SIGNING_KEY).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).decode()
+    assert cli("verify", str(out), "--public-key", public).exit_code == 0
+    (out / "events.jsonl").write_bytes((out / "events.jsonl").read_bytes().replace(b"A", b"B", 1))
+    tampered = cli("verify", str(out), "--public-key", public)
+    assert tampered.exit_code == 1 and "events.jsonl" in tampered.output
+
+
+def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
+    env = {**os.environ, "PROVLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}",
+           "PROVLINE_RETENTION_DAYS": json.dumps({"inference_requests": 30})}
+    command = [sys.executable, "-m", "provline", "migrate"]
+    first = subprocess.run(command, env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "0002_audit_store.sql" in first.stdout
+    second = subprocess.run(command, env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 0 and "up to date" in second.stdout

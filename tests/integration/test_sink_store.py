@@ -198,7 +198,7 @@ def rows_written() -> float:
 def test_migrate_is_idempotent_and_records_files(store: Client) -> None:
     assert migrate(store) == []
     names = [row[0] for row in store.query("SELECT name FROM schema_migrations FINAL ORDER BY name").result_rows]
-    assert names == ["0000_schema_migrations.sql", "0001_event_tables.sql"]
+    assert names == ["0000_schema_migrations.sql", "0001_event_tables.sql", "0002_audit_store.sql"]
     for spec in TABLES.values():
         described = [row[0] for row in store.query(f"DESCRIBE TABLE {spec.table}").result_rows]
         assert described == list(spec.columns), spec.table
@@ -274,7 +274,8 @@ def test_api_serves_traces_and_refuses_writes(store: Client, chdb_path: str) -> 
     insert_directly(store, audit_story("pred-api"))
     api_client = open_store(chdb_path)
     try:
-        http = TestClient(create_api(SinkSettings(clickhouse_url=chdb_path), api_client))
+        settings = SinkSettings(clickhouse_url=chdb_path, api_tokens={"ann": {"token": "a" * 32, "role": "auditor"}})
+        http = TestClient(create_api(settings, api_client), headers={"Authorization": f"Bearer {'a' * 32}"})
         assert http.get("/healthz").json() == {"status": "ok"}
 
         reply = http.get("/v1/traces/pred-api")

@@ -1,0 +1,226 @@
+"""Pure logic of the audit store: lineage edges, DDL rendering, crash recovery planning, chain checks, auth."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
+
+from schemas import default_catalog, new_envelope, producer_identity
+from schemas.integrity import HashChain
+from sink.api import Reader, authenticate
+from sink.errors import MigrationError
+from sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
+from sink.lineage import Edge, edges_for, parse_node
+from sink.settings import SinkSettings
+from sink.store import render_ddl, ttl_statements
+from sink.verify import verify_session
+from sink.writer import (
+    dedup_token,
+    in_flight_metadata,
+    needs_check,
+    parse_in_flight,
+    plan_batch,
+)
+
+WHEN = datetime(2025, 3, 1, tzinfo=UTC)
+
+
+def sealed(chain: HashChain, kind: str, **fields: Any) -> dict[str, Any]:
+    return chain.seal(kind, {**new_envelope(producer_identity("t", "s1"), event_time=WHEN), **fields})
+
+
+def test_run_event_edges_inputs_outputs_models_and_code() -> None:
+    value = {"run_id": "r1", "inputs": ["sha256:a", "base@1"], "outputs": ["sha256:b", "churn@3"],
+             "code": {"repo": "git@x:y.git", "commit": "c0"}}
+    assert edges_for("RunEvent", value) == [
+        Edge("dataset:sha256:a", "run:r1", "input"),
+        Edge("model:base@1", "run:r1", "input"),
+        Edge("run:r1", "dataset:sha256:b", "output"),
+        Edge("run:r1", "model:churn@3", "trained"),
+        Edge("commit:git@x:y.git@c0", "run:r1", "code"),
+    ]
+
+
+def test_dataset_model_deployment_and_trace_edges() -> None:
+    assert edges_for("DatasetVersion", {"digest": "d2", "parents": ["d1", "d1"], "run_id": "r1"}) == [
+        Edge("dataset:d1", "dataset:d2", "parent"), Edge("run:r1", "dataset:d2", "output"),
+    ]
+    assert edges_for("ModelVersion", {"model_name": "m", "version": "1", "run_id": None, "datasets": ["d"],
+                                      "feature_sets": ["f"]}) == [
+        Edge("dataset:d", "model:m@1", "trained_on"), Edge("feature_set:f", "model:m@1", "features"),
+    ]
+    assert edges_for("Deployment", {"model_name": "m", "model_version": "1", "environment": "prod",
+                                    "endpoint": "/p"}) == [Edge("model:m@1", "deployment:prod:/p", "deployed")]
+    assert edges_for("PredictionTrace", {"prediction_id": "p", "model_name": "m", "model_version": "1"}) == [
+        Edge("model:m@1", "prediction:p", "served"),
+    ]
+    assert edges_for("PredictionTrace", {"prediction_id": "p", "model_name": None, "model_version": None}) == []
+    assert edges_for("InferenceRequest", {"prediction_id": "p"}) == []
+
+
+def test_parse_node_names_the_kinds() -> None:
+    assert parse_node("dataset:sha256:ab") == ("dataset", "sha256:ab")
+    for bad in ("churn@3", "thing:x", "model:"):
+        with pytest.raises(ValueError, match="not a lineage node"):
+            parse_node(bad)
+
+
+def test_render_ddl_for_a_cluster() -> None:
+    create = "CREATE TABLE IF NOT EXISTS t\n(\n    a String\n)\nENGINE = ReplacingMergeTree(ts)\nORDER BY a"
+    assert render_ddl(create, None) == create
+    clustered = render_ddl(create, "prod")
+    assert clustered.startswith("CREATE TABLE IF NOT EXISTS t ON CLUSTER 'prod'\n")
+    assert "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', " \
+           "'{replica}', ts)" in clustered
+    plain = render_ddl("CREATE TABLE IF NOT EXISTS l (a String) ENGINE = MergeTree ORDER BY a", "c")
+    assert "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in plain
+    assert render_ddl("ALTER TABLE t MODIFY SETTING x = 1", "c") == "ALTER TABLE t ON CLUSTER 'c' MODIFY SETTING x = 1"
+
+
+def test_ttl_statements_per_table_and_unknown_tables_refused() -> None:
+    tables = {"inference_requests", "access_log"}
+    assert ttl_statements({"inference_requests": 90, "access_log": 365}, tables, None) == [
+        "ALTER TABLE access_log MODIFY TTL toDateTime(time) + INTERVAL 365 DAY",
+        "ALTER TABLE inference_requests MODIFY TTL toDateTime(event_time) + INTERVAL 90 DAY",
+    ]
+    with pytest.raises(MigrationError, match="unknown table"):
+        ttl_statements({"inference_request": 9}, tables, None)
+
+
+def test_settings_parse_tokens_and_refuse_shared_tokens_and_bad_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVLINE_API_TOKENS", '{"ann": {"token": "' + "a" * 20 + '", "role": "auditor"}}')
+    settings = SinkSettings()
+    assert settings.api_tokens["ann"].role == "auditor"
+    assert "a" * 20 not in repr(settings)  # secrets stay secret
+    with pytest.raises(ValidationError, match="share one token"):
+        SinkSettings(api_tokens={"a": {"token": "x" * 16, "role": "viewer"}, "b": {"token": "x" * 16,
+                                                                                   "role": "admin"}})
+    with pytest.raises(ValidationError, match="at least 1 day"):
+        SinkSettings(retention_days={"feedback": 0})
+    with pytest.raises(ValidationError, match="role"):
+        SinkSettings(api_tokens={"a": {"token": "x" * 16, "role": "root"}})
+
+
+def test_authenticate_maps_tokens_to_readers() -> None:
+    settings = SinkSettings(api_tokens={"vic": {"token": "v" * 16, "role": "viewer"},
+                                        "root": {"token": "r" * 16, "role": "admin"}})
+    assert authenticate(settings, "v" * 16) == Reader("vic", "viewer")
+    assert authenticate(settings, "r" * 16) == Reader("root", "admin")
+    assert authenticate(settings, "x" * 16) is None and authenticate(settings, None) is None
+    assert Reader("root", "admin").may("auditor") and not Reader("vic", "viewer").may("auditor")
+
+
+class Msg:
+    def __init__(self, offset: int, value: bytes, partition: int = 0) -> None:
+        self._offset, self._value, self._partition = offset, value, partition
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_plan_derives_edges_and_index_and_drops_invalid_and_repeated_events() -> None:
+    catalog = default_catalog()
+    chain = HashChain(catalog)
+    trace = sealed(chain, "PredictionTrace", prediction_id="p", endpoint="/p", complete=True, model_name="m",
+                   model_version="1")
+    unsealed = {**new_envelope(producer_identity("t", "s1")), "prediction_id": "q", "endpoint": "/p",
+                "complete": True}
+    messages = [Msg(0, catalog.encode("PredictionTrace", trace)), Msg(1, catalog.encode("PredictionTrace", trace)),
+                Msg(2, catalog.encode("PredictionTrace", unsealed))]
+    plan = plan_batch(messages, catalog)
+    assert plan.events["prediction_traces"].event_ids == [trace["event_id"]]  # the repeat is kept once
+    assert plan.derived["lineage_edges"].rows[0][:3] == ("model:m@1", "prediction:p", "served")
+    assert plan.derived["prediction_index"].rows[0][:2] == ("m", "1")
+    assert [(d.origin.offset, d.reason) for d in plan.dead_letters] == [(2, "InvalidEventError")]
+    assert "never sealed" in plan.dead_letters[0].error
+    assert plan.keys == [("prediction_traces", "p", trace["event_id"], "t", 0, 0)]
+
+    without = plan.without({trace["event_id"]})
+    assert without.events["prediction_traces"].rows == [] and without.derived["lineage_edges"].rows == []
+
+
+def test_in_flight_metadata_and_which_rows_need_a_store_check() -> None:
+    assert parse_in_flight(in_flight_metadata(120)) == 120
+    assert parse_in_flight("") is None and parse_in_flight("something else") is None
+    keys = [("prediction_traces", "p1", "e1", "t", 0, 5), ("prediction_traces", "p2", "e2", "t", 0, 12),
+            ("run_events", "r", "e3", "t", 1, 3)]
+    assert needs_check(keys, {("t", 0): 10}) == {"prediction_traces": (["p1"], ["e1"])}
+    assert needs_check(keys, {}) == {}
+
+
+def test_dedup_token_depends_on_table_and_events() -> None:
+    assert dedup_token("a", ["1", "2"]) == dedup_token("a", ["1", "2"])
+    assert dedup_token("a", ["1", "2"]) != dedup_token("b", ["1", "2"])
+    assert dedup_token("a", ["1", "2"]) != dedup_token("a", ["12"])
+
+
+def session_rows(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    catalog = default_catalog()
+    return [{"table": kind, "event_id": value["event_id"], "hash": value["hash"],
+             "raw": catalog.encode(kind, value)} for kind, value in events]
+
+
+def chain_of(count: int, signer: Ed25519PrivateKey | None = None) -> list[tuple[str, dict[str, Any]]]:
+    chain = HashChain(default_catalog(), signer=signer)
+    return [("Feedback", sealed(chain, "Feedback", prediction_id=f"p{i}", source="s", observed_time=WHEN))
+            for i in range(count)]
+
+
+def test_verify_session_classifies_the_first_break() -> None:
+    catalog = default_catalog()
+    events = chain_of(4)
+    assert verify_session(catalog, "s", session_rows(events)) is None
+    gone = session_rows(events[:1] + events[2:])
+    assert (verify_session(catalog, "s", gone).problem, verify_session(catalog, "s", gone).index) == ("missing", 1)
+    swapped = session_rows([events[0], events[2], events[1], events[3]])
+    assert verify_session(catalog, "s", swapped).problem == "reordered"
+    rows = session_rows(events)
+    rows[2]["raw"] = rows[2]["raw"][:-1] + b"x"
+    assert (verify_session(catalog, "s", rows).problem, verify_session(catalog, "s", rows).index) == ("altered", 2)
+    rows = session_rows(events)
+    rows[1]["raw"] = rows[1]["raw"][:5]
+    assert "do not decode" in verify_session(catalog, "s", rows).detail
+    rows = session_rows(events)
+    rows[3]["event_id"] = "someone-else"
+    assert verify_session(catalog, "s", rows).problem == "altered"
+
+
+def test_verify_session_checks_signatures_with_a_public_key() -> None:
+    catalog = default_catalog()
+    key = Ed25519PrivateKey.generate()
+    signed = session_rows(chain_of(2, signer=key))
+    assert verify_session(catalog, "s", signed, public_key=key.public_key()) is None
+    assert verify_session(catalog, "s", signed, public_key=Ed25519PrivateKey.generate().public_key()).problem == \
+        "bad-signature"
+    assert verify_session(catalog, "s", session_rows(chain_of(2)), public_key=key.public_key()).problem == "unsigned"
+
+
+def test_bundles_unsigned_missing_and_extra_files() -> None:
+    catalog = default_catalog()
+    evidence = {"subject": {"kind": "prediction", "id": "p"}, "trace": None,
+                "lineage": {"nodes": [], "edges": []}, "evaluations": [], "decisions": [], "deployments": [],
+                "events": []}
+    files = build_bundle(evidence, "json", catalog)
+    assert verify_bundle(files, catalog) == []
+    assert verify_bundle(files, catalog, public_key=Ed25519PrivateKey.generate().public_key()) == [
+        "the bundle is not signed, but a public key was given"
+    ]
+    assert verify_bundle({**files, "extra.txt": b"x"}, catalog) == ["extra.txt is not listed in the manifest"]
+    assert verify_bundle({MANIFEST: files[MANIFEST]}, catalog)[0].endswith("missing")
+    assert parse_subject("churn@3") == ("model", "churn@3") and parse_subject("p-1") == ("prediction", "p-1")
