@@ -4,7 +4,7 @@
     app = create_app(settings); admin = create_admin_app(app)       # to serve them yourself
 
 The proxy is raw ASGI: no routing, no request object, every header byte under our control. Its
-lifespan owns one pooled aiohttp session towards the upstream and the emitter. Per request it
+lifespan owns one connection pool towards the upstream (:mod:`sidecar.upstream`) and the emitter. Per request it
 reads the body, forwards it, sends the upstream's reply to the client, and only then builds and
 emits the InferenceRequest and InferenceResponse events, so event encoding never delays a reply.
 """
@@ -20,15 +20,14 @@ import os
 import random
 import signal
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import uvicorn
-import yarl
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from producers.emitter import Emitter, build_emitter
@@ -71,6 +70,7 @@ from sidecar.model_version import DeploymentIndex, ModelVersionResolver
 from sidecar.payload import BodyTap, ObservedBody
 from sidecar.policy import Mode, Policy, Redactor, RouteDecision, load_policy
 from sidecar.settings import SidecarSettings
+from sidecar.upstream import UpstreamPool, UpstreamResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -81,8 +81,6 @@ log = logging.getLogger("provline.sidecar")
 
 PRODUCER_NAME = "sidecar"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# aiohttp adds these unless told not to; the upstream must see only what the client sent.
-SKIPPED_AUTO_HEADERS = ("Accept", "Accept-Encoding", "Content-Type", "User-Agent")
 BACKLOG_INTERVAL_S = 1.0
 DECISION_CACHE_SIZE = 4096
 
@@ -125,11 +123,13 @@ class SidecarApp:
         self.worker = worker
         self.ready = False
         self._owns_emitter = emitter is None
-        self._session: aiohttp.ClientSession | None = None
-        upstream = yarl.URL(str(settings.upstream))
-        self._upstream_origin = str(upstream.origin())
-        self._upstream_prefix = upstream.raw_path.rstrip("/")
-        self._upstream_host = host_header(upstream.raw_host or "", upstream.port, upstream.scheme)
+        self._pool: UpstreamPool | None = None
+        upstream = settings.upstream
+        self._upstream_address = ((upstream.host or "").strip("[]"), upstream.port or 80)
+        self._upstream_tls = upstream.scheme == "https"
+        self._upstream_host = host_header(self._upstream_address[0], upstream.port, upstream.scheme)
+        self._upstream_origin = f"{upstream.scheme}://{self._upstream_host}"
+        self._upstream_prefix = (upstream.path or "").rstrip("/").encode("latin-1")
         self._capture = Capture(settings.max_capture_bytes, settings.max_parse_bytes, settings.max_features)
         self.policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
         key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key else None
@@ -141,6 +141,7 @@ class SidecarApp:
         self._redactor = Redactor(key)
         self._default_capture: Mode = settings.capture_mode or ("redacted" if settings.policy_file else "full")
         self._decisions: dict[tuple[str, str], RouteDecision] = {}
+        self._requests_by_status: dict[int, Any] = {}  # labelled children: labels() costs a lock and a lookup
         self._deployments = DeploymentIndex() if settings.follow_deployments else None
         self._follower: DeploymentFollower | None = None
         self._resolver = ModelVersionResolver(
@@ -162,23 +163,11 @@ class SidecarApp:
     async def startup(self) -> None:
         """Open the upstream connection pool and, unless one was given, build the emitter."""
         s = self.settings
-        connector = aiohttp.TCPConnector(
-            limit=s.upstream_max_connections, limit_per_host=0, keepalive_timeout=s.upstream_keepalive_s
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=s.upstream_connect_timeout_s,  # includes waiting for a free pooled connection
-            sock_connect=s.upstream_connect_timeout_s,
-            sock_read=s.upstream_read_timeout_s,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            skip_auto_headers=SKIPPED_AUTO_HEADERS,
-            # A shared cookie jar would replay one client's cookies on another client's requests.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
+        host, port = self._upstream_address
+        self._pool = UpstreamPool(
+            host, port, max_connections=s.upstream_max_connections, keepalive_s=s.upstream_keepalive_s,
+            connect_timeout_s=s.upstream_connect_timeout_s, read_timeout_s=s.upstream_read_timeout_s,
+            ssl=ssl.create_default_context() if self._upstream_tls else None,
         )
         if self.emitter is None:
             self.emitter = build_emitter(worker_emitter_settings(s.emitter, self.worker), producer_name=PRODUCER_NAME)
@@ -195,9 +184,9 @@ class SidecarApp:
         self.ready = False
         if self._backlog_task is not None:
             self._backlog_task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._follower is not None:
             await asyncio.to_thread(self._follower.stop)
         if self._owns_emitter and self.emitter is not None:
@@ -228,8 +217,8 @@ class SidecarApp:
         return decision
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("the sidecar received a request before its lifespan started; serve it with lifespan on")
         arrived = time.perf_counter_ns()
         client_headers: list[Header] = scope["headers"]
@@ -250,18 +239,19 @@ class SidecarApp:
             request: ObservedBody | bytes = b""
         else:
             request = message.get("body", b"")
-            data, content_length = request or None, None
+            data, content_length = request, (str(len(request)).encode() if request or _has_body(client_headers)
+                                             else None)
         exchange = _Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request)
 
         started = time.perf_counter_ns()
         try:
             try:
-                response = await session.request(
-                    scope["method"],
-                    self._upstream_url(scope),
-                    headers=self._upstream_headers(scope, prediction_id, traceparent, content_length),
-                    data=data,
-                    allow_redirects=False,  # a redirect is the client's to follow
+                response = await pool.request(
+                    scope["method"].encode("ascii"),
+                    self._upstream_target(scope),
+                    self._upstream_headers(scope, prediction_id, traceparent, content_length),
+                    data,
+                    chunked=tap is not None and content_length is None,
                 )
             except Exception as exc:
                 if tap is not None and _client_gone(exc):
@@ -284,7 +274,10 @@ class SidecarApp:
             await self._send_reply(exchange, send)
         finally:
             if exchange.status:
-                REQUESTS.labels(str(exchange.status)).inc()
+                counter = self._requests_by_status.get(exchange.status)
+                if counter is None:
+                    counter = self._requests_by_status[exchange.status] = REQUESTS.labels(str(exchange.status))
+                counter.inc()
                 UPSTREAM_LATENCY.observe(exchange.upstream_ns / 1e9)
                 ADDED_LATENCY.observe(max(0, time.perf_counter_ns() - arrived - exchange.upstream_ns) / 1e9)
         # After the reply: the client is not kept waiting while events are built and encoded.
@@ -294,11 +287,11 @@ class SidecarApp:
             SAMPLED_OUT.inc()
 
     async def _relay(
-        self, exchange: _Exchange, response: aiohttp.ClientResponse, send: Send, started: int
+        self, exchange: _Exchange, response: UpstreamResponse, send: Send, started: int
     ) -> None:
         """Pass the upstream's reply on: whole when small and of known length, else streamed chunk by chunk."""
         exchange.status = response.status
-        exchange.headers = [(k.lower(), v) for k, v in response.raw_headers]
+        exchange.headers = response.headers
         length = response.content_length
         if length is not None and length <= self.settings.stream_threshold_bytes:
             try:
@@ -312,7 +305,7 @@ class SidecarApp:
                     "headers": self._client_headers(exchange)})
         tap = BodyTap(self._capture.keep_bytes)
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.iter_chunks():
                 tap.feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except Exception as exc:
@@ -345,9 +338,9 @@ class SidecarApp:
 
     def _upstream_headers(
         self, scope: Scope, prediction_id: str, traceparent: str, content_length: bytes | None
-    ) -> list[tuple[str, str]]:
+    ) -> list[Header]:
         client = scope.get("client")
-        headers = upstream_request_headers(
+        return upstream_request_headers(
             scope["headers"],
             upstream_host=self._upstream_host,
             client_ip=client[0] if client else None,
@@ -356,7 +349,6 @@ class SidecarApp:
             prediction_id=prediction_id,
             content_length=content_length,
         )
-        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
     def _upstream_error(self, exc: BaseException) -> UpstreamError:
         error = upstream_error_from(exc, upstream=self._upstream_origin)
@@ -364,27 +356,29 @@ class SidecarApp:
             return UpstreamUnreachable(f"upstream {self._upstream_origin} failed: {type(exc).__name__}: {exc}")
         return error
 
-    def _upstream_url(self, scope: Scope) -> yarl.URL:
+    def _upstream_target(self, scope: Scope) -> bytes:
+        """The request target upstream: the prefix, then path and query byte for byte as the client sent them."""
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
-        target = self._upstream_prefix + raw_path.decode("latin-1")
-        if scope.get("query_string"):
-            target += "?" + scope["query_string"].decode("latin-1")
-        # encoded=True: the path and query go upstream byte for byte as the client sent them
-        return yarl.URL(self._upstream_origin + target, encoded=True)
+        query = scope.get("query_string")
+        return self._upstream_prefix + raw_path + b"?" + query if query else self._upstream_prefix + raw_path
 
     def _endpoint(self, scope: Scope) -> str:
         return self.settings.endpoint or scope["path"]
 
     async def _fetch_metadata(self, model: str) -> Any:
         """KServe V2 model metadata, ``GET <upstream>/v2/models/<model>``; raises when there is none."""
-        if self._session is None:
-            raise RuntimeError("the upstream session is closed")
-        url = yarl.URL(self._upstream_origin + self._upstream_prefix + "/v2/models/" + quote(model, safe=""),
-                       encoded=True)
-        async with self._session.get(url, headers={"Accept": "application/json"}) as response:
-            if response.status != 200:
-                raise UpstreamUnreachable(f"model metadata {url} answered {response.status}")
-            return await response.json(content_type=None)
+        if self._pool is None:
+            raise RuntimeError("the upstream connection pool is closed")
+        target = self._upstream_prefix + b"/v2/models/" + quote(model, safe="").encode("ascii")
+        response = await self._pool.request(b"GET", target, [(b"host", self._upstream_host.encode("latin-1")),
+                                                             (b"accept", b"application/json")])
+        try:
+            body = await response.read()
+        finally:
+            response.release()
+        if response.status != 200:
+            raise UpstreamUnreachable(f"model metadata {target.decode('latin-1')} answered {response.status}")
+        return json.loads(body)
 
     async def _record(self, exchange: _Exchange) -> None:
         """Emit the exchange's two events; a failure is logged and counted, never raised."""
@@ -470,11 +464,16 @@ async def _stream_request(head: bytes, receive: Receive, tap: BodyTap) -> AsyncI
 
 def _client_gone(exc: BaseException) -> bool:
     seen: BaseException | None = exc
-    while seen is not None:  # aiohttp may wrap what the body iterator raised
+    while seen is not None:  # in case the upstream client wraps what the body iterator raised
         if isinstance(seen, ClientGone):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _has_body(headers: list[Header]) -> bool:
+    """Whether the client framed a body (even an empty one), so the upstream gets a Content-Length too."""
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
 
 
 def _observed(body: ObservedBody | bytes) -> ObservedBody:
@@ -527,6 +526,15 @@ def http_implementation() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
+def http_protocol() -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol, writing each small reply in one piece (see :mod:`sidecar.transport`)."""
+    if http_implementation() != "httptools":
+        return "h11"
+    from sidecar.transport import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop when it is installed, else asyncio's default."""
     if importlib.util.find_spec("uvloop") is None:
@@ -541,7 +549,7 @@ def uvicorn_config(app: object, *, host: str, port: int, lifespan: str) -> uvico
         app,
         host=host,
         port=port,
-        http=http_implementation(),
+        http=http_protocol(),
         lifespan=lifespan,
         # The client's address is appended to X-Forwarded-For by the proxy itself.
         proxy_headers=False,

@@ -9,13 +9,11 @@
     └── UpstreamAborted       the upstream failed after its status line was passed on: the client's
                               connection is cut, the only honest signal left
 
-:func:`upstream_error_from` is the one place where aiohttp's errors become ours, and therefore
-the one place where a failure picks its HTTP status.
+:func:`upstream_error_from` is the one place where the upstream client's errors (see
+:mod:`sidecar.upstream`) become ours, and therefore the one place where a failure picks its HTTP status.
 """
 
 from __future__ import annotations
-
-import aiohttp
 
 
 class SidecarError(RuntimeError):
@@ -58,12 +56,12 @@ class UpstreamAborted(SidecarError):
 def upstream_error_from(exc: BaseException, *, upstream: str) -> UpstreamError | None:
     """Our error for a failure of the upstream call, or None when ``exc`` is not an upstream failure.
 
-    Timeouts are checked first: aiohttp's timeout errors are also ``ClientError`` subclasses.
+    Timeouts are checked first: ``TimeoutError`` is also an ``OSError``.
     """
-    if isinstance(exc, TimeoutError):  # includes aiohttp's connect and read timeouts
+    if isinstance(exc, TimeoutError):  # connect (including the wait for a pooled connection) and read
         detail = str(exc) or type(exc).__name__
         return UpstreamTimeout(f"upstream {upstream} timed out: {detail}")
-    if isinstance(exc, aiohttp.ClientError):
+    if isinstance(exc, OSError):  # refused, reset, closed early, not HTTP (UpstreamProtocolError)
         detail = str(exc) or type(exc).__name__
         return UpstreamUnreachable(f"upstream {upstream} failed: {detail}")
     return None

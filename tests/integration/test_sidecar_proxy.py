@@ -292,6 +292,19 @@ def test_any_body_reaches_the_upstream_exactly_and_is_hashed(
     assert request["body_sha256"] == hashlib.sha256(body).hexdigest() and request["body_size"] == len(body)
 
 
+def test_a_chunked_request_body_is_streamed_to_the_upstream_exactly(proxy: Running, upstream: Upstream) -> None:
+    parts = [bytes([i]) * 70_000 for i in range(5)]  # several receive() messages: the streamed path
+    prediction_id = f"chunked-{uuid.uuid4().hex}"
+    reply = httpx.post(f"{proxy.url}/stream", content=iter(parts), headers={"X-Request-ID": prediction_id})
+    assert reply.status_code == 200 and reply.content == PREDICTION
+    seen = next(s for s in reversed(upstream.seen) if s.header("x-prediction-id") == [prediction_id])
+    assert seen.body == b"".join(parts)
+    assert seen.header("transfer-encoding") == ["chunked"] and not seen.header("content-length")
+    request = proxy.events(prediction_id)["InferenceRequest"]
+    assert request["body_sha256"] == hashlib.sha256(b"".join(parts)).hexdigest()
+    assert request["body_size"] == len(b"".join(parts))
+
+
 def test_unreachable_upstream_is_a_recorded_502(loop: LoopThread, upstream: Upstream) -> None:
     with socket.socket() as closed:  # bound but not listening: connections are refused
         closed.bind(("127.0.0.1", 0))

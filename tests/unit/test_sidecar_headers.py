@@ -125,12 +125,13 @@ def test_new_traceparents_are_valid_and_distinct(_: int) -> None:
 
 
 def test_upstream_errors_map_to_502_and_504() -> None:
-    import aiohttp
+    from sidecar.upstream import UpstreamProtocolError
 
-    assert isinstance(upstream_error_from(TimeoutError(), upstream="u"), UpstreamTimeout)
-    assert isinstance(upstream_error_from(aiohttp.SocketTimeoutError(), upstream="u"), UpstreamTimeout)
-    assert isinstance(upstream_error_from(aiohttp.ConnectionTimeoutError(), upstream="u"), UpstreamTimeout)
-    refused = upstream_error_from(aiohttp.ServerDisconnectedError(), upstream="http://m:1")
+    assert isinstance(upstream_error_from(TimeoutError("no bytes"), upstream="u"), UpstreamTimeout)
+    assert upstream_error_from(TimeoutError(), upstream="u").status == 504  # type: ignore[union-attr]
+    refused = upstream_error_from(ConnectionRefusedError(111, "Connection refused"), upstream="http://m:1")
     assert isinstance(refused, UpstreamUnreachable) and refused.status == 502
-    assert "http://m:1" in refused.reason
+    assert "http://m:1" in refused.reason and "refused" in refused.reason
+    closed = upstream_error_from(UpstreamProtocolError("closed before replying"), upstream="u")
+    assert isinstance(closed, UpstreamUnreachable) and "closed before replying" in closed.reason
     assert upstream_error_from(ValueError("bug"), upstream="u") is None
