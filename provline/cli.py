@@ -37,7 +37,11 @@ def serve() -> None:
 
 @app.command()
 def processors() -> None:
-    """Run the Faust stream processors (trace joiner); settings from PROVLINE_* variables."""
+    """Run a Faust stream processors worker (trace joiner, drift monitor); settings from PROVLINE_* variables.
+
+    Prometheus metrics on PROVLINE_METRICS_PORT (default 9466); start more workers with the same
+    PROVLINE_APP_ID to share the partitions.
+    """
     from stream_processors.app import run_worker
     from stream_processors.settings import ProcessorSettings
 

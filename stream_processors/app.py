@@ -2,11 +2,14 @@
 
 ``create_app(settings)`` builds a fresh app (nothing connects until a worker starts it);
 ``run_worker(settings)`` runs one worker until SIGTERM/SIGINT. Topics carry raw bytes: events
-are decoded with the schemas catalog, so both wire formats and old writer schemas are accepted.
+are decoded with the schemas catalog (schemas parsed once per process), so both wire formats and
+old writer schemas are accepted. Agents: ``lineage`` (GlobalTable of deployments, models, runs
+and dataset profiles), ``join`` (traces), ``drift`` (windowed drift metrics).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import faust
@@ -14,12 +17,22 @@ import faust
 from schemas.events import Topics
 from schemas.serde import default_catalog
 from stream_processors.dead_letters import DeadLetters
+from stream_processors.drift import DriftAccumulator
+from stream_processors.drift_agent import register_drift_agent
+from stream_processors.join import Timing
 from stream_processors.join_agent import Joiner, register_join_agent
 from stream_processors.lineage_agent import register_lineage_agent
+from stream_processors.metrics import ProcessorMetrics, serve_metrics
+from stream_processors.producer import BatchProducer
 from stream_processors.settings import ProcessorSettings
 from stream_processors.traces import TraceEncoder
 
 DEFAULT_LOGLEVEL = "info"
+LAG_INTERVAL_SECONDS = 5.0
+PRODUCER_MAX_BATCH_BYTES = 1_048_576
+PRODUCER_LINGER_SECONDS = 0.005
+PRODUCER_BUFFER_MESSAGES = 20_000
+log = logging.getLogger(__name__)
 
 
 def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
@@ -42,22 +55,67 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         datadir=settings.data_dir,
         topic_partitions=settings.topic_partitions,
         web_port=settings.web_port,
+        # traces are ~1 KB: aiokafka's default 16 KB batches make the producer wait on a round trip
+        # every dozen traces, and Faust's buffer then stalls the consumer
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        producer_linger=PRODUCER_LINGER_SECONDS,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
     )
+
+    @app.task(on_leader=False)
+    async def _raise_producer_buffer() -> None:
+        # Faust stalls the consumer whenever more than 100 messages wait in its producer buffer;
+        # one batch of ours puts up to three per prediction there (trace + two table writes)
+        app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
+
     dead_letters = DeadLetters(_raw_topic(app, topics.dlq))
+    metrics = ProcessorMetrics()
+    app.provline_metrics = metrics  # type: ignore[attr-defined]
     lineage = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters
     )
+    encoder = TraceEncoder(catalog, session_id=str(uuid.uuid4()))
+    accumulator = DriftAccumulator(
+        lineage.baseline_of, window_us=int(settings.drift_window_seconds * 1_000_000),
+        output_columns=settings.drift_output_columns,
+    )
+    send_partials = register_drift_agent(
+        app, lineage=lineage, accumulator=accumulator, encoder=encoder, drift_topic=_raw_topic(app, topics.drift),
+        thresholds=settings.thresholds(), lateness_seconds=settings.drift_lateness_seconds,
+        partitions=settings.topic_partitions, metrics=metrics,
+    )
+    producer = BatchProducer(settings.bootstrap_servers(), client_id=f"{settings.app_id}-join")
     joiner = Joiner(
-        catalog=catalog,
-        lineage=lineage,
-        encoder=TraceEncoder(catalog, session_id=str(uuid.uuid4())),
-        traces=_raw_topic(app, topics.traces),
-        wait_seconds=settings.lineage_wait_seconds,
+        catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
+        producer=producer, traces_topic=topics.traces,
+        timing=Timing(ttl=settings.pending_ttl_seconds, lineage_wait=settings.lineage_wait_seconds,
+                      retention=settings.dedup_retention_seconds),
     )
+    inference = _raw_topic(app, topics.inference)
     register_join_agent(
-        app, topic=_raw_topic(app, topics.inference), joiner=joiner, catalog=catalog,
-        dead_letters=dead_letters, partitions=settings.topic_partitions,
+        app, topic=inference, joiner=joiner, catalog=catalog, dead_letters=dead_letters,
+        partitions=settings.topic_partitions, batch_size=settings.batch_size,
+        batch_within=settings.batch_within_seconds, after_batch=send_partials,
     )
+
+    @app.on_before_shutdown.connect
+    def _close_producer(app: faust.App, **_: object) -> None:
+        producer.close()
+
+    @app.timer(LAG_INTERVAL_SECONDS, name="consumer-lag")
+    async def report_lag() -> None:
+        name = inference.get_topic_name()
+        for tp in app.consumer.assignment():
+            if tp.topic != name:
+                continue
+            try:
+                read = app.consumer._read_offset.get(tp)  # faust keeps no public "position" per partition
+                lag = app.consumer.highwater(tp) - (read + 1 if read is not None else 0)
+            except Exception:  # the partition is being revoked; report next time
+                continue
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+
     return app
 
 
@@ -68,4 +126,7 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     Faust's worker does.
     """
     app = create_app(settings)
+    if settings.metrics_port:
+        serve_metrics(app.provline_metrics, settings.metrics_port)  # type: ignore[attr-defined]
+        log.info("Prometheus metrics on :%d/metrics", settings.metrics_port)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

@@ -1,29 +1,60 @@
 """Joining an inference request with its response and lineage into a prediction trace.
 
 Pure logic, no I/O. :func:`build_trace` gives the PredictionTrace fields (all but the envelope);
-the ``Pending*`` functions are the per-prediction state machine the Faust join agent keeps in its
-table. A pending entry is a JSON-able dict (it is the table's value):
+the rest is the per-prediction state machine the join agent keeps in its table. A pending entry
+is a small JSON-able dict (the table's value):
 
-``request`` / ``response``  the half's raw event bytes, base64, or None until it arrives
-``partition``               the inference partition it came from (who owns it after a rebalance)
-``held_since``              wall-clock seconds when both halves were present but lineage was not
-``done``                    the trace was emitted; later duplicates of either half are ignored
+``p``      the inference partition it came from (who owns it after a rebalance)
+``q``/``r`` the request / response half, trimmed by :func:`summarize`, or absent
+``s``      wall-clock seconds when the first half arrived (the time-to-live runs from here)
+``h``      wall-clock seconds since when both halves wait for lineage, or absent
+``d``      wall-clock seconds when the trace was emitted: the entry is then a done marker (no
+           halves) that makes later duplicates of either half no-ops until it is forgotten
+``m``/``v`` model name and version of the emitted trace (for joining late feedback)
+
+A trace's event id is derived from the prediction id (:func:`trace_event_id`), so a trace
+re-emitted after a crash (its done marker was lost with the worker) carries the same id as the
+first one, and the sink's dedup by event id collapses the two.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from stream_processors.lineage import LineageIndex
+from stream_processors.lineage import LineageIndex, to_micros
+from stream_processors.traces import stable_event_id
 
 REQUEST = "InferenceRequest"
 RESPONSE = "InferenceResponse"
-HALF_FIELD = {REQUEST: "request", RESPONSE: "response"}
+FEEDBACK = "Feedback"
+HALF_FIELD = {REQUEST: "q", RESPONSE: "r"}
 
 PendingEntry = dict[str, Any]
+
+_REQUEST_FIELDS = ("event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "features")
+_RESPONSE_FIELDS = (
+    "event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "status",
+    "latency_us", "outputs",
+)
+
+
+def summarize(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a decoded half a trace needs, JSON-able (``event_time`` in UTC microseconds).
+
+    Dropping the body keeps the table small: a trace carries only the body's SHA-256.
+    """
+    if kind == REQUEST:
+        names = _REQUEST_FIELDS
+    elif kind == RESPONSE:
+        names = _RESPONSE_FIELDS
+    else:
+        raise ValueError(f"{kind} is not a half of a prediction; expected {REQUEST} or {RESPONSE}")
+    half = {name: value.get(name) for name in names}
+    half["event_time"] = to_micros(value["event_time"])
+    return half
 
 
 def build_trace(
@@ -102,6 +133,7 @@ def build_trace(
     }
 
 
+
 def _first_not_none(*values: Any) -> Any:
     for value in values:
         if value:
@@ -109,66 +141,104 @@ def _first_not_none(*values: Any) -> Any:
     return None
 
 
+def trace_event_id(prediction_id: str, first_time_us: int) -> str:
+    """The trace's event id: a pure function of the prediction (see :func:`stable_event_id`)."""
+    return stable_event_id("provline-trace", prediction_id, first_time_us)
+
+
 class Step(Enum):
-    """What the join agent does after a pending entry changed."""
+    """What the join agent does with a pending entry now."""
 
-    WAIT = "wait"  # a half is still missing, or the lineage may still arrive
-    EMIT = "emit"  # emit the trace (complete, or incomplete because the wait is over) and mark done
+    WAIT = "wait"  # a half is missing, or both wait for lineage; nothing is due yet
+    EMIT = "emit"  # emit the trace (complete, or flagged incomplete because its wait is over)
 
 
-def absorb(
-    entry: PendingEntry | None, kind: str, raw: bytes, *, partition: int
-) -> PendingEntry | None:
+@dataclass(frozen=True)
+class Timing:
+    """The join's time limits, in seconds."""
+
+    ttl: float  # how long a lone half waits for the other one before a partial trace goes out
+    lineage_wait: float  # how long two joined halves wait for unknown lineage
+    retention: float  # how long a done marker is kept to swallow duplicates
+
+
+def absorb(entry: PendingEntry | None, kind: str, half: Mapping[str, Any], *, partition: int,
+           now: float) -> PendingEntry | None:
     """The entry with one more half, or None when nothing changes (a duplicate, or already done).
 
-    A half seen twice keeps its first bytes: the first arrival is the one a trace is built from.
+    A half seen twice keeps its first copy: the first arrival is the one a trace is built from.
     """
     try:
         field = HALF_FIELD[kind]
     except KeyError:
         raise ValueError(f"{kind} is not a half of a prediction; expected {REQUEST} or {RESPONSE}") from None
     if entry is None:
-        entry = {"request": None, "response": None, "partition": partition, "held_since": None, "done": False}
-    if entry["done"] or entry[field] is not None:
+        return {"p": partition, "s": now, field: dict(half)}
+    if "d" in entry or field in entry:
         return None
-    return {**entry, field: base64.b64encode(raw).decode("ascii")}
+    return {**entry, field: dict(half)}
 
 
-def halves(entry: PendingEntry) -> tuple[bytes | None, bytes | None]:
-    """The raw request and response bytes of an entry."""
-    return (
-        base64.b64decode(entry["request"]) if entry["request"] is not None else None,
-        base64.b64decode(entry["response"]) if entry["response"] is not None else None,
-    )
+def is_done(entry: PendingEntry) -> bool:
+    return "d" in entry
 
 
 def has_both_halves(entry: PendingEntry) -> bool:
-    return entry["request"] is not None and entry["response"] is not None
+    return "q" in entry and "r" in entry
 
 
-def next_step(entry: PendingEntry, trace: Mapping[str, Any], *, now: float, wait_seconds: float) -> Step:
-    """Emit once both halves are here and the lineage is known or has been waited for long enough."""
-    if entry["done"] or not has_both_halves(entry):
+def halves(entry: PendingEntry) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    return entry.get("q"), entry.get("r")
+
+
+def next_step(entry: PendingEntry, trace: Mapping[str, Any], *, now: float, timing: Timing) -> Step:
+    """Emit when both halves and the lineage are here, or when the entry's wait is over."""
+    if is_done(entry):
         return Step.WAIT
+    if not has_both_halves(entry):
+        return Step.EMIT if now - entry["s"] >= timing.ttl else Step.WAIT
     if trace["complete"]:
         return Step.EMIT
-    held_since = entry["held_since"]
-    if held_since is not None and now - held_since >= wait_seconds:
+    held_since = entry.get("h")
+    if held_since is not None and now - held_since >= timing.lineage_wait:
         return Step.EMIT
     return Step.WAIT
 
 
 def hold(entry: PendingEntry, *, now: float) -> PendingEntry:
-    """The entry marked as waiting for lineage (from the first time only)."""
-    if entry["held_since"] is not None:
+    """The entry marked as waiting for lineage (from the first time only); lone halves are not held."""
+    if "h" in entry or not has_both_halves(entry):
         return entry
-    return {**entry, "held_since": now}
+    return {**entry, "h": now}
 
 
 def is_held(entry: PendingEntry) -> bool:
-    return not entry["done"] and entry["held_since"] is not None
+    return "h" in entry and not is_done(entry)
 
 
-def mark_done(entry: PendingEntry) -> PendingEntry:
-    """The entry after its trace was emitted; the halves are dropped, the id is remembered."""
-    return {**entry, "request": None, "response": None, "held_since": None, "done": True}
+def mark_done(entry: PendingEntry, trace: Mapping[str, Any], *, now: float) -> PendingEntry:
+    """The done marker left after the trace was emitted: the halves are dropped, the id remembered."""
+    return {"p": entry["p"], "d": now, "m": trace.get("model_name"), "v": trace.get("model_version")}
+
+
+def deadline(entry: PendingEntry, timing: Timing) -> float:
+    """Wall-clock seconds at which the entry next needs attention without any new event.
+
+    A lone half: its time-to-live; halves held for lineage: the end of the wait; a done marker:
+    when it is forgotten. Two halves not (yet) held need none (they are decided at once).
+    """
+    if is_done(entry):
+        return float(entry["d"]) + timing.retention
+    if "h" in entry:
+        return float(entry["h"]) + timing.lineage_wait
+    if has_both_halves(entry):
+        return float(entry["s"])
+    return float(entry["s"]) + timing.ttl
+
+
+def first_time_us(entry: PendingEntry) -> int:
+    """The time the trace's event id is derived from: the request's, else the response's."""
+    half = entry.get("q") or entry.get("r")
+    if half is None:
+        raise ValueError("a pending entry without halves has no trace time; it is a done marker")
+    return int(half["event_time"])

@@ -1,15 +1,23 @@
 """The join agent: an inference request and its response, plus lineage, into one PredictionTrace.
 
-The first-arriving half waits in a Table keyed by prediction id (co-partitioned with the
-inference topic, which is keyed by prediction id). When both halves are there and the lineage is
-known, the trace is sent to the traces topic and the entry is marked done, so a duplicated half
-never yields a second trace. When the lineage is not known yet, the entry is held; a timer on
-each worker retries its held entries and, after ``lineage_wait_seconds``, emits the trace with
-``missing="lineage"``.
+Events are taken in batches (``stream.take_events``). The first-arriving half waits in a Table
+keyed by prediction id (co-partitioned with the inference topic, which is keyed by prediction id);
+each prediction touched by a batch is written to the table once. When both halves are there and
+the lineage is known, the trace is sent and the entry becomes a done marker, so a duplicated half
+never yields a second trace. A timer on each worker handles what time alone decides: a lone half
+whose time-to-live ran out (a partial trace saying which half is missing), halves waiting for
+lineage (retried when the lineage changed, emitted incomplete when the wait is over), and done
+markers past their retention (forgotten). The timer works from an in-memory deadline heap rebuilt
+from the table after every recovery, so it never scans the table.
+
+State writes go to the changelog partition of the entry's own inference partition: a batch mixes
+partitions, so Faust's "partition of the current event" would be wrong for all but one.
 """
 
 from __future__ import annotations
 
+import heapq
+import json
 import logging
 import time
 from typing import Any
@@ -20,115 +28,270 @@ from faust.types import TP, EventT
 from schemas.errors import SchemaError
 from schemas.serde import Catalog
 from stream_processors.dead_letters import DeadLetters
+from stream_processors.drift import DriftAccumulator
 from stream_processors.join import (
+    FEEDBACK,
     HALF_FIELD,
     PendingEntry,
     Step,
+    Timing,
     absorb,
     build_trace,
+    deadline,
+    first_time_us,
     halves,
     has_both_halves,
     hold,
+    is_done,
     is_held,
     mark_done,
     next_step,
+    summarize,
+    trace_event_id,
 )
-from stream_processors.lineage import LineageIndex
+from stream_processors.lineage import LineageIndex, to_micros
+from stream_processors.metrics import ProcessorMetrics
+from stream_processors.producer import BatchProducer
 from stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
 PENDING_TABLE = "pending-predictions"
-MAX_RETRY_INTERVAL_SECONDS = 1.0
-MIN_RETRY_INTERVAL_SECONDS = 0.05
+MAX_TICK_SECONDS = 1.0
+MIN_TICK_SECONDS = 0.05
 
 
-def retry_interval(wait_seconds: float) -> float:
-    """How often held entries are retried: often enough to honour ``wait_seconds`` closely."""
-    return max(MIN_RETRY_INTERVAL_SECONDS, min(MAX_RETRY_INTERVAL_SECONDS, wait_seconds / 10))
+def tick_interval(timing: Timing) -> float:
+    """How often the timer runs: often enough to honour the shortest wait closely."""
+    return max(MIN_TICK_SECONDS, min(MAX_TICK_SECONDS, min(timing.ttl, timing.lineage_wait) / 10))
 
 
 class Joiner:
-    """Advances pending entries: builds the trace, sends it when due. One per worker."""
+    """One worker's join: decides, sends traces, writes the table and keeps the deadline heap.
+
+    Traces and table changelog records go through ``producer`` (a :class:`BatchProducer`);
+    :meth:`flush` ends every batch and timer tick. Not thread-safe.
+    """
 
     def __init__(
-        self, *, catalog: Catalog, lineage: LineageIndex, encoder: TraceEncoder, traces: faust.TopicT,
-        wait_seconds: float,
+        self, *, catalog: Catalog, lineage: LineageIndex, encoder: TraceEncoder, timing: Timing,
+        metrics: ProcessorMetrics, drift: DriftAccumulator, producer: BatchProducer, traces_topic: str,
     ) -> None:
         self.catalog = catalog
         self.lineage = lineage
         self.encoder = encoder
-        self.traces = traces
-        self.wait_seconds = wait_seconds
+        self.timing = timing
+        self.metrics = metrics
+        self.drift = drift
+        self.producer = producer
+        self.traces_topic = traces_topic
+        self.table: Any = None  # the pending table, set when registered
+        self.changelog_topic = ""
+        self._heap: list[tuple[float, str]] = []
+        self._held: set[str] = set()
+        self._lineage_changes = -1
+        self._changelog: list[tuple[bytes, bytes | None, int]] = []
 
-    async def advance(self, prediction_id: str, entry: PendingEntry, *, now: float) -> PendingEntry:
-        """The entry after sending its trace if it is due, holding it if it waits for lineage."""
-        if not has_both_halves(entry):
-            return entry
-        request_raw, response_raw = halves(entry)
-        assert request_raw is not None and response_raw is not None
-        trace = build_trace(
-            self.catalog.decode(request_raw).value, self.catalog.decode(response_raw).value, self.lineage
-        )
-        if next_step(entry, trace, now=now, wait_seconds=self.wait_seconds) is Step.EMIT:
-            await self.traces.send(key=prediction_id.encode(), value=self.encoder.encode(trace))
-            return mark_done(entry)
-        return hold(entry, now=now)
+    def _write(self, prediction_id: str, entry: PendingEntry | None, partition: int) -> None:
+        # the changelog record is what Faust's Table would write (JSON key and value, or a
+        # tombstone), so Faust recovers the table from it on restart
+        if entry is None:
+            self.table.data.pop(prediction_id, None)
+            value = None
+        else:
+            self.table.data[prediction_id] = entry
+            value = json.dumps(entry, separators=(",", ":")).encode()
+        self._changelog.append((json.dumps(prediction_id).encode(), value, partition))
+
+    def release_changelog(self) -> None:
+        """Hand the table writes held back so far to the producer."""
+        held, self._changelog = self._changelog, []
+        for key, value, partition in held:
+            self.producer.produce(self.changelog_topic, key, value, partition=partition)
+
+    async def flush(self) -> None:
+        """Deliver this batch's traces, then its table writes; returns when both are acknowledged.
+
+        In that order: a done marker that reached the changelog while its trace did not (a crash
+        between the two) would swallow the trace when the batch is consumed again.
+        """
+        await self.producer.flush()
+        self.release_changelog()
+        await self.producer.flush()
+
+    def schedule(self, prediction_id: str, entry: PendingEntry) -> None:
+        heapq.heappush(self._heap, (deadline(entry, self.timing), prediction_id))
+        if is_held(entry):
+            self._held.add(prediction_id)
+
+    def rebuild(self, entries: list[tuple[str, PendingEntry]]) -> None:
+        """Reset the heap and held set from the table (after a recovery)."""
+        self._heap = []
+        self._held = set()
+        for prediction_id, entry in entries:
+            self._heap.append((deadline(entry, self.timing), prediction_id))
+            if is_held(entry):
+                self._held.add(prediction_id)
+        heapq.heapify(self._heap)
+
+    def advance(self, prediction_id: str, entry: PendingEntry, *, now: float) -> None:
+        """Decide one changed or due entry: emit its trace or keep it waiting; write and schedule it."""
+        if not is_done(entry) and (has_both_halves(entry) or now - entry["s"] >= self.timing.ttl):
+            request, response = halves(entry)
+            trace = build_trace(request, response, self.lineage)
+            if next_step(entry, trace, now=now, timing=self.timing) is Step.EMIT:
+                self._emit(prediction_id, entry, trace, now=now)
+                entry = mark_done(entry, trace, now=now)
+                self._held.discard(prediction_id)
+            else:
+                entry = hold(entry, now=now)
+        self._write(prediction_id, entry, entry["p"])
+        self.schedule(prediction_id, entry)
+
+    def _emit(self, prediction_id: str, entry: PendingEntry, trace: dict[str, Any], *, now: float) -> None:
+        event_id = trace_event_id(prediction_id, first_time_us(entry))
+        self.producer.produce(self.traces_topic, prediction_id.encode(), self.encoder.encode(trace, event_id=event_id))
+        self.metrics.traces_out.inc()
+        if trace["missing"] is not None:
+            self.metrics.partial_traces.labels(trace["missing"]).inc()
+        last = max(to_micros(t) or 0 for t in (trace["request_time"], trace["response_time"]) if t is not None)
+        self.metrics.join_latency.observe(max(now - last / 1e6, 0.0))
+        self.drift.add(trace)
+
+    def on_timer(self, *, now: float, owns: Any, caught_up: Any = None) -> None:
+        """Retry held entries if lineage changed; act on entries whose deadline passed.
+
+        ``owns(partition)`` says whether this worker owns an inference partition now;
+        ``caught_up(partition)`` whether it has read all of it. A lone half's time-to-live only
+        ends on a caught-up partition: after a restart or under lag, its other half may still be
+        waiting unread in the topic.
+        """
+        if self._held and self.lineage.changes != self._lineage_changes:
+            self._lineage_changes = self.lineage.changes
+            for prediction_id in list(self._held):
+                entry = self.table.data.get(prediction_id)
+                if entry is None or not is_held(entry) or not owns(entry["p"]):
+                    self._held.discard(prediction_id)
+                    continue
+                self._guarded_advance(prediction_id, entry, now=now)
+        behind: list[tuple[float, str]] = []
+        while self._heap and self._heap[0][0] <= now:
+            item = heapq.heappop(self._heap)
+            prediction_id = item[1]
+            entry = self.table.data.get(prediction_id)
+            if entry is None or not owns(entry["p"]) or deadline(entry, self.timing) > now:
+                continue  # gone, moved to another worker, or superseded by a later state
+            if not is_done(entry) and not has_both_halves(entry) and caught_up is not None \
+                    and not caught_up(entry["p"]):
+                behind.append(item)  # look again on a later tick
+                continue
+            if is_done(entry):
+                self._write(prediction_id, None, entry["p"])  # forget the marker
+                continue
+            self._guarded_advance(prediction_id, entry, now=now)
+        for item in behind:
+            heapq.heappush(self._heap, item)
+
+    def _guarded_advance(self, prediction_id: str, entry: PendingEntry, *, now: float) -> None:
+        try:
+            self.advance(prediction_id, entry, now=now)
+        except Exception:  # one broken entry must not stop the timer for every other one
+            log.exception("could not advance prediction %s; dropping its pending entry", prediction_id)
+            self._write(prediction_id, None, entry["p"])
+            self._held.discard(prediction_id)
 
 
 def register_join_agent(
     app: faust.App, *, topic: faust.TopicT, joiner: Joiner, catalog: Catalog, dead_letters: DeadLetters,
-    partitions: int,
+    partitions: int, batch_size: int, batch_within: float, after_batch: Any,
 ) -> faust.Table:
-    """Add the pending table, the join agent and the retry timer to ``app``; returns the table."""
-    pending = app.Table(PENDING_TABLE, partitions=partitions, help="halves of predictions waiting for a trace")
+    """Add the pending table, the join agent and its timer to ``app``; returns the table.
 
-    async def handle(event: EventT[bytes, bytes]) -> None:
-        try:
-            decoded = catalog.decode(event.value)
-        except SchemaError as exc:
-            await dead_letters.send(event, str(exc))
-            return
-        if decoded.record not in HALF_FIELD:
-            return  # Feedback: not part of the trace join
-        prediction_id = str(decoded.value["prediction_id"])
-        entry = absorb(pending.get(prediction_id), decoded.record, event.value, partition=event.message.partition)
-        if entry is None:
-            return  # a duplicated half, or the trace was already emitted
-        pending[prediction_id] = await joiner.advance(prediction_id, entry, now=time.time())
+    ``after_batch()`` runs after every batch and timer tick (the drift partials are sent there).
+    """
+    pending = app.Table(PENDING_TABLE, partitions=partitions, key_type=str,
+                        help="halves of predictions waiting for a trace")
+    joiner.table = pending
+    joiner.changelog_topic = pending.changelog_topic.get_topic_name()
+    metrics = joiner.metrics
+
+    @pending.on_recover
+    async def rebuild_deadlines() -> None:
+        joiner.rebuild(list(pending.data.items()))
+        log.info("join table recovered: %d entries", len(pending.data))
+
+    processed: dict[int, int] = {}  # inference partition -> last offset this worker decided
+
+    async def handle_batch(events: list[EventT[bytes, bytes]]) -> None:
+        now = time.time()
+        touched: dict[str, PendingEntry] = {}
+        # dead letters are sent after the batch is decided: awaiting in between would let the timer
+        # change entries this batch holds copies of
+        dead: list[tuple[EventT[bytes, bytes], str]] = []
+        for event in events:
+            try:
+                decoded = catalog.decode(event.value)
+            except SchemaError as exc:
+                dead.append((event, str(exc)))
+                continue
+            kind = decoded.record
+            metrics.events_in.labels(kind).inc()
+            if kind not in HALF_FIELD:
+                if kind != FEEDBACK:
+                    log.warning("ignoring a %s event on the inference topic", kind)
+                continue
+            try:
+                prediction_id = str(decoded.value["prediction_id"])
+                entry = touched[prediction_id] if prediction_id in touched else pending.data.get(prediction_id)
+                changed = absorb(entry, kind, summarize(kind, decoded.value), partition=event.message.partition,
+                                 now=now)
+            except Exception as exc:  # a bug must not stop the join for every later event
+                log.exception("join failed for %s[%s]@%s", event.message.topic, event.message.partition,
+                              event.message.offset)
+                dead.append((event, f"join failed: {type(exc).__name__}: {exc}"))
+                continue
+            if changed is None:
+                metrics.duplicates.inc()
+                continue
+            touched[prediction_id] = changed
+        for event in events:
+            processed[event.message.partition] = max(processed.get(event.message.partition, -1), event.message.offset)
+        for prediction_id, entry in touched.items():
+            joiner._guarded_advance(prediction_id, entry, now=now)
+        metrics.pending.set(len(pending.data))
+        await joiner.flush()  # before Faust acks this batch's offsets
+        for event, reason in dead:
+            await dead_letters.send(event, reason)
+            metrics.dead_letters.inc()
+        await after_batch()
 
     @app.agent(topic, name="join")
     async def join(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # a bug or a broker error must not stop the join for everyone
-                log.exception("join failed for %s[%s]@%s", event.message.topic, event.message.partition,
-                              event.message.offset)
-                await dead_letters.send(event, f"join failed: {type(exc).__name__}: {exc}")
+        async for events in stream.take_events(batch_size, within=batch_within):
+            await handle_batch(list(events))
 
-    @app.timer(retry_interval(joiner.wait_seconds), name="retry-held-traces")
-    async def retry_held() -> None:
+    @app.timer(tick_interval(joiner.timing), name="join-deadlines")
+    async def on_tick() -> None:
         assigned = app.consumer.assignment()
-        for prediction_id, entry in list(pending.items()):
-            # the local store also holds standby partitions; only their owner may emit
-            if not is_held(entry) or TP(topic.get_topic_name(), entry["partition"]) not in assigned:
-                continue
-            try:
-                advanced = await joiner.advance(prediction_id, entry, now=time.time())
-            except SchemaError as exc:
-                log.error("held trace for prediction %s cannot be built, dropping it: %s", prediction_id, exc)
-                advanced = mark_done(entry)
-            except Exception:
-                log.exception("retrying the held trace for prediction %s failed; will retry", prediction_id)
-                continue
-            if advanced != entry:
-                _set_outside_stream(pending, entry["partition"], prediction_id, advanced)
+        name = topic.get_topic_name()
+        joiner.on_timer(now=time.time(), owns=lambda partition: TP(name, partition) in assigned,
+                        caught_up=lambda partition: _caught_up(app, TP(name, partition), processed.get(partition)))
+        await joiner.flush()
+        await after_batch()
 
     return pending
 
 
-def _set_outside_stream(table: faust.Table, partition: int, key: str, value: Any) -> None:
-    # ``table[key] = value`` takes the changelog partition from the current stream event, and a
-    # timer has none; write the store and the changelog to the entry's own partition instead.
-    table.data[key] = value
-    table.send_changelog(partition, key, value)
+def _caught_up(app: faust.App, tp: TP, processed: int | None) -> bool:
+    """Whether this worker has decided every message of ``tp`` up to the end seen at its last fetch.
+
+    Offsets fetched but still waiting in Faust's buffers do not count: their events are not in
+    the table yet. Until this worker has decided an event of ``tp`` it is not caught up (after a
+    restart, a lone half on a partition that stays idle waits for the next event there).
+    """
+    if processed is None:
+        return False
+    try:
+        end = app.consumer.highwater(tp)
+    except Exception:  # not known (yet): assume behind, the next tick asks again
+        return False
+    return end is not None and processed + 1 >= end

@@ -25,8 +25,12 @@ from schemas.events import model_key
 DEPLOYMENT_PREFIX = "deployment/"
 MODEL_PREFIX = "model/"
 RUN_PREFIX = "run/"
+DATASET_PREFIX = "dataset/"
 RETIRE = "RETIRE"
-LINEAGE_EVENT_KINDS = frozenset({"Deployment", "ModelVersion", "RunEvent"})
+LINEAGE_EVENT_KINDS = frozenset({"Deployment", "ModelVersion", "RunEvent", "DatasetVersion"})
+_PROFILE_FIELDS = (
+    "column", "kind", "count", "null_count", "quantiles", "bin_edges", "bin_counts", "categories", "mean", "std",
+)
 
 Entry = tuple[str, dict[str, Any] | None]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -98,6 +102,11 @@ def entries_for_event(kind: str, value: Mapping[str, Any], *, current_code: Code
             "datasets": list(value.get("datasets") or []),
             "feature_sets": list(value.get("feature_sets") or []),
         })]
+    if kind == "DatasetVersion":
+        profiles = [{name: profile.get(name) for name in _PROFILE_FIELDS} for profile in value.get("profiles") or []]
+        if not profiles:
+            return []
+        return [(DATASET_PREFIX + str(value["digest"]), {"name": value.get("name"), "profiles": profiles})]
     if kind == "RunEvent":
         code = value.get("code")
         if not code or (code.get("repo") is None and code.get("commit") is None):
@@ -120,6 +129,8 @@ class LineageIndex:
         self._by_endpoint: dict[str, list[DeploymentRecord]] = {}
         self._models: dict[str, ModelRecord] = {}
         self._code: dict[str, CodeRecord] = {}
+        self._profiles: dict[str, dict[str, dict[str, Any]]] = {}  # dataset digest -> column -> profile
+        self.changes = 0  # how many entries were applied: a cheap "did anything change" check
 
     def __len__(self) -> int:
         return len(self._deployments) + len(self._models) + len(self._code)
@@ -134,7 +145,14 @@ class LineageIndex:
 
     def apply(self, key: str, value: Mapping[str, Any] | None) -> None:
         """Set (or, with ``None``, delete) one entry. Idempotent; unknown key prefixes are ignored."""
-        if key.startswith(DEPLOYMENT_PREFIX):
+        self.changes += 1
+        if key.startswith(DATASET_PREFIX):
+            digest = key[len(DATASET_PREFIX):]
+            if value is None:
+                self._profiles.pop(digest, None)
+            else:
+                self._profiles[digest] = {str(p["column"]): dict(p) for p in value.get("profiles") or []}
+        elif key.startswith(DEPLOYMENT_PREFIX):
             self._apply_deployment(key[len(DEPLOYMENT_PREFIX):], value)
         elif key.startswith(MODEL_PREFIX):
             if value is None:
@@ -205,3 +223,23 @@ class LineageIndex:
 
     def code(self, run_id: str) -> CodeRecord | None:
         return self._code.get(run_id)
+
+    def profile(self, digest: str, column: str) -> dict[str, Any] | None:
+        """The profile of ``column`` in dataset ``digest``, or None if unknown."""
+        return self._profiles.get(digest, {}).get(column)
+
+    def baseline_of(self, model_name: str, model_version: str, column: str) -> tuple[str, dict[str, Any]] | None:
+        """:meth:`baseline` of a model version given by name; None when the version is unknown."""
+        model = self.model(model_name, model_version)
+        return self.baseline(model, column) if model is not None else None
+
+    def baseline(self, model: ModelRecord, column: str) -> tuple[str, dict[str, Any]] | None:
+        """The column profile of ``column`` in the model's training datasets, with its dataset digest.
+
+        The first of ``model.datasets`` that profiles the column wins; None when none does (yet).
+        """
+        for digest in model.datasets:
+            profile = self._profiles.get(digest, {}).get(column)
+            if profile is not None:
+                return digest, profile
+        return None

@@ -44,7 +44,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_worker(kafka_bootstrap: str, topics: Topics, data_dir: Path, log_path: Path) -> WorkerProcess:
+def start_worker(
+    kafka_bootstrap: str, topics: Topics, data_dir: Path, log_path: Path, *, extra_env: dict[str, str] | None = None
+) -> WorkerProcess:
     web_port = free_port()
     env = {
         **os.environ,
@@ -54,6 +56,8 @@ def start_worker(kafka_bootstrap: str, topics: Topics, data_dir: Path, log_path:
         "PROVLINE_DATA_DIR": str(data_dir),
         "PROVLINE_WEB_PORT": str(web_port),
         "PROVLINE_LINEAGE_WAIT_SECONDS": str(LINEAGE_WAIT_SECONDS),
+        "PROVLINE_METRICS_PORT": str(free_port()),
+        **(extra_env or {}),
     }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -88,6 +92,8 @@ class WorkerProcess:
         return True
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=STOP_DEADLINE_SECONDS)

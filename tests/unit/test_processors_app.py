@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from stream_processors.app import create_app
 from stream_processors.dead_letters import DeadLetters
-from stream_processors.join_agent import retry_interval
+from stream_processors.join import Timing
+from stream_processors.join_agent import tick_interval
 from stream_processors.settings import ProcessorSettings
 
 
@@ -28,6 +29,8 @@ def test_settings_refuse_unknown_and_invalid_values() -> None:
         ProcessorSettings(topic_partitons=3)  # type: ignore[call-arg]
     with pytest.raises(ValidationError, match="lineage_wait_seconds"):
         ProcessorSettings(lineage_wait_seconds=0)
+    with pytest.raises(ValidationError, match="PROVLINE_DEDUP_RETENTION_SECONDS"):
+        ProcessorSettings(pending_ttl_seconds=100, dedup_retention_seconds=10)
     with pytest.raises(ValueError, match="names no broker"):
         ProcessorSettings(kafka_bootstrap=" , ").bootstrap_servers()
 
@@ -37,17 +40,17 @@ def test_create_app_builds_agents_and_tables_without_connecting() -> None:
         kafka_bootstrap="127.0.0.1:1", topic_prefix="acme", app_id="unit-app", topic_partitions=6
     )
     app = create_app(settings)
-    assert set(app.agents) == {"lineage", "join"}
-    assert set(app.tables) == {"lineage", "pending-predictions"}
+    assert set(app.agents) == {"lineage", "join", "drift"}
+    assert set(app.tables) == {"lineage", "pending-predictions", "drift-windows"}
     assert app.conf.topic_partitions == 6 and app.conf.id == "unit-app"
     # two apps from one process do not share state
     assert create_app(settings) is not app
 
 
-def test_retry_interval_is_bounded() -> None:
-    assert retry_interval(10) == 1.0
-    assert retry_interval(2) == 0.2
-    assert retry_interval(0.01) == 0.05
+def test_tick_interval_is_bounded() -> None:
+    assert tick_interval(Timing(ttl=60, lineage_wait=10, retention=300)) == 1.0
+    assert tick_interval(Timing(ttl=60, lineage_wait=2, retention=300)) == 0.2
+    assert tick_interval(Timing(ttl=0.01, lineage_wait=2, retention=300)) == 0.05
 
 
 class FakeTopic:

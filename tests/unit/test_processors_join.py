@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -10,16 +11,23 @@ import pytest
 from schemas.integrity import first_break
 from schemas.serde import default_catalog
 from stream_processors.join import (
+    REQUEST,
+    RESPONSE,
     Step,
+    Timing,
     absorb,
     build_trace,
+    deadline,
     halves,
     hold,
+    is_done,
     is_held,
     mark_done,
     next_step,
+    summarize,
+    trace_event_id,
 )
-from stream_processors.lineage import LineageIndex
+from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.traces import TraceEncoder
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -131,41 +139,79 @@ def test_missing_halves() -> None:
         build_trace(None, None, lineage())
 
 
-@pytest.mark.parametrize(
-    "order", [("InferenceRequest", "InferenceResponse"), ("InferenceResponse", "InferenceRequest")]
-)
+TIMING = Timing(ttl=30, lineage_wait=10, retention=300)
+
+
+@pytest.mark.parametrize("order", [(REQUEST, RESPONSE), (RESPONSE, REQUEST)])
 def test_pending_entry_joins_halves_in_either_order(order: tuple[str, str]) -> None:
-    raw = {"InferenceRequest": b"req-bytes", "InferenceResponse": b"resp-bytes"}
-    first = absorb(None, order[0], raw[order[0]], partition=3)
-    assert first is not None and first["partition"] == 3
-    assert next_step(first, {"complete": False}, now=0, wait_seconds=1) is Step.WAIT
-    assert absorb(first, order[0], b"other", partition=3) is None  # duplicate first half
-    both = absorb(first, order[1], raw[order[1]], partition=3)
-    assert both is not None and halves(both) == (b"req-bytes", b"resp-bytes")
-    assert next_step(both, {"complete": True}, now=0, wait_seconds=1) is Step.EMIT
-    done = mark_done(both)
-    assert halves(done) == (None, None)
+    half = {REQUEST: summarize(REQUEST, request()), RESPONSE: summarize(RESPONSE, response())}
+    first = absorb(None, order[0], half[order[0]], partition=3, now=100)
+    assert first is not None and first["p"] == 3 and first["s"] == 100
+    assert next_step(first, {"complete": False}, now=101, timing=TIMING) is Step.WAIT
+    assert deadline(first, TIMING) == 130  # the time-to-live of a lone half
+    assert absorb(first, order[0], half[order[0]], partition=3, now=101) is None  # duplicate first half
+    both = absorb(first, order[1], half[order[1]], partition=3, now=102)
+    assert both is not None and halves(both) == (half[REQUEST], half[RESPONSE])
+    assert next_step(both, {"complete": True}, now=102, timing=TIMING) is Step.EMIT
+    done = mark_done(both, {"model_name": "churn", "model_version": "2"}, now=102)
+    assert is_done(done) and halves(done) == (None, None) and (done["m"], done["v"]) == ("churn", "2")
+    assert deadline(done, TIMING) == 402  # forgotten after the retention
     for kind in order:  # duplicates after the trace was emitted
-        assert absorb(done, kind, raw[kind], partition=3) is None
-    assert next_step(done, {"complete": True}, now=0, wait_seconds=1) is Step.WAIT
+        assert absorb(done, kind, half[kind], partition=3, now=103) is None
+    assert next_step(done, {"complete": True}, now=500, timing=TIMING) is Step.WAIT
+
+
+def test_summaries_keep_what_a_trace_needs_and_drop_the_body() -> None:
+    half = summarize(REQUEST, {**request(), "body": b"x" * 1000})
+    assert "body" not in half and half["event_time"] == to_micros(at(100))
+    json.dumps(half)  # the table stores it as JSON
+    trace = build_trace(half, summarize(RESPONSE, response()), lineage())
+    assert trace["model_version"] == "2" and trace["features"] == {"age": 41.0, "plan": "gold"}
+    assert trace["request_time"] == to_micros(at(100)) and trace["outputs"] == {"score": 0.7}
+
+
+@pytest.mark.parametrize(("present", "missing"), [(REQUEST, "response"), (RESPONSE, "request")])
+def test_a_lone_half_emits_a_partial_trace_when_its_time_to_live_ends(present: str, missing: str) -> None:
+    value = request() if present == REQUEST else response()
+    entry = absorb(None, present, summarize(present, value), partition=0, now=100)
+    assert entry is not None
+    assert next_step(entry, {}, now=129.9, timing=TIMING) is Step.WAIT
+    assert next_step(entry, {}, now=130, timing=TIMING) is Step.EMIT
+    assert hold(entry, now=130) == entry  # a lone half is never "held for lineage"
+    trace = build_trace(*halves(entry), lineage())
+    assert trace["complete"] is False and trace["missing"] == missing and trace["model_version"] == "2"
 
 
 def test_incomplete_lineage_is_held_until_the_wait_is_over() -> None:
-    entry = absorb(absorb(None, "InferenceRequest", b"a", partition=0), "InferenceResponse", b"b", partition=0)
+    entry = absorb(absorb(None, REQUEST, summarize(REQUEST, request()), partition=0, now=99), RESPONSE,
+                   summarize(RESPONSE, response()), partition=0, now=100)
     assert entry is not None and not is_held(entry)
     incomplete = {"complete": False}
-    assert next_step(entry, incomplete, now=100, wait_seconds=10) is Step.WAIT
+    assert next_step(entry, incomplete, now=100, timing=TIMING) is Step.WAIT
     held = hold(entry, now=100)
     assert is_held(held) and hold(held, now=105) == held  # held from the first time
-    assert next_step(held, incomplete, now=109.9, wait_seconds=10) is Step.WAIT
-    assert next_step(held, incomplete, now=110, wait_seconds=10) is Step.EMIT
-    assert next_step(held, {"complete": True}, now=101, wait_seconds=10) is Step.EMIT
-    assert not is_held(mark_done(held))
+    assert deadline(held, TIMING) == 110
+    assert next_step(held, incomplete, now=109.9, timing=TIMING) is Step.WAIT
+    assert next_step(held, incomplete, now=110, timing=TIMING) is Step.EMIT
+    assert next_step(held, {"complete": True}, now=101, timing=TIMING) is Step.EMIT
+    assert not is_held(mark_done(held, {}, now=110))
 
 
 def test_absorb_rejects_other_kinds() -> None:
     with pytest.raises(ValueError, match="Feedback is not a half"):
-        absorb(None, "Feedback", b"x", partition=0)
+        absorb(None, "Feedback", {}, partition=0, now=0)
+    with pytest.raises(ValueError, match="Feedback is not a half"):
+        summarize("Feedback", {})
+
+
+def test_trace_event_ids_are_stable_uuid7_per_prediction() -> None:
+    first = trace_event_id("p1", to_micros(at(100)))
+    assert first == trace_event_id("p1", to_micros(at(100)))  # a re-emitted trace collapses downstream
+    assert first != trace_event_id("p2", to_micros(at(100)))
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == to_micros(at(100)) // 1000  # time-ordered like every event id
+    assert trace_event_id("p1", to_micros(at(100))) < trace_event_id("p0", to_micros(at(101)))
 
 
 def test_encoded_traces_decode_and_chain() -> None:
@@ -174,9 +220,10 @@ def test_encoded_traces_decode_and_chain() -> None:
     index = lineage()
     chain = []
     for pid in ("p1", "p2"):
-        data = encoder.encode(build_trace(request(pid=pid), response(pid=pid), index))
+        event_id = trace_event_id(pid, to_micros(at(100)))
+        data = encoder.encode(build_trace(request(pid=pid), response(pid=pid), index), event_id=event_id)
         decoded = catalog.decode(data)
-        assert decoded.record == "PredictionTrace"
+        assert decoded.record == "PredictionTrace" and decoded.value["event_id"] == event_id
         assert decoded.value["prediction_id"] == pid and decoded.value["model_version"] == "2"
         assert decoded.value["producer"]["name"] == "stream_processors"
         chain.append(("PredictionTrace", decoded.value))

@@ -1,0 +1,285 @@
+"""Benchmark: joined predictions per second of one processors worker, and event-to-trace latency.
+
+    .venv/bin/python bench/processors.py                           # 20,000 predictions
+    .venv/bin/python bench/processors.py --predictions 50000 --rate-share 0.3
+
+Broker: PROVLINE_KAFKA_BOOTSTRAP, else a local KRaft broker started for the run (deploy/local/kafka).
+
+1. Baseline. The inference topic (requests and responses of ``--predictions`` predictions, in
+   arrival order with a little reordering) is read with a raw aiokafka consume + decode loop
+   (``getmany`` and ``Catalog.decode``, nothing else). Printed: predictions/s (events / 2).
+2. Throughput. One worker (``provline processors``, a subprocess) joins the same topic's events
+   from a standing start: predictions/s from the first event produced to the last trace read.
+3. Latency below saturation. Predictions are produced at ``--rate-share`` of the measured
+   throughput for ``--latency-seconds``; latency = trace read time minus the response's event time
+   (both wall clocks of this host). Printed: p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
+from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
+from schemas.events import utcnow  # noqa: E402
+from schemas.integrity import HashChain  # noqa: E402
+
+console = Console()
+PARTITIONS = 4
+REORDER_WINDOW = 50  # events shuffled within blocks of this many: live traffic is nearly in order
+
+
+class Events:
+    def __init__(self) -> None:
+        self.catalog = default_catalog()
+        self.chain = HashChain(self.catalog)
+        self.producer = producer_identity("bench", uuid.uuid4().hex)
+
+    def __call__(self, kind: str, fields: dict, *, event_time: datetime | None = None) -> tuple[bytes, bytes]:
+        value = {**new_envelope(self.producer, event_time=event_time), **fields}
+        self.chain.seal(kind, value)
+        return key_for(kind, value).encode(), self.catalog.encode(kind, value)
+
+
+def lineage(events: Events) -> list[tuple[bytes, bytes]]:
+    past = utcnow() - timedelta(hours=1)
+    return [
+        events("RunEvent", {"run_id": "run-1", "name": "train", "state": "COMPLETED",
+                            "code": {"repo": "git@example.com:acme/churn", "commit": "c0ffee"}}, event_time=past),
+        events("ModelVersion", {"model_name": "churn", "version": "1", "artifact_uri": "s3://m/1",
+                                "artifact_sha256": "a" * 64, "run_id": "run-1", "datasets": ["d" * 64],
+                                "feature_sets": []}, event_time=past),
+        events("Deployment", {"model_name": "churn", "model_version": "1", "environment": "prod",
+                              "endpoint": "/predict", "action": "DEPLOY"}, event_time=past),
+    ]
+
+
+def prediction(events: Events, index: int, prefix: str, at: datetime) -> list[tuple[bytes, bytes]]:
+    pid = f"{prefix}-{index}"
+    body = f'{{"age": {index % 90}, "plan": "gold"}}'.encode()
+    return [
+        events("InferenceRequest", {
+            "prediction_id": pid, "endpoint": "/predict", "method": "POST", "path": "/predict",
+            "body_size": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
+            "features": {"age": float(index % 90), "plan": "gold", "tenure": float(index % 37)},
+        }, event_time=at),
+        events("InferenceResponse", {
+            "prediction_id": pid, "endpoint": "/predict", "status": 200, "body_size": 14,
+            "body_sha256": hashlib.sha256(b'{"score": 0.5}').hexdigest(), "latency_us": 3_000,
+            "outputs": {"score": 0.5},
+        }, event_time=at + timedelta(milliseconds=3)),
+    ]
+
+
+def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "compression.type": "lz4"})
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60):
+        raise SystemExit("the broker did not take every message")
+
+
+async def raw_baseline(bootstrap: str, topic: str, expected: int) -> float:
+    from aiokafka import AIOKafkaConsumer
+
+    catalog = default_catalog()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"bench-raw-{uuid.uuid4().hex[:6]}", enable_auto_commit=False)
+    await consumer.start()
+    seen = 0
+    started = None
+    try:
+        while seen < expected:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in records:
+                    catalog.decode(record.value)
+                    seen += 1
+    finally:
+        await consumer.stop()
+    assert started is not None
+    return seen / (time.perf_counter() - started)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_worker(bootstrap: str, topics: Topics, workdir: Path) -> tuple[subprocess.Popen, int]:
+    web_port = free_port()
+    env = {**os.environ, "PROVLINE_KAFKA_BOOTSTRAP": bootstrap, "PROVLINE_TOPIC_PREFIX": topics.prefix,
+           "PROVLINE_APP_ID": f"{topics.prefix}-processors", "PROVLINE_DATA_DIR": str(workdir / "data"),
+           "PROVLINE_WEB_PORT": str(web_port), "PROVLINE_METRICS_PORT": str(free_port()),
+           "PROVLINE_TOPIC_PARTITIONS": str(PARTITIONS)}
+    log = (workdir / "worker.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from stream_processors.app import run_worker\n"
+         "from stream_processors.settings import ProcessorSettings\nrun_worker(ProcessorSettings(), loglevel='warn')"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"the worker exited: {(workdir / 'worker.log').read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=1).close()
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the worker did not become ready in 60 s") from None
+            time.sleep(0.2)
+    return process, web_port
+
+
+def stop_worker(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def trace_consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    return consumer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", type=int, default=20_000)
+    parser.add_argument("--rate-share", type=float, default=0.3, help="latency run rate, share of throughput")
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="provline-bench-processors-"))
+    broker = None
+    bootstrap = os.environ.get("PROVLINE_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        console.print("starting a local Kafka broker…")
+        broker = LocalKafka(workdir / "kafka").start()
+        bootstrap = broker.bootstrap
+    topics = Topics(prefix=f"bench-{uuid.uuid4().hex[:6]}")
+    create_topics(bootstrap, topics.all, partitions=PARTITIONS)
+    events = Events()
+    rng = random.Random(1)
+    now = utcnow()
+    messages: list[tuple[bytes, bytes]] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("encoding events", total=args.predictions)
+        for index in range(args.predictions):
+            messages += prediction(events, index, "t", now + timedelta(microseconds=index * 100))
+            progress.advance(task)
+    blocks = [messages[i:i + REORDER_WINDOW] for i in range(0, len(messages), REORDER_WINDOW)]
+    for block in blocks:
+        rng.shuffle(block)
+    messages = [m for block in blocks for m in block]
+    process = None
+    try:
+        produce_all(bootstrap, topics.lineage, lineage(events))
+        process, _ = start_worker(bootstrap, topics, workdir)
+        consumer = trace_consumer(bootstrap, topics.traces)
+        consumer.consume(1, 1.0)  # join the group before the clock starts
+
+        started = time.perf_counter()
+        produce_all(bootstrap, topics.inference, messages)
+        seen: set[bytes] = set()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("joining", total=args.predictions)
+            deadline = time.monotonic() + 600
+            while len(seen) < args.predictions and time.monotonic() < deadline:
+                for message in consumer.consume(10_000, 0.5):
+                    if not message.error():
+                        seen.add(message.key())
+                progress.update(task, completed=len(seen))
+        joined_rate = len(seen) / (time.perf_counter() - started)
+
+        console.print("raw aiokafka consume + decode over the same topic…")
+        raw_rate = asyncio.run(raw_baseline(bootstrap, topics.inference, len(messages))) / 2
+
+        rate = max(args.rate_share * joined_rate, 1.0)
+        total = int(rate * args.latency_seconds)
+        latencies: list[float] = []
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        response_times: dict[bytes, float] = {}
+        t0 = time.perf_counter()
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"latency at {rate:,.0f} predictions/s", total=total)
+            sent = 0
+            while sent < total or len(latencies) < sent:
+                due = min(total, int((time.perf_counter() - t0) * rate))
+                while sent < due:
+                    at = utcnow()
+                    for key, value in prediction(events, sent, "l", at):
+                        producer.produce(topics.inference, key=key, value=value)
+                    response_times[f"l-{sent}".encode()] = (at + timedelta(milliseconds=3)).timestamp()
+                    sent += 1
+                producer.poll(0)
+                for message in consumer.consume(1000, 0.01):
+                    if message.error() or message.key() not in response_times:
+                        continue
+                    latencies.append(time.time() - response_times.pop(message.key()))
+                progress.update(task, completed=len(latencies))
+                if time.perf_counter() - t0 > args.latency_seconds + 60:
+                    break
+        producer.flush(10)
+        consumer.close()
+    finally:
+        if process is not None:
+            stop_worker(process)
+        if broker is not None:
+            broker.stop()
+
+    table = Table(title=f"processors, one worker, {args.predictions:,} predictions, {PARTITIONS} partitions")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("raw aiokafka consume + decode (predictions/s)", f"{raw_rate:,.0f}")
+    table.add_row("joined predictions/s per worker", f"{joined_rate:,.0f}")
+    table.add_row("ratio to the raw loop", f"{joined_rate / raw_rate:.2f}")
+    if latencies:
+        p50, p99 = np.percentile(latencies, [50, 99])
+        table.add_row(f"event-to-trace latency p50 at {rate:,.0f}/s", f"{p50 * 1000:,.0f} ms")
+        table.add_row(f"event-to-trace latency p99 at {rate:,.0f}/s", f"{p99 * 1000:,.0f} ms")
+        table.add_row("latency samples", f"{len(latencies):,}")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The join agent's Joiner with a fake table and producer: emission, deadlines, recovery."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+from schemas.serde import default_catalog
+from stream_processors.drift import DriftAccumulator
+from stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
+from stream_processors.join_agent import Joiner
+from stream_processors.lineage import LineageIndex, to_micros
+from stream_processors.metrics import ProcessorMetrics
+from stream_processors.traces import TraceEncoder
+from tests.unit.test_processors_join import at, lineage, request, response
+
+TIMING = Timing(ttl=30, lineage_wait=10, retention=300)
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
+
+    def produce(self, topic: str, key: bytes, value: bytes | None, *, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value, partition))
+
+
+def make_joiner(index: LineageIndex) -> tuple[Joiner, FakeProducer]:
+    producer = FakeProducer()
+    catalog = default_catalog()
+    joiner = Joiner(
+        catalog=catalog, lineage=index, encoder=TraceEncoder(catalog, session_id="s"), timing=TIMING,
+        metrics=ProcessorMetrics(), drift=DriftAccumulator(index.baseline_of, window_us=60_000_000),
+        producer=producer, traces_topic="traces",  # type: ignore[arg-type]
+    )
+    joiner.table = SimpleNamespace(data={})
+    joiner.changelog_topic = "changelog"
+    return joiner, producer
+
+
+def traces(producer: FakeProducer) -> list[dict[str, Any]]:
+    return [default_catalog().decode(value).value for topic, _, value, _ in producer.sent
+            if topic == "traces" and value is not None]
+
+
+def changelog(producer: FakeProducer, joiner: Joiner) -> list[tuple[str, Any, int | None]]:
+    joiner.release_changelog()
+    return [(json.loads(key), json.loads(value) if value is not None else None, partition)
+            for topic, key, value, partition in producer.sent if topic == "changelog"]
+
+
+def both(pid: str = "p1", partition: int = 2, now: float = 100) -> dict[str, Any]:
+    entry = absorb(None, REQUEST, summarize(REQUEST, request(pid=pid)), partition=partition, now=now)
+    return absorb(entry, RESPONSE, summarize(RESPONSE, response(pid=pid)), partition=partition, now=now)  # type: ignore[return-value]
+
+
+def test_a_joined_prediction_is_sent_once_with_its_stable_id_and_a_done_marker() -> None:
+    joiner, producer = make_joiner(lineage())
+    joiner.advance("p1", both(), now=100)
+    [trace] = traces(producer)
+    assert trace["event_id"] == trace_event_id("p1", to_micros(at(100))) and trace["model_version"] == "2"
+    assert not [m for m in producer.sent if m[0] == "changelog"]  # held back until the trace is delivered
+    [(key, marker, partition)] = changelog(producer, joiner)
+    assert key == "p1" and partition == 2 and marker["d"] == 100 and "q" not in marker
+    assert joiner.table.data["p1"] == marker
+    # the done marker is forgotten (a tombstone on its partition) after the retention, and only then
+    joiner.on_timer(now=399, owns=lambda p: True)
+    assert "p1" in joiner.table.data
+    joiner.on_timer(now=400, owns=lambda p: True)
+    assert "p1" not in joiner.table.data and changelog(producer, joiner)[-1] == ("p1", None, 2)
+    assert len(traces(producer)) == 1
+
+
+def test_a_lone_half_goes_out_partial_at_its_ttl_only_when_caught_up_and_owned() -> None:
+    joiner, producer = make_joiner(lineage())
+    entry = absorb(None, REQUEST, summarize(REQUEST, request()), partition=1, now=100)
+    assert entry is not None
+    joiner.advance("p1", entry, now=100)
+    assert traces(producer) == []
+    joiner.on_timer(now=131, owns=lambda p: False)  # another worker owns it now ...
+    joiner.rebuild(list(joiner.table.data.items()))  # ... until it comes back (a recovery rebuilds)
+    joiner.on_timer(now=131, owns=lambda p: True, caught_up=lambda p: False)  # its partner may be unread
+    assert traces(producer) == []
+    joiner.on_timer(now=132, owns=lambda p: True, caught_up=lambda p: True)
+    [trace] = traces(producer)
+    assert trace["complete"] is False and trace["missing"] == "response"
+
+
+def test_lineage_arriving_during_the_wait_completes_the_trace() -> None:
+    index = LineageIndex()
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(), now=100)
+    assert traces(producer) == [] and joiner.table.data["p1"]["h"] == 100
+    joiner.on_timer(now=101, owns=lambda p: True)
+    assert traces(producer) == []
+    for kind, value in (("RunEvent", {"event_time": at(0), "run_id": "run-2", "code": {"repo": "r", "commit": "c"}}),
+                        ("ModelVersion", {"model_name": "churn", "version": "2", "artifact_uri": "u",
+                                          "artifact_sha256": "s", "run_id": "run-2", "datasets": [],
+                                          "feature_sets": []}),
+                        ("Deployment", {"event_id": "d", "event_time": at(1), "model_name": "churn",
+                                        "model_version": "2", "environment": "prod", "endpoint": "/predict",
+                                        "action": "DEPLOY"})):
+        index.ingest(kind, value)
+    joiner.on_timer(now=102, owns=lambda p: True)
+    [trace] = traces(producer)
+    assert trace["complete"] is True and trace["model_version"] == "2"
+
+
+def test_unknown_lineage_goes_out_incomplete_after_the_wait() -> None:
+    joiner, producer = make_joiner(LineageIndex())
+    joiner.advance("p1", both(), now=100)
+    joiner.on_timer(now=109, owns=lambda p: True)
+    assert traces(producer) == []
+    joiner.on_timer(now=110, owns=lambda p: True)
+    [trace] = traces(producer)
+    assert trace["missing"] == "lineage"
+
+
+def test_rebuild_after_recovery_restores_deadlines() -> None:
+    joiner, producer = make_joiner(lineage())
+    lone = absorb(None, RESPONSE, summarize(RESPONSE, response(pid="p9")), partition=0, now=100)
+    joiner.table.data = {"p9": lone}
+    joiner.rebuild(list(joiner.table.data.items()))
+    joiner.on_timer(now=130, owns=lambda p: True, caught_up=lambda p: True)
+    [trace] = traces(producer)
+    assert trace["prediction_id"] == "p9" and trace["missing"] == "request"
