@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -269,6 +269,12 @@ def open_spool(settings: EmitterSettings) -> Spool:
     return Spool(directory, fsync=settings.spool_fsync)
 
 
+@cache
+def _sent_counter(kind: str) -> Any:
+    """The per-kind child of EVENTS_SENT, looked up once (labels() takes a lock on every call)."""
+    return EVENTS_SENT.labels(kind)
+
+
 def _call_weakly(method: weakref.WeakMethod[Callable[[], Any]]) -> None:
     bound = method()
     if bound is not None:
@@ -315,7 +321,7 @@ class Emitter:
         the broker. Fields that do not fit the schema raise InvalidEventError (a programming error)."""
         value = self._send(kind, fields, event_time)
         if value is not None:
-            EVENTS_SENT.labels(kind).inc()
+            _sent_counter(kind).inc()
             for gap in self.drops.take():
                 self._send("DeliveryGap", gap, None)
         return value if value is not None else {**fields}

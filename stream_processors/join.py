@@ -10,7 +10,16 @@ is a small JSON-able dict (the table's value):
 ``h``      wall-clock seconds since when both halves wait for lineage, or absent
 ``d``      wall-clock seconds when the trace was emitted: the entry is then a done marker (no
            halves) that makes later duplicates of either half no-ops until it is forgotten
-``m``/``v`` model name and version of the emitted trace (for joining late feedback)
+``m``/``v`` model name and version of the emitted trace
+``t``      on a done marker: the emitted trace's fields, so late feedback can be joined to them
+``b``      Feedback summaries (:func:`summarize_feedback`) not yet applied to a trace
+``f``      event ids of the Feedback seen for this prediction (a redelivered one is a no-op)
+
+An entry may hold only feedback (no halves yet, or its done marker was already forgotten): it
+waits up to the retention for a half, then is dropped. Feedback seen before the trace is emitted
+rides on that trace (the newest by observed time); feedback for a done prediction yields a
+labelled copy of the trace whose event id is derived from the Feedback's
+(:func:`labelled_event_id`), so a redelivered Feedback collapses in the sink as well.
 
 A trace's event id is derived from the prediction id (:func:`trace_event_id`), so a trace
 re-emitted after a crash (its done marker was lost with the worker) carries the same id as the
@@ -55,6 +64,78 @@ def summarize(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
     half = {name: value.get(name) for name in names}
     half["event_time"] = to_micros(value["event_time"])
     return half
+
+
+_FEEDBACK_FIELDS = ("event_id", "prediction_id", "label", "outcome", "source")
+MAX_REMEMBERED_FEEDBACK = 16  # ids kept per prediction to swallow redelivered Feedback
+
+
+def summarize_feedback(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a decoded Feedback a labelled trace needs, JSON-able (times in UTC microseconds)."""
+    feedback = {name: value.get(name) for name in _FEEDBACK_FIELDS}
+    feedback["observed_time"] = to_micros(value["observed_time"])
+    feedback["event_time"] = to_micros(value["event_time"])
+    return feedback
+
+
+def label_fields(feedback: Mapping[str, Any]) -> dict[str, Any]:
+    """The PredictionTrace (v2) fields that carry one Feedback's ground truth."""
+    return {
+        "label": feedback.get("label"), "outcome": feedback.get("outcome"),
+        "feedback_source": feedback.get("source"), "feedback_time": feedback.get("observed_time"),
+        "feedback_event_id": feedback.get("event_id"),
+    }
+
+
+def _feedback_order(feedback: Mapping[str, Any]) -> tuple[int, str]:
+    return int(feedback.get("observed_time") or 0), str(feedback.get("event_id"))
+
+
+def newest_feedback(entry: PendingEntry) -> dict[str, Any] | None:
+    """The pending Feedback a trace emitted now carries: the latest observed (ties: the larger id)."""
+    waiting = entry.get("b") or []
+    return max(waiting, key=_feedback_order) if waiting else None
+
+
+def absorb_feedback(entry: PendingEntry | None, feedback: Mapping[str, Any], *, partition: int,
+                    now: float) -> PendingEntry | None:
+    """The entry with one more Feedback waiting to be applied, or None for a Feedback already seen."""
+    event_id = str(feedback["event_id"])
+    if entry is None:
+        return {"p": partition, "s": now, "b": [dict(feedback)], "f": [event_id]}
+    seen = entry.get("f") or []
+    if event_id in seen:
+        return None
+    return {**entry, "b": [*(entry.get("b") or []), dict(feedback)],
+            "f": [*seen, event_id][-MAX_REMEMBERED_FEEDBACK:]}
+
+
+def apply_late_feedback(entry: PendingEntry) -> tuple[PendingEntry, list[tuple[str, dict[str, Any]]]]:
+    """For a done marker with pending Feedback: the marker without it, and the labelled traces to send.
+
+    Each labelled trace is the emitted trace's fields plus one Feedback's ground truth, with its
+    event id (:func:`labelled_event_id`); oldest observation first, so the newest is sent last.
+    """
+    if not is_done(entry):
+        raise ValueError("late feedback applies to a done marker only; a pending trace carries its feedback")
+    waiting = sorted(entry.get("b") or [], key=_feedback_order)
+    if not waiting:
+        return entry, []
+    if entry.get("t") is None:
+        raise ValueError("the done marker keeps no trace to label; it was written by an older worker")
+    labelled = []
+    trace = entry["t"]
+    for feedback in waiting:
+        trace = {**entry["t"], **label_fields(feedback)}
+        labelled.append((labelled_event_id(str(trace["prediction_id"]), feedback), trace))
+    rest = {key: value for key, value in entry.items() if key != "b"}
+    return {**rest, "t": trace}, labelled
+
+
+def labelled_event_id(prediction_id: str, feedback: Mapping[str, Any]) -> str:
+    """A labelled trace's event id: a pure function of the prediction and the Feedback's event id."""
+    return stable_event_id("provline-labelled-trace", f"{prediction_id}\x00{feedback['event_id']}",
+                           int(feedback["event_time"]))
 
 
 def build_trace(
@@ -176,6 +257,8 @@ def absorb(entry: PendingEntry | None, kind: str, half: Mapping[str, Any], *, pa
         return {"p": partition, "s": now, field: dict(half)}
     if "d" in entry or field in entry:
         return None
+    if not has_a_half(entry):  # only feedback so far: the time-to-live runs from the first half
+        return {**entry, "s": now, field: dict(half)}
     return {**entry, field: dict(half)}
 
 
@@ -187,13 +270,22 @@ def has_both_halves(entry: PendingEntry) -> bool:
     return "q" in entry and "r" in entry
 
 
+def has_a_half(entry: PendingEntry) -> bool:
+    return "q" in entry or "r" in entry
+
+
+def is_feedback_only(entry: PendingEntry) -> bool:
+    """Feedback waiting for a prediction this worker has no halves (or done marker) of."""
+    return not is_done(entry) and not has_a_half(entry)
+
+
 def halves(entry: PendingEntry) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     return entry.get("q"), entry.get("r")
 
 
 def next_step(entry: PendingEntry, trace: Mapping[str, Any], *, now: float, timing: Timing) -> Step:
     """Emit when both halves and the lineage are here, or when the entry's wait is over."""
-    if is_done(entry):
+    if is_done(entry) or not has_a_half(entry):
         return Step.WAIT
     if not has_both_halves(entry):
         return Step.EMIT if now - entry["s"] >= timing.ttl else Step.WAIT
@@ -217,18 +309,25 @@ def is_held(entry: PendingEntry) -> bool:
 
 
 def mark_done(entry: PendingEntry, trace: Mapping[str, Any], *, now: float) -> PendingEntry:
-    """The done marker left after the trace was emitted: the halves are dropped, the id remembered."""
-    return {"p": entry["p"], "d": now, "m": trace.get("model_name"), "v": trace.get("model_version")}
+    """The done marker left after ``trace`` was emitted: the halves and applied feedback are dropped;
+    the trace is kept to label late feedback with, and the Feedback ids to swallow redeliveries."""
+    marker = {"p": entry["p"], "d": now, "m": trace.get("model_name"), "v": trace.get("model_version"),
+              "t": dict(trace)}
+    if entry.get("f"):
+        marker["f"] = list(entry["f"])
+    return marker
 
 
 def deadline(entry: PendingEntry, timing: Timing) -> float:
     """Wall-clock seconds at which the entry next needs attention without any new event.
 
-    A lone half: its time-to-live; halves held for lineage: the end of the wait; a done marker:
-    when it is forgotten. Two halves not (yet) held need none (they are decided at once).
+    A lone half: its time-to-live; halves held for lineage: the end of the wait; a done marker, or
+    feedback without halves: when it is forgotten. Two halves not (yet) held need none (they are decided at once).
     """
     if is_done(entry):
         return float(entry["d"]) + timing.retention
+    if not has_a_half(entry):
+        return float(entry["s"]) + timing.retention
     if "h" in entry:
         return float(entry["h"]) + timing.lineage_wait
     if has_both_halves(entry):

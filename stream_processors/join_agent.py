@@ -10,6 +10,10 @@ lineage (retried when the lineage changed, emitted incomplete when the wait is o
 markers past their retention (forgotten). The timer works from an in-memory deadline heap rebuilt
 from the table after every recovery, so it never scans the table.
 
+Feedback on the same topic (same key, so the same partition) waits in the prediction's entry and
+rides on its trace, or, once the trace is out, yields a labelled copy of it (see
+:mod:`stream_processors.join`).
+
 State writes go to the changelog partition of the entry's own inference partition: a batch mixes
 partitions, so Faust's "partition of the current event" would be wrong for all but one.
 """
@@ -36,17 +40,24 @@ from stream_processors.join import (
     Step,
     Timing,
     absorb,
+    absorb_feedback,
+    apply_late_feedback,
     build_trace,
     deadline,
     first_time_us,
     halves,
+    has_a_half,
     has_both_halves,
     hold,
     is_done,
+    is_feedback_only,
     is_held,
+    label_fields,
     mark_done,
+    newest_feedback,
     next_step,
     summarize,
+    summarize_feedback,
     trace_event_id,
 )
 from stream_processors.lineage import LineageIndex, to_micros
@@ -134,11 +145,19 @@ class Joiner:
         heapq.heapify(self._heap)
 
     def advance(self, prediction_id: str, entry: PendingEntry, *, now: float) -> None:
-        """Decide one changed or due entry: emit its trace or keep it waiting; write and schedule it."""
-        if not is_done(entry) and (has_both_halves(entry) or now - entry["s"] >= self.timing.ttl):
+        """Decide one changed or due entry: emit its trace (or labelled copies of a done one) or keep
+        it waiting; write and schedule it."""
+        if is_done(entry) and entry.get("b"):
+            entry = self._label_late(prediction_id, entry)
+        elif has_a_half(entry) and not is_done(entry) \
+                and (has_both_halves(entry) or now - entry["s"] >= self.timing.ttl):
             request, response = halves(entry)
             trace = build_trace(request, response, self.lineage)
             if next_step(entry, trace, now=now, timing=self.timing) is Step.EMIT:
+                feedback = newest_feedback(entry)
+                if feedback is not None:
+                    trace = {**trace, **label_fields(feedback)}
+                    self.metrics.feedback_joined.labels("trace").inc(len(entry["b"]))
                 self._emit(prediction_id, entry, trace, now=now)
                 entry = mark_done(entry, trace, now=now)
                 self._held.discard(prediction_id)
@@ -146,6 +165,20 @@ class Joiner:
                 entry = hold(entry, now=now)
         self._write(prediction_id, entry, entry["p"])
         self.schedule(prediction_id, entry)
+
+    def _label_late(self, prediction_id: str, entry: PendingEntry) -> PendingEntry:
+        """Send a labelled copy of a done prediction's trace per pending Feedback; the marker without them."""
+        if entry.get("t") is None:  # a marker from a worker that kept no trace: nothing to label
+            log.warning("dropping %d feedback for prediction %s: its done marker keeps no trace",
+                        len(entry["b"]), prediction_id)
+            self.metrics.feedback_dropped.inc(len(entry["b"]))
+            return {key: value for key, value in entry.items() if key != "b"}
+        entry, labelled = apply_late_feedback(entry)
+        for event_id, trace in labelled:
+            self.producer.produce(self.traces_topic, prediction_id.encode(),
+                                  self.encoder.encode(trace, event_id=event_id))
+            self.metrics.feedback_joined.labels("late").inc()
+        return entry
 
     def _emit(self, prediction_id: str, entry: PendingEntry, trace: dict[str, Any], *, now: float) -> None:
         event_id = trace_event_id(prediction_id, first_time_us(entry))
@@ -186,6 +219,10 @@ class Joiner:
                 continue
             if is_done(entry):
                 self._write(prediction_id, None, entry["p"])  # forget the marker
+                continue
+            if is_feedback_only(entry):  # no prediction came for it within the retention
+                self.metrics.feedback_dropped.inc(len(entry.get("b") or []))
+                self._write(prediction_id, None, entry["p"])
                 continue
             self._guarded_advance(prediction_id, entry, now=now)
         for item in behind:
@@ -235,22 +272,25 @@ def register_join_agent(
                 continue
             kind = decoded.record
             metrics.events_in.labels(kind).inc()
-            if kind not in HALF_FIELD:
-                if kind != FEEDBACK:
-                    log.warning("ignoring a %s event on the inference topic", kind)
+            if kind not in HALF_FIELD and kind != FEEDBACK:
+                log.warning("ignoring a %s event on the inference topic", kind)
                 continue
             try:
                 prediction_id = str(decoded.value["prediction_id"])
                 entry = touched[prediction_id] if prediction_id in touched else pending.data.get(prediction_id)
-                changed = absorb(entry, kind, summarize(kind, decoded.value), partition=event.message.partition,
-                                 now=now)
+                if kind == FEEDBACK:
+                    changed = absorb_feedback(entry, summarize_feedback(decoded.value),
+                                              partition=event.message.partition, now=now)
+                else:
+                    changed = absorb(entry, kind, summarize(kind, decoded.value),
+                                     partition=event.message.partition, now=now)
             except Exception as exc:  # a bug must not stop the join for every later event
                 log.exception("join failed for %s[%s]@%s", event.message.topic, event.message.partition,
                               event.message.offset)
                 dead.append((event, f"join failed: {type(exc).__name__}: {exc}"))
                 continue
             if changed is None:
-                metrics.duplicates.inc()
+                (metrics.feedback_duplicates if kind == FEEDBACK else metrics.duplicates).inc()
                 continue
             touched[prediction_id] = changed
         for event in events:

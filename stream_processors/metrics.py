@@ -26,6 +26,18 @@ class ProcessorMetrics:
             "provline_processors_join_latency_seconds",
             "from the later half's event time to the trace's emission", buckets=JOIN_LATENCY_BUCKETS, registry=r,
         )
+        self.feedback_joined = Counter(
+            "provline_processors_feedback_joined_total",
+            "Feedback events joined to their prediction's trace: on the trace itself (arrived before it) or "
+            "as a labelled copy (arrived after it)", ["at"], registry=r,
+        )
+        self.feedback_duplicates = Counter("provline_processors_duplicate_feedback_total",
+                                           "Feedback events seen again and ignored", registry=r)
+        self.feedback_dropped = Counter(
+            "provline_processors_feedback_dropped_total",
+            "Feedback events dropped unjoined: no trace arrived within the retention, or it was forgotten",
+            registry=r,
+        )
         self.dead_letters = Counter("provline_processors_dead_letters_total", "messages sent to the DLQ",
                                     registry=r)
         self.pending = Gauge("provline_processors_pending_entries", "entries in the join table (this worker)",
