@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sink.py                          # 200,000 events, 10,000,000 predictions
     .venv/bin/python bench/sink.py --events 50000 --predictions 1000000
+    .venv/bin/python bench/sink.py --only lookup            # one of the two parts
 
 1. Write throughput. The same encoded events (half InferenceRequest, half PredictionTrace, as the
    Kafka messages carry them) go into ClickHouse (chDB, in process) twice, in batches of
@@ -11,8 +12,10 @@
    prediction index, insert with deduplication tokens. Printed: rows/s of each and the ratio.
    Kafka is left out on purpose: it is the same for both and measured by bench/producer.py.
 2. Trace lookup. ``--predictions`` traces are generated inside ClickHouse (INSERT ... SELECT FROM
-   numbers()), then ``provline trace``'s query (sink/sql/trace.sql) runs for random prediction ids.
-   Printed: p50/p99 latency and the granules the prediction_traces lookup reads (EXPLAIN indexes=1).
+   numbers()) with one InferenceRequest each and the model versions and run they name, then
+   ``provline trace``'s lookups (sink.queries.trace) run for random prediction ids, interleaved with
+   the baseline: a bare one-granule lookup of prediction_traces. Printed: p50/p99 latency of
+   both, and the granules each of its four point lookups reads (EXPLAIN indexes=1).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
@@ -126,7 +130,7 @@ def write_throughput(client, messages: list[Message], batch: int, progress: Prog
     return baseline, sink, rows
 
 
-GENERATE = """
+GENERATE_TRACES = """
 INSERT INTO prediction_traces
 SELECT
     generateUUIDv7()                                            AS event_id,
@@ -139,38 +143,90 @@ SELECT
     '', 'bench', 0, number
 FROM numbers({start}, {count})
 """
+# One request per prediction, as the sidecar emits them: trace() looks each up too.
+GENERATE_REQUESTS = """
+INSERT INTO inference_requests
+SELECT
+    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    'bench-sidecar', 'bench-serving', repeat('h', 64), NULL, concat('pred-', toString(number)),
+    '/predict', 'churn', toString(number % 5), repeat('b', 64), NULL, '{{}}', '', 'bench', 0, number
+FROM numbers({start}, {count})
+"""
+# The registry side: the five model versions the predictions name, and their training run.
+GENERATE_REGISTRY = (
+    """INSERT INTO model_versions
+    SELECT generateUUIDv7(), now64(6, 'UTC'), 'bench-registry', 'bench-registry', repeat('h', 64), NULL,
+        'churn', toString(number), concat('s3://models/churn/', toString(number)), repeat('a', 64), 'run-7',
+        ['sha256:d1'], '{}', '', 'bench', 0, number
+    FROM numbers(5)""",
+    """INSERT INTO run_events
+    SELECT generateUUIDv7(), now64(6, 'UTC') + toIntervalSecond(number), 'bench-trainer', 'bench-trainer',
+        repeat('h', 64), NULL, 'run-7', 'train', if(number = 0, 'STARTED', 'COMPLETED'), NULL, NULL,
+        if(number = 0, 'git@example:ml.git', NULL), if(number = 0, 'c0ffee', NULL), '{}', '', 'bench', 0, number
+    FROM numbers(2)""",
+)
+# The point lookups trace.sql makes, one per table, for EXPLAIN: each must read about one granule.
+LOOKUPS = {
+    "prediction_traces": "SELECT * FROM prediction_traces WHERE prediction_id = {p:String}",
+    "inference_requests": "SELECT * FROM inference_requests WHERE prediction_id = {p:String}",
+    "model_versions": "SELECT * FROM model_versions WHERE model_name = 'churn' AND model_version = '3'",
+    "run_events": "SELECT * FROM run_events WHERE run_id = 'run-7'",
+}
+# Baseline: the cheapest way to fetch one stored trace, a bare one-granule lookup of one table.
+BARE_LOOKUP = (
+    "SELECT event_id, payload FROM prediction_traces WHERE prediction_id = {p:String} "
+    "ORDER BY event_time DESC, event_id DESC LIMIT 1"
+)
 
 
-def lookup_latency(client, predictions: int, samples: int, progress: Progress) -> dict[str, float]:
+def granules(client, sql: str, prediction_id: str) -> tuple[int, int]:
+    explain = "\n".join(row[0] for row in client.query(
+        f"EXPLAIN indexes = 1 {sql}", parameters={"p": prediction_id}).result_rows)
+    found = re.findall(r"Granules: (\d+)/(\d+)", explain)
+    return (int(found[-1][0]), int(found[-1][1])) if found else (-1, -1)
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    return float(np.percentile(latencies, 50) * 1000), float(np.percentile(latencies, 99) * 1000)
+
+
+def lookup_latency(client, predictions: int, samples: int, progress: Progress) -> dict[str, Any]:
     client.command("CREATE DATABASE IF NOT EXISTS bench_lookup")
     client.database = "bench_lookup"
     migrate(client)
-    task = progress.add_task(f"generating {predictions:,} predictions in ClickHouse", total=predictions)
+    task = progress.add_task(f"generating {predictions:,} predictions and requests in ClickHouse", total=predictions)
     step = 1_000_000
     for start in range(0, predictions, step):
-        client.command(GENERATE.format(start=start, count=min(step, predictions - start)))
-        progress.update(task, completed=min(start + step, predictions))
+        count = min(step, predictions - start)
+        client.command(GENERATE_TRACES.format(start=start, count=count))
+        client.command(GENERATE_REQUESTS.format(start=start, count=count))
+        progress.update(task, completed=start + count)
+    for statement in GENERATE_REGISTRY:
+        client.command(statement)
     client.command("OPTIMIZE TABLE prediction_traces FINAL")
+    client.command("OPTIMIZE TABLE inference_requests FINAL")
     rng = random.Random(7)
     ids = [f"pred-{rng.randrange(predictions)}" for _ in range(samples)]
     queries.trace(client, ids[0])  # warm caches, as a running service has them
-    task = progress.add_task("trace lookups by prediction id", total=samples)
-    latencies = []
-    for prediction_id in ids:
+    task = progress.add_task("trace lookups by prediction id (and the bare baseline)", total=samples)
+    bare, full = [], []
+    for prediction_id in ids:  # interleaved, so that both see the same machine load
+        start = time.perf_counter()
+        bare_rows = client.query(
+            BARE_LOOKUP, parameters={"p": prediction_id}, settings=queries.TRACE_SETTINGS
+        ).result_rows
+        bare.append(time.perf_counter() - start)
+        assert len(bare_rows) == 1, prediction_id
         start = time.perf_counter()
         found = queries.trace(client, prediction_id)
-        latencies.append(time.perf_counter() - start)
-        assert found is not None and found["prediction_id"] == prediction_id
+        full.append(time.perf_counter() - start)
+        assert found is not None and found["prediction_id"] == prediction_id, prediction_id
+        assert found["code_commit"] == "c0ffee" and found["sources"]["request"], found
         progress.advance(task)
-    explain = "\n".join(row[0] for row in client.query(
-        "EXPLAIN indexes = 1 SELECT * FROM prediction_traces FINAL WHERE prediction_id = {p:String}",
-        parameters={"p": ids[0]}).result_rows)
-    granules = re.findall(r"Granules: (\d+)/(\d+)", explain)
     stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
     return {
-        "p50_ms": float(np.percentile(latencies, 50) * 1000), "p99_ms": float(np.percentile(latencies, 99) * 1000),
-        "granules_read": int(granules[-1][0]) if granules else -1,
-        "granules_total": int(granules[-1][1]) if granules else -1, "stored": stored,
+        "bare": percentiles(bare), "trace": percentiles(full), "stored": stored,
+        "granules": {table: granules(client, sql, ids[0]) for table, sql in LOOKUPS.items()},
     }
 
 
@@ -180,30 +236,44 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000)
     parser.add_argument("--predictions", type=int, default=10_000_000)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--only", choices=("write", "lookup"), help="run one of the two parts")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="provline-bench-sink-"))
     client = open_store(f"chdb://{workdir}")
     try:
         with Progress(console=console, transient=True) as progress:
-            messages = make_messages(args.events, progress)
-            baseline, sink, rows = write_throughput(client, messages, args.batch, progress)
-            lookup = lookup_latency(client, args.predictions, args.samples, progress)
+            write = lookup = None
+            if args.only != "lookup":
+                messages = make_messages(args.events, progress)
+                write = write_throughput(client, messages, args.batch, progress)
+            if args.only != "write":
+                lookup = lookup_latency(client, args.predictions, args.samples, progress)
     finally:
         client.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    table = Table(title=f"provline sink: {rows:,} event rows in batches of {args.batch:,}; "
-                        f"{lookup['stored']:,} stored predictions")
+    table = Table(title="provline sink")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("baseline: pre-decoded rows inserted, rows/s", f"{baseline:,.0f}")
-    table.add_row("sink path: decode + derive + insert, rows/s", f"{sink:,.0f}")
-    table.add_row("sink / baseline", f"{sink / baseline:.2f}")
-    table.add_row("trace lookup p50, ms", f"{lookup['p50_ms']:.2f}")
-    table.add_row("trace lookup p99, ms", f"{lookup['p99_ms']:.2f}")
-    table.add_row("granules read / total (prediction_traces)",
-                  f"{lookup['granules_read']} / {lookup['granules_total']}")
+    if write is not None:
+        baseline, sink, rows = write
+        table.add_row(f"event rows written, in batches of {args.batch:,}", f"{rows:,}")
+        table.add_row("baseline: pre-decoded rows inserted, rows/s", f"{baseline:,.0f}")
+        table.add_row("sink path: decode + derive + insert, rows/s", f"{sink:,.0f}")
+        table.add_row("sink / baseline", f"{sink / baseline:.2f}")
+    if lookup is not None:
+        print_lookup(table, lookup)
     console.print(table)
+
+
+def print_lookup(table: Table, lookup: dict[str, Any]) -> None:
+    table.add_row("stored predictions (and as many requests)", f"{lookup['stored']:,}")
+    (bare50, bare99), (trace50, trace99) = lookup["bare"], lookup["trace"]
+    table.add_row("baseline: bare one-granule lookup p50 / p99, ms", f"{bare50:.2f} / {bare99:.2f}")
+    table.add_row("trace(): 4 point lookups in 2 queries, p50 / p99, ms", f"{trace50:.2f} / {trace99:.2f}")
+    table.add_row("trace / bare lookup, p50", f"{trace50 / bare50:.2f}")
+    for name, (read, total) in lookup["granules"].items():
+        table.add_row(f"granules read / total: {name}", f"{read} / {total}")
 
 
 if __name__ == "__main__":

@@ -107,13 +107,57 @@ def run_readonly_sql(client: Client, sql: str) -> dict[str, Any]:
     }
 
 
-def shape_trace(row: dict[str, Any]) -> dict[str, Any]:
-    """The audit view of one joined ``trace.sql`` row: registry records win over the trace's copies."""
+# Optional fields of PredictionTrace revisions after v1 (ground truth joined onto the trace):
+# passed through, null when unset, when the stored payload carries them; absent from the answer
+# for traces stored by writers of an older revision.
+OPTIONAL_TRACE_FIELDS = ("label", "outcome", "feedback_source", "feedback_time")
+# A trace is a few one-granule point lookups: one thread per UNION ALL branch, no more.
+TRACE_SETTINGS = {"max_threads": 2}
+
+
+def newest(rows: list[dict[str, Any]], source: str) -> dict[str, Any] | None:
+    """The newest of ``rows`` from ``source`` by (event_time, event_id); None when there is none."""
+    candidates = [row for row in rows if row["source"] == source]
+    return max(candidates, key=lambda row: (row["event_time"], row["event_id"])) if candidates else None
+
+
+def joined_trace_row(
+    prediction_rows: list[dict[str, Any]], registry_rows: list[dict[str, Any]], run_id: str | None
+) -> dict[str, Any] | None:
+    """The flat row :func:`shape_trace` reads, from the rows of ``trace.sql`` and ``trace_registry.sql``.
+
+    ``run_id`` is the training run whose code reference counts (the trace's, else the model version's).
+    """
+    trace = newest(prediction_rows, "trace")
+    if trace is None:
+        return None
+    request = newest(prediction_rows, "request") or {}
+    model = newest(registry_rows, "model_version") or {}
+    run = newest([row for row in registry_rows if row["run_id"] == run_id], "run") if run_id is not None else None
+    run = run or {}
+    return {
+        "trace_event_id": trace["event_id"],
+        "trace_payload": trace["payload_or_sha256"],
+        "request_event_id": request.get("event_id"),
+        "request_body_sha256": request.get("payload_or_sha256"),
+        "model_version_event_id": model.get("event_id"),
+        "model_artifact_uri": model.get("uri_or_repo"),
+        "model_artifact_sha256": model.get("sha256_or_commit"),
+        "model_run_id": model.get("run_id"),
+        "model_datasets": model.get("datasets"),
+        "run_event_id": run.get("event_id"),
+        "run_code_repo": run.get("uri_or_repo"),
+        "run_code_commit": run.get("sha256_or_commit"),
+    }
+
+
+def shape_trace(prediction_id: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The audit view of one :func:`joined_trace_row`: registry records win over the trace's copies."""
     trace = json.loads(row["trace_payload"])
     model_found = row.get("model_version_event_id") is not None
     datasets = trace.get("dataset_digests") or (row.get("model_datasets") if model_found else None) or []
-    return {
-        "prediction_id": row["prediction_id"],
+    shaped = {
+        "prediction_id": prediction_id,
         "trace_event_id": row["trace_event_id"],
         "event_time": trace["event_time"],
         "endpoint": trace["endpoint"],
@@ -140,20 +184,44 @@ def shape_trace(row: dict[str, Any]) -> dict[str, Any]:
             "run": row.get("run_event_id") or None,
         },
     }
+    shaped.update({name: trace[name] for name in OPTIONAL_TRACE_FIELDS if name in trace})
+    return shaped
+
+
+def _trace_rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(client.query(sql_file(sql), parameters=parameters, settings=TRACE_SETTINGS).named_results())
 
 
 def trace(client: Client, prediction_id: str) -> dict[str, Any] | None:
     """The latest stored PredictionTrace of ``prediction_id`` joined with its request, model and run.
 
-    None when no trace is stored. Blocks on one query; not thread-safe on a shared client.
+    None when no trace is stored. Every read is a point lookup on a table's ORDER BY prefix: one
+    query by prediction id (traces, requests), one by model key and run id (registry), and a
+    third only when the trace names no training run and its model version does.
+    Blocks on the store; not thread-safe on a shared client.
     """
-    result = client.query(
-        sql_file("trace.sql"), parameters={"prediction_id": prediction_id}, settings={"join_use_nulls": 1}
-    )
-    rows = list(result.named_results())
-    if not rows:
+    prediction_rows = _trace_rows(client, "trace.sql", {"prediction_id": prediction_id})
+    latest = newest(prediction_rows, "trace")
+    if latest is None:
         return None
-    return shape_trace(rows[0])
+    payload = json.loads(latest["payload_or_sha256"])
+    model_key = (payload.get("model_name"), payload.get("model_version"))
+    if None in model_key:
+        model_key = (None, None)
+    run_id = payload.get("training_run_id")
+    registry_rows: list[dict[str, Any]] = []
+    if model_key[0] is not None or run_id is not None:
+        registry_rows = _trace_rows(client, "trace_registry.sql", {
+            "model_name": model_key[0], "model_version": model_key[1], "run_id": run_id,
+        })
+    if run_id is None:
+        run_id = (newest(registry_rows, "model_version") or {}).get("run_id")
+        if run_id is not None:
+            registry_rows += _trace_rows(client, "trace_registry.sql", {
+                "model_name": None, "model_version": None, "run_id": run_id,
+            })
+    row = joined_trace_row(prediction_rows, registry_rows, run_id)
+    return None if row is None else shape_trace(prediction_id, row)
 
 
 # ---------------------------------------------------------------- lineage, runs, models, drift

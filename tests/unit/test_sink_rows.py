@@ -4,6 +4,7 @@ import base64
 import json
 import re
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -96,6 +97,17 @@ def test_payload_is_json_with_iso_datetimes_and_base64_bytes() -> None:
     assert payload["event_time"] == "2025-03-01T12:30:15.123456+00:00"
     assert base64.b64decode(payload["body"]) == b"\x00\xffx"
     assert payload["features"] == {"age": 41.0, "plan": "gold", "missing": None}
+
+
+def test_payload_json_is_sorted_strict_json_whatever_the_values() -> None:
+    text = payload_json({"b": MappingProxyType({"z": 1, "a": b"\x01"}), "a": float("nan"), "big": 2**70,
+                         "when": WHEN, "name": "Ø"})
+    assert text == ('{"a":NaN,"b":{"a":"AQ==","z":1},"big":1180591620717411303424,'
+                    '"name":"\\u00d8","when":"2025-03-01T12:30:15.123456+00:00"}')  # beyond 64 bits: stdlib
+    text = payload_json({"b": MappingProxyType({"z": 1, "a": b"\x01"}), "a": float("inf"), "when": WHEN,
+                         "name": "Ø"})
+    assert text == '{"a":null,"b":{"a":"AQ==","z":1},"name":"Ø","when":"2025-03-01T12:30:15.123456+00:00"}'
+    assert json.loads(text)["name"] == "Ø"
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
