@@ -185,10 +185,14 @@ class KafkaTransport:
             if time.monotonic() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
                 self._spool.checkpoint()
                 last_checkpoint = time.monotonic()
-            if closing and not self._queue and (
-                self._spool.backlog == 0 or time.monotonic() >= self._close_deadline
+            if closing and (
+                (not self._queue and self._spool.backlog == 0) or time.monotonic() >= self._close_deadline
             ):
                 break
+        while self._queue and not self._spool_full():  # past the deadline: keep on disk what fits
+            self._spool.append(self._take_batch())
+        for _ in range(len(self._queue)):
+            self.drops.record("spool_full_at_close")
         self._producer.flush(max(0.0, self._close_deadline - time.monotonic()))
         # What is still undelivered stays in the spool; purged here so that this producer cannot
         # deliver it later too, when the next process replays the spool.
