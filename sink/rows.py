@@ -169,22 +169,20 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def _orjson_default(value: Any) -> Any:
+    """What orjson cannot write by itself: bytes as base64, other mappings as dicts."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _json_default(value: Any) -> Any:
+    """The standard library's fallback also needs datetimes, which orjson writes natively."""
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _orjson_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return _orjson_default(value)
 
 
 def payload_json(value: Value) -> str:
