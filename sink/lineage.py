@@ -11,7 +11,8 @@ A node is ``<kind>:<id>``; an edge points downstream (from what was used to what
     dataset  -> model       trained_on   ModelVersion.datasets
     feature_set -> model    features     ModelVersion.feature_sets
     model    -> deployment  deployed     Deployment (deployment node: environment + endpoint)
-    model    -> prediction  served       PredictionTrace.model_name/model_version
+    model    -> prediction  served       PredictionTrace.model_name/model_version (in SQL:
+                                         sink/sql/derive_served_edges.sql, a view of the traces)
 
 Walks over these edges (``sink/sql/lineage_*.sql``) answer "every prediction served by models
 trained on dataset D" (downstream from ``dataset:D``) and "every dataset and commit behind model M"
@@ -26,6 +27,8 @@ from datetime import datetime
 from typing import Any
 
 EDGE_COLUMNS: tuple[str, ...] = ("from_node", "to_node", "edge", "event_time", "event_id", "event_kind")
+# The kinds that state edges here; the sink decodes these (they are few), and no others.
+LINEAGE_KINDS = frozenset({"RunEvent", "DatasetVersion", "FeatureSetVersion", "ModelVersion", "Deployment"})
 NODE_KINDS = frozenset({"dataset", "run", "commit", "feature_set", "model", "deployment", "prediction"})
 
 
@@ -70,7 +73,7 @@ def parse_node(text: str) -> tuple[str, str]:
 
 
 def edges_for(kind: str, value: Mapping[str, Any]) -> list[Edge]:
-    """The lineage edges one event states; empty for kinds that state none (requests, feedback...)."""
+    """The lineage edges one event of :data:`LINEAGE_KINDS` states; empty for other kinds."""
     edges: list[Edge] = []
     if kind == "RunEvent":
         run = node("run", value["run_id"])
@@ -100,12 +103,6 @@ def edges_for(kind: str, value: Mapping[str, Any]) -> list[Edge]:
     elif kind == "Deployment":
         deployment = node("deployment", f"{value['environment']}:{value['endpoint']}")
         edges.append(Edge(model_node(value["model_name"], value["model_version"]), deployment, "deployed"))
-    elif kind == "PredictionTrace":
-        if value.get("model_name") and value.get("model_version"):
-            edges.append(Edge(
-                model_node(value["model_name"], value["model_version"]), node("prediction", value["prediction_id"]),
-                "served",
-            ))
     return _unique(edges)
 
 

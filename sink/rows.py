@@ -1,28 +1,26 @@
-"""Decoded events -> table rows. Pure functions, no I/O.
+"""The event tables: their columns and how each column comes from an event. Pure, no I/O.
 
 Every event table starts with the same columns (:data:`COMMON_COLUMNS`), followed by the typed
 key columns of its kind (:data:`TABLES`), and ends with where the message came from in Kafka.
-``payload`` is the whole event as JSON text (datetimes ISO-8601, bytes base64); ``raw`` is the
-exact Kafka message value, kept so that hashes and signatures can be verified later.
+``payload`` is the whole event as JSON text (datetimes ISO-8601 in UTC, bytes base64); ``raw`` is
+the exact Kafka message value, kept so that hashes and signatures can be verified later.
+
+Rows are made by ClickHouse, not by Python (see :mod:`sink.ingest`), so a key column is an SQL
+expression over the event's Avro fields.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cached_property
 from typing import Any
 
-import orjson
-
-Value = Mapping[str, Any]
-Extractor = Callable[[Value], Any]
-
-COMMON_COLUMNS: tuple[str, ...] = (
-    "event_id", "event_time", "producer_name", "producer_session", "hash", "prev_hash",
+COMMON_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_id", "event_id"), ("event_time", "event_time"), ("producer_name", "producer.name"),
+    ("producer_session", "producer.session_id"), ("hash", "hash"), ("prev_hash", "prev_hash"),
 )
 TRAILING_COLUMNS: tuple[str, ...] = ("payload", "raw", "kafka_topic", "kafka_partition", "kafka_offset")
 
@@ -30,62 +28,48 @@ TRAILING_COLUMNS: tuple[str, ...] = ("payload", "raw", "kafka_topic", "kafka_par
 @dataclass(frozen=True)
 class TableSpec:
     table: str
-    keys: tuple[tuple[str, Extractor], ...]
+    keys: tuple[tuple[str, str], ...]  # (column, SQL expression over the event's fields)
 
     @cached_property
     def columns(self) -> tuple[str, ...]:
-        return COMMON_COLUMNS + tuple(name for name, _ in self.keys) + TRAILING_COLUMNS
+        return tuple(name for name, _ in COMMON_COLUMNS + self.keys) + TRAILING_COLUMNS
 
     @cached_property
-    def lookup_index(self) -> int:
-        return self.columns.index(LOOKUP_COLUMNS[self.table])
+    def expressions(self) -> tuple[tuple[str, str], ...]:
+        """(column, SQL expression) of every column before the trailing ones."""
+        return COMMON_COLUMNS + self.keys
 
 
-def _field(name: str) -> Extractor:
-    return lambda value: value.get(name)
-
-
-def _text(name: str) -> Extractor:
-    """Enums decode as str already; this keeps a missing optional field as None."""
-    return lambda value: None if value.get(name) is None else str(value[name])
-
-
-def _nested(outer: str, inner: str) -> Extractor:
-    return lambda value: (value.get(outer) or {}).get(inner)
-
-
-def _strings(name: str) -> Extractor:
-    return lambda value: [str(item) for item in value.get(name) or []]
-
-
-def _spec(table: str, *keys: tuple[str, Extractor]) -> TableSpec:
+def _spec(table: str, *keys: tuple[str, str]) -> TableSpec:
     return TableSpec(table=table, keys=keys)
 
 
-def _same(*names: str) -> tuple[tuple[str, Extractor], ...]:
-    return tuple((name, _field(name)) for name in names)
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((name, name) for name in names)
+
+
+def _text(name: str) -> tuple[str, str]:
+    """An Avro enum, stored as its symbol."""
+    return name, f"toString({name})"
 
 
 TABLES: dict[str, TableSpec] = {
     "RunEvent": _spec(
         "run_events",
-        *_same("run_id", "name"), ("state", _text("state")), *_same("stage", "parent_run_id"),
-        ("code_repo", _nested("code", "repo")), ("code_commit", _nested("code", "commit")),
+        *_same("run_id", "name"), _text("state"), *_same("stage", "parent_run_id"),
+        ("code_repo", "code.repo"), ("code_commit", "code.commit"),
     ),
     "DatasetVersion": _spec("dataset_versions", *_same("digest", "name", "run_id", "row_count")),
     "FeatureSetVersion": _spec("feature_set_versions", *_same("digest", "name", "run_id")),
     "ModelVersion": _spec(
         "model_versions",
-        ("model_name", _field("model_name")), ("model_version", _field("version")),
-        *_same("artifact_uri", "artifact_sha256", "run_id"), ("datasets", _strings("datasets")),
+        ("model_name", "model_name"), ("model_version", "version"),
+        *_same("artifact_uri", "artifact_sha256", "run_id", "datasets"),
     ),
     "Evaluation": _spec("evaluations", *_same("model_name", "model_version", "dataset", "passed", "run_id")),
-    "Decision": _spec(
-        "decisions", *_same("subject", "transition"), ("outcome", _text("outcome")), *_same("actor", "role"),
-    ),
+    "Decision": _spec("decisions", *_same("subject", "transition"), _text("outcome"), *_same("actor", "role")),
     "Deployment": _spec(
-        "deployments", *_same("model_name", "model_version", "environment", "endpoint"),
-        ("action", _text("action")),
+        "deployments", *_same("model_name", "model_version", "environment", "endpoint"), _text("action"),
     ),
     "DeliveryGap": _spec("delivery_gaps", *_same("dropped", "reason", "first_time", "last_time")),
     "InferenceRequest": _spec(
@@ -100,8 +84,7 @@ TABLES: dict[str, TableSpec] = {
     "PredictionTrace": _spec(
         "prediction_traces",
         *_same("prediction_id", "endpoint", "complete", "model_name", "model_version", "request_sha256",
-               "artifact_sha256", "training_run_id"),
-        ("dataset_digests", _strings("dataset_digests")),
+               "artifact_sha256", "training_run_id", "dataset_digests"),
     ),
     "Feedback": _spec("feedback", *_same("prediction_id", "label", "outcome", "source")),
     "DriftMetric": _spec(
@@ -110,30 +93,6 @@ TABLES: dict[str, TableSpec] = {
                "breached"),
     ),
 }
-
-
-# The first ORDER BY column of each event table (sink/sql/0001_event_tables.sql): a lookup that
-# names it with the event id reads only the granules holding that event.
-LOOKUP_COLUMNS: dict[str, str] = {
-    "run_events": "run_id", "dataset_versions": "digest", "feature_set_versions": "digest",
-    "model_versions": "model_name", "evaluations": "model_name", "decisions": "subject",
-    "deployments": "model_name", "delivery_gaps": "producer_session", "inference_requests": "prediction_id",
-    "inference_responses": "prediction_id", "prediction_traces": "prediction_id", "feedback": "prediction_id",
-    "drift_metrics": "model_name",
-}
-INDEX_COLUMNS: tuple[str, ...] = (
-    "model_name", "model_version", "event_time", "prediction_id", "event_id", "endpoint", "complete",
-    "training_run_id",
-)
-
-
-def index_row(value: Value) -> tuple[Any, ...]:
-    """The ``prediction_index`` row of one PredictionTrace (unknown model: empty strings)."""
-    return (
-        value.get("model_name") or "", value.get("model_version") or "", value["event_time"],
-        value["prediction_id"], value["event_id"], value["endpoint"], bool(value["complete"]),
-        value.get("training_run_id"),
-    )
 
 
 @dataclass(frozen=True)
@@ -167,46 +126,3 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [to_jsonable(item) for item in value]
     return value
-
-
-def _orjson_default(value: Any) -> Any:
-    """What orjson cannot write by itself: bytes as base64, other mappings as dicts."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _json_default(value: Any) -> Any:
-    """The standard library's fallback also needs datetimes, which orjson writes natively."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return _orjson_default(value)
-
-
-def payload_json(value: Value) -> str:
-    """The event as compact, strict JSON with sorted keys: datetimes ISO-8601, bytes base64.
-
-    orjson on the sink's hot path (a walk of the event to look for NaN would cost more than the
-    standard library's dumps), so NaN and ±Infinity are written as null, which JSON readers such
-    as ClickHouse's JSONExtract* accept; the exact value stays in the ``raw`` column. Integers
-    beyond 64 bits, which orjson refuses, go through the standard library.
-    """
-    try:
-        return orjson.dumps(value, default=_orjson_default, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    except TypeError:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def to_row(kind: str, value: Value, origin: Origin) -> tuple[Any, ...]:
-    """The row of ``kind``'s table for one decoded event, in :attr:`TableSpec.columns` order."""
-    spec = table_for(kind)
-    producer = value.get("producer") or {}
-    common = (
-        value["event_id"], value["event_time"], producer.get("name", ""), producer.get("session_id", ""),
-        value["hash"], value.get("prev_hash"),
-    )
-    keys = tuple(extract(value) for _, extract in spec.keys)
-    trailing = (payload_json(value), origin.raw, origin.topic, origin.partition, origin.offset)
-    return common + keys + trailing

@@ -24,7 +24,18 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from schemas import Catalog, default_catalog
 from sink.errors import MigrationError, StoreConfigError
+from sink.ingest import (
+    DERIVED,
+    VIEW_PREFIX,
+    derived_select,
+    event_view_select,
+    ingest_format,
+    ingest_table_ddl,
+    view_ddl,
+)
+from sink.rows import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +135,8 @@ def applied_migrations(client: Client) -> dict[str, str]:
     return dict(result.result_rows)
 
 
-_CREATE = re.compile(r"^(\s*CREATE TABLE IF NOT EXISTS\s+\w+)", re.MULTILINE)
+_CREATE = re.compile(r"^(\s*CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS\s+\w+)", re.MULTILINE)
+_DROP = re.compile(r"^(\s*DROP VIEW IF EXISTS\s+\w+)", re.MULTILINE)
 _ALTER = re.compile(r"^(\s*ALTER TABLE\s+\w+)", re.MULTILINE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(ReplacingMergeTree|MergeTree)(?:\(([^)]*)\))?")
 REPLICA_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
@@ -137,6 +149,7 @@ def render_ddl(statement: str, cluster: str | None) -> str:
         return statement
     statement = _CREATE.sub(lambda m: f"{m.group(1)} ON CLUSTER '{cluster}'", statement, count=1)
     statement = _ALTER.sub(lambda m: f"{m.group(1)} ON CLUSTER '{cluster}'", statement, count=1)
+    statement = _DROP.sub(lambda m: f"{m.group(1)} ON CLUSTER '{cluster}'", statement, count=1)
 
     def replicated(match: re.Match[str]) -> str:
         args = ", ".join(part for part in (REPLICA_PATH, match.group(2)) if part)
@@ -163,14 +176,20 @@ def ttl_statements(retention_days: dict[str, int], tables: set[str], cluster: st
 
 
 def store_tables(client: Client) -> set[str]:
-    rows = client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows
+    """The tables that hold data (not the ingest tables and views of sink/ingest.py)."""
+    rows = client.query(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND engine NOT IN ('Null', 'MaterializedView')"
+    ).result_rows
     return {row[0] for row in rows} - {MIGRATIONS_TABLE}
 
 
 def migrate(
     client: Client, *, cluster: str | None = None, retention_days: dict[str, int] | None = None
 ) -> list[str]:
-    """Apply every migration not applied yet, then the configured TTLs; returns the migrations applied.
+    """Apply every migration not applied yet, the ingest views, then the configured TTLs.
+
+    Returns the migrations applied.
 
     Idempotent; blocks. Statements use ``IF NOT EXISTS`` (or are ``ALTER ... MODIFY``), so a run
     interrupted half-way is safely re-run. A file that changed after it was applied is an error:
@@ -199,7 +218,37 @@ def migrate(
         client.insert(MIGRATIONS_TABLE, [[name, digest]], column_names=["name", "sha256"])
         log.info("applied migration %s", name)
         applied.append(name)
+    ensure_views(client, default_catalog(), cluster=cluster)
     if retention_days:
         for statement in ttl_statements(retention_days, store_tables(client), cluster):
             client.command(statement)
     return applied
+
+
+def ensure_views(client: Client, catalog: Catalog, *, cluster: str | None = None) -> list[str]:
+    """Create the ingest tables and views this provline needs, drop views it no longer has; blocks.
+
+    Returns the views created. Idempotent.
+    """
+    wanted: dict[str, str] = {}
+    for kind in TABLES:
+        fmt = ingest_format(catalog, kind)
+        described = client.query("DESCRIBE format(Avro, {header:String})", parameters={"header": fmt.header})
+        client.command(render_ddl(ingest_table_ddl(fmt, [(row[0], row[1]) for row in described.result_rows]), cluster))
+        name, ddl = view_ddl(fmt.spec.table, event_view_select(fmt))
+        wanted[name] = ddl
+    for table in DERIVED:
+        name, ddl = view_ddl(table, derived_select(table, "prediction_traces"))
+        wanted[name] = ddl
+    existing = {
+        row[0] for row in client.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView' "
+            "AND startsWith(name, {prefix:String})", parameters={"prefix": VIEW_PREFIX},
+        ).result_rows
+    }
+    for stale in sorted(existing - set(wanted)):
+        client.command(render_ddl(f"DROP VIEW IF EXISTS {stale}", cluster))
+    created = sorted(set(wanted) - existing)
+    for name in created:
+        client.command(render_ddl(wanted[name], cluster))
+    return created

@@ -1,12 +1,14 @@
 """The Kafka -> ClickHouse loop: each event stored exactly once, offsets committed after the insert.
 
-A batch's offsets are committed only after every insert of the batch succeeded and its dead
-letters were delivered, so a crash re-delivers the batch; the "in flight" commit metadata and a
-keyed lookup make the redelivered events that were already inserted be skipped (no duplicate
-rows), and every insert carries a deduplication token. See :class:`SinkWriter`.
+Events are not decoded here: each kind's messages go to ClickHouse as one Avro container, which
+ClickHouse turns into rows (sink/ingest.py). A batch's offsets are committed only after every
+insert of the batch succeeded and its dead letters were delivered, so a crash re-delivers the
+batch; the "in flight" commit metadata and a lookup by Kafka offset make the redelivered events
+that were already inserted be skipped (no duplicate rows), and every insert carries a
+deduplication token. See :class:`SinkWriter`.
 
-:func:`plan_batch`, :func:`needs_check` and the offset helpers are pure; :class:`SinkWriter` is the
-I/O shell.
+:func:`plan_batch`, :func:`validate`, :func:`in_flight_ranges` and the offset helpers are pure;
+:class:`SinkWriter` is the I/O shell.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
 from sink import metrics
 from sink.errors import DeadLetterError
-from sink.lineage import EDGE_COLUMNS, edge_rows
-from sink.rows import INDEX_COLUMNS, LOOKUP_COLUMNS, Origin, index_row, table_for, to_row
+from sink.ingest import DERIVED, IngestFormat, derived_select, ingest_format
+from sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
+from sink.rows import Origin
 from sink.settings import SinkSettings
 
 log = logging.getLogger(__name__)
@@ -73,49 +76,44 @@ class DeadLetter:
         ]
 
 
+Position = tuple[str, int, int]  # (topic, partition, offset) of one message
+
+
 @dataclass
-class TableRows:
-    """Rows for one table, and for each row the event it came from."""
+class TableBatch:
+    """The messages of one event kind in a batch, as records of its ingest container (sink/ingest.py)."""
 
-    columns: tuple[str, ...]
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    event_ids: list[str] = field(default_factory=list)
+    fmt: IngestFormat
+    records: list[bytes] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    messages: list[MessageLike] = field(default_factory=list)
 
-    def add(self, row: tuple[Any, ...], event_id: str) -> None:
-        self.rows.append(row)
-        self.event_ids.append(event_id)
+    def add(self, record: bytes, position: Position, message: MessageLike) -> None:
+        self.records.append(record)
+        self.positions.append(position)
+        self.messages.append(message)
 
-    def without(self, stored: set[str]) -> TableRows:
-        kept = TableRows(self.columns)
-        for row, event_id in zip(self.rows, self.event_ids, strict=True):
-            if event_id not in stored:
-                kept.add(row, event_id)
+    def without(self, positions: set[Position]) -> TableBatch:
+        kept = TableBatch(self.fmt)
+        for record, position, message in zip(self.records, self.positions, self.messages, strict=True):
+            if position not in positions:
+                kept.add(record, position, message)
         return kept
 
 
 @dataclass
 class BatchPlan:
-    events: dict[str, TableRows] = field(default_factory=dict)  # event table -> rows
-    derived: dict[str, TableRows] = field(default_factory=dict)  # lineage_edges, prediction_index -> rows
+    events: dict[str, TableBatch] = field(default_factory=dict)  # event table -> its messages
+    # lineage_edges rows stated by lineage events (sink/lineage.py), each with its message's position
+    edges: list[tuple[tuple[Any, ...], Position]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    # (event table, lookup key, event_id, topic, partition, offset) of every event row, for recovery
-    keys: list[tuple[str, Any, str, str, int, int]] = field(default_factory=list)
 
-    @property
-    def rows(self) -> dict[str, list[tuple[Any, ...]]]:
-        return {table: rows.rows for table, rows in self.events.items()}
-
-    @property
-    def columns(self) -> dict[str, tuple[str, ...]]:
-        return {table: rows.columns for table, rows in {**self.derived, **self.events}.items()}
-
-    def without(self, stored: set[str]) -> BatchPlan:
-        """This plan minus the events (and their derived rows) whose event id is in ``stored``."""
+    def without(self, positions: set[Position]) -> BatchPlan:
+        """This plan minus the messages at ``positions`` (and the edges they state)."""
         return BatchPlan(
-            events={t: r.without(stored) for t, r in self.events.items()},
-            derived={t: r.without(stored) for t, r in self.derived.items()},
+            events={table: batch.without(positions) for table, batch in self.events.items()},
+            edges=[(row, position) for row, position in self.edges if position not in positions],
             dead_letters=self.dead_letters,
-            keys=[k for k in self.keys if k[2] not in stored],
         )
 
 
@@ -144,45 +142,61 @@ def _validate(value: dict[str, Any]) -> None:
         )
 
 
-def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
-    """Decode and validate every message; rows per event table plus derived lineage and index rows.
+def _dead_letter(message: MessageLike, exc: Exception) -> DeadLetter:
+    return DeadLetter(_origin(message), message.key(), type(exc).__name__, str(exc))
 
-    Undecodable or invalid messages become dead letters; an event id seen twice in the batch is
-    kept once. Pure.
+
+def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
+    """Frame every message into its kind's ingest container; lineage events are decoded for their edges.
+
+    The hot path reads only the wire-format header: ClickHouse decodes the body. A message in an
+    older writer schema is decoded and re-encoded in the current one (the ``raw`` column keeps
+    it as sent). Messages whose header names no known schema become dead letters here; bodies
+    that do not decode are found when their insert fails (:func:`validate`). Pure.
     """
     plan = BatchPlan()
-    seen: set[str] = set()
     for message in messages:
-        origin = _origin(message)
+        raw = message.value() or b""
+        position = (message.topic() or "", message.partition() or 0, message.offset() or 0)
         try:
-            if not origin.raw:
+            if not raw:
                 raise SchemaError("empty message value (a tombstone?); provline events are never empty")
-            decoded = catalog.decode(origin.raw)
-            spec = table_for(decoded.record)
-            _validate(decoded.value)
-            row = to_row(decoded.record, decoded.value, origin)
+            writer, body_start = catalog.writer_for(raw)
+            fmt = ingest_format(catalog, writer.record)
+            body = raw[body_start:]
+            if writer.record in LINEAGE_KINDS or writer is not catalog.current(writer.record):
+                decoded = catalog.decode(raw)
+                _validate(decoded.value)
+                if writer is not catalog.current(writer.record):
+                    body = catalog.encode_body(writer.record, decoded.value)
+                plan.edges += [(edge, position) for edge in edge_rows(writer.record, decoded.value)]
         except (SchemaError, ValueError) as exc:
-            plan.dead_letters.append(DeadLetter(origin, message.key(), type(exc).__name__, str(exc)))
+            plan.dead_letters.append(_dead_letter(message, exc))
             continue
-        kind, value = decoded.record, decoded.value
-        event_id = value["event_id"]
-        if event_id in seen:
-            continue
-        seen.add(event_id)
-        plan.events.setdefault(spec.table, TableRows(spec.columns)).add(row, event_id)
-        plan.keys.append((spec.table, row[spec.lookup_index], event_id, origin.topic, origin.partition, origin.offset))
-        for edge in edge_rows(kind, value):
-            plan.derived.setdefault("lineage_edges", TableRows(EDGE_COLUMNS)).add(edge, event_id)
-        if kind == "PredictionTrace":
-            plan.derived.setdefault("prediction_index", TableRows(INDEX_COLUMNS)).add(index_row(value), event_id)
+        record = fmt.record(raw, body, position[0].encode(), position[1], position[2])
+        plan.events.setdefault(fmt.spec.table, TableBatch(fmt)).add(record, position, message)
     return plan
 
 
-def dedup_token(table: str, event_ids: Sequence[str]) -> str:
-    """The insert deduplication token of one insert: the same events into the same table, the same token."""
+def validate(messages: Iterable[MessageLike], catalog: Catalog) -> list[DeadLetter]:
+    """The dead letters among ``messages``: those that do not decode, or lack an event id or hash. Pure.
+
+    The slow path, run on the messages of an insert that ClickHouse refused.
+    """
+    letters = []
+    for message in messages:
+        try:
+            _validate(catalog.decode(message.value() or b"").value)
+        except (SchemaError, ValueError) as exc:
+            letters.append(_dead_letter(message, exc))
+    return letters
+
+
+def dedup_token(table: str, positions: Sequence[Position]) -> str:
+    """The insert deduplication token of one insert: the same messages into the same table, the same token."""
     digest = hashlib.sha256(table.encode())
-    for event_id in event_ids:
-        digest.update(b"\0" + event_id.encode())
+    for topic, partition, offset in positions:
+        digest.update(f"\0{topic}/{partition}/{offset}".encode())
     return digest.hexdigest()
 
 
@@ -200,18 +214,17 @@ def parse_in_flight(metadata: str | None) -> int | None:
     return None
 
 
-def needs_check(
-    keys: Sequence[tuple[str, Any, str, str, int, int]], in_flight: dict[tuple[str, int], int]
-) -> dict[str, tuple[list[Any], list[str]]]:
-    """Per event table, the (lookup keys, event ids) of rows that a crashed sink may already have stored."""
-    wanted: dict[str, tuple[list[Any], list[str]]] = {}
-    for table, key, event_id, topic, partition, offset in keys:
+def in_flight_ranges(
+    positions: Iterable[Position], in_flight: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per in-flight partition, the ``[first, end)`` offsets of ``positions`` a crashed sink may have stored."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for topic, partition, offset in positions:
         end = in_flight.get((topic, partition))
         if end is not None and offset < end:
-            keys_, ids = wanted.setdefault(table, ([], []))
-            keys_.append(key)
-            ids.append(event_id)
-    return wanted
+            first, _ = ranges.get((topic, partition), (offset, end))
+            ranges[(topic, partition)] = (min(first, offset), end)
+    return ranges
 
 
 def next_offsets(messages: Iterable[MessageLike]) -> dict[tuple[str, int], int]:
@@ -258,24 +271,77 @@ def producer_config(settings: SinkSettings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
 
 
-def insert_rows(client: Client, table: str, rows: TableRows) -> None:
-    """One insert of ``rows`` with its deduplication token. Blocks; raises what the client raises."""
-    if not rows.rows:
-        return
+INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
+def _insert_container(client: Client, table: str, batch: TableBatch) -> None:
     with metrics.INSERT_SECONDS.labels(table=table).time():
-        client.insert(
-            table, rows.rows, column_names=list(rows.columns),
-            settings={"insert_deduplication_token": dedup_token(table, rows.event_ids)},
+        client.raw_insert(
+            batch.fmt.ingest_table, insert_block=batch.fmt.container(batch.records), fmt="Avro",
+            settings={**INSERT_SETTINGS, "insert_deduplication_token": dedup_token(table, batch.positions)},
         )
-    metrics.ROWS_WRITTEN.labels(table=table).inc(len(rows.rows))
+    metrics.ROWS_WRITTEN.labels(table=table).inc(len(batch.records))
 
 
-def insert_plan(client: Client, plan: BatchPlan) -> None:
-    """Insert a planned batch: derived rows first, then the events they come from (see SinkWriter)."""
-    for table, rows in plan.derived.items():
-        insert_rows(client, table, rows)
-    for table, rows in plan.events.items():
-        insert_rows(client, table, rows)
+def insert_events(client: Client, table: str, batch: TableBatch, catalog: Catalog) -> list[DeadLetter]:
+    """Insert one kind's messages; if ClickHouse refuses them, dead-letter the bad ones and insert the rest.
+
+    Returns the dead letters found (the caller delivers them before committing). Raises the
+    insert's error when no message is at fault (the store is down, say). Blocks.
+    """
+    if not batch.records:
+        return []
+    try:
+        _insert_container(client, table, batch)
+        return []
+    except Exception:
+        letters = validate(batch.messages, catalog)
+        if not letters:
+            raise
+    log.warning("ClickHouse refused %d %s messages; %d of them are invalid", len(batch.records), table, len(letters))
+    _insert_container(client, table, batch.without({_position(letter.origin) for letter in letters}))
+    return letters
+
+
+def _position(origin: Origin) -> Position:
+    return origin.topic, origin.partition, origin.offset
+
+
+def insert_plan(client: Client, plan: BatchPlan, catalog: Catalog) -> list[DeadLetter]:
+    """Insert a planned batch: lineage edges first, then the events they come from (see SinkWriter).
+
+    Returns the dead letters found by ClickHouse (:func:`insert_events`).
+    """
+    if plan.edges:
+        rows = [row for row, _ in plan.edges]
+        with metrics.INSERT_SECONDS.labels(table="lineage_edges").time():
+            client.insert(
+                "lineage_edges", rows, column_names=list(EDGE_COLUMNS),
+                settings={"insert_deduplication_token": dedup_token("lineage_edges", [p for _, p in plan.edges])},
+            )
+        metrics.ROWS_WRITTEN.labels(table="lineage_edges").inc(len(rows))
+    letters = []
+    for table, batch in plan.events.items():
+        letters += insert_events(client, table, batch, catalog)
+    return letters
+
+
+def rederive(client: Client, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+    """Re-derive the prediction_index and served-edge rows of stored traces in ``ranges``; blocks.
+
+    A sink that crashed mid-insert may have stored traces whose derived rows were not written yet;
+    derived tables collapse repeated rows, so deriving again is harmless.
+    """
+    for (topic, partition), (first, end) in ranges.items():
+        source = (
+            "(SELECT * FROM prediction_traces WHERE kafka_topic = {topic:String} "
+            "AND kafka_partition = {partition:Int32} AND kafka_offset >= {first:Int64} AND kafka_offset < {end:Int64})"
+        )
+        for table in DERIVED:
+            client.command(
+                f"INSERT INTO {table} {derived_select(table, source)}",
+                parameters={"topic": topic, "partition": partition, "first": first, "end": end},
+            )
 
 
 class SinkWriter:
@@ -407,25 +473,29 @@ class SinkWriter:
             asynchronous=False,
         )
 
-    def _stored(self, plan: BatchPlan) -> set[str]:
-        """Event ids of ``plan`` that a crashed predecessor already inserted (only for in-flight partitions)."""
-        stored: set[str] = set()
-        for table, (keys, ids) in needs_check(plan.keys, self._in_flight).items():
-            column = LOOKUP_COLUMNS[table]
-            result = self._client.query(
-                f"SELECT event_id FROM {table} WHERE {column} IN {{keys:Array(String)}} "
-                "AND event_id IN {ids:Array(String)}",
-                parameters={"keys": sorted({str(k) for k in keys}), "ids": ids},
-            )
-            stored.update(row[0] for row in result.result_rows)
+    def _stored(self, plan: BatchPlan) -> set[Position]:
+        """Positions of ``plan``'s messages that a crashed predecessor already stored (in-flight partitions only)."""
+        stored: set[Position] = set()
+        for table, batch in plan.events.items():
+            for (topic, partition), (first, end) in in_flight_ranges(batch.positions, self._in_flight).items():
+                result = self._client.query(
+                    f"SELECT kafka_offset FROM {table} WHERE kafka_topic = {{topic:String}} "
+                    "AND kafka_partition = {partition:Int32} AND kafka_offset >= {first:Int64} "
+                    "AND kafka_offset < {end:Int64}",
+                    parameters={"topic": topic, "partition": partition, "first": first, "end": end},
+                )
+                found = {(topic, partition, row[0]) for row in result.result_rows}
+                metrics.REDELIVERED_SKIPPED.labels(table=table).inc(len(found))
+                stored |= found
         return stored
 
     def process_batch(self, messages: Sequence[MessageLike]) -> BatchResult:
-        """Decode, dead-letter, insert one batch per table, then commit the batch's offsets. Blocks.
+        """Frame, dead-letter, insert one container per event kind, then commit the batch's offsets. Blocks.
 
         Raises on an insert, dead-letter or commit failure; then nothing of the batch is committed.
-        Derived rows (lineage edges, prediction index) go in before the events they come from, so
-        an event found stored after a crash always has its derived rows stored too.
+        Lineage edges go in before the events they come from, so an event found stored after a
+        crash always has its edges stored too; the rows derived from traces are derived again for
+        the interrupted range (:func:`rederive`).
         """
         plan = plan_batch(messages, self._catalog)
         self._send_dead_letters(plan.dead_letters)
@@ -434,12 +504,12 @@ class SinkWriter:
             self._commit(start, {position: in_flight_metadata(offset) for position, offset in end.items()})
         stored = self._stored(plan)
         if stored:
-            for table, _key, event_id, *_ in plan.keys:
-                if event_id in stored:
-                    metrics.REDELIVERED_SKIPPED.labels(table=table).inc()
             plan = plan.without(stored)
             log.info("skipping %d redelivered events already stored", len(stored))
-        insert_plan(self._client, plan)
+        self._send_dead_letters(insert_plan(self._client, plan, self._catalog))
+        traces = plan.events.get("prediction_traces")
+        if traces is not None and self._in_flight:
+            rederive(self._client, in_flight_ranges(traces.positions, self._in_flight))
         if end:
             self._commit(end, {})
             for position, offset in end.items():
@@ -448,7 +518,7 @@ class SinkWriter:
         metrics.BATCHES.labels(outcome="committed").inc()
         self._update_lag(end)
         return BatchResult(
-            rows_by_table={table: len(rows.rows) for table, rows in plan.events.items()},
+            rows_by_table={table: len(batch.records) for table, batch in plan.events.items()},
             dead_letters=len(plan.dead_letters),
             committed=end,
             skipped=len(stored),

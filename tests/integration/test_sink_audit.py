@@ -111,7 +111,7 @@ def store_sessions(client: Client, *sessions: Session) -> None:
     messages = [FakeMessage(offset, catalog.encode(kind, value)) for offset, (kind, value) in enumerate(events)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters
-    insert_plan(client, plan)
+    assert insert_plan(client, plan, catalog) == []
 
 
 @pytest.fixture

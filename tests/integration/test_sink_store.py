@@ -22,10 +22,10 @@ from schemas import Topics, default_catalog, key_for, new_envelope, producer_ide
 from schemas.integrity import HashChain
 from sink.api import create_api
 from sink.queries import trace
-from sink.rows import TABLES, Origin, to_row
+from sink.rows import TABLES
 from sink.settings import SinkSettings
 from sink.store import migrate, open_store
-from sink.writer import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC, SinkWriter, source_topics
+from sink.writer import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC, SinkWriter, insert_plan, plan_batch, source_topics
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +198,9 @@ def rows_written() -> float:
 def test_migrate_is_idempotent_and_records_files(store: Client) -> None:
     assert migrate(store) == []
     names = [row[0] for row in store.query("SELECT name FROM schema_migrations FINAL ORDER BY name").result_rows]
-    assert names == ["0000_schema_migrations.sql", "0001_event_tables.sql", "0002_audit_store.sql"]
+    assert names == [
+        "0000_schema_migrations.sql", "0001_event_tables.sql", "0002_audit_store.sql", "0003_offset_index.sql",
+    ]
     for spec in TABLES.values():
         described = [row[0] for row in store.query(f"DESCRIBE TABLE {spec.table}").result_rows]
         assert described == list(spec.columns), spec.table
@@ -262,12 +264,32 @@ def test_trace_joins_request_model_version_and_run(store: Client) -> None:
     assert trace(store, "no-such-prediction") is None
 
 
+class Message:
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset, self._value = offset, value
+
+    def topic(self) -> str:
+        return "direct"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+
 def insert_directly(client: Client, events: Events) -> None:
+    """The writer's insert path without Kafka: one message per event, offsets in order."""
     catalog = default_catalog()
-    for offset, (kind, value) in enumerate(events.all):
-        spec = TABLES[kind]
-        origin = Origin(topic="direct", partition=0, offset=offset, raw=catalog.encode(kind, value))
-        client.insert(spec.table, [to_row(kind, value, origin)], column_names=list(spec.columns))
+    messages = [Message(offset, catalog.encode(kind, value)) for offset, (kind, value) in enumerate(events.all)]
+    plan = plan_batch(messages, catalog)
+    assert not plan.dead_letters and insert_plan(client, plan, catalog) == []
 
 
 def test_api_serves_traces_and_refuses_writes(store: Client, chdb_path: str) -> None:

@@ -21,9 +21,10 @@ from sink.verify import verify_session
 from sink.writer import (
     dedup_token,
     in_flight_metadata,
-    needs_check,
+    in_flight_ranges,
     parse_in_flight,
     plan_batch,
+    validate,
 )
 
 WHEN = datetime(2025, 3, 1, tzinfo=UTC)
@@ -55,11 +56,8 @@ def test_dataset_model_deployment_and_trace_edges() -> None:
     ]
     assert edges_for("Deployment", {"model_name": "m", "model_version": "1", "environment": "prod",
                                     "endpoint": "/p"}) == [Edge("model:m@1", "deployment:prod:/p", "deployed")]
-    assert edges_for("PredictionTrace", {"prediction_id": "p", "model_name": "m", "model_version": "1"}) == [
-        Edge("model:m@1", "prediction:p", "served"),
-    ]
-    assert edges_for("PredictionTrace", {"prediction_id": "p", "model_name": None, "model_version": None}) == []
-    assert edges_for("InferenceRequest", {"prediction_id": "p"}) == []
+    assert edges_for("PredictionTrace", {"prediction_id": "p", "model_name": "m", "model_version": "1"}) == []
+    assert edges_for("InferenceRequest", {"prediction_id": "p"}) == []  # served edges: derive_served_edges.sql
 
 
 def test_parse_node_names_the_kinds() -> None:
@@ -134,7 +132,7 @@ class Msg:
         return self._value
 
 
-def test_plan_derives_edges_and_index_and_drops_invalid_and_repeated_events() -> None:
+def test_plan_frames_traces_and_validate_finds_the_unsealed_one() -> None:
     catalog = default_catalog()
     chain = HashChain(catalog)
     trace = sealed(chain, "PredictionTrace", prediction_id="p", endpoint="/p", complete=True, model_name="m",
@@ -144,31 +142,32 @@ def test_plan_derives_edges_and_index_and_drops_invalid_and_repeated_events() ->
     messages = [Msg(0, catalog.encode("PredictionTrace", trace)), Msg(1, catalog.encode("PredictionTrace", trace)),
                 Msg(2, catalog.encode("PredictionTrace", unsealed))]
     plan = plan_batch(messages, catalog)
-    assert plan.events["prediction_traces"].event_ids == [trace["event_id"]]  # the repeat is kept once
-    assert plan.derived["lineage_edges"].rows[0][:3] == ("model:m@1", "prediction:p", "served")
-    assert plan.derived["prediction_index"].rows[0][:2] == ("m", "1")
-    assert [(d.origin.offset, d.reason) for d in plan.dead_letters] == [(2, "InvalidEventError")]
-    assert "never sealed" in plan.dead_letters[0].error
-    assert plan.keys == [("prediction_traces", "p", trace["event_id"], "t", 0, 0)]
+    assert plan.events["prediction_traces"].positions == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]
+    assert plan.edges == [] and plan.dead_letters == []  # traces are not decoded here: ClickHouse checks them
 
-    without = plan.without({trace["event_id"]})
-    assert without.events["prediction_traces"].rows == [] and without.derived["lineage_edges"].rows == []
+    letters = validate(messages, catalog)
+    assert [(d.origin.offset, d.reason) for d in letters] == [(2, "InvalidEventError")]
+    assert "never sealed" in letters[0].error
+
+    without = plan.without({("t", 0, 1), ("t", 0, 2)})
+    assert without.events["prediction_traces"].positions == [("t", 0, 0)]
+    assert without.events["prediction_traces"].records == plan.events["prediction_traces"].records[:1]
 
 
-def test_in_flight_metadata_and_which_rows_need_a_store_check() -> None:
+def test_in_flight_metadata_and_which_offsets_need_a_store_check() -> None:
     assert parse_in_flight(in_flight_metadata(120)) == 120
     assert parse_in_flight("") is None and parse_in_flight("something else") is None
-    keys = [("prediction_traces", "p1", "e1", "t", 0, 5), ("prediction_traces", "p2", "e2", "t", 0, 12),
-            ("run_events", "r", "e3", "t", 1, 3)]
-    assert needs_check(keys, {("t", 0): 10}) == {"prediction_traces": (["p1"], ["e1"])}
-    assert needs_check(keys, {}) == {}
+    positions = [("t", 0, 5), ("t", 0, 12), ("t", 0, 7), ("t", 1, 3)]
+    assert in_flight_ranges(positions, {("t", 0): 10}) == {("t", 0): (5, 10)}
+    assert in_flight_ranges(positions, {}) == {}
 
 
-def test_dedup_token_depends_on_table_and_events() -> None:
-    assert dedup_token("a", ["1", "2"]) == dedup_token("a", ["1", "2"])
-    assert dedup_token("a", ["1", "2"]) != dedup_token("b", ["1", "2"])
-    assert dedup_token("a", ["1", "2"]) != dedup_token("a", ["12"])
-
+def test_dedup_token_depends_on_table_and_messages() -> None:
+    first, second = ("t", 0, 1), ("t", 0, 2)
+    assert dedup_token("a", [first, second]) == dedup_token("a", [first, second])
+    assert dedup_token("a", [first, second]) != dedup_token("b", [first, second])
+    assert dedup_token("a", [first, second]) != dedup_token("a", [("t", 0, 12)])
+    assert dedup_token("a", [("t", 1, 2)]) != dedup_token("a", [("t", 12, 2)])
 
 def session_rows(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     catalog = default_catalog()

@@ -1,32 +1,27 @@
 from __future__ import annotations
 
-import base64
-import json
+import io
 import re
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
+import fastavro
 import pytest
 
 from schemas import default_catalog, new_envelope, producer_identity
 from schemas.integrity import HashChain
+from sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format, varint
 from sink.lineage import EDGE_COLUMNS
-from sink.rows import INDEX_COLUMNS, LOOKUP_COLUMNS, TABLES, Origin, payload_json, table_for, to_row
+from sink.rows import TABLES, table_for
 from sink.store import migration_files, split_statements
 from sink.writer import first_offsets, next_offsets, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-ORIGIN = Origin(topic="p.lineage.v1", partition=2, offset=41, raw=b"\xc3\x01raw")
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:
     value = {**new_envelope(producer_identity("test", "s1"), event_time=WHEN), **fields}
     return HashChain(default_catalog()).seal(kind, value)
-
-
-def as_dict(kind: str, value: dict[str, Any]) -> dict[str, Any]:
-    return dict(zip(table_for(kind).columns, to_row(kind, value, ORIGIN), strict=True))
 
 
 def run_event() -> dict[str, Any]:
@@ -35,79 +30,6 @@ def run_event() -> dict[str, Any]:
         code={"repo": "git@x:y.git", "commit": "abc123", "branch": "main", "dirty": False, "diff_sha256": None,
               "entrypoint": "train.py", "argv": []},
     )
-
-
-def test_run_event_row_has_envelope_nested_code_and_kafka_origin() -> None:
-    value = run_event()
-    row = as_dict("RunEvent", value)
-    assert row["event_id"] == value["event_id"]
-    assert row["event_time"] == WHEN
-    assert row["producer_session"] == "s1"
-    assert row["hash"] == value["hash"] and row["prev_hash"] is None
-    assert (row["run_id"], row["state"], row["code_repo"], row["code_commit"]) == (
-        "run-1", "COMPLETED", "git@x:y.git", "abc123"
-    )
-    assert row["parent_run_id"] is None
-    assert (row["raw"], row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == (
-        ORIGIN.raw, "p.lineage.v1", 2, 41
-    )
-    assert json.loads(row["payload"])["code"]["commit"] == "abc123"
-
-
-def test_run_event_without_code_has_null_code_columns() -> None:
-    value = run_event()
-    value["code"] = None
-    row = as_dict("RunEvent", value)
-    assert row["code_repo"] is None and row["code_commit"] is None
-
-
-def test_model_version_maps_version_to_model_version_and_keeps_datasets() -> None:
-    value = event(
-        "ModelVersion", model_name="churn", version="3", artifact_uri="s3://m/3", artifact_sha256="f" * 64,
-        run_id="run-1", datasets=["d1", "d2"],
-    )
-    row = as_dict("ModelVersion", value)
-    assert (row["model_name"], row["model_version"], row["artifact_sha256"], row["run_id"]) == (
-        "churn", "3", "f" * 64, "run-1"
-    )
-    assert row["datasets"] == ["d1", "d2"]
-
-
-def test_prediction_trace_and_delivery_gap_rows() -> None:
-    trace = event(
-        "PredictionTrace", prediction_id="p-1", endpoint="/predict", complete=True, model_name="churn",
-        model_version="3", request_sha256="a" * 64, training_run_id=None, dataset_digests=["d1"],
-    )
-    row = as_dict("PredictionTrace", trace)
-    assert (row["prediction_id"], row["complete"], row["training_run_id"], row["dataset_digests"]) == (
-        "p-1", True, None, ["d1"]
-    )
-    gap = event("DeliveryGap", dropped=7, reason="queue full", first_time=WHEN, last_time=WHEN)
-    row = as_dict("DeliveryGap", gap)
-    assert (row["dropped"], row["reason"], row["first_time"]) == (7, "queue full", WHEN)
-
-
-def test_payload_is_json_with_iso_datetimes_and_base64_bytes() -> None:
-    value = event(
-        "InferenceRequest", prediction_id="p-1", endpoint="/predict", method="POST", path="/predict",
-        body_size=3, body_sha256="b" * 64, body=b"\x00\xffx", body_truncated=False,
-        features={"age": 41.0, "plan": "gold", "missing": None},
-    )
-    payload = json.loads(payload_json(value))
-    assert payload["event_time"] == "2025-03-01T12:30:15.123456+00:00"
-    assert base64.b64decode(payload["body"]) == b"\x00\xffx"
-    assert payload["features"] == {"age": 41.0, "plan": "gold", "missing": None}
-
-
-def test_payload_json_is_sorted_strict_json_whatever_the_values() -> None:
-    text = payload_json({"b": MappingProxyType({"z": 1, "a": b"\x01"}), "a": float("nan"), "big": 2**70,
-                         "when": WHEN, "name": "Ø"})
-    assert text == ('{"a":NaN,"b":{"a":"AQ==","z":1},"big":1180591620717411303424,'
-                    '"name":"\\u00d8","when":"2025-03-01T12:30:15.123456+00:00"}')  # beyond 64 bits: stdlib
-    text = payload_json({"b": MappingProxyType({"z": 1, "a": b"\x01"}), "a": float("inf"), "when": WHEN,
-                         "name": "Ø"})
-    assert text == '{"a":null,"b":{"a":"AQ==","z":1},"name":"Ø","when":"2025-03-01T12:30:15.123456+00:00"}'
-    assert json.loads(text)["name"] == "Ø"
 
 
 def test_unknown_kind_names_the_known_ones() -> None:
@@ -125,7 +47,7 @@ def ddl_columns() -> dict[str, list[str]]:
         for statement in split_statements(text):
             match = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\n\)", statement, re.S)
             if match is None:
-                assert re.search(r"^ALTER TABLE \w+ MODIFY SETTING", statement, re.M), statement
+                assert re.search(r"^ALTER TABLE \w+ (MODIFY SETTING|ADD INDEX)", statement, re.M), statement
                 continue
             columns = [
                 line.split()[0] for line in match.group(2).splitlines()
@@ -140,8 +62,10 @@ def test_ddl_columns_match_row_order() -> None:
     for spec in TABLES.values():
         assert tables[spec.table] == list(spec.columns), spec.table
     assert tables["lineage_edges"] == list(EDGE_COLUMNS)
-    assert tables["prediction_index"] == list(INDEX_COLUMNS)
-    assert set(LOOKUP_COLUMNS) == {spec.table for spec in TABLES.values()}
+    assert tables["prediction_index"] == [
+        "model_name", "model_version", "event_time", "prediction_id", "event_id", "endpoint", "complete",
+        "training_run_id",
+    ]
 
 
 class FakeMessage:
@@ -164,7 +88,7 @@ class FakeMessage:
         return self._value
 
 
-def test_plan_batch_groups_rows_per_table_and_dead_letters_garbage() -> None:
+def test_plan_batch_groups_messages_per_table_and_dead_letters_garbage() -> None:
     catalog = default_catalog()
     messages = [
         FakeMessage("t", 0, 5, catalog.encode("RunEvent", run_event())),
@@ -173,9 +97,45 @@ def test_plan_batch_groups_rows_per_table_and_dead_letters_garbage() -> None:
         FakeMessage("t", 1, 10, None),
     ]
     plan = plan_batch(messages, catalog)
-    assert list(plan.rows) == ["run_events"] and len(plan.rows["run_events"]) == 2
+    assert list(plan.events) == ["run_events"]
+    assert plan.events["run_events"].positions == [("t", 0, 5), ("t", 1, 9)]
+    assert {row[2] for row, _ in plan.edges} == {"code"}  # lineage kinds are decoded for their edges
     assert [(d.origin.offset, d.reason) for d in plan.dead_letters] == [(6, "CorruptEventError"), (10, "SchemaError")]
     headers = dict(plan.dead_letters[0].headers())
     assert headers["provline-source-offset"] == b"6" and headers["provline-source-topic"] == b"t"
     assert next_offsets(messages) == {("t", 0): 7, ("t", 1): 11}
     assert first_offsets(messages) == {("t", 0): 5, ("t", 1): 9}
+
+
+def test_varint_is_avro_zigzag_for_small_and_large_numbers() -> None:
+    for number in (0, 1, 63, 64, 8191, 16383, 16384, 2**31 - 1, 2**40 + 5):
+        buffer = io.BytesIO()
+        fastavro.schemaless_writer(buffer, "long", number)
+        assert varint(number) == buffer.getvalue(), number
+
+
+def test_container_is_an_avro_file_of_origin_fields_and_events() -> None:
+    catalog = default_catalog()
+    value = run_event()
+    message = catalog.encode("RunEvent", value)
+    other = {**run_event(), "run_id": "run-2"}
+    fmt = ingest_format(catalog, "RunEvent")
+    records = [
+        fmt.record(message, message[10:], b"p.lineage.v1", 2, 41),
+        fmt.record(catalog.encode("RunEvent", other), catalog.encode_body("RunEvent", other), b"p.lineage.v1", 2,
+                   2**40),
+    ]
+    read = list(fastavro.reader(io.BytesIO(fmt.container(records))))
+    assert [r["_offset"] for r in read] == [41, 2**40]
+    assert read[0]["_raw"] == message and read[0]["_topic"] == "p.lineage.v1" and read[0]["_partition"] == 2
+    assert read[0]["run_id"] == "run-1" and read[1]["run_id"] == "run-2"
+    assert read[0]["code"]["commit"] == "abc123" and read[0]["event_time"] == WHEN
+    assert [name for name, _ in ORIGIN_FIELDS] == [f["name"] for f in fastavro.reader(
+        io.BytesIO(fmt.container([]))).writer_schema["fields"][:4]]
+
+
+def test_event_view_encodes_bytes_as_base64_and_refuses_unsealed_events() -> None:
+    select = event_view_select(ingest_format(default_catalog(), "InferenceRequest"))
+    assert "base64Encode(body) AS body" in select and "base64Encode(signature) AS signature" in select
+    assert "throwIf(event_id = '' OR hash = ''" in select
+    assert "prediction_id AS prediction_id" in select and "producer.session_id AS producer_session" in select

@@ -1,0 +1,178 @@
+"""Events into ClickHouse without decoding them in Python: Avro containers that ClickHouse reads.
+
+The sink's hot path does not decode events. The messages of one kind in a batch become one Avro
+object container, whose schema is the kind's current schema with four origin fields in front
+(:data:`ORIGIN_FIELDS`: the exact message, its topic, partition and offset). An Avro record is
+its fields' encodings one after the other, so a message becomes a container record by joining
+a few byte strings with the Avro body it already carries.
+
+The container is inserted into a Null-engine *ingest table*; a materialized view turns each row
+into a row of the event table (sink/rows.py): typed key columns, the event as JSON
+(``payload``), ``raw`` and the Kafka origin. Derived tables (prediction_index, the "served"
+lineage edges) are materialized views of prediction_traces, defined in sink/sql/derive_*.sql.
+ClickHouse's C++ Avro reader and JSON writer do in microseconds what fastavro and a JSON
+encoder did in tens of microseconds per event.
+
+The view refuses (``throwIf``) an event without an event id or hash; a container that does not
+parse fails its insert too. The writer then decodes that kind's messages in Python to find and
+dead-letter the bad ones (:func:`sink.writer.validate`), and inserts the rest.
+
+Pure functions; sink/store.py applies the DDL (:func:`sink.store.ensure_views`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import fastavro
+
+from schemas import Catalog
+from sink.rows import TABLES, TableSpec
+
+ORIGIN_FIELDS: tuple[tuple[str, str], ...] = (
+    ("_raw", "bytes"), ("_topic", "string"), ("_partition", "int"), ("_offset", "long"),
+)
+VIEW_PREFIX = "provline_view_"
+INGEST_PREFIX = "ingest_"
+# Settings under which the views write payload JSON: ISO-8601 UTC datetimes, plain numbers and slashes.
+JSON_SETTINGS = (
+    "date_time_output_format = 'iso', output_format_json_quote_64bit_integers = 0, "
+    "output_format_json_escape_forward_slashes = 0, session_timezone = 'UTC', "
+    "enable_named_columns_in_function_tuple = 1"  # tuple(*) keeps the field names: a JSON object
+)
+DERIVED = {"prediction_index": "derive_prediction_index.sql", "lineage_edges": "derive_served_edges.sql"}
+_NAIVE_DATETIME = re.compile(r"DateTime64\((\d)\)")
+
+
+def _zigzag_varint(number: int) -> bytes:
+    number = (number << 1) ^ (number >> 63)
+    out = bytearray()
+    while number > 0x7F:
+        out.append((number & 0x7F) | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+_SMALL_VARINTS = tuple(_zigzag_varint(n) for n in range(1 << 14))
+
+
+def varint(number: int) -> bytes:
+    """Avro's zigzag varint of ``number`` (long and int, and the length of bytes and strings)."""
+    return _SMALL_VARINTS[number] if 0 <= number < 1 << 14 else _zigzag_varint(number)
+
+
+@dataclass(frozen=True)
+class IngestFormat:
+    """How the messages of one event kind become one Avro container for its ingest table."""
+
+    kind: str
+    spec: TableSpec
+    revision: int
+    header: bytes  # the container's header, ending with its sync marker
+    sync: bytes
+    bytes_fields: tuple[str, ...]  # top-level fields of Avro type bytes: base64 in the payload JSON
+
+    @property
+    def ingest_table(self) -> str:
+        return f"{INGEST_PREFIX}{self.spec.table}_v{self.revision}"
+
+    def record(self, raw: bytes, body: bytes, topic: bytes, partition: int, offset: int) -> bytes:
+        """One container record: the origin fields, then the event's Avro body (current schema)."""
+        return b"".join((varint(len(raw)), raw, varint(len(topic)), topic, varint(partition), varint(offset), body))
+
+    def container(self, records: list[bytes]) -> bytes:
+        """An Avro object container of ``records`` in one block, without compression."""
+        block = b"".join(records)
+        return b"".join((self.header, varint(len(records)), varint(len(block)), block, self.sync))
+
+
+def _has_bytes(avro_type: Any) -> bool:
+    if isinstance(avro_type, list):
+        return any(_has_bytes(member) for member in avro_type)
+    if isinstance(avro_type, dict):
+        nested = [f["type"] for f in avro_type.get("fields", [])] + [avro_type.get("items"), avro_type.get("values")]
+        return avro_type.get("type") == "bytes" or any(_has_bytes(t) for t in nested if t is not None)
+    return avro_type == "bytes"
+
+
+def _bytes_fields(schema: dict[str, Any]) -> tuple[str, ...]:
+    """Top-level fields of type bytes (alone or in a union); nested ones are refused with the reason."""
+    found = []
+    for field in schema["fields"]:
+        types = field["type"] if isinstance(field["type"], list) else [field["type"]]
+        if "bytes" in types:
+            found.append(field["name"])
+        elif _has_bytes(types):
+            raise ValueError(
+                f"{schema['name']}.{field['name']} nests an Avro bytes field; the payload JSON encodes only "
+                "top-level bytes as base64 (sink/ingest.py): make it a top-level field or a string"
+            )
+    return tuple(found)
+
+
+@cache
+def ingest_format(catalog: Catalog, kind: str) -> IngestFormat:
+    current = catalog.current(kind)
+    schema = {key: value for key, value in current.parsed.items() if not key.startswith("__")}  # fastavro's marks
+    wrapper = {**schema, "fields": [{"name": n, "type": t} for n, t in ORIGIN_FIELDS] + list(schema["fields"])}
+    sync = hashlib.sha256(current.fingerprint).digest()[:16]
+    buffer = io.BytesIO()
+    fastavro.writer(buffer, fastavro.parse_schema(wrapper), [], sync_marker=sync)
+    header = buffer.getvalue()
+    if not header.endswith(sync):
+        raise AssertionError("fastavro wrote an Avro container header that does not end with its sync marker")
+    return IngestFormat(
+        kind=kind, spec=TABLES[kind], revision=current.revision, header=header, sync=sync,
+        bytes_fields=_bytes_fields(schema),
+    )
+
+
+def ingest_table_ddl(fmt: IngestFormat, columns: list[tuple[str, str]]) -> str:
+    """The Null-engine ingest table, with the column types ClickHouse infers from the container's schema.
+
+    Avro timestamps carry no time zone; ClickHouse would read them in the server's, so they are
+    pinned to UTC.
+    """
+    utc = r"DateTime64(\1, 'UTC')"
+    body = ",\n    ".join(f"`{name}` {_NAIVE_DATETIME.sub(utc, kind)}" for name, kind in columns)
+    return f"CREATE TABLE IF NOT EXISTS {fmt.ingest_table}\n(\n    {body}\n)\nENGINE = Null"
+
+
+def event_view_select(fmt: IngestFormat) -> str:
+    """The materialized view's SELECT: ingest row -> event table row."""
+    origin = ", ".join(name for name, _ in ORIGIN_FIELDS)
+    replace = ", ".join(f"base64Encode({name}) AS {name}" for name in fmt.bytes_fields)
+    event = f"* EXCEPT ({origin})" + (f" REPLACE ({replace})" if replace else "")
+    columns = [f"{expression} AS {name}" for name, expression in fmt.spec.expressions] + [
+        "payload", "_raw AS raw", "_topic AS kafka_topic", "_partition AS kafka_partition", "_offset AS kafka_offset",
+    ]
+    # The payload is made in a subquery: next to the outer aliases, * would name some columns table.column.
+    return (
+        "SELECT\n    " + ",\n    ".join(columns) + "\n"
+        f"FROM (SELECT *, toJSONString(tuple({event})) AS payload FROM {fmt.ingest_table})\n"
+        "WHERE throwIf(event_id = '' OR hash = '', 'an event has an empty event_id or hash; producers must set "
+        "a UUIDv7 and seal every event (schemas.integrity.HashChain)') = 0\n"
+        "LIMIT 1 BY event_id\n"  # an event repeated within one insert is stored once
+        f"SETTINGS {JSON_SETTINGS}"
+    )
+
+
+def derived_select(table: str, source: str) -> str:
+    """The SELECT that derives ``table``'s rows from prediction_traces rows read from ``source``."""
+    text = (resources.files("sink") / "sql" / DERIVED[table]).read_text(encoding="utf-8")
+    return text.replace("{source}", source).strip().rstrip(";")
+
+
+def view_ddl(target: str, select: str) -> tuple[str, str]:
+    """``(view name, CREATE statement)``; the name ends with a digest of the definition, so a changed
+    definition is a new view and the old one is dropped (:func:`ensure_views`)."""
+    digest = hashlib.sha256(f"{target}\n{select}".encode()).hexdigest()[:10]
+    view = f"{VIEW_PREFIX}{target}_{digest}"
+    return view, f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {target} AS\n{select}"

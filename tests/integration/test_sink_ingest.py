@@ -1,0 +1,174 @@
+"""The rows ClickHouse makes from the sink's Avro containers (sink/ingest.py), on the real engine (chDB)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from schemas import default_catalog, new_envelope, producer_identity
+from schemas.integrity import HashChain
+from sink.rows import table_for
+from sink.store import ensure_views, migrate, open_store
+from sink.writer import insert_plan, plan_batch
+
+WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+class Message:
+    def __init__(self, offset: int, value: bytes, topic: str = "p.lineage.v1", partition: int = 2) -> None:
+        self._offset, self._value, self._topic, self._partition = offset, value, topic, partition
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def event(kind: str, **fields: Any) -> dict[str, Any]:
+    value = {**new_envelope(producer_identity("test", "s1"), event_time=WHEN), **fields}
+    return HashChain(default_catalog()).seal(kind, value)
+
+
+@pytest.fixture
+def store(chdb_path: str) -> Iterator[Client]:
+    client = open_store(chdb_path)
+    migrate(client)
+    yield client
+    client.close()
+
+
+def stored_row(client: Client, kind: str, value: dict[str, Any], offset: int = 41) -> dict[str, Any]:
+    catalog = default_catalog()
+    raw = catalog.encode(kind, value)
+    plan = plan_batch([Message(offset, raw)], catalog)
+    assert plan.dead_letters == [] and insert_plan(client, plan, catalog) == []
+    table = table_for(kind).table
+    result = client.query(
+        f"SELECT * FROM {table} WHERE event_id = {{id:String}}", parameters={"id": value["event_id"]},
+        column_formats={"raw": "bytes"},
+    )
+    assert len(result.result_rows) == 1
+    row = dict(zip(result.column_names, result.result_rows[0], strict=True))
+    assert row["raw"] == raw
+    return row
+
+
+def run_event(**overrides: Any) -> dict[str, Any]:
+    fields = {
+        "run_id": "run-1", "name": "train", "state": "COMPLETED", "stage": "training",
+        "code": {"repo": "git@x:y.git", "commit": "abc123", "branch": "main", "dirty": False, "diff_sha256": None,
+                 "entrypoint": "train.py", "argv": []},
+    }
+    return event("RunEvent", **{**fields, **overrides})
+
+
+def test_run_event_row_has_envelope_nested_code_and_kafka_origin(store: Client) -> None:
+    value = run_event()
+    row = stored_row(store, "RunEvent", value)
+    assert row["event_time"].replace(tzinfo=UTC) == WHEN
+    assert (row["producer_name"], row["producer_session"], row["hash"], row["prev_hash"]) == (
+        "test", "s1", value["hash"], None
+    )
+    assert (row["run_id"], row["state"], row["code_repo"], row["code_commit"], row["parent_run_id"]) == (
+        "run-1", "COMPLETED", "git@x:y.git", "abc123", None
+    )
+    assert (row["kafka_topic"], row["kafka_partition"], row["kafka_offset"]) == ("p.lineage.v1", 2, 41)
+    payload = json.loads(row["payload"])
+    assert payload["code"]["commit"] == "abc123" and payload["state"] == "COMPLETED"
+    assert payload["event_time"] == "2025-03-01T12:30:15.123456Z"
+    assert datetime.fromisoformat(payload["event_time"]) == WHEN
+
+    without_code = stored_row(store, "RunEvent", run_event(code=None), offset=42)
+    assert without_code["code_repo"] is None and json.loads(without_code["payload"])["code"] is None
+
+
+def test_model_version_maps_version_and_keeps_datasets(store: Client) -> None:
+    value = event(
+        "ModelVersion", model_name="churn", version="3", artifact_uri="s3://m/3", artifact_sha256="f" * 64,
+        run_id="run-1", datasets=["d1", "d2"],
+    )
+    row = stored_row(store, "ModelVersion", value)
+    assert (row["model_name"], row["model_version"], row["run_id"], row["datasets"]) == (
+        "churn", "3", "run-1", ["d1", "d2"]
+    )
+
+
+def test_payload_is_json_with_base64_bytes_plain_numbers_and_null_for_nan(store: Client) -> None:
+    request = event(
+        "InferenceRequest", prediction_id="p-1", endpoint="/v1/models/churn:predict", method="POST",
+        path="/predict", body_size=2**40, body_sha256="b" * 64, body=b"\x00\xffx", body_truncated=False,
+        features={"age": 41.0, "plan": "gold", "missing": None, "member": True},
+    )
+    payload = json.loads(stored_row(store, "InferenceRequest", request)["payload"])
+    assert base64.b64decode(payload["body"]) == b"\x00\xffx" and payload["signature"] is None
+    assert payload["body_size"] == 2**40 and payload["endpoint"] == "/v1/models/churn:predict"
+    assert payload["features"] == {"age": 41.0, "plan": "gold", "missing": None, "member": True}
+
+    metric = event(
+        "DriftMetric", model_name="churn", model_version="3", feature="age", metric="psi", window_start=WHEN,
+        window_end=WHEN, value=float("nan"), threshold=0.1, breached=False, sample_size=3,
+    )
+    row = stored_row(store, "DriftMetric", metric)
+    assert json.loads(row["payload"])["value"] is None  # NaN is not JSON; the raw column keeps it
+
+
+def test_traces_derive_the_index_and_served_edges_and_repeats_are_stored_once(store: Client) -> None:
+    catalog = default_catalog()
+    trace = event("PredictionTrace", prediction_id="p-9", endpoint="/p", complete=True, model_name="churn",
+                  model_version="3")
+    anonymous = event("PredictionTrace", prediction_id="p-10", endpoint="/p", complete=False)
+    raw = catalog.encode("PredictionTrace", trace)
+    messages = [Message(0, raw), Message(1, raw), Message(2, catalog.encode("PredictionTrace", anonymous))]
+    assert insert_plan(store, plan_batch(messages, catalog), catalog) == []
+    assert store.query("SELECT prediction_id FROM prediction_traces ORDER BY prediction_id").result_rows == [
+        ("p-10",), ("p-9",),
+    ]
+    index = store.query("SELECT model_name, model_version, prediction_id FROM prediction_index ORDER BY prediction_id")
+    assert index.result_rows == [("", "", "p-10"), ("churn", "3", "p-9")]
+    edges = store.query("SELECT from_node, to_node, edge FROM lineage_edges").result_rows
+    assert edges == [("model:churn@3", "prediction:p-9", "served")]
+
+
+def test_an_unsealed_event_is_dead_lettered_and_the_rest_of_its_insert_is_stored(store: Client) -> None:
+    catalog = default_catalog()
+    good = event("Feedback", prediction_id="p-1", label="churned", source="crm", observed_time=WHEN)
+    unsealed = {**new_envelope(producer_identity("x", "s")), "prediction_id": "p-2", "label": "x", "source": "crm",
+                "observed_time": WHEN}
+    truncated = catalog.encode("Feedback", good)[:-3]
+    messages = [Message(0, catalog.encode("Feedback", good)), Message(1, catalog.encode("Feedback", unsealed)),
+                Message(2, truncated)]
+    letters = insert_plan(store, plan_batch(messages, catalog), catalog)
+    assert [(letter.origin.offset, letter.reason) for letter in letters] == [
+        (1, "InvalidEventError"), (2, "CorruptEventError"),
+    ]
+    assert store.query("SELECT prediction_id FROM feedback").result_rows == [("p-1",)]
+
+
+def test_views_are_created_once_and_replaced_when_their_definition_changes(store: Client) -> None:
+    assert ensure_views(store, default_catalog()) == []  # migrate made them all
+    views = store.query(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'"
+    ).result_rows
+    assert len(views) == len(default_catalog().records) + 2  # one per event kind, index and served edges
+    stale = views[0][0]
+    store.command(f"RENAME TABLE {stale} TO provline_view_old_definition")
+    assert ensure_views(store, default_catalog()) == [stale]
+    names = {row[0] for row in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+             .result_rows}
+    assert stale in names and "provline_view_old_definition" not in names
