@@ -42,6 +42,7 @@ from schemas import default_catalog, key_for, new_envelope, producer_identity  #
 from schemas.integrity import HashChain  # noqa: E402
 from sink import queries  # noqa: E402
 from sink.ingest import VIEW_PREFIX  # noqa: E402
+from sink.settings import DEFAULT_BATCH_MAX_EVENTS  # noqa: E402
 from sink.store import migrate, open_store  # noqa: E402
 from sink.writer import insert_plan, plan_batch  # noqa: E402
 
@@ -242,7 +243,7 @@ def lookup_latency(client, predictions: int, samples: int, progress: Progress) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--batch", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX_EVENTS, help="events per batch (sink default)")
     parser.add_argument("--predictions", type=int, default=10_000_000)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--only", choices=("write", "lookup"), help="run one of the two parts")
