@@ -130,6 +130,7 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
         description="Audit queries over the provline store. Bearer tokens map to roles viewer, auditor, admin.",
     )
     store = LockedClient(client)
+    registry = queries.RegistryCache()
     catalog = default_catalog()
     signer = load_private_key(settings.signing_key.get_secret_value()) if settings.signing_key else None
     event_key = load_public_key(settings.event_public_key) if settings.event_public_key else None
@@ -173,7 +174,7 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
         if raw and not reader.may("auditor"):
             raise HTTPException(status_code=403, detail=f"raw payloads need role auditor; {reader.name} is a viewer")
         with store.lock:
-            found = queries.trace(store.client, prediction_id)
+            found = queries.trace(store.client, prediction_id, registry)
             if found is not None and raw:
                 ids = [value for value in found["sources"].values() if value]
                 found["raw_events"] = [

@@ -192,13 +192,51 @@ def _trace_rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[di
     return list(client.query(sql_file(sql), parameters=parameters, settings=TRACE_SETTINGS).named_results())
 
 
-def trace(client: Client, prediction_id: str) -> dict[str, Any] | None:
+# Row counts of the registry tables: answered from part metadata, without reading data.
+REGISTRY_VERSION = "SELECT (SELECT count() FROM model_versions), (SELECT count() FROM run_events)"
+
+
+class RegistryCache:
+    """The registry rows of recent traces (``trace_registry.sql``), valid while the registry is unchanged.
+
+    Registry events are only ever added, and every insert adds rows, so the cache is dropped
+    whenever the registry tables' row counts change (a merge that collapses a redelivered copy
+    changes them too; the cache is then dropped for nothing). Checking the counts reads no data,
+    so a trace whose model is cached costs one point-lookup query instead of two. Not
+    thread-safe: use it under the same lock as its client.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._max_entries = max_entries
+        self._version: tuple[Any, ...] | None = None
+        self._rows: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    def rows(self, client: Client, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        version = tuple(client.query(REGISTRY_VERSION).result_rows[0])
+        if version != self._version:
+            self._rows.clear()
+            self._version = version
+        key = tuple(sorted(parameters.items()))
+        if key not in self._rows:
+            if len(self._rows) >= self._max_entries:
+                self._rows.clear()
+            self._rows[key] = _trace_rows(client, "trace_registry.sql", parameters)
+        return self._rows[key]
+
+
+def _registry_rows(client: Client, parameters: dict[str, Any], cache: RegistryCache | None) -> list[dict[str, Any]]:
+    if cache is None:
+        return _trace_rows(client, "trace_registry.sql", parameters)
+    return list(cache.rows(client, parameters))
+
+
+def trace(client: Client, prediction_id: str, registry: RegistryCache | None = None) -> dict[str, Any] | None:
     """The latest stored PredictionTrace of ``prediction_id`` joined with its request, model and run.
 
     None when no trace is stored. Every read is a point lookup on a table's ORDER BY prefix: one
-    query by prediction id (traces, requests), one by model key and run id (registry), and a
-    third only when the trace names no training run and its model version does.
-    Blocks on the store; not thread-safe on a shared client.
+    query by prediction id (traces, requests), one by model key and run id (registry; from
+    ``registry`` when it holds them), and a third only when the trace names no training run and
+    its model version does. Blocks on the store; not thread-safe on a shared client.
     """
     prediction_rows = _trace_rows(client, "trace.sql", {"prediction_id": prediction_id})
     latest = newest(prediction_rows, "trace")
@@ -211,15 +249,15 @@ def trace(client: Client, prediction_id: str) -> dict[str, Any] | None:
     run_id = payload.get("training_run_id")
     registry_rows: list[dict[str, Any]] = []
     if model_key[0] is not None or run_id is not None:
-        registry_rows = _trace_rows(client, "trace_registry.sql", {
+        registry_rows = _registry_rows(client, {
             "model_name": model_key[0], "model_version": model_key[1], "run_id": run_id,
-        })
+        }, registry)
     if run_id is None:
         run_id = (newest(registry_rows, "model_version") or {}).get("run_id")
         if run_id is not None:
-            registry_rows += _trace_rows(client, "trace_registry.sql", {
+            registry_rows += _registry_rows(client, {
                 "model_name": None, "model_version": None, "run_id": run_id,
-            })
+            }, registry)
     row = joined_trace_row(prediction_rows, registry_rows, run_id)
     return None if row is None else shape_trace(prediction_id, row)
 

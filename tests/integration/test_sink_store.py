@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from schemas.integrity import HashChain
 from sink.api import create_api
-from sink.queries import trace
+from sink.queries import RegistryCache, trace
 from sink.rows import TABLES
 from sink.settings import SinkSettings
 from sink.store import migrate, open_store
@@ -290,6 +290,22 @@ def insert_directly(client: Client, events: Events) -> None:
     messages = [Message(offset, catalog.encode(kind, value)) for offset, (kind, value) in enumerate(events.all)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters and insert_plan(client, plan, catalog) == []
+
+
+def test_registry_cache_answers_like_the_store_and_sees_new_registrations(store: Client) -> None:
+    events = audit_story("pred-cached")
+    insert_directly(store, events)
+    registry = RegistryCache()
+    assert trace(store, "pred-cached", registry) == trace(store, "pred-cached")
+    assert trace(store, "pred-cached", registry)["artifact_uri"] == "s3://models/churn/3"
+
+    later = Events()  # the same model version registered again, with another artifact
+    later.add("ModelVersion", model_name="churn", version="3", artifact_uri="s3://models/churn/3-fixed",
+              artifact_sha256="c" * 64, run_id="run-7", datasets=["ds-digest-1"])
+    catalog = default_catalog()
+    plan = plan_batch([Message(1000, catalog.encode(*later.all[0]))], catalog)
+    assert insert_plan(store, plan, catalog) == []
+    assert trace(store, "pred-cached", registry)["artifact_uri"] == "s3://models/churn/3-fixed"
 
 
 def test_api_serves_traces_and_refuses_writes(store: Client, chdb_path: str) -> None:
