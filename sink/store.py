@@ -12,6 +12,7 @@ its own client or serialise calls on a shared one.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -233,7 +234,10 @@ def ensure_views(client: Client, catalog: Catalog, *, cluster: str | None = None
     wanted: dict[str, str] = {}
     for kind in TABLES:
         fmt = ingest_format(catalog, kind)
-        described = client.query("DESCRIBE format(Avro, {header:String})", parameters={"header": fmt.header})
+        described = client.query(  # base64: query parameters travel as text to a ClickHouse server
+            "DESCRIBE format(Avro, base64Decode({header:String}))",
+            parameters={"header": base64.b64encode(fmt.header).decode("ascii")},
+        )
         client.command(render_ddl(ingest_table_ddl(fmt, [(row[0], row[1]) for row in described.result_rows]), cluster))
         name, ddl = view_ddl(fmt.spec.table, event_view_select(fmt))
         wanted[name] = ddl
