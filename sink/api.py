@@ -17,7 +17,7 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -255,16 +255,32 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
 
     @app.get("/v1/verify", summary="Recompute hash chains (and signatures) of stored events")
     def get_verify(reader: Auditor, session: str = "") -> dict[str, Any]:
-        findings, checked_events = [], 0
+        findings, checked = [], [0]
         with store.lock:
             names = [session] if session else queries.sessions(store.client)
-        for name in names:
+
+        def events(name: str) -> Iterator[dict[str, Any]]:
+            """The session page by page, the store lock held per page only."""
+            after = ""
+            while True:
+                with store.lock:
+                    page = queries.session_events(store.client, name, after=after)
+                checked[0] += len(page)
+                yield from page
+                if len(page) < queries.SESSION_PAGE_EVENTS:
+                    return
+                after = page[-1]["event_id"]
+
+        def hash_stored(name: str, event_hash: str) -> bool:
             with store.lock:
-                events = queries.session_events(store.client, name)
-            checked_events += len(events)
-            found = verify_session(catalog, name, events, public_key=event_key)
+                return queries.session_has_hash(store.client, name, event_hash)
+
+        for name in names:
+            found = verify_session(catalog, name, events(name), public_key=event_key,
+                                   hash_stored=lambda h, name=name: hash_stored(name, h))
             if found is not None:
                 findings.append(found.as_dict())
+        checked_events = checked[0]
         return {"sessions": len(names), "events": checked_events, "signatures": event_key is not None,
                 "findings": findings}
 

@@ -346,13 +346,27 @@ def sessions(client: Client) -> list[str]:
     return [row[0] for row in result.result_rows]
 
 
-def session_events(client: Client, session: str) -> list[dict[str, Any]]:
-    """A producer session's stored events ordered by event id (UUIDv7: creation order); raw as bytes."""
+SESSION_PAGE_EVENTS = 5000
+
+
+def session_events(
+    client: Client, session: str, *, after: str = "", limit: int = SESSION_PAGE_EVENTS
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` of a producer session's stored events with event ids after ``after``, in event-id
+    order (UUIDv7: creation order); raw as bytes. Page through a session by passing the last id."""
+    where = "producer_session = {session:String} AND event_id > {after:String}"
     result = client.query(
-        f"SELECT * FROM ({stored_events_sql('producer_session = {session:String}')}) ORDER BY event_id",
-        parameters={"session": session}, column_formats={"raw": "bytes"},
+        f"SELECT * FROM ({stored_events_sql(where)}) ORDER BY event_id LIMIT {{limit:UInt32}}",
+        parameters={"session": session, "after": after, "limit": limit}, column_formats={"raw": "bytes"},
     )
     return list(result.named_results())
+
+
+def session_has_hash(client: Client, session: str, event_hash: str) -> bool:
+    where = "producer_session = {session:String} AND hash = {hash:String}"
+    result = client.query(f"SELECT count() FROM ({stored_events_sql(where)})",
+                          parameters={"session": session, "hash": event_hash})
+    return bool(result.result_rows[0][0])
 
 
 def events_by_id(client: Client, event_ids: list[str]) -> list[dict[str, Any]]:

@@ -5,11 +5,14 @@ taken from ``raw``, the exact Kafka bytes. The first record that does not decode
 does not match its hash is *altered*; one whose ``prev_hash`` names another stored event of the
 session is *reordered*; one whose ``prev_hash`` names no stored event follows a *missing* one.
 A row whose indexed columns disagree with its raw event is *altered* too.
+
+Events are checked one at a time, so a session of any length is verified in bounded memory; only
+when a link breaks is the session searched for the hash it names (``hash_stored``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,26 +46,33 @@ def _decode(catalog: Catalog, raw: bytes) -> tuple[str, dict[str, Any]] | str:
 
 
 def verify_session(
-    catalog: Catalog, session: str, events: Sequence[Mapping[str, Any]], *,
-    public_key: Ed25519PublicKey | None = None,
+    catalog: Catalog, session: str, events: Iterable[Mapping[str, Any]], *,
+    public_key: Ed25519PublicKey | None = None, hash_stored: Callable[[str], bool] | None = None,
 ) -> Finding | None:
     """The first problem in one session's stored events (rows with table, event_id, hash, raw), or None.
 
-    ``events`` must be in event-id order. With ``public_key`` every event must carry a valid signature.
+    ``events`` must be in event-id order; they are read one at a time. ``hash_stored`` tells
+    whether the session has a stored event with a given hash (asked only when a link breaks, to
+    tell reordered from missing); without it ``events`` are held in memory and searched. With
+    ``public_key`` every event must carry a valid signature.
     """
-    decoded: list[tuple[str, dict[str, Any]] | str] = [_decode(catalog, row["raw"]) for row in events]
-    declared = {item[1]["hash"] for item in decoded if not isinstance(item, str)}
+    if hash_stored is None:
+        events = list(events)
+        declared = {item[1]["hash"] for item in (_decode(catalog, row["raw"]) for row in events)
+                    if not isinstance(item, str)}
+        hash_stored = declared.__contains__
     previous: str | None = None
-    for index, (row, item) in enumerate(zip(events, decoded, strict=True)):
+    for index, row in enumerate(events):
         def finding(problem: str, detail: str, row: Mapping[str, Any] = row, index: int = index) -> Finding:
             return Finding(session, index, str(row["event_id"]), str(row.get("table", "")), problem, detail)
 
+        item = _decode(catalog, row["raw"])
         if isinstance(item, str):
             return finding(ALTERED, item)
         kind, value = item
         link = value.get("prev_hash")
         if link != previous:
-            if link is not None and link in declared:
+            if link is not None and hash_stored(link):
                 return finding(REORDERED, (
                     f"links to {link[:16]}…, an event stored elsewhere in the session, not to the one before it "
                     f"({(previous or 'none')[:16]}…): events were moved or swapped"

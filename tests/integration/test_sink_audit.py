@@ -193,8 +193,19 @@ def test_trace_runs_models_and_drift_answers(seeded: tuple[Client, Session, Sess
 
 
 def session_problem(client: Client, session: Session) -> Any:
-    events = queries.session_events(client, session.producer["session_id"])
-    return verify_session(default_catalog(), session.producer["session_id"], events)
+    """verify_session over the store as the API runs it: pages of events (here of 2), hashes looked up."""
+    name = session.producer["session_id"]
+
+    def pages() -> Iterator[dict[str, Any]]:
+        after = ""
+        while page := queries.session_events(client, name, after=after, limit=2):
+            yield from page
+            after = page[-1]["event_id"]
+
+    paged = verify_session(default_catalog(), name, pages(),
+                           hash_stored=lambda h: queries.session_has_hash(client, name, h))
+    assert paged == verify_session(default_catalog(), name, list(pages()))  # the same, in memory
+    return paged
 
 
 def set_raw(client: Client, table: str, event_id: str, raw: bytes) -> None:
