@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from schemas import default_catalog, key_for, new_envelope, producer_identity  #
 from schemas.integrity import HashChain  # noqa: E402
 from sink import queries  # noqa: E402
 from sink.ingest import VIEW_PREFIX  # noqa: E402
-from sink.settings import DEFAULT_BATCH_MAX_EVENTS  # noqa: E402
+from sink.settings import DEFAULT_BATCH_MAX_EVENTS, SinkSettings  # noqa: E402
 from sink.store import migrate, open_store  # noqa: E402
 from sink.writer import insert_plan, plan_batch  # noqa: E402
 
@@ -101,7 +102,9 @@ def make_messages(count: int, progress: Progress) -> list[Message]:
     return messages
 
 
-def write_throughput(client, messages: list[Message], batch: int, progress: Progress) -> tuple[float, float, int]:
+def write_throughput(
+    client, store_url: str, messages: list[Message], batch: int, insert_threads: int, progress: Progress
+) -> tuple[float, float, int]:
     catalog = default_catalog()
     batches = [messages[i:i + batch] for i in range(0, len(messages), batch)]
     client.command("CREATE DATABASE IF NOT EXISTS bench_base")
@@ -115,29 +118,44 @@ def write_throughput(client, messages: list[Message], batch: int, progress: Prog
         client.command(f"DROP VIEW bench_base.{view}")
 
     client.database = "bench_sink"
+    more_clients = [open_store(store_url) for _ in range(insert_threads - 1)]
+    for extra in more_clients:
+        extra.database = "bench_sink"
     task = progress.add_task("sink: frame, insert (ClickHouse decodes and derives)", total=len(batches))
     start = time.perf_counter()
     for chunk in batches:
-        assert insert_plan(client, plan_batch(chunk, catalog), catalog) == []
+        assert insert_plan(client, plan_batch(chunk, catalog), catalog, more_clients=more_clients) == []
         progress.advance(task)
     sink = len(messages) / (time.perf_counter() - start)
     stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
     assert stored == len(messages) // 2, (stored, len(messages))
 
-    # Baseline: the rows the sink stored, fetched as Python values (not timed), inserted in the same batches.
+    # Baseline: the rows the sink stored, fetched as Python values (not timed), inserted in the same
+    # batches with the same parallelism (a table per connection).
     tables = {}
     for table in ("inference_requests", "prediction_traces"):
         result = client.query(f"SELECT * FROM {table} ORDER BY kafka_offset")
         tables[table] = (result.column_names, result.result_rows)
-    client.database = "bench_base"
+    clients = [client, *more_clients]
+    for each in clients:
+        each.database = "bench_base"
     per_batch = batch // len(tables)
     task = progress.add_task("baseline: insert pre-decoded rows", total=len(batches))
+
+    def insert_rows(each, table: str, first: int) -> None:
+        columns, rows = tables[table]
+        each.insert(table, rows[first:first + per_batch], column_names=list(columns))
+
     start = time.perf_counter()
-    for first in range(0, len(messages) // len(tables), per_batch):
-        for table, (columns, rows) in tables.items():
-            client.insert(table, rows[first:first + per_batch], column_names=list(columns))
-        progress.advance(task)
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        for first in range(0, len(messages) // len(tables), per_batch):
+            jobs = [pool.submit(insert_rows, clients[i % len(clients)], table, first) for i, table in enumerate(tables)]
+            for job in jobs:
+                job.result()
+            progress.advance(task)
     baseline = len(messages) / (time.perf_counter() - start)
+    for extra in more_clients:
+        extra.close()
     return baseline, sink, len(messages)
 
 
@@ -246,6 +264,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX_EVENTS, help="events per batch (sink default)")
+    parser.add_argument("--insert-threads", type=int, default=SinkSettings.model_fields["insert_threads"].default,
+                        help="store connections inserting in parallel (sink default)")
     parser.add_argument("--predictions", type=int, default=10_000_000)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--only", choices=("write", "lookup"), help="run one of the two parts")
@@ -257,7 +277,9 @@ def main() -> None:
             write = lookup = None
             if args.only != "lookup":
                 messages = make_messages(args.events, progress)
-                write = write_throughput(client, messages, args.batch, progress)
+                write = write_throughput(
+                    client, f"chdb://{workdir}", messages, args.batch, args.insert_threads, progress
+                )
             if args.only != "write":
                 lookup = lookup_latency(client, args.predictions, args.samples, progress)
     finally:
@@ -269,7 +291,8 @@ def main() -> None:
     table.add_column("value", justify="right")
     if write is not None:
         baseline, sink, rows = write
-        table.add_row(f"event rows written, in batches of {args.batch:,}", f"{rows:,}")
+        table.add_row(f"event rows written, in batches of {args.batch:,}, {args.insert_threads} insert threads",
+                      f"{rows:,}")
         table.add_row("baseline: pre-decoded rows inserted, rows/s", f"{baseline:,.0f}")
         table.add_row("sink path: frame + insert (decoded and derived in ClickHouse), rows/s", f"{sink:,.0f}")
         table.add_row("sink / baseline", f"{sink / baseline:.2f}")

@@ -31,11 +31,12 @@ def run_serve(settings: SinkSettings) -> None:
     # A second client on the same store (for chDB: the same engine) so API queries never run
     # on the writer's connection.
     api_client = open_store(settings.clickhouse_url)
+    insert_clients = [open_store(settings.clickhouse_url) for _ in range(settings.insert_threads - 1)]
     stop = threading.Event()
     failures: list[BaseException] = []
     try:
         migrate(writer_client, cluster=settings.cluster, retention_days=settings.retention_days)
-        writer = SinkWriter(settings, writer_client)
+        writer = SinkWriter(settings, writer_client, insert_clients=insert_clients)
         config = uvicorn.Config(
             create_api(settings, api_client), host=settings.api_host, port=settings.api_port, log_level="info"
         )
@@ -53,8 +54,8 @@ def run_serve(settings: SinkSettings) -> None:
             if thread.is_alive():
                 log.error("sink writer did not stop within %.0f s", WRITER_JOIN_TIMEOUT_SECONDS)
     finally:
-        api_client.close()
-        writer_client.close()
+        for client in (api_client, writer_client, *insert_clients):
+            client.close()
     if failures:
         raise SinkError(f"the sink writer stopped on {failures[0]!r}; see the log above") from failures[0]
 

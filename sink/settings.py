@@ -58,6 +58,8 @@ class SinkSettings(BaseSettings):
     batch_max_events: int = Field(default=DEFAULT_BATCH_MAX_EVENTS, ge=1)
     batch_max_bytes: int = Field(default=DEFAULT_BATCH_MAX_BYTES, ge=1024)
     batch_max_seconds: float = Field(default=DEFAULT_BATCH_MAX_SECONDS, gt=0)
+    # Store connections inserting a batch's event tables in parallel (one core each in ClickHouse).
+    insert_threads: int = Field(default=2, ge=1, le=16)
     # librdkafka's prefetch queue per partition: bounds the memory held while inserts are slow.
     prefetch_max_kbytes: int = Field(default=DEFAULT_PREFETCH_KBYTES, ge=1024)
     api_host: str = "127.0.0.1"

@@ -42,9 +42,10 @@ from sink.writer import SinkWriter
 settings = SinkSettings()
 client = open_store(settings.clickhouse_url)
 migrate(client)
+more = [open_store(settings.clickhouse_url) for _ in range(settings.insert_threads - 1)]  # parallel inserts
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-SinkWriter(settings, client).run(stop)
+SinkWriter(settings, client, insert_clients=more).run(stop)
 client.close()
 """
 
