@@ -46,34 +46,12 @@ from sink import queries  # noqa: E402
 from sink.ingest import VIEW_PREFIX  # noqa: E402
 from sink.settings import DEFAULT_BATCH_MAX_EVENTS, SinkSettings  # noqa: E402
 from sink.store import migrate, open_store  # noqa: E402
-from sink.writer import insert_plan, plan_batch  # noqa: E402
+from sink.writer import ReplayMessage, insert_plan, plan_batch  # noqa: E402
 
 console = Console()
 
 
-class Message:
-    __slots__ = ("_key", "_offset", "_topic", "_value")
-
-    def __init__(self, topic: str, offset: int, key: bytes, value: bytes) -> None:
-        self._topic, self._offset, self._key, self._value = topic, offset, key, value
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-
-def make_messages(count: int, progress: Progress) -> list[Message]:
+def make_messages(count: int, progress: Progress) -> list[ReplayMessage]:
     catalog = default_catalog()
     chain = HashChain(catalog)
     producer = producer_identity("bench", "bench-session")
@@ -95,7 +73,7 @@ def make_messages(count: int, progress: Progress) -> list[Message]:
                 "training_run_id": "run-7", "dataset_digests": ["sha256:d1"], "latency_us": 1500,
             }
         value = chain.seal(kind, {**new_envelope(producer), **fields})
-        messages.append(Message(kind, number, key_for(kind, value).encode(), catalog.encode(kind, value)))
+        messages.append(ReplayMessage(kind, 0, number, catalog.encode(kind, value), key_for(kind, value).encode()))
         if number % 5000 == 0:
             progress.update(task, completed=number)
     progress.update(task, completed=count)
@@ -103,7 +81,7 @@ def make_messages(count: int, progress: Progress) -> list[Message]:
 
 
 def write_throughput(
-    client, store_url: str, messages: list[Message], batch: int, insert_threads: int, progress: Progress
+    client, store_url: str, messages: list[ReplayMessage], batch: int, insert_threads: int, progress: Progress
 ) -> tuple[float, float, int]:
     catalog = default_catalog()
     batches = [messages[i:i + batch] for i in range(0, len(messages), batch)]

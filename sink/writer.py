@@ -60,6 +60,30 @@ class MessageLike(Protocol):
     def value(self) -> bytes | None: ...
 
 
+class ReplayMessage:
+    """A Kafka message held outside a consumer (a replay, a benchmark, a test), as the writer reads it."""
+
+    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = b"") -> None:
+        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes | None:
+        return self._value
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     origin: Origin

@@ -27,7 +27,7 @@ from sink.evidence import EVENTS, FORMATS, MANIFEST, build_bundle, gather, verif
 from sink.settings import SinkSettings
 from sink.store import migrate, open_store
 from sink.verify import verify_session
-from sink.writer import insert_plan, plan_batch
+from sink.writer import ReplayMessage, insert_plan, plan_batch
 
 pytestmark = pytest.mark.integration
 
@@ -49,26 +49,6 @@ class Session:
         value = self.chain.seal(kind, {**new_envelope(self.producer, event_time=self.clock), **fields})
         self.events.append((kind, value))
         return value
-
-
-class FakeMessage:
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def topic(self) -> str:
-        return "seed"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
 
 
 def seed() -> tuple[Session, Session]:
@@ -108,7 +88,7 @@ def seed() -> tuple[Session, Session]:
 def store_sessions(client: Client, *sessions: Session) -> None:
     catalog = default_catalog()
     events = [event for session in sessions for event in session.events]
-    messages = [FakeMessage(offset, catalog.encode(kind, value)) for offset, (kind, value) in enumerate(events)]
+    messages = [ReplayMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters
     assert insert_plan(client, plan, catalog) == []

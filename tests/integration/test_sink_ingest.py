@@ -15,29 +15,10 @@ from schemas import default_catalog, new_envelope, producer_identity
 from schemas.integrity import HashChain
 from sink.rows import table_for
 from sink.store import ensure_views, migrate, open_store
-from sink.writer import insert_plan, plan_batch
+from sink.writer import ReplayMessage, insert_plan, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
-
-
-class Message:
-    def __init__(self, offset: int, value: bytes, topic: str = "p.lineage.v1", partition: int = 2) -> None:
-        self._offset, self._value, self._topic, self._partition = offset, value, topic, partition
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
+TOPIC = "p.lineage.v1"
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -56,7 +37,7 @@ def store(chdb_path: str) -> Iterator[Client]:
 def stored_row(client: Client, kind: str, value: dict[str, Any], offset: int = 41) -> dict[str, Any]:
     catalog = default_catalog()
     raw = catalog.encode(kind, value)
-    plan = plan_batch([Message(offset, raw)], catalog)
+    plan = plan_batch([ReplayMessage(TOPIC, 2, offset, raw)], catalog)
     assert plan.dead_letters == [] and insert_plan(client, plan, catalog) == []
     table = table_for(kind).table
     result = client.query(
@@ -134,7 +115,8 @@ def test_traces_derive_the_index_and_served_edges_and_repeats_are_stored_once(st
                   model_version="3")
     anonymous = event("PredictionTrace", prediction_id="p-10", endpoint="/p", complete=False)
     raw = catalog.encode("PredictionTrace", trace)
-    messages = [Message(0, raw), Message(1, raw), Message(2, catalog.encode("PredictionTrace", anonymous))]
+    messages = [ReplayMessage(TOPIC, 2, 0, raw), ReplayMessage(TOPIC, 2, 1, raw),
+                ReplayMessage(TOPIC, 2, 2, catalog.encode("PredictionTrace", anonymous))]
     assert insert_plan(store, plan_batch(messages, catalog), catalog) == []
     assert store.query("SELECT prediction_id FROM prediction_traces ORDER BY prediction_id").result_rows == [
         ("p-10",), ("p-9",),
@@ -151,8 +133,8 @@ def test_an_unsealed_event_is_dead_lettered_and_the_rest_of_its_insert_is_stored
     unsealed = {**new_envelope(producer_identity("x", "s")), "prediction_id": "p-2", "label": "x", "source": "crm",
                 "observed_time": WHEN}
     truncated = catalog.encode("Feedback", good)[:-3]
-    messages = [Message(0, catalog.encode("Feedback", good)), Message(1, catalog.encode("Feedback", unsealed)),
-                Message(2, truncated)]
+    messages = [ReplayMessage(TOPIC, 2, 0, catalog.encode("Feedback", good)),
+                ReplayMessage(TOPIC, 2, 1, catalog.encode("Feedback", unsealed)), ReplayMessage(TOPIC, 2, 2, truncated)]
     letters = insert_plan(store, plan_batch(messages, catalog), catalog)
     assert [(letter.origin.offset, letter.reason) for letter in letters] == [
         (1, "InvalidEventError"), (2, "CorruptEventError"),

@@ -25,7 +25,16 @@ from sink.queries import RegistryCache, trace
 from sink.rows import TABLES
 from sink.settings import SinkSettings
 from sink.store import migrate, open_store
-from sink.writer import HEADER_OFFSET, HEADER_REASON, HEADER_TOPIC, SinkWriter, insert_plan, plan_batch, source_topics
+from sink.writer import (
+    HEADER_OFFSET,
+    HEADER_REASON,
+    HEADER_TOPIC,
+    ReplayMessage,
+    SinkWriter,
+    insert_plan,
+    plan_batch,
+    source_topics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -264,30 +273,11 @@ def test_trace_joins_request_model_version_and_run(store: Client) -> None:
     assert trace(store, "no-such-prediction") is None
 
 
-class Message:
-    def __init__(self, offset: int, value: bytes) -> None:
-        self._offset, self._value = offset, value
-
-    def topic(self) -> str:
-        return "direct"
-
-    def partition(self) -> int:
-        return 0
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def insert_directly(client: Client, events: Events) -> None:
     """The writer's insert path without Kafka: one message per event, offsets in order."""
     catalog = default_catalog()
-    messages = [Message(offset, catalog.encode(kind, value)) for offset, (kind, value) in enumerate(events.all)]
+    encoded = [catalog.encode(kind, value) for kind, value in events.all]
+    messages = [ReplayMessage("direct", 0, offset, value) for offset, value in enumerate(encoded)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters and insert_plan(client, plan, catalog) == []
 
@@ -303,7 +293,7 @@ def test_registry_cache_answers_like_the_store_and_sees_new_registrations(store:
     later.add("ModelVersion", model_name="churn", version="3", artifact_uri="s3://models/churn/3-fixed",
               artifact_sha256="c" * 64, run_id="run-7", datasets=["ds-digest-1"])
     catalog = default_catalog()
-    plan = plan_batch([Message(1000, catalog.encode(*later.all[0]))], catalog)
+    plan = plan_batch([ReplayMessage("direct", 0, 1000, catalog.encode(*later.all[0]))], catalog)
     assert insert_plan(store, plan, catalog) == []
     assert trace(store, "pred-cached", registry)["artifact_uri"] == "s3://models/churn/3-fixed"
 

@@ -19,6 +19,7 @@ from sink.settings import SinkSettings
 from sink.store import render_ddl, ttl_statements
 from sink.verify import verify_session
 from sink.writer import (
+    ReplayMessage,
     dedup_token,
     in_flight_metadata,
     in_flight_ranges,
@@ -112,26 +113,6 @@ def test_authenticate_maps_tokens_to_readers() -> None:
     assert Reader("root", "admin").may("auditor") and not Reader("vic", "viewer").may("auditor")
 
 
-class Msg:
-    def __init__(self, offset: int, value: bytes, partition: int = 0) -> None:
-        self._offset, self._value, self._partition = offset, value, partition
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return b"k"
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def test_plan_frames_traces_and_validate_finds_the_unsealed_one() -> None:
     catalog = default_catalog()
     chain = HashChain(catalog)
@@ -139,8 +120,8 @@ def test_plan_frames_traces_and_validate_finds_the_unsealed_one() -> None:
                    model_version="1")
     unsealed = {**new_envelope(producer_identity("t", "s1")), "prediction_id": "q", "endpoint": "/p",
                 "complete": True}
-    messages = [Msg(0, catalog.encode("PredictionTrace", trace)), Msg(1, catalog.encode("PredictionTrace", trace)),
-                Msg(2, catalog.encode("PredictionTrace", unsealed))]
+    encoded = [catalog.encode("PredictionTrace", value) for value in (trace, trace, unsealed)]
+    messages = [ReplayMessage("t", 0, offset, value) for offset, value in enumerate(encoded)]
     plan = plan_batch(messages, catalog)
     assert plan.events["prediction_traces"].positions == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]
     assert plan.edges == [] and plan.dead_letters == []  # traces are not decoded here: ClickHouse checks them

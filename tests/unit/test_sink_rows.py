@@ -14,7 +14,7 @@ from sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format, varint
 from sink.lineage import EDGE_COLUMNS
 from sink.rows import TABLES, table_for
 from sink.store import migration_files, split_statements
-from sink.writer import first_offsets, next_offsets, plan_batch
+from sink.writer import ReplayMessage, first_offsets, next_offsets, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
@@ -68,33 +68,13 @@ def test_ddl_columns_match_row_order() -> None:
     ]
 
 
-class FakeMessage:
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes = b"k") -> None:
-        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-
 def test_plan_batch_groups_messages_per_table_and_dead_letters_garbage() -> None:
     catalog = default_catalog()
     messages = [
-        FakeMessage("t", 0, 5, catalog.encode("RunEvent", run_event())),
-        FakeMessage("t", 0, 6, b"garbage"),
-        FakeMessage("t", 1, 9, catalog.encode("RunEvent", run_event())),
-        FakeMessage("t", 1, 10, None),
+        ReplayMessage("t", 0, 5, catalog.encode("RunEvent", run_event())),
+        ReplayMessage("t", 0, 6, b"garbage"),
+        ReplayMessage("t", 1, 9, catalog.encode("RunEvent", run_event())),
+        ReplayMessage("t", 1, 10, None),
     ]
     plan = plan_batch(messages, catalog)
     assert list(plan.events) == ["run_events"]
