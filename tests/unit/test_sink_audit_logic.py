@@ -78,6 +78,12 @@ def test_render_ddl_for_a_cluster() -> None:
     plain = render_ddl("CREATE TABLE IF NOT EXISTS l (a String) ENGINE = MergeTree ORDER BY a", "c")
     assert "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}')" in plain
     assert render_ddl("ALTER TABLE t MODIFY SETTING x = 1", "c") == "ALTER TABLE t ON CLUSTER 'c' MODIFY SETTING x = 1"
+    ingest = render_ddl("CREATE TABLE IF NOT EXISTS ingest_t_v1\n(\n    `a` String\n)\nENGINE = Null", "c")
+    assert ingest.startswith("CREATE TABLE IF NOT EXISTS ingest_t_v1 ON CLUSTER 'c'\n")
+    assert ingest.endswith("ENGINE = Null")
+    view = render_ddl("CREATE MATERIALIZED VIEW IF NOT EXISTS v_1 TO t AS\nSELECT a FROM ingest_t_v1", "c")
+    assert view.startswith("CREATE MATERIALIZED VIEW IF NOT EXISTS v_1 ON CLUSTER 'c' TO t AS")
+    assert render_ddl("DROP VIEW IF EXISTS v_0", "c") == "DROP VIEW IF EXISTS v_0 ON CLUSTER 'c'"
 
 
 def test_ttl_statements_per_table_and_unknown_tables_refused() -> None:
