@@ -79,31 +79,38 @@ def event_hash(catalog: Catalog, kind: str, value: dict[str, Any]) -> str:
     return hashlib.sha256(catalog.encode_body(kind, unsealed)).hexdigest()
 
 
-def _skip_varint(body: bytes, offset: int) -> tuple[int, int]:
-    """(zigzag-decoded value, offset after it) of the Avro varint at ``offset``."""
-    shift = result = 0
-    while True:
-        byte = body[offset]
-        offset += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (result >> 1) ^ -(result & 1), offset
-        shift += 7
-
-
 def _hash_offset(body: bytes) -> int:
     """Byte offset of ``hash`` in an event's Avro body: after event_id, event_time, producer's four
     strings and the prev_hash union, the envelope fields every event starts with."""
     offset = 0
-    for index in range(2 + 4):  # event_id, event_time, producer.{name, host, version, session_id}
-        value, offset = _skip_varint(body, offset)
-        if index != 1:  # every field but event_time (a long) is a string: skip its bytes
-            offset += value
-    branch, offset = _skip_varint(body, offset)  # prev_hash: null | string
-    if branch == 1:
-        length, offset = _skip_varint(body, offset)
-        offset += length
+    for index in range(2 + 4 + 1):  # event_id, event_time, producer.{name, host, version, session_id}, prev_hash
+        shift = value = 0
+        while True:  # an Avro varint, zigzag encoded; inlined: this runs for every event emitted
+            byte = body[offset]
+            offset += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        if index == 6:  # prev_hash: branch 0 is null, branch 1 a string (its length and bytes follow)
+            if value == 2:
+                length, offset = _read_long(body, offset)
+                offset += length
+        elif index != 1:  # every field but event_time (a long) is a string: skip its bytes
+            offset += value >> 1
     return offset
+
+
+def _read_long(body: bytes, offset: int) -> tuple[int, int]:
+    """(value, offset after it) of the non-negative Avro long at ``offset``."""
+    shift = value = 0
+    while True:
+        byte = body[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value >> 1, offset
+        shift += 7
 
 
 def _avro_bytes_field(data: bytes) -> bytes:

@@ -29,6 +29,7 @@ import fastavro
 from fastavro.schema import fingerprint as schema_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from schemas.compiled import NotFast, compile_encoder
 from schemas.errors import CorruptEventError, InvalidEventError, UnknownSchemaError
 
 AVSC_DIR = Path(__file__).resolve().parent / "avsc"
@@ -91,6 +92,7 @@ class Catalog:
             current = self._current.get(writer.record)
             if current is None or writer.revision > current.revision:
                 self._current[writer.record] = writer
+        self._compiled = {record: compile_encoder(writer.parsed) for record, writer in self._current.items()}
 
     @property
     def records(self) -> list[str]:
@@ -116,10 +118,18 @@ class Catalog:
 
     def encode_body(self, record: str, value: Record) -> bytes:
         """Avro binary body only: the canonical encoding that hash chains are computed over."""
+        compiled = self._compiled.get(record)
+        if compiled is not None:
+            out = bytearray()
+            try:
+                compiled(value, out)
+                return bytes(out)
+            except (NotFast, ValueError, OverflowError):  # fastavro takes the value, or names what is wrong
+                pass
         buffer = io.BytesIO()
         try:
             fastavro.schemaless_writer(buffer, self.current(record).parsed, value, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise InvalidEventError(f"{record} does not match schema {NAMESPACE}.{record}: {exc}") from exc
         return buffer.getvalue()
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import io
 import json
 import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fastavro
 import pytest
 
 from schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
@@ -192,3 +194,58 @@ def test_single_encoding_seal_gives_the_bytes_of_encoding_the_sealed_event(
     assert body == catalog.encode_body("Deployment", value)
     assert event_hash(catalog, "Deployment", value) == value["hash"]
     assert catalog.decode(catalog.header("Deployment") + body).value["hash"] == value["hash"]
+
+
+def _fastavro_body(record: str, value: dict) -> bytes | str:
+    """The reference: fastavro's generic writer, or the name of the error it raises."""
+    buffer = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(buffer, default_catalog().current(record).parsed, value, strict_allow_default=True)
+    except Exception as exc:
+        return type(exc).__name__
+    return buffer.getvalue()
+
+
+_feature_values = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+                   | st.floats(allow_nan=False) | st.text(max_size=70))
+_odd_values = st.none() | st.booleans() | st.integers() | st.text(max_size=3) | st.binary(max_size=3) | st.floats()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["InferenceRequest", "InferenceResponse", "DeliveryGap"]),
+    event_time=st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.datetimes(timezones=st.just(UTC)) | st.datetimes(),
+    previous=st.none() | st.text(min_size=64, max_size=64),
+    features=st.dictionaries(st.text(max_size=70), _feature_values, max_size=6),
+    body=st.none() | st.binary(max_size=9000),
+    size=st.integers(min_value=-(2**64), max_value=2**64),
+    status=st.integers(min_value=-(2**33), max_value=2**33),
+    drop=st.sampled_from([None, "body", "features", "prediction_id", "outputs", "model_name"]),
+    extra=st.none() | st.tuples(st.sampled_from(["unknown", "endpoint", "body_truncated"]), _odd_values),
+)
+def test_compiled_encoder_gives_fastavros_bytes_or_its_error(
+    kind: str, event_time: object, previous: str | None, features: dict, body: bytes | None, size: int,
+    status: int, drop: str | None, extra: tuple[str, object] | None,
+) -> None:
+    fields = {
+        "InferenceRequest": {"prediction_id": "p-1", "endpoint": "/predict", "method": "POST", "path": "/predict",
+                             "model_name": None, "model_version": "7", "content_type": "application/json",
+                             "body_size": size, "body_sha256": "ab" * 32, "body": body, "body_truncated": False,
+                             "features": features, "parse_error": None, "client_id": None, "traceparent": "t"},
+        "InferenceResponse": {"prediction_id": "p-1", "endpoint": "/predict", "status": status, "model_name": "m",
+                              "model_version": None, "body_size": size, "body_sha256": "ab" * 32, "body": body,
+                              "body_truncated": True, "outputs": features, "latency_us": size, "error": None},
+        "DeliveryGap": {"dropped": size, "reason": "queue_full", "first_time": event_time, "last_time": event_time},
+    }[kind]
+    value = {**new_envelope(producer_identity("sidecar", "s-1")), "event_time": event_time, "prev_hash": previous,
+             **fields}
+    value.pop(drop or "", None)
+    if extra is not None:
+        value[extra[0]] = extra[1]
+    expected = _fastavro_body(kind, value)
+    if isinstance(expected, bytes):
+        assert default_catalog().encode_body(kind, value) == expected
+    else:
+        with pytest.raises(InvalidEventError):
+            default_catalog().encode_body(kind, value)
