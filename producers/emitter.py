@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from producers.errors import ConfigurationError
 from producers.gaps import GapTracker
 from producers.settings import EmitterSettings
-from producers.spool import Spool
+from producers.spool import DEFAULT_SEGMENT_BYTES, Spool
 from schemas.errors import SchemaError
 from schemas.events import Topics, key_for, new_envelope, producer_identity
 from schemas.integrity import HashChain, load_private_key
@@ -52,6 +52,7 @@ WAKE_BATCH = 512
 SPOOL_BATCH_MAX = 5000
 CHECKPOINT_INTERVAL_S = 0.5
 CLOSE_GRACE_S = 5.0
+SEGMENTS_PER_SPOOL = 8  # the spool's bound holds at least this many segments
 
 
 class Transport(Protocol):
@@ -270,7 +271,10 @@ _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 def open_spool(settings: EmitterSettings) -> Spool:
     """The configured spool directory, or a private temporary one (no replay across processes)."""
     directory = settings.spool_dir or Path(tempfile.mkdtemp(prefix="provline-spool-"))
-    return Spool(directory, fsync=settings.spool_fsync)
+    # Only whole acknowledged segments are deleted: with segments as large as the spool's bound, a
+    # spool that once filled up would stay full after its backlog was delivered, and drop for ever.
+    segment_bytes = max(1, min(DEFAULT_SEGMENT_BYTES, settings.spool_max_bytes // SEGMENTS_PER_SPOOL))
+    return Spool(directory, fsync=settings.spool_fsync, segment_bytes=segment_bytes)
 
 
 @cache
@@ -297,6 +301,7 @@ class Emitter:
         self.topics = topics or Topics()
         self.catalog = catalog or default_catalog()
         self._producer_name = producer_name
+        self._routes: dict[str, tuple[str, bytes]] = {}  # kind -> (topic, wire-format header)
         self._signer = signer
         self._transport_in_child = transport_in_child
         self.drops = drops or GapTracker()
@@ -313,6 +318,8 @@ class Emitter:
         self.producer = producer_identity(self._producer_name, self.session_id)
         self._chain = HashChain(self.catalog, signer=self._signer)
         self._lock = threading.Lock()
+        self._unsent_gaps: list[dict[str, Any]] = []  # DeliveryGap records that were dropped themselves
+        self._gaps_lock = threading.Lock()
 
     def _after_fork(self) -> None:
         self._start_session()
@@ -326,20 +333,33 @@ class Emitter:
         value = self._send(kind, fields, event_time)
         if value is not None:
             _sent_counter(kind).inc()
-            for gap in self.drops.take():
-                self._send("DeliveryGap", gap, None)
+            gaps = self.drops.take()
+            if gaps or self._unsent_gaps:
+                self._send_gaps(gaps)
         return value if value is not None else {**fields}
 
+    def _send_gaps(self, gaps: list[dict[str, Any]]) -> None:
+        """Send DeliveryGap records; one dropped itself is kept and sent again, so no count is lost."""
+        with self._gaps_lock:
+            gaps, self._unsent_gaps = self._unsent_gaps + gaps, []
+            for gap in gaps:
+                if self._send("DeliveryGap", gap, None) is None:
+                    self._unsent_gaps.append(gap)
+
     def _send(self, kind: str, fields: dict[str, Any], event_time: datetime | None) -> dict[str, Any] | None:
-        value = {**new_envelope(self.producer, event_time=event_time), **fields}
-        topic = self.topics.for_kind(kind)
+        value = new_envelope(self.producer, event_time=event_time)
+        value.update(fields)
+        route = self._routes.get(kind)
+        if route is None:  # looked up once per kind: this runs for every event
+            route = self._routes[kind] = (self.topics.for_kind(kind), self.catalog.header(kind))
+        topic, header = route
         key = key_for(kind, value).encode()
         with self._lock:  # the chain order must be the order the transport receives events in
             if self._closed:
                 self.drops.record("emitter_closed")
                 return None
             previous = self._chain.last_hash
-            message = self.catalog.header(kind) + self._chain.seal_encode(kind, value)
+            message = header + self._chain.seal_encode(kind, value)
             if not self.transport.send(topic, key, message):
                 self._chain.last_hash = previous  # a dropped event is not part of the chain
                 self.drops.record("queue_full")

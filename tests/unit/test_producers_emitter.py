@@ -50,6 +50,17 @@ def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -
     assert first_break(default_catalog(), events) is None
 
 
+def test_a_delivery_gap_that_is_dropped_itself_is_sent_later_with_its_count() -> None:
+    # Sends: 1 kept, 2-3 dropped, 4 kept, 5 (the gap of 2-3) dropped, 6 kept, then that gap and the gap of 5.
+    emitter = Emitter(FlakyTransport(drop_at={2, 3, 5}), producer_name="flaky")
+    for version in "12345":
+        emitter.emit("Deployment", deployment(version))
+    events = decoded(emitter)
+    assert [kind for kind, _ in events] == ["Deployment", "Deployment", "Deployment", "DeliveryGap", "DeliveryGap"]
+    assert [value["dropped"] for _, value in events[3:]] == [2, 1]
+    assert first_break(default_catalog(), events) is None
+
+
 def pem(key: Ed25519PrivateKey) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
