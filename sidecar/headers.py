@@ -30,6 +30,9 @@ _RECOMPUTED_ON_REQUEST = frozenset({
     b"host", b"content-length", b"expect", TRACEPARENT_HEADER, PREDICTION_ID_HEADER,
 })
 
+_NOT_FORWARDED_ON_REQUEST = HOP_BY_HOP | _RECOMPUTED_ON_REQUEST
+_NOT_FORWARDED_ON_RESPONSE = HOP_BY_HOP | {PREDICTION_ID_HEADER}
+
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
@@ -40,8 +43,10 @@ def values(headers: Iterable[Header], name: bytes) -> list[bytes]:
 
 
 def first(headers: Iterable[Header], name: bytes) -> bytes | None:
-    found = values(headers, name)
-    return found[0] if found else None
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -86,19 +91,32 @@ def upstream_request_headers(
     ``X-Forwarded-Host`` are kept when an outer proxy set them (it saw the original request),
     otherwise set from this request.
     """
-    kept = [(k, v) for k, v in strip_hop_by_hop(client_headers) if k.lower() not in _RECOMPUTED_ON_REQUEST]
-    forwarded_for = [v for k, v in kept if k.lower() == b"x-forwarded-for"]
-    kept = [(k, v) for k, v in kept if k.lower() != b"x-forwarded-for"]
-    present = {k.lower() for k, _ in kept}
-    out: list[Header] = [(b"host", upstream_host.encode("latin-1")), *kept]
+    drop = _NOT_FORWARDED_ON_REQUEST
+    if first(client_headers, b"connection") is not None:
+        drop = drop | connection_options(client_headers)
+    out: list[Header] = [(b"host", upstream_host.encode("latin-1"))]
+    forwarded_for: list[bytes] = []
+    original_host: bytes | None = None
+    has_proto = has_host = False
+    for key, value in client_headers:  # one pass: this runs for every request
+        name = key.lower()
+        if name == b"host" and original_host is None:
+            original_host = value
+        if name in drop:
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for.append(value)
+            continue
+        has_proto = has_proto or name == b"x-forwarded-proto"
+        has_host = has_host or name == b"x-forwarded-host"
+        out.append((key, value))
     if client_ip:
         forwarded_for.append(client_ip.encode("latin-1"))
     if forwarded_for:
         out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
-    if b"x-forwarded-proto" not in present:
+    if not has_proto:
         out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
-    original_host = first(client_headers, b"host")
-    if b"x-forwarded-host" not in present and original_host:
+    if not has_host and original_host:
         out.append((b"x-forwarded-host", original_host))
     out.append((TRACEPARENT_HEADER, traceparent.encode("ascii")))
     out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
@@ -111,10 +129,14 @@ def downstream_response_headers(
     upstream_headers: Sequence[Header], *, prediction_id: str, model_version: str | None
 ) -> list[Header]:
     """Headers the client receives: the upstream's end-to-end headers plus prediction id and model version."""
-    kept = [(k, v) for k, v in strip_hop_by_hop(upstream_headers) if k.lower() != PREDICTION_ID_HEADER]
-    out = [*kept, (PREDICTION_ID_HEADER, prediction_id.encode("ascii"))]
-    if model_version and first(kept, MODEL_VERSION_HEADER) is None:
-        out.append((MODEL_VERSION_HEADER, model_version.encode("latin-1")))
+    drop = _NOT_FORWARDED_ON_RESPONSE
+    if first(upstream_headers, b"connection") is not None:
+        drop = drop | connection_options(upstream_headers)
+    out = [(k, v) for k, v in upstream_headers if k.lower() not in drop]
+    add_version = model_version and first(out, MODEL_VERSION_HEADER) is None
+    out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
+    if add_version:
+        out.append((MODEL_VERSION_HEADER, model_version.encode("latin-1")))  # type: ignore[union-attr]
     return out
 
 

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 Scalar = float | str | bool
 Role = Literal["input", "output"]
 DEFAULT_MAX_FEATURES = 256
@@ -140,6 +142,10 @@ def parse_json(body: bytes, content_type: str | None, *, size: int | None = None
     if size > max_parse_bytes or size > len(body):
         return NotParsed(f"body of {size} bytes exceeds max_parse_bytes {max_parse_bytes}")
     try:
+        return orjson.loads(body)  # ~4x faster; it accepts only strict UTF-8 JSON, which json.loads reads alike
+    except orjson.JSONDecodeError:
+        pass
+    try:  # what orjson refuses but Python reads: NaN, Infinity, huge integers, UTF-16/32, a BOM
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
         return NotParsed(f"not valid JSON: {exc}"[:300])
@@ -187,6 +193,8 @@ def _recognise(document: Any, role: Role) -> tuple[str, Pairs] | str:
         return "json_list", _row(unnamed, document[0]) if document else iter(())
     if not isinstance(document, dict):
         return f"JSON {type(document).__name__} is not an object"
+    if _FORMAT_KEYS.isdisjoint(document):  # the common plain object: one set operation instead of ten lookups
+        return _plain_object(document)
     for key in ("inputs", "outputs"):
         tensors = document.get(key)
         if _is_tensor_list(tensors):
@@ -207,7 +215,19 @@ def _recognise(document: Any, role: Role) -> tuple[str, Pairs] | str:
             return kind, _row(unnamed if key != "predictions" else "output", rows[0]) if rows else iter(())
         if isinstance(rows, dict):  # columnar: name -> batch of values
             return kind, _columns(rows)
-    return "json_object", ((str(k), v) for k, v in document.items() if not isinstance(v, dict | list))
+    return _plain_object(document)
+
+
+# Tuples, not ``X | Y``: isinstance checks run per value, and a union type is built anew at each evaluation.
+_CONTAINERS = (dict, list)
+_KEPT_AS_IS = (bool, str)
+_NUMBERS = (int, float)
+# Keys that make a JSON object one of the formats above rather than a plain object.
+_FORMAT_KEYS = frozenset({"inputs", "outputs", "dataframe_split", "dataframe_records", "instances", "predictions"})
+
+
+def _plain_object(document: dict[Any, Any]) -> tuple[str, Pairs]:
+    return "json_object", ((str(k), v) for k, v in document.items() if not isinstance(v, _CONTAINERS))
 
 
 def _is_tensor_list(value: Any) -> bool:
@@ -256,9 +276,9 @@ def _flatten(value: Any) -> Iterator[Any]:
 
 
 def _as_scalar(value: Any) -> Scalar | None:
-    if isinstance(value, bool | str):
+    if isinstance(value, _KEPT_AS_IS):
         return value
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBERS):
         try:
             return float(value)
         except OverflowError:  # an integer beyond the double range
