@@ -1,4 +1,5 @@
-"""Fail-open delivery: the broker is away while the sidecar serves; every event arrives later, once."""
+"""Fail-open delivery: the broker is away while the sidecar serves; every event arrives later, once,
+or, when the spool is full and events are dropped, a DeliveryGap says how many and when."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from deploy.local.kafka import LocalKafka
 from producers.settings import EmitterSettings
-from schemas import Topics
+from schemas import Topics, default_catalog
+from schemas.events import utcnow
 from sidecar import SidecarSettings, create_app
 from sink.settings import SinkSettings
 from sink.store import migrate, open_store
@@ -123,3 +126,85 @@ def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_o
             assert all(count == 1 and unique == 1 for _, count, unique in rows), table  # each stored once
     finally:
         store.close()
+
+
+def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
+    """Decoded (kind, value) of the messages on ``topic``: read until ``done(events)`` holds, then until
+    a second passes without more."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"gap-check-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    events: list[tuple[str, dict]] = []
+
+    def read(wait_s: float) -> int:
+        messages = [message for message in consumer.consume(500, wait_s) if message.error() is None]
+        for message in messages:
+            decoded = default_catalog().decode(message.value())
+            events.append((decoded.record, decoded.value))
+        return len(messages)
+
+    try:
+        wait_until(lambda: read(0.5) >= 0 and done(events), f"the expected events on {topic}", timeout)
+        while read(1.0):
+            pass
+    finally:
+        consumer.close()
+    return events
+
+
+def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_once_delivery_resumes(
+    local_kafka: LocalKafka | None, topics: Topics, tmp_path: Path
+) -> None:
+    if local_kafka is None:
+        pytest.fail("this test stops and restarts the broker: run it with the local broker, "
+                    "not PROVLINE_KAFKA_BOOTSTRAP")
+    requests = 300
+    loop = LoopThread()
+    upstream = Upstream()
+    runner = loop.run(upstream.start())
+    settings = SidecarSettings(
+        upstream=f"http://127.0.0.1:{upstream.port}", kserve_metadata=False,
+        emitter=EmitterSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix,
+                                spool_dir=tmp_path / "spool", producer_name="sidecar-gap",
+                                # room for a few dozen events on disk and a few in memory: the rest is dropped
+                                spool_max_bytes=16 * 1024, queue_max_messages=8),
+    )
+    app = create_app(settings)
+    ids = [f"gap-{i}-{uuid.uuid4().hex[:8]}" for i in range(requests)]
+    last_id = f"gap-after-{uuid.uuid4().hex[:8]}"
+    drops_before = dropped()
+    server, task, url = loop.run(start_server(app))
+    try:
+        local_kafka.stop()
+        try:
+            outage_began = utcnow()
+            statuses = loop.run(send_all(url, ids), timeout=DEADLINE_S)
+            assert statuses == [200] * requests  # dropping events never fails a request
+        finally:
+            local_kafka.start()
+        wait_until(lambda: app.emitter.transport.backlog == 0, "the spool to drain into the broker")  # type: ignore[union-attr]
+        recovered = utcnow()
+        lost = int(dropped() - drops_before)
+        assert 0 < lost < 2 * requests
+        # The gap is reported with the first event accepted after the drops.
+        assert loop.run(send_all(url, [last_id]), timeout=DEADLINE_S) == [200]
+        gaps = consume(local_kafka.bootstrap, topics.lineage,
+                       lambda events: sum(value["dropped"] for kind, value in events if kind == "DeliveryGap") >= lost)
+        inference = consume(local_kafka.bootstrap, topics.inference,
+                            lambda events: sum(value["prediction_id"] == last_id for _, value in events) == 2)
+    finally:
+        loop.run(stop_server(server, task), timeout=60)
+        loop.run(runner.cleanup())
+        loop.close()
+
+    # Every drop is counted in a DeliveryGap record, with when it happened; a gap record that was
+    # dropped itself is sent again later, so no count is lost.
+    records = [value for kind, value in gaps if kind == "DeliveryGap"]
+    assert sum(record["dropped"] for record in records) == lost
+    for record in records:
+        assert record["producer"]["name"] == "sidecar-gap" and record["reason"] == "queue_full"
+        assert outage_began <= record["first_time"] <= record["last_time"] <= recovered
+    # The events not dropped are delivered, each once.
+    event_ids = [value["event_id"] for _, value in inference]
+    assert len(set(event_ids)) == len(event_ids)
+    assert 2 * (requests + 1) - lost <= len(event_ids) < 2 * (requests + 1)
