@@ -4,7 +4,8 @@ The sink's hot path does not decode events. The messages of one kind in a batch 
 object container, whose schema is the kind's current schema with four origin fields in front
 (:data:`ORIGIN_FIELDS`: the exact message, its topic, partition and offset). An Avro record is
 its fields' encodings one after the other, so a message becomes a container record by joining
-a few byte strings with the Avro body it already carries.
+a few byte strings with the Avro body it already carries (in the insert's thread, so that framing
+one kind overlaps with ClickHouse reading another).
 
 The container is inserted into a Null-engine *ingest table*; a materialized view turns each row
 into a row of the event table (sink/rows.py): typed key columns, the event as JSON
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -35,6 +37,7 @@ import fastavro
 from schemas import Catalog
 from sink.rows import TABLES, TableSpec
 
+Position = tuple[str, int, int]  # (topic, partition, offset) of one message
 ORIGIN_FIELDS: tuple[tuple[str, str], ...] = (
     ("_raw", "bytes"), ("_topic", "string"), ("_partition", "int"), ("_offset", "long"),
 )
@@ -83,14 +86,22 @@ class IngestFormat:
     def ingest_table(self) -> str:
         return f"{INGEST_PREFIX}{self.spec.table}_v{self.revision}"
 
-    def record(self, raw: bytes, body: bytes, topic: bytes, partition: int, offset: int) -> bytes:
-        """One container record: the origin fields, then the event's Avro body (current schema)."""
-        return b"".join((varint(len(raw)), raw, varint(len(topic)), topic, varint(partition), varint(offset), body))
+    def container(self, raws: Sequence[bytes], bodies: Sequence[bytes], positions: Sequence[Position]) -> bytes:
+        """An Avro object container, one block without compression: a record per message.
 
-    def container(self, records: list[bytes]) -> bytes:
-        """An Avro object container of ``records`` in one block, without compression."""
-        block = b"".join(records)
-        return b"".join((self.header, varint(len(records)), varint(len(block)), block, self.sync))
+        A record is the origin fields (the message, its topic, partition and offset), then the
+        event's Avro body in the current schema (``bodies``: the message minus its header).
+        """
+        topics: dict[str, bytes] = {}
+        parts: list[bytes] = []
+        for raw, body, (topic, partition, offset) in zip(raws, bodies, positions, strict=True):
+            encoded_topic = topics.get(topic)
+            if encoded_topic is None:
+                data = topic.encode()
+                encoded_topic = topics[topic] = varint(len(data)) + data
+            parts += (varint(len(raw)), raw, encoded_topic, varint(partition), varint(offset), body)
+        block = b"".join(parts)
+        return b"".join((self.header, varint(len(raws)), varint(len(block)), block, self.sync))
 
 
 def _has_bytes(avro_type: Any) -> bool:

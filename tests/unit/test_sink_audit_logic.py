@@ -138,7 +138,7 @@ def test_plan_frames_traces_and_validate_finds_the_unsealed_one() -> None:
 
     without = plan.without({("t", 0, 1), ("t", 0, 2)})
     assert without.events["prediction_traces"].positions == [("t", 0, 0)]
-    assert without.events["prediction_traces"].records == plan.events["prediction_traces"].records[:1]
+    assert without.events["prediction_traces"].raws == plan.events["prediction_traces"].raws[:1]
 
 
 def test_in_flight_metadata_and_which_offsets_need_a_store_check() -> None:

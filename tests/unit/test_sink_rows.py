@@ -100,18 +100,16 @@ def test_container_is_an_avro_file_of_origin_fields_and_events() -> None:
     message = catalog.encode("RunEvent", value)
     other = {**run_event(), "run_id": "run-2"}
     fmt = ingest_format(catalog, "RunEvent")
-    records = [
-        fmt.record(message, message[10:], b"p.lineage.v1", 2, 41),
-        fmt.record(catalog.encode("RunEvent", other), catalog.encode_body("RunEvent", other), b"p.lineage.v1", 2,
-                   2**40),
-    ]
-    read = list(fastavro.reader(io.BytesIO(fmt.container(records))))
+    raws = [message, catalog.encode("RunEvent", other)]
+    bodies = [message[10:], catalog.encode_body("RunEvent", other)]
+    positions = [("p.lineage.v1", 2, 41), ("p.lineage.v1", 2, 2**40)]
+    read = list(fastavro.reader(io.BytesIO(fmt.container(raws, bodies, positions))))
     assert [r["_offset"] for r in read] == [41, 2**40]
     assert read[0]["_raw"] == message and read[0]["_topic"] == "p.lineage.v1" and read[0]["_partition"] == 2
     assert read[0]["run_id"] == "run-1" and read[1]["run_id"] == "run-2"
     assert read[0]["code"]["commit"] == "abc123" and read[0]["event_time"] == WHEN
     assert [name for name, _ in ORIGIN_FIELDS] == [f["name"] for f in fastavro.reader(
-        io.BytesIO(fmt.container([]))).writer_schema["fields"][:4]]
+        io.BytesIO(fmt.container([], [], []))).writer_schema["fields"][:4]]
 
 
 def test_event_view_encodes_bytes_as_base64_and_refuses_unsealed_events() -> None:
