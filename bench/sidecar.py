@@ -44,6 +44,7 @@ REPLY_BODY = b'{"score": 0.8125, "label": "churn"}'
 REPLY = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
          + str(len(REPLY_BODY)).encode() + b"\r\n\r\n" + REPLY_BODY)
 console = Console()
+SIDECAR_CPU = 0  # with --pin
 
 
 def free_port() -> int:
@@ -109,8 +110,11 @@ def run_upstream(port: int, kind: str) -> None:
 # --- the sidecar ---------------------------------------------------------------------------------
 
 def run_sidecar_process(upstream_port: int, port: int, admin_port: int, capture: bool, kafka: str | None,
-                        spool_dir: str) -> None:
+                        spool_dir: str, cpu: int | None) -> None:
     import logging
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
 
     logging.basicConfig(level=logging.WARNING)
     from producers.settings import EmitterSettings
@@ -267,10 +271,11 @@ def compare_clients(port: int, concurrency: int) -> dict[str, float]:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def start_sidecar(ctx: Any, upstream_port: int, capture: bool, kafka: str | None, spool: str) -> tuple[Any, int]:
+def start_sidecar(ctx: Any, upstream_port: int, capture: bool, kafka: str | None, spool: str,
+                  cpu: int | None) -> tuple[Any, int]:
     port, admin_port = free_port(), free_port()
     process = ctx.Process(target=run_sidecar_process,
-                          args=(upstream_port, port, admin_port, capture, kafka, spool))
+                          args=(upstream_port, port, admin_port, capture, kafka, spool, cpu))
     process.start()
     wait_ready(admin_port)
     return process, port
@@ -292,7 +297,15 @@ def main() -> None:
     parser.add_argument("--upstream", choices=["asgi", "raw"], default="asgi",
                         help="asgi: a minimal ASGI app on uvicorn, the stack of a typical Python model server; "
                         "raw: a bare asyncio protocol, far faster than any real model server")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the sidecar on CPU 0 and everything else (load generator, upstream, broker) on "
+                        "the other CPUs, as a sidecar beside a model server has its own core; without it all "
+                        "processes share every CPU, and on a small machine the sidecar competes with its own load")
     args = parser.parse_args()
+    if args.pin:
+        if (os.cpu_count() or 1) < 2:
+            parser.error("--pin needs at least 2 CPUs")
+        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))  # inherited by every process started here
 
     ctx = multiprocessing.get_context("spawn")
     upstream_port = free_port()
@@ -333,7 +346,8 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
             progress.update(task, description="aiohttp vs httpx as the upstream client")
             results["clients"] = compare_clients(upstream_port, 64)
             progress.advance(task)
-        sidecars = [start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label))
+        cpu = SIDECAR_CPU if args.pin else None
+        sidecars = [start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label), cpu)
                     for capture, label in ((False, "capture off"), (True, "capture on"))]
         ports = dict(zip(labels, [upstream_port, *(port for _, port in sidecars)], strict=True))
         try:
@@ -363,8 +377,9 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
 def report(results: dict, args: argparse.Namespace) -> None:
     direct, off, on = results["direct"], results["capture off"], results["capture on"]
     half_direct, half_on, half_off = results["direct_half"], results["capture on half"], results["capture off half"]
+    placement = "sidecar pinned to CPU 0, the rest on the others" if args.pin else "all processes share all CPUs"
     table = Table(title=f"sidecar benchmark ({args.upstream} upstream, {args.connections} connections, "
-                        f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs, kafka: {results['kafka']})")
+                        f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs, {placement}, kafka: {results['kafka']})")
     for column in ("run", "req/s (saturation)", "p50 ms @ half", "p99 ms @ half"):
         table.add_column(column, justify="right" if column != "run" else "left")
     for label, saturated, half in (("direct", direct, half_direct), ("sidecar, capture off", off, half_off),
