@@ -50,5 +50,4 @@ class TraceEncoder:
         value: dict[str, Any] = {**new_envelope(self.producer), **fields}
         if event_id is not None:
             value["event_id"] = event_id
-        self.chain.seal(kind, value)
-        return self.catalog.encode(kind, value)
+        return self.catalog.header(kind) + self.chain.seal_encode(kind, value)
