@@ -13,6 +13,10 @@ Broker: PROVLINE_KAFKA_BOOTSTRAP, else a local KRaft broker started for the run 
 3. Latency below saturation. Predictions are produced at ``--rate-share`` of the measured
    throughput for ``--latency-seconds``; latency = trace read time minus the response's event time
    (both wall clocks of this host). Printed: p50 and p99.
+4. Faust ceiling. A Faust worker configured like the processors whose agent does nothing but take
+   the same batches (``stream.take_events``) and forward each event's key to an output topic, no
+   decoding, no waiting for delivery, measured like step 2 over a copy of the topic: the most any
+   Faust agent reaches here, so the join's throughput can be read as a share of it.
 """
 
 from __future__ import annotations
@@ -138,18 +142,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_worker(bootstrap: str, topics: Topics, workdir: Path) -> tuple[subprocess.Popen, int]:
+CEILING_WORKER_FLAG = "--faust-ceiling-worker"
+
+
+def faust_ceiling_worker() -> None:
+    """Run a Faust worker whose agent only takes batches and forwards each event's key (step 4)."""
+    import faust
+
+    from stream_processors.settings import ProcessorSettings
+
+    settings = ProcessorSettings()
+    topics = Topics(settings.topic_prefix)
+    app = faust.App(settings.app_id, broker=[f"kafka://{server}" for server in settings.bootstrap_servers()],
+                    autodiscover=False, store="memory://", datadir=settings.data_dir,
+                    topic_partitions=settings.topic_partitions, web_port=settings.web_port)
+    source = app.topic(topics.inference, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+    out = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+
+    @app.agent(source, name="forward")
+    async def forward(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
+            for event in events:
+                out.produce(topics.traces, key=event.message.key, value=b"")
+            out.poll(0)
+
+    faust.Worker(app, loglevel="warn").execute_from_commandline()
+
+
+def start_worker(bootstrap: str, topics: Topics, workdir: Path, *, ceiling: bool = False
+                 ) -> tuple[subprocess.Popen, int]:
     web_port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PROVLINE_KAFKA_BOOTSTRAP": bootstrap, "PROVLINE_TOPIC_PREFIX": topics.prefix,
            "PROVLINE_APP_ID": f"{topics.prefix}-processors", "PROVLINE_DATA_DIR": str(workdir / "data"),
            "PROVLINE_WEB_PORT": str(web_port), "PROVLINE_METRICS_PORT": str(free_port()),
            "PROVLINE_TOPIC_PARTITIONS": str(PARTITIONS)}
     log = (workdir / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from stream_processors.app import run_worker\n"
-         "from stream_processors.settings import ProcessorSettings\nrun_worker(ProcessorSettings(), loglevel='warn')"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
+    command = [sys.executable, __file__, CEILING_WORKER_FLAG] if ceiling else [
+        sys.executable, "-c", "from stream_processors.app import run_worker\n"
+        "from stream_processors.settings import ProcessorSettings\nrun_worker(ProcessorSettings(), loglevel='warn')"]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
@@ -182,7 +215,29 @@ def trace_consumer(bootstrap: str, topic: str) -> Consumer:
     return consumer
 
 
+def measure_throughput(bootstrap: str, topics: Topics, messages: list[tuple[bytes, bytes]], predictions: int,
+                       consumer: Consumer, what: str) -> float:
+    """Predictions/s from producing ``messages`` to the inference topic until every prediction's key
+    was read from the traces topic."""
+    consumer.consume(1, 1.0)  # join the group before the clock starts
+    started = time.perf_counter()
+    produce_all(bootstrap, topics.inference, messages)
+    seen: set[bytes] = set()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(what, total=predictions)
+        deadline = time.monotonic() + 600
+        while len(seen) < predictions and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                if not message.error():
+                    seen.add(message.key())
+            progress.update(task, completed=len(seen))
+    return len(seen) / (time.perf_counter() - started)
+
+
 def main() -> None:
+    if sys.argv[1:] == [CEILING_WORKER_FLAG]:
+        faust_ceiling_worker()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", type=int, default=20_000)
     parser.add_argument("--rate-share", type=float, default=0.3, help="latency run rate, share of throughput")
@@ -197,7 +252,8 @@ def main() -> None:
         broker = LocalKafka(workdir / "kafka").start()
         bootstrap = broker.bootstrap
     topics = Topics(prefix=f"bench-{uuid.uuid4().hex[:6]}")
-    create_topics(bootstrap, topics.all, partitions=PARTITIONS)
+    ceiling_topics = Topics(prefix=f"{topics.prefix}-ceiling")
+    create_topics(bootstrap, topics.all + ceiling_topics.all, partitions=PARTITIONS)
     events = Events()
     rng = random.Random(1)
     now = utcnow()
@@ -214,22 +270,9 @@ def main() -> None:
     process = None
     try:
         produce_all(bootstrap, topics.lineage, lineage(events))
-        process, _ = start_worker(bootstrap, topics, workdir)
+        process, _ = start_worker(bootstrap, topics, workdir / "join")
         consumer = trace_consumer(bootstrap, topics.traces)
-        consumer.consume(1, 1.0)  # join the group before the clock starts
-
-        started = time.perf_counter()
-        produce_all(bootstrap, topics.inference, messages)
-        seen: set[bytes] = set()
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("joining", total=args.predictions)
-            deadline = time.monotonic() + 600
-            while len(seen) < args.predictions and time.monotonic() < deadline:
-                for message in consumer.consume(10_000, 0.5):
-                    if not message.error():
-                        seen.add(message.key())
-                progress.update(task, completed=len(seen))
-        joined_rate = len(seen) / (time.perf_counter() - started)
+        joined_rate = measure_throughput(bootstrap, topics, messages, args.predictions, consumer, "joining")
 
         console.print("raw aiokafka consume + decode over the same topic…")
         raw_rate = asyncio.run(raw_baseline(bootstrap, topics.inference, len(messages))) / 2
@@ -261,6 +304,13 @@ def main() -> None:
                     break
         producer.flush(10)
         consumer.close()
+        stop_worker(process)
+
+        process, _ = start_worker(bootstrap, ceiling_topics, workdir / "ceiling", ceiling=True)
+        consumer = trace_consumer(bootstrap, ceiling_topics.traces)
+        ceiling_rate = measure_throughput(bootstrap, ceiling_topics, messages, args.predictions, consumer,
+                                          "Faust ceiling")
+        consumer.close()
     finally:
         if process is not None:
             stop_worker(process)
@@ -273,6 +323,9 @@ def main() -> None:
     table.add_row("raw aiokafka consume + decode (predictions/s)", f"{raw_rate:,.0f}")
     table.add_row("joined predictions/s per worker", f"{joined_rate:,.0f}")
     table.add_row("ratio to the raw loop", f"{joined_rate / raw_rate:.2f}")
+    table.add_row("Faust ceiling: take + forward, no decode (predictions/s)", f"{ceiling_rate:,.0f}")
+    table.add_row("Faust ceiling ratio to the raw loop", f"{ceiling_rate / raw_rate:.2f}")
+    table.add_row("join's share of the Faust ceiling", f"{joined_rate / ceiling_rate:.2f}")
     if latencies:
         p50, p99 = np.percentile(latencies, [50, 99])
         table.add_row(f"event-to-trace latency p50 at {rate:,.0f}/s", f"{p50 * 1000:,.0f} ms")
