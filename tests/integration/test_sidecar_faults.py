@@ -62,12 +62,17 @@ def dropped() -> float:
                for sample in metric.samples if sample.name.endswith("_total"))
 
 
-def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_once_later(
-    local_kafka: LocalKafka | None, topics: Topics, chdb_path: str, tmp_path: Path
-) -> None:
+def stoppable(local_kafka: LocalKafka | None) -> LocalKafka:
     if local_kafka is None:
         pytest.fail("this test stops and restarts the broker: run it with the local broker, "
                     "not PROVLINE_KAFKA_BOOTSTRAP")
+    return local_kafka
+
+
+def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_once_later(
+    local_kafka: LocalKafka | None, topics: Topics, chdb_path: str, tmp_path: Path
+) -> None:
+    local_kafka = stoppable(local_kafka)
     loop = LoopThread()
     upstream = Upstream()
     runner = loop.run(upstream.start())
@@ -155,9 +160,7 @@ def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> li
 def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_once_delivery_resumes(
     local_kafka: LocalKafka | None, topics: Topics, tmp_path: Path
 ) -> None:
-    if local_kafka is None:
-        pytest.fail("this test stops and restarts the broker: run it with the local broker, "
-                    "not PROVLINE_KAFKA_BOOTSTRAP")
+    local_kafka = stoppable(local_kafka)
     requests = 300
     loop = LoopThread()
     upstream = Upstream()
