@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import fastavro
 import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas import default_catalog, new_envelope, producer_identity
 from schemas.integrity import HashChain
+from schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
 from sink.rows import table_for
 from sink.store import ensure_views, migrate, open_store
 from sink.writer import ReplayMessage, insert_plan, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+V2_ONLY = {"label", "outcome", "feedback_source", "feedback_time", "feedback_event_id"}  # PredictionTrace
 TOPIC = "p.lineage.v1"
 
 
@@ -34,9 +38,12 @@ def store(chdb_path: str) -> Iterator[Client]:
     client.close()
 
 
-def stored_row(client: Client, kind: str, value: dict[str, Any], offset: int = 41) -> dict[str, Any]:
+def stored_row(
+    client: Client, kind: str, value: dict[str, Any], offset: int = 41, raw: bytes | None = None
+) -> dict[str, Any]:
+    """Store one event through the writer's path and read its row back; ``raw``: the message as sent."""
     catalog = default_catalog()
-    raw = catalog.encode(kind, value)
+    raw = raw if raw is not None else catalog.encode(kind, value)
     plan = plan_batch([ReplayMessage(TOPIC, 2, offset, raw)], catalog)
     assert plan.dead_letters == [] and insert_plan(client, plan, catalog) == []
     table = table_for(kind).table
@@ -154,3 +161,18 @@ def test_views_are_created_once_and_replaced_when_their_definition_changes(store
     names = {row[0] for row in store.query("SELECT name FROM system.tables WHERE database = currentDatabase()")
              .result_rows}
     assert stale in names and "provline_view_old_definition" not in names
+
+
+def test_an_event_in_an_older_writer_schema_is_stored_in_the_current_one_with_its_bytes_as_sent(
+    store: Client,
+) -> None:
+    v1 = load_writer_schema((AVSC_DIR / "PredictionTrace.v1.avsc").read_text())
+    trace = event("PredictionTrace", prediction_id="p-old", endpoint="/p", complete=True, model_name="churn",
+                  model_version="2")
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, v1.parsed, {k: v for k, v in trace.items() if k not in V2_ONLY})
+    raw = SINGLE_OBJECT_MAGIC + v1.fingerprint + body.getvalue()
+    row = stored_row(store, "PredictionTrace", trace, raw=raw)
+    assert (row["prediction_id"], row["model_version"]) == ("p-old", "2")
+    payload = json.loads(row["payload"])
+    assert payload["label"] is None and payload["feedback_event_id"] is None  # v2 fields, at their defaults
