@@ -4,8 +4,7 @@ The sink's hot path does not decode events. The messages of one kind in a batch 
 object container, whose schema is the kind's current schema with four origin fields in front
 (:data:`ORIGIN_FIELDS`: the exact message, its topic, partition and offset). An Avro record is
 its fields' encodings one after the other, so a message becomes a container record by joining
-a few byte strings with the Avro body it already carries (in the insert's thread, so that framing
-one kind overlaps with ClickHouse reading another).
+a few byte strings with the Avro body it already carries.
 
 The container is inserted into a Null-engine *ingest table*; a materialized view turns each row
 into a row of the event table (sink/rows.py): typed key columns, the event as JSON
@@ -138,7 +137,7 @@ def ingest_format(catalog: Catalog, kind: str) -> IngestFormat:
     fastavro.writer(buffer, fastavro.parse_schema(wrapper), [], sync_marker=sync)
     header = buffer.getvalue()
     if not header.endswith(sync):
-        raise AssertionError("fastavro wrote an Avro container header that does not end with its sync marker")
+        raise RuntimeError(f"fastavro wrote a {kind} container header that does not end with its sync marker")
     return IngestFormat(
         kind=kind, spec=TABLES[kind], revision=current.revision, header=header, sync=sync,
         bytes_fields=_bytes_fields(schema),
