@@ -353,7 +353,7 @@ def insert_plan(
             )
         metrics.ROWS_WRITTEN.labels(table="lineage_edges").inc(len(rows))
     for batch in plan.events.values():
-        _ = batch.container  # framed here: Python framing beside the inserts' threads slows them (GIL; bench -30%)
+        _ = batch.container  # framed here, before the threads: framing inside them measured no faster (GIL)
     clients = [client, *more_clients]
     shares: list[list[tuple[str, TableBatch]]] = [[] for _ in clients]
     by_size = sorted(plan.events.items(), key=lambda item: -len(item[1].raws))
