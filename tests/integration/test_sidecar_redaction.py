@@ -104,6 +104,7 @@ def test_no_redacted_value_reaches_the_inference_topic(
     policy.write_text(POLICY)
     settings = SidecarSettings(
         upstream=upstream_url, policy_file=policy, redaction_key=KEY, kserve_metadata=False,
+        flush_timeout_s=60,  # shutdown delivers every event: this test reads them all back
         emitter=EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
     )
     loop = LoopThread()
