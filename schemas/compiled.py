@@ -58,6 +58,12 @@ def _small_long(n: int) -> bytes:
 
 
 _SMALL_LONGS = tuple(_small_long(n) for n in range(8192))  # every one- and two-byte non-negative long
+
+
+def encode_long(n: int) -> bytes:
+    """Avro's zigzag varint of ``n``: a long or int, or the length of bytes and strings."""
+    return _SMALL_LONGS[n] if 0 <= n < len(_SMALL_LONGS) else _small_long(n)
+
 _GLOBALS = {
     "_SMALL_LONGS": _SMALL_LONGS, "NotFast": NotFast, "_write_long": _write_long,
     "_timestamp_micros": _timestamp_micros, "_pack_double": struct.Struct("<d").pack, "datetime": datetime,

@@ -34,6 +34,7 @@ from typing import Any
 import fastavro
 
 from schemas import Catalog
+from schemas.compiled import encode_long
 from sink.rows import TABLES, TableSpec
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of one message
@@ -50,24 +51,6 @@ JSON_SETTINGS = (
 )
 DERIVED = {"prediction_index": "derive_prediction_index.sql", "lineage_edges": "derive_served_edges.sql"}
 _NAIVE_DATETIME = re.compile(r"DateTime64\((\d)\)")
-
-
-def _zigzag_varint(number: int) -> bytes:
-    number = (number << 1) ^ (number >> 63)
-    out = bytearray()
-    while number > 0x7F:
-        out.append((number & 0x7F) | 0x80)
-        number >>= 7
-    out.append(number)
-    return bytes(out)
-
-
-_SMALL_VARINTS = tuple(_zigzag_varint(n) for n in range(1 << 14))
-
-
-def varint(number: int) -> bytes:
-    """Avro's zigzag varint of ``number`` (long and int, and the length of bytes and strings)."""
-    return _SMALL_VARINTS[number] if 0 <= number < 1 << 14 else _zigzag_varint(number)
 
 
 @dataclass(frozen=True)
@@ -97,10 +80,10 @@ class IngestFormat:
             encoded_topic = topics.get(topic)
             if encoded_topic is None:
                 data = topic.encode()
-                encoded_topic = topics[topic] = varint(len(data)) + data
-            parts += (varint(len(raw)), raw, encoded_topic, varint(partition), varint(offset), body)
+                encoded_topic = topics[topic] = encode_long(len(data)) + data
+            parts += (encode_long(len(raw)), raw, encoded_topic, encode_long(partition), encode_long(offset), body)
         block = b"".join(parts)
-        return b"".join((self.header, varint(len(raws)), varint(len(block)), block, self.sync))
+        return b"".join((self.header, encode_long(len(raws)), encode_long(len(block)), block, self.sync))
 
 
 def _has_bytes(avro_type: Any) -> bool:
