@@ -90,13 +90,13 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     producer = BatchProducer(settings.bootstrap_servers(), client_id=f"{settings.app_id}-join")
     joiner = Joiner(
         catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
-        producer=producer, traces_topic=topics.traces,
+        producer=producer, traces_topic=topics.traces, dead_letters=dead_letters,
         timing=Timing(ttl=settings.pending_ttl_seconds, lineage_wait=settings.lineage_wait_seconds,
                       retention=settings.dedup_retention_seconds),
     )
     inference = _raw_topic(app, topics.inference)
     register_join_agent(
-        app, topic=inference, joiner=joiner, catalog=catalog, dead_letters=dead_letters,
+        app, topic=inference, joiner=joiner, catalog=catalog,
         partitions=settings.topic_partitions, batch_size=settings.batch_size,
         batch_within=settings.batch_within_seconds, after_batch=send_partials,
     )

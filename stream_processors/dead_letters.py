@@ -35,20 +35,23 @@ class DeadLetters:
         self.count = 0  # messages dead-lettered
         self.failed = 0  # of those, how many could not be sent
 
-    async def send(self, event: EventT[Any, Any], reason: str) -> None:
+    @property
+    def topic_name(self) -> str:
+        return self.topic.get_topic_name()
+
+    def letter(self, event: EventT[Any, Any], reason: str) -> tuple[Any, Any, list[tuple[str, bytes]]]:
+        """Log and count one dead letter; returns its key, value and headers for a caller that sends it."""
         message = event.message
         self.count += 1
-        log.warning(
-            "dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason
-        )
+        log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
+        headers = dead_letter_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset)
+        return message.key, message.value, headers
+
+    async def send(self, event: EventT[Any, Any], reason: str) -> None:
+        key, value, headers = self.letter(event, reason)
         try:
-            await self.topic.send(
-                key=message.key,
-                value=message.value,
-                headers=dead_letter_headers(
-                    reason, topic=message.topic, partition=message.partition, offset=message.offset
-                ),
-            )
+            await self.topic.send(key=key, value=value, headers=headers)
         except Exception:  # the caller is an agent that must go on; the loss is logged and counted
             self.failed += 1
+            message = event.message
             log.exception("could not dead-letter %s[%s]@%s", message.topic, message.partition, message.offset)

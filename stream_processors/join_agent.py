@@ -16,6 +16,12 @@ rides on its trace, or, once the trace is out, yields a labelled copy of it (see
 
 State writes go to the changelog partition of the entry's own inference partition: a batch mixes
 partitions, so Faust's "partition of the current event" would be wrong for all but one.
+
+Where reading stands is part of that state too, not left to Faust's committed offsets (see
+:mod:`stream_processors.positions`): after every batch, each of its inference partitions gets a
+position record (the last offset decided) in its own changelog partition, written after the
+batch's entries, so it never covers an entry that is not there. After a recovery, an offset that
+Faust delivers past the recorded position makes the agent seek back, and one below it is ignored.
 """
 
 from __future__ import annotations
@@ -62,13 +68,23 @@ from stream_processors.join import (
 )
 from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.metrics import ProcessorMetrics
+from stream_processors.positions import MAX_REWINDS, Positions
 from stream_processors.producer import BatchProducer
 from stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
 PENDING_TABLE = "pending-predictions"
+POSITION_KEY_PREFIX = "\x00position:"  # a NUL cannot start a prediction id: HTTP header values exclude it
 MAX_TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
+
+
+def position_key(partition: int) -> str:
+    return f"{POSITION_KEY_PREFIX}{partition}"
+
+
+def is_position_key(key: str) -> bool:
+    return key.startswith(POSITION_KEY_PREFIX)
 
 
 def tick_interval(timing: Timing) -> float:
@@ -86,6 +102,7 @@ class Joiner:
     def __init__(
         self, *, catalog: Catalog, lineage: LineageIndex, encoder: TraceEncoder, timing: Timing,
         metrics: ProcessorMetrics, drift: DriftAccumulator, producer: BatchProducer, traces_topic: str,
+        dead_letters: DeadLetters,
     ) -> None:
         self.catalog = catalog
         self.lineage = lineage
@@ -95,23 +112,41 @@ class Joiner:
         self.drift = drift
         self.producer = producer
         self.traces_topic = traces_topic
+        self.dead_letters = dead_letters
         self.table: Any = None  # the pending table, set when registered
         self.changelog_topic = ""
         self._heap: list[tuple[float, str]] = []
         self._held: set[str] = set()
         self._lineage_changes = -1
         self._changelog: list[tuple[bytes, bytes | None, int]] = []
+        self.positions = Positions()
 
-    def _write(self, prediction_id: str, entry: PendingEntry | None, partition: int) -> None:
+    def _write(self, key: str, entry: dict[str, Any] | None, partition: int) -> None:
         # the changelog record is what Faust's Table would write (JSON key and value, or a
         # tombstone), so Faust recovers the table from it on restart
         if entry is None:
-            self.table.data.pop(prediction_id, None)
+            self.table.data.pop(key, None)
             value = None
         else:
-            self.table.data[prediction_id] = entry
+            self.table.data[key] = entry
             value = json.dumps(entry, separators=(",", ":")).encode()
-        self._changelog.append((json.dumps(prediction_id).encode(), value, partition))
+        self._changelog.append((json.dumps(key).encode(), value, partition))
+
+    def record_positions(self, partitions: set[int]) -> None:
+        """Write the last decided offset of ``partitions``; each record follows its partition's entries."""
+        for partition in partitions:
+            self._write(position_key(partition), {"offset": self.positions.decided[partition]}, partition)
+
+    def recovered_positions(self) -> dict[int, int]:
+        """The last decided offset per inference partition, as the changelog recovered it."""
+        return {int(key[len(POSITION_KEY_PREFIX):]): value["offset"]
+                for key, value in self.table.data.items() if is_position_key(key)}
+
+    def dead_letter(self, event: EventT[bytes, bytes], reason: str) -> None:
+        """Send a message the join cannot use to the dead-letter topic, delivered with the batch's traces."""
+        key, value, headers = self.dead_letters.letter(event, reason)
+        self.producer.produce(self.dead_letters.topic_name, key, value, headers=headers)
+        self.metrics.dead_letters.inc()
 
     def release_changelog(self) -> None:
         """Hand the table writes held back so far to the producer."""
@@ -139,6 +174,8 @@ class Joiner:
         self._heap = []
         self._held = set()
         for prediction_id, entry in entries:
+            if is_position_key(prediction_id):
+                continue
             self._heap.append((deadline(entry, self.timing), prediction_id))
             if is_held(entry):
                 self._held.add(prediction_id)
@@ -238,8 +275,8 @@ class Joiner:
 
 
 def register_join_agent(
-    app: faust.App, *, topic: faust.TopicT, joiner: Joiner, catalog: Catalog, dead_letters: DeadLetters,
-    partitions: int, batch_size: int, batch_within: float, after_batch: Any,
+    app: faust.App, *, topic: faust.TopicT, joiner: Joiner, catalog: Catalog, partitions: int, batch_size: int,
+    batch_within: float, after_batch: Any,
 ) -> faust.Table:
     """Add the pending table, the join agent and its timer to ``app``; returns the table.
 
@@ -252,23 +289,41 @@ def register_join_agent(
     metrics = joiner.metrics
 
     @pending.on_recover
-    async def rebuild_deadlines() -> None:
+    async def resume_from_recovered_state() -> None:
         joiner.rebuild(list(pending.data.items()))
-        log.info("join table recovered: %d entries", len(pending.data))
+        name = topic.get_topic_name()
+        assigned = app.consumer.assignment()
+        joiner.positions.reset({partition: offset for partition, offset in joiner.recovered_positions().items()
+                                if TP(name, partition) in assigned})
+        log.info("join table recovered: %d entries; last decided offsets %s", len(pending.data),
+                 joiner.positions.decided)
 
-    processed: dict[int, int] = {}  # inference partition -> last offset this worker decided
+    async def rewind(now: float) -> None:
+        name = topic.get_topic_name()
+        for rewind in joiner.positions.due_rewinds(now):
+            if rewind.lost:
+                log.error("offsets %d..%d of %s[%d] did not come back after %d rewinds; going on without them",
+                          rewind.lost.start, rewind.lost.stop - 1, name, rewind.partition, MAX_REWINDS)
+                metrics.offsets_lost.inc(len(rewind.lost))
+            else:
+                log.warning("%s[%d]: Faust skipped offsets from %d on; reading them again",
+                            name, rewind.partition, rewind.offset)
+                metrics.rewinds.inc()
+            await app.consumer.seek_wait({TP(name, rewind.partition): rewind.offset})
 
     async def handle_batch(events: list[EventT[bytes, bytes]]) -> None:
         now = time.time()
         touched: dict[str, PendingEntry] = {}
-        # dead letters are sent after the batch is decided: awaiting in between would let the timer
-        # change entries this batch holds copies of
-        dead: list[tuple[EventT[bytes, bytes], str]] = []
+        decided: set[int] = set()
         for event in events:
+            message = event.message
+            if not joiner.positions.admit(message.partition, message.offset):
+                continue  # decided before, or past offsets Faust skipped (read again after the rewind)
+            decided.add(message.partition)
             try:
                 decoded = catalog.decode(event.value)
             except SchemaError as exc:
-                dead.append((event, str(exc)))
+                joiner.dead_letter(event, str(exc))
                 continue
             kind = decoded.record
             metrics.events_in.labels(kind).inc()
@@ -277,31 +332,29 @@ def register_join_agent(
                 continue
             try:
                 prediction_id = str(decoded.value["prediction_id"])
+                if is_position_key(prediction_id):
+                    raise ValueError(f"prediction_id {prediction_id!r} starts with a NUL character")
                 entry = touched[prediction_id] if prediction_id in touched else pending.data.get(prediction_id)
                 if kind == FEEDBACK:
                     changed = absorb_feedback(entry, summarize_feedback(decoded.value),
-                                              partition=event.message.partition, now=now)
+                                              partition=message.partition, now=now)
                 else:
                     changed = absorb(entry, kind, summarize(kind, decoded.value),
-                                     partition=event.message.partition, now=now)
-            except Exception as exc:  # a bug must not stop the join for every later event
-                log.exception("join failed for %s[%s]@%s", event.message.topic, event.message.partition,
-                              event.message.offset)
-                dead.append((event, f"join failed: {type(exc).__name__}: {exc}"))
+                                     partition=message.partition, now=now)
+            except Exception as exc:  # a bug or a bad value must not stop the join for every later event
+                log.exception("join failed for %s[%s]@%s", message.topic, message.partition, message.offset)
+                joiner.dead_letter(event, f"join failed: {type(exc).__name__}: {exc}")
                 continue
             if changed is None:
                 (metrics.feedback_duplicates if kind == FEEDBACK else metrics.duplicates).inc()
                 continue
             touched[prediction_id] = changed
-        for event in events:
-            processed[event.message.partition] = max(processed.get(event.message.partition, -1), event.message.offset)
         for prediction_id, entry in touched.items():
             joiner._guarded_advance(prediction_id, entry, now=now)
+        joiner.record_positions(decided)
         metrics.pending.set(len(pending.data))
-        await joiner.flush()  # before Faust acks this batch's offsets
-        for event, reason in dead:
-            await dead_letters.send(event, reason)
-            metrics.dead_letters.inc()
+        await joiner.flush()
+        await rewind(now)
         await after_batch()
 
     @app.agent(topic, name="join")
@@ -314,24 +367,26 @@ def register_join_agent(
         assigned = app.consumer.assignment()
         name = topic.get_topic_name()
         joiner.on_timer(now=time.time(), owns=lambda partition: TP(name, partition) in assigned,
-                        caught_up=lambda partition: _caught_up(app, TP(name, partition), processed.get(partition)))
+                        caught_up=lambda partition: _caught_up(app, TP(name, partition),
+                                                               joiner.positions.decided.get(partition)))
         await joiner.flush()
+        await rewind(time.time())
         await after_batch()
 
     return pending
 
 
-def _caught_up(app: faust.App, tp: TP, processed: int | None) -> bool:
-    """Whether this worker has decided every message of ``tp`` up to the end seen at its last fetch.
+def _caught_up(app: faust.App, tp: TP, decided: int | None) -> bool:
+    """Whether every message of ``tp`` up to the end seen at the last fetch is decided.
 
     Offsets fetched but still waiting in Faust's buffers do not count: their events are not in
-    the table yet. Until this worker has decided an event of ``tp`` it is not caught up (after a
-    restart, a lone half on a partition that stays idle waits for the next event there).
+    the table yet. Without a recovered position or a decided event for ``tp`` it is not caught
+    up: a lone half on a partition that stays idle then waits for the next event there.
     """
-    if processed is None:
+    if decided is None:
         return False
     try:
         end = app.consumer.highwater(tp)
     except Exception:  # not known (yet): assume behind, the next tick asks again
         return False
-    return end is not None and processed + 1 >= end
+    return end is not None and decided + 1 >= end

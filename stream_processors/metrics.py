@@ -40,6 +40,12 @@ class ProcessorMetrics:
         )
         self.dead_letters = Counter("provline_processors_dead_letters_total", "messages sent to the DLQ",
                                     registry=r)
+        self.rewinds = Counter("provline_processors_rewinds_total",
+                               "seeks back over inference offsets Faust skipped without handing them over",
+                               registry=r)
+        self.offsets_lost = Counter("provline_processors_offsets_lost_total",
+                                    "inference offsets given up on: gone from the topic before a rewind got them",
+                                    registry=r)
         self.pending = Gauge("provline_processors_pending_entries", "entries in the join table (this worker)",
                              registry=r)
         self.lag = Gauge("provline_processors_consumer_lag", "messages not yet read, per topic partition",

@@ -1,4 +1,4 @@
-"""A librdkafka producer for the join's hot path: traces and join-table changelog records.
+"""A librdkafka producer for the join's hot path: traces, join-table changelog records, dead letters.
 
 Faust's own producer sends one message per event-loop turn and stalls the consumer while its
 buffer is full, which caps a worker at a few thousand messages a second. The join produces up
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -46,9 +47,12 @@ class BatchProducer:
         if error is not None:
             self._failed.append(f"{message.topic()}[{message.partition()}]: {error}")
 
-    def produce(self, topic: str, key: bytes, value: bytes | None, *, partition: int | None = None) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
+                headers: list[tuple[str, bytes]] | None = None) -> None:
         """Queue one message (``value=None`` is a tombstone); blocks only while librdkafka's queue is full."""
-        kwargs = {} if partition is None else {"partition": partition}
+        kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if headers:
+            kwargs["headers"] = headers
         while True:
             try:
                 self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery, **kwargs)

@@ -210,8 +210,6 @@ SESSION_TIMEOUT_SECONDS = 8
 # faust-streaming #216/#221/#223). On a loaded machine this loses a few predictions in about one
 # run of four, also when the replacement starts after the session timeout. The test still runs
 # every time; a pass is reported as XPASS. Issue 5's closing note has the details and the fix plan.
-@pytest.mark.xfail(strict=False, reason="faust-streaming acks messages skipped across a rebalance "
-                   "(#216/#221/#223): a restarted worker can lose a few predictions")
 def test_a_worker_killed_mid_stream_loses_and_duplicates_no_trace(
     kafka_bootstrap: str, topics: Topics, worker_factory: Any
 ) -> None:

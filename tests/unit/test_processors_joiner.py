@@ -7,9 +7,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from schemas.serde import default_catalog
+from stream_processors.dead_letters import DeadLetters
 from stream_processors.drift import DriftAccumulator
 from stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
-from stream_processors.join_agent import Joiner
+from stream_processors.join_agent import Joiner, position_key
 from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.traces import TraceEncoder
@@ -22,8 +23,14 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
 
-    def produce(self, topic: str, key: bytes, value: bytes | None, *, partition: int | None = None) -> None:
+    def produce(self, topic: str, key: bytes, value: bytes | None, *, partition: int | None = None,
+                headers: Any = None) -> None:
         self.sent.append((topic, key, value, partition))
+
+
+class DlqTopic:
+    def get_topic_name(self) -> str:
+        return "dlq"
 
 
 def make_joiner(index: LineageIndex) -> tuple[Joiner, FakeProducer]:
@@ -32,7 +39,7 @@ def make_joiner(index: LineageIndex) -> tuple[Joiner, FakeProducer]:
     joiner = Joiner(
         catalog=catalog, lineage=index, encoder=TraceEncoder(catalog, session_id="s"), timing=TIMING,
         metrics=ProcessorMetrics(), drift=DriftAccumulator(index.baseline_of, window_us=60_000_000),
-        producer=producer, traces_topic="traces",  # type: ignore[arg-type]
+        producer=producer, traces_topic="traces", dead_letters=DeadLetters(DlqTopic()),  # type: ignore[arg-type]
     )
     joiner.table = SimpleNamespace(data={})
     joiner.changelog_topic = "changelog"
@@ -125,3 +132,28 @@ def test_rebuild_after_recovery_restores_deadlines() -> None:
     joiner.on_timer(now=130, owns=lambda p: True, caught_up=lambda p: True)
     [trace] = traces(producer)
     assert trace["prediction_id"] == "p9" and trace["missing"] == "request"
+
+
+def test_positions_follow_the_batch_entries_on_their_partition_and_come_back_after_recovery() -> None:
+    joiner, producer = make_joiner(lineage())
+    assert joiner.positions.admit(2, 40) and joiner.positions.admit(2, 41) and joiner.positions.admit(0, 7)
+    joiner.advance("p1", both(partition=2), now=100)
+    joiner.record_positions({2, 0})
+    records = changelog(producer, joiner)
+    assert records[0][0] == "p1"
+    assert sorted(records[1:]) == [(position_key(0), {"offset": 7}, 0), (position_key(2), {"offset": 41}, 2)]
+    assert joiner.recovered_positions() == {2: 41, 0: 7}
+    # a recovered table holds the position records next to the entries: the timer never sees them
+    joiner.rebuild(list(joiner.table.data.items()))
+    joiner.on_timer(now=1_000, owns=lambda p: True, caught_up=lambda p: True)
+    assert joiner.recovered_positions() == {2: 41, 0: 7} and "p1" not in joiner.table.data
+
+
+def test_a_dead_letter_goes_out_with_the_batch_before_its_position() -> None:
+    joiner, producer = make_joiner(lineage())
+    message = SimpleNamespace(topic="inference", partition=3, offset=9, key=b"k", value=b"junk")
+    joiner.dead_letter(SimpleNamespace(message=message), "not a provline event")  # type: ignore[arg-type]
+    joiner.positions.admit(3, 9)
+    joiner.record_positions({3})
+    assert producer.sent[0][:3] == ("dlq", b"k", b"junk")
+    assert changelog(producer, joiner) == [(position_key(3), {"offset": 9}, 3)]

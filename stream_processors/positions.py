@@ -1,0 +1,83 @@
+"""Which offsets of each inference partition the join has decided, and reading again what Faust skipped.
+
+Pure logic, no I/O. The join does not trust Faust's committed offsets: faust-streaming acks, so
+may commit, messages it never hands to the agent (it skips messages fetched in an earlier
+consumer generation, faust-streaming #216/#221/#223, and under load it was seen to drop a few
+right after a recovery). The inference topic is neither compacted nor transactional, so its
+offsets have no holes: an offset past the next one expected means messages were skipped.
+
+:class:`Positions` admits each event's offset: the next expected one is decided, one below it was
+decided already (a re-read) and is ignored, one above it opens a gap: it is ignored too, and the
+agent seeks the partition back to the expected offset (:meth:`Positions.due_rewinds`). The last
+decided offset per partition is kept in the join table's changelog next to the entries, so a
+worker that takes a partition over knows where its predecessor's decisions end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REWIND_RETRY_SECONDS = 2.0  # a rewind that brought nothing back by then is asked for again
+MAX_REWINDS = 10  # then the skipped offsets are taken to be gone from the topic (retention)
+
+
+@dataclass
+class Gap:
+    expected: int  # the first offset not yet decided
+    beyond: int  # the lowest offset seen past it
+    rewinds: int = 0
+    last_rewind: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class Rewind:
+    partition: int
+    offset: int
+    lost: range = range(0)  # offsets given up on: no rewind brought them back
+
+
+class Positions:
+    """Last decided offset per inference partition and the gaps waiting for a rewind. Not thread-safe."""
+
+    def __init__(self, *, retry_seconds: float = REWIND_RETRY_SECONDS, max_rewinds: int = MAX_REWINDS) -> None:
+        self.decided: dict[int, int] = {}
+        self.gaps: dict[int, Gap] = {}
+        self.retry_seconds = retry_seconds
+        self.max_rewinds = max_rewinds
+
+    def reset(self, decided: dict[int, int]) -> None:
+        """Start over from recovered positions (after a rebalance); partitions not named start anywhere."""
+        self.decided = dict(decided)
+        self.gaps = {}
+
+    def admit(self, partition: int, offset: int) -> bool:
+        """Whether the event at ``offset`` is to be decided now; marks it decided if so."""
+        last = self.decided.get(partition)
+        if last is None or offset == last + 1:
+            self.decided[partition] = offset
+            self.gaps.pop(partition, None)
+            return True
+        if offset > last + 1:
+            gap = self.gaps.get(partition)
+            if gap is None:
+                self.gaps[partition] = Gap(expected=last + 1, beyond=offset)
+            else:
+                gap.beyond = min(gap.beyond, offset)
+        return False
+
+    def due_rewinds(self, now: float) -> list[Rewind]:
+        """Partitions to seek back to their first undecided offset, now; after ``max_rewinds`` that
+        brought nothing back, the skipped offsets are given up (``lost``) and reading goes on past them."""
+        due = []
+        for partition, gap in list(self.gaps.items()):
+            if now - gap.last_rewind < self.retry_seconds:
+                continue
+            if gap.rewinds >= self.max_rewinds:
+                del self.gaps[partition]
+                self.decided[partition] = gap.beyond - 1
+                due.append(Rewind(partition, gap.beyond, lost=range(gap.expected, gap.beyond)))
+                continue
+            gap.rewinds += 1
+            gap.last_rewind = now
+            due.append(Rewind(partition, gap.expected))
+        return due
