@@ -309,7 +309,10 @@ def register_join_agent(
                 log.warning("%s[%d]: Faust skipped offsets from %d on; reading them again",
                             name, rewind.partition, rewind.offset)
                 metrics.rewinds.inc()
-            await app.consumer.seek_wait({TP(name, rewind.partition): rewind.offset})
+            try:
+                await app.consumer.seek_wait({TP(name, rewind.partition): rewind.offset})
+            except Exception:  # revoked meanwhile, or the broker is slow: the gap is asked for again later
+                log.warning("could not seek %s[%d] to %d", name, rewind.partition, rewind.offset, exc_info=True)
 
     async def handle_batch(events: list[EventT[bytes, bytes]]) -> None:
         now = time.time()
