@@ -75,7 +75,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     metrics = ProcessorMetrics()
     app.provline_metrics = metrics  # type: ignore[attr-defined]
     lineage = register_lineage_agent(
-        app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters
+        app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
     )
     encoder = TraceEncoder(catalog, session_id=str(uuid.uuid4()))
     accumulator = DriftAccumulator(

@@ -68,23 +68,15 @@ from stream_processors.join import (
 )
 from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.metrics import ProcessorMetrics
-from stream_processors.positions import MAX_REWINDS, Positions
+from stream_processors.positions import Positions, is_position_key, position_key, positions_in
 from stream_processors.producer import BatchProducer
+from stream_processors.rewind import assigned_partitions, seek_back
 from stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
 PENDING_TABLE = "pending-predictions"
-POSITION_KEY_PREFIX = "\x00position:"  # a NUL cannot start a prediction id: HTTP header values exclude it
 MAX_TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
-
-
-def position_key(partition: int) -> str:
-    return f"{POSITION_KEY_PREFIX}{partition}"
-
-
-def is_position_key(key: str) -> bool:
-    return key.startswith(POSITION_KEY_PREFIX)
 
 
 def tick_interval(timing: Timing) -> float:
@@ -136,11 +128,6 @@ class Joiner:
         """Write the last decided offset of ``partitions``; each record follows its partition's entries."""
         for partition in partitions:
             self._write(position_key(partition), {"offset": self.positions.decided[partition]}, partition)
-
-    def recovered_positions(self) -> dict[int, int]:
-        """The last decided offset per inference partition, as the changelog recovered it."""
-        return {int(key[len(POSITION_KEY_PREFIX):]): value["offset"]
-                for key, value in self.table.data.items() if is_position_key(key)}
 
     def dead_letter(self, event: EventT[bytes, bytes], reason: str) -> None:
         """Send a message the join cannot use to the dead-letter topic, delivered with the batch's traces."""
@@ -291,28 +278,11 @@ def register_join_agent(
     @pending.on_recover
     async def resume_from_recovered_state() -> None:
         joiner.rebuild(list(pending.data.items()))
-        name = topic.get_topic_name()
-        assigned = app.consumer.assignment()
-        joiner.positions.reset({partition: offset for partition, offset in joiner.recovered_positions().items()
-                                if TP(name, partition) in assigned})
+        mine = assigned_partitions(app, topic.get_topic_name())
+        joiner.positions.reset({partition: offset for partition, offset in positions_in(pending.data.items()).items()
+                                if partition in mine}, now=time.time())
         log.info("join table recovered: %d entries; last decided offsets %s", len(pending.data),
                  joiner.positions.decided)
-
-    async def rewind(now: float) -> None:
-        name = topic.get_topic_name()
-        for rewind in joiner.positions.due_rewinds(now):
-            if rewind.lost:
-                log.error("offsets %d..%d of %s[%d] did not come back after %d rewinds; going on without them",
-                          rewind.lost.start, rewind.lost.stop - 1, name, rewind.partition, MAX_REWINDS)
-                metrics.offsets_lost.inc(len(rewind.lost))
-            else:
-                log.warning("%s[%d]: Faust skipped offsets from %d on; reading them again",
-                            name, rewind.partition, rewind.offset)
-                metrics.rewinds.inc()
-            try:
-                await app.consumer.seek_wait({TP(name, rewind.partition): rewind.offset})
-            except Exception:  # revoked meanwhile, or the broker is slow: the gap is asked for again later
-                log.warning("could not seek %s[%d] to %d", name, rewind.partition, rewind.offset, exc_info=True)
 
     async def handle_batch(events: list[EventT[bytes, bytes]]) -> None:
         now = time.time()
@@ -320,7 +290,7 @@ def register_join_agent(
         decided: set[int] = set()
         for event in events:
             message = event.message
-            if not joiner.positions.admit(message.partition, message.offset):
+            if not joiner.positions.admit(message.partition, message.offset, now=now):
                 continue  # decided before, or past offsets Faust skipped (read again after the rewind)
             decided.add(message.partition)
             try:
@@ -357,7 +327,7 @@ def register_join_agent(
         joiner.record_positions(decided)
         metrics.pending.set(len(pending.data))
         await joiner.flush()
-        await rewind(now)
+        await seek_back(app, topic.get_topic_name(), joiner.positions, metrics, now=now)
         await after_batch()
 
     @app.agent(topic, name="join")
@@ -373,7 +343,7 @@ def register_join_agent(
                         caught_up=lambda partition: _caught_up(app, TP(name, partition),
                                                                joiner.positions.decided.get(partition)))
         await joiner.flush()
-        await rewind(time.time())
+        await seek_back(app, name, joiner.positions, metrics, now=time.time())
         await after_batch()
 
     return pending

@@ -16,11 +16,16 @@ recovery ends, the recovered table (which covers stores that skip replaying old 
 
 The changelog has one partition and ``recovery_buffer_size=1``, as Faust advises for a
 GlobalTable shared by several app instances; lineage is low-volume.
+
+A lineage event Faust skips would leave traces with the wrong model version, so, as in the join,
+the table also holds the last decided offset of each lineage partition (written after the
+event's entries) and the agent seeks back over offsets Faust skipped (:mod:`stream_processors.positions`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -30,19 +35,25 @@ from schemas.errors import SchemaError
 from schemas.serde import Catalog
 from stream_processors.dead_letters import DeadLetters
 from stream_processors.lineage import LINEAGE_EVENT_KINDS, LineageIndex
+from stream_processors.metrics import ProcessorMetrics
+from stream_processors.positions import REWIND_RETRY_SECONDS, Positions, is_position_key, position_key, positions_in
+from stream_processors.rewind import assigned_partitions, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"
 
 
 def register_lineage_agent(
-    app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters
+    app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters, metrics: ProcessorMetrics
 ) -> LineageIndex:
     """Add the lineage table and agent to ``app``; returns this worker's index of it."""
     index = LineageIndex()
+    positions = Positions()
+    name = topic.get_topic_name()
 
     async def on_changelog_event(event: EventT[Any, Any]) -> None:
-        index.apply(str(event.key), event.value)
+        if not is_position_key(str(event.key)):
+            index.apply(str(event.key), event.value)
 
     table = app.GlobalTable(
         LINEAGE_TABLE,
@@ -56,8 +67,12 @@ def register_lineage_agent(
     @table.on_recover
     async def rebuild_index() -> None:
         for key, value in table.items():
-            index.apply(str(key), value)
-        log.info("lineage index recovered: %d entries", len(index))
+            if not is_position_key(str(key)):
+                index.apply(str(key), value)
+        mine = assigned_partitions(app, name)
+        positions.reset({partition: offset for partition, offset in positions_in(table.items()).items()
+                         if partition in mine}, now=time.time())
+        log.info("lineage index recovered: %d entries; last decided offsets %s", len(index), positions.decided)
 
     async def handle(event: EventT[bytes, bytes]) -> None:
         try:
@@ -72,11 +87,21 @@ def register_lineage_agent(
     @app.agent(topic, name="lineage")
     async def lineage(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            try:
-                await handle(event)
-            except Exception as exc:  # one bad event must not stop lineage for every later one
-                log.exception("lineage failed for %s[%s]@%s", event.message.topic, event.message.partition,
-                              event.message.offset)
-                await dead_letters.send(event, f"lineage indexing failed: {type(exc).__name__}: {exc}")
+            message = event.message
+            if positions.admit(message.partition, message.offset, now=time.time()):
+                dead = dead_letters.count
+                try:
+                    await handle(event)
+                except Exception as exc:  # one bad event must not stop lineage for every later one
+                    log.exception("lineage failed for %s[%s]@%s", message.topic, message.partition, message.offset)
+                    await dead_letters.send(event, f"lineage indexing failed: {type(exc).__name__}: {exc}")
+                if dead_letters.count != dead:
+                    await app.producer.flush()  # the dead letter is out before the position passes it
+                table[position_key(message.partition)] = {"offset": message.offset}
+            await seek_back(app, name, positions, metrics, now=time.time())
+
+    @app.timer(REWIND_RETRY_SECONDS, name="lineage-rewinds")
+    async def retry_rewinds() -> None:  # the lineage topic is quiet: a gap may see no later event
+        await seek_back(app, name, positions, metrics, now=time.time())
 
     return index

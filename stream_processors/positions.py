@@ -8,17 +8,39 @@ offsets have no holes: an offset past the next one expected means messages were 
 
 :class:`Positions` admits each event's offset: the next expected one is decided, one below it was
 decided already (a re-read) and is ignored, one above it opens a gap: it is ignored too, and the
-agent seeks the partition back to the expected offset (:meth:`Positions.due_rewinds`). The last
-decided offset per partition is kept in the join table's changelog next to the entries, so a
-worker that takes a partition over knows where its predecessor's decisions end.
+agent seeks the partition back to the expected offset (:meth:`Positions.due_rewinds`). A skipped
+tail has no later offset to give it away: a partition whose end lies past its last decided offset
+while no event of it came for ``STALL_SECONDS`` is treated as a gap too (:meth:`Positions.check_stalled`).
+A needless rewind only re-reads events the agent then ignores. The last
+decided offset per partition is kept in the agent's table, whose changelog carries it after the
+entries it covers (:func:`position_key`), so a worker that takes a partition over knows where its
+predecessor's decisions end.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 REWIND_RETRY_SECONDS = 2.0  # a rewind that brought nothing back by then is asked for again
 MAX_REWINDS = 10  # then the skipped offsets are taken to be gone from the topic (retention)
+STALL_SECONDS = 10.0  # no event of a partition that has unread offsets for this long: they were skipped
+POSITION_KEY_PREFIX = "\x00position:"  # no table key of the agents starts with NUL (HTTP header values exclude it)
+
+
+def position_key(partition: int) -> str:
+    """The table key of a partition's position record; its value is ``{"offset": last decided offset}``."""
+    return f"{POSITION_KEY_PREFIX}{partition}"
+
+
+def is_position_key(key: str) -> bool:
+    return key.startswith(POSITION_KEY_PREFIX)
+
+
+def positions_in(items: Iterable[tuple[str, Any]]) -> dict[int, int]:
+    """The position records among a table's items: last decided offset per partition."""
+    return {int(key[len(POSITION_KEY_PREFIX):]): value["offset"] for key, value in items if is_position_key(key)}
 
 
 @dataclass
@@ -39,19 +61,24 @@ class Rewind:
 class Positions:
     """Last decided offset per inference partition and the gaps waiting for a rewind. Not thread-safe."""
 
-    def __init__(self, *, retry_seconds: float = REWIND_RETRY_SECONDS, max_rewinds: int = MAX_REWINDS) -> None:
+    def __init__(self, *, retry_seconds: float = REWIND_RETRY_SECONDS, max_rewinds: int = MAX_REWINDS,
+                 stall_seconds: float = STALL_SECONDS) -> None:
         self.decided: dict[int, int] = {}
         self.gaps: dict[int, Gap] = {}
+        self.seen: dict[int, float] = {}  # when an event of each partition last came
         self.retry_seconds = retry_seconds
         self.max_rewinds = max_rewinds
+        self.stall_seconds = stall_seconds
 
-    def reset(self, decided: dict[int, int]) -> None:
+    def reset(self, decided: dict[int, int], *, now: float) -> None:
         """Start over from recovered positions (after a rebalance); partitions not named start anywhere."""
         self.decided = dict(decided)
         self.gaps = {}
+        self.seen = dict.fromkeys(decided, now)
 
-    def admit(self, partition: int, offset: int) -> bool:
+    def admit(self, partition: int, offset: int, *, now: float) -> bool:
         """Whether the event at ``offset`` is to be decided now; marks it decided if so."""
+        self.seen[partition] = now
         last = self.decided.get(partition)
         if last is None or offset == last + 1:
             self.decided[partition] = offset
@@ -64,6 +91,15 @@ class Positions:
             else:
                 gap.beyond = min(gap.beyond, offset)
         return False
+
+    def check_stalled(self, partition: int, end: int, *, now: float) -> None:
+        """Open a gap for ``partition`` if offsets before ``end`` (its log end) are undecided and none came
+        for ``stall_seconds``."""
+        last = self.decided.get(partition)
+        if last is None or partition in self.gaps or end <= last + 1:
+            return
+        if now - self.seen.get(partition, now) >= self.stall_seconds:
+            self.gaps[partition] = Gap(expected=last + 1, beyond=end)
 
     def due_rewinds(self, now: float) -> list[Rewind]:
         """Partitions to seek back to their first undecided offset, now; after ``max_rewinds`` that

@@ -10,9 +10,10 @@ from schemas.serde import default_catalog
 from stream_processors.dead_letters import DeadLetters
 from stream_processors.drift import DriftAccumulator
 from stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
-from stream_processors.join_agent import Joiner, position_key
+from stream_processors.join_agent import Joiner
 from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.metrics import ProcessorMetrics
+from stream_processors.positions import position_key, positions_in
 from stream_processors.traces import TraceEncoder
 from tests.unit.test_processors_join import at, lineage, request, response
 
@@ -136,24 +137,24 @@ def test_rebuild_after_recovery_restores_deadlines() -> None:
 
 def test_positions_follow_the_batch_entries_on_their_partition_and_come_back_after_recovery() -> None:
     joiner, producer = make_joiner(lineage())
-    assert joiner.positions.admit(2, 40) and joiner.positions.admit(2, 41) and joiner.positions.admit(0, 7)
+    assert all(joiner.positions.admit(partition, offset, now=0) for partition, offset in [(2, 40), (2, 41), (0, 7)])
     joiner.advance("p1", both(partition=2), now=100)
     joiner.record_positions({2, 0})
     records = changelog(producer, joiner)
     assert records[0][0] == "p1"
     assert sorted(records[1:]) == [(position_key(0), {"offset": 7}, 0), (position_key(2), {"offset": 41}, 2)]
-    assert joiner.recovered_positions() == {2: 41, 0: 7}
+    assert positions_in(joiner.table.data.items()) == {2: 41, 0: 7}
     # a recovered table holds the position records next to the entries: the timer never sees them
     joiner.rebuild(list(joiner.table.data.items()))
     joiner.on_timer(now=1_000, owns=lambda p: True, caught_up=lambda p: True)
-    assert joiner.recovered_positions() == {2: 41, 0: 7} and "p1" not in joiner.table.data
+    assert positions_in(joiner.table.data.items()) == {2: 41, 0: 7} and "p1" not in joiner.table.data
 
 
 def test_a_dead_letter_goes_out_with_the_batch_before_its_position() -> None:
     joiner, producer = make_joiner(lineage())
     message = SimpleNamespace(topic="inference", partition=3, offset=9, key=b"k", value=b"junk")
     joiner.dead_letter(SimpleNamespace(message=message), "not a provline event")  # type: ignore[arg-type]
-    joiner.positions.admit(3, 9)
+    joiner.positions.admit(3, 9, now=0)
     joiner.record_positions({3})
     assert producer.sent[0][:3] == ("dlq", b"k", b"junk")
     assert changelog(producer, joiner) == [(position_key(3), {"offset": 9}, 3)]
