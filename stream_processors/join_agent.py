@@ -70,7 +70,7 @@ from stream_processors.lineage import LineageIndex, to_micros
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.positions import Positions, is_position_key, position_key, positions_in
 from stream_processors.producer import BatchProducer
-from stream_processors.rewind import assigned_partitions, seek_back
+from stream_processors.rewind import assigned_partitions, log_end, seek_back
 from stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
@@ -356,10 +356,5 @@ def _caught_up(app: faust.App, tp: TP, decided: int | None) -> bool:
     the table yet. Without a recovered position or a decided event for ``tp`` it is not caught
     up: a lone half on a partition that stays idle then waits for the next event there.
     """
-    if decided is None:
-        return False
-    try:
-        end = app.consumer.highwater(tp)
-    except Exception:  # not known (yet): assume behind, the next tick asks again
-        return False
-    return end is not None and decided + 1 >= end
+    end = log_end(app, tp)  # not known (yet): assume behind, the next tick asks again
+    return decided is not None and end is not None and decided + 1 >= end

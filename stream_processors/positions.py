@@ -1,10 +1,10 @@
-"""Which offsets of each inference partition the join has decided, and reading again what Faust skipped.
+"""Which offsets of each partition an agent (join, lineage) has decided, and reading again what Faust skipped.
 
-Pure logic, no I/O. The join does not trust Faust's committed offsets: faust-streaming acks, so
+Pure logic, no I/O. The agents do not trust Faust's committed offsets: faust-streaming acks, so
 may commit, messages it never hands to the agent (it skips messages fetched in an earlier
 consumer generation, faust-streaming #216/#221/#223, and under load it was seen to drop a few
-right after a recovery). The inference topic is neither compacted nor transactional, so its
-offsets have no holes: an offset past the next one expected means messages were skipped.
+right after a recovery). The inference and lineage topics are neither compacted nor transactional,
+so their offsets have no holes: an offset past the next one expected means messages were skipped.
 
 :class:`Positions` admits each event's offset: the next expected one is decided, one below it was
 decided already (a re-read) and is ignored, one above it opens a gap: it is ignored too, and the
@@ -59,7 +59,7 @@ class Rewind:
 
 
 class Positions:
-    """Last decided offset per inference partition and the gaps waiting for a rewind. Not thread-safe."""
+    """Last decided offset per partition and the gaps waiting for a rewind. Not thread-safe."""
 
     def __init__(self, *, retry_seconds: float = REWIND_RETRY_SECONDS, max_rewinds: int = MAX_REWINDS,
                  stall_seconds: float = STALL_SECONDS) -> None:

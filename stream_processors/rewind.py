@@ -18,10 +18,7 @@ async def seek_back(app: faust.App, topic: str, positions: Positions, metrics: P
     """Seek the partitions of ``topic`` with a due gap back to their first undecided offset; never raises."""
     if not app.rebalancing:  # during a rebalance Faust pauses partitions: no event coming is no stall
         for partition in assigned_partitions(app, topic):
-            try:
-                end = app.consumer.highwater(TP(topic, partition))
-            except Exception:  # not fetched yet: nothing to compare
-                continue
+            end = log_end(app, TP(topic, partition))
             if end is not None:
                 positions.check_stalled(partition, end, now=now)
     for rewind in positions.due_rewinds(now):
@@ -37,6 +34,14 @@ async def seek_back(app: faust.App, topic: str, positions: Positions, metrics: P
             await app.consumer.seek_wait({TP(topic, rewind.partition): rewind.offset})
         except Exception:  # revoked meanwhile, or the broker is slow: the gap is asked for again later
             log.warning("could not seek %s[%d] to %d", topic, rewind.partition, rewind.offset, exc_info=True)
+
+
+def log_end(app: faust.App, tp: TP) -> int | None:
+    """The end offset of ``tp`` seen at the last fetch; None while not known (nothing fetched yet)."""
+    try:
+        return app.consumer.highwater(tp)
+    except Exception:  # not assigned or not fetched yet
+        return None
 
 
 def assigned_partitions(app: faust.App, topic: str) -> set[int]:
