@@ -107,6 +107,131 @@ def run_upstream(port: int, kind: str) -> None:
     loop.run_forever()
 
 
+# --- the relay: the floor of any proxy ----------------------------------------------------------
+
+class _RelayToUpstream(asyncio.Protocol):
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+
+class _Relay(asyncio.Protocol):
+    """Bytes of each client connection relayed unchanged over a connection of its own to the upstream:
+    no HTTP parsing, no headers added, nothing recorded. What one more hop costs on this machine, which
+    no proxy, in any language, can undercut by much."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.upstream: Any = None
+        self.early: list[bytes] = []  # what the client sent before the upstream connection was open
+
+    def connection_made(self, transport: Any) -> None:
+        self.client = transport
+        asyncio.get_running_loop().create_task(self._connect())
+
+    def upstream_protocol(self) -> asyncio.Protocol:
+        return _RelayToUpstream(self.client)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        upstream, _ = await loop.create_connection(self.upstream_protocol, "127.0.0.1", self.upstream_port)
+        upstream.writelines(self.early)
+        self.upstream = upstream
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is None:
+            self.early.append(data)
+        else:
+            self.upstream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+
+
+class _HttpRelay(_Relay):
+    """The floor of a Python HTTP proxy: each request and reply parsed with httptools (the parser
+    uvicorn uses), one header added to each, sent on as one write; no streaming, no policy, no
+    events, no metrics. What any Python proxy that reads HTTP pays on this machine."""
+
+    def __init__(self, upstream_port: int) -> None:
+        import httptools
+
+        super().__init__(upstream_port)
+        self.requests = httptools.HttpRequestParser(self)
+        self.replies = httptools.HttpResponseParser(_ReplyParsing(self))
+        self.parts: list[bytes] = []
+
+    def upstream_protocol(self) -> asyncio.Protocol:
+        return _HttpRelayToUpstream(self.client, self)
+
+    def data_received(self, data: bytes) -> None:
+        self.requests.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.parts = [self.requests.get_method(), b" ", url, b" HTTP/1.1\r\n"]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.parts += (name, b": ", value, b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        self.parts.append(b"x-prediction-id: " + os.urandom(16).hex().encode() + b"\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        request, self.parts = b"".join(self.parts), []
+        _Relay.data_received(self, request)
+
+
+class _ReplyParsing:
+    def __init__(self, relay: _HttpRelay) -> None:
+        self.relay, self.parts = relay, [b""]
+
+    def on_status(self, status: bytes) -> None:
+        self.parts = [b"HTTP/1.1 %d " % self.relay.replies.get_status_code(), status, b"\r\n"]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.parts += (name, b": ", value, b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        self.parts.append(b"x-prediction-id: 0\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        reply, self.parts = b"".join(self.parts), []
+        self.relay.client.write(reply)
+
+
+class _HttpRelayToUpstream(_RelayToUpstream):
+    def __init__(self, client: Any, relay: _HttpRelay) -> None:
+        super().__init__(client)
+        self.relay = relay
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.replies.feed_data(data)
+
+
+def run_relay(upstream_port: int, port: int, cpu: int | None, http: bool) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    loop = new_loop()
+    relay = _HttpRelay if http else _Relay
+    loop.run_until_complete(loop.create_server(lambda: relay(upstream_port), "127.0.0.1", port, backlog=4096))
+    loop.run_forever()
+
+
 # --- the sidecar ---------------------------------------------------------------------------------
 
 def run_sidecar_process(upstream_port: int, port: int, admin_port: int, capture: bool, kafka: str | None,
@@ -339,17 +464,26 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
     counts: other load on the machine only ever lowers a figure), then latency at fixed rates."""
     results: dict[str, Any] = {"kafka": kafka or "none (events encoded, then discarded)"}
     seconds, connections = args.seconds, args.connections
-    labels = ("direct", "capture off", "capture on")
+    labels = ("direct", "relay", "http relay", "capture off", "capture on")
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmark", total=3 * args.rounds + 6 + args.clients)
+        task = progress.add_task("benchmark", total=len(labels) * args.rounds + 6 + args.clients)
         if args.clients:
             progress.update(task, description="aiohttp vs httpx as the upstream client")
             results["clients"] = compare_clients(upstream_port, 64)
             progress.advance(task)
         cpu = SIDECAR_CPU if args.pin else None
+        relays = []
+        for http in (False, True):
+            relay_port = free_port()
+            relay = ctx.Process(target=run_relay, args=(upstream_port, relay_port, cpu, http), daemon=True)
+            relay.start()
+            wait_listening(relay_port)
+            relays.append((relay, relay_port))
         sidecars = [start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label), cpu)
                     for capture, label in ((False, "capture off"), (True, "capture on"))]
-        ports = dict(zip(labels, [upstream_port, *(port for _, port in sidecars)], strict=True))
+        ports = {"direct": upstream_port, "relay": relays[0][1], "http relay": relays[1][1],
+                 "capture off": sidecars[0][1], "capture on": sidecars[1][1]}
+        sidecars += relays
         try:
             rounds: dict[str, list[Measured]] = {label: [] for label in labels}
             for number in range(args.rounds):
@@ -375,16 +509,19 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
 
 
 def report(results: dict, args: argparse.Namespace) -> None:
-    direct, off, on = results["direct"], results["capture off"], results["capture on"]
+    direct, relay, http_relay, off, on = (results[label] for label in ("direct", "relay", "http relay",
+                                                                         "capture off", "capture on"))
     half_direct, half_on, half_off = results["direct_half"], results["capture on half"], results["capture off half"]
     placement = "sidecar pinned to CPU 0, the rest on the others" if args.pin else "all processes share all CPUs"
     table = Table(title=f"sidecar benchmark ({args.upstream} upstream, {args.connections} connections, "
                         f"{args.seconds:.0f} s each, {os.cpu_count()} CPUs, {placement}, kafka: {results['kafka']})")
     for column in ("run", "req/s (saturation)", "p50 ms @ half", "p99 ms @ half"):
         table.add_column(column, justify="right" if column != "run" else "left")
-    for label, saturated, half in (("direct", direct, half_direct), ("sidecar, capture off", off, half_off),
-                                   ("sidecar, capture on", on, half_on)):
-        table.add_row(label, f"{saturated.rps:,.0f}", f"{half.p50_ms:.3f}", f"{half.p99_ms:.3f}")
+    for label, saturated, half in (("direct", direct, half_direct), ("byte relay (no HTTP)", relay, None),
+                                   ("HTTP relay (parse, add a header)", http_relay, None),
+                                   ("sidecar, capture off", off, half_off), ("sidecar, capture on", on, half_on)):
+        table.add_row(label, f"{saturated.rps:,.0f}", *((f"{half.p50_ms:.3f}", f"{half.p99_ms:.3f}") if half
+                                                         else ("", "")))
     console.print(table)
     if "clients" in results:
         clients = results["clients"]
@@ -396,6 +533,12 @@ def report(results: dict, args: argparse.Namespace) -> None:
          [o.rps / d.rps for o, d in zip(rounds["capture on"], rounds["direct"], strict=True)]),
         ("capture on / capture off throughput", on.rps / off.rps, ">= 0.85",
          [o.rps / f.rps for o, f in zip(rounds["capture on"], rounds["capture off"], strict=True)]),
+        ("byte relay / direct throughput (the floor: one more hop, no proxy work)", relay.rps / direct.rps, "-",
+         [r.rps / d.rps for r, d in zip(rounds["relay"], rounds["direct"], strict=True)]),
+        ("HTTP relay / direct throughput (the floor of a Python HTTP proxy)", http_relay.rps / direct.rps, "-",
+         [r.rps / d.rps for r, d in zip(rounds["http relay"], rounds["direct"], strict=True)]),
+        ("capture off / HTTP relay throughput", off.rps / http_relay.rps, "-",
+         [f.rps / r.rps for f, r in zip(rounds["capture off"], rounds["http relay"], strict=True)]),
     ]
     for text, value, goal, per_round in lines:
         console.print(f"{text}: [bold]{value:.2f}[/bold]  (goal {goal}; round by round "
