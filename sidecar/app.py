@@ -5,14 +5,18 @@
 
 The proxy is raw ASGI: no routing, no request object, every header byte under our control. Its
 lifespan owns one connection pool towards the upstream (:mod:`sidecar.upstream`) and the emitter. Per request it
-reads the body, forwards it, sends the upstream's reply to the client, and only then builds and
-emits the InferenceRequest and InferenceResponse events, so event encoding never delays a reply.
+reads the body, forwards it, sends the upstream's reply to the client and queues the exchange; a
+background task turns queued exchanges into InferenceRequest and InferenceResponse events every
+few milliseconds, so event encoding never delays a reply, and encoding a batch in one go costs
+less CPU than interleaving it with serving (measured in bench/sidecar.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -82,6 +86,10 @@ log = logging.getLogger("provline.sidecar")
 PRODUCER_NAME = "sidecar"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG_INTERVAL_S = 1.0
+RECORD_INTERVAL_S = 0.005
+RECORD_SLICE = 4  # exchanges recorded between two looks at the sockets
+# Exchanges waiting to be recorded hold their bodies; past this many, new ones are dropped and counted.
+MAX_UNRECORDED = 4096
 DECISION_CACHE_SIZE = 4096
 
 
@@ -151,6 +159,8 @@ class SidecarApp:
             ttl_s=settings.metadata_ttl_s,
         )
         self._backlog_task: asyncio.Task[None] | None = None
+        self._unrecorded: collections.deque[_Exchange] = collections.deque()
+        self._recorder_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -176,14 +186,21 @@ class SidecarApp:
                 raise StartupError("follow_deployments needs PROVLINE_KAFKA_BOOTSTRAP to read Deployment events")
             self._follower = DeploymentFollower(s.emitter, self._deployments)
         self._backlog_task = asyncio.create_task(self._report_backlog(), name="provline-sidecar-backlog")
+        self._recorder_task = asyncio.create_task(self._record_queued(), name="provline-sidecar-recorder")
         self.ready = True
         log.info("provline sidecar forwarding to %s", s.upstream, extra={"worker": self.worker})
 
     async def shutdown(self) -> None:
-        """Close the pool; flush and close an emitter this app built (blocking work runs in a thread)."""
+        """Record what is queued; close the pool; flush and close an emitter this app built (blocking
+        work runs in a thread)."""
         self.ready = False
         if self._backlog_task is not None:
             self._backlog_task.cancel()
+        if self._recorder_task is not None:
+            self._recorder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recorder_task
+        await self._record_batch()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -204,6 +221,28 @@ class SidecarApp:
             if isinstance(backlog, int):
                 EVENT_BACKLOG.set(backlog)
             await asyncio.sleep(BACKLOG_INTERVAL_S)
+
+    async def _record_queued(self) -> None:
+        while True:
+            await asyncio.sleep(RECORD_INTERVAL_S)
+            await self._record_batch()
+
+    async def _record_batch(self) -> None:
+        """Record what is queued now; an exchange leaves the queue only once recorded, so a batch
+        cancelled at shutdown loses nothing (``_record`` emits nothing before its one await)."""
+        queue = self._unrecorded
+        for index in range(1, len(queue) + 1):
+            await self._record(queue[0])
+            queue.popleft()
+            if index % RECORD_SLICE == 0:
+                await asyncio.sleep(0)  # let requests that arrived meanwhile be served
+
+    def _queue_record(self, exchange: _Exchange) -> None:
+        if len(self._unrecorded) < MAX_UNRECORDED:
+            self._unrecorded.append(exchange)
+        elif self.emitter is not None:  # its two events are lost; the DeliveryGap record will say so
+            self.emitter.drops.record("recorder_behind")
+            self.emitter.drops.record("recorder_behind")
 
     def _decide(self, method: str, path: str) -> RouteDecision:
         key = (method, path)
@@ -280,9 +319,8 @@ class SidecarApp:
                 counter.inc()
                 UPSTREAM_LATENCY.observe(exchange.upstream_ns / 1e9)
                 ADDED_LATENCY.observe(max(0, time.perf_counter_ns() - arrived - exchange.upstream_ns) / 1e9)
-        # After the reply: the client is not kept waiting while events are built and encoded.
         if exchange.recorded:
-            await self._record(exchange)
+            self._queue_record(exchange)
         else:
             SAMPLED_OUT.inc()
 
@@ -314,7 +352,7 @@ class SidecarApp:
             exchange.error, exchange.reply = error, ObservedBody.tapped(tap)
             UPSTREAM_ABORTED.inc()
             if exchange.recorded:
-                await self._record(exchange)
+                self._queue_record(dataclasses.replace(exchange))  # a copy: the status is zeroed below
             exchange.status = 0  # counted below as an abort, not as a reply
             # The status line is gone: the only honest signal left is to cut the connection.
             raise UpstreamAborted(f"{error.reason}; the reply to {exchange.prediction_id} was cut off") from exc

@@ -396,3 +396,28 @@ def test_the_reply_is_sent_before_events_are_built(loop: LoopThread, upstream: U
         finally:
             release.set()
     assert called.is_set()
+
+
+def test_queued_exchanges_are_recorded_at_shutdown_and_a_full_queue_becomes_a_gap(
+    loop: LoopThread, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from sidecar import app as sidecar_app
+
+    monkeypatch.setattr(sidecar_app, "RECORD_INTERVAL_S", 60.0)  # nothing is recorded until shutdown
+    monkeypatch.setattr(sidecar_app, "MAX_UNRECORDED", 3)
+    before = REGISTRY.get_sample_value("provline_events_dropped_total", {"reason": "recorder_behind"}) or 0.0
+    ids = [f"queued-{i}" for i in range(5)]
+    with sidecar(loop, f"http://127.0.0.1:{upstream.port}", upstream) as running:
+        for prediction_id in ids:
+            reply = httpx.post(f"{running.url}/predict", content=b"{}", headers={"X-Request-ID": prediction_id})
+            assert reply.status_code == 200 and reply.content == PREDICTION
+        assert running.emitter.transport.messages == [], "exchanges are recorded in batches, not per request"
+    decoded = [default_catalog().decode(m.value) for m in running.emitter.transport.messages]
+    recorded = sorted((d.value["prediction_id"], d.record) for d in decoded if d.record.startswith("Inference"))
+    assert recorded == sorted((i, kind) for i in ids[:3] for kind in ("InferenceRequest", "InferenceResponse"))
+    gaps = [d.value for d in decoded if d.record == "DeliveryGap"]
+    assert [(gap["reason"], gap["dropped"]) for gap in gaps] == [("recorder_behind", 4)]
+    after = REGISTRY.get_sample_value("provline_events_dropped_total", {"reason": "recorder_behind"})
+    assert after == before + 4
