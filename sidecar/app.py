@@ -87,7 +87,7 @@ PRODUCER_NAME = "sidecar"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BACKLOG_INTERVAL_S = 1.0
 RECORD_INTERVAL_S = 0.005
-RECORD_SLICE = 4  # exchanges recorded between two looks at the sockets
+RECORD_SLICE = 2  # exchanges recorded between two looks at the sockets
 # Exchanges waiting to be recorded hold their bodies; past this many, new ones are dropped and counted.
 MAX_UNRECORDED = 4096
 DECISION_CACHE_SIZE = 4096
@@ -160,6 +160,7 @@ class SidecarApp:
         )
         self._backlog_task: asyncio.Task[None] | None = None
         self._unrecorded: collections.deque[_Exchange] = collections.deque()
+        self._queued = asyncio.Event()
         self._recorder_task: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -224,7 +225,9 @@ class SidecarApp:
 
     async def _record_queued(self) -> None:
         while True:
+            await self._queued.wait()  # an idle sidecar does not wake up every RECORD_INTERVAL_S
             await asyncio.sleep(RECORD_INTERVAL_S)
+            self._queued.clear()
             await self._record_batch()
 
     async def _record_batch(self) -> None:
@@ -240,6 +243,7 @@ class SidecarApp:
     def _queue_record(self, exchange: _Exchange) -> None:
         if len(self._unrecorded) < MAX_UNRECORDED:
             self._unrecorded.append(exchange)
+            self._queued.set()
         elif self.emitter is not None:  # its two events are lost; the DeliveryGap record will say so
             self.emitter.drops.record("recorder_behind")
             self.emitter.drops.record("recorder_behind")
