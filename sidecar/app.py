@@ -7,8 +7,8 @@ The proxy is raw ASGI: no routing, no request object, every header byte under ou
 lifespan owns one connection pool towards the upstream (:mod:`sidecar.upstream`) and the emitter. Per request it
 reads the body, forwards it, sends the upstream's reply to the client and queues the exchange; a
 background task turns queued exchanges into InferenceRequest and InferenceResponse events every
-few milliseconds, so event encoding never delays a reply, and encoding a batch in one go costs
-less CPU than interleaving it with serving (measured in bench/sidecar.py).
+few milliseconds, a few at a time between requests, so event encoding never delays a reply, and
+costs less CPU than recording each exchange right after its reply (measured in bench/sidecar.py).
 """
 
 from __future__ import annotations

@@ -128,6 +128,8 @@ class ModelVersionResolver:
         if task is None:  # one fetch per model, however many requests wait for it
             task = asyncio.ensure_future(self._refresh(name))
             self._pending[name] = task
+        if cached is not None:  # expired: the last version stands while it is refreshed; the recorder never waits
+            return cached[1]
         return await asyncio.shield(task)
 
     async def _refresh(self, name: str) -> str | None:

@@ -80,3 +80,29 @@ def test_a_failing_metadata_fetch_falls_through_and_is_cached() -> None:
 
     asyncio.run(scenario())
     assert calls == 1
+
+
+def test_an_expired_version_is_used_while_it_is_refreshed() -> None:
+    calls: list[str] = []
+
+    async def scenario() -> None:
+        slow_refresh = asyncio.Event()
+
+        async def fetch(model: str) -> dict:
+            calls.append(model)
+            if len(calls) > 1:
+                await slow_refresh.wait()
+            return {"versions": [str(len(calls))]}
+
+        resolver = ModelVersionResolver(static=None, fetch_metadata=fetch, deployments=None, ttl_s=0.0)
+        path = "/v2/models/churn/infer"
+        assert await resolver.resolve(header=None, reply_version=None, path=path, endpoint=path) == "1"
+        # expired at once (ttl 0): answered without waiting for the refresh, which is stuck
+        stale = resolver.resolve(header=None, reply_version=None, path=path, endpoint=path)
+        assert await asyncio.wait_for(stale, 1.0) == "1"
+        slow_refresh.set()
+        await asyncio.sleep(0.05)
+        assert await resolver.resolve(header=None, reply_version=None, path=path, endpoint=path) == "2"
+
+    asyncio.run(scenario())
+    assert calls[:2] == ["churn", "churn"]
