@@ -403,13 +403,25 @@ def compare_clients(port: int, concurrency: int) -> dict[str, float]:
 # --- the run -------------------------------------------------------------------------------------
 
 def start_sidecar(ctx: Any, upstream_port: int, capture: bool, kafka: str | None, spool: str,
-                  cpu: int | None) -> tuple[Any, int]:
+                  cpu: int | None) -> tuple[Any, int, int]:
     port, admin_port = free_port(), free_port()
     process = ctx.Process(target=run_sidecar_process,
                           args=(upstream_port, port, admin_port, capture, kafka, spool, cpu))
     process.start()
     wait_ready(admin_port)
-    return process, port
+    return process, port, admin_port
+
+
+def events_dropped(admin_port: int) -> dict[str, float]:
+    """The sidecar's provline_events_dropped_total by reason: a capture-on figure counts only if none were."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    dropped = {}
+    for line in text.splitlines():
+        if line.startswith("provline_events_dropped_total{"):
+            labels, _, value = line.rpartition(" ")
+            dropped[labels.split('reason="')[1].split('"')[0]] = float(value)
+    return dropped
 
 
 def stop(process: Any) -> None:
@@ -484,7 +496,7 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
             relay = ctx.Process(target=run_relay, args=(upstream_port, relay_port, cpu, http), daemon=True)
             relay.start()
             wait_listening(relay_port)
-            relays.append((relay, relay_port))
+            relays.append((relay, relay_port, None))
         sidecars = [start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label), cpu)
                     for capture, label in ((False, "capture off"), (True, "capture on"))]
         ports = {"direct": upstream_port, "relay": relays[0][1], "http relay": relays[1][1],
@@ -508,8 +520,9 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
                 progress.update(task, description=f"{label}: latency at {at:.0f} req/s")
                 results[key] = measure(ports[label], connections, seconds, at)
                 progress.advance(task)
+            results["dropped"] = events_dropped(sidecars[1][2])
         finally:
-            for process, _ in sidecars:
+            for process, *_ in sidecars:
                 stop(process)
     return results
 
@@ -549,6 +562,9 @@ def report(results: dict, args: argparse.Namespace) -> None:
     for text, value, goal, per_round in lines:
         console.print(f"{text}: [bold]{value:.2f}[/bold]  (goal {goal}; round by round "
                       f"{', '.join(f'{ratio:.2f}' for ratio in per_round)})")
+    dropped = {reason: count for reason, count in results["dropped"].items() if count}
+    console.print("events dropped by the capture-on sidecar: "
+                  + (", ".join(f"{reason} {count:,.0f}" for reason, count in dropped.items()) or "none"))
     low_direct, low_on = results["direct low"], results["capture on low"]
     for text, rate, base, proxied in (
         ("half of direct saturation", results["rate"], half_direct, half_on),
