@@ -414,14 +414,13 @@ def start_sidecar(ctx: Any, upstream_port: int, capture: bool, kafka: str | None
 
 def events_dropped(admin_port: int) -> dict[str, float]:
     """The sidecar's provline_events_dropped_total by reason: a capture-on figure counts only if none were."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
-    dropped = {}
-    for line in text.splitlines():
-        if line.startswith("provline_events_dropped_total{"):
-            labels, _, value = line.rpartition(" ")
-            dropped[labels.split('reason="')[1].split('"')[0]] = float(value)
-    return dropped
+    return {sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(text) if family.name == "provline_events_dropped"
+            for sample in family.samples if sample.name == "provline_events_dropped_total"}
 
 
 def stop(process: Any) -> None:
