@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
-from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
-from schemas.events import utcnow  # noqa: E402
-from schemas.integrity import HashChain  # noqa: E402
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
+from provline.schemas.events import utcnow  # noqa: E402
+from provline.schemas.integrity import HashChain  # noqa: E402
 
 console = Console()
 PARTITIONS = 4
@@ -149,7 +149,7 @@ def faust_ceiling_worker() -> None:
     """Run a Faust worker whose agent only takes batches and forwards each event's key (step 4)."""
     import faust
 
-    from stream_processors.settings import ProcessorSettings
+    from provline.stream_processors.settings import ProcessorSettings
 
     settings = ProcessorSettings()
     topics = Topics(settings.topic_prefix)
@@ -180,8 +180,9 @@ def start_worker(bootstrap: str, topics: Topics, workdir: Path, *, ceiling: bool
            "PROVLINE_TOPIC_PARTITIONS": str(PARTITIONS)}
     log = (workdir / "worker.log").open("wb")
     command = [sys.executable, __file__, CEILING_WORKER_FLAG] if ceiling else [
-        sys.executable, "-c", "from stream_processors.app import run_worker\n"
-        "from stream_processors.settings import ProcessorSettings\nrun_worker(ProcessorSettings(), loglevel='warn')"]
+        sys.executable, "-c", "from provline.stream_processors.app import run_worker\n"
+        "from provline.stream_processors.settings import ProcessorSettings\n"
+        "run_worker(ProcessorSettings(), loglevel='warn')"]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 60
     while True:

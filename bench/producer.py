@@ -30,11 +30,11 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
-from producers import EmitterSettings, build_emitter  # noqa: E402
-from producers.capture import code_version, environment  # noqa: E402
-from producers.datasets import describe  # noqa: E402
-from schemas import Topics, default_catalog  # noqa: E402
-from schemas.events import new_envelope, producer_identity  # noqa: E402
+from provline.producers import EmitterSettings, build_emitter  # noqa: E402
+from provline.producers.capture import code_version, environment  # noqa: E402
+from provline.producers.datasets import describe  # noqa: E402
+from provline.schemas import Topics, default_catalog  # noqa: E402
+from provline.schemas.events import new_envelope, producer_identity  # noqa: E402
 
 
 def realistic_events(count: int) -> list[tuple[str, dict]]:

@@ -102,7 +102,7 @@ def run_upstream(port: int, kind: str) -> None:
     if kind == "asgi":
         import uvicorn
 
-        from sidecar.app import http_implementation
+        from provline.sidecar.app import http_implementation
 
         uvicorn.run(_asgi_model, host="127.0.0.1", port=port, http=http_implementation(), loop="uvloop",
                     lifespan="off", access_log=False, log_level="warning", backlog=4096)
@@ -248,8 +248,8 @@ def run_sidecar_process(upstream_port: int, port: int, admin_port: int, capture:
         os.sched_setaffinity(0, {cpu})
 
     logging.basicConfig(level=logging.WARNING)
-    from producers.settings import EmitterSettings
-    from sidecar import SidecarSettings, run_sidecar
+    from provline.producers.settings import EmitterSettings
+    from provline.sidecar import SidecarSettings, run_sidecar
 
     emitter = (EmitterSettings(kafka_bootstrap=kafka, spool_dir=Path(spool_dir), topic_prefix="bench")
                if kafka else EmitterSettings(transport="none"))
@@ -459,7 +459,7 @@ def main() -> None:
         kafka: str | None = None
         if args.kafka == "local":
             from deploy.local.kafka import LocalKafka, create_topics
-            from schemas import Topics
+            from provline.schemas import Topics
 
             console.print("starting a local Kafka broker...")
             broker = LocalKafka(Path(scratch) / "kafka").start()

@@ -40,13 +40,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas import default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
-from schemas.integrity import HashChain  # noqa: E402
-from sink import queries  # noqa: E402
-from sink.ingest import VIEW_PREFIX  # noqa: E402
-from sink.settings import DEFAULT_BATCH_MAX_EVENTS, SinkSettings  # noqa: E402
-from sink.store import migrate, open_store  # noqa: E402
-from sink.writer import ReplayMessage, insert_plan, plan_batch  # noqa: E402
+from provline.schemas import default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
+from provline.schemas.integrity import HashChain  # noqa: E402
+from provline.sink import queries  # noqa: E402
+from provline.sink.ingest import VIEW_PREFIX  # noqa: E402
+from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, SinkSettings  # noqa: E402
+from provline.sink.store import migrate, open_store  # noqa: E402
+from provline.sink.writer import ReplayMessage, insert_plan, plan_batch  # noqa: E402
 
 console = Console()
 

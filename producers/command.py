@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from types import FrameType
 
-from producers.lineage import Lineage
+from provline.producers.lineage import Lineage
 
 
 def run_command(argv: list[str], lineage: Lineage, *, name: str | None = None, stage: str | None = None) -> int:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from producers.digest import ProgressCallback, list_files, manifest, merkle_root
-from producers.profile import Profile, profile_batches, profile_table
+from provline.producers.digest import ProgressCallback, list_files, manifest, merkle_root
+from provline.producers.profile import Profile, profile_batches, profile_table
 
 log = logging.getLogger("provline.datasets")
 

@@ -31,14 +31,14 @@ from confluent_kafka import KafkaError, Producer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import Counter
 
-from producers.errors import ConfigurationError
-from producers.gaps import GapTracker
-from producers.settings import EmitterSettings
-from producers.spool import DEFAULT_SEGMENT_BYTES, Spool
-from schemas.errors import SchemaError
-from schemas.events import Topics, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain, load_private_key
-from schemas.serde import Catalog, default_catalog
+from provline.producers.errors import ConfigurationError
+from provline.producers.gaps import GapTracker
+from provline.producers.settings import EmitterSettings
+from provline.producers.spool import DEFAULT_SEGMENT_BYTES, Spool
+from provline.schemas.errors import SchemaError
+from provline.schemas.events import Topics, key_for, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain, load_private_key
+from provline.schemas.serde import Catalog, default_catalog
 
 log = logging.getLogger("provline.emitter")
 
@@ -109,7 +109,7 @@ class KafkaTransport:
     """confluent-kafka producer (idempotent, acks=all, compressed) behind a write-ahead spool.
 
     ``send`` appends to a bounded in-memory queue and returns. One worker thread moves queued
-    messages into the on-disk :class:`~producers.spool.Spool`, hands them to librdkafka (at most
+    messages into the on-disk :class:`~provline.producers.spool.Spool`, hands them to librdkafka (at most
     ``max_in_flight`` unacknowledged) and marks them acknowledged from delivery reports. While the
     broker is away nothing is lost and memory stays bounded: messages wait on disk, and are sent
     in order when it returns, or by the next process that opens the same spool directory.

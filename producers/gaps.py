@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from schemas.events import utcnow
+from provline.schemas.events import utcnow
 
 log = logging.getLogger("provline.emitter")
 EVENTS_DROPPED = Counter("provline_events_dropped_total", "Events lost, by reason", ["reason"])

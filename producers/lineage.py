@@ -22,12 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from producers.capture import code_reference, code_version, environment, seed_everything
-from producers.datasets import describe, digest_progress
-from producers.digest import file_sha256
-from producers.emitter import DEFAULT_CLOSE_TIMEOUT_S, Emitter, build_emitter
-from producers.settings import EmitterSettings
-from schemas.events import model_key
+from provline.producers.capture import code_reference, code_version, environment, seed_everything
+from provline.producers.datasets import describe, digest_progress
+from provline.producers.digest import file_sha256
+from provline.producers.emitter import DEFAULT_CLOSE_TIMEOUT_S, Emitter, build_emitter
+from provline.producers.settings import EmitterSettings
+from provline.schemas.events import model_key
 
 
 def _json_values(params: dict[str, Any] | None) -> dict[str, str]:

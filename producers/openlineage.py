@@ -32,7 +32,7 @@ from openlineage.client.generated.schema_dataset import SchemaDatasetFacet, Sche
 from openlineage.client.generated.source_code_location_job import SourceCodeLocationJobFacet
 from openlineage.client.serde import Serde
 
-from schemas.events import provline_version
+from provline.schemas.events import provline_version
 
 PRODUCER_URI = "https://github.com/provline/provline"
 DEFAULT_NAMESPACE = "provline"

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.capture import DEFAULT_ENV_ALLOW_LIST
-from schemas.events import DEFAULT_TOPIC_PREFIX
+from provline.producers.capture import DEFAULT_ENV_ALLOW_LIST
+from provline.schemas.events import DEFAULT_TOPIC_PREFIX
 
 DEFAULT_QUEUE_MAX_MESSAGES = 100_000
 DEFAULT_MAX_IN_FLIGHT = 100_000

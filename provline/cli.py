@@ -29,8 +29,8 @@ ApiOption = Annotated[
 @app.command()
 def serve() -> None:
     """Run the sink (Kafka -> ClickHouse) and the audit API; settings from PROVLINE_* variables."""
-    from sink.serve import run_serve
-    from sink.settings import SinkSettings
+    from provline.sink.serve import run_serve
+    from provline.sink.settings import SinkSettings
 
     run_serve(SinkSettings())
 
@@ -42,8 +42,8 @@ def processors() -> None:
     Prometheus metrics on PROVLINE_METRICS_PORT (default 9466); start more workers with the same
     PROVLINE_APP_ID to share the partitions.
     """
-    from stream_processors.app import run_worker
-    from stream_processors.settings import ProcessorSettings
+    from provline.stream_processors.app import run_worker
+    from provline.stream_processors.settings import ProcessorSettings
 
     run_worker(ProcessorSettings())
 
@@ -64,9 +64,9 @@ def sidecar(
     """Run the trace proxy in front of a model server; other settings from PROVLINE_* variables."""
     from pydantic import ValidationError
 
-    from sidecar.app import run_sidecar
-    from sidecar.errors import StartupError
-    from sidecar.settings import SidecarSettings
+    from provline.sidecar.app import run_sidecar
+    from provline.sidecar.errors import StartupError
+    from provline.sidecar.settings import SidecarSettings
 
     overrides = {"upstream": upstream, "host": host, "port": port, "admin_port": admin_port, "workers": workers,
                  "policy_file": policy, "model_version": model_version, "log_format": log_format}
@@ -195,9 +195,9 @@ LimitOption = Annotated[int, typer.Option(help="at most this many rows")]
 @app.command()
 def migrate() -> None:
     """Create or upgrade the ClickHouse schema (idempotent; applied files are recorded). Not while serving chDB."""
-    from sink.settings import SinkSettings
-    from sink.store import migrate as apply_migrations
-    from sink.store import open_store
+    from provline.sink.settings import SinkSettings
+    from provline.sink.store import migrate as apply_migrations
+    from provline.sink.store import open_store
 
     settings = SinkSettings()
     client = open_store(settings.clickhouse_url)
@@ -288,9 +288,9 @@ def verify(
 ) -> None:
     """Check a bundle offline, or the store's hash chains and signatures; exit 1 naming the first problem."""
     if bundle is not None:
-        from schemas import default_catalog
-        from schemas.integrity import load_public_key
-        from sink.evidence import verify_bundle
+        from provline.schemas import default_catalog
+        from provline.schemas.integrity import load_public_key
+        from provline.sink.evidence import verify_bundle
 
         files = {path.name: path.read_bytes() for path in sorted(bundle.iterdir()) if path.is_file()}
         key = load_public_key(public_key) if public_key else None
@@ -321,8 +321,8 @@ def run(
     stage: Annotated[str | None, typer.Option(help="pipeline stage, e.g. training")] = None,
 ) -> None:
     """Record any command as a run: provline run [--name N] -- COMMAND [ARGS...]."""
-    from producers import Lineage
-    from producers.command import run_command
+    from provline.producers import Lineage
+    from provline.producers.command import run_command
 
     lineage = Lineage(producer_name="provline-run")
     try:
@@ -343,9 +343,9 @@ def promote(
     api: ApiOption = DEFAULT_API_URL,
 ) -> None:
     """Record a promotion only if the model's lineage is complete; otherwise list what is missing."""
-    from producers import Lineage
-    from producers.policy import PromotionPolicy, missing_requirements
     from provline.facts import current_deployment, model_facts
+    from provline.producers import Lineage
+    from provline.producers.policy import PromotionPolicy, missing_requirements
 
     query = _api_query(api)
     facts = model_facts(query, model, version)
@@ -374,8 +374,8 @@ def openlineage(
     api: ApiOption = DEFAULT_API_URL,
 ) -> None:
     """Export a recorded run as OpenLineage RunEvents (JSON, one per line)."""
-    from producers.openlineage import run_to_openlineage
     from provline.facts import datasets, models_of_run, run_states
+    from provline.producers.openlineage import run_to_openlineage
 
     query = _api_query(api)
     states = run_states(query, run_id)

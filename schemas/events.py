@@ -1,7 +1,7 @@
 """The event model's conventions: envelope fields, topics and message keys.
 
 Pure functions; no I/O. ``new_envelope`` gives the fields every event starts with; the hash
-chain fields are filled in by :mod:`schemas.integrity` when the event is sealed.
+chain fields are filled in by :mod:`provline.schemas.integrity` when the event is sealed.
 """
 
 from __future__ import annotations

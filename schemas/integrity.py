@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from schemas.errors import SchemaError
-from schemas.serde import Catalog
+from provline.schemas.errors import SchemaError
+from provline.schemas.serde import Catalog
 
 
 class SigningKeyError(SchemaError):

@@ -29,8 +29,8 @@ import fastavro
 from fastavro.schema import fingerprint as schema_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from schemas.compiled import NotFast, compile_encoder
-from schemas.errors import CorruptEventError, InvalidEventError, UnknownSchemaError
+from provline.schemas.compiled import NotFast, compile_encoder
+from provline.schemas.errors import CorruptEventError, InvalidEventError, UnknownSchemaError
 
 AVSC_DIR = Path(__file__).resolve().parent / "avsc"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"

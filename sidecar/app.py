@@ -4,8 +4,8 @@
     app = create_app(settings); admin = create_admin_app(app)       # to serve them yourself
 
 The proxy is raw ASGI: no routing, no request object, every header byte under our control. Its
-lifespan owns one connection pool towards the upstream (:mod:`sidecar.upstream`) and the emitter. Per request it
-reads the body, forwards it, sends the upstream's reply to the client and queues the exchange; a
+lifespan owns one connection pool towards the upstream (:mod:`provline.sidecar.upstream`) and the emitter.
+Per request it reads the body, forwards it, sends the upstream's reply to the client and queues the exchange; a
 background task, at its next turn of the event loop, turns everything queued into
 InferenceRequest and InferenceResponse events. Event encoding never delays a reply, and the
 busier the sidecar, the more exchanges are recorded in one go, which costs less CPU than
@@ -35,10 +35,10 @@ from urllib.parse import quote
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from producers.emitter import Emitter, build_emitter
-from producers.settings import EmitterSettings
-from sidecar.deployments import DeploymentFollower
-from sidecar.errors import (
+from provline.producers.emitter import Emitter, build_emitter
+from provline.producers.settings import EmitterSettings
+from provline.sidecar.deployments import DeploymentFollower
+from provline.sidecar.errors import (
     PolicyError,
     StartupError,
     UpstreamAborted,
@@ -46,8 +46,8 @@ from sidecar.errors import (
     UpstreamUnreachable,
     upstream_error_from,
 )
-from sidecar.events import Capture, describe_body, request_fields, response_fields
-from sidecar.headers import (
+from provline.sidecar.events import Capture, describe_body, request_fields, response_fields
+from provline.sidecar.headers import (
     CLIENT_ID_HEADER,
     MODEL_VERSION_HEADER,
     REQUEST_ID_HEADER,
@@ -61,8 +61,8 @@ from sidecar.headers import (
     upstream_request_headers,
     values,
 )
-from sidecar.logs import configure_logging
-from sidecar.metrics import (
+from provline.sidecar.logs import configure_logging
+from provline.sidecar.metrics import (
     ADDED_LATENCY,
     EVENT_BACKLOG,
     EVENT_ERRORS,
@@ -71,11 +71,11 @@ from sidecar.metrics import (
     UPSTREAM_ABORTED,
     UPSTREAM_LATENCY,
 )
-from sidecar.model_version import DeploymentIndex, ModelVersionResolver
-from sidecar.payload import BodyTap, ObservedBody
-from sidecar.policy import Mode, Policy, Redactor, RouteDecision, load_policy
-from sidecar.settings import SidecarSettings
-from sidecar.upstream import UpstreamPool, UpstreamResponse
+from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
+from provline.sidecar.payload import BodyTap, ObservedBody
+from provline.sidecar.policy import Mode, Policy, Redactor, RouteDecision, load_policy
+from provline.sidecar.settings import SidecarSettings
+from provline.sidecar.upstream import UpstreamPool, UpstreamResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -568,10 +568,10 @@ def http_implementation() -> str:
 
 
 def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol, writing each small reply in one piece (see :mod:`sidecar.transport`)."""
+    """uvicorn's httptools protocol, writing each small reply in one piece (see :mod:`provline.sidecar.transport`)."""
     if http_implementation() != "httptools":
         return "h11"
-    from sidecar.transport import CoalescingHttpToolsProtocol
+    from provline.sidecar.transport import CoalescingHttpToolsProtocol
 
     return CoalescingHttpToolsProtocol
 
@@ -642,7 +642,7 @@ async def serve_sidecar(settings: SidecarSettings, *, emitter: Emitter | None = 
 
 
 async def serve_worker(settings: SidecarSettings, *, worker: int, sock: socket.socket, ready_fd: int) -> None:
-    """One worker process of :func:`sidecar.workers.supervise`: the proxy on the shared socket.
+    """One worker process of :func:`provline.sidecar.workers.supervise`: the proxy on the shared socket.
 
     Writes one byte to ``ready_fd`` once it accepts requests; stops on SIGTERM or SIGINT,
     finishing in-flight requests and flushing its events like a single-process sidecar.
@@ -667,13 +667,13 @@ def run_sidecar(settings: SidecarSettings) -> None:
     """Run the sidecar until SIGTERM or SIGINT; blocks. Call from the main thread.
 
     With ``settings.workers > 1`` this process supervises that many worker processes
-    (see :mod:`sidecar.workers`); otherwise it serves the proxy and admin port itself.
+    (see :mod:`provline.sidecar.workers`); otherwise it serves the proxy and admin port itself.
     Logging is set up (``settings.log_format``) unless the program configured it already.
     """
     configure_logging(settings.log_format)
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if settings.workers > 1:
-            from sidecar.workers import supervise
+            from provline.sidecar.workers import supervise
 
             runner.run(supervise(settings))
         else:

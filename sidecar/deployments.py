@@ -1,7 +1,7 @@
 """Follows Deployment events on the lineage topic, so the sidecar knows what each endpoint serves.
 
 A thin shell: a daemon thread reads the lineage topic from the beginning with a private consumer
-group (nothing committed) and feeds :class:`~sidecar.model_version.DeploymentIndex`.
+group (nothing committed) and feeds :class:`~provline.sidecar.model_version.DeploymentIndex`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from producers.settings import EmitterSettings
-from schemas import Topics, default_catalog
-from schemas.errors import SchemaError
-from sidecar.model_version import DeploymentIndex
+from provline.producers.settings import EmitterSettings
+from provline.schemas import Topics, default_catalog
+from provline.schemas.errors import SchemaError
+from provline.sidecar.model_version import DeploymentIndex
 
 log = logging.getLogger("provline.sidecar")
 POLL_S = 0.2

@@ -10,7 +10,7 @@
                               connection is cut, the only honest signal left
 
 :func:`upstream_error_from` is the one place where the upstream client's errors (see
-:mod:`sidecar.upstream`) become ours, and therefore the one place where a failure picks its HTTP status.
+:mod:`provline.sidecar.upstream`) become ours, and therefore the one place where a failure picks its HTTP status.
 """
 
 from __future__ import annotations

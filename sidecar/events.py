@@ -11,8 +11,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.payload import DEFAULT_MAX_FEATURES, NotParsed, ObservedBody, Role, Scalar, extract_features, parse_json
-from sidecar.policy import FieldRules, Mode, Redactor
+from provline.sidecar.payload import (
+    DEFAULT_MAX_FEATURES,
+    NotParsed,
+    ObservedBody,
+    Role,
+    Scalar,
+    extract_features,
+    parse_json,
+)
+from provline.sidecar.policy import FieldRules, Mode, Redactor
 
 REDACTION_NEEDS_JSON = "body not captured: the redaction policy applies to JSON bodies only"
 

@@ -9,7 +9,7 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 
-from schemas.events import new_event_id
+from provline.schemas.events import new_event_id
 
 Header = tuple[bytes, bytes]
 

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sidecar.errors import PolicyError
+from provline.sidecar.errors import PolicyError
 
 Mode = Literal["full", "redacted", "hash-only"]
 Action = Literal["drop", "hash", "mask"]

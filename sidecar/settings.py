@@ -19,9 +19,9 @@ from typing import Literal
 from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from producers.settings import EmitterSettings
-from sidecar.model_version import DEFAULT_METADATA_TTL_S
-from sidecar.payload import DEFAULT_MAX_FEATURES
+from provline.producers.settings import EmitterSettings
+from provline.sidecar.model_version import DEFAULT_METADATA_TTL_S
+from provline.sidecar.payload import DEFAULT_MAX_FEATURES
 
 DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 9090

@@ -20,7 +20,7 @@ without Content-Length or chunked framing lasts until the upstream closes. A con
 back to the pool only when its reply was read to the end and neither side said
 ``Connection: close``; idle connections older than ``keepalive_s`` are closed, not reused.
 
-Errors (mapped to 502/504 in :func:`sidecar.errors.upstream_error_from`): ``TimeoutError`` when
+Errors (mapped to 502/504 in :func:`provline.sidecar.errors.upstream_error_from`): ``TimeoutError`` when
 no connection (including the wait for a free one) within ``connect_timeout_s`` or no bytes for
 ``read_timeout_s`` while a reply is awaited; :class:`UpstreamProtocolError` (a ``ConnectionError``)
 when the upstream closes early or sends bytes that are not HTTP/1.1; ``OSError`` when it cannot

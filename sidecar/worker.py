@@ -1,4 +1,4 @@
-"""Entry point of one worker process started by :mod:`sidecar.workers`; not for direct use.
+"""Entry point of one worker process started by :mod:`provline.sidecar.workers`; not for direct use.
 
 Reads ``(settings, worker number, listening socket fd, ready pipe fd)`` pickled on stdin from
 the supervisor that started it (its parent, so the pickle is trusted).
@@ -11,8 +11,8 @@ import pickle
 import socket
 import sys
 
-from sidecar.app import loop_factory, serve_worker
-from sidecar.logs import configure_logging
+from provline.sidecar.app import loop_factory, serve_worker
+from provline.sidecar.logs import configure_logging
 
 
 def main() -> None:

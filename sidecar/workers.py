@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-from sidecar.errors import StartupError
-from sidecar.settings import SidecarSettings
+from provline.sidecar.errors import StartupError
+from provline.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("provline.sidecar")
 
@@ -83,7 +83,7 @@ class Supervisor:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir}
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sidecar.worker",
+                sys.executable, "-m", "provline.sidecar.worker",
                 stdin=asyncio.subprocess.PIPE, env=env, pass_fds=(self.sock.fileno(), write_fd),
             )
         finally:
@@ -155,7 +155,7 @@ class SupervisorAdmin:
         self.supervisor = supervisor
 
     async def __call__(self, scope: dict, receive: object, send: object) -> None:
-        from sidecar.app import reply
+        from provline.sidecar.app import reply
 
         if scope["type"] != "http":
             return
@@ -179,7 +179,7 @@ async def supervise(settings: SidecarSettings) -> None:
     """Run ``settings.workers`` worker processes until SIGTERM/SIGINT; see the module docstring."""
     import uvicorn
 
-    from sidecar.app import ServerWithoutSignals, create_app, uvicorn_config
+    from provline.sidecar.app import ServerWithoutSignals, create_app, uvicorn_config
 
     create_app(settings)  # validates the policy and key here, once, instead of failing in every worker
     sock = bind_proxy_socket(settings.host, settings.port)

@@ -32,13 +32,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from schemas import default_catalog
-from schemas.integrity import load_private_key, load_public_key
-from sink import evidence, queries
-from sink.errors import ReadOnlySqlError
-from sink.queries import MAX_SQL_CHARS, Filters
-from sink.settings import SinkSettings
-from sink.verify import verify_session
+from provline.schemas import default_catalog
+from provline.schemas.integrity import load_private_key, load_public_key
+from provline.sink import evidence, queries
+from provline.sink.errors import ReadOnlySqlError
+from provline.sink.queries import MAX_SQL_CHARS, Filters
+from provline.sink.settings import SinkSettings
+from provline.sink.verify import verify_session
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from schemas import Catalog
-from sink import queries
-from sink.errors import BundleError
-from sink.lineage import model_node, node
-from sink.verify import verify_event
+from provline.schemas import Catalog
+from provline.sink import queries
+from provline.sink.errors import BundleError
+from provline.sink.lineage import model_node, node
+from provline.sink.verify import verify_event
 
 FORMATS = {"json": "evidence.json", "prov": "evidence.prov.json", "openlineage": "evidence.openlineage.json"}
 MANIFEST, SIGNATURE, EVENTS = "manifest.json", "manifest.sig", "events.jsonl"

@@ -15,9 +15,9 @@ encoder did in tens of microseconds per event.
 
 The view refuses (``throwIf``) an event without an event id or hash; a container that does not
 parse fails its insert too. The writer then decodes that kind's messages in Python to find and
-dead-letter the bad ones (:func:`sink.writer.validate`), and inserts the rest.
+dead-letter the bad ones (:func:`provline.sink.writer.validate`), and inserts the rest.
 
-Pure functions; sink/store.py applies the DDL (:func:`sink.store.ensure_views`).
+Pure functions; sink/store.py applies the DDL (:func:`provline.sink.store.ensure_views`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from typing import Any
 
 import fastavro
 
-from schemas import Catalog
-from schemas.compiled import encode_long
-from sink.rows import TABLES, TableSpec
+from provline.schemas import Catalog
+from provline.schemas.compiled import encode_long
+from provline.sink.rows import TABLES, TableSpec
 
 Position = tuple[str, int, int]  # (topic, partition, offset) of one message
 ORIGIN_FIELDS: tuple[tuple[str, str], ...] = (
@@ -159,7 +159,7 @@ def event_view_select(fmt: IngestFormat) -> str:
 
 def derived_select(table: str, source: str) -> str:
     """The SELECT that derives ``table``'s rows from prediction_traces rows read from ``source``."""
-    text = (resources.files("sink") / "sql" / DERIVED[table]).read_text(encoding="utf-8")
+    text = (resources.files("provline.sink") / "sql" / DERIVED[table]).read_text(encoding="utf-8")
     return text.replace("{source}", source).strip().rstrip(";")
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from sink.errors import ReadOnlySqlError
-from sink.lineage import parse_node
-from sink.rows import TABLES, to_jsonable
+from provline.sink.errors import ReadOnlySqlError
+from provline.sink.lineage import parse_node
+from provline.sink.rows import TABLES, to_jsonable
 
 READ_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"})
 MAX_SQL_CHARS = 100_000
@@ -30,7 +30,7 @@ _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 
 @cache
 def sql_file(name: str) -> str:
-    return (resources.files("sink") / "sql" / name).read_text(encoding="utf-8")
+    return (resources.files("provline.sink") / "sql" / name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)

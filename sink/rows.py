@@ -5,7 +5,7 @@ key columns of its kind (:data:`TABLES`), and ends with where the message came f
 ``payload`` is the whole event as JSON text (datetimes ISO-8601 in UTC, bytes base64); ``raw`` is
 the exact Kafka message value, kept so that hashes and signatures can be verified later.
 
-Rows are made by ClickHouse, not by Python (see :mod:`sink.ingest`), so a key column is an SQL
+Rows are made by ClickHouse, not by Python (see :mod:`provline.sink.ingest`), so a key column is an SQL
 expression over the event's Avro fields.
 """
 

@@ -9,11 +9,11 @@ from types import FrameType
 
 import uvicorn
 
-from sink.api import create_api
-from sink.errors import SinkError
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.writer import SinkWriter
+from provline.sink.api import create_api
+from provline.sink.errors import SinkError
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.writer import SinkWriter
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def run_serve(settings: SinkSettings) -> None:
 
     Blocks; call from the main thread. On a signal the API stops accepting requests, then the writer
     inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
-    :class:`sink.errors.SinkError` when the writer died (the API is then shut down too).
+    :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
     """
     writer_client = open_store(settings.clickhouse_url)
     # A second client on the same store (for chDB: the same engine) so API queries never run

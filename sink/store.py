@@ -25,9 +25,9 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from schemas import Catalog, default_catalog
-from sink.errors import MigrationError, StoreConfigError
-from sink.ingest import (
+from provline.schemas import Catalog, default_catalog
+from provline.sink.errors import MigrationError, StoreConfigError
+from provline.sink.ingest import (
     DERIVED,
     VIEW_PREFIX,
     derived_select,
@@ -36,7 +36,7 @@ from sink.ingest import (
     ingest_table_ddl,
     view_ddl,
 )
-from sink.rows import TABLES
+from provline.sink.rows import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _open_chdb(location: ChdbLocation) -> Client:
 
 def migration_files() -> list[tuple[str, str]]:
     """``(name, text)`` of every ``sink/sql/NNNN_*.sql``, in name order."""
-    folder = resources.files("sink") / "sql"
+    folder = resources.files("provline.sink") / "sql"
     names = sorted(item.name for item in folder.iterdir() if _MIGRATION_NAME.match(item.name))
     return [(name, (folder / name).read_text(encoding="utf-8")) for name in names]
 

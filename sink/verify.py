@@ -18,8 +18,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from schemas import Catalog, SchemaError
-from schemas.integrity import event_hash, signature_valid
+from provline.schemas import Catalog, SchemaError
+from provline.schemas.integrity import event_hash, signature_valid
 
 ALTERED, MISSING, REORDERED, UNSIGNED, BAD_SIGNATURE = "altered", "missing", "reordered", "unsigned", "bad-signature"
 

@@ -26,13 +26,13 @@ from typing import Any, Protocol
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
-from sink import metrics
-from sink.errors import DeadLetterError
-from sink.ingest import DERIVED, IngestFormat, Position, derived_select, ingest_format
-from sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
-from sink.rows import Origin
-from sink.settings import SinkSettings
+from provline.schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
+from provline.sink import metrics
+from provline.sink.errors import DeadLetterError
+from provline.sink.ingest import DERIVED, IngestFormat, Position, derived_select, ingest_format
+from provline.sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
+from provline.sink.rows import Origin
+from provline.sink.settings import SinkSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,18 @@ import uuid
 
 import faust
 
-from schemas.events import Topics
-from schemas.serde import default_catalog
-from stream_processors.dead_letters import DeadLetters
-from stream_processors.drift import DriftAccumulator
-from stream_processors.drift_agent import register_drift_agent
-from stream_processors.join import Timing
-from stream_processors.join_agent import Joiner, register_join_agent
-from stream_processors.lineage_agent import register_lineage_agent
-from stream_processors.metrics import ProcessorMetrics, serve_metrics
-from stream_processors.producer import BatchProducer
-from stream_processors.settings import ProcessorSettings
-from stream_processors.traces import TraceEncoder
+from provline.schemas.events import Topics
+from provline.schemas.serde import default_catalog
+from provline.stream_processors.dead_letters import DeadLetters
+from provline.stream_processors.drift import DriftAccumulator
+from provline.stream_processors.drift_agent import register_drift_agent
+from provline.stream_processors.join import Timing
+from provline.stream_processors.join_agent import Joiner, register_join_agent
+from provline.stream_processors.lineage_agent import register_lineage_agent
+from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
+from provline.stream_processors.producer import BatchProducer
+from provline.stream_processors.settings import ProcessorSettings
+from provline.stream_processors.traces import TraceEncoder
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0

@@ -1,7 +1,7 @@
 """The drift monitor: window summaries of emitted traces, merged per model version, closed into DriftMetrics.
 
 The join agent counts each emitted trace's features and outputs into per-window summaries
-(:class:`~stream_processors.drift.DriftAccumulator`) and, after each batch, sends them as partials
+(:class:`~provline.stream_processors.drift.DriftAccumulator`) and, after each batch, sends them as partials
 to an internal topic keyed by model version, so all of one model version's partials meet on one
 partition whatever worker joined them. The drift agent merges partials into a Table keyed by
 ``model@version|window_start`` (one write per partial) and a timer closes windows once the wall
@@ -20,7 +20,7 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
-from stream_processors.drift import (
+from provline.stream_processors.drift import (
     BaselineCache,
     DriftAccumulator,
     Thresholds,
@@ -30,9 +30,9 @@ from stream_processors.drift import (
     window_due,
     window_key,
 )
-from stream_processors.lineage import LineageIndex
-from stream_processors.metrics import ProcessorMetrics
-from stream_processors.traces import DRIFT_KIND, TraceEncoder, stable_event_id
+from provline.stream_processors.lineage import LineageIndex
+from provline.stream_processors.metrics import ProcessorMetrics
+from provline.stream_processors.traces import DRIFT_KIND, TraceEncoder, stable_event_id
 
 log = logging.getLogger(__name__)
 WINDOWS_TABLE = "drift-windows"

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from stream_processors.lineage import LineageIndex, to_micros
-from stream_processors.traces import stable_event_id
+from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.traces import stable_event_id
 
 REQUEST = "InferenceRequest"
 RESPONSE = "InferenceResponse"

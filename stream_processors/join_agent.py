@@ -12,13 +12,13 @@ from the table after every recovery, so it never scans the table.
 
 Feedback on the same topic (same key, so the same partition) waits in the prediction's entry and
 rides on its trace, or, once the trace is out, yields a labelled copy of it (see
-:mod:`stream_processors.join`).
+:mod:`provline.stream_processors.join`).
 
 State writes go to the changelog partition of the entry's own inference partition: a batch mixes
 partitions, so Faust's "partition of the current event" would be wrong for all but one.
 
 Where reading stands is part of that state too, not left to Faust's committed offsets (see
-:mod:`stream_processors.positions`): after every batch, each of its inference partitions gets a
+:mod:`provline.stream_processors.positions`): after every batch, each of its inference partitions gets a
 position record (the last offset decided) in its own changelog partition, written after the
 batch's entries, so it never covers an entry that is not there. After a recovery, an offset that
 Faust delivers past the recorded position makes the agent seek back, and one below it is ignored.
@@ -35,11 +35,11 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
-from schemas.errors import SchemaError
-from schemas.serde import Catalog
-from stream_processors.dead_letters import DeadLetters
-from stream_processors.drift import DriftAccumulator
-from stream_processors.join import (
+from provline.schemas.errors import SchemaError
+from provline.schemas.serde import Catalog
+from provline.stream_processors.dead_letters import DeadLetters
+from provline.stream_processors.drift import DriftAccumulator
+from provline.stream_processors.join import (
     FEEDBACK,
     HALF_FIELD,
     PendingEntry,
@@ -66,12 +66,12 @@ from stream_processors.join import (
     summarize_feedback,
     trace_event_id,
 )
-from stream_processors.lineage import LineageIndex, to_micros
-from stream_processors.metrics import ProcessorMetrics
-from stream_processors.positions import Positions, is_position_key, position_key, positions_in
-from stream_processors.producer import BatchProducer
-from stream_processors.rewind import assigned_partitions, log_end, seek_back
-from stream_processors.traces import TraceEncoder
+from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.metrics import ProcessorMetrics
+from provline.stream_processors.positions import Positions, is_position_key, position_key, positions_in
+from provline.stream_processors.producer import BatchProducer
+from provline.stream_processors.rewind import assigned_partitions, log_end, seek_back
+from provline.stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
 PENDING_TABLE = "pending-predictions"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.events import model_key
+from provline.schemas.events import model_key
 
 DEPLOYMENT_PREFIX = "deployment/"
 MODEL_PREFIX = "model/"

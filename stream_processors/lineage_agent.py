@@ -10,7 +10,7 @@ with the in-memory store, and with RocksDB too).
 Entries are written so that two workers never read-modify-write the same key (one key per
 Deployment event; a model or run is only ever written by the worker owning its partition), so
 the last-writer-wins changelog loses nothing. Each worker mirrors the table into a
-:class:`~stream_processors.lineage.LineageIndex` (an endpoint's deployments sorted by time) from
+:class:`~provline.stream_processors.lineage.LineageIndex` (an endpoint's deployments sorted by time) from
 three places: its own writes, other workers' changelog records (``on_changelog_event``) and, once
 recovery ends, the recovered table (which covers stores that skip replaying old records).
 
@@ -19,7 +19,7 @@ GlobalTable shared by several app instances; lineage is low-volume.
 
 A lineage event Faust skips would leave traces with the wrong model version, so, as in the join,
 the table also holds the last decided offset of each lineage partition (written after the
-event's entries) and the agent seeks back over offsets Faust skipped (:mod:`stream_processors.positions`).
+event's entries) and the agent seeks back over offsets Faust skipped (:mod:`provline.stream_processors.positions`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,19 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from schemas.errors import SchemaError
-from schemas.serde import Catalog
-from stream_processors.dead_letters import DeadLetters
-from stream_processors.lineage import LINEAGE_EVENT_KINDS, LineageIndex
-from stream_processors.metrics import ProcessorMetrics
-from stream_processors.positions import REWIND_RETRY_SECONDS, Positions, is_position_key, position_key, positions_in
-from stream_processors.rewind import assigned_partitions, seek_back
+from provline.schemas.errors import SchemaError
+from provline.schemas.serde import Catalog
+from provline.stream_processors.dead_letters import DeadLetters
+from provline.stream_processors.lineage import LINEAGE_EVENT_KINDS, LineageIndex
+from provline.stream_processors.metrics import ProcessorMetrics
+from provline.stream_processors.positions import (
+    REWIND_RETRY_SECONDS,
+    Positions,
+    is_position_key,
+    position_key,
+    positions_in,
+)
+from provline.stream_processors.rewind import assigned_partitions, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"

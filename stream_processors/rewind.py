@@ -1,4 +1,4 @@
-"""Seeking a partition back over offsets Faust skipped: the I/O side of :mod:`stream_processors.positions`."""
+"""Seeking a partition back over offsets Faust skipped: the I/O side of :mod:`provline.stream_processors.positions`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import logging
 import faust
 from faust.types import TP
 
-from stream_processors.metrics import ProcessorMetrics
-from stream_processors.positions import MAX_REWINDS, Positions
+from provline.stream_processors.metrics import ProcessorMetrics
+from provline.stream_processors.positions import MAX_REWINDS, Positions
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Self
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stream_processors.drift import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_P_VALUE, Thresholds
+from provline.stream_processors.drift import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_P_VALUE, Thresholds
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_TOPIC_PREFIX = "provline"

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.events import new_envelope, producer_identity
-from schemas.integrity import HashChain
-from schemas.serde import Catalog
+from provline.schemas.events import new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.schemas.serde import Catalog
 
 TRACE_KIND = "PredictionTrace"
 DRIFT_KIND = "DriftMetric"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local.kafka import LocalKafka, create_topics
-from schemas import Topics
+from provline.schemas import Topics
 
 TEST_PARTITIONS = 4
 

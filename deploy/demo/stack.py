@@ -27,8 +27,8 @@ import httpx
 from deploy.demo import model as churn
 from deploy.local.kafka import LocalKafka, create_topics
 from deploy.local.kafka.broker import free_port
-from producers import EmitterSettings, Lineage
-from schemas import Topics
+from provline.producers import EmitterSettings, Lineage
+from provline.schemas import Topics
 
 REPO = Path(__file__).resolve().parents[2]
 ENDPOINT = "/predict"

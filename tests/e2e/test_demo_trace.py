@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from deploy.demo.stack import DEMO_API_TOKEN, ENDPOINT, MODEL_NAME, MODEL_VERSION, REPO, DemoStack
-from producers import EmitterSettings, Lineage
-from schemas import Topics
+from provline.producers import EmitterSettings, Lineage
+from provline.schemas import Topics
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from schemas import Topics
+from provline.schemas import Topics
 from tests.integration.test_processors_join import Events, WorkerProcess, start_worker
 from tests.integration.test_processors_stream import (
     DRAIN_SECONDS,

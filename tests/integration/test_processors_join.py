@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
-from schemas.events import utcnow
-from schemas.integrity import HashChain
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
+from provline.schemas.events import utcnow
+from provline.schemas.integrity import HashChain
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +62,8 @@ def start_worker(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-c",
-             "from stream_processors.app import run_worker\n"
-             "from stream_processors.settings import ProcessorSettings\n"
+             "from provline.stream_processors.app import run_worker\n"
+             "from provline.stream_processors.settings import ProcessorSettings\n"
              "run_worker(ProcessorSettings(), loglevel='warn')"],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
         )

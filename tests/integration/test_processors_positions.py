@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from schemas import Topics
-from schemas.events import utcnow
+from provline.schemas import Topics
+from provline.schemas.events import utcnow
 from tests.integration.test_processors_join import Events, free_port, start_worker
 from tests.integration.test_processors_stream import TraceReader, wait_ready
 

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from producers.profile import profile_table
-from schemas import Topics, default_catalog
+from provline.producers.profile import profile_table
+from provline.schemas import Topics, default_catalog
 from tests.integration.test_processors_join import READY_DEADLINE_SECONDS, Events, WorkerProcess, start_worker
 
 pytestmark = pytest.mark.integration

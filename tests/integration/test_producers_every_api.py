@@ -17,13 +17,13 @@ import clickhouse_connect
 import pandas as pd
 from confluent_kafka import Consumer
 
-from producers import EmitterSettings, Lineage
-from producers.policy import PromotionPolicy, missing_requirements
 from provline.facts import model_facts
-from schemas import Topics, default_catalog
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.writer import SinkWriter
+from provline.producers import EmitterSettings, Lineage
+from provline.producers.policy import PromotionPolicy, missing_requirements
+from provline.schemas import Topics, default_catalog
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.writer import SinkWriter
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from deploy.local.kafka import LocalKafka
-from producers import EmitterSettings, build_emitter
-from schemas import Topics, default_catalog
+from provline.producers import EmitterSettings, build_emitter
+from provline.schemas import Topics, default_catalog
 
 EVENTS = 20_000
 KEYS = 40

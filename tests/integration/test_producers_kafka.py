@@ -8,8 +8,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from producers import EmitterSettings, Lineage
-from schemas import Topics, default_catalog
+from provline.producers import EmitterSettings, Lineage
+from provline.schemas import Topics, default_catalog
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,8 +71,8 @@ def _emit_in_child(emitter, count: int) -> None:
 def test_a_forked_child_gets_its_own_session_and_delivers(kafka_bootstrap: str, topics: Topics, tmp_path) -> None:
     import multiprocessing
 
-    from producers import build_emitter
-    from schemas.integrity import first_break
+    from provline.producers import build_emitter
+    from provline.schemas.integrity import first_break
 
     emitter = build_emitter(EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix,
                                             spool_dir=tmp_path / "spool"), producer_name="parent")

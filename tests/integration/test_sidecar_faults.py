@@ -15,13 +15,13 @@ from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from deploy.local.kafka import LocalKafka
-from producers.settings import EmitterSettings
-from schemas import Topics, default_catalog
-from schemas.events import utcnow
-from sidecar import SidecarSettings, create_app
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.writer import SinkWriter
+from provline.producers.settings import EmitterSettings
+from provline.schemas import Topics, default_catalog
+from provline.schemas.events import utcnow
+from provline.sidecar import SidecarSettings, create_app
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.writer import SinkWriter
 from tests.integration.test_sidecar_proxy import LoopThread, Upstream, start_server, stop_server
 
 pytestmark = pytest.mark.integration

@@ -9,10 +9,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from producers.emitter import build_emitter
-from producers.settings import EmitterSettings
-from schemas import Topics, default_catalog
-from sidecar import SidecarSettings, create_app
+from provline.producers.emitter import build_emitter
+from provline.producers.settings import EmitterSettings
+from provline.schemas import Topics, default_catalog
+from provline.sidecar import SidecarSettings, create_app
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
 
 pytestmark = pytest.mark.integration

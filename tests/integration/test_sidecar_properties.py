@@ -21,11 +21,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producers.emitter import build_emitter
-from producers.settings import EmitterSettings
-from schemas import default_catalog
-from sidecar import SidecarSettings, create_app
-from sidecar.headers import HOP_BY_HOP
+from provline.producers.emitter import build_emitter
+from provline.producers.settings import EmitterSettings
+from provline.schemas import default_catalog
+from provline.sidecar import SidecarSettings, create_app
+from provline.sidecar.headers import HOP_BY_HOP
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
 
 EXAMPLES = 500

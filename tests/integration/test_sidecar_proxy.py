@@ -23,12 +23,12 @@ from confluent_kafka import Consumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from producers.emitter import Emitter, build_emitter
-from producers.settings import EmitterSettings
-from schemas import Topics, default_catalog
-from sidecar import SidecarSettings, create_app
-from sidecar.app import uvicorn_config
-from sidecar.headers import HOP_BY_HOP, is_valid_traceparent
+from provline.producers.emitter import Emitter, build_emitter
+from provline.producers.settings import EmitterSettings
+from provline.schemas import Topics, default_catalog
+from provline.sidecar import SidecarSettings, create_app
+from provline.sidecar.app import uvicorn_config
+from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
 
 T = TypeVar("T")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -403,7 +403,7 @@ def test_queued_exchanges_are_recorded_at_shutdown_and_a_full_queue_becomes_a_ga
 ) -> None:
     from prometheus_client import REGISTRY
 
-    from sidecar import app as sidecar_app
+    from provline.sidecar import app as sidecar_app
 
     monkeypatch.setattr(sidecar_app, "RECORD_INTERVAL_S", 60.0)  # nothing is recorded until shutdown
     monkeypatch.setattr(sidecar_app, "MAX_UNRECORDED", 3)

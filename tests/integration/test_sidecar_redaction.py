@@ -16,9 +16,9 @@ from aiohttp import web
 from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
-from producers.settings import EmitterSettings
-from schemas import Topics, default_catalog
-from sidecar import SidecarSettings, create_app
+from provline.producers.settings import EmitterSettings
+from provline.schemas import Topics, default_catalog
+from provline.sidecar import SidecarSettings, create_app
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
 
 pytestmark = pytest.mark.integration

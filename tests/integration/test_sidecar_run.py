@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = (
     "import logging; logging.basicConfig(level=logging.INFO)\n"
-    "from sidecar import SidecarSettings, run_sidecar\n"
+    "from provline.sidecar import SidecarSettings, run_sidecar\n"
     "run_sidecar(SidecarSettings())\n"
 )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sidecar.upstream import UpstreamPool, UpstreamProtocolError
+from provline.sidecar.upstream import UpstreamPool, UpstreamProtocolError
 
 HOST = [(b"host", b"m")]
 

@@ -19,15 +19,15 @@ from clickhouse_connect.driver.client import Client
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from schemas import default_catalog, new_envelope, producer_identity
-from schemas.integrity import HashChain
-from sink import queries
-from sink.api import create_api
-from sink.evidence import EVENTS, FORMATS, MANIFEST, build_bundle, gather, verify_bundle
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.verify import verify_session
-from sink.writer import ReplayMessage, insert_plan, plan_batch
+from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.sink import queries
+from provline.sink.api import create_api
+from provline.sink.evidence import EVENTS, FORMATS, MANIFEST, build_bundle, gather, verify_bundle
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.verify import verify_session
+from provline.sink.writer import ReplayMessage, insert_plan, plan_batch
 
 pytestmark = pytest.mark.integration
 
@@ -352,7 +352,7 @@ def test_evidence_bundles_are_self_contained_signed_and_verified_offline(
 
 
 def test_evidence_for_a_model_version_and_unknown_subjects(seeded: tuple[Client, Session, Session]) -> None:
-    from sink.evidence import BundleError
+    from provline.sink.evidence import BundleError
 
     client, _, _ = seeded
     evidence = gather(client, "churn@3")

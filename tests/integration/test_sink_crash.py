@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain
-from sink.writer import IN_FLIGHT_PREFIX, source_topics
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.sink.writer import IN_FLIGHT_PREFIX, source_topics
 
 pytestmark = pytest.mark.integration
 
@@ -36,9 +36,9 @@ ROOT = Path(__file__).parents[2]
 
 SINK = """
 import signal, threading
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.writer import SinkWriter
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.writer import SinkWriter
 settings = SinkSettings()
 client = open_store(settings.clickhouse_url)
 migrate(client)
@@ -51,8 +51,8 @@ client.close()
 
 COUNT = """
 import json, sys
-from sink.rows import TABLES
-from sink.store import open_store
+from provline.sink.rows import TABLES
+from provline.sink.store import open_store
 client = open_store(sys.argv[1])
 out = {}
 for spec in TABLES.values():

@@ -13,12 +13,12 @@ import fastavro
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from schemas import default_catalog, new_envelope, producer_identity
-from schemas.integrity import HashChain
-from schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
-from sink.rows import table_for
-from sink.store import ensure_views, migrate, open_store
-from sink.writer import ReplayMessage, insert_plan, plan_batch
+from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
+from provline.sink.rows import table_for
+from provline.sink.store import ensure_views, migrate, open_store
+from provline.sink.writer import ReplayMessage, insert_plan, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 V2_ONLY = {"label", "outcome", "feedback_source", "feedback_time", "feedback_event_id"}  # PredictionTrace

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from typer.testing import CliRunner, Result
 
 from deploy.local.kafka.broker import free_port
-from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +76,8 @@ def test_serve_writes_serves_and_stops_on_sigterm(
         "PROVLINE_API_TOKENS": json.dumps({"ops": {"token": TOKEN, "role": "auditor"}}),
         "PROVLINE_SIGNING_KEY": base64.b64encode(SIGNING_KEY).decode(),
     }
-    code = "from sink.serve import run_serve; from sink.settings import SinkSettings; run_serve(SinkSettings())"
+    code = ("from provline.sink.serve import run_serve; from provline.sink.settings import SinkSettings; "
+            "run_serve(SinkSettings())")
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2])
     try:
         base = f"http://127.0.0.1:{port}"

@@ -18,14 +18,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain
-from sink.api import create_api
-from sink.queries import RegistryCache, trace
-from sink.rows import TABLES
-from sink.settings import SinkSettings
-from sink.store import migrate, open_store
-from sink.writer import (
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.sink.api import create_api
+from provline.sink.queries import RegistryCache, trace
+from provline.sink.rows import TABLES
+from provline.sink.settings import SinkSettings
+from provline.sink.store import migrate, open_store
+from provline.sink.writer import (
     HEADER_OFFSET,
     HEADER_REASON,
     HEADER_TOPIC,

@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from stream_processors.app import create_app
-from stream_processors.dead_letters import DeadLetters
-from stream_processors.join import Timing
-from stream_processors.join_agent import tick_interval
-from stream_processors.settings import ProcessorSettings
+from provline.stream_processors.app import create_app
+from provline.stream_processors.dead_letters import DeadLetters
+from provline.stream_processors.join import Timing
+from provline.stream_processors.join_agent import tick_interval
+from provline.stream_processors.settings import ProcessorSettings
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 
-from producers.profile import profile_table
-from stream_processors.drift import (
+from provline.producers.profile import profile_table
+from provline.stream_processors.drift import (
     OUTPUT_PREFIX,
     BaselineCache,
     CategoricalBaseline,

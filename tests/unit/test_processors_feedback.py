@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from schemas.serde import default_catalog
-from stream_processors.join import (
+from provline.schemas.serde import default_catalog
+from provline.stream_processors.join import (
     REQUEST,
     RESPONSE,
     Step,
@@ -27,7 +27,7 @@ from stream_processors.join import (
     summarize_feedback,
     trace_event_id,
 )
-from stream_processors.lineage import to_micros
+from provline.stream_processors.lineage import to_micros
 from tests.unit.test_processors_join import at, lineage, request, response
 from tests.unit.test_processors_joiner import both, changelog, make_joiner, traces
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from schemas.integrity import first_break
-from schemas.serde import default_catalog
-from stream_processors.join import (
+from provline.schemas.integrity import first_break
+from provline.schemas.serde import default_catalog
+from provline.stream_processors.join import (
     REQUEST,
     RESPONSE,
     Step,
@@ -27,8 +27,8 @@ from stream_processors.join import (
     summarize,
     trace_event_id,
 )
-from stream_processors.lineage import LineageIndex, to_micros
-from stream_processors.traces import TraceEncoder
+from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.traces import TraceEncoder
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TRACE_FIELDS = [

@@ -6,15 +6,15 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
-from schemas.serde import default_catalog
-from stream_processors.dead_letters import DeadLetters
-from stream_processors.drift import DriftAccumulator
-from stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
-from stream_processors.join_agent import Joiner
-from stream_processors.lineage import LineageIndex, to_micros
-from stream_processors.metrics import ProcessorMetrics
-from stream_processors.positions import position_key, positions_in
-from stream_processors.traces import TraceEncoder
+from provline.schemas.serde import default_catalog
+from provline.stream_processors.dead_letters import DeadLetters
+from provline.stream_processors.drift import DriftAccumulator
+from provline.stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
+from provline.stream_processors.join_agent import Joiner
+from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.metrics import ProcessorMetrics
+from provline.stream_processors.positions import position_key, positions_in
+from provline.stream_processors.traces import TraceEncoder
 from tests.unit.test_processors_join import at, lineage, request, response
 
 TIMING = Timing(ttl=30, lineage_wait=10, retention=300)

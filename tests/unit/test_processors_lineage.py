@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.lineage import LineageIndex, to_micros
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

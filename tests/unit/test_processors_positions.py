@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_processors.positions import Positions, Rewind
+from provline.stream_processors.positions import Positions, Rewind
 
 
 def test_offsets_in_order_are_decided_and_re_reads_are_ignored() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from producers import EmitterSettings, Lineage
-from producers.digest import file_sha256, manifest, merkle_root
-from schemas import default_catalog
+from provline.producers import EmitterSettings, Lineage
+from provline.producers.digest import file_sha256, manifest, merkle_root
+from provline.schemas import default_catalog
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:

@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from producers import EmitterSettings, Lineage
-from producers.capture import allowed_env, code_reference, container, seed_everything
-from producers.datasets import describe, table_digest
-from producers.lineage import evaluate_metric
-from producers.profile import profile_table
-from schemas import default_catalog
+from provline.producers import EmitterSettings, Lineage
+from provline.producers.capture import allowed_env, code_reference, container, seed_everything
+from provline.producers.datasets import describe, table_digest
+from provline.producers.lineage import evaluate_metric
+from provline.producers.profile import profile_table
+from provline.schemas import default_catalog
 
 
 def test_secrets_are_never_captured_even_when_allow_listed() -> None:

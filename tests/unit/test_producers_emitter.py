@@ -6,11 +6,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from producers import EmitterSettings, build_emitter
-from producers.emitter import Emitter, MemoryTransport
-from producers.errors import ConfigurationError
-from schemas import default_catalog
-from schemas.integrity import first_break, load_public_key, signature_valid
+from provline.producers import EmitterSettings, build_emitter
+from provline.producers.emitter import Emitter, MemoryTransport
+from provline.producers.errors import ConfigurationError
+from provline.schemas import default_catalog
+from provline.schemas.integrity import first_break, load_public_key, signature_valid
 
 
 def deployment(version: str) -> dict:

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from producers import EmitterSettings, Lineage
-from producers.openlineage import PRODUCER_URI, run_to_openlineage
-from schemas import default_catalog
+from provline.producers import EmitterSettings, Lineage
+from provline.producers.openlineage import PRODUCER_URI, run_to_openlineage
+from provline.schemas import default_catalog
 
 
 def recorded(lineage: Lineage) -> dict[str, list[dict]]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from producers import EmitterSettings, Lineage
-from producers.command import run_command
-from producers.policy import LineageFacts, PromotionPolicy, missing_requirements
-from schemas import default_catalog
+from provline.producers import EmitterSettings, Lineage
+from provline.producers.command import run_command
+from provline.producers.policy import LineageFacts, PromotionPolicy, missing_requirements
+from provline.schemas import default_catalog
 
 
 def complete_facts() -> LineageFacts:

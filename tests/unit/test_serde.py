@@ -9,10 +9,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
-from schemas.events import Topics, key_for, new_envelope, producer_identity
-from schemas.integrity import HashChain, event_hash, first_break
-from schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC
+from provline.schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
+from provline.schemas.events import Topics, key_for, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain, event_hash, first_break
+from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC
 
 ENVELOPE_FIELDS = ["event_id", "event_time", "producer", "prev_hash", "hash", "signature"]
 

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.payload import BodyTap, ObservedBody, extract_features, extract_scalars
+from provline.sidecar.payload import BodyTap, ObservedBody, extract_features, extract_scalars
 
 LIMIT = 1 << 20
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.errors import UpstreamTimeout, UpstreamUnreachable, upstream_error_from
-from sidecar.headers import (
+from provline.sidecar.errors import UpstreamTimeout, UpstreamUnreachable, upstream_error_from
+from provline.sidecar.headers import (
     HOP_BY_HOP,
     choose_prediction_id,
     downstream_response_headers,
@@ -125,7 +125,7 @@ def test_new_traceparents_are_valid_and_distinct(_: int) -> None:
 
 
 def test_upstream_errors_map_to_502_and_504() -> None:
-    from sidecar.upstream import UpstreamProtocolError
+    from provline.sidecar.upstream import UpstreamProtocolError
 
     assert isinstance(upstream_error_from(TimeoutError("no bytes"), upstream="u"), UpstreamTimeout)
     assert upstream_error_from(TimeoutError(), upstream="u").status == 504  # type: ignore[union-attr]

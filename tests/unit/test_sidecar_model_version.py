@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sidecar.model_version import DeploymentIndex, ModelVersionResolver, kserve_target, version_from_metadata
+from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver, kserve_target, version_from_metadata
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -6,8 +6,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.events import Capture, request_fields, response_fields
-from sidecar.payload import digest_body, extract_scalars, is_json_content_type
+from provline.sidecar.events import Capture, request_fields, response_fields
+from provline.sidecar.payload import digest_body, extract_scalars, is_json_content_type
 
 LIMIT = 1 << 20
 
@@ -81,11 +81,11 @@ def test_every_scalar_of_a_flat_object_is_kept(document: dict) -> None:
 
 
 def test_event_fields_are_valid_for_the_schemas() -> None:
-    from schemas import default_catalog
-    from schemas.events import new_envelope, producer_identity
-    from sidecar.events import describe_body
-    from sidecar.payload import ObservedBody
-    from sidecar.policy import FieldRules, Redactor
+    from provline.schemas import default_catalog
+    from provline.schemas.events import new_envelope, producer_identity
+    from provline.sidecar.events import describe_body
+    from provline.sidecar.payload import ObservedBody
+    from provline.sidecar.policy import FieldRules, Redactor
 
     capture = Capture(max_capture_bytes=4, max_parse_bytes=LIMIT)
     body = ObservedBody.whole(b'{"x": 1}')

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.errors import PolicyError
-from sidecar.events import BodyRecord, Capture, describe_body
-from sidecar.payload import ObservedBody
-from sidecar.policy import MASK, FieldRules, Mode, Redactor, load_policy, parse_policy
+from provline.sidecar.errors import PolicyError
+from provline.sidecar.events import BodyRecord, Capture, describe_body
+from provline.sidecar.payload import ObservedBody
+from provline.sidecar.policy import MASK, FieldRules, Mode, Redactor, load_policy, parse_policy
 
 KEY = b"k" * 32
 POLICY = """

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sidecar.settings import DEFAULT_MAX_CAPTURE_BYTES, SidecarSettings
+from provline.sidecar.settings import DEFAULT_MAX_CAPTURE_BYTES, SidecarSettings
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

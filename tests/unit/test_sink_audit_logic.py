@@ -9,16 +9,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
-from schemas import default_catalog, new_envelope, producer_identity
-from schemas.integrity import HashChain
-from sink.api import Reader, authenticate
-from sink.errors import MigrationError
-from sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
-from sink.lineage import Edge, edges_for, parse_node
-from sink.settings import SinkSettings
-from sink.store import render_ddl, ttl_statements
-from sink.verify import verify_session
-from sink.writer import (
+from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.integrity import HashChain
+from provline.sink.api import Reader, authenticate
+from provline.sink.errors import MigrationError
+from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
+from provline.sink.lineage import Edge, edges_for, parse_node
+from provline.sink.settings import SinkSettings
+from provline.sink.store import render_ddl, ttl_statements
+from provline.sink.verify import verify_session
+from provline.sink.writer import (
     ReplayMessage,
     dedup_token,
     in_flight_metadata,

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sink.errors import ReadOnlySqlError, StoreConfigError
-from sink.queries import check_readonly_sql
-from sink.settings import SinkSettings
-from sink.store import parse_chdb_url, split_statements
+from provline.sink.errors import ReadOnlySqlError, StoreConfigError
+from provline.sink.queries import check_readonly_sql
+from provline.sink.settings import SinkSettings
+from provline.sink.store import parse_chdb_url, split_statements
 
 
 @pytest.mark.parametrize(

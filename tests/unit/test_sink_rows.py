@@ -8,14 +8,14 @@ from typing import Any
 import fastavro
 import pytest
 
-from schemas import default_catalog, new_envelope, producer_identity
-from schemas.compiled import encode_long
-from schemas.integrity import HashChain
-from sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format
-from sink.lineage import EDGE_COLUMNS
-from sink.rows import TABLES, table_for
-from sink.store import migration_files, split_statements
-from sink.writer import ReplayMessage, first_offsets, next_offsets, plan_batch
+from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.compiled import encode_long
+from provline.schemas.integrity import HashChain
+from provline.sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format
+from provline.sink.lineage import EDGE_COLUMNS
+from provline.sink.rows import TABLES, table_for
+from provline.sink.store import migration_files, split_statements
+from provline.sink.writer import ReplayMessage, first_offsets, next_offsets, plan_batch
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 

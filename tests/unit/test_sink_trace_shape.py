@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sink.queries import joined_trace_row, newest, shape_trace
+from provline.sink.queries import joined_trace_row, newest, shape_trace
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

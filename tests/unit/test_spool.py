@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from producers.spool import Spool
+from provline.producers.spool import Spool
 
 
 def messages(count: int, start: int = 0) -> list[tuple[str, bytes, bytes]]:
