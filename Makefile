@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint setup broker clean
+.PHONY: demo test lint docs setup broker clean
 
 setup: $(INSTALLED)
 
@@ -30,6 +30,9 @@ lint: setup
 
 test: setup broker lint
 	$(BIN)/pytest -p no:cacheprovider -ra tests
+
+docs: setup
+	$(BIN)/python -m provline.docs README.md
 
 demo: setup broker
 	$(BIN)/python -m deploy.demo

@@ -3,7 +3,7 @@
     .venv/bin/python bench/processors.py                           # 20,000 predictions
     .venv/bin/python bench/processors.py --predictions 50000 --rate-share 0.3
 
-Broker: PROVLINE_KAFKA_BOOTSTRAP, else a local KRaft broker started for the run (deploy/local/kafka).
+Broker: PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker started for the run (deploy/local/kafka).
 
 1. Baseline. The inference topic (requests and responses of ``--predictions`` predictions, in
    arrival order with a little reordering) is read with a raw aiokafka consume + decode loop
@@ -65,7 +65,7 @@ class Events:
 
     def __call__(self, kind: str, fields: dict, *, event_time: datetime | None = None) -> tuple[bytes, bytes]:
         value = {**new_envelope(self.producer, event_time=event_time), **fields}
-        self.chain.seal(kind, value)
+        self.chain.seal_encode(kind, value)
         return key_for(kind, value).encode(), self.catalog.encode(kind, value)
 
 
@@ -152,10 +152,11 @@ def faust_ceiling_worker() -> None:
     from provline.stream_processors.settings import ProcessorSettings
 
     settings = ProcessorSettings()
-    topics = Topics(settings.topic_prefix)
-    app = faust.App(settings.app_id, broker=[f"kafka://{server}" for server in settings.bootstrap_servers()],
-                    autodiscover=False, store="memory://", datadir=settings.data_dir,
-                    topic_partitions=settings.topic_partitions, web_port=settings.web_port)
+    topics = Topics(settings.topics.prefix)
+    worker = settings.processors
+    app = faust.App(worker.app_id, broker=[f"kafka://{server}" for server in settings.kafka.servers()],
+                    autodiscover=False, store="memory://", datadir=worker.data_dir,
+                    topic_partitions=settings.topics.partitions, web_port=worker.web_port)
     source = app.topic(topics.inference, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     out = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
@@ -174,10 +175,10 @@ def start_worker(bootstrap: str, topics: Topics, workdir: Path, *, ceiling: bool
                  ) -> tuple[subprocess.Popen, int]:
     web_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PROVLINE_KAFKA_BOOTSTRAP": bootstrap, "PROVLINE_TOPIC_PREFIX": topics.prefix,
-           "PROVLINE_APP_ID": f"{topics.prefix}-processors", "PROVLINE_DATA_DIR": str(workdir / "data"),
-           "PROVLINE_WEB_PORT": str(web_port), "PROVLINE_METRICS_PORT": str(free_port()),
-           "PROVLINE_TOPIC_PARTITIONS": str(PARTITIONS)}
+    env = {**os.environ, "PROVLINE_KAFKA__BOOTSTRAP": bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
+           "PROVLINE_PROCESSORS__APP_ID": f"{topics.prefix}-processors",
+           "PROVLINE_PROCESSORS__DATA_DIR": str(workdir / "data"), "PROVLINE_PROCESSORS__WEB_PORT": str(web_port),
+           "PROVLINE_PROCESSORS__METRICS_PORT": str(free_port()), "PROVLINE_TOPICS__PARTITIONS": str(PARTITIONS)}
     log = (workdir / "worker.log").open("wb")
     command = [sys.executable, __file__, CEILING_WORKER_FLAG] if ceiling else [
         sys.executable, "-c", "from provline.stream_processors.app import run_worker\n"
@@ -247,7 +248,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="provline-bench-processors-"))
     broker = None
-    bootstrap = os.environ.get("PROVLINE_KAFKA_BOOTSTRAP")
+    bootstrap = os.environ.get("PROVLINE_KAFKA__BOOTSTRAP")
     if not bootstrap:
         console.print("starting a local Kafka broker…")
         broker = LocalKafka(workdir / "kafka").start()

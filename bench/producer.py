@@ -30,7 +30,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
-from provline.producers import EmitterSettings, build_emitter  # noqa: E402
+from provline.producers import JobSettings, build_emitter  # noqa: E402
 from provline.producers.capture import code_version, environment  # noqa: E402
 from provline.producers.datasets import describe  # noqa: E402
 from provline.schemas import Topics, default_catalog  # noqa: E402
@@ -83,14 +83,14 @@ def main() -> None:
     baseline = rate("fastavro encoding alone", len(complete), time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory() as workdir:
-        bootstrap = os.environ.get("PROVLINE_KAFKA_BOOTSTRAP")
+        bootstrap = os.environ.get("PROVLINE_KAFKA__BOOTSTRAP")
         broker = None if bootstrap else LocalKafka(Path(workdir) / "kafka").start()
         bootstrap = bootstrap or broker.bootstrap
         topics = Topics(f"bench-{uuid.uuid4().hex[:8]}")
         create_topics(bootstrap, topics.all)
         try:
-            emitter = build_emitter(EmitterSettings(kafka_bootstrap=bootstrap, topic_prefix=topics.prefix,
-                                                    spool_dir=Path(workdir) / "spool"), producer_name="bench")
+            emitter = build_emitter(JobSettings(kafka={"bootstrap": bootstrap}, topics={"prefix": topics.prefix},
+                                                emitter={"spool_dir": Path(workdir) / "spool"}), producer_name="bench")
             started = time.perf_counter()
             for kind, fields in track(events, description="emitter: build + seal + encode + emit", console=console):
                 emitter.emit(kind, fields)

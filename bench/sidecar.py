@@ -248,14 +248,14 @@ def run_sidecar_process(upstream_port: int, port: int, admin_port: int, capture:
         os.sched_setaffinity(0, {cpu})
 
     logging.basicConfig(level=logging.WARNING)
-    from provline.producers.settings import EmitterSettings
     from provline.sidecar import SidecarSettings, run_sidecar
 
-    emitter = (EmitterSettings(kafka_bootstrap=kafka, spool_dir=Path(spool_dir), topic_prefix="bench")
-               if kafka else EmitterSettings(transport="none"))
+    publishing = ({"kafka": {"bootstrap": kafka}, "topics": {"prefix": "bench"},
+                   "emitter": {"spool_dir": Path(spool_dir)}} if kafka else {"emitter": {"transport": "none"}})
     run_sidecar(SidecarSettings(
-        upstream=f"http://127.0.0.1:{upstream_port}", host="127.0.0.1", port=port, admin_port=admin_port,
-        sample_rate=1.0 if capture else 0.0, emitter=emitter, kserve_metadata=False,
+        sidecar={"upstream": f"http://127.0.0.1:{upstream_port}", "host": "127.0.0.1", "port": port,
+                 "admin_port": admin_port, "kserve_metadata": False},
+        capture={"sample_rate": 1.0 if capture else 0.0}, **publishing,
     ))
 
 

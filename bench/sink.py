@@ -44,14 +44,15 @@ from provline.schemas import default_catalog, key_for, new_envelope, producer_id
 from provline.schemas.integrity import HashChain  # noqa: E402
 from provline.sink import queries  # noqa: E402
 from provline.sink.ingest import VIEW_PREFIX  # noqa: E402
-from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, SinkSettings  # noqa: E402
+from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, DEFAULT_INSERT_THREADS  # noqa: E402
 from provline.sink.store import migrate, open_store  # noqa: E402
-from provline.sink.writer import ReplayMessage, insert_plan, plan_batch  # noqa: E402
+from provline.sink.writer import insert_plan, plan_batch  # noqa: E402
+from tests.helpers import StoredMessage  # noqa: E402
 
 console = Console()
 
 
-def make_messages(count: int, progress: Progress) -> list[ReplayMessage]:
+def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
     catalog = default_catalog()
     chain = HashChain(catalog)
     producer = producer_identity("bench", "bench-session")
@@ -72,8 +73,8 @@ def make_messages(count: int, progress: Progress) -> list[ReplayMessage]:
                 "model_version": "3", "artifact_sha256": "a" * 64, "request_sha256": "b" * 64, "status": 200,
                 "training_run_id": "run-7", "dataset_digests": ["sha256:d1"], "latency_us": 1500,
             }
-        value = chain.seal(kind, {**new_envelope(producer), **fields})
-        messages.append(ReplayMessage(kind, 0, number, catalog.encode(kind, value), key_for(kind, value).encode()))
+        value = chain.seal_encode(kind, {**new_envelope(producer), **fields})
+        messages.append(StoredMessage(kind, 0, number, catalog.encode(kind, value), key_for(kind, value).encode()))
         if number % 5000 == 0:
             progress.update(task, completed=number)
     progress.update(task, completed=count)
@@ -81,7 +82,7 @@ def make_messages(count: int, progress: Progress) -> list[ReplayMessage]:
 
 
 def write_throughput(
-    client, store_url: str, messages: list[ReplayMessage], batch: int, insert_threads: int, progress: Progress
+    client, store_url: str, messages: list[StoredMessage], batch: int, insert_threads: int, progress: Progress
 ) -> tuple[float, float, int]:
     catalog = default_catalog()
     batches = [messages[i:i + batch] for i in range(0, len(messages), batch)]
@@ -242,7 +243,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX_EVENTS, help="events per batch (sink default)")
-    parser.add_argument("--insert-threads", type=int, default=SinkSettings.model_fields["insert_threads"].default,
+    parser.add_argument("--insert-threads", type=int, default=DEFAULT_INSERT_THREADS,
                         help="store connections inserting in parallel (sink default)")
     parser.add_argument("--predictions", type=int, default=10_000_000)
     parser.add_argument("--samples", type=int, default=500)

@@ -5,6 +5,7 @@
 
 from provline.producers.emitter import Emitter, build_emitter
 from provline.producers.lineage import Lineage, Run
-from provline.producers.settings import EmitterSettings
+from provline.producers.settings import EmitterSettings, JobSettings
+from provline.producers.transports import MemoryTransport
 
-__all__ = ["Emitter", "EmitterSettings", "Lineage", "Run", "build_emitter"]
+__all__ = ["Emitter", "EmitterSettings", "JobSettings", "Lineage", "MemoryTransport", "Run", "build_emitter"]

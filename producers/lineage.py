@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from provline.config import load_settings
 from provline.producers.capture import code_reference, code_version, environment, seed_everything
 from provline.producers.datasets import describe, digest_progress
 from provline.producers.digest import file_sha256
-from provline.producers.emitter import DEFAULT_CLOSE_TIMEOUT_S, Emitter, build_emitter
-from provline.producers.settings import EmitterSettings
+from provline.producers.emitter import Emitter, build_emitter
+from provline.producers.settings import JobSettings
 from provline.schemas.events import model_key
 
 
@@ -35,6 +36,7 @@ def _json_values(params: dict[str, Any] | None) -> dict[str, str]:
 
 
 Metric = float | tuple[float, float, float]  # value, or (value, ci_low, ci_high)
+OWNER_VARIABLE = "PROVLINE_RUN__OWNER"
 
 
 class CommandFailed(Exception):
@@ -61,7 +63,9 @@ class Run:
         self.metrics: dict[str, float] = {}
         self.exit_code: int | None = None  # set by command wrappers; non-zero makes the run FAILED
         self.code = code_version(argv=argv)
-        self.environment = environment(lineage.settings.capture_env)
+        self.environment = environment(lineage.settings.run.capture_env)
+        if lineage.settings.run.owner:  # recorded with the run's variables, as the variable that set it
+            self.environment["env_vars"][OWNER_VARIABLE] = lineage.settings.run.owner
         self._started = time.monotonic()
 
     def _emit_state(self, state: str, *, error: BaseException | None = None) -> dict[str, Any]:
@@ -170,10 +174,11 @@ class Lineage:
     """Entry point of the producers library; thread-safe through its emitter."""
 
     def __init__(
-        self, emitter: Emitter | None = None, *, settings: EmitterSettings | None = None,
+        self, emitter: Emitter | None = None, *, settings: JobSettings | None = None,
         producer_name: str = "provline-job",
     ) -> None:
-        self.settings = settings or EmitterSettings()
+        """Settings from ``PROVLINE_*`` variables unless given; ConfigurationError when they cannot work."""
+        self.settings = settings or load_settings(JobSettings)
         self.emitter = emitter or build_emitter(self.settings, producer_name=producer_name)
         self._active: list[Run] = []
 
@@ -239,7 +244,9 @@ class Lineage:
             "endpoint": endpoint, "action": action.upper(), "reason": reason, "previous_version": previous_version,
         })
 
-    def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
+        """Deliver what was recorded, waiting at most ``timeout`` seconds (default: the configured
+        ``PROVLINE_EMITTER__CLOSE_TIMEOUT_S``); True when everything was delivered."""
         return self.emitter.close(timeout)
 
     def __enter__(self) -> Lineage:

@@ -2,8 +2,8 @@
 
 Every message is appended before it is handed to Kafka, and the spool remembers how far the
 broker has acknowledged (``ack`` of record sequence numbers, in any order). After a crash or a
-broker outage, :meth:`Spool.pending` replays every unacknowledged record in append order, also
-in the next process that opens the same directory.
+broker outage, reading from ``cursor_at(committed)`` replays every record not known to be
+acknowledged, in append order, also in the next process that opens the same directory.
 
 Layout: ``segment-<first sequence number>.log`` files of records ``[u32 length][u32 crc32]
 [u16 topic length][topic][u32 key length][key][value]``, rolled at ``segment_bytes``; a
@@ -220,12 +220,6 @@ class Spool:
                 break
             cursor.segment, cursor.offset = later[0], 0
         return records
-
-    def pending(self, start: int | None = None) -> Iterator[SpooledMessage]:
-        """Unacknowledged records from ``start`` (default: the oldest), in append order."""
-        cursor = self.cursor_at(self.committed if start is None else start)
-        while records := self.read(cursor, 1000):
-            yield from (record for record in records if record.sequence not in self._acked_ahead)
 
     def ack(self, sequence: int) -> None:
         """Mark one record delivered; the committed mark advances over contiguous acknowledgements."""

@@ -1,51 +1,81 @@
 """The ``provline`` command: starts the services and answers audit questions.
 
 Each command imports its component lazily, so ``provline --help`` stays fast and a job that only
-uses ``producers`` never loads ClickHouse or Faust.
+uses ``producers`` never loads ClickHouse or Faust. Settings come from ``PROVLINE_*`` variables
+(``provline config SERVICE`` lists them); a setting that cannot work stops the command with exit
+code 2 and a sentence naming the variable.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from provline.config import ConfigError, ProvlineSettings, load_settings
+
+if TYPE_CHECKING:
+    from provline.client import AuditClient
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
-DEFAULT_API_URL = "http://127.0.0.1:8700"
-API_TIMEOUT_S = 30.0
 
 ApiOption = Annotated[
-    str, typer.Option("--api", envvar="PROVLINE_API_URL", help="URL of `provline serve`'s audit API")
+    str | None, typer.Option("--api", help="URL of `provline serve`'s audit API (default: PROVLINE_CLIENT__API_URL)"),
 ]
+
+
+@contextmanager
+def _exits_on_errors() -> Iterator[None]:
+    """Configuration and audit API errors become one red line and an exit code (2, or 1 for a refusal)."""
+    from provline.client import ApiError
+
+    try:
+        yield
+    except ConfigError as exc:
+        console.print(f"[red]provline: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    except ApiError as exc:
+        console.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1 if 0 < exc.status < 500 else 2) from exc
+
+
+def _client(api: str | None) -> AuditClient:
+    from provline.client import AuditClient, ClientSettings
+
+    return AuditClient.of(load_settings(ClientSettings).client, url=api)
 
 
 @app.command()
 def serve() -> None:
-    """Run the sink (Kafka -> ClickHouse) and the audit API; settings from PROVLINE_* variables."""
+    """Run the sink (Kafka -> ClickHouse) and the audit API."""
     from provline.sink.serve import run_serve
-    from provline.sink.settings import SinkSettings
+    from provline.sink.settings import ServeSettings
 
-    run_serve(SinkSettings())
+    with _exits_on_errors():
+        settings = load_settings(ServeSettings)
+    run_serve(settings)
 
 
 @app.command()
 def processors() -> None:
-    """Run a Faust stream processors worker (trace joiner, drift monitor); settings from PROVLINE_* variables.
+    """Run a Faust stream processors worker (trace joiner, drift monitor).
 
-    Prometheus metrics on PROVLINE_METRICS_PORT (default 9466); start more workers with the same
-    PROVLINE_APP_ID to share the partitions.
+    Prometheus metrics on PROVLINE_PROCESSORS__METRICS_PORT (default 9466); start more workers with
+    the same PROVLINE_PROCESSORS__APP_ID to share the partitions.
     """
     from provline.stream_processors.app import run_worker
     from provline.stream_processors.settings import ProcessorSettings
 
-    run_worker(ProcessorSettings())
+    with _exits_on_errors():
+        settings = load_settings(ProcessorSettings)
+    run_worker(settings)
 
 
 @app.command()
@@ -61,58 +91,85 @@ def sidecar(
     model_version: Annotated[str | None, typer.Option(help="recorded when nothing better is known")] = None,
     log_format: Annotated[str | None, typer.Option(help="json or text")] = None,
 ) -> None:
-    """Run the trace proxy in front of a model server; other settings from PROVLINE_* variables."""
-    from pydantic import ValidationError
-
-    from provline.sidecar.app import run_sidecar
+    """Run the trace proxy in front of a model server; each option overrides its PROVLINE_SIDECAR__ variable."""
     from provline.sidecar.errors import StartupError
+    from provline.sidecar.serve import run_sidecar
     from provline.sidecar.settings import SidecarSettings
 
-    overrides = {"upstream": upstream, "host": host, "port": port, "admin_port": admin_port, "workers": workers,
-                 "policy_file": policy, "model_version": model_version, "log_format": log_format}
+    proxy = {"upstream": upstream, "host": host, "port": port, "admin_port": admin_port, "workers": workers,
+             "model_version": model_version, "log_format": log_format}
+    overrides: dict[str, Any] = {"sidecar": {k: v for k, v in proxy.items() if v is not None}}
+    if policy is not None:
+        overrides["capture"] = {"policy_file": policy}
+    with _exits_on_errors():
+        settings = load_settings(SidecarSettings, **overrides)  # merged with the environment, section by section
     try:
-        settings = SidecarSettings(**{name: value for name, value in overrides.items() if value is not None})
         run_sidecar(settings)
-    except (ValidationError, StartupError) as exc:
+    except StartupError as exc:
         console.print(f"[red]provline sidecar: {exc}[/red]")
         raise typer.Exit(2) from exc
 
 
-def _api_headers() -> dict[str, str]:
-    """The bearer token of the audit API from PROVLINE_API_TOKEN (none when unset)."""
-    import os
-
-    token = os.environ.get("PROVLINE_API_TOKEN", "").strip()
-    return {"Authorization": f"Bearer {token}"} if token else {}
+# ---------------------------------------------------------------- configuration
 
 
-def _api_get(api: str, path: str, params: dict | None = None) -> tuple[int, dict]:
-    response = httpx.get(f"{api.rstrip('/')}{path}", params=params, headers=_api_headers(), timeout=API_TIMEOUT_S)
-    return response.status_code, response.json()
+SERVICES = ("job", "sidecar", "processors", "serve", "client")
 
 
-def _api_post(api: str, path: str, body: dict) -> tuple[int, dict]:
-    response = httpx.post(f"{api.rstrip('/')}{path}", json=body, headers=_api_headers(), timeout=API_TIMEOUT_S)
-    return response.status_code, response.json()
+def settings_classes() -> dict[str, type[ProvlineSettings]]:
+    """Every deployable's settings class, by the name ``provline config`` knows it by."""
+    from provline.client import ClientSettings
+    from provline.producers.settings import JobSettings
+    from provline.sidecar.settings import SidecarSettings
+    from provline.sink.settings import ServeSettings
+    from provline.stream_processors.settings import ProcessorSettings
+
+    classes: list[type[ProvlineSettings]] = [JobSettings, SidecarSettings, ProcessorSettings, ServeSettings,
+                                             ClientSettings]
+    return {cls.service: cls for cls in classes}
 
 
-def _unreachable(api: str, exc: Exception) -> typer.Exit:
-    console.print(f"[red]cannot reach the audit API at {api}: {exc}[/red]\n"
-                  "start it with `provline serve` or point --api / PROVLINE_API_URL at it")
-    return typer.Exit(2)
+@app.command()
+def config(
+    service: Annotated[str, typer.Argument(help=f"one of {', '.join(SERVICES)}")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Print every setting SERVICE reads: its variable, value (secrets masked) and where the value came from.
+
+    Exits 2, naming each problem, when the settings would not let SERVICE start.
+    """
+    from provline.config import describe
+
+    classes = settings_classes()
+    if service not in classes:
+        console.print(f"[red]unknown service {service!r}; choose one of {', '.join(SERVICES)}[/red]")
+        raise typer.Exit(2)
+    rows = describe(classes[service])
+    if as_json:
+        print(json.dumps([row.__dict__ for row in rows], indent=2))
+    else:
+        table = Table(title=f"settings of {service}", title_justify="left")
+        for column in ("variable", "value", "source"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row.variable, row.value, row.source, style=None if row.source == "default" else "bold")
+        console.print(table)
+    with _exits_on_errors():
+        load_settings(classes[service])
+
+
+# ---------------------------------------------------------------- audit questions
 
 
 @app.command()
 def trace(
     prediction_id: str,
     as_json: Annotated[bool, typer.Option("--json", help="print the trace as JSON")] = False,
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
     """Print the whole chain behind one prediction."""
-    try:
-        status, body = _api_get(api, f"/v1/traces/{prediction_id}")
-    except httpx.HTTPError as exc:
-        raise _unreachable(api, exc) from exc
+    with _exits_on_errors():
+        status, body = _client(api).get(f"/v1/traces/{prediction_id}")
     if status == 404:
         console.print(f"[yellow]no trace for prediction {prediction_id} (yet)[/yellow]")
         raise typer.Exit(1)
@@ -125,7 +182,7 @@ def trace(
     print_trace(body)
 
 
-def print_trace(trace: dict) -> None:
+def print_trace(trace: dict[str, Any]) -> None:
     table = Table(title=f"prediction {trace.get('prediction_id')}", show_header=False, title_justify="left")
     table.add_column(style="bold cyan")
     table.add_column(overflow="fold")
@@ -136,42 +193,31 @@ def print_trace(trace: dict) -> None:
     console.print(table)
 
 
-def _api_query(api: str) -> Callable[[str], list[dict]]:
-    """Rows of one read-only query through the audit API, as dicts; exits with the API's reason."""
+def _query(api: str | None) -> Callable[[str], list[dict[str, Any]]]:
+    """Rows of one read-only query through the audit API; an error exits with the API's reason."""
+    client = _client(api)
 
-    def query(statement: str) -> list[dict]:
-        try:
-            status, body = _api_post(api, "/v1/sql", {"sql": statement})
-        except httpx.HTTPError as exc:
-            raise _unreachable(api, exc) from exc
-        if status != 200:
-            console.print(f"[red]audit API answered {status}: {body.get('detail', body)}[/red]")
-            raise typer.Exit(1 if status < 500 else 2)
-        return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"]]
+    def query(statement: str) -> list[dict[str, Any]]:
+        with _exits_on_errors():
+            return client.query(statement)
 
     return query
 
 
 @app.command()
-def sql(query: str, api: ApiOption = DEFAULT_API_URL) -> None:
+def sql(query: str, api: ApiOption = None) -> None:
     """Run one read-only SQL statement against the store and print the result as JSON lines."""
-    for row in _api_query(api)(query):
+    for row in _query(api)(query):
         print(json.dumps(row, default=str))
 
 
-def _api_answer(api: str, path: str, params: dict | None = None) -> dict:
+def _answer(api: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
     """The JSON answer of a GET on the audit API; exits 1 (not found / refused) or 2 (unreachable)."""
-    try:
-        status, body = _api_get(api, path, {k: v for k, v in (params or {}).items() if v not in (None, "", [])})
-    except httpx.HTTPError as exc:
-        raise _unreachable(api, exc) from exc
-    if status != 200:
-        console.print(f"[red]audit API answered {status}: {body.get('detail', body)}[/red]")
-        raise typer.Exit(1)
-    return body
+    with _exits_on_errors():
+        return _client(api).answer(path, params)
 
 
-def _print_rows(rows: list[dict], as_json: bool, title: str) -> None:
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return
@@ -195,14 +241,15 @@ LimitOption = Annotated[int, typer.Option(help="at most this many rows")]
 @app.command()
 def migrate() -> None:
     """Create or upgrade the ClickHouse schema (idempotent; applied files are recorded). Not while serving chDB."""
-    from provline.sink.settings import SinkSettings
+    from provline.sink.settings import ServeSettings
     from provline.sink.store import migrate as apply_migrations
     from provline.sink.store import open_store
 
-    settings = SinkSettings()
-    client = open_store(settings.clickhouse_url)
+    with _exits_on_errors():
+        store = load_settings(ServeSettings).store
+    client = open_store(store.url)
     try:
-        applied = apply_migrations(client, cluster=settings.cluster, retention_days=settings.retention_days)
+        applied = apply_migrations(client, cluster=store.cluster, retention_days=store.retention_days)
     finally:
         client.close()
     console.print(f"applied {', '.join(applied)}" if applied else "the store is up to date")
@@ -216,22 +263,22 @@ def lineage(
     max_depth: Annotated[int, typer.Option(help="hops to walk at most")] = 12,
     limit: LimitOption = 1000,
     as_json: JsonOption = False,
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
     """Walk the lineage graph from ENTITY, e.g. every prediction downstream of a dataset."""
-    body = _api_answer(api, f"/v1/lineage/{direction}",
-                       {"node": entity, "kinds": kind, "max_depth": max_depth, "limit": limit})
+    body = _answer(api, f"/v1/lineage/{direction}",
+                   {"node": entity, "kinds": kind, "max_depth": max_depth, "limit": limit})
     _print_rows(body["nodes"], as_json, f"{direction} of {entity}")
 
 
 @app.command()
 def runs(
     since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None, owner: OwnerOption = None,
-    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = None,
 ) -> None:
     """Pipeline runs, newest first."""
-    body = _api_answer(api, "/v1/runs",
-                       {"since": since, "until": until, "project": project, "owner": owner, "limit": limit})
+    body = _answer(api, "/v1/runs", {"since": since, "until": until, "project": project, "owner": owner,
+                                     "limit": limit})
     _print_rows(body["runs"], as_json, "runs")
 
 
@@ -239,11 +286,11 @@ def runs(
 def models(
     model: Annotated[str | None, typer.Argument(help="only this model name")] = None,
     since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None, owner: OwnerOption = None,
-    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+    limit: LimitOption = 100, as_json: JsonOption = False, api: ApiOption = None,
 ) -> None:
     """Registered model versions with their latest deployment and evaluations."""
-    body = _api_answer(api, "/v1/models", {"model": model, "since": since, "until": until, "project": project,
-                                           "owner": owner, "limit": limit})
+    body = _answer(api, "/v1/models", {"model": model, "since": since, "until": until, "project": project,
+                                       "owner": owner, "limit": limit})
     _print_rows(body["models"], as_json, "models")
 
 
@@ -252,12 +299,12 @@ def drift(
     model: Annotated[str, typer.Argument(help="model name, or NAME@VERSION")],
     since: SinceOption = None, until: UntilOption = None, project: ProjectOption = None,
     breached: Annotated[bool, typer.Option("--breached", help="only breached windows")] = False,
-    limit: LimitOption = 1000, as_json: JsonOption = False, api: ApiOption = DEFAULT_API_URL,
+    limit: LimitOption = 1000, as_json: JsonOption = False, api: ApiOption = None,
 ) -> None:
     """Drift statistics of MODEL per window, feature and metric."""
     name, _, version = model.partition("@")
-    body = _api_answer(api, f"/v1/drift/{name}", {"version": version, "since": since, "until": until,
-                                                  "project": project, "breached_only": breached, "limit": limit})
+    body = _answer(api, f"/v1/drift/{name}", {"version": version, "since": since, "until": until,
+                                              "project": project, "breached_only": breached, "limit": limit})
     _print_rows(body["drift"], as_json, f"drift of {model}")
 
 
@@ -266,12 +313,12 @@ def export(
     subject: Annotated[str, typer.Argument(help="a prediction id, or MODEL@VERSION")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to write the bundle into")] = Path("evidence"),
     fmt: Annotated[str, typer.Option("--format", help="json, prov (W3C PROV-JSON) or openlineage")] = "json",
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
-    """Write a self-contained evidence bundle (signed when serve has PROVLINE_SIGNING_KEY)."""
+    """Write a self-contained evidence bundle (signed when serve has PROVLINE_EVIDENCE__SIGNING_KEY)."""
     import base64
 
-    body = _api_answer(api, f"/v1/evidence/{subject}", {"format": fmt})
+    body = _answer(api, f"/v1/evidence/{subject}", {"format": fmt})
     out.mkdir(parents=True, exist_ok=True)
     for name, data in body["files"].items():
         (out / name).write_bytes(base64.b64decode(data))
@@ -284,7 +331,7 @@ def verify(
     public_key: Annotated[str | None, typer.Option(help="Ed25519 public key (PEM or base64) the bundle must be "
                                                        "signed with")] = None,
     session: Annotated[str | None, typer.Option(help="check only this producer session in the store")] = None,
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
     """Check a bundle offline, or the store's hash chains and signatures; exit 1 naming the first problem."""
     if bundle is not None:
@@ -301,7 +348,7 @@ def verify(
             raise typer.Exit(1)
         console.print(f"[green]{bundle}: every file matches the manifest; events match their hashes[/green]")
         return
-    body = _api_answer(api, "/v1/verify", {"session": session})
+    body = _answer(api, "/v1/verify", {"session": session})
     for finding in body["findings"]:
         console.print(f"[red]session {finding['session']}: {finding['problem']} at {finding['table']} "
                       f"event {finding['event_id']} (#{finding['index']}): {finding['detail']}[/red]")
@@ -311,7 +358,7 @@ def verify(
                   f"{' and signed' if body['signatures'] else ''}[/green]")
 
 
-
+# ---------------------------------------------------------------- recording
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -324,7 +371,8 @@ def run(
     from provline.producers import Lineage
     from provline.producers.command import run_command
 
-    lineage = Lineage(producer_name="provline-run")
+    with _exits_on_errors():
+        lineage = Lineage(producer_name="provline-run")
     try:
         code = run_command(list(ctx.args), lineage, name=name, stage=stage)
     finally:
@@ -340,14 +388,14 @@ def promote(
     endpoint: Annotated[str, typer.Option(help="endpoint the model will serve, e.g. /predict")],
     policy: Annotated[Path | None, typer.Option(help="promotion policy (JSON or YAML)")] = None,
     reason: Annotated[str | None, typer.Option(help="why, recorded with the Deployment")] = None,
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
     """Record a promotion only if the model's lineage is complete; otherwise list what is missing."""
-    from provline.facts import current_deployment, model_facts
     from provline.producers import Lineage
-    from provline.producers.policy import PromotionPolicy, missing_requirements
+    from provline.sink.facts import current_deployment, model_facts
+    from provline.sink.promotion import PromotionPolicy, missing_requirements
 
-    query = _api_query(api)
+    query = _query(api)
     facts = model_facts(query, model, version)
     missing = missing_requirements(facts, PromotionPolicy.load(policy), to)
     if missing:
@@ -356,11 +404,12 @@ def promote(
             console.print(f"  - {item}")
         raise typer.Exit(1)
     previous = current_deployment(query, endpoint, to)
-    lineage = Lineage(producer_name="provline-promote")
+    with _exits_on_errors():
+        lineage = Lineage(producer_name="provline-promote")
     lineage.deploy(model, version, endpoint=endpoint, environment=to, action="PROMOTE", reason=reason,
                    previous_version=previous["model_version"] if previous else None)
     if not lineage.close():
-        console.print("[red]the Deployment event was not delivered; check PROVLINE_KAFKA_BOOTSTRAP[/red]")
+        console.print("[red]the Deployment event was not delivered; check PROVLINE_KAFKA__BOOTSTRAP[/red]")
         raise typer.Exit(2)
     console.print(f"[green]promoted {model}@{version} to {to} on {endpoint}[/green]")
 
@@ -371,13 +420,15 @@ def openlineage(
     namespace: Annotated[str, typer.Option(help="OpenLineage namespace of the job")] = "provline",
     post: Annotated[str | None, typer.Option(help="also POST each event to this OpenLineage endpoint, "
                                                   "e.g. http://marquez:5000/api/v1/lineage")] = None,
-    api: ApiOption = DEFAULT_API_URL,
+    api: ApiOption = None,
 ) -> None:
     """Export a recorded run as OpenLineage RunEvents (JSON, one per line)."""
-    from provline.facts import datasets, models_of_run, run_states
-    from provline.producers.openlineage import run_to_openlineage
+    import httpx
 
-    query = _api_query(api)
+    from provline.sink.facts import datasets, models_of_run, run_states
+    from provline.sink.openlineage import run_to_openlineage
+
+    query = _query(api)
     states = run_states(query, run_id)
     if not states:
         console.print(f"[yellow]no run {run_id} in the store[/yellow]")
@@ -385,10 +436,11 @@ def openlineage(
     digests = sorted({d for s in states for d in (s.get("inputs") or []) + (s.get("outputs") or [])})
     events = run_to_openlineage(states, datasets=datasets(query, digests), models=models_of_run(query, run_id),
                                 namespace=namespace)
+    timeout = _client(api).timeout_s
     for event in events:
         print(json.dumps(event, sort_keys=True))
         if post:
-            response = httpx.post(post, json=event, timeout=API_TIMEOUT_S)
+            response = httpx.post(post, json=event, timeout=timeout)
             if response.status_code >= 300:
                 console.print(f"[red]{post} refused the event: {response.status_code} {response.text[:200]}[/red]")
                 raise typer.Exit(2)

@@ -19,14 +19,13 @@ LINEAGE_KINDS = frozenset({
     "Deployment", "DeliveryGap",
 })
 INFERENCE_KINDS = frozenset({"InferenceRequest", "InferenceResponse", "Feedback"})
-DEFAULT_TOPIC_PREFIX = "provline"
 
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names under one prefix (``PROVLINE_TOPIC_PREFIX``)."""
+    """Topic names under one prefix (``PROVLINE_TOPICS__PREFIX``)."""
 
-    prefix: str = DEFAULT_TOPIC_PREFIX
+    prefix: str
 
     @property
     def lineage(self) -> str:

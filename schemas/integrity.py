@@ -131,17 +131,9 @@ class HashChain:
     last_hash: str | None = None
     signer: Ed25519PrivateKey | None = None
 
-    def seal(self, kind: str, value: dict[str, Any]) -> dict[str, Any]:
-        """Set ``prev_hash``, ``hash`` (and ``signature``) on ``value`` in place; advance the chain."""
-        value["prev_hash"] = self.last_hash
-        value["hash"] = event_hash(self.catalog, kind, value)
-        if self.signer is not None:
-            value["signature"] = self.signer.sign(value["hash"].encode())
-        self.last_hash = value["hash"]
-        return value
-
     def seal_encode(self, kind: str, value: dict[str, Any]) -> bytes:
-        """Seal ``value`` like :meth:`seal` and return its Avro body, encoding it only once.
+        """Set ``prev_hash``, ``hash`` (and ``signature``) on ``value`` in place, advance the chain, and
+        return the sealed event's Avro body, encoding it only once.
 
         The body is encoded with ``hash=""`` and ``signature=null`` (the bytes the hash covers); the
         hash and signature are then spliced in where the envelope puts them, which gives exactly
@@ -161,17 +153,3 @@ class HashChain:
         offset = _hash_offset(unsealed)
         # at offset: 0x00 (empty hash string), 0x00 (null signature branch)
         return unsealed[:offset] + _avro_bytes_field(digest.encode()) + signature + unsealed[offset + 2 :]
-
-
-def first_break(catalog: Catalog, chain: list[tuple[str, dict[str, Any]]]) -> tuple[int, str] | None:
-    """Index and reason of the first event in a session's ordered events that breaks the chain."""
-    previous: str | None = None
-    for index, (kind, value) in enumerate(chain):
-        if value.get("prev_hash") != previous:
-            return index, (
-                f"prev_hash {value.get('prev_hash')} does not link to {previous}: an event is missing or moved"
-            )
-        if event_hash(catalog, kind, value) != value.get("hash"):
-            return index, "content does not match its hash: the event was altered"
-        previous = value["hash"]
-    return None

@@ -1,11 +1,9 @@
 """Avro serde for provline events.
 
-Two wire formats, both accepted by :meth:`Catalog.decode`:
-
-* Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint of the
-  writer schema + Avro binary body. Used when no schema registry is configured.
-* Confluent wire format: ``00`` + 4-byte big-endian schema id + Avro binary body. The id is
-  resolved to a writer schema by the ``registry`` callable given to the catalog.
+The wire format is Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO
+fingerprint of the writer schema + Avro binary body. The writer schema is found by fingerprint
+among the schemas provline ships, so no schema registry is needed; a message in Confluent's
+registry framing (``00`` + schema id) is refused with the reason.
 
 Every ``*.avsc`` in ``schemas/avsc`` is a writer schema provline has released, named
 ``<Record>.v<N>.avsc``; the highest ``N`` of a record is its current reader schema, and older
@@ -19,7 +17,7 @@ import io
 import json
 import re
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,12 +32,11 @@ from provline.schemas.errors import CorruptEventError, InvalidEventError, Unknow
 
 AVSC_DIR = Path(__file__).resolve().parent / "avsc"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_MAGIC = b"\x00"  # recognised only to say why such a message is refused
 NAMESPACE = "provline.v1"
 _FILE_NAME = re.compile(r"^(?P<record>[A-Za-z]+)\.v(?P<revision>\d+)\.avsc$")
 
 Record = dict[str, Any]
-RegistryLookup = Callable[[int], Mapping[str, Any] | str]
 
 
 @dataclass(frozen=True)
@@ -76,11 +73,9 @@ def load_writer_schema(raw: Mapping[str, Any] | str, *, record: str = "", revisi
 class Catalog:
     """All released writer schemas, the current reader schema per record, and the codecs."""
 
-    def __init__(self, avsc_dir: Path = AVSC_DIR, *, registry: RegistryLookup | None = None) -> None:
+    def __init__(self, avsc_dir: Path = AVSC_DIR) -> None:
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
         self._current: dict[str, WriterSchema] = {}
-        self._registry = registry
-        self._by_registry_id: dict[int, WriterSchema] = {}
         for path in sorted(avsc_dir.glob("*.avsc")):
             match = _FILE_NAME.match(path.name)
             if match is None:
@@ -106,15 +101,13 @@ class Catalog:
                 f"no schema for event kind {record!r}; known kinds: {', '.join(self.records)}"
             ) from None
 
-    def encode(self, record: str, value: Record, *, schema_id: int | None = None) -> bytes:
-        """Encode with the current schema; single-object encoding, or Confluent framing with ``schema_id``."""
-        return self.header(record, schema_id=schema_id) + self.encode_body(record, value)
+    def encode(self, record: str, value: Record) -> bytes:
+        """Encode with the current schema, in single-object encoding."""
+        return self.header(record) + self.encode_body(record, value)
 
-    def header(self, record: str, *, schema_id: int | None = None) -> bytes:
+    def header(self, record: str) -> bytes:
         """The wire-format header that goes before an Avro body of ``record``'s current schema."""
-        if schema_id is None:
-            return SINGLE_OBJECT_MAGIC + self.current(record).fingerprint
-        return CONFLUENT_MAGIC + struct.pack(">I", schema_id)
+        return SINGLE_OBJECT_MAGIC + self.current(record).fingerprint
 
     def encode_body(self, record: str, value: Record) -> bytes:
         """Avro binary body only: the canonical encoding that hash chains are computed over."""
@@ -145,33 +138,19 @@ class Catalog:
                     "upgrade provline or configure a schema registry"
                 )
             return writer, 10
-        if data[:1] == CONFLUENT_MAGIC:
-            if len(data) < 5:
-                raise CorruptEventError(f"event of {len(data)} bytes is shorter than its 5-byte header")
-            return self._registry_writer(struct.unpack(">I", data[1:5])[0]), 5
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            raise UnknownSchemaError(
+                f"event is in Confluent schema-registry framing (schema id {struct.unpack('>I', data[1:5])[0]}); "
+                "provline reads Avro single-object encoding (c301 + schema fingerprint): produce provline "
+                "events with provline.producers or provline.schemas.Catalog.encode"
+            )
         raise CorruptEventError(
-            f"event starts with {data[:2].hex() or 'nothing'}, neither Avro single-object encoding (c301) "
-            "nor Confluent wire format (00); the producer is not writing provline events"
+            f"event starts with {data[:2].hex() or 'nothing'}, not Avro single-object encoding (c301); "
+            "the producer is not writing provline events"
         )
 
-    def _registry_writer(self, schema_id: int) -> WriterSchema:
-        writer = self._by_registry_id.get(schema_id)
-        if writer is not None:
-            return writer
-        if self._registry is None:
-            raise UnknownSchemaError(
-                f"event uses Confluent wire format with schema id {schema_id}, but no schema registry "
-                "is configured; set PROVLINE_SCHEMA_REGISTRY_URL"
-            )
-        try:
-            writer = load_writer_schema(self._registry(schema_id))
-        except Exception as exc:
-            raise UnknownSchemaError(f"schema id {schema_id} could not be fetched from the registry: {exc}") from exc
-        self._by_registry_id[schema_id] = writer
-        return writer
-
     def decode(self, data: bytes) -> Decoded:
-        """Decode either wire format, resolving the writer schema against the current reader schema."""
+        """Decode an event, resolving its writer schema against the current reader schema."""
         writer, body_start = self.writer_for(data)
         reader = self.current(writer.record)
         body = io.BytesIO(memoryview(data)[body_start:])

@@ -12,7 +12,7 @@ import uuid
 
 from confluent_kafka import Consumer
 
-from provline.producers.settings import EmitterSettings
+from provline.config import KafkaSettings, TopicSettings
 from provline.schemas import Topics, default_catalog
 from provline.schemas.errors import SchemaError
 from provline.sidecar.model_version import DeploymentIndex
@@ -28,17 +28,13 @@ class DeploymentFollower:
     the GIL makes atomic, so no lock sits on the request path.
     """
 
-    def __init__(self, settings: EmitterSettings, index: DeploymentIndex) -> None:
-        config = {
-            "bootstrap.servers": settings.kafka_bootstrap,
+    def __init__(self, kafka: KafkaSettings, topics: TopicSettings, index: DeploymentIndex) -> None:
+        self._consumer = Consumer(kafka.librdkafka(**{
             "group.id": f"provline-sidecar-deployments-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
-        }
-        for name, value in settings.kafka.items():
-            config[name.replace("_", ".")] = value
-        self._consumer = Consumer(config)
-        self._consumer.subscribe([Topics(settings.topic_prefix).lineage])
+        }))
+        self._consumer.subscribe([Topics(topics.prefix).lineage])
         self._index = index
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="provline-sidecar-deployments", daemon=True)

@@ -3,7 +3,7 @@
 Resolved from, in order: the model server's ``X-Model-Version`` response header; KServe V2
 information (the version named in the request path, the reply's own ``model_version``, then the
 model's metadata, ``GET /v2/models/{name}``, fetched once and cached); the latest Deployment
-event for this endpoint; the static ``PROVLINE_MODEL_VERSION``.
+event for this endpoint; the static ``PROVLINE_SIDECAR__MODEL_VERSION``.
 
 :class:`DeploymentIndex` and :func:`kserve_target` are pure; :class:`ModelVersionResolver` only
 awaits the metadata fetch it is given, so it can be tested without a server.

@@ -4,7 +4,7 @@ Pure logic apart from :func:`load_policy`, which reads the YAML file::
 
     inputs:                      # request bodies
       drop: [ssn]                # removed
-      hash: [customer_id]        # replaced by HMAC-SHA256 under PROVLINE_REDACTION_KEY: joinable, unreadable
+      hash: [customer_id]        # replaced by HMAC-SHA256 under PROVLINE_CAPTURE__REDACTION_KEY: joinable, unreadable
       mask: [phone]              # replaced by "****"
     outputs:                     # response bodies
       drop: [internal_score]
@@ -170,7 +170,7 @@ def load_policy(path: Path) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PolicyError(f"cannot read the capture policy {path}: {exc}; check PROVLINE_SIDECAR_POLICY") from exc
+        raise PolicyError(f"cannot read the capture policy {path}: {exc}; check PROVLINE_CAPTURE__POLICY_FILE") from exc
     return parse_policy(text, source=str(path))
 
 
@@ -186,7 +186,7 @@ class Redactor:
 
     def keyed_hash(self, value: Any) -> str:
         if self._key is None:
-            raise PolicyError("the capture policy hashes fields but no key is set; set PROVLINE_REDACTION_KEY")
+            raise PolicyError("the capture policy hashes fields but no key is set; set PROVLINE_CAPTURE__REDACTION_KEY")
         canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         return HASH_PREFIX + hmac.new(self._key, canonical, hashlib.sha256).hexdigest()
 

@@ -1,9 +1,9 @@
 """Several sidecar worker processes behind one port, and one admin port reporting on all of them.
 
-    run_sidecar(SidecarSettings(upstream=..., workers=4))   # uses supervise() when workers > 1
+    run_sidecar(settings)   # uses supervise() when settings.sidecar.workers > 1
 
 The supervisor binds the proxy socket once and starts ``workers`` processes (``python -m
-sidecar.worker``) that all accept on it; the kernel spreads connections over them. Each worker
+provline.sidecar.worker``) that all accept on it; the kernel spreads connections over them. Each worker
 runs the proxy with its own emitter, hash chain and spool (``<spool_dir>/worker-<n>``). The
 supervisor serves the admin port itself: ``/readyz`` is 200 only while every worker is ready,
 ``/metrics`` sums the workers' metrics (prometheus_client multiprocess mode). A worker that
@@ -25,9 +25,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
+from provline.sidecar.admin import AdminApp
 from provline.sidecar.errors import StartupError
+from provline.sidecar.proxy import SidecarApp
+from provline.sidecar.server import ServerWithoutSignals, uvicorn_config
 from provline.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("provline.sidecar")
@@ -35,7 +38,7 @@ log = logging.getLogger("provline.sidecar")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MONITOR_INTERVAL_S = 0.2
 RESTART_DELAY_S = 1.0
-STOP_GRACE_S = 10.0  # beyond flush_timeout_s, before a worker that does not stop is killed
+STOP_GRACE_S = 10.0  # beyond the emitter's close_timeout_s, before a worker that does not stop is killed
 MAX_EARLY_DEATHS = 3  # consecutive deaths before ever becoming ready: the configuration is broken
 LISTEN_BACKLOG = 2048
 
@@ -58,7 +61,7 @@ def bind_proxy_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot listen on {host}:{port}: {exc}; choose another PROVLINE_SIDECAR_PORT") from exc
+        raise StartupError(f"cannot listen on {host}:{port}: {exc}; choose another PROVLINE_SIDECAR__PORT") from exc
     sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
@@ -71,7 +74,7 @@ class Supervisor:
         self.settings = settings
         self.sock = sock
         self.metrics_dir = metrics_dir
-        self.workers = [Worker(index) for index in range(settings.workers)]
+        self.workers = [Worker(index) for index in range(settings.sidecar.workers)]
         self.stopping = False
 
     @property
@@ -135,7 +138,7 @@ class Supervisor:
         running = [w.process for w in self.workers if w.process is not None and w.process.returncode is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.settings.flush_timeout_s + STOP_GRACE_S
+        deadline = time.monotonic() + self.settings.emitter.close_timeout_s + STOP_GRACE_S
         for process in running:
             try:
                 await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
@@ -148,45 +151,30 @@ class Supervisor:
                 worker.ready_task.cancel()
 
 
-class SupervisorAdmin:
-    """``/healthz``, ``/readyz`` (every worker ready) and ``/metrics`` (summed over workers)."""
+    def readiness(self) -> tuple[bool, bytes]:
+        """For the admin port's ``/readyz``: ready while every worker is."""
+        ready = sum(w.ready for w in self.workers)
+        body = (f'{{"status":"{"ready" if self.ready else "not ready"}",'
+                f'"workers":{len(self.workers)},"ready_workers":{ready}}}').encode()
+        return self.ready, body
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    async def __call__(self, scope: dict, receive: object, send: object) -> None:
-        from provline.sidecar.app import reply
-
-        if scope["type"] != "http":
-            return
-        path, supervisor = scope["path"], self.supervisor
-        if path == "/healthz":
-            await reply(send, 200, b'{"status":"ok"}')  # type: ignore[arg-type]
-        elif path == "/readyz":
-            ready = sum(w.ready for w in supervisor.workers)
-            body = (f'{{"status":"{"ready" if supervisor.ready else "not ready"}",'
-                    f'"workers":{len(supervisor.workers)},"ready_workers":{ready}}}').encode()
-            await reply(send, 200 if supervisor.ready else 503, body)  # type: ignore[arg-type]
-        elif path == "/metrics":
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=supervisor.metrics_dir)
-            await reply(send, 200, generate_latest(registry), content_type=CONTENT_TYPE_LATEST)  # type: ignore[arg-type]
-        else:
-            await reply(send, 404, b'{"error":"not found; try /healthz, /readyz or /metrics"}')  # type: ignore[arg-type]
+    def metrics(self) -> bytes:
+        """Every worker's metrics, summed (prometheus_client's multiprocess mode)."""
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.metrics_dir)
+        return generate_latest(registry)
 
 
 async def supervise(settings: SidecarSettings) -> None:
-    """Run ``settings.workers`` worker processes until SIGTERM/SIGINT; see the module docstring."""
-    import uvicorn
-
-    from provline.sidecar.app import ServerWithoutSignals, create_app, uvicorn_config
-
-    create_app(settings)  # validates the policy and key here, once, instead of failing in every worker
-    sock = bind_proxy_socket(settings.host, settings.port)
+    """Run ``settings.sidecar.workers`` worker processes until SIGTERM/SIGINT; see the module docstring."""
+    SidecarApp(settings)  # validates the policy and key here, once, instead of failing in every worker
+    proxy = settings.sidecar
+    sock = bind_proxy_socket(proxy.host, proxy.port)
     metrics_dir = tempfile.mkdtemp(prefix="provline-sidecar-metrics-")
     supervisor = Supervisor(settings, sock, metrics_dir)
-    admin: uvicorn.Server = ServerWithoutSignals(uvicorn_config(
-        SupervisorAdmin(supervisor), host=settings.host, port=settings.admin_port, lifespan="off"
+    admin = ServerWithoutSignals(uvicorn_config(
+        AdminApp(supervisor.readiness, metrics=supervisor.metrics), host=proxy.host, port=proxy.admin_port,
+        lifespan="off",
     ))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -198,15 +186,15 @@ async def supervise(settings: SidecarSettings) -> None:
         for worker in supervisor.workers:
             await supervisor.start(worker)
         log.info("provline sidecar: %d workers on %s:%d forwarding to %s",
-                 settings.workers, settings.host, settings.port, settings.upstream)
+                 proxy.workers, proxy.host, proxy.port, proxy.upstream)
         watch_task = asyncio.create_task(supervisor.watch(stop))
         done, _ = await asyncio.wait({watch_task, admin_task}, return_when=asyncio.FIRST_COMPLETED)
         if watch_task in done and watch_task.exception() is not None:
             failure = watch_task.exception()
         elif admin_task in done:
             failure = StartupError(
-                f"the admin server stopped on its own (is port {settings.admin_port} taken?); "
-                "check PROVLINE_SIDECAR_ADMIN_PORT"
+                f"the admin server stopped on its own (is port {proxy.admin_port} taken?); "
+                "check PROVLINE_SIDECAR__ADMIN_PORT"
             )
         stop.set()
         if not watch_task.done():

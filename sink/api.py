@@ -1,7 +1,7 @@
 """The audit HTTP API: traces, lineage walks, runs, models, drift, evidence, verify and read-only SQL.
 
 Every ``/v1`` request carries ``Authorization: Bearer <token>``; the token maps to a reader and a
-role (``viewer`` < ``auditor`` < ``admin``) from :attr:`SinkSettings.api_tokens`. Viewers see the
+role (``viewer`` < ``auditor`` < ``admin``) from :attr:`ServeSettings.api`. Viewers see the
 audit answers; raw payloads (stored events, SQL over the raw columns, evidence bundles, store
 verification) need ``auditor``; the access log needs ``admin``. Every request but the health and
 metrics probes, allowed or denied, is written to ``access_log`` (who, what, when, status, size);
@@ -37,7 +37,7 @@ from provline.schemas.integrity import load_private_key, load_public_key
 from provline.sink import evidence, queries
 from provline.sink.errors import ReadOnlySqlError
 from provline.sink.queries import MAX_SQL_CHARS, Filters
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.verify import verify_session
 
 log = logging.getLogger(__name__)
@@ -61,26 +61,26 @@ class Reader:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
-def authenticate(settings: SinkSettings, token: str | None) -> Reader | None:
+def authenticate(settings: ServeSettings, token: str | None) -> Reader | None:
     """The reader a bearer token belongs to, or None. Compares in constant time. Pure."""
     if not token:
         return None
     found = None
-    for name, grant in settings.api_tokens.items():
+    for name, grant in settings.api.tokens.items():
         if hmac.compare_digest(grant.token.get_secret_value().encode(), token.encode()):
             found = Reader(name=name, role=grant.role)
     return found
 
 
-_bearer = HTTPBearer(auto_error=False, description="an API token from PROVLINE_API_TOKENS")
+_bearer = HTTPBearer(auto_error=False, description="an API token from PROVLINE_API__TOKENS")
 
 
 def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Reader:
     reader: Reader | None = getattr(request.state, "reader", None)
     if reader is None:
         detail = (
-            "no bearer token; send 'Authorization: Bearer <token>' (provline commands read PROVLINE_API_TOKEN)"
-            if credentials is None else "unknown token; ask an admin for a token in PROVLINE_API_TOKENS"
+            "no bearer token; send 'Authorization: Bearer <token>' (provline commands read PROVLINE_CLIENT__API_TOKEN)"
+            if credentials is None else "unknown token; ask an admin for a token in PROVLINE_API__TOKENS"
         )
         raise HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
     return reader
@@ -123,7 +123,7 @@ def access_row(request: Request, reader: Reader | None, status: int, size: int) 
     ]
 
 
-def create_api(settings: SinkSettings, client: Client) -> FastAPI:
+def create_api(settings: ServeSettings, client: Client) -> FastAPI:
     """Build the app around ``client`` (which the app does not close). Handlers block on the store."""
     app = FastAPI(
         title="provline audit API", version="1",
@@ -132,8 +132,9 @@ def create_api(settings: SinkSettings, client: Client) -> FastAPI:
     store = LockedClient(client)
     registry = queries.RegistryCache()
     catalog = default_catalog()
-    signer = load_private_key(settings.signing_key.get_secret_value()) if settings.signing_key else None
-    event_key = load_public_key(settings.event_public_key) if settings.event_public_key else None
+    evidence_keys = settings.evidence
+    signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
+    event_key = load_public_key(evidence_keys.event_public_key) if evidence_keys.event_public_key else None
 
     def write_access_log(row: list[Any]) -> None:
         with store.lock:

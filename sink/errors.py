@@ -16,7 +16,7 @@ class SinkError(Exception):
 
 
 class StoreConfigError(SinkError, ValueError):
-    """PROVLINE_CLICKHOUSE_URL does not name a usable store."""
+    """PROVLINE_STORE__URL does not name a usable store."""
 
 
 class MigrationError(SinkError):

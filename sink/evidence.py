@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -27,15 +26,13 @@ from provline.schemas import Catalog
 from provline.sink import queries
 from provline.sink.errors import BundleError
 from provline.sink.lineage import model_node, node
+from provline.sink.openlineage import run_to_openlineage
 from provline.sink.verify import verify_event
 
 FORMATS = {"json": "evidence.json", "prov": "evidence.prov.json", "openlineage": "evidence.openlineage.json"}
 MANIFEST, SIGNATURE, EVENTS = "manifest.json", "manifest.sig", "events.jsonl"
 PROV_NAMESPACE = "https://provline.dev/ns/prov#"
-OPENLINEAGE_SCHEMA = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent"
-OPENLINEAGE_PRODUCER = "https://github.com/provline/provline"
 OPENLINEAGE_NAMESPACE = "provline"
-_RUN_UUID_NAMESPACE = uuid.UUID("6f1c0a52-2a34-4c6e-9a51-0d6c6a7f3e10")
 
 
 def parse_subject(subject: str) -> tuple[str, str]:
@@ -119,13 +116,6 @@ def gather(client: Client, subject: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- formats (pure)
 
-def _run_uuid(run_id: str) -> str:
-    try:
-        return str(uuid.UUID(run_id))
-    except ValueError:
-        return str(uuid.uuid5(_RUN_UUID_NAMESPACE, run_id))
-
-
 def to_prov(evidence: Mapping[str, Any]) -> str:
     """W3C PROV-JSON: datasets, models, feature sets, commits and predictions as entities, runs as
     activities, the recording producers and decision actors as agents."""
@@ -165,26 +155,19 @@ def to_prov(evidence: Mapping[str, Any]) -> str:
 
 
 def to_openlineage(evidence: Mapping[str, Any], catalog: Catalog) -> str:
-    """OpenLineage RunEvents (one per stored RunEvent in the bundle) with their inputs and outputs."""
+    """OpenLineage RunEvents of every run whose RunEvents the bundle holds (:mod:`provline.sink.openlineage`),
+    with the datasets and models of the bundle."""
+    decoded = [catalog.decode(base64.b64decode(event["raw"])) for event in evidence["events"]
+               if event["kind"] in ("RunEvent", "DatasetVersion", "ModelVersion")]
+    datasets = {d.value["digest"]: d.value for d in decoded if d.record == "DatasetVersion"}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for item in decoded:
+        if item.record == "RunEvent":
+            runs.setdefault(str(item.value["run_id"]), []).append(item.value)
     out = []
-    for event in evidence["events"]:
-        if event["kind"] != "RunEvent":
-            continue
-        value = catalog.decode(base64.b64decode(event["raw"])).value
-        state = {"STARTED": "START", "COMPLETED": "COMPLETE", "FAILED": "FAIL"}[str(value["state"])]
-        out.append({
-            "eventType": state,
-            "eventTime": value["event_time"].isoformat(),
-            "run": {"runId": _run_uuid(value["run_id"]), "facets": {
-                "provline": {"_producer": OPENLINEAGE_PRODUCER, "_schemaURL": OPENLINEAGE_SCHEMA,
-                             "run_id": value["run_id"], "event_id": value["event_id"], "hash": value["hash"]},
-            }},
-            "job": {"namespace": OPENLINEAGE_NAMESPACE, "name": value["name"]},
-            "inputs": [{"namespace": OPENLINEAGE_NAMESPACE, "name": name} for name in value.get("inputs") or []],
-            "outputs": [{"namespace": OPENLINEAGE_NAMESPACE, "name": name} for name in value.get("outputs") or []],
-            "producer": OPENLINEAGE_PRODUCER,
-            "schemaURL": OPENLINEAGE_SCHEMA,
-        })
+    for run_id, states in sorted(runs.items()):
+        models = [d.value for d in decoded if d.record == "ModelVersion" and d.value.get("run_id") == run_id]
+        out += run_to_openlineage(states, datasets=datasets, models=models, namespace=OPENLINEAGE_NAMESPACE)
     return json.dumps(out, indent=2, sort_keys=True)
 
 

@@ -11,7 +11,7 @@ import uvicorn
 
 from provline.sink.api import create_api
 from provline.sink.errors import SinkError
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
 
@@ -20,25 +20,25 @@ log = logging.getLogger(__name__)
 WRITER_JOIN_TIMEOUT_SECONDS = 30.0
 
 
-def run_serve(settings: SinkSettings) -> None:
+def run_serve(settings: ServeSettings) -> None:
     """Open the store, migrate, run the writer in a thread and serve the API until SIGTERM/SIGINT.
 
     Blocks; call from the main thread. On a signal the API stops accepting requests, then the writer
     inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
     :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
     """
-    writer_client = open_store(settings.clickhouse_url)
+    writer_client = open_store(settings.store.url)
     # A second client on the same store (for chDB: the same engine) so API queries never run
     # on the writer's connection.
-    api_client = open_store(settings.clickhouse_url)
-    insert_clients = [open_store(settings.clickhouse_url) for _ in range(settings.insert_threads - 1)]
+    api_client = open_store(settings.store.url)
+    insert_clients = [open_store(settings.store.url) for _ in range(settings.sink.insert_threads - 1)]
     stop = threading.Event()
     failures: list[BaseException] = []
     try:
-        migrate(writer_client, cluster=settings.cluster, retention_days=settings.retention_days)
+        migrate(writer_client, cluster=settings.store.cluster, retention_days=settings.store.retention_days)
         writer = SinkWriter(settings, writer_client, insert_clients=insert_clients)
         config = uvicorn.Config(
-            create_api(settings, api_client), host=settings.api_host, port=settings.api_port, log_level="info"
+            create_api(settings, api_client), host=settings.api.host, port=settings.api.port, log_level="info"
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(

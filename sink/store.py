@@ -83,7 +83,7 @@ def open_store(url: str) -> Client:
     scheme = urlsplit(url).scheme
     if scheme not in ("http", "https"):
         raise StoreConfigError(
-            f"PROVLINE_CLICKHOUSE_URL scheme {scheme or '(none)'!r} is not supported; "
+            f"PROVLINE_STORE__URL scheme {scheme or '(none)'!r} is not supported; "
             "use chdb://<path> for the embedded store or http(s)://user:password@host:port/database"
         )
     try:
@@ -91,7 +91,7 @@ def open_store(url: str) -> Client:
     except ClickHouseError as exc:
         raise StoreConfigError(
             f"cannot connect to ClickHouse at {urlsplit(url).hostname}:{urlsplit(url).port}: {exc}; "
-            "check PROVLINE_CLICKHOUSE_URL and that the database exists"
+            "check PROVLINE_STORE__URL and that the database exists"
         ) from exc
 
 
@@ -105,7 +105,7 @@ def _open_chdb(location: ChdbLocation) -> Client:
     except ClickHouseError as exc:
         raise StoreConfigError(
             f"cannot open the chDB store at {location.path}: {exc}; one process hosts one chDB store "
-            "(stop the other provline serve, or point PROVLINE_CLICKHOUSE_URL at the same path)"
+            "(stop the other provline serve, or point PROVLINE_STORE__URL at the same path)"
         ) from exc
     return client
 

@@ -32,7 +32,7 @@ from provline.sink.errors import DeadLetterError
 from provline.sink.ingest import DERIVED, IngestFormat, Position, derived_select, ingest_format
 from provline.sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
 from provline.sink.rows import Origin
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,30 +59,6 @@ class MessageLike(Protocol):
     def offset(self) -> int | None: ...
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
-
-
-class ReplayMessage:
-    """A Kafka message held outside a consumer (a replay, a benchmark, a test), as the writer reads it."""
-
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
-
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = b"") -> None:
-        self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
 
 
 @dataclass(frozen=True)
@@ -278,25 +254,25 @@ def source_topics(topics: Topics) -> list[str]:
     return [topics.lineage, topics.inference, topics.traces, topics.drift]
 
 
-def consumer_config(settings: SinkSettings) -> dict[str, Any]:
-    static = {"group.instance.id": settings.consumer_instance_id} if settings.consumer_instance_id else {}
-    return {
+def consumer_config(settings: ServeSettings) -> dict[str, Any]:
+    sink = settings.sink
+    static = {"group.instance.id": sink.consumer_instance_id} if sink.consumer_instance_id else {}
+    return settings.kafka.librdkafka(**{
         **static,
-        "session.timeout.ms": settings.session_timeout_ms,
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "group.id": settings.consumer_group,
+        "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),
+        "group.id": sink.consumer_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
         # Backpressure: librdkafka stops fetching when this much is queued, so a slow store bounds
         # the memory held instead of growing it.
-        "queued.max.messages.kbytes": settings.prefetch_max_kbytes,
-        "fetch.max.bytes": min(settings.batch_max_bytes, 50 * 1024 * 1024),
-    }
+        "queued.max.messages.kbytes": sink.prefetch_max_bytes // 1024,
+        "fetch.max.bytes": min(sink.batch_max_bytes, 50 * 1024 * 1024),
+    })
 
 
-def producer_config(settings: SinkSettings) -> dict[str, Any]:
-    return {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "acks": "all"}
+def producer_config(settings: ServeSettings) -> dict[str, Any]:
+    return settings.kafka.librdkafka(**{"enable.idempotence": True, "acks": "all"})
 
 
 INSERT_SETTINGS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
@@ -405,14 +381,14 @@ class SinkWriter:
     """
 
     def __init__(
-        self, settings: SinkSettings, client: Client, *, catalog: Catalog | None = None,
+        self, settings: ServeSettings, client: Client, *, catalog: Catalog | None = None,
         insert_clients: Sequence[Client] = (),
     ) -> None:
-        self._settings = settings
+        self._settings = settings.sink
         self._client = client
         self._insert_clients = insert_clients  # more clients on the store, for parallel inserts
         self._catalog = catalog or default_catalog()
-        self._topics = Topics(settings.topic_prefix)
+        self._topics = Topics(settings.topics.prefix)
         self._consumer = Consumer(consumer_config(settings))
         self._producer = Producer(producer_config(settings))
         self._pending: list[MessageLike] = []
@@ -459,7 +435,7 @@ class SinkWriter:
                 else:
                     self._on_consumer_error(error)
             if self._pending and deadline is None:
-                deadline = time.monotonic() + self._settings.batch_max_seconds
+                deadline = time.monotonic() + self._settings.batch_max_s
 
     def _on_consumer_error(self, error: KafkaError) -> None:
         metrics.CONSUMER_ERRORS.labels(code=error.name()).inc()

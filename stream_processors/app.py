@@ -14,7 +14,9 @@ import logging
 import uuid
 
 import faust
+from faust.auth import Credentials
 
+from provline.config import KafkaSettings
 from provline.schemas.events import Topics
 from provline.schemas.serde import default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
@@ -41,28 +43,43 @@ def _raw_topic(app: faust.App, name: str) -> faust.TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
+def broker_credentials(kafka: KafkaSettings) -> Credentials | None:
+    """The Kafka settings' security for aiokafka, as Faust takes it: SASL (over TLS or not) or TLS alone."""
+    context = kafka.ssl_context()
+    if kafka.security_protocol.startswith("SASL"):
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else None
+        return faust.SASLCredentials(username=kafka.sasl_username, password=password,
+                                     mechanism=kafka.sasl_mechanism, ssl_context=context)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def create_app(settings: ProcessorSettings) -> faust.App:
     """A new Faust app with the lineage and join agents, configured by ``settings``.
 
-    Does not block or connect. The topics under ``settings.topic_prefix`` must exist with
-    ``settings.topic_partitions`` partitions; Faust creates its own changelog topics.
+    Does not block or connect. The topics under ``settings.topics.prefix`` must exist with
+    ``settings.topics.partitions`` partitions; Faust creates its own changelog topics.
     """
-    topics = Topics(settings.topic_prefix)
+    worker, kafka = settings.processors, settings.kafka
+    topics = Topics(settings.topics.prefix)
+    partitions = settings.topics.partitions
     catalog = default_catalog()
     app = faust.App(
-        settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.bootstrap_servers()],
+        worker.app_id,
+        broker=[f"kafka://{server}" for server in kafka.servers()],
+        broker_credentials=broker_credentials(kafka),
         autodiscover=False,
         store="memory://",
-        datadir=settings.data_dir,
-        topic_partitions=settings.topic_partitions,
-        web_port=settings.web_port,
+        datadir=worker.data_dir,
+        topic_partitions=partitions,
+        web_port=worker.web_port,
         # traces are ~1 KB: aiokafka's default 16 KB batches make the producer wait on a round trip
         # every dozen traces, and Faust's buffer then stalls the consumer
         producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         producer_linger=PRODUCER_LINGER_SECONDS,
-        broker_session_timeout=settings.session_timeout_seconds,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, kafka.session_timeout_s / 3),
     )
 
     @app.task(on_leader=False)
@@ -79,26 +96,26 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     )
     encoder = TraceEncoder(catalog, session_id=str(uuid.uuid4()))
     accumulator = DriftAccumulator(
-        lineage.baseline_of, window_us=int(settings.drift_window_seconds * 1_000_000),
-        output_columns=settings.drift_output_columns,
+        lineage.baseline_of, window_us=int(settings.drift.window_s * 1_000_000),
+        output_columns=settings.drift.output_columns,
     )
     send_partials = register_drift_agent(
         app, lineage=lineage, accumulator=accumulator, encoder=encoder, drift_topic=_raw_topic(app, topics.drift),
-        thresholds=settings.thresholds(), lateness_seconds=settings.drift_lateness_seconds,
-        partitions=settings.topic_partitions, metrics=metrics,
+        thresholds=settings.drift.thresholds(), lateness_seconds=settings.drift.lateness_s,
+        partitions=partitions, metrics=metrics,
     )
-    producer = BatchProducer(settings.bootstrap_servers(), client_id=f"{settings.app_id}-join")
+    producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join")
     joiner = Joiner(
         catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
         producer=producer, traces_topic=topics.traces, dead_letters=dead_letters,
-        timing=Timing(ttl=settings.pending_ttl_seconds, lineage_wait=settings.lineage_wait_seconds,
-                      retention=settings.dedup_retention_seconds),
+        timing=Timing(ttl=worker.pending_ttl_s, lineage_wait=worker.lineage_wait_s,
+                      retention=worker.dedup_retention_s),
     )
     inference = _raw_topic(app, topics.inference)
     register_join_agent(
         app, topic=inference, joiner=joiner, catalog=catalog,
-        partitions=settings.topic_partitions, batch_size=settings.batch_size,
-        batch_within=settings.batch_within_seconds, after_batch=send_partials,
+        partitions=partitions, batch_size=worker.batch_size,
+        batch_within=worker.batch_within_s, after_batch=send_partials,
     )
 
     @app.on_before_shutdown.connect
@@ -132,7 +149,8 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     # retention; at the default threshold the collections that follow rescan those entries and
     # took about a tenth of the worker's time.
     gc.set_threshold(GC_YOUNG_THRESHOLD)
-    if settings.metrics_port:
-        serve_metrics(app.provline_metrics, settings.metrics_port)  # type: ignore[attr-defined]
-        log.info("Prometheus metrics on :%d/metrics", settings.metrics_port)
+    port = settings.processors.metrics_port
+    if port:
+        serve_metrics(app.provline_metrics, port)  # type: ignore[attr-defined]
+        log.info("Prometheus metrics on :%d/metrics", port)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

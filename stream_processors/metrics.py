@@ -66,6 +66,6 @@ def serve_metrics(metrics: ProcessorMetrics, port: int) -> None:
         start_http_server(port, registry=metrics.registry)
     except OSError as exc:
         raise OSError(
-            f"cannot serve Prometheus metrics on port {port}: {exc}; set PROVLINE_METRICS_PORT to a free port "
-            "(each worker on a host needs its own) or to 0 to turn metrics off"
+            f"cannot serve Prometheus metrics on port {port}: {exc}; set PROVLINE_PROCESSORS__METRICS_PORT to a free "
+            "port (each worker on a host needs its own) or to 0 to turn metrics off"
         ) from exc

@@ -16,6 +16,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from provline.config import KafkaSettings
+
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_SECONDS = 30.0
 LINGER_MS = 5
@@ -28,11 +30,11 @@ class DeliveryError(RuntimeError):
 class BatchProducer:
     """Non-blocking ``produce``, awaitable ``flush``. Use from one event loop."""
 
-    def __init__(self, bootstrap_servers: list[str], *, client_id: str) -> None:
-        self._config = {
-            "bootstrap.servers": ",".join(bootstrap_servers), "client.id": client_id, "acks": "all",
-            "enable.idempotence": True, "linger.ms": LINGER_MS, "compression.type": "lz4",
-        }
+    def __init__(self, kafka: KafkaSettings, *, client_id: str) -> None:
+        self._config = kafka.librdkafka(**{
+            "client.id": client_id, "acks": "all", "enable.idempotence": True, "linger.ms": LINGER_MS,
+            "compression.type": "lz4",
+        })
         self._client: Producer | None = None  # made on first use: building an app connects to nothing
         self._failed: list[str] = []
         self.pending = 0

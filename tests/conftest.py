@@ -1,8 +1,8 @@
 """Shared fixtures: one real Kafka broker per test session, isolated topics per test, a chDB store.
 
-The broker is, in order of preference: the one named by ``PROVLINE_KAFKA_BOOTSTRAP``; the local
+The broker is, in order of preference: the one named by ``TEST_KAFKA_BOOTSTRAP``; the local
 KRaft broker from Maven artifacts (``deploy/local/kafka``), which also allows restarts for fault
-tests; a testcontainers Kafka when ``PROVLINE_TEST_DOCKER=1`` and a Docker engine is present.
+tests; a testcontainers Kafka when ``TEST_DOCKER=1`` and a Docker engine is present.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ TEST_PARTITIONS = 4
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     """No PROVLINE_* setting leaks from the developer's shell into a test's settings."""
     for name in list(os.environ):
-        if name.startswith("PROVLINE_") and name != "PROVLINE_KAFKA_BOOTSTRAP":
+        if name.startswith("PROVLINE_"):
             monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
 def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
     """The local broker this session started, or None when an external broker is used."""
-    if os.environ.get("PROVLINE_KAFKA_BOOTSTRAP"):
+    if os.environ.get("TEST_KAFKA_BOOTSTRAP"):
         yield None
         return
-    if os.environ.get("PROVLINE_TEST_DOCKER") == "1":
+    if os.environ.get("TEST_DOCKER") == "1":
         yield None
         return
     broker = LocalKafka(tmp_path_factory.mktemp("kafka"))
@@ -49,8 +49,8 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
 def kafka_bootstrap(local_kafka: LocalKafka | None) -> Iterator[str]:
     if local_kafka is not None:
         yield local_kafka.bootstrap
-    elif os.environ.get("PROVLINE_KAFKA_BOOTSTRAP"):
-        yield os.environ["PROVLINE_KAFKA_BOOTSTRAP"]
+    elif os.environ.get("TEST_KAFKA_BOOTSTRAP"):
+        yield os.environ["TEST_KAFKA_BOOTSTRAP"]
     else:
         from testcontainers.kafka import KafkaContainer
 
@@ -89,3 +89,19 @@ def chdb_path(chdb_root: Path) -> str:
     finally:
         client.close()
     return f"chdb://{chdb_root}?database={database}"
+
+
+MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test file under tests/integration or tests/e2e carries its folder's marker, so that
+    ``-m "not integration and not e2e"`` runs the unit tests alone."""
+    unmarked = sorted({
+        str(item.path.relative_to(Path(__file__).parent)) for item in items
+        for folder, marker in MARKED_FOLDERS.items()
+        if folder in item.path.parts and item.get_closest_marker(marker) is None
+    })
+    if unmarked:
+        raise pytest.UsageError(f"these test files lack their folder's marker (pytestmark = pytest.mark.<folder>): "
+                                f"{', '.join(unmarked)}")

@@ -27,7 +27,7 @@ import httpx
 from deploy.demo import model as churn
 from deploy.local.kafka import LocalKafka, create_topics
 from deploy.local.kafka.broker import free_port
-from provline.producers import EmitterSettings, Lineage
+from provline.producers import JobSettings, Lineage
 from provline.schemas import Topics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,7 +150,7 @@ class DemoStack:
     def _env(self, **extra: str) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if not name.startswith("PROVLINE_")}
         assert self.kafka_bootstrap is not None, "start_broker() first"
-        env.update(PROVLINE_KAFKA_BOOTSTRAP=self.kafka_bootstrap, PROVLINE_TOPIC_PREFIX=self.topics.prefix,
+        env.update(PROVLINE_KAFKA__BOOTSTRAP=self.kafka_bootstrap, PROVLINE_TOPICS__PREFIX=self.topics.prefix,
                    PYTHONUNBUFFERED="1", **extra)
         return env
 
@@ -161,7 +161,7 @@ class DemoStack:
         return service
 
     def start_broker(self) -> None:
-        """Use PROVLINE_KAFKA_BOOTSTRAP's broker when given, else start the local one; create the topics."""
+        """Use PROVLINE_KAFKA__BOOTSTRAP's broker when given, else start the local one; create the topics."""
         if self.kafka_bootstrap is None:
             self.broker = LocalKafka(self.workdir / "kafka").start()
             self.kafka_bootstrap = self.broker.bootstrap
@@ -170,14 +170,14 @@ class DemoStack:
     def start_platform(self) -> None:
         """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust)."""
         serve = self._provline("serve", ["serve"], self._env(
-            PROVLINE_CLICKHOUSE_URL=f"chdb://{self.workdir / 'clickhouse'}",
-            PROVLINE_API_PORT=str(self.api_port),
-            PROVLINE_API_TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
+            PROVLINE_STORE__URL=f"chdb://{self.workdir / 'clickhouse'}",
+            PROVLINE_API__PORT=str(self.api_port),
+            PROVLINE_API__TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
         ), f"{self.api_url}/healthz")
         self._provline("processors", ["processors"], self._env(
-            PROVLINE_DATA_DIR=str(self.workdir / "processors"),
-            PROVLINE_WEB_PORT=str(self.processors_web_port),
-            PROVLINE_TOPIC_PARTITIONS=str(TOPIC_PARTITIONS),
+            PROVLINE_PROCESSORS__DATA_DIR=str(self.workdir / "processors"),
+            PROVLINE_PROCESSORS__WEB_PORT=str(self.processors_web_port),
+            PROVLINE_TOPICS__PARTITIONS=str(TOPIC_PARTITIONS),
         ), None)
         serve.wait_healthy()
 
@@ -187,7 +187,7 @@ class DemoStack:
         data_dir.mkdir(parents=True, exist_ok=True)
         dataset, model_path = data_dir / "customers.csv", data_dir / "churn-model.json"
         churn.generate_customers(dataset, rows=rows, seed=seed)
-        settings = EmitterSettings(kafka_bootstrap=self.kafka_bootstrap, topic_prefix=self.topics.prefix)
+        settings = JobSettings(kafka={"bootstrap": self.kafka_bootstrap}, topics={"prefix": self.topics.prefix})
         params = {"learning_rate": 0.5, "epochs": 300}
         with Lineage(settings=settings, producer_name="demo-train") as lineage:
             with lineage.run("train-churn", stage="training", params=params, seed=seed) as run:

@@ -33,6 +33,7 @@ LEFT JOIN
     FROM
     (
         SELECT run_id, coalesce(
+            nullIf(JSONExtractString(payload, 'environment', 'env_vars', 'PROVLINE_RUN__OWNER'), ''),
             nullIf(JSONExtractString(payload, 'environment', 'env_vars', 'PROVLINE_OWNER'), ''),
             JSONExtractString(payload, 'environment', 'env_vars', 'USER')) AS o
         FROM run_events FINAL

@@ -1,6 +1,6 @@
 -- Pipeline runs, newest first: latest state, stage, code commit, and when they started and last
--- reported. project = the producer (job or service name) that recorded the run; owner = the
--- allow-listed PROVLINE_OWNER (else USER) environment variable captured with the run.
+-- reported. project = the producer (job or service name) that recorded the run; owner = the run's
+-- PROVLINE_RUN__OWNER setting (PROVLINE_OWNER in runs recorded before it), else its USER variable.
 SELECT
     run_id,
     argMax(r_name, r_time)                                         AS name,
@@ -17,6 +17,7 @@ FROM
     SELECT run_id, name AS r_name, state AS r_state, stage AS r_stage, producer_name AS r_producer,
         code_repo AS r_repo, code_commit AS r_commit, event_time AS r_time,
         coalesce(
+            nullIf(JSONExtractString(payload, 'environment', 'env_vars', 'PROVLINE_RUN__OWNER'), ''),
             nullIf(JSONExtractString(payload, 'environment', 'env_vars', 'PROVLINE_OWNER'), ''),
             JSONExtractString(payload, 'environment', 'env_vars', 'USER')
         ) AS r_owner

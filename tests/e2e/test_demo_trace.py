@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.demo.stack import DEMO_API_TOKEN, ENDPOINT, MODEL_NAME, MODEL_VERSION, REPO, DemoStack
-from provline.producers import EmitterSettings, Lineage
+from provline.producers import JobSettings, Lineage
 from provline.schemas import Topics
 
 pytestmark = pytest.mark.e2e
@@ -34,8 +34,9 @@ def promote(stack: DemoStack) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "provline", "promote", MODEL_NAME, MODEL_VERSION, "--to", "production",
          "--endpoint", ENDPOINT, "--reason", "e2e", "--api", stack.api_url],
         capture_output=True, text=True, timeout=120, cwd=REPO,
-        env={**os.environ, "PROVLINE_API_TOKEN": DEMO_API_TOKEN, "PROVLINE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-             "PROVLINE_TOPIC_PREFIX": stack.topics.prefix, "COLUMNS": "200"},
+        env={**os.environ, "PROVLINE_CLIENT__API_TOKEN": DEMO_API_TOKEN,
+             "PROVLINE_KAFKA__BOOTSTRAP": stack.kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": stack.topics.prefix,
+             "COLUMNS": "200"},
     )
 
 
@@ -46,7 +47,7 @@ def check_promotion_guardrail(stack: DemoStack, dataset_digest: str) -> None:
     assert f"no passing evaluation of {MODEL_NAME}@{MODEL_VERSION}" in refused.stdout
     assert f"no approval by role risk-officer for model:{MODEL_NAME}@{MODEL_VERSION} -> production" in refused.stdout
 
-    settings = EmitterSettings(kafka_bootstrap=stack.kafka_bootstrap, topic_prefix=stack.topics.prefix)
+    settings = JobSettings(kafka={"bootstrap": stack.kafka_bootstrap}, topics={"prefix": stack.topics.prefix})
     with Lineage(settings=settings, producer_name="e2e-review") as lineage:
         lineage.evaluate(MODEL_NAME, MODEL_VERSION, metrics={"accuracy": 0.8}, minimums={"accuracy": 0.6},
                          dataset=dataset_digest)
@@ -83,7 +84,8 @@ def test_a_prediction_is_traced_to_its_input_model_run_commit_and_dataset(
         chosen = predictions[0]
         cli = subprocess.run(
             [sys.executable, "-m", "provline", "trace", chosen.prediction_id, "--json", "--api", stack.api_url],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "PROVLINE_API_TOKEN": DEMO_API_TOKEN},
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PROVLINE_CLIENT__API_TOKEN": DEMO_API_TOKEN},
         )
         assert cli.returncode == 0, cli.stderr
         assert json.loads(cli.stdout) == stack.wait_for_trace(chosen.prediction_id)

@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from provline.schemas.events import utcnow
 from provline.schemas.integrity import HashChain
+from tests.helpers import seal
 
 pytestmark = pytest.mark.integration
 
@@ -50,13 +51,13 @@ def start_worker(
     web_port = free_port()
     env = {
         **os.environ,
-        "PROVLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "PROVLINE_TOPIC_PREFIX": topics.prefix,
-        "PROVLINE_APP_ID": f"{topics.prefix}-processors",
-        "PROVLINE_DATA_DIR": str(data_dir),
-        "PROVLINE_WEB_PORT": str(web_port),
-        "PROVLINE_LINEAGE_WAIT_SECONDS": str(LINEAGE_WAIT_SECONDS),
-        "PROVLINE_METRICS_PORT": str(free_port()),
+        "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap,
+        "PROVLINE_TOPICS__PREFIX": topics.prefix,
+        "PROVLINE_PROCESSORS__APP_ID": f"{topics.prefix}-processors",
+        "PROVLINE_PROCESSORS__DATA_DIR": str(data_dir),
+        "PROVLINE_PROCESSORS__WEB_PORT": str(web_port),
+        "PROVLINE_PROCESSORS__LINEAGE_WAIT_S": str(LINEAGE_WAIT_SECONDS),
+        "PROVLINE_PROCESSORS__METRICS_PORT": str(free_port()),
         **(extra_env or {}),
     }
     with log_path.open("wb") as log:
@@ -132,7 +133,7 @@ class Events:
 
     def __call__(self, kind: str, fields: dict[str, Any], *, event_time: Any = None) -> tuple[str, bytes]:
         value = {**new_envelope(self.producer, event_time=event_time), **fields}
-        self.chain.seal(kind, value)
+        seal(self.chain, kind, value)
         return key_for(kind, value), self.catalog.encode(kind, value)
 
 
@@ -238,5 +239,5 @@ def test_workers_join_shuffled_duplicated_halves_into_one_trace_each(
     # a rebalance may hand the garbage's partition to another worker before its offset is committed
     assert dead_letters and all(letter.value() == b"not an avro event" for letter in dead_letters)
     headers = dict(dead_letters[0].headers() or [])
-    assert b"neither Avro single-object" in headers["provline-error"]
+    assert b"not Avro single-object encoding" in headers["provline-error"]
     assert headers["provline-source-topic"] == topics.inference.encode()

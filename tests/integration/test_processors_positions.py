@@ -115,7 +115,7 @@ def test_a_restarted_worker_reads_again_what_its_group_committed_unread(
 
         metrics_port = free_port()
         second = start_worker(kafka_bootstrap, topics, tmp_path / "data-2", tmp_path / "second.log",
-                              extra_env={"PROVLINE_METRICS_PORT": str(metrics_port)})
+                              extra_env={"PROVLINE_PROCESSORS__METRICS_PORT": str(metrics_port)})
         try:
             wait_ready(second)
             deadline = time.monotonic() + REWIND_DEADLINE_SECONDS

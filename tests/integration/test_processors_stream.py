@@ -161,7 +161,7 @@ def collect_traces(reader: TraceReader, expected: int, workers: list[WorkerProce
 def test_10000_shuffled_duplicated_delayed_predictions_through_rollout_and_rollback(
     kafka_bootstrap: str, topics: Topics, worker_factory: Any
 ) -> None:
-    worker = worker_factory("w", PROVLINE_PENDING_TTL_SECONDS="120", PROVLINE_DEDUP_RETENTION_SECONDS="600")
+    worker = worker_factory("w", PROVLINE_PROCESSORS__PENDING_TTL_S="120", PROVLINE_PROCESSORS__DEDUP_RETENTION_S="600")
     events = Events()
     base = datetime.now(UTC) - timedelta(minutes=2)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
@@ -204,16 +204,14 @@ def test_10000_shuffled_duplicated_delayed_predictions_through_rollout_and_rollb
 SESSION_TIMEOUT_SECONDS = 8
 
 
-# Known upstream bug, not hidden: after a SIGKILL the replacement worker can go through two
-# rebalances, and faust-streaming acks (so may commit) messages fetched in the superseded
-# generation without processing them (faust/streams.py skips them on a generation mismatch;
-# faust-streaming #216/#221/#223). On a loaded machine this loses a few predictions in about one
-# run of four, also when the replacement starts after the session timeout. The test still runs
-# every time; a pass is reported as XPASS. Issue 5's closing note has the details and the fix plan.
+# After a SIGKILL the replacement worker can go through two rebalances, and faust-streaming acks
+# (so may commit) messages fetched in the superseded generation without processing them
+# (faust-streaming #216/#221/#223). The join keeps its own read positions and reads skipped offsets
+# again (stream_processors/positions.py); this test is what shows that nothing is lost that way.
 def test_a_worker_killed_mid_stream_loses_and_duplicates_no_trace(
     kafka_bootstrap: str, topics: Topics, worker_factory: Any
 ) -> None:
-    first = worker_factory("first", PROVLINE_SESSION_TIMEOUT_SECONDS=str(SESSION_TIMEOUT_SECONDS))
+    first = worker_factory("first", PROVLINE_KAFKA__SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_SECONDS))
     events = Events()
     base = datetime.now(UTC) - timedelta(minutes=2)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
@@ -230,7 +228,7 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_no_trace(
         first.process.kill()  # SIGKILL: no shutdown, no final commit, no flush
         first.process.wait()
         produce(producer, topics.inference, stream[len(stream) // 2:])
-        second = worker_factory("second", PROVLINE_SESSION_TIMEOUT_SECONDS=str(SESSION_TIMEOUT_SECONDS))
+        second = worker_factory("second", PROVLINE_KAFKA__SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_SECONDS))
         traces = collect_traces(reader, PREDICTIONS, [second], traces=traces)
     finally:
         reader.close()
@@ -261,8 +259,8 @@ def test_a_shifted_feature_breaches_and_an_unchanged_one_does_not(
     kafka_bootstrap: str, topics: Topics, worker_factory: Any
 ) -> None:
     window_seconds = 10
-    worker = worker_factory("w", PROVLINE_DRIFT_WINDOW_SECONDS=str(window_seconds),
-                            PROVLINE_DRIFT_LATENESS_SECONDS="2")
+    worker = worker_factory("w", PROVLINE_DRIFT__WINDOW_S=str(window_seconds),
+                            PROVLINE_DRIFT__LATENESS_S="2")
     events = Events()
     # every request of a version at one instant, both in the next window (event times may lie ahead of
     # the wall clock), so the window closes only after all of them are joined; version 1 is deployed

@@ -15,15 +15,18 @@ from pathlib import Path
 
 import clickhouse_connect
 import pandas as pd
+import pytest
 from confluent_kafka import Consumer
 
-from provline.facts import model_facts
-from provline.producers import EmitterSettings, Lineage
-from provline.producers.policy import PromotionPolicy, missing_requirements
+from provline.producers import JobSettings, Lineage
 from provline.schemas import Topics, default_catalog
-from provline.sink.settings import SinkSettings
+from provline.sink.facts import model_facts
+from provline.sink.promotion import PromotionPolicy, missing_requirements
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +60,7 @@ def test_every_api_records_the_captured_facts_and_the_guardrail_reads_them(
     csv.write_text("tenure,plan\n" + "".join(f"{i % 70},{'pro' if i % 4 else 'free'}\n" for i in range(500)))
     artifact = tmp_path / "model.bin"
     artifact.write_bytes(b"weights-v1")
-    settings = EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
+    settings = JobSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix})
 
     with Lineage(settings=settings, producer_name="every-api") as lineage:
         with lineage.run("pipeline", stage="orchestration") as pipeline:
@@ -79,7 +82,7 @@ def test_every_api_records_the_captured_facts_and_the_guardrail_reads_them(
 
     command = subprocess.run(
         [sys.executable, "-m", "provline", "run", "--name", "report", "--", sys.executable, "-c", "exit(4)"],
-        env={**os.environ, "PROVLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPIC_PREFIX": topics.prefix},
+        env={**os.environ, "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix},
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert command.returncode == 4, command.stderr
@@ -109,8 +112,8 @@ def test_every_api_records_the_captured_facts_and_the_guardrail_reads_them(
     assert model["feature_sets"] == [features] and model["datasets"] == [raw, frame]
 
     # The sink stores everything; the promotion guardrail reads the lineage back from ClickHouse.
-    sink_settings = SinkSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix,
-                                 clickhouse_url=chdb_path, consumer_group=f"sink-{uuid.uuid4().hex[:6]}")
+    sink_settings = ServeSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix},
+                                  store={"url": chdb_path}, sink={"consumer_group": f"sink-{uuid.uuid4().hex[:6]}"})
     store = open_store(chdb_path)
     migrate(store)
     stop = threading.Event()

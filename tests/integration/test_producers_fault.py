@@ -10,8 +10,10 @@ import pytest
 from confluent_kafka import Consumer
 
 from deploy.local.kafka import LocalKafka
-from provline.producers import EmitterSettings, build_emitter
+from provline.producers import JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
+
+pytestmark = pytest.mark.integration
 
 EVENTS = 20_000
 KEYS = 40
@@ -47,16 +49,16 @@ def test_events_emitted_while_the_broker_is_down_arrive_once_in_order(
 ) -> None:
     if local_kafka is None:
         pytest.fail("this test stops and restarts the broker: run it with the local broker, "
-                    "not PROVLINE_KAFKA_BOOTSTRAP")
-    settings = EmitterSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix,
-                               spool_dir=tmp_path / "spool")
+                    "not TEST_KAFKA_BOOTSTRAP")
+    settings = JobSettings(kafka={"bootstrap": local_kafka.bootstrap}, topics={"prefix": topics.prefix},
+                           emitter={"spool_dir": tmp_path / "spool"})
     local_kafka.stop()
     try:
         job = build_emitter(settings, producer_name="fault-job")
         for index in range(EVENTS):
             job.emit("Feedback", feedback(index))
         assert job.close(timeout=2.0) is False  # nothing could be delivered: all of it is in the spool
-        assert job.transport.backlog == EVENTS
+        assert job.backlog == EVENTS
     finally:
         local_kafka.start()
 

@@ -6,10 +6,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer
 
-from provline.producers import EmitterSettings, Lineage
+from provline.producers import JobSettings, Lineage
 from provline.schemas import Topics, default_catalog
+from tests.helpers import chain_findings
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,7 +40,7 @@ def test_job_events_reach_the_broker_with_the_captured_facts(
     monkeypatch.chdir(REPO)
     dataset = tmp_path / "train.csv"
     dataset.write_text("x,y\n1,0\n2,1\n")
-    settings = EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
+    settings = JobSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix})
     with Lineage(settings=settings, producer_name="integration-job") as lineage:
         with lineage.run("train", stage="training", params={"lr": 0.1}, seed=5) as run:
             digest = run.use_dataset(dataset, name="train")
@@ -72,10 +76,8 @@ def test_a_forked_child_gets_its_own_session_and_delivers(kafka_bootstrap: str, 
     import multiprocessing
 
     from provline.producers import build_emitter
-    from provline.schemas.integrity import first_break
-
-    emitter = build_emitter(EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix,
-                                            spool_dir=tmp_path / "spool"), producer_name="parent")
+    emitter = build_emitter(JobSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix},
+                                        emitter={"spool_dir": tmp_path / "spool"}), producer_name="parent")
     emitter.emit("Deployment", {"model_name": "parent", "model_version": "0", "environment": "e",
                                 "endpoint": "/p", "action": "DEPLOY"})
     child = multiprocessing.get_context("fork").Process(target=_emit_in_child, args=(emitter, 3))
@@ -86,10 +88,12 @@ def test_a_forked_child_gets_its_own_session_and_delivers(kafka_bootstrap: str, 
                                 "endpoint": "/p", "action": "DEPLOY"})
     assert emitter.close(timeout=30)
 
-    events = [default_catalog().decode(m.value()).value for m in consume(kafka_bootstrap, topics.lineage, 5)]
-    sessions: dict[str, list] = {}
-    for event in sorted(events, key=lambda e: e["event_id"]):
-        sessions.setdefault(event["producer"]["session_id"], []).append(("Deployment", event))
-    assert len(events) == 5 and len(sessions) == 2
+    catalog = default_catalog()  # read from several partitions: put back in creation (event id) order
+    raws = sorted((m.value() for m in consume(kafka_bootstrap, topics.lineage, 5)),
+                  key=lambda raw: catalog.decode(raw).value["event_id"])
+    sessions: dict[str, list[bytes]] = {}
+    for raw in raws:
+        sessions.setdefault(default_catalog().decode(raw).value["producer"]["session_id"], []).append(raw)
+    assert len(raws) == 5 and len(sessions) == 2
     assert sorted(len(chain) for chain in sessions.values()) == [2, 3]
-    assert all(first_break(default_catalog(), chain) is None for chain in sessions.values())
+    assert all(chain_findings(chain) is None for chain in sessions.values())

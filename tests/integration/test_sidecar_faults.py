@@ -15,11 +15,10 @@ from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from deploy.local.kafka import LocalKafka
-from provline.producers.settings import EmitterSettings
 from provline.schemas import Topics, default_catalog
 from provline.schemas.events import utcnow
-from provline.sidecar import SidecarSettings, create_app
-from provline.sink.settings import SinkSettings
+from provline.sidecar import SidecarApp, SidecarSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
 from tests.integration.test_sidecar_proxy import LoopThread, Upstream, start_server, stop_server
@@ -65,7 +64,7 @@ def dropped() -> float:
 def stoppable(local_kafka: LocalKafka | None) -> LocalKafka:
     if local_kafka is None:
         pytest.fail("this test stops and restarts the broker: run it with the local broker, "
-                    "not PROVLINE_KAFKA_BOOTSTRAP")
+                    "not TEST_KAFKA_BOOTSTRAP")
     return local_kafka
 
 
@@ -77,11 +76,11 @@ def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_o
     upstream = Upstream()
     runner = loop.run(upstream.start())
     settings = SidecarSettings(
-        upstream=f"http://127.0.0.1:{upstream.port}", kserve_metadata=False,
-        emitter=EmitterSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix,
-                                spool_dir=tmp_path / "spool", producer_name="sidecar-fault"),
+        sidecar={"upstream": f"http://127.0.0.1:{upstream.port}", "kserve_metadata": False},
+        kafka={"bootstrap": local_kafka.bootstrap}, topics={"prefix": topics.prefix},
+        emitter={"spool_dir": tmp_path / "spool", "producer_name": "sidecar-fault"},
     )
-    app = create_app(settings)  # builds and owns its emitter: on_full=drop, spool <spool_dir>/worker-0
+    app = SidecarApp(settings)  # builds and owns its emitter: on_full=drop, spool <spool_dir>/worker-0
     ids = [f"fault-{i}-{uuid.uuid4().hex[:8]}" for i in range(REQUESTS)]
     drops_before = dropped()
     server, task, url = loop.run(start_server(app))
@@ -90,12 +89,12 @@ def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_o
         try:
             statuses = loop.run(send_all(url, ids), timeout=DEADLINE_S)
             assert statuses == [200] * REQUESTS
-            backlog = wait_until(lambda: app.emitter.transport.backlog == 2 * REQUESTS,  # type: ignore[union-attr]
+            backlog = wait_until(lambda: app.emitter.backlog == 2 * REQUESTS,
                                  "every event to be queued or spooled")
             assert backlog and (tmp_path / "spool" / "worker-0").is_dir()
         finally:
             local_kafka.start()
-        wait_until(lambda: app.emitter.transport.backlog == 0, "the spool to drain into the broker")  # type: ignore[union-attr]
+        wait_until(lambda: app.emitter.backlog == 0, "the spool to drain into the broker")
     finally:
         loop.run(stop_server(server, task), timeout=60)
         loop.run(runner.cleanup())
@@ -104,8 +103,9 @@ def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_o
 
     store = open_store(chdb_path)
     migrate(store)
-    sink = SinkSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix, clickhouse_url=chdb_path,
-                        consumer_group=f"sink-{uuid.uuid4().hex[:8]}", batch_max_seconds=0.2)
+    sink = ServeSettings(kafka={"bootstrap": local_kafka.bootstrap}, topics={"prefix": topics.prefix},
+                         store={"url": chdb_path}, sink={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}",
+                                                         "batch_max_s": 0.2})
     writer_client = open_store(chdb_path)
     writer = SinkWriter(sink, writer_client)
     stop = threading.Event()
@@ -166,13 +166,13 @@ def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_onc
     upstream = Upstream()
     runner = loop.run(upstream.start())
     settings = SidecarSettings(
-        upstream=f"http://127.0.0.1:{upstream.port}", kserve_metadata=False,
-        emitter=EmitterSettings(kafka_bootstrap=local_kafka.bootstrap, topic_prefix=topics.prefix,
-                                spool_dir=tmp_path / "spool", producer_name="sidecar-gap",
-                                # room for a few dozen events on disk and a few in memory: the rest is dropped
-                                spool_max_bytes=16 * 1024, queue_max_messages=8),
+        sidecar={"upstream": f"http://127.0.0.1:{upstream.port}", "kserve_metadata": False},
+        kafka={"bootstrap": local_kafka.bootstrap}, topics={"prefix": topics.prefix},
+        emitter={"spool_dir": tmp_path / "spool", "producer_name": "sidecar-gap",
+                 # room for a few dozen events on disk and a few in memory: the rest is dropped
+                 "spool_max_bytes": 16 * 1024, "queue_max_messages": 8},
     )
-    app = create_app(settings)
+    app = SidecarApp(settings)
     ids = [f"gap-{i}-{uuid.uuid4().hex[:8]}" for i in range(requests)]
     last_id = f"gap-after-{uuid.uuid4().hex[:8]}"
     drops_before = dropped()
@@ -185,7 +185,7 @@ def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_onc
             assert statuses == [200] * requests  # dropping events never fails a request
         finally:
             local_kafka.start()
-        wait_until(lambda: app.emitter.transport.backlog == 0, "the spool to drain into the broker")  # type: ignore[union-attr]
+        wait_until(lambda: app.emitter.backlog == 0, "the spool to drain into the broker")
         recovered = utcnow()
         lost = int(dropped() - drops_before)
         assert 0 < lost < 2 * requests

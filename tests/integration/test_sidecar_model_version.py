@@ -9,10 +9,10 @@ import httpx
 import pytest
 from aiohttp import web
 
-from provline.producers.emitter import build_emitter
-from provline.producers.settings import EmitterSettings
+from provline.producers import JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
-from provline.sidecar import SidecarSettings, create_app
+from provline.sidecar import SidecarApp, SidecarSettings
+from tests.helpers import memory_emitter
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -72,8 +72,9 @@ def events_of(emitter: object, prediction_id: str, timeout: float = 10.0) -> dic
 
 def test_kserve_metadata_gives_the_version_once_fetched_and_cached(served: tuple[LoopThread, KServe]) -> None:
     loop, kserve = served
-    emitter = build_emitter(EmitterSettings(transport="memory"), producer_name="t")
-    app = create_app(SidecarSettings(upstream=f"http://127.0.0.1:{kserve.port}", model_version="static"), emitter)
+    emitter, _ = memory_emitter("t")
+    app = SidecarApp(SidecarSettings(sidecar={"upstream": f"http://127.0.0.1:{kserve.port}",
+                                              "model_version": "static"}), emitter)
     server, task, url = loop.run(start_server(app))
     try:
         first = httpx.post(f"{url}/v2/models/churn/infer", json={"inputs": [
@@ -98,14 +99,14 @@ def test_the_latest_deployment_event_names_the_endpoints_version(
     served: tuple[LoopThread, KServe], kafka_bootstrap: str, topics: Topics
 ) -> None:
     loop, kserve = served
-    settings = EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix)
-    with build_emitter(settings, producer_name="deployer") as deployer:
+    sections = {"kafka": {"bootstrap": kafka_bootstrap}, "topics": {"prefix": topics.prefix}}
+    with build_emitter(JobSettings(**sections), producer_name="deployer") as deployer:
         for version, action in (("1", "DEPLOY"), ("2", "PROMOTE")):
             deployer.emit("Deployment", {"model_name": "churn", "model_version": version, "environment": "prod",
                                          "endpoint": "/predict", "action": action})
-    emitter = build_emitter(EmitterSettings(transport="memory"), producer_name="t")
-    app = create_app(SidecarSettings(upstream=f"http://127.0.0.1:{kserve.port}", follow_deployments=True,
-                                     emitter=settings), emitter)
+    emitter, _ = memory_emitter("t")
+    app = SidecarApp(SidecarSettings(sidecar={"upstream": f"http://127.0.0.1:{kserve.port}",
+                                              "follow_deployments": True}, **sections), emitter)
     server, task, url = loop.run(start_server(app))
     try:
         deadline = time.monotonic() + 30

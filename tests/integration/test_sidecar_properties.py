@@ -21,12 +21,13 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provline.producers.emitter import build_emitter
-from provline.producers.settings import EmitterSettings
 from provline.schemas import default_catalog
-from provline.sidecar import SidecarSettings, create_app
+from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP
+from tests.helpers import memory_emitter
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
+
+pytestmark = pytest.mark.integration
 
 EXAMPLES = 500
 UNRESERVED = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~"
@@ -127,13 +128,14 @@ def proxy() -> Iterator[Proxy]:
     loop = LoopThread()
     upstream = ScriptedUpstream()
     runner = loop.run(upstream.start())
-    emitter = build_emitter(EmitterSettings(transport="memory"), producer_name="sidecar-properties")
-    app = create_app(SidecarSettings(upstream=f"http://127.0.0.1:{upstream.port}/base", max_capture_bytes=1024,
-                                     kserve_metadata=False), emitter)
+    emitter, transport = memory_emitter("sidecar-properties")
+    app = SidecarApp(SidecarSettings(sidecar={"upstream": f"http://127.0.0.1:{upstream.port}/base",
+                                              "kserve_metadata": False},
+                                     capture={"max_capture_bytes": 1024}), emitter)
     server, task, url = loop.run(start_server(app))
     client = httpx.Client(timeout=30)
     try:
-        yield Proxy(url, upstream, EventIndex(emitter.transport.messages), client)  # type: ignore[attr-defined]
+        yield Proxy(url, upstream, EventIndex(transport.messages), client)
     finally:
         client.close()
         loop.run(stop_server(server, task))

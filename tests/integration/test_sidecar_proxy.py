@@ -23,12 +23,17 @@ from confluent_kafka import Consumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provline.producers.emitter import Emitter, build_emitter
-from provline.producers.settings import EmitterSettings
+from provline.producers import Emitter, JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
-from provline.sidecar import SidecarSettings, create_app
-from provline.sidecar.app import uvicorn_config
+from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
+from provline.sidecar.server import uvicorn_config
+from provline.sidecar.settings import CaptureSettings
+from tests.helpers import memory_emitter, sent
+
+pytestmark = pytest.mark.integration
+
+CAPTURE_OPTIONS = frozenset(CaptureSettings.model_fields)
 
 T = TypeVar("T")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -114,12 +119,12 @@ class Running:
     def events(self, prediction_id: str, count: int = 2, timeout: float = 5.0) -> dict[str, dict]:
         """This prediction's events, waiting for ``count`` of them (they are emitted after the reply)."""
         def found() -> dict[str, dict]:
-            decoded = [default_catalog().decode(m.value) for m in list(self.emitter.transport.messages)]
+            decoded = [default_catalog().decode(m.value) for m in list(self.emitter.transport.messages)]  # type: ignore[union-attr]
             return {d.record: d.value for d in decoded if d.value["prediction_id"] == prediction_id}
         return wait_for(found, lambda events: len(events) >= count, timeout)
 
     def all_events(self, prediction_id: str) -> list[str]:
-        decoded = [default_catalog().decode(m.value) for m in list(self.emitter.transport.messages)]
+        decoded = [default_catalog().decode(raw) for raw in sent(self.emitter)]
         return [d.record for d in decoded if d.value["prediction_id"] == prediction_id]
 
 
@@ -167,8 +172,9 @@ def upstream(loop: LoopThread) -> Iterator[Upstream]:
 @contextmanager
 def sidecar(loop: LoopThread, upstream_url: str, upstream: Upstream, emitter: Emitter | None = None,
             **options: Any) -> Iterator[Running]:
-    emitter = emitter or build_emitter(EmitterSettings(transport="memory"), producer_name="sidecar-test")
-    app = create_app(SidecarSettings(upstream=upstream_url, **options), emitter)
+    emitter = emitter or memory_emitter("sidecar-test")[0]
+    capture = {name: options.pop(name) for name in list(options) if name in CAPTURE_OPTIONS}
+    app = SidecarApp(SidecarSettings(sidecar={"upstream": upstream_url, **options}, capture=capture), emitter)
     server, task, url = loop.run(start_server(app))
     try:
         yield Running(url, emitter, upstream)
@@ -336,6 +342,8 @@ def test_a_failing_emitter_never_fails_the_request(loop: LoopThread, upstream: U
     from prometheus_client import REGISTRY
 
     class Broken:
+        backlog = 0
+
         def emit(self, kind: str, fields: dict) -> None:
             raise RuntimeError("encoder exploded")
 
@@ -351,7 +359,7 @@ def test_a_failing_emitter_never_fails_the_request(loop: LoopThread, upstream: U
 def test_events_reach_kafka_keyed_by_prediction_id(
     loop: LoopThread, upstream: Upstream, kafka_bootstrap: str, topics: Topics
 ) -> None:
-    emitter = build_emitter(EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
+    emitter = build_emitter(JobSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix}),
                             producer_name="sidecar-kafka-test")
     ids = [f"k-{i}" for i in range(3)]
     with sidecar(loop, f"http://127.0.0.1:{upstream.port}", upstream, emitter=emitter) as running:
@@ -385,6 +393,8 @@ def test_the_reply_is_sent_before_events_are_built(loop: LoopThread, upstream: U
     class Stuck:
         """Holds the sidecar's event loop inside ``emit`` until the test has its reply."""
 
+        backlog = 0
+
         def emit(self, kind: str, fields: dict) -> None:
             called.set()
             release.wait(10)
@@ -403,18 +413,18 @@ def test_queued_exchanges_are_recorded_at_shutdown_and_a_full_queue_becomes_a_ga
 ) -> None:
     from prometheus_client import REGISTRY
 
-    from provline.sidecar import app as sidecar_app
+    from provline.sidecar import recorder
 
-    monkeypatch.setattr(sidecar_app, "RECORD_INTERVAL_S", 60.0)  # nothing is recorded until shutdown
-    monkeypatch.setattr(sidecar_app, "MAX_UNRECORDED", 3)
+    monkeypatch.setattr(recorder, "RECORD_INTERVAL_S", 60.0)  # nothing is recorded until shutdown
+    monkeypatch.setattr(recorder, "MAX_UNRECORDED", 3)
     before = REGISTRY.get_sample_value("provline_events_dropped_total", {"reason": "recorder_behind"}) or 0.0
     ids = [f"queued-{i}" for i in range(5)]
     with sidecar(loop, f"http://127.0.0.1:{upstream.port}", upstream) as running:
         for prediction_id in ids:
             reply = httpx.post(f"{running.url}/predict", content=b"{}", headers={"X-Request-ID": prediction_id})
             assert reply.status_code == 200 and reply.content == PREDICTION
-        assert running.emitter.transport.messages == [], "exchanges are recorded in batches, not per request"
-    decoded = [default_catalog().decode(m.value) for m in running.emitter.transport.messages]
+        assert running.emitter.transport.messages == [], "exchanges are recorded in batches, not per request"  # type: ignore[union-attr]
+    decoded = [default_catalog().decode(raw) for raw in sent(running.emitter)]
     recorded = sorted((d.value["prediction_id"], d.record) for d in decoded if d.record.startswith("Inference"))
     assert recorded == sorted((i, kind) for i in ids[:3] for kind in ("InferenceRequest", "InferenceResponse"))
     gaps = [d.value for d in decoded if d.record == "DeliveryGap"]

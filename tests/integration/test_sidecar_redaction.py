@@ -16,9 +16,8 @@ from aiohttp import web
 from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
-from provline.producers.settings import EmitterSettings
 from provline.schemas import Topics, default_catalog
-from provline.sidecar import SidecarSettings, create_app
+from provline.sidecar import SidecarApp, SidecarSettings
 from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -103,12 +102,13 @@ def test_no_redacted_value_reaches_the_inference_topic(
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     settings = SidecarSettings(
-        upstream=upstream_url, policy_file=policy, redaction_key=KEY, kserve_metadata=False,
-        flush_timeout_s=60,  # shutdown delivers every event: this test reads them all back
-        emitter=EmitterSettings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix),
+        sidecar={"upstream": upstream_url, "kserve_metadata": False},
+        capture={"policy_file": policy, "redaction_key": KEY},
+        emitter={"close_timeout_s": 60},  # shutdown delivers every event: this test reads them all back
+        kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix},
     )
     loop = LoopThread()
-    app = create_app(settings)
+    app = SidecarApp(settings)
     sampled_before = REGISTRY.get_sample_value("provline_sidecar_sampled_out_total") or 0.0
     server, task, url = loop.run(start_server(app))
     sent: list[str] = []

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = (
     "import logging; logging.basicConfig(level=logging.INFO)\n"
@@ -58,9 +60,9 @@ def test_run_sidecar_serves_reports_and_stops_on_sigterm(model_server: str) -> N
     port, admin_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVLINE_")}
     env.update({
-        "PROVLINE_UPSTREAM": model_server, "PROVLINE_SIDECAR_HOST": "127.0.0.1",
-        "PROVLINE_SIDECAR_PORT": str(port), "PROVLINE_SIDECAR_ADMIN_PORT": str(admin_port),
-        "PROVLINE_TRANSPORT": "console", "PYTHONPATH": str(REPO),
+        "PROVLINE_SIDECAR__UPSTREAM": model_server, "PROVLINE_SIDECAR__HOST": "127.0.0.1",
+        "PROVLINE_SIDECAR__PORT": str(port), "PROVLINE_SIDECAR__ADMIN_PORT": str(admin_port),
+        "PROVLINE_EMITTER__TRANSPORT": "console", "PYTHONPATH": str(REPO),
     })
     process = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,7 +114,7 @@ def wait_ready(admin: str, process: subprocess.Popen, timeout: float = 60.0) -> 
 def test_the_cli_runs_several_workers_behind_one_port_and_one_admin_port(model_server: str, tmp_path: Path) -> None:
     port, admin_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVLINE_")}
-    env.update({"PROVLINE_TRANSPORT": "console", "PYTHONPATH": str(REPO)})
+    env.update({"PROVLINE_EMITTER__TRANSPORT": "console", "PYTHONPATH": str(REPO)})
     command = [sys.executable, "-c", "from provline.cli import app; app()", "sidecar", "--upstream", model_server,
                "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port), "--workers", "2"]
     process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -15,6 +15,8 @@ import pytest
 
 from provline.sidecar.upstream import UpstreamPool, UpstreamProtocolError
 
+pytestmark = pytest.mark.integration
+
 HOST = [(b"host", b"m")]
 
 

@@ -24,10 +24,11 @@ from provline.schemas.integrity import HashChain
 from provline.sink import queries
 from provline.sink.api import create_api
 from provline.sink.evidence import EVENTS, FORMATS, MANIFEST, build_bundle, gather, verify_bundle
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.verify import verify_session
-from provline.sink.writer import ReplayMessage, insert_plan, plan_batch
+from provline.sink.writer import insert_plan, plan_batch
+from tests.helpers import StoredMessage, seal
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ class Session:
 
     def add(self, kind: str, **fields: Any) -> dict[str, Any]:
         self.clock += timedelta(minutes=1)
-        value = self.chain.seal(kind, {**new_envelope(self.producer, event_time=self.clock), **fields})
+        value = seal(self.chain, kind, {**new_envelope(self.producer, event_time=self.clock), **fields})
         self.events.append((kind, value))
         return value
 
@@ -88,7 +89,7 @@ def seed() -> tuple[Session, Session]:
 def store_sessions(client: Client, *sessions: Session) -> None:
     catalog = default_catalog()
     events = [event for session in sessions for event in session.events]
-    messages = [ReplayMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]
+    messages = [StoredMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters
     assert insert_plan(client, plan, catalog) == []
@@ -241,9 +242,9 @@ def test_verify_names_a_swapped_pair(seeded: tuple[Client, Session, Session]) ->
 TOKENS = {"vic": ("v" * 32, "viewer"), "ann": ("a" * 32, "auditor"), "root": ("r" * 32, "admin")}
 
 
-def api_settings(chdb_path: str, **extra: Any) -> SinkSettings:
+def api_settings(chdb_path: str, **extra: Any) -> ServeSettings:
     grants = {name: {"token": token, "role": role} for name, (token, role) in TOKENS.items()}
-    return SinkSettings(clickhouse_url=chdb_path, api_tokens=grants, **extra)
+    return ServeSettings(store={"url": chdb_path}, api={"tokens": grants}, **extra)
 
 
 def bearer(name: str) -> dict[str, str]:
@@ -304,7 +305,7 @@ def test_api_refuses_missing_wrong_tokens_and_roles_and_logs_every_request(
 def test_api_refuses_everything_without_configured_tokens(seeded: tuple[Client, Session, Session],
                                                          chdb_path: str) -> None:
     client, _, _ = seeded
-    http = TestClient(create_api(SinkSettings(clickhouse_url=chdb_path), client))
+    http = TestClient(create_api(ServeSettings(store={"url": chdb_path}), client))
     assert http.get("/v1/traces/p1", headers=bearer("root")).status_code == 401
     assert http.get("/healthz").status_code == 200
     assert client.query("SELECT count() FROM access_log").result_rows == [(1,)]

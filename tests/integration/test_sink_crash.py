@@ -25,24 +25,25 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
 from provline.sink.writer import IN_FLIGHT_PREFIX, source_topics
+from tests.helpers import seal
 
 pytestmark = pytest.mark.integration
 
-EVENTS = int(os.environ.get("PROVLINE_TEST_CRASH_EVENTS", "100000"))
+EVENTS = int(os.environ.get("TEST_CRASH_EVENTS", "100000"))
 KILLS = 10
 PRODUCE_SECONDS = 25.0  # events keep arriving through (about) all ten kills
-DEADLINE_SECONDS = float(os.environ.get("PROVLINE_TEST_CRASH_DEADLINE", "240"))
+DEADLINE_SECONDS = float(os.environ.get("TEST_CRASH_DEADLINE", "240"))
 ROOT = Path(__file__).parents[2]
 
 SINK = """
 import signal, threading
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
-settings = SinkSettings()
-client = open_store(settings.clickhouse_url)
+settings = ServeSettings()
+client = open_store(settings.store.url)
 migrate(client)
-more = [open_store(settings.clickhouse_url) for _ in range(settings.insert_threads - 1)]  # parallel inserts
+more = [open_store(settings.store.url) for _ in range(settings.sink.insert_threads - 1)]  # parallel inserts
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
 SinkWriter(settings, client, insert_clients=more).run(stop)
@@ -84,7 +85,7 @@ def make_events(count: int) -> list[tuple[str, str, bytes, bytes]]:
         else:
             kind, fields = "PredictionTrace", {"prediction_id": prediction_id, "endpoint": "/p", "complete": True,
                                                "model_name": "m", "model_version": "0"}
-        value = chain.seal(kind, {**new_envelope(producer), **fields})
+        value = seal(chain, kind, {**new_envelope(producer), **fields})
         out.append((kind, value["event_id"], key_for(kind, value).encode(), catalog.encode(kind, value)))
     return out
 
@@ -149,16 +150,16 @@ def progress(offsets: dict[tuple[str, int], tuple[int, str]]) -> int:
 def test_sink_killed_ten_times_stores_every_event_exactly_once(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path,
 ) -> None:
-    rng = random.Random(os.environ.get("PROVLINE_TEST_SEED", "6"))
+    rng = random.Random(os.environ.get("TEST_SEED", "6"))
     events = make_events(EVENTS)
     group = f"sink-crash-{uuid.uuid4().hex[:6]}"
     store = f"chdb://{tmp_path / 'store'}"
     env = {
-        **os.environ, "PROVLINE_KAFKA_BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPIC_PREFIX": topics.prefix,
-        "PROVLINE_CLICKHOUSE_URL": store, "PROVLINE_CONSUMER_GROUP": group,
-        "PROVLINE_BATCH_MAX_EVENTS": "2000", "PROVLINE_BATCH_MAX_SECONDS": "0.2",
+        **os.environ, "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
+        "PROVLINE_STORE__URL": store, "PROVLINE_SINK__CONSUMER_GROUP": group,
+        "PROVLINE_SINK__BATCH_MAX_EVENTS": "2000", "PROVLINE_SINK__BATCH_MAX_S": "0.2",
         # static membership: each restarted sink takes its partitions back without a rebalance wait
-        "PROVLINE_CONSUMER_INSTANCE_ID": "crash-sink", "PROVLINE_SESSION_TIMEOUT_MS": "10000",
+        "PROVLINE_SINK__CONSUMER_INSTANCE_ID": "crash-sink", "PROVLINE_KAFKA__SESSION_TIMEOUT_S": "10",
     }
     done, failures = threading.Event(), []
     producer = threading.Thread(target=produce_steadily,

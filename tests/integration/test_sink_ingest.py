@@ -18,7 +18,10 @@ from provline.schemas.integrity import HashChain
 from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
 from provline.sink.rows import table_for
 from provline.sink.store import ensure_views, migrate, open_store
-from provline.sink.writer import ReplayMessage, insert_plan, plan_batch
+from provline.sink.writer import insert_plan, plan_batch
+from tests.helpers import StoredMessage, seal
+
+pytestmark = pytest.mark.integration
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 V2_ONLY = {"label", "outcome", "feedback_source", "feedback_time", "feedback_event_id"}  # PredictionTrace
@@ -27,7 +30,7 @@ TOPIC = "p.lineage.v1"
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:
     value = {**new_envelope(producer_identity("test", "s1"), event_time=WHEN), **fields}
-    return HashChain(default_catalog()).seal(kind, value)
+    return seal(HashChain(default_catalog()), kind, value)
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def stored_row(
     """Store one event through the writer's path and read its row back; ``raw``: the message as sent."""
     catalog = default_catalog()
     raw = raw if raw is not None else catalog.encode(kind, value)
-    plan = plan_batch([ReplayMessage(TOPIC, 2, offset, raw)], catalog)
+    plan = plan_batch([StoredMessage(TOPIC, 2, offset, raw)], catalog)
     assert plan.dead_letters == [] and insert_plan(client, plan, catalog) == []
     table = table_for(kind).table
     result = client.query(
@@ -122,8 +125,8 @@ def test_traces_derive_the_index_and_served_edges_and_repeats_are_stored_once(st
                   model_version="3")
     anonymous = event("PredictionTrace", prediction_id="p-10", endpoint="/p", complete=False)
     raw = catalog.encode("PredictionTrace", trace)
-    messages = [ReplayMessage(TOPIC, 2, 0, raw), ReplayMessage(TOPIC, 2, 1, raw),
-                ReplayMessage(TOPIC, 2, 2, catalog.encode("PredictionTrace", anonymous))]
+    messages = [StoredMessage(TOPIC, 2, 0, raw), StoredMessage(TOPIC, 2, 1, raw),
+                StoredMessage(TOPIC, 2, 2, catalog.encode("PredictionTrace", anonymous))]
     assert insert_plan(store, plan_batch(messages, catalog), catalog) == []
     assert store.query("SELECT prediction_id FROM prediction_traces ORDER BY prediction_id").result_rows == [
         ("p-10",), ("p-9",),
@@ -140,8 +143,8 @@ def test_an_unsealed_event_is_dead_lettered_and_the_rest_of_its_insert_is_stored
     unsealed = {**new_envelope(producer_identity("x", "s")), "prediction_id": "p-2", "label": "x", "source": "crm",
                 "observed_time": WHEN}
     truncated = catalog.encode("Feedback", good)[:-3]
-    messages = [ReplayMessage(TOPIC, 2, 0, catalog.encode("Feedback", good)),
-                ReplayMessage(TOPIC, 2, 1, catalog.encode("Feedback", unsealed)), ReplayMessage(TOPIC, 2, 2, truncated)]
+    messages = [StoredMessage(TOPIC, 2, 0, catalog.encode("Feedback", good)),
+                StoredMessage(TOPIC, 2, 1, catalog.encode("Feedback", unsealed)), StoredMessage(TOPIC, 2, 2, truncated)]
     letters = insert_plan(store, plan_batch(messages, catalog), catalog)
     assert [(letter.origin.offset, letter.reason) for letter in letters] == [
         (1, "InvalidEventError"), (2, "CorruptEventError"),

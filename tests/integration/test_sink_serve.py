@@ -20,6 +20,7 @@ from typer.testing import CliRunner, Result
 from deploy.local.kafka.broker import free_port
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
+from tests.helpers import seal
 
 pytestmark = pytest.mark.integration
 
@@ -53,11 +54,11 @@ def test_serve_writes_serves_and_stops_on_sigterm(
     model = new_envelope(producer_identity("test", "serve"))
     model.update(model_name="churn", version="3", artifact_uri="s3://m", artifact_sha256="a" * 64,
                  run_id="run-1", datasets=["sha256:d"])
-    chain.seal("ModelVersion", model)
+    seal(chain, "ModelVersion", model)
     value = new_envelope(producer_identity("test", "serve"))
     value.update(prediction_id="pred-serve", endpoint="/predict", complete=True, model_name="churn",
                  model_version="3")
-    chain.seal("PredictionTrace", value)
+    seal(chain, "PredictionTrace", value)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(topics.lineage, key=key_for("ModelVersion", model),
                      value=default_catalog().encode("ModelVersion", model))
@@ -68,16 +69,16 @@ def test_serve_writes_serves_and_stops_on_sigterm(
     port = free_port()
     env = {
         **os.environ,
-        "PROVLINE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "PROVLINE_TOPIC_PREFIX": topics.prefix,
-        "PROVLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}",
-        "PROVLINE_API_PORT": str(port),
-        "PROVLINE_BATCH_MAX_SECONDS": "0.1",
-        "PROVLINE_API_TOKENS": json.dumps({"ops": {"token": TOKEN, "role": "auditor"}}),
-        "PROVLINE_SIGNING_KEY": base64.b64encode(SIGNING_KEY).decode(),
+        "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap,
+        "PROVLINE_TOPICS__PREFIX": topics.prefix,
+        "PROVLINE_STORE__URL": f"chdb://{tmp_path / 'store'}",
+        "PROVLINE_API__PORT": str(port),
+        "PROVLINE_SINK__BATCH_MAX_S": "0.1",
+        "PROVLINE_API__TOKENS": json.dumps({"ops": {"token": TOKEN, "role": "auditor"}}),
+        "PROVLINE_EVIDENCE__SIGNING_KEY": base64.b64encode(SIGNING_KEY).decode(),
     }
-    code = ("from provline.sink.serve import run_serve; from provline.sink.settings import SinkSettings; "
-            "run_serve(SinkSettings())")
+    code = ("from provline.sink.serve import run_serve; from provline.sink.settings import ServeSettings; "
+            "run_serve(ServeSettings())")
     process = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2])
     try:
         base = f"http://127.0.0.1:{port}"
@@ -103,10 +104,10 @@ def cli(*args: str) -> Result:
 
 
 def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The audit commands against the running serve, with and without PROVLINE_API_TOKEN."""
+    """The audit commands against the running serve, with and without PROVLINE_CLIENT__API_TOKEN."""
     refused = cli("trace", "pred-serve", "--api", base)
     assert refused.exit_code == 2 and "401" in refused.output
-    monkeypatch.setenv("PROVLINE_API_TOKEN", TOKEN)
+    monkeypatch.setenv("PROVLINE_CLIENT__API_TOKEN", TOKEN)
     traced = cli("trace", "pred-serve", "--json", "--api", base)
     assert traced.exit_code == 0, traced.output
     assert json.loads(traced.output)["model_name"] == "churn"
@@ -133,8 +134,8 @@ def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
-    env = {**os.environ, "PROVLINE_CLICKHOUSE_URL": f"chdb://{tmp_path / 'store'}",
-           "PROVLINE_RETENTION_DAYS": json.dumps({"inference_requests": 30})}
+    env = {**os.environ, "PROVLINE_STORE__URL": f"chdb://{tmp_path / 'store'}",
+           "PROVLINE_STORE__RETENTION_DAYS": json.dumps({"inference_requests": 30})}
     command = [sys.executable, "-m", "provline", "migrate"]
     first = subprocess.run(command, env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True,
                            timeout=120)

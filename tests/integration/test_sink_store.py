@@ -23,18 +23,18 @@ from provline.schemas.integrity import HashChain
 from provline.sink.api import create_api
 from provline.sink.queries import RegistryCache, trace
 from provline.sink.rows import TABLES
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import (
     HEADER_OFFSET,
     HEADER_REASON,
     HEADER_TOPIC,
-    ReplayMessage,
     SinkWriter,
     insert_plan,
     plan_batch,
     source_topics,
 )
+from tests.helpers import StoredMessage, seal
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ class Events:
         self.all: list[tuple[str, dict[str, Any]]] = []
 
     def add(self, kind: str, **fields: Any) -> dict[str, Any]:
-        value = self.chain.seal(kind, {**new_envelope(self.producer), **fields})
+        value = seal(self.chain, kind, {**new_envelope(self.producer), **fields})
         self.all.append((kind, value))
         return value
 
@@ -115,15 +115,15 @@ def store(chdb_path: str) -> Iterator[Client]:
         client.close()
 
 
-def sink_settings(kafka_bootstrap: str, topics: Topics, chdb_path: str) -> SinkSettings:
-    return SinkSettings(
-        kafka_bootstrap=kafka_bootstrap, topic_prefix=topics.prefix, clickhouse_url=chdb_path,
-        consumer_group=f"sink-{uuid.uuid4().hex[:8]}", batch_max_events=4, batch_max_seconds=0.2,
+def sink_settings(kafka_bootstrap: str, topics: Topics, chdb_path: str) -> ServeSettings:
+    return ServeSettings(
+        kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix}, store={"url": chdb_path},
+        sink={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}", "batch_max_events": 4, "batch_max_s": 0.2},
     )
 
 
-def run_writer_until(settings: SinkSettings, done: Callable[[], Any], what: str) -> None:
-    client = open_store(settings.clickhouse_url)
+def run_writer_until(settings: ServeSettings, done: Callable[[], Any], what: str) -> None:
+    client = open_store(settings.store.url)
     writer = SinkWriter(settings, client)
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -162,8 +162,8 @@ def expected_ids(events: Events) -> dict[str, list[str]]:
     return {table: sorted(ids) for table, ids in expected.items()}
 
 
-def committed_covers_everything(settings: SinkSettings, topics: Topics) -> bool:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.consumer_group})
+def committed_covers_everything(settings: ServeSettings, topics: Topics) -> bool:
+    consumer = Consumer(settings.kafka.librdkafka(**{"group.id": settings.sink.consumer_group}))
     try:
         partitions = [
             TopicPartition(topic, partition)
@@ -244,7 +244,8 @@ def test_writer_stores_each_event_once_dead_letters_garbage_and_survives_redeliv
 
     # Re-read everything from offset 0 (a new group): the deduplicated view must not change.
     before = rows_written()
-    again = settings.model_copy(update={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}"})
+    again = settings.model_copy(update={"sink": settings.sink.model_copy(
+        update={"consumer_group": f"sink-{uuid.uuid4().hex[:8]}"})})
     run_writer_until(again, lambda: committed_covers_everything(again, topics), "the re-run to commit everything")
     assert rows_written() - before == len(events.all)  # the events really were inserted a second time
     assert event_ids_by_table(store, final=True) == expected
@@ -277,7 +278,7 @@ def insert_directly(client: Client, events: Events) -> None:
     """The writer's insert path without Kafka: one message per event, offsets in order."""
     catalog = default_catalog()
     encoded = [catalog.encode(kind, value) for kind, value in events.all]
-    messages = [ReplayMessage("direct", 0, offset, value) for offset, value in enumerate(encoded)]
+    messages = [StoredMessage("direct", 0, offset, value) for offset, value in enumerate(encoded)]
     plan = plan_batch(messages, catalog)
     assert not plan.dead_letters and insert_plan(client, plan, catalog) == []
 
@@ -293,7 +294,7 @@ def test_registry_cache_answers_like_the_store_and_sees_new_registrations(store:
     later.add("ModelVersion", model_name="churn", version="3", artifact_uri="s3://models/churn/3-fixed",
               artifact_sha256="c" * 64, run_id="run-7", datasets=["ds-digest-1"])
     catalog = default_catalog()
-    plan = plan_batch([ReplayMessage("direct", 0, 1000, catalog.encode(*later.all[0]))], catalog)
+    plan = plan_batch([StoredMessage("direct", 0, 1000, catalog.encode(*later.all[0]))], catalog)
     assert insert_plan(store, plan, catalog) == []
     assert trace(store, "pred-cached", registry)["artifact_uri"] == "s3://models/churn/3-fixed"
 
@@ -302,7 +303,8 @@ def test_api_serves_traces_and_refuses_writes(store: Client, chdb_path: str) -> 
     insert_directly(store, audit_story("pred-api"))
     api_client = open_store(chdb_path)
     try:
-        settings = SinkSettings(clickhouse_url=chdb_path, api_tokens={"ann": {"token": "a" * 32, "role": "auditor"}})
+        settings = ServeSettings(store={"url": chdb_path},
+                                 api={"tokens": {"ann": {"token": "a" * 32, "role": "auditor"}}})
         http = TestClient(create_api(settings, api_client), headers={"Authorization": f"Bearer {'a' * 32}"})
         assert http.get("/healthz").json() == {"status": "ok"}
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from provline.config import ConfigError, load_settings
 from provline.stream_processors.app import create_app
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.join import Timing
@@ -15,29 +16,33 @@ from provline.stream_processors.settings import ProcessorSettings
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROVLINE_KAFKA_BOOTSTRAP", "a:9092, b:9093")
-    monkeypatch.setenv("PROVLINE_TOPIC_PREFIX", "acme")
-    monkeypatch.setenv("PROVLINE_LINEAGE_WAIT_SECONDS", "2.5")
-    settings = ProcessorSettings()
-    assert settings.bootstrap_servers() == ["a:9092", "b:9093"]
-    assert settings.topic_prefix == "acme" and settings.lineage_wait_seconds == 2.5
-    assert settings.topic_partitions == 4 and settings.web_port == 6066
+    monkeypatch.setenv("PROVLINE_KAFKA__BOOTSTRAP", "a:9092, b:9093")
+    monkeypatch.setenv("PROVLINE_TOPICS__PREFIX", "acme")
+    monkeypatch.setenv("PROVLINE_PROCESSORS__LINEAGE_WAIT_S", "2.5")
+    settings = load_settings(ProcessorSettings)
+    assert settings.kafka.servers() == ["a:9092", "b:9093"]
+    assert settings.topics.prefix == "acme" and settings.processors.lineage_wait_s == 2.5
+    assert settings.topics.partitions == 4 and settings.processors.web_port == 6066
 
 
-def test_settings_refuse_unknown_and_invalid_values() -> None:
-    with pytest.raises(ValidationError, match="topic_partitons"):
-        ProcessorSettings(topic_partitons=3)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError, match="lineage_wait_seconds"):
-        ProcessorSettings(lineage_wait_seconds=0)
-    with pytest.raises(ValidationError, match="PROVLINE_DEDUP_RETENTION_SECONDS"):
-        ProcessorSettings(pending_ttl_seconds=100, dedup_retention_seconds=10)
-    with pytest.raises(ValueError, match="names no broker"):
-        ProcessorSettings(kafka_bootstrap=" , ").bootstrap_servers()
+def test_settings_refuse_unknown_and_invalid_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="partitons"):
+        ProcessorSettings(topics={"partitons": 3})
+    with pytest.raises(ConfigError, match="PROVLINE_PROCESSORS__LINEAGE_WAIT_S"):
+        load_settings(ProcessorSettings, processors={"lineage_wait_s": 0})
+    with pytest.raises(ConfigError, match="PROVLINE_PROCESSORS__DEDUP_RETENTION_S"):
+        load_settings(ProcessorSettings, processors={"pending_ttl_s": 100, "dedup_retention_s": 10})
+    with pytest.raises(ValueError, match="PROVLINE_KAFKA__BOOTSTRAP"):
+        ProcessorSettings(kafka={"bootstrap": " , "}).kafka.servers()
+    monkeypatch.setenv("PROVLINE_PROCESSORS__LINEAGE_WAIT_SECONDS", "3")  # the old name, with the old unit
+    with pytest.raises(ConfigError, match="did you mean PROVLINE_PROCESSORS__LINEAGE_WAIT_S"):
+        load_settings(ProcessorSettings)
 
 
 def test_create_app_builds_agents_and_tables_without_connecting() -> None:
     settings = ProcessorSettings(
-        kafka_bootstrap="127.0.0.1:1", topic_prefix="acme", app_id="unit-app", topic_partitions=6
+        kafka={"bootstrap": "127.0.0.1:1"}, topics={"prefix": "acme", "partitions": 6},
+        processors={"app_id": "unit-app"},
     )
     app = create_app(settings)
     assert set(app.agents) == {"lineage", "join", "drift"}

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from provline.schemas.integrity import first_break
 from provline.schemas.serde import default_catalog
 from provline.stream_processors.join import (
     REQUEST,
@@ -29,6 +28,7 @@ from provline.stream_processors.join import (
 )
 from provline.stream_processors.lineage import LineageIndex, to_micros
 from provline.stream_processors.traces import TraceEncoder
+from tests.helpers import chain_findings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 TRACE_FIELDS = [
@@ -226,5 +226,5 @@ def test_encoded_traces_decode_and_chain() -> None:
         assert decoded.record == "PredictionTrace" and decoded.value["event_id"] == event_id
         assert decoded.value["prediction_id"] == pid and decoded.value["model_version"] == "2"
         assert decoded.value["producer"]["name"] == "stream_processors"
-        chain.append(("PredictionTrace", decoded.value))
-    assert first_break(catalog, chain) is None
+        chain.append(data)
+    assert chain_findings(chain) is None

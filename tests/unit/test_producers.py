@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from provline.producers import EmitterSettings, Lineage
+from provline.producers import Lineage
 from provline.producers.digest import file_sha256, manifest, merkle_root
 from provline.schemas import default_catalog
+from tests.helpers import decoded, memory_lineage, sent
 
 
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -49,14 +50,14 @@ def test_renamed_file_changes_the_digest(tmp_path: Path) -> None:
 
 def decoded_events(lineage: Lineage) -> list[tuple[str, dict]]:
     catalog = default_catalog()
-    return [(d.record, d.value) for d in (catalog.decode(m.value) for m in lineage.emitter.transport.messages)]
+    return [(d.record, d.value) for d in (catalog.decode(m) for m in sent(lineage.emitter))]
 
 
 def test_run_records_start_completion_dataset_model_and_chain(tmp_path: Path) -> None:
     data = write_tree(tmp_path / "data", FILES)
     artifact = tmp_path / "model.bin"
     artifact.write_bytes(b"weights")
-    lineage = Lineage(settings=EmitterSettings(transport="memory"), producer_name="unit")
+    lineage = memory_lineage("unit")
     with lineage.run("train", stage="training", params={"C": 0.5, "layers": [3, 2]}, seed=11) as run:
         digest = run.use_dataset(data, name="churn", license="CC-BY-4.0")
         run.log_metric("auc", 0.9)
@@ -81,7 +82,7 @@ def test_run_records_start_completion_dataset_model_and_chain(tmp_path: Path) ->
 
 
 def test_failed_run_records_the_error_and_reraises() -> None:
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     with pytest.raises(ZeroDivisionError), lineage.run("train") as outer:
         with lineage.run("inner") as inner:
             assert inner.parent_run_id == outer.run_id
@@ -97,3 +98,13 @@ def test_without_a_broker_the_library_is_a_no_op_with_a_warning(caplog: pytest.L
         pass
     assert lineage.close() is True
     assert "no broker configured" in caplog.text
+
+
+def test_the_run_owner_setting_is_recorded_with_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVLINE_RUN__OWNER", "ada")
+    monkeypatch.setenv("PROVLINE_EMITTER__TRANSPORT", "memory")
+    lineage = Lineage()
+    with lineage.run("train"):
+        pass
+    [(_, started), (_, completed)] = decoded(lineage.emitter)
+    assert completed["environment"]["env_vars"]["PROVLINE_RUN__OWNER"] == "ada"

@@ -7,12 +7,12 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from provline.producers import EmitterSettings, Lineage
 from provline.producers.capture import allowed_env, code_reference, container, seed_everything
 from provline.producers.datasets import describe, table_digest
 from provline.producers.lineage import evaluate_metric
 from provline.producers.profile import profile_table
 from provline.schemas import default_catalog
+from tests.helpers import memory_lineage, sent
 
 
 def test_secrets_are_never_captured_even_when_allow_listed() -> None:
@@ -114,7 +114,7 @@ def test_evaluation_metric_thresholds() -> None:
 
 
 def test_feature_sets_evaluations_and_decisions_are_recorded() -> None:
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     with lineage.run("features") as run:
         digest = run.log_feature_set("churn-features", [
             {"name": "charges_scaled", "dtype": "float", "code": scale, "parameters": {"factor": 2.0}},
@@ -123,7 +123,7 @@ def test_feature_sets_evaluations_and_decisions_are_recorded() -> None:
                          minimums={"auc": 0.85}, maximums={"log_loss": 0.4}, dataset="sha256:abc")
         lineage.decide("model:churn@1", transition="staging->production", approved=True,
                        actor="ada", role="risk-officer", rationale="meets policy")
-    decoded = (default_catalog().decode(m.value) for m in lineage.emitter.transport.messages)
+    decoded = (default_catalog().decode(m) for m in sent(lineage.emitter))
     events = {d.record: d.value for d in decoded}
     feature_set = events["FeatureSetVersion"]
     assert feature_set["digest"] == digest

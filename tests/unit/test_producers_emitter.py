@@ -6,38 +6,36 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from provline.producers import EmitterSettings, build_emitter
-from provline.producers.emitter import Emitter, MemoryTransport
+from provline.producers import JobSettings, MemoryTransport, build_emitter
+from provline.producers.emitter import Emitter
 from provline.producers.errors import ConfigurationError
-from provline.schemas import default_catalog
-from provline.schemas.integrity import first_break, load_public_key, signature_valid
+from provline.producers.processor import BatchProcessor
+from provline.schemas.integrity import load_public_key, signature_valid
+from tests.helpers import chain_findings, decoded, memory_emitter, sent
 
 
 def deployment(version: str) -> dict:
     return {"model_name": "m", "model_version": version, "environment": "prod", "endpoint": "/p", "action": "DEPLOY"}
 
 
-def decoded(emitter: Emitter) -> list[tuple[str, dict]]:
-    return [(d.record, d.value) for d in (default_catalog().decode(m.value) for m in emitter.transport.messages)]
-
-
-class FlakyTransport(MemoryTransport):
-    """Drops the messages whose positions are listed, as a full queue and spool would."""
+class FlakyProcessor(BatchProcessor):
+    """Refuses the messages whose positions are listed, as a full queue with ``on_full="drop"`` does."""
 
     def __init__(self, drop_at: set[int]) -> None:
-        super().__init__()
+        transport = MemoryTransport()
+        super().__init__(lambda: transport, JobSettings().emitter)
         self.drop_at = drop_at
         self.calls = 0
 
-    def send(self, topic: str, key: bytes, value: bytes) -> bool:
+    def submit(self, topic: str, key: bytes, value: bytes) -> bool:
         self.calls += 1
         if self.calls in self.drop_at:
             return False
-        return super().send(topic, key, value)
+        return super().submit(topic, key, value)
 
 
 def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -> None:
-    emitter = Emitter(FlakyTransport(drop_at={2, 3, 4}), producer_name="flaky")
+    emitter = Emitter(FlakyProcessor(drop_at={2, 3, 4}), producer_name="flaky")
     for version in "12345":
         emitter.emit("Deployment", deployment(version))
     events = decoded(emitter)
@@ -47,18 +45,18 @@ def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -
     assert gap["first_time"] <= gap["last_time"]
     assert events[1][1]["model_version"] == "5"
     # the chain skips the dropped events: what was delivered still verifies
-    assert first_break(default_catalog(), events) is None
+    assert chain_findings(sent(emitter)) is None
 
 
 def test_a_delivery_gap_that_is_dropped_itself_is_sent_later_with_its_count() -> None:
     # Sends: 1 kept, 2-3 dropped, 4 kept, 5 (the gap of 2-3) dropped, 6 kept, then that gap and the gap of 5.
-    emitter = Emitter(FlakyTransport(drop_at={2, 3, 5}), producer_name="flaky")
+    emitter = Emitter(FlakyProcessor(drop_at={2, 3, 5}), producer_name="flaky")
     for version in "12345":
         emitter.emit("Deployment", deployment(version))
     events = decoded(emitter)
     assert [kind for kind, _ in events] == ["Deployment", "Deployment", "Deployment", "DeliveryGap", "DeliveryGap"]
     assert [value["dropped"] for _, value in events[3:]] == [2, 1]
-    assert first_break(default_catalog(), events) is None
+    assert chain_findings(sent(emitter)) is None
 
 
 def pem(key: Ed25519PrivateKey) -> str:
@@ -72,7 +70,7 @@ def test_events_are_signed_with_the_configured_key(encoding: str) -> None:
     text = pem(key) if encoding == "pem" else base64.b64encode(
         key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                           serialization.NoEncryption())).decode()
-    emitter = build_emitter(EmitterSettings(transport="memory", signing_key=text))
+    emitter, _ = memory_emitter(signing={"key": text})
     emitter.emit("Deployment", deployment("1"))
     [(_, event)] = decoded(emitter)
     public = load_public_key(base64.b64encode(key.public_key().public_bytes(
@@ -82,7 +80,7 @@ def test_events_are_signed_with_the_configured_key(encoding: str) -> None:
     assert not signature_valid(load_public_key(
         base64.b64encode(Ed25519PrivateKey.generate().public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()), event)
-    assert first_break(default_catalog(), [("Deployment", event)]) is None
+    assert chain_findings(sent(emitter), public_key=public) is None
 
 
 @pytest.mark.parametrize(("key", "message"), [
@@ -90,13 +88,13 @@ def test_events_are_signed_with_the_configured_key(encoding: str) -> None:
     (base64.b64encode(b"short").decode(), "decodes to 5 bytes"),
 ])
 def test_an_unusable_signing_key_fails_at_start_up(key: str, message: str) -> None:
-    with pytest.raises(ConfigurationError, match=f"PROVLINE_SIGNING_KEY cannot be used: .*{message}"):
-        build_emitter(EmitterSettings(transport="memory", signing_key=key))
+    with pytest.raises(ConfigurationError, match=f"PROVLINE_SIGNING__KEY cannot be used: .*{message}"):
+        build_emitter(JobSettings(signing={"key": key}), transport=MemoryTransport())
 
 
 def test_a_closed_emitter_records_the_drop() -> None:
-    emitter = build_emitter(EmitterSettings(transport="memory"))
+    emitter, transport = memory_emitter()
     emitter.close()
     emitter.emit("Deployment", deployment("1"))
-    assert emitter.transport.messages == []
+    assert transport.messages == []
     assert emitter.drops.take()[0]["reason"] == "emitter_closed"

@@ -11,8 +11,9 @@ import pytest
 
 from provline.schemas import Catalog, CorruptEventError, InvalidEventError, UnknownSchemaError, default_catalog
 from provline.schemas.events import Topics, key_for, new_envelope, producer_identity
-from provline.schemas.integrity import HashChain, event_hash, first_break
+from provline.schemas.integrity import HashChain, event_hash
 from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC
+from tests.helpers import chain_findings
 
 ENVELOPE_FIELDS = ["event_id", "event_time", "producer", "prev_hash", "hash", "signature"]
 
@@ -57,27 +58,10 @@ def test_single_object_round_trip() -> None:
     assert decoded.value == value
 
 
-def test_confluent_wire_format_round_trip_through_a_registry_lookup() -> None:
-    raw = (AVSC_DIR / "Deployment.v1.avsc").read_text()
-    requested: list[int] = []
-
-    def registry(schema_id: int) -> str:
-        requested.append(schema_id)
-        return raw
-
-    catalog = Catalog(registry=registry)
-    value = deployment()
-    data = catalog.encode("Deployment", value, schema_id=42)
-    assert data[:5] == b"\x00" + struct.pack(">I", 42)
-    assert catalog.decode(data).value == value
-    assert catalog.decode(data).value == value
-    assert requested == [42]  # fetched once, then cached
-
-
-def test_confluent_format_without_registry_names_the_fix() -> None:
-    data = default_catalog().encode("Deployment", deployment(), schema_id=7)
-    with pytest.raises(UnknownSchemaError, match="schema id 7.*PROVLINE_SCHEMA_REGISTRY_URL"):
-        default_catalog().decode(data)
+def test_confluent_registry_framing_is_refused_with_the_reason() -> None:
+    body = default_catalog().encode_body("Deployment", deployment())
+    with pytest.raises(UnknownSchemaError, match="Confluent schema-registry framing .schema id 7.*single-object"):
+        default_catalog().decode(b"\x00" + struct.pack(">I", 7) + body)
 
 
 def _write_schema(directory: Path, revision: int, extra_fields: list[dict]) -> None:
@@ -113,9 +97,9 @@ def test_unknown_fingerprint_names_the_problem_and_the_fix() -> None:
     ("data", "message"),
     [
         (b"", "starts with nothing"),
-        (b"{\"json\": true}", "neither Avro single-object encoding"),
+        (b"{\"json\": true}", "starts with 7b22, not Avro single-object encoding"),
         (SINGLE_OBJECT_MAGIC + b"\x01\x02", "shorter than its 10-byte header"),
-        (b"\x00\x01", "shorter than its 5-byte header"),
+        (b"\x00\x01", "starts with 0001, not Avro single-object encoding"),
     ],
 )
 def test_corrupt_headers_are_named(data: bytes, message: str) -> None:
@@ -139,17 +123,15 @@ def test_encoding_a_record_that_does_not_fit_names_the_schema() -> None:
 def test_hash_chain_detects_altered_missing_and_swapped_events() -> None:
     catalog = default_catalog()
     chain = HashChain(catalog)
-    events = [("Deployment", chain.seal("Deployment", deployment(model_version=str(i)))) for i in range(4)]
-    assert first_break(catalog, events) is None
+    header = catalog.header("Deployment")
+    raws = [header + chain.seal_encode("Deployment", deployment(model_version=str(i))) for i in range(4)]
+    assert chain_findings(raws) is None
 
-    altered = [(k, dict(v)) for k, v in events]
-    altered[2][1]["endpoint"] = "/other"
-    assert first_break(catalog, altered) == (2, "content does not match its hash: the event was altered")
-
-    missing = events[:1] + events[2:]
-    assert first_break(catalog, missing)[0] == 1
-    swapped = [events[0], events[2], events[1], events[3]]
-    assert first_break(catalog, swapped)[0] == 1
+    value = catalog.decode(raws[2]).value
+    altered = [*raws[:2], catalog.encode("Deployment", {**value, "endpoint": "/other"}), raws[3]]
+    assert (chain_findings(altered).index, chain_findings(altered).problem) == (2, "altered")
+    missing = raws[:1] + raws[2:]
+    assert (chain_findings(missing).index, chain_findings(missing).problem) == (1, "missing")
 
 
 def test_topics_and_keys() -> None:

@@ -74,7 +74,7 @@ def test_invalid_policies_name_the_faulty_entry(text: str, message: str) -> None
 
 
 def test_a_missing_policy_file_says_which_setting(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="PROVLINE_SIDECAR_POLICY"):
+    with pytest.raises(PolicyError, match="PROVLINE_CAPTURE__POLICY_FILE"):
         load_policy(tmp_path / "nope.yaml")
 
 
@@ -107,7 +107,7 @@ def test_kserve_tensors_and_dataframe_columns_are_redacted_by_name() -> None:
 
 
 def test_hashing_needs_a_key_and_differs_by_key() -> None:
-    with pytest.raises(PolicyError, match="PROVLINE_REDACTION_KEY"):
+    with pytest.raises(PolicyError, match="PROVLINE_CAPTURE__REDACTION_KEY"):
         Redactor(None).keyed_hash("x")
     assert Redactor(b"a").keyed_hash("x") != Redactor(b"b").keyed_hash("x")
 

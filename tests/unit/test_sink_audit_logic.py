@@ -15,11 +15,10 @@ from provline.sink.api import Reader, authenticate
 from provline.sink.errors import MigrationError
 from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
 from provline.sink.lineage import Edge, edges_for, parse_node
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import render_ddl, ttl_statements
 from provline.sink.verify import verify_session
 from provline.sink.writer import (
-    ReplayMessage,
     dedup_token,
     in_flight_metadata,
     in_flight_ranges,
@@ -27,12 +26,13 @@ from provline.sink.writer import (
     plan_batch,
     validate,
 )
+from tests.helpers import StoredMessage, seal
 
 WHEN = datetime(2025, 3, 1, tzinfo=UTC)
 
 
 def sealed(chain: HashChain, kind: str, **fields: Any) -> dict[str, Any]:
-    return chain.seal(kind, {**new_envelope(producer_identity("t", "s1"), event_time=WHEN), **fields})
+    return seal(chain, kind, {**new_envelope(producer_identity("t", "s1"), event_time=WHEN), **fields})
 
 
 def test_run_event_edges_inputs_outputs_models_and_code() -> None:
@@ -97,22 +97,22 @@ def test_ttl_statements_per_table_and_unknown_tables_refused() -> None:
 
 
 def test_settings_parse_tokens_and_refuse_shared_tokens_and_bad_retention(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROVLINE_API_TOKENS", '{"ann": {"token": "' + "a" * 20 + '", "role": "auditor"}}')
-    settings = SinkSettings()
-    assert settings.api_tokens["ann"].role == "auditor"
+    monkeypatch.setenv("PROVLINE_API__TOKENS", '{"ann": {"token": "' + "a" * 20 + '", "role": "auditor"}}')
+    settings = ServeSettings()
+    assert settings.api.tokens["ann"].role == "auditor"
     assert "a" * 20 not in repr(settings)  # secrets stay secret
     with pytest.raises(ValidationError, match="share one token"):
-        SinkSettings(api_tokens={"a": {"token": "x" * 16, "role": "viewer"}, "b": {"token": "x" * 16,
-                                                                                   "role": "admin"}})
+        ServeSettings(api={"tokens": {"a": {"token": "x" * 16, "role": "viewer"},
+                                      "b": {"token": "x" * 16, "role": "admin"}}})
     with pytest.raises(ValidationError, match="at least 1 day"):
-        SinkSettings(retention_days={"feedback": 0})
+        ServeSettings(store={"retention_days": {"feedback": 0}})
     with pytest.raises(ValidationError, match="role"):
-        SinkSettings(api_tokens={"a": {"token": "x" * 16, "role": "root"}})
+        ServeSettings(api={"tokens": {"a": {"token": "x" * 16, "role": "root"}}})
 
 
 def test_authenticate_maps_tokens_to_readers() -> None:
-    settings = SinkSettings(api_tokens={"vic": {"token": "v" * 16, "role": "viewer"},
-                                        "root": {"token": "r" * 16, "role": "admin"}})
+    settings = ServeSettings(api={"tokens": {"vic": {"token": "v" * 16, "role": "viewer"},
+                                             "root": {"token": "r" * 16, "role": "admin"}}})
     assert authenticate(settings, "v" * 16) == Reader("vic", "viewer")
     assert authenticate(settings, "r" * 16) == Reader("root", "admin")
     assert authenticate(settings, "x" * 16) is None and authenticate(settings, None) is None
@@ -127,7 +127,7 @@ def test_plan_frames_traces_and_validate_finds_the_unsealed_one() -> None:
     unsealed = {**new_envelope(producer_identity("t", "s1")), "prediction_id": "q", "endpoint": "/p",
                 "complete": True}
     encoded = [catalog.encode("PredictionTrace", value) for value in (trace, trace, unsealed)]
-    messages = [ReplayMessage("t", 0, offset, value) for offset, value in enumerate(encoded)]
+    messages = [StoredMessage("t", 0, offset, value) for offset, value in enumerate(encoded)]
     plan = plan_batch(messages, catalog)
     assert plan.events["prediction_traces"].positions == [("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]
     assert plan.edges == [] and plan.dead_letters == []  # traces are not decoded here: ClickHouse checks them

@@ -5,7 +5,7 @@ from pydantic import ValidationError
 
 from provline.sink.errors import ReadOnlySqlError, StoreConfigError
 from provline.sink.queries import check_readonly_sql
-from provline.sink.settings import SinkSettings
+from provline.sink.settings import ServeSettings
 from provline.sink.store import parse_chdb_url, split_statements
 
 
@@ -66,12 +66,12 @@ def test_split_statements_drops_comment_only_chunks() -> None:
 
 
 def test_settings_read_prefixed_env_and_refuse_unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PROVLINE_KAFKA_BOOTSTRAP", "broker:9092")
-    monkeypatch.setenv("PROVLINE_BATCH_MAX_EVENTS", "10")
-    settings = SinkSettings()
-    assert (settings.kafka_bootstrap, settings.batch_max_events) == ("broker:9092", 10)
+    monkeypatch.setenv("PROVLINE_KAFKA__BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("PROVLINE_SINK__BATCH_MAX_EVENTS", "10")
+    settings = ServeSettings()
+    assert (settings.kafka.bootstrap, settings.sink.batch_max_events) == ("broker:9092", 10)
     with pytest.raises(ValidationError, match="batch_max_event"):
-        SinkSettings(batch_max_event=3)  # type: ignore[call-arg]
+        ServeSettings(sink={"batch_max_event": 3})
 
 
 @pytest.mark.parametrize(

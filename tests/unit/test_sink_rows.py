@@ -15,14 +15,15 @@ from provline.sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format
 from provline.sink.lineage import EDGE_COLUMNS
 from provline.sink.rows import TABLES, table_for
 from provline.sink.store import migration_files, split_statements
-from provline.sink.writer import ReplayMessage, first_offsets, next_offsets, plan_batch
+from provline.sink.writer import first_offsets, next_offsets, plan_batch
+from tests.helpers import StoredMessage, seal
 
 WHEN = datetime(2025, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
 
 
 def event(kind: str, **fields: Any) -> dict[str, Any]:
     value = {**new_envelope(producer_identity("test", "s1"), event_time=WHEN), **fields}
-    return HashChain(default_catalog()).seal(kind, value)
+    return seal(HashChain(default_catalog()), kind, value)
 
 
 def run_event() -> dict[str, Any]:
@@ -72,10 +73,10 @@ def test_ddl_columns_match_row_order() -> None:
 def test_plan_batch_groups_messages_per_table_and_dead_letters_garbage() -> None:
     catalog = default_catalog()
     messages = [
-        ReplayMessage("t", 0, 5, catalog.encode("RunEvent", run_event())),
-        ReplayMessage("t", 0, 6, b"garbage"),
-        ReplayMessage("t", 1, 9, catalog.encode("RunEvent", run_event())),
-        ReplayMessage("t", 1, 10, None),
+        StoredMessage("t", 0, 5, catalog.encode("RunEvent", run_event())),
+        StoredMessage("t", 0, 6, b"garbage"),
+        StoredMessage("t", 1, 9, catalog.encode("RunEvent", run_event())),
+        StoredMessage("t", 1, 10, None),
     ]
     plan = plan_batch(messages, catalog)
     assert list(plan.events) == ["run_events"]

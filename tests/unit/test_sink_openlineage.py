@@ -1,20 +1,22 @@
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
 import pytest
 
-from provline.producers import EmitterSettings, Lineage
-from provline.producers.openlineage import PRODUCER_URI, run_to_openlineage
-from provline.schemas import default_catalog
+from provline.producers import Lineage
+from provline.sink.openlineage import PRODUCER_URI, PROVLINE_FACET_SCHEMA, run_to_openlineage
+from tests.helpers import decoded, memory_lineage
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def recorded(lineage: Lineage) -> dict[str, list[dict]]:
     events: dict[str, list[dict]] = {}
-    for message in lineage.emitter.transport.messages:
-        decoded = default_catalog().decode(message.value)
-        events.setdefault(decoded.record, []).append(decoded.value)
+    for kind, value in decoded(lineage.emitter):
+        events.setdefault(kind, []).append(value)
     return events
 
 
@@ -30,7 +32,7 @@ def test_a_completed_run_exports_start_and_complete_with_code_params_and_dataset
     data.write_text("x,y\n1,a\n2,b\n")
     artifact = tmp_path / "model.bin"
     artifact.write_bytes(b"w")
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     with lineage.run("train-churn", stage="training", params={"lr": 0.1}, seed=3) as run:
         digest = run.use_dataset(data, name="customers")
         run.log_metric("auc", 0.9)
@@ -57,11 +59,19 @@ def test_a_completed_run_exports_start_and_complete_with_code_params_and_dataset
     assert [f["name"] for f in dataset["facets"]["schema"]["fields"]] == ["x", "y"]
     assert complete["outputs"] == [{**complete["outputs"][0], "namespace": "acme.models", "name": "churn"}]
     for facet in facets_everywhere(complete):
-        assert facet["_producer"] == PRODUCER_URI and facet["_schemaURL"].startswith("https://openlineage.io/spec/")
+        assert facet["_producer"] == PRODUCER_URI
+        schema_url = facet["_schemaURL"]
+        assert schema_url.startswith("https://openlineage.io/spec/") or schema_url == PROVLINE_FACET_SCHEMA
+    provline = complete["run"]["facets"]["provline"]
+    assert provline["runId"] == run.run_id and provline["eventId"] == events["RunEvent"][-1]["event_id"]
+    schema = json.loads((REPO / "schemas" / "openlineage" / "ProvlineRunFacet.json").read_text())
+    assert schema["$id"] == PROVLINE_FACET_SCHEMA
+    required = set(schema["$defs"]["ProvlineRunFacet"]["allOf"][1]["required"])
+    assert required == set(provline) - {"_producer", "_schemaURL"}
 
 
 def test_a_failed_nested_run_exports_fail_with_error_and_parent() -> None:
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     with pytest.raises(ValueError), lineage.run("pipeline") as outer, lineage.run("step"):
         raise ValueError("bad input")
     states = [e for e in recorded(lineage)["RunEvent"] if e["name"] == "step"]

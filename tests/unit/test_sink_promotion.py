@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from provline.producers import EmitterSettings, Lineage
+from provline.producers import Lineage
 from provline.producers.command import run_command
-from provline.producers.policy import LineageFacts, PromotionPolicy, missing_requirements
 from provline.schemas import default_catalog
+from provline.sink.promotion import LineageFacts, PromotionPolicy, missing_requirements
+from tests.helpers import memory_lineage, sent
 
 
 def complete_facts() -> LineageFacts:
@@ -74,13 +75,13 @@ def test_policy_files_in_json_and_yaml_and_a_misspelt_key_is_an_error(tmp_path: 
 
 
 def run_events(lineage: Lineage) -> list[dict]:
-    decoded = (default_catalog().decode(m.value) for m in lineage.emitter.transport.messages)
+    decoded = (default_catalog().decode(m) for m in sent(lineage.emitter))
     return [d.value for d in decoded if d.record == "RunEvent"]
 
 
 @pytest.mark.parametrize(("code", "state"), [(0, "COMPLETED"), (3, "FAILED")])
 def test_a_wrapped_command_is_recorded_with_argv_exit_code_and_duration(code: int, state: str) -> None:
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     argv = [sys.executable, "-c", f"import sys; sys.exit({code})"]
     assert run_command(argv, lineage, name="job") == code
     started, finished = run_events(lineage)
@@ -91,7 +92,7 @@ def test_a_wrapped_command_is_recorded_with_argv_exit_code_and_duration(code: in
 
 
 def test_a_command_that_cannot_start_is_recorded_as_failed() -> None:
-    lineage = Lineage(settings=EmitterSettings(transport="memory"))
+    lineage = memory_lineage()
     with pytest.raises(SystemExit, match="cannot start"):
         run_command(["/nonexistent/tool"], lineage)
     assert run_events(lineage)[-1]["exit_code"] == 127

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from provline.producers.policy import LineageFacts
+from provline.sink.promotion import LineageFacts
 
 Query = Callable[[str], list[dict[str, Any]]]
 

@@ -4,10 +4,12 @@ Pure conversion from provline events (as decoded, or as the JSON payloads the si
 OpenLineage objects of the official client (``openlineage-python``), serialised with its Serde:
 
     RunEvent STARTED/COMPLETED/FAILED   -> eventType START / COMPLETE / FAIL
-    run id, parent run, error           -> run.runId, parent and errorMessage facets
+    run id, parent run, error           -> run.runId (a UUID; other ids map to a stable UUIDv5),
+                                           parent and errorMessage facets
     code (repo, commit, entrypoint)     -> job sourceCodeLocation facet
     hyperparameters, seeds, metrics     -> run executionParameters facet (name = value)
     environment                         -> run processing_engine facet
+    provline run id, event id, hash     -> run ``provline`` facet (ProvlineRunFacet)
     inputs / outputs (dataset digests)  -> inputs / outputs with schema and version facets
     models registered by the run        -> outputs in namespace ``<namespace>.models``
 """
@@ -15,11 +17,13 @@ OpenLineage objects of the official client (``openlineage-python``), serialised 
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import attr
 from openlineage.client.generated.base import EventType as OpenLineageEventType
-from openlineage.client.generated.base import InputDataset, Job, OutputDataset, Run, RunEvent
+from openlineage.client.generated.base import InputDataset, Job, OutputDataset, Run, RunEvent, RunFacet
 from openlineage.client.generated.dataset_version_dataset import DatasetVersionDatasetFacet
 from openlineage.client.generated.error_message_run import ErrorMessageRunFacet
 from openlineage.client.generated.execution_parameters_run import ExecutionParameter, ExecutionParametersRunFacet
@@ -35,7 +39,9 @@ from openlineage.client.serde import Serde
 from provline.schemas.events import provline_version
 
 PRODUCER_URI = "https://github.com/provline/provline"
+PROVLINE_FACET_SCHEMA = f"{PRODUCER_URI}/blob/main/schemas/openlineage/ProvlineRunFacet.json"
 DEFAULT_NAMESPACE = "provline"
+_RUN_UUID_NAMESPACE = uuid.UUID("6f1c0a52-2a34-4c6e-9a51-0d6c6a7f3e10")
 _EVENT_TYPES = {"STARTED": OpenLineageEventType.START, "COMPLETED": OpenLineageEventType.COMPLETE,
                 "FAILED": OpenLineageEventType.FAIL}
 
@@ -46,6 +52,27 @@ def _iso(value: Any) -> str:
     if isinstance(value, int):  # microseconds since the epoch
         return datetime.fromtimestamp(value / 1e6, UTC).isoformat()
     return str(value)
+
+
+@attr.define
+class ProvlineRunFacet(RunFacet):
+    """Where an exported run state comes from in provline: its own run id, and the event's id and hash."""
+
+    runId: str  # noqa: N815 - OpenLineage facets are camelCase
+    eventId: str  # noqa: N815
+    hash: str
+
+    @staticmethod
+    def _get_schema() -> str:
+        return PROVLINE_FACET_SCHEMA
+
+
+def run_uuid(run_id: str) -> str:
+    """OpenLineage run ids are UUIDs: ``run_id`` itself when it is one, else a UUIDv5 derived from it."""
+    try:
+        return str(uuid.UUID(run_id))
+    except ValueError:
+        return str(uuid.uuid5(_RUN_UUID_NAMESPACE, run_id))
 
 
 def _code_facet(code: dict[str, Any] | None) -> dict[str, Any]:
@@ -91,11 +118,13 @@ def run_to_openlineage(
     datasets = datasets or {}
     exported = []
     for state in sorted(run_states, key=lambda s: _iso(s["event_time"])):
-        run_facets: dict[str, Any] = {}
+        run_facets: dict[str, Any] = {"provline": ProvlineRunFacet(
+            runId=str(state["run_id"]), eventId=str(state.get("event_id", "")), hash=str(state.get("hash", "")),
+            producer=PRODUCER_URI)}
         if state.get("parent_run_id"):
             run_facets["parent"] = ParentRunFacet(
-                run=ParentRun(runId=state["parent_run_id"]), job=ParentJob(namespace=namespace, name="parent"),
-                producer=PRODUCER_URI,
+                run=ParentRun(runId=run_uuid(state["parent_run_id"])),
+                job=ParentJob(namespace=namespace, name="parent"), producer=PRODUCER_URI,
             )
         if state.get("error"):
             run_facets["errorMessage"] = ErrorMessageRunFacet(
@@ -127,7 +156,7 @@ def run_to_openlineage(
                 for m in models or []]
         event = RunEvent(
             eventType=_EVENT_TYPES[state["state"]], eventTime=_iso(state["event_time"]),
-            run=Run(runId=state["run_id"], facets=run_facets),
+            run=Run(runId=run_uuid(state["run_id"]), facets=run_facets),
             job=Job(namespace=namespace, name=state["name"], facets=job_facets),
             inputs=inputs, outputs=outputs, producer=PRODUCER_URI,
         )
