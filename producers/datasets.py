@@ -42,8 +42,11 @@ def _file_batches(path: Path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]] | No
 
 def profile_files(paths: list[Path]) -> Profile | None:
     """One profile over files of one schema, read as streams; None if no file can be profiled."""
-    opened = [(path, _file_batches(path)) for path in paths if path.suffix.lower() in PROFILED_SUFFIXES]
-    opened = [(path, batches) for path, batches in opened if batches is not None]
+    opened = []
+    for path in paths:
+        batches = _file_batches(path) if path.suffix.lower() in PROFILED_SUFFIXES else None
+        if batches is not None:
+            opened.append((path, batches))
     if not opened:
         return None
     schema = opened[0][1][0]

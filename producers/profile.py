@@ -88,7 +88,9 @@ class _NumericColumn:
         mean = self.total / present if present else None
         variance = max(self.total_squares / present - mean**2, 0.0) if present and mean is not None else None
         quantiles = np.quantile(sample, np.linspace(0, 1, QUANTILE_POINTS)).tolist() if len(sample) else []
-        edges = np.unique(np.quantile(sample, np.linspace(0, 1, HISTOGRAM_BINS + 1))) if len(sample) else []
+        edges: list[float] = (
+            np.unique(np.quantile(sample, np.linspace(0, 1, HISTOGRAM_BINS + 1))).tolist() if len(sample) else []
+        )
         counts = np.histogram(sample, bins=edges)[0].tolist() if len(edges) > 1 else []
         return {
             "column": name, "kind": "NUMERIC", "count": self.count, "null_count": self.nulls,

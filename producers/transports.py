@@ -107,6 +107,7 @@ class KafkaTransport:
         # it later too, when the next process replays the spool.
         self._producer.purge()
         self._producer.poll(0)
+        del self._producer  # librdkafka's threads stop (and stop reconnecting) when the client goes
 
 
 @dataclass

@@ -59,8 +59,7 @@ def serve() -> None:
     from provline.sink.settings import ServeSettings
 
     with _exits_on_errors():
-        settings = load_settings(ServeSettings)
-    run_serve(settings)
+        run_serve(load_settings(ServeSettings))
 
 
 @app.command()
@@ -74,8 +73,7 @@ def processors() -> None:
     from provline.stream_processors.settings import ProcessorSettings
 
     with _exits_on_errors():
-        settings = load_settings(ProcessorSettings)
-    run_worker(settings)
+        run_worker(load_settings(ProcessorSettings))
 
 
 @app.command()

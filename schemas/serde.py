@@ -166,6 +166,8 @@ class Catalog:
             raise CorruptEventError(
                 f"{writer.record} event (schema {writer.fingerprint_hex}) has {trailing} bytes after its body"
             )
+        if not isinstance(value, dict):  # every provline schema is a record
+            raise CorruptEventError(f"{writer.record} event (schema {writer.fingerprint_hex}) is not a record")
         return Decoded(record=writer.record, value=value, writer=writer)
 
 

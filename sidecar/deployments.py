@@ -45,10 +45,11 @@ class DeploymentFollower:
         try:
             while not self._stop.is_set():
                 message = self._consumer.poll(POLL_S)
-                if message is None or message.error() is not None or message.value() is None:
+                value = message.value() if message is not None and message.error() is None else None
+                if value is None:
                     continue
                 try:
-                    decoded = catalog.decode(message.value())
+                    decoded = catalog.decode(value)
                 except SchemaError:
                     continue  # not ours to judge: the sink dead-letters it
                 if decoded.record == "Deployment":

@@ -51,7 +51,7 @@ def first(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
     """Header names listed in ``Connection`` headers, lower case: they are hop-by-hop too."""
-    names = set()
+    names: set[bytes] = set()
     for value in values(headers, b"connection"):
         names.update(token.strip().lower() for token in value.split(b","))
     names.discard(b"")

@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import orjson
 
@@ -230,7 +230,7 @@ def _plain_object(document: dict[Any, Any]) -> tuple[str, Pairs]:
     return "json_object", ((str(k), v) for k, v in document.items() if not isinstance(v, _CONTAINERS))
 
 
-def _is_tensor_list(value: Any) -> bool:
+def _is_tensor_list(value: Any) -> TypeGuard[list[dict[str, Any]]]:
     return (isinstance(value, list) and bool(value)
             and all(isinstance(t, dict) and "name" in t and "data" in t for t in value))
 

@@ -226,11 +226,11 @@ class SidecarApp:
             tap = BodyTap(self._capture.keep_bytes)
             data = _stream_request(message.get("body", b""), receive, tap)
             content_length = first(client_headers, b"content-length")
-            request: ObservedBody | bytes = b""
+            request = b""  # known once streamed: the tap's size, hash and head
         else:
             request = message.get("body", b"")
-            data, content_length = request, (str(len(request)).encode() if request or _has_body(client_headers)
-                                             else None)
+            data = request
+            content_length = str(len(request)).encode() if request or _has_body(client_headers) else None
         exchange = Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request)
 
         started = time.perf_counter_ns()

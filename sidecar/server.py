@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.util
 from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import uvicorn
 
@@ -40,13 +41,13 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def uvicorn_config(app: object, *, host: str, port: int, lifespan: str) -> uvicorn.Config:
+def uvicorn_config(app: Callable[..., Any], *, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         host=host,
         port=port,
-        http=http_protocol(),  # type: ignore[arg-type]
-        lifespan=lifespan,  # type: ignore[arg-type]
+        http=http_protocol(),
+        lifespan=lifespan,
         # The client's address is appended to X-Forwarded-For by the proxy itself.
         proxy_headers=False,
         # The upstream's own Server and Date headers pass through; uvicorn must not add a second pair.

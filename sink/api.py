@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
@@ -278,7 +279,7 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
 
         for name in names:
             found = verify_session(catalog, name, events(name), public_key=event_key,
-                                   hash_stored=lambda h, name=name: hash_stored(name, h))
+                                   hash_stored=partial(hash_stored, name))
             if found is not None:
                 findings.append(found.as_dict())
         checked_events = checked[0]

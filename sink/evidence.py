@@ -130,7 +130,7 @@ def to_prov(evidence: Mapping[str, Any]) -> str:
 
     for item in evidence["lineage"]["nodes"]:
         kind = item.partition(":")[0]
-        attributes = {"pl:kind": kind, "pl:node": item}
+        attributes = _attributes({"pl:kind": kind, "pl:node": item})
         if kind == "run":
             doc.activity(qname(item), other_attributes=attributes)
         else:
@@ -139,19 +139,24 @@ def to_prov(evidence: Mapping[str, Any]) -> str:
         source, target, kind = edge["from"], edge["to"], edge["edge"]
         source_is_run, target_is_run = source.startswith("run:"), target.startswith("run:")
         if target_is_run and not source_is_run:
-            doc.used(qname(target), qname(source), other_attributes={"pl:edge": kind})
+            doc.used(qname(target), qname(source), other_attributes=_attributes({"pl:edge": kind}))
         elif source_is_run and not target_is_run:
-            doc.wasGeneratedBy(qname(target), qname(source), other_attributes={"pl:edge": kind})
+            doc.wasGeneratedBy(qname(target), qname(source), other_attributes=_attributes({"pl:edge": kind}))
         elif not source_is_run and not target_is_run:
-            doc.wasDerivedFrom(qname(target), qname(source), other_attributes={"pl:edge": kind})
+            doc.wasDerivedFrom(qname(target), qname(source), other_attributes=_attributes({"pl:edge": kind}))
     for decision in evidence["decisions"]:
-        actor = doc.agent(f"pl:actor/{quote(decision['actor'], safe='')}", {"pl:role": decision["role"]})
+        actor = doc.agent(f"pl:actor/{quote(decision['actor'], safe='')}", _attributes({"pl:role": decision["role"]}))
         subject = decision["subject"]
         if subject in evidence["lineage"]["nodes"]:
-            doc.wasAttributedTo(qname(subject), actor, other_attributes={
+            doc.wasAttributedTo(qname(subject), actor, other_attributes=_attributes({
                 "pl:transition": decision["transition"], "pl:outcome": decision["outcome"],
-            })
-    return doc.serialize(format="json", indent=2)
+            }))
+    return str(doc.serialize(format="json", indent=2))
+
+
+def _attributes(values: dict[str, Any]) -> list[tuple[str, Any]]:
+    """PROV attributes as the prov library types them (pairs of qualified-name text and value)."""
+    return list(values.items())
 
 
 def to_openlineage(evidence: Mapping[str, Any], catalog: Catalog) -> str:

@@ -9,6 +9,7 @@ from types import FrameType
 
 import uvicorn
 
+from provline.kafka import check_connection
 from provline.sink.api import create_api
 from provline.sink.errors import SinkError
 from provline.sink.settings import ServeSettings
@@ -25,8 +26,10 @@ def run_serve(settings: ServeSettings) -> None:
 
     Blocks; call from the main thread. On a signal the API stops accepting requests, then the writer
     inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
-    :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
+    :class:`provline.config.ConfigError` at once when Kafka refuses the configured credentials or
+    TLS, and :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
     """
+    check_connection(settings.kafka, service="provline serve")
     writer_client = open_store(settings.store.url)
     # A second client on the same store (for chDB: the same engine) so API queries never run
     # on the writer's connection.

@@ -133,7 +133,7 @@ def _sha256(text: str) -> str:
 
 def applied_migrations(client: Client) -> dict[str, str]:
     result = client.query(f"SELECT name, argMax(sha256, applied_at) FROM {MIGRATIONS_TABLE} GROUP BY name")
-    return dict(result.result_rows)
+    return {str(name): str(digest) for name, digest in result.result_rows}
 
 
 _CREATE = re.compile(r"^(\s*CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS\s+\w+)", re.MULTILINE)

@@ -68,7 +68,7 @@ class DeadLetter:
     reason: str  # short and stable: the error class, used as a metric label
     error: str  # the full message, for people
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self) -> list[tuple[str, str | bytes | None]]:
         return [
             (HEADER_REASON, self.reason.encode()),
             (HEADER_ERROR, self.error.encode()),

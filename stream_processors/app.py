@@ -17,6 +17,7 @@ import faust
 from faust.auth import Credentials
 
 from provline.config import KafkaSettings
+from provline.kafka import check_connection
 from provline.schemas.events import Topics
 from provline.schemas.serde import default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
@@ -90,7 +91,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
 
     dead_letters = DeadLetters(_raw_topic(app, topics.dlq))
     metrics = ProcessorMetrics()
-    app.provline_metrics = metrics  # type: ignore[attr-defined]
+    app.provline_metrics = metrics
     lineage = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
     )
@@ -142,8 +143,10 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     """Run one worker of the processors; blocks until SIGTERM or SIGINT, then exits the process.
 
     ``loglevel`` is one of crit, error, warn, info, debug. Ends with :class:`SystemExit`, as
-    Faust's worker does.
+    Faust's worker does; raises :class:`provline.config.ConfigError` first when Kafka refuses the
+    configured credentials or TLS.
     """
+    check_connection(settings.kafka, service="provline processors")
     app = create_app(settings)
     # The join allocates a few dicts per event and keeps every prediction's entry for the dedup
     # retention; at the default threshold the collections that follow rescan those entries and
@@ -151,6 +154,6 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     gc.set_threshold(GC_YOUNG_THRESHOLD)
     port = settings.processors.metrics_port
     if port:
-        serve_metrics(app.provline_metrics, port)  # type: ignore[attr-defined]
+        serve_metrics(app.provline_metrics, port)
         log.info("Prometheus metrics on :%d/metrics", port)
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

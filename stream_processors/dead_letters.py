@@ -39,7 +39,7 @@ class DeadLetters:
     def topic_name(self) -> str:
         return self.topic.get_topic_name()
 
-    def letter(self, event: EventT[Any, Any], reason: str) -> tuple[Any, Any, list[tuple[str, bytes]]]:
+    def letter(self, event: EventT[Any], reason: str) -> tuple[Any, Any, list[tuple[str, bytes]]]:
         """Log and count one dead letter; returns its key, value and headers for a caller that sends it."""
         message = event.message
         self.count += 1
@@ -47,7 +47,7 @@ class DeadLetters:
         headers = dead_letter_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset)
         return message.key, message.value, headers
 
-    async def send(self, event: EventT[Any, Any], reason: str) -> None:
+    async def send(self, event: EventT[Any], reason: str) -> None:
         key, value, headers = self.letter(event, reason)
         try:
             await self.topic.send(key=key, value=value, headers=headers)

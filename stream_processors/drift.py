@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Required, TypedDict
 
 log = logging.getLogger(__name__)
 DEFAULT_DISTANCE_THRESHOLD = 0.1
@@ -184,6 +184,35 @@ def chi_squared(observed: Sequence[float], expected: Sequence[float]) -> tuple[f
 # --- baselines and window summaries -----------------------------------------------------------------------
 
 
+class Summary(TypedDict, total=False):
+    """One feature's values in one window, binned for its baseline; compact JSON (it travels and is stored)."""
+
+    k: Required[Literal["NUMERIC", "CATEGORICAL"]]  # the baseline's kind
+    b: Required[str]  # digest of the baseline's dataset
+    c: Required[str]  # the training column compared with
+    n: Required[int]  # values counted
+    null: Required[int]  # nulls and NaN
+    bad: Required[int]  # values of the wrong kind (text for a number, infinities)
+    lo: float | None  # numeric: smallest and largest value
+    hi: float | None
+    coarse: list[int]  # numeric: counts per baseline decile bin (PSI, Jensen-Shannon)
+    fine: list[int]  # numeric: counts per quantile-grid bin (KS, Wasserstein)
+    sums: list[float]  # numeric: sum of the values per quantile-grid bin
+    cats: dict[str, int]  # categorical: counts per category
+
+
+class Window(TypedDict, total=False):
+    """A model version's summaries in one window: a partial from one batch, or the merged open window,
+    or (with ``closed`` and no ``f``) the marker left when it closed."""
+
+    m: Required[str]  # model name
+    v: Required[str]  # model version
+    w: Required[int]  # window start, UTC microseconds
+    f: dict[str, Summary]  # feature (``output:`` prefixed for outputs) -> its summary
+    p: int  # merged windows: the partials topic partition it lives on
+    closed: float  # wall-clock seconds when it closed
+
+
 @dataclass(frozen=True)
 class Thresholds:
     psi: float = DEFAULT_DISTANCE_THRESHOLD
@@ -273,15 +302,15 @@ def make_baseline(profile: Mapping[str, Any]) -> Baseline:
     return CategoricalBaseline(profile)
 
 
-def new_summary(baseline: Baseline, *, digest: str) -> dict[str, Any]:
-    """An empty window summary binned for ``baseline`` (of dataset ``digest``)."""
+def new_summary(baseline: Baseline, *, digest: str, column: str) -> Summary:
+    """An empty window summary binned for ``baseline`` (``column`` of dataset ``digest``)."""
     if isinstance(baseline, NumericBaseline):
         return {
-            "k": NUMERIC, "b": digest, "n": 0, "null": 0, "bad": 0, "lo": None, "hi": None,
+            "k": "NUMERIC", "b": digest, "c": column, "n": 0, "null": 0, "bad": 0, "lo": None, "hi": None,
             "coarse": [0] * len(baseline.bin_counts), "fine": [0] * (len(baseline.grid) + 1),
             "sums": [0.0] * (len(baseline.grid) + 1),
         }
-    return {"k": CATEGORICAL, "b": digest, "n": 0, "null": 0, "bad": 0, "cats": {}}
+    return {"k": "CATEGORICAL", "b": digest, "c": column, "n": 0, "null": 0, "bad": 0, "cats": {}}
 
 
 def category_of(value: Any) -> str:
@@ -293,7 +322,7 @@ def category_of(value: Any) -> str:
     return str(value)
 
 
-def add_value(summary: dict[str, Any], baseline: Baseline, value: Any) -> None:
+def add_value(summary: Summary, baseline: Baseline, value: Any) -> None:
     """Count one observed value into ``summary`` (in place). None and NaN count as nulls."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         summary["null"] += 1
@@ -323,11 +352,11 @@ def add_value(summary: dict[str, Any], baseline: Baseline, value: Any) -> None:
     summary["hi"] = x if summary["hi"] is None else max(summary["hi"], x)
 
 
-def merge_summaries(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def merge_summaries(a: Summary, b: Summary) -> Summary:
     """The summary of both windows' values; both must be binned for the same baseline."""
     if a["k"] != b["k"] or a["b"] != b["b"] or (a["k"] == NUMERIC and len(a["fine"]) != len(b["fine"])):
         raise ValueError(f"cannot merge summaries of different baselines ({a['b']} and {b['b']})")
-    merged = {**a, "n": a["n"] + b["n"], "null": a["null"] + b["null"], "bad": a["bad"] + b["bad"]}
+    merged: Summary = {**a, "n": a["n"] + b["n"], "null": a["null"] + b["null"], "bad": a["bad"] + b["bad"]}
     if a["k"] == NUMERIC:
         merged["coarse"] = [x + y for x, y in zip(a["coarse"], b["coarse"], strict=True)]
         merged["fine"] = [x + y for x, y in zip(a["fine"], b["fine"], strict=True)]
@@ -356,7 +385,7 @@ class MetricValue:
     breached: bool
 
 
-def _current_points(summary: Mapping[str, Any], baseline: NumericBaseline) -> tuple[list[float], list[float]]:
+def _current_points(summary: Summary, baseline: NumericBaseline) -> tuple[list[float], list[float]]:
     """The window as weighted points: each grid bin's values at their mean."""
     values: list[float] = []
     weights: list[float] = []
@@ -367,7 +396,7 @@ def _current_points(summary: Mapping[str, Any], baseline: NumericBaseline) -> tu
     return values, weights
 
 
-def window_metrics(summary: Mapping[str, Any], baseline: Baseline, thresholds: Thresholds) -> list[MetricValue]:
+def window_metrics(summary: Summary, baseline: Baseline, thresholds: Thresholds) -> list[MetricValue]:
     """PSI, KS, Jensen-Shannon and Wasserstein (numeric) or Jensen-Shannon and chi-squared (categorical).
 
     Empty windows (only nulls) give no metrics.
@@ -451,7 +480,7 @@ class DriftAccumulator:
         self._profiles: dict[tuple[str, str], Mapping[str, Any]] = {}
         self.window_us = window_us
         self.output_columns = dict(output_columns or {})
-        self._partials: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
+        self._partials: dict[tuple[str, str, int], dict[str, Summary]] = {}
         self.unprofiled = 0  # values with no baseline to count them against
 
     def _profile_from_lookups(self, digest: str, column: str) -> Mapping[str, Any] | None:
@@ -470,27 +499,29 @@ class DriftAccumulator:
         for output, value in (trace.get("outputs") or {}).items():
             self._add(features, name, version, OUTPUT_PREFIX + output, self.output_columns.get(output, output), value)
 
-    def _add(self, features: dict[str, dict[str, Any]], name: str, version: str, key: str, column: str,
+    def _add(self, features: dict[str, Summary], name: str, version: str, key: str, column: str,
              value: Any) -> None:
         summary = features.get(key)
         if summary is None:
             found = self._baseline_of(name, version, column)
-            baseline = None
-            if found is not None:
-                self._profiles[(found[0], column)] = found[1]
-                baseline = self._cache.get(found[0], column)
+            if found is None:
+                self.unprofiled += 1
+                return
+            digest, profile = found
+            self._profiles[(digest, column)] = profile
+            baseline = self._cache.get(digest, column)
             if baseline is None:
                 self.unprofiled += 1
                 return
-            summary = features[key] = {**new_summary(baseline, digest=found[0]), "c": column}  # type: ignore[index]
+            summary = features[key] = new_summary(baseline, digest=digest, column=column)
         else:
             baseline = self._cache.get(summary["b"], summary["c"])
             assert baseline is not None
         add_value(summary, baseline, value)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self) -> list[Window]:
         """The partial windows accumulated since the last drain: ``{"m", "v", "w", "f": {feature: summary}}``."""
-        partials = [
+        partials: list[Window] = [
             {"m": name, "v": version, "w": start, "f": features}
             for (name, version, start), features in self._partials.items() if features
         ]
@@ -504,11 +535,11 @@ def _micros(value: Any) -> int:
     return int(round(value.timestamp() * 1_000_000))
 
 
-def window_key(partial: Mapping[str, Any]) -> str:
+def window_key(partial: Window) -> str:
     return f"{partial['m']}@{partial['v']}|{partial['w']}"
 
 
-def merge_window(window: Mapping[str, Any] | None, partial: Mapping[str, Any]) -> dict[str, Any]:
+def merge_window(window: Window | None, partial: Window) -> Window:
     """The open window with one more partial merged in (a new window when ``window`` is None)."""
     if window is None:
         return {"m": partial["m"], "v": partial["v"], "w": partial["w"], "f": dict(partial["f"])}
@@ -518,13 +549,13 @@ def merge_window(window: Mapping[str, Any] | None, partial: Mapping[str, Any]) -
     return {**window, "f": features}
 
 
-def window_due(window: Mapping[str, Any], *, now_us: int, window_us: int, lateness_us: int) -> bool:
+def window_due(window: Window, *, now_us: int, window_us: int, lateness_us: int) -> bool:
     """A window closes once the wall clock is ``lateness`` past its end."""
     return now_us >= int(window["w"]) + window_us + lateness_us
 
 
 def drift_metric_fields(
-    window: Mapping[str, Any], baselines: BaselineCache, thresholds: Thresholds, *, window_us: int
+    window: Window, baselines: BaselineCache, thresholds: Thresholds, *, window_us: int
 ) -> list[dict[str, Any]]:
     """The DriftMetric field values (all but the envelope) of a closed window, for every feature."""
     fields: list[dict[str, Any]] = []

@@ -24,6 +24,7 @@ from provline.stream_processors.drift import (
     BaselineCache,
     DriftAccumulator,
     Thresholds,
+    Window,
     drift_event_subject,
     drift_metric_fields,
     merge_window,
@@ -65,7 +66,7 @@ def register_drift_agent(
         unprofiled, accumulator.unprofiled = accumulator.unprofiled, 0
         metrics.drift_unprofiled.inc(unprofiled)
 
-    def write(key: str, value: dict[str, Any] | None, partition: int) -> None:
+    def write(key: str, value: Window | None, partition: int) -> None:
         if value is None:
             windows.data.pop(key, None)
             windows.send_changelog(partition, key, None, value_serializer="raw")
@@ -79,8 +80,8 @@ def register_drift_agent(
             for event in events:
                 _merge(event)
 
-    def _merge(event: EventT[Any, Any]) -> None:
-        partial = event.value
+    def _merge(event: EventT[Any]) -> None:
+        partial: Window = event.value
         try:
             key = window_key(partial)
             window = windows.data.get(key)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, Required, TypedDict
 
 from provline.stream_processors.lineage import LineageIndex, to_micros
 from provline.stream_processors.traces import stable_event_id
@@ -39,9 +39,37 @@ from provline.stream_processors.traces import stable_event_id
 REQUEST = "InferenceRequest"
 RESPONSE = "InferenceResponse"
 FEEDBACK = "Feedback"
-HALF_FIELD = {REQUEST: "q", RESPONSE: "r"}
+HALF_KINDS = frozenset({REQUEST, RESPONSE})
 
-PendingEntry = dict[str, Any]
+Half = dict[str, Any]  # a request or response as :func:`summarize` keeps it
+
+
+class FeedbackSummary(TypedDict):
+    """A Feedback event as a pending entry keeps it (:func:`summarize_feedback`)."""
+
+    event_id: str
+    prediction_id: str
+    label: str | None
+    outcome: float | None
+    source: str
+    observed_time: int  # UTC microseconds
+    event_time: int
+
+
+class PendingEntry(TypedDict, total=False):
+    """One prediction's state in the join table, stored as this compact JSON (see the module docstring)."""
+
+    p: Required[int]  # the inference partition it came from
+    s: float  # wall-clock seconds when the first half (or, without halves, the first feedback) arrived
+    q: Half  # the request half
+    r: Half  # the response half
+    h: float  # since when both halves wait for lineage
+    d: float  # when the trace was emitted: a done marker
+    m: str | None  # the emitted trace's model name
+    v: str | None  # and version
+    t: dict[str, Any]  # on a done marker: the emitted trace's fields
+    b: list[FeedbackSummary]  # feedback not yet applied to a trace
+    f: list[str]  # event ids of the feedback seen
 
 _REQUEST_FIELDS = ("event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "features")
 _RESPONSE_FIELDS = (
@@ -55,6 +83,7 @@ def summarize(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
 
     Dropping the body keeps the table small: a trace carries only the body's SHA-256.
     """
+    names: tuple[str, ...]
     if kind == REQUEST:
         names = _REQUEST_FIELDS
     elif kind == RESPONSE:
@@ -66,19 +95,26 @@ def summarize(kind: str, value: Mapping[str, Any]) -> dict[str, Any]:
     return half
 
 
-_FEEDBACK_FIELDS = ("event_id", "prediction_id", "label", "outcome", "source")
 MAX_REMEMBERED_FEEDBACK = 16  # ids kept per prediction to swallow redelivered Feedback
 
 
-def summarize_feedback(value: Mapping[str, Any]) -> dict[str, Any]:
+def summarize_feedback(value: Mapping[str, Any]) -> FeedbackSummary:
     """The fields of a decoded Feedback a labelled trace needs, JSON-able (times in UTC microseconds)."""
-    feedback = {name: value.get(name) for name in _FEEDBACK_FIELDS}
-    feedback["observed_time"] = to_micros(value["observed_time"])
-    feedback["event_time"] = to_micros(value["event_time"])
-    return feedback
+    return {
+        "event_id": str(value["event_id"]), "prediction_id": str(value["prediction_id"]),
+        "label": value.get("label"), "outcome": value.get("outcome"), "source": str(value.get("source")),
+        "observed_time": _micros(value["observed_time"]), "event_time": _micros(value["event_time"]),
+    }
 
 
-def label_fields(feedback: Mapping[str, Any]) -> dict[str, Any]:
+def _micros(value: Any) -> int:
+    micros = to_micros(value)
+    if micros is None:
+        raise ValueError("a Feedback event needs event_time and observed_time")
+    return micros
+
+
+def label_fields(feedback: FeedbackSummary) -> dict[str, Any]:
     """The PredictionTrace (v2) fields that carry one Feedback's ground truth."""
     return {
         "label": feedback.get("label"), "outcome": feedback.get("outcome"),
@@ -87,27 +123,26 @@ def label_fields(feedback: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _feedback_order(feedback: Mapping[str, Any]) -> tuple[int, str]:
+def _feedback_order(feedback: FeedbackSummary) -> tuple[int, str]:
     return int(feedback.get("observed_time") or 0), str(feedback.get("event_id"))
 
 
-def newest_feedback(entry: PendingEntry) -> dict[str, Any] | None:
+def newest_feedback(entry: PendingEntry) -> FeedbackSummary | None:
     """The pending Feedback a trace emitted now carries: the latest observed (ties: the larger id)."""
     waiting = entry.get("b") or []
     return max(waiting, key=_feedback_order) if waiting else None
 
 
-def absorb_feedback(entry: PendingEntry | None, feedback: Mapping[str, Any], *, partition: int,
+def absorb_feedback(entry: PendingEntry | None, feedback: FeedbackSummary, *, partition: int,
                     now: float) -> PendingEntry | None:
     """The entry with one more Feedback waiting to be applied, or None for a Feedback already seen."""
-    event_id = str(feedback["event_id"])
+    event_id = feedback["event_id"]
     if entry is None:
-        return {"p": partition, "s": now, "b": [dict(feedback)], "f": [event_id]}
+        return {"p": partition, "s": now, "b": [feedback], "f": [event_id]}
     seen = entry.get("f") or []
     if event_id in seen:
         return None
-    return {**entry, "b": [*(entry.get("b") or []), dict(feedback)],
-            "f": [*seen, event_id][-MAX_REMEMBERED_FEEDBACK:]}
+    return {**entry, "b": [*(entry.get("b") or []), feedback], "f": [*seen, event_id][-MAX_REMEMBERED_FEEDBACK:]}
 
 
 def apply_late_feedback(entry: PendingEntry) -> tuple[PendingEntry, list[tuple[str, dict[str, Any]]]]:
@@ -128,11 +163,19 @@ def apply_late_feedback(entry: PendingEntry) -> tuple[PendingEntry, list[tuple[s
     for feedback in waiting:
         trace = {**entry["t"], **label_fields(feedback)}
         labelled.append((labelled_event_id(str(trace["prediction_id"]), feedback), trace))
-    rest = {key: value for key, value in entry.items() if key != "b"}
-    return {**rest, "t": trace}, labelled
+    rest = without_feedback(entry)
+    rest["t"] = trace
+    return rest, labelled
 
 
-def labelled_event_id(prediction_id: str, feedback: Mapping[str, Any]) -> str:
+def without_feedback(entry: PendingEntry) -> PendingEntry:
+    """A copy of ``entry`` without its pending feedback."""
+    rest = PendingEntry(**entry)
+    rest.pop("b", None)
+    return rest
+
+
+def labelled_event_id(prediction_id: str, feedback: FeedbackSummary) -> str:
     """A labelled trace's event id: a pure function of the prediction and the Feedback's event id."""
     return stable_event_id("provline-labelled-trace", f"{prediction_id}\x00{feedback['event_id']}",
                            int(feedback["event_time"]))
@@ -249,17 +292,19 @@ def absorb(entry: PendingEntry | None, kind: str, half: Mapping[str, Any], *, pa
 
     A half seen twice keeps its first copy: the first arrival is the one a trace is built from.
     """
-    try:
-        field = HALF_FIELD[kind]
-    except KeyError:
-        raise ValueError(f"{kind} is not a half of a prediction; expected {REQUEST} or {RESPONSE}") from None
+    if kind not in HALF_KINDS:
+        raise ValueError(f"{kind} is not a half of a prediction; expected {REQUEST} or {RESPONSE}")
+    field: Literal["q", "r"] = "q" if kind == REQUEST else "r"
     if entry is None:
-        return {"p": partition, "s": now, field: dict(half)}
-    if "d" in entry or field in entry:
+        entry = {"p": partition, "s": now}
+    elif "d" in entry or field in entry:
         return None
-    if not has_a_half(entry):  # only feedback so far: the time-to-live runs from the first half
-        return {**entry, "s": now, field: dict(half)}
-    return {**entry, field: dict(half)}
+    elif not has_a_half(entry):  # only feedback so far: the time-to-live runs from the first half
+        entry = {**entry, "s": now}
+    else:
+        entry = {**entry}
+    entry[field] = dict(half)
+    return entry
 
 
 def is_done(entry: PendingEntry) -> bool:
@@ -311,8 +356,8 @@ def is_held(entry: PendingEntry) -> bool:
 def mark_done(entry: PendingEntry, trace: Mapping[str, Any], *, now: float) -> PendingEntry:
     """The done marker left after ``trace`` was emitted: the halves and applied feedback are dropped;
     the trace is kept to label late feedback with, and the Feedback ids to swallow redeliveries."""
-    marker = {"p": entry["p"], "d": now, "m": trace.get("model_name"), "v": trace.get("model_version"),
-              "t": dict(trace)}
+    marker: PendingEntry = {"p": entry["p"], "d": now, "m": trace.get("model_name"),
+                            "v": trace.get("model_version"), "t": dict(trace)}
     if entry.get("f"):
         marker["f"] = list(entry["f"])
     return marker

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
+from faust.types import TP, EventT, TableT
 
 from provline.schemas.errors import SchemaError
 from provline.schemas.serde import Catalog
@@ -41,7 +41,7 @@ from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.join import (
     FEEDBACK,
-    HALF_FIELD,
+    HALF_KINDS,
     PendingEntry,
     Step,
     Timing,
@@ -65,10 +65,17 @@ from provline.stream_processors.join import (
     summarize,
     summarize_feedback,
     trace_event_id,
+    without_feedback,
 )
 from provline.stream_processors.lineage import LineageIndex, to_micros
 from provline.stream_processors.metrics import ProcessorMetrics
-from provline.stream_processors.positions import Positions, is_position_key, position_key, positions_in
+from provline.stream_processors.positions import (
+    PositionRecord,
+    Positions,
+    is_position_key,
+    position_key,
+    positions_in,
+)
 from provline.stream_processors.producer import BatchProducer
 from provline.stream_processors.rewind import assigned_partitions, log_end, seek_back
 from provline.stream_processors.traces import TraceEncoder
@@ -113,7 +120,7 @@ class Joiner:
         self._changelog: list[tuple[bytes, bytes | None, int]] = []
         self.positions = Positions()
 
-    def _write(self, key: str, entry: dict[str, Any] | None, partition: int) -> None:
+    def _write(self, key: str, entry: PendingEntry | PositionRecord | None, partition: int) -> None:
         # the changelog record is what Faust's Table would write (JSON key and value, or a
         # tombstone), so Faust recovers the table from it on restart
         if entry is None:
@@ -129,7 +136,7 @@ class Joiner:
         for partition in partitions:
             self._write(position_key(partition), {"offset": self.positions.decided[partition]}, partition)
 
-    def dead_letter(self, event: EventT[bytes, bytes], reason: str) -> None:
+    def dead_letter(self, event: EventT[bytes], reason: str) -> None:
         """Send a message the join cannot use to the dead-letter topic, delivered with the batch's traces."""
         key, value, headers = self.dead_letters.letter(event, reason)
         self.producer.produce(self.dead_letters.topic_name, key, value, headers=headers)
@@ -196,7 +203,7 @@ class Joiner:
             log.warning("dropping %d feedback for prediction %s: its done marker keeps no trace",
                         len(entry["b"]), prediction_id)
             self.metrics.feedback_dropped.inc(len(entry["b"]))
-            return {key: value for key, value in entry.items() if key != "b"}
+            return without_feedback(entry)
         entry, labelled = apply_late_feedback(entry)
         for event_id, trace in labelled:
             self.producer.produce(self.traces_topic, prediction_id.encode(),
@@ -264,7 +271,7 @@ class Joiner:
 def register_join_agent(
     app: faust.App, *, topic: faust.TopicT, joiner: Joiner, catalog: Catalog, partitions: int, batch_size: int,
     batch_within: float, after_batch: Any,
-) -> faust.Table:
+) -> TableT[str, Any]:
     """Add the pending table, the join agent and its timer to ``app``; returns the table.
 
     ``after_batch()`` runs after every batch and timer tick (the drift partials are sent there).
@@ -284,7 +291,7 @@ def register_join_agent(
         log.info("join table recovered: %d entries; last decided offsets %s", len(pending.data),
                  joiner.positions.decided)
 
-    async def handle_batch(events: list[EventT[bytes, bytes]]) -> None:
+    async def handle_batch(events: list[EventT[bytes]]) -> None:
         now = time.time()
         touched: dict[str, PendingEntry] = {}
         decided: set[int] = set()
@@ -300,7 +307,7 @@ def register_join_agent(
                 continue
             kind = decoded.record
             metrics.events_in.labels(kind).inc()
-            if kind not in HALF_FIELD and kind != FEEDBACK:
+            if kind not in HALF_KINDS and kind != FEEDBACK:
                 log.warning("ignoring a %s event on the inference topic", kind)
                 continue
             try:

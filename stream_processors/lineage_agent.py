@@ -57,7 +57,7 @@ def register_lineage_agent(
     positions = Positions()
     name = topic.get_topic_name()
 
-    async def on_changelog_event(event: EventT[Any, Any]) -> None:
+    async def on_changelog_event(event: EventT[Any]) -> None:
         if not is_position_key(str(event.key)):
             index.apply(str(event.key), event.value)
 
@@ -80,7 +80,7 @@ def register_lineage_agent(
                          if partition in mine}, now=time.time())
         log.info("lineage index recovered: %d entries; last decided offsets %s", len(index), positions.decided)
 
-    async def handle(event: EventT[bytes, bytes]) -> None:
+    async def handle(event: EventT[bytes]) -> None:
         try:
             decoded = catalog.decode(event.value)
         except SchemaError as exc:

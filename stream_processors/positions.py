@@ -21,12 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 REWIND_RETRY_SECONDS = 2.0  # a rewind that brought nothing back by then is asked for again
 MAX_REWINDS = 10  # then the skipped offsets are taken to be gone from the topic (retention)
 STALL_SECONDS = 10.0  # no event of a partition that has unread offsets for this long: they were skipped
 POSITION_KEY_PREFIX = "\x00position:"  # no table key of the agents starts with NUL (HTTP header values exclude it)
+
+
+class PositionRecord(TypedDict):
+    """The value of a position record: the last offset of its partition the agent decided."""
+
+    offset: int
 
 
 def position_key(partition: int) -> str:

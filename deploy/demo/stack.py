@@ -129,6 +129,7 @@ class DemoStack:
 
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
+        self._own_broker = False
         self.api_port = free_port()
         self.model_port = free_port()
         self.sidecar_port = free_port()
@@ -147,11 +148,21 @@ class DemoStack:
     def sidecar_url(self) -> str:
         return f"http://127.0.0.1:{self.sidecar_port}"
 
-    def _env(self, **extra: str) -> dict[str, str]:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("PROVLINE_")}
+    def kafka_section(self, service: str) -> dict[str, str]:
+        """The ``kafka`` settings of one service: as its own user when the broker is a secure one."""
+        if self.broker is not None and self.broker.secure:
+            return self.broker.kafka_section(service)
         assert self.kafka_bootstrap is not None, "start_broker() first"
-        env.update(PROVLINE_KAFKA__BOOTSTRAP=self.kafka_bootstrap, PROVLINE_TOPICS__PREFIX=self.topics.prefix,
-                   PYTHONUNBUFFERED="1", **extra)
+        return {"bootstrap": self.kafka_bootstrap}
+
+    def _env(self, service: str | None, **extra: str) -> dict[str, str]:
+        """The environment of a child process; a provline ``service`` gets its Kafka and topic settings."""
+        env = {name: value for name, value in os.environ.items() if not name.startswith("PROVLINE_")}
+        if service is not None:
+            env.update({f"PROVLINE_KAFKA__{name.upper()}": value
+                        for name, value in self.kafka_section(service).items()})
+            env["PROVLINE_TOPICS__PREFIX"] = self.topics.prefix
+        env.update(PYTHONUNBUFFERED="1", **extra)
         return env
 
     def _provline(self, name: str, args: list[str], env: dict[str, str], health_url: str | None) -> Service:
@@ -162,19 +173,25 @@ class DemoStack:
 
     def start_broker(self) -> None:
         """Use PROVLINE_KAFKA__BOOTSTRAP's broker when given, else start the local one; create the topics."""
-        if self.kafka_bootstrap is None:
-            self.broker = LocalKafka(self.workdir / "kafka").start()
-            self.kafka_bootstrap = self.broker.bootstrap
-        create_topics(self.kafka_bootstrap, self.topics.all, partitions=TOPIC_PARTITIONS)
+        if self.broker is None and self.kafka_bootstrap is None:
+            self.broker = LocalKafka(self.workdir / "kafka")
+            self._own_broker = True
+        if self.broker is not None:
+            self.kafka_bootstrap = self.broker.start().bootstrap
+        admin = self.broker.client_config() if self.broker is not None else self.kafka_bootstrap
+        assert admin is not None
+        create_topics(admin, self.topics.all, partitions=TOPIC_PARTITIONS)
 
     def start_platform(self) -> None:
         """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust)."""
         serve = self._provline("serve", ["serve"], self._env(
+            "serve",
             PROVLINE_STORE__URL=f"chdb://{self.workdir / 'clickhouse'}",
             PROVLINE_API__PORT=str(self.api_port),
             PROVLINE_API__TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
         ), f"{self.api_url}/healthz")
         self._provline("processors", ["processors"], self._env(
+            "processors",
             PROVLINE_PROCESSORS__DATA_DIR=str(self.workdir / "processors"),
             PROVLINE_PROCESSORS__WEB_PORT=str(self.processors_web_port),
             PROVLINE_TOPICS__PARTITIONS=str(TOPIC_PARTITIONS),
@@ -187,7 +204,7 @@ class DemoStack:
         data_dir.mkdir(parents=True, exist_ok=True)
         dataset, model_path = data_dir / "customers.csv", data_dir / "churn-model.json"
         churn.generate_customers(dataset, rows=rows, seed=seed)
-        settings = JobSettings(kafka={"bootstrap": self.kafka_bootstrap}, topics={"prefix": self.topics.prefix})
+        settings = JobSettings(kafka=self.kafka_section("job"), topics={"prefix": self.topics.prefix})
         params = {"learning_rate": 0.5, "epochs": 300}
         with Lineage(settings=settings, producer_name="demo-train") as lineage:
             with lineage.run("train-churn", stage="training", params=params, seed=seed) as run:
@@ -210,13 +227,13 @@ class DemoStack:
             "model-server",
             [sys.executable, "-m", "deploy.demo.model_server", "--model", str(model_path),
              "--version", MODEL_VERSION, "--port", str(self.model_port)],
-            self._env(), self.workdir / "logs" / "model-server.log", f"http://127.0.0.1:{self.model_port}/healthz",
+            self._env(None), self.workdir / "logs" / "model-server.log", f"http://127.0.0.1:{self.model_port}/healthz",
         ).start()
         self.services.append(model_server)
         sidecar = self._provline("sidecar", [
             "sidecar", "--upstream", f"http://127.0.0.1:{self.model_port}", "--port", str(self.sidecar_port),
             "--admin-port", str(self.sidecar_admin_port),
-        ], self._env(), f"http://127.0.0.1:{self.sidecar_admin_port}/readyz")
+        ], self._env("sidecar"), f"http://127.0.0.1:{self.sidecar_admin_port}/readyz")
         model_server.wait_healthy()
         sidecar.wait_healthy()
 
@@ -257,7 +274,7 @@ class DemoStack:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
-        if self.broker is not None:
+        if self.broker is not None and self._own_broker:  # a broker given to the stack is its giver's to stop
             self.broker.stop()
             self.broker = None
 

@@ -146,7 +146,7 @@ def profiles(size: int = 20_000, seed: int = 1) -> dict[str, dict]:
 
 
 def summary_of(values: list, baseline: NumericBaseline | CategoricalBaseline) -> dict:
-    summary = new_summary(baseline, digest="d1")
+    summary = new_summary(baseline, digest="d1", column="x")
     for value in values:
         add_value(summary, baseline, value)
     return summary

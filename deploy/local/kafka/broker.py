@@ -10,6 +10,12 @@ on the machine's Java 17: no Docker, no downloaded tarball. ``mvn`` resolves the
 ``stop()`` followed by ``start()`` restarts the broker on the same port with the same data, which
 fault tests use to take the broker away and bring it back.
 
+With ``scram_users`` the client listener is SASL_SSL, as production clusters are: SCRAM-SHA-512
+users created with the storage, and a certificate from a throw-away CA (``tls/ca.pem``, see
+:mod:`deploy.local.kafka.tls`); brokers talk to each other and to the controller in plain text on
+listeners of their own. :meth:`LocalKafka.client_environment` gives a client's PROVLINE_KAFKA__
+settings for one of the users.
+
 Command line (foreground until Ctrl-C / SIGTERM):
 
     python -m deploy.local.kafka --data-dir /tmp/kafka [--port 9092]
@@ -64,16 +70,43 @@ def ensure_artifacts() -> list[Path]:
     return sorted(LIB_DIR.glob("*.jar"))
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+def _listener_properties(
+    port: int, controller_port: int, *, internal_port: int | None, keystore: Path | None,
+) -> list[str]:
+    """Plain text everywhere; or, with a keystore, clients on SASL_SSL and brokers on a plain listener."""
+    if keystore is None or internal_port is None:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    return [
+        f"listeners=SECURE://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal_port},"
+        f"CONTROLLER://127.0.0.1:{controller_port}",
+        f"advertised.listeners=SECURE://127.0.0.1:{port},INTERNAL://127.0.0.1:{internal_port}",
+        "inter.broker.listener.name=INTERNAL",
+        "listener.security.protocol.map=SECURE:SASL_SSL,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"listener.name.secure.sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+        f"listener.name.secure.{SCRAM_MECHANISM.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.secure.ssl.keystore.type=PEM",
+        f"listener.name.secure.ssl.keystore.location={keystore}",
+        "listener.name.secure.ssl.client.auth=none",
+    ]
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int, *, internal_port: int | None = None,
+                       keystore: Path | None = None) -> str:
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+        *_listener_properties(port, controller_port, internal_port=internal_port, keystore=keystore),
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         f"log.dirs={data_dir / 'logs'}",
         "num.partitions=4",
         "auto.create.topics.enable=true",
@@ -110,11 +143,50 @@ def _log4j_properties(log_file: Path) -> str:
 class LocalKafka:
     """One broker process; not thread-safe. Ports are chosen once and kept across restarts."""
 
-    def __init__(self, data_dir: Path | str, *, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path | str, *, port: int | None = None,
+                 scram_users: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.controller_port = free_port()
+        self.scram_users = dict(scram_users or {})
+        self.internal_port = free_port() if self.scram_users else None
         self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def secure(self) -> bool:
+        return bool(self.scram_users)
+
+    @property
+    def ca_file(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    def kafka_section(self, user: str | None = None, *, password: str | None = None) -> dict[str, str]:
+        """provline's ``kafka`` settings for a client of this broker, as ``user`` (with its password, or
+        ``password``); ``user`` may be None when the broker is not secure."""
+        section = {"bootstrap": self.bootstrap}
+        if self.secure:
+            if user is None:
+                raise BrokerError(f"this broker takes SASL users only ({', '.join(self.scram_users)}); name one")
+            section.update({
+                "security_protocol": "SASL_SSL", "sasl_mechanism": SCRAM_MECHANISM, "sasl_username": user,
+                "sasl_password": password if password is not None else self.scram_users[user],
+                "ssl_ca_file": str(self.ca_file),
+            })
+        return section
+
+    def client_environment(self, user: str | None = None, *, password: str | None = None) -> dict[str, str]:
+        """:meth:`kafka_section` as PROVLINE_KAFKA__ environment variables."""
+        return {f"PROVLINE_KAFKA__{name.upper()}": value
+                for name, value in self.kafka_section(user, password=password).items()}
+
+    def client_config(self, user: str | None = None) -> dict[str, str]:
+        """librdkafka properties of a client of this broker (as the first user when secure and none is named)."""
+        config = {"bootstrap.servers": self.bootstrap}
+        if self.secure:
+            name = user or next(iter(self.scram_users))
+            config.update({"security.protocol": "SASL_SSL", "sasl.mechanism": SCRAM_MECHANISM, "sasl.username": name,
+                           "sasl.password": self.scram_users[name], "ssl.ca.location": str(self.ca_file)})
+        return config
 
     @property
     def bootstrap(self) -> str:
@@ -132,15 +204,31 @@ class LocalKafka:
             "-cp", classpath, main_class, *args,
         ]
 
+    def _keystore(self) -> Path | None:
+        """The broker's key and certificate (made once, with the CA clients trust), when secure."""
+        if not self.secure:
+            return None
+        from deploy.local.kafka.tls import CertificateAuthority
+
+        keystore = self.data_dir / "tls" / "broker.pem"
+        if not keystore.exists():
+            authority = CertificateAuthority.create(self.data_dir / "tls")
+            authority.issue(self.data_dir / "tls", "broker", hosts=["127.0.0.1", "localhost"])
+        return keystore
+
     def _prepare(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(_server_properties(self.data_dir, self.port, self.controller_port))
+        config.write_text(_server_properties(self.data_dir, self.port, self.controller_port,
+                                             internal_port=self.internal_port, keystore=self._keystore()))
         (self.data_dir / "log4j2.properties").write_text(_log4j_properties(self.log_file))
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = _kafka_cluster_id()
+            users = [arg for name, password in self.scram_users.items()
+                     for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")]
             result = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config)),
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config),
+                           *users),
                 capture_output=True, text=True, check=False,
             )
             if result.returncode != 0:
@@ -163,7 +251,7 @@ class LocalKafka:
     def _wait_ready(self, timeout: float) -> None:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = AdminClient({**self.client_config(), "log_level": 0})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self._process is not None
@@ -210,11 +298,15 @@ def _kafka_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def create_topics(bootstrap: str, names: list[str], *, partitions: int = 4, timeout: float = 30.0) -> None:
-    """Create topics that do not exist yet (one replica: this is the single-node dev broker)."""
+def create_topics(bootstrap: str | dict[str, str], names: list[str], *, partitions: int = 4,
+                  timeout: float = 30.0) -> None:
+    """Create topics that do not exist yet (one replica: this is the single-node dev broker).
+
+    ``bootstrap``: the broker's address, or a client's librdkafka properties (``LocalKafka.client_config()``).
+    """
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap))
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names if name not in existing]
     for name, future in (admin.create_topics(wanted, operation_timeout=timeout) if wanted else {}).items():

@@ -1,0 +1,65 @@
+"""``pip install .`` installs exactly one top-level package, provline, with every module and data file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = """
+import importlib, pkgutil, sys
+import provline
+assert provline.__file__.startswith(sys.argv[1]), provline.__file__
+names = [m.name for m in pkgutil.walk_packages(provline.__path__, "provline.") if not m.name.endswith("__main__")]
+for name in names:
+    importlib.import_module(name)
+from provline.schemas import default_catalog
+from provline.sink.store import migration_files
+from provline.sink.ingest import derived_select
+assert "PredictionTrace" in default_catalog().records and migration_files()
+derived_select("prediction_index", "t")
+from importlib import resources
+assert (resources.files("provline.schemas") / "openlineage" / "ProvlineRunFacet.json").is_file()
+bare = sorted({"schemas", "producers", "sidecar", "stream_processors", "sink"} & set(sys.modules))
+assert not bare, bare
+print(len(names))
+"""
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(REPO)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    [built] = out.glob("provline-*.whl")
+    return built
+
+
+def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert {name for name in top if not name.endswith(".dist-info")} == {"provline"}
+    top_level = [name for name in names if name.endswith("top_level.txt")]
+    if top_level:
+        assert zipfile.ZipFile(wheel).read(top_level[0]).decode().split() == ["provline"]
+    for data in ("provline/schemas/avsc/PredictionTrace.v2.avsc", "provline/sink/sql/0001_event_tables.sql",
+                 "provline/schemas/py.typed", "provline/sink/py.typed"):
+        assert data in names
+
+
+def test_every_module_imports_from_the_installed_package_alone(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
+                    str(wheel)], check=True, capture_output=True, text=True, timeout=300)
+    # Run outside the repository, with the installed copy first on the path: the editable install and
+    # the checkout's folders cannot stand in for a file the wheel forgot.
+    done = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) > 50
