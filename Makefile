@@ -38,7 +38,9 @@ typecheck: setup
 	ln -s $(CURDIR)/provline/*.py $(CURDIR)/provline/py.typed $(TYPECHECK_TREE)/provline/
 	for folder in schemas producers sidecar stream_processors sink; do \
 		ln -s $(CURDIR)/$$folder $(TYPECHECK_TREE)/provline/$$folder; done
+	ln -s $(CURDIR)/deploy $(CURDIR)/bench $(CURDIR)/tests $(TYPECHECK_TREE)/
 	cd $(TYPECHECK_TREE) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
+		provline deploy bench \
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 

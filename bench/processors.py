@@ -65,8 +65,8 @@ class Events:
 
     def __call__(self, kind: str, fields: dict, *, event_time: datetime | None = None) -> tuple[bytes, bytes]:
         value = {**new_envelope(self.producer, event_time=event_time), **fields}
-        self.chain.seal_encode(kind, value)
-        return key_for(kind, value).encode(), self.catalog.encode(kind, value)
+        body = self.chain.seal_encode(kind, value)
+        return key_for(kind, value).encode(), self.catalog.header(kind) + body
 
 
 def lineage(events: Events) -> list[tuple[bytes, bytes]]:
@@ -159,11 +159,11 @@ def faust_ceiling_worker() -> None:
                     topic_partitions=settings.topics.partitions, web_port=worker.web_port)
     source = app.topic(topics.inference, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
-    out = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    out = Producer(settings.kafka.librdkafka(**{"linger.ms": 5}))
 
     @app.agent(source, name="forward")
     async def forward(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_seconds):
+        async for events in stream.take_events(worker.batch_size, within=worker.batch_within_s):
             for event in events:
                 out.produce(topics.traces, key=event.message.key, value=b"")
             out.poll(0)
@@ -230,8 +230,9 @@ def measure_throughput(bootstrap: str, topics: Topics, messages: list[tuple[byte
         deadline = time.monotonic() + 600
         while len(seen) < predictions and time.monotonic() < deadline:
             for message in consumer.consume(10_000, 0.5):
-                if not message.error():
-                    seen.add(message.key())
+                key = message.key()
+                if not message.error() and key is not None:
+                    seen.add(key)
             progress.update(task, completed=len(seen))
     return len(seen) / (time.perf_counter() - started)
 
@@ -298,9 +299,10 @@ def main() -> None:
                     sent += 1
                 producer.poll(0)
                 for message in consumer.consume(1000, 0.01):
-                    if message.error() or message.key() not in response_times:
+                    received = message.key()
+                    if message.error() or received is None or received not in response_times:
                         continue
-                    latencies.append(time.time() - response_times.pop(message.key()))
+                    latencies.append(time.time() - response_times.pop(received))
                 progress.update(task, completed=len(latencies))
                 if time.perf_counter() - t0 > args.latency_seconds + 60:
                     break

@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         bootstrap = os.environ.get("PROVLINE_KAFKA__BOOTSTRAP")
         broker = None if bootstrap else LocalKafka(Path(workdir) / "kafka").start()
-        bootstrap = bootstrap or broker.bootstrap
+        bootstrap = bootstrap or broker.bootstrap  # type: ignore[union-attr]  # one of the two is set
         topics = Topics(f"bench-{uuid.uuid4().hex[:8]}")
         create_topics(bootstrap, topics.all)
         try:

@@ -102,7 +102,7 @@ def run_upstream(port: int, kind: str) -> None:
     if kind == "asgi":
         import uvicorn
 
-        from provline.sidecar.app import http_implementation
+        from provline.sidecar.server import http_implementation
 
         uvicorn.run(_asgi_model, host="127.0.0.1", port=port, http=http_implementation(), loop="uvloop",
                     lifespan="off", access_log=False, log_level="warning", backlog=4096)
@@ -489,14 +489,15 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
             results["clients"] = compare_clients(upstream_port, 64)
             progress.advance(task)
         cpu = SIDECAR_CPU if args.pin else None
-        relays = []
+        relays: list[tuple[Any, int, int | None]] = []
         for http in (False, True):
             relay_port = free_port()
             relay = ctx.Process(target=run_relay, args=(upstream_port, relay_port, cpu, http), daemon=True)
             relay.start()
             wait_listening(relay_port)
             relays.append((relay, relay_port, None))
-        sidecars = [start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label), cpu)
+        sidecars: list[tuple[Any, int, int | None]] = [
+            start_sidecar(ctx, upstream_port, capture, kafka, str(Path(scratch) / label), cpu)
                     for capture, label in ((False, "capture off"), (True, "capture on"))]
         ports = {"direct": upstream_port, "relay": relays[0][1], "http relay": relays[1][1],
                  "capture off": sidecars[0][1], "capture on": sidecars[1][1]}
@@ -519,7 +520,9 @@ def run_all(ctx: Any, args: argparse.Namespace, upstream_port: int, kafka: str |
                 progress.update(task, description=f"{label}: latency at {at:.0f} req/s")
                 results[key] = measure(ports[label], connections, seconds, at)
                 progress.advance(task)
-            results["dropped"] = events_dropped(sidecars[1][2])
+            capture_on_admin = sidecars[1][2]
+            assert capture_on_admin is not None  # a sidecar, not a relay
+            results["dropped"] = events_dropped(capture_on_admin)
         finally:
             for process, *_ in sidecars:
                 stop(process)

@@ -40,6 +40,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clickhouse_connect.driver.client import Client  # noqa: E402
+
 from provline.schemas import default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
 from provline.schemas.integrity import HashChain  # noqa: E402
 from provline.sink import queries  # noqa: E402
@@ -73,8 +75,9 @@ def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
                 "model_version": "3", "artifact_sha256": "a" * 64, "request_sha256": "b" * 64, "status": 200,
                 "training_run_id": "run-7", "dataset_digests": ["sha256:d1"], "latency_us": 1500,
             }
-        value = chain.seal_encode(kind, {**new_envelope(producer), **fields})
-        messages.append(StoredMessage(kind, 0, number, catalog.encode(kind, value), key_for(kind, value).encode()))
+        value = {**new_envelope(producer), **fields}
+        raw = catalog.header(kind) + chain.seal_encode(kind, value)
+        messages.append(StoredMessage(kind, 0, number, raw, key_for(kind, value).encode()))
         if number % 5000 == 0:
             progress.update(task, completed=number)
     progress.update(task, completed=count)
@@ -82,7 +85,7 @@ def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
 
 
 def write_throughput(
-    client, store_url: str, messages: list[StoredMessage], batch: int, insert_threads: int, progress: Progress
+    client: Client, store_url: str, messages: list[StoredMessage], batch: int, insert_threads: int, progress: Progress
 ) -> tuple[float, float, int]:
     catalog = default_catalog()
     batches = [messages[i:i + batch] for i in range(0, len(messages), batch)]
@@ -121,7 +124,7 @@ def write_throughput(
     per_batch = batch // len(tables)
     task = progress.add_task("baseline: insert pre-decoded rows", total=len(batches))
 
-    def insert_rows(each, table: str, first: int) -> None:
+    def insert_rows(each: Client, table: str, first: int) -> None:
         columns, rows = tables[table]
         each.insert(table, rows[first:first + per_batch], column_names=list(columns))
 
@@ -187,7 +190,7 @@ BARE_LOOKUP = (
 )
 
 
-def granules(client, sql: str, prediction_id: str) -> tuple[int, int]:
+def granules(client: Client, sql: str, prediction_id: str) -> tuple[int, int]:
     explain = "\n".join(row[0] for row in client.query(
         f"EXPLAIN indexes = 1 {sql}", parameters={"p": prediction_id}).result_rows)
     found = re.findall(r"Granules: (\d+)/(\d+)", explain)
@@ -198,7 +201,7 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
     return float(np.percentile(latencies, 50) * 1000), float(np.percentile(latencies, 99) * 1000)
 
 
-def lookup_latency(client, predictions: int, samples: int, progress: Progress) -> dict[str, Any]:
+def lookup_latency(client: Client, predictions: int, samples: int, progress: Progress) -> dict[str, Any]:
     client.command("CREATE DATABASE IF NOT EXISTS bench_lookup")
     client.database = "bench_lookup"
     migrate(client)
@@ -218,17 +221,18 @@ def lookup_latency(client, predictions: int, samples: int, progress: Progress) -
     registry = queries.RegistryCache()  # as the API holds one
     queries.trace(client, ids[0], registry)  # warm caches, as a running service has them
     task = progress.add_task("trace lookups by prediction id (and the bare baseline)", total=samples)
-    bare, full = [], []
+    bare: list[float] = []
+    full: list[float] = []
     for prediction_id in ids:  # interleaved, so that both see the same machine load
-        start = time.perf_counter()
+        began = time.perf_counter()
         bare_rows = client.query(
             BARE_LOOKUP, parameters={"p": prediction_id}, settings=queries.TRACE_SETTINGS
         ).result_rows
-        bare.append(time.perf_counter() - start)
+        bare.append(time.perf_counter() - began)
         assert len(bare_rows) == 1, prediction_id
-        start = time.perf_counter()
+        began = time.perf_counter()
         found = queries.trace(client, prediction_id, registry)
-        full.append(time.perf_counter() - start)
+        full.append(time.perf_counter() - began)
         assert found is not None and found["prediction_id"] == prediction_id, prediction_id
         assert found["code_commit"] == "c0ffee" and found["sources"]["request"], found
         progress.advance(task)

@@ -110,14 +110,32 @@ class KafkaTransport:
         del self._producer  # librdkafka's threads stop (and stop reconnecting) when the client goes
 
 
+class LocalTransport:
+    """A transport whose destination is in this process or on its disk: a message has arrived once written."""
+
+    def send(self, message: SpooledMessage, delivered: Delivered) -> bool:
+        self.write(message)
+        delivered(message.sequence, None)
+        return True
+
+    def write(self, message: SpooledMessage) -> None:
+        raise NotImplementedError
+
+    def poll(self, timeout: float) -> None:
+        return None
+
+    def close(self, timeout: float) -> None:
+        return None
+
+
 @dataclass
-class FileTransport:
+class FileTransport(LocalTransport):
     """Appends one JSON line per message: ``{"topic", "key", "value"}``, key and value base64."""
 
     path: Path
     _handle: TextIO | None = field(default=None, init=False, repr=False)
 
-    def send(self, message: SpooledMessage, delivered: Delivered) -> bool:
+    def write(self, message: SpooledMessage) -> None:
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open until close()
@@ -125,11 +143,6 @@ class FileTransport:
                 "value": base64.b64encode(message.value).decode()}
         self._handle.write(json.dumps(line) + "\n")
         self._handle.flush()
-        delivered(message.sequence, None)
-        return True
-
-    def poll(self, timeout: float) -> None:
-        return None
 
     def close(self, timeout: float) -> None:
         if self._handle is not None:
@@ -145,7 +158,7 @@ class Message:
 
 
 @dataclass
-class MemoryTransport:
+class MemoryTransport(LocalTransport):
     """Keeps messages in a list: for tests, and for users who want to see what would be sent.
 
     Messages appear once the processor's worker handed them over: call ``emitter.flush()`` first.
@@ -153,33 +166,17 @@ class MemoryTransport:
 
     messages: list[Message] = field(default_factory=list)
 
-    def send(self, message: SpooledMessage, delivered: Delivered) -> bool:
+    def write(self, message: SpooledMessage) -> None:
         self.messages.append(Message(message.topic, message.key, message.value))
-        delivered(message.sequence, None)
-        return True
-
-    def poll(self, timeout: float) -> None:
-        return None
-
-    def close(self, timeout: float) -> None:
-        return None
 
 
 @dataclass
-class ConsoleTransport:
+class ConsoleTransport(LocalTransport):
     """One line per event on standard output: topic, kind, key and event id."""
 
     catalog: Catalog
 
-    def send(self, message: SpooledMessage, delivered: Delivered) -> bool:
+    def write(self, message: SpooledMessage) -> None:
         decoded = self.catalog.decode(message.value)
         print(f"{message.topic} {decoded.record} key={message.key.decode()} event_id={decoded.value['event_id']}",
               flush=True)
-        delivered(message.sequence, None)
-        return True
-
-    def poll(self, timeout: float) -> None:
-        return None
-
-    def close(self, timeout: float) -> None:
-        return None

@@ -205,12 +205,13 @@ class DemoStack:
         dataset, model_path = data_dir / "customers.csv", data_dir / "churn-model.json"
         churn.generate_customers(dataset, rows=rows, seed=seed)
         settings = JobSettings(kafka=self.kafka_section("job"), topics={"prefix": self.topics.prefix})
-        params = {"learning_rate": 0.5, "epochs": 300}
+        learning_rate, epochs = 0.5, 300
+        params = {"learning_rate": learning_rate, "epochs": epochs}
         with Lineage(settings=settings, producer_name="demo-train") as lineage:
             with lineage.run("train-churn", stage="training", params=params, seed=seed) as run:
                 digest = run.use_dataset(dataset, name="customers", license="synthetic", owner="demo")
                 features, labels = churn.load_customers(dataset)
-                model = churn.train(features, labels, **params)
+                model = churn.train(features, labels, learning_rate=learning_rate, epochs=epochs)
                 run.log_metric("train_accuracy", churn.accuracy(model, features, labels))
                 churn.save(model, model_path)
                 registered = run.register_model(model_path, name=MODEL_NAME, version=MODEL_VERSION,

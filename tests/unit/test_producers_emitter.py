@@ -98,3 +98,24 @@ def test_a_closed_emitter_records_the_drop() -> None:
     emitter.emit("Deployment", deployment("1"))
     assert transport.messages == []
     assert emitter.drops.take()[0]["reason"] == "emitter_closed"
+
+
+def test_the_file_transport_appends_each_message_as_a_json_line(tmp_path) -> None:
+    import json
+
+    from provline.schemas import default_catalog
+
+    path = tmp_path / "out" / "events.jsonl"
+    emitter = build_emitter(JobSettings(emitter={"transport": "file", "file": path}), producer_name="offline")
+    sent_events = [emitter.emit("Deployment", deployment(str(i))) for i in range(3)]
+    assert emitter.close(5.0)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    decoded = [default_catalog().decode(base64.b64decode(line["value"])).value for line in lines]
+    assert [d["event_id"] for d in decoded] == [e["event_id"] for e in sent_events]
+    assert {line["topic"] for line in lines} == {"provline.lineage.v1"}
+    assert [base64.b64decode(line["key"]).decode() for line in lines] == [f"m@{i}" for i in range(3)]
+
+
+def test_the_file_transport_needs_a_file() -> None:
+    with pytest.raises(ValueError, match="PROVLINE_EMITTER__FILE"):
+        JobSettings(emitter={"transport": "file"})
