@@ -149,8 +149,17 @@ class Catalog:
             "the producer is not writing provline events"
         )
 
-    def decode(self, data: bytes) -> Decoded:
-        """Decode an event, resolving its writer schema against the current reader schema."""
+    def decode(self, data: bytes | None) -> Decoded:
+        """Decode an event, resolving its writer schema against the current reader schema.
+
+        Raises CorruptEventError for anything that is not a provline event, a tombstone (None) included.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise CorruptEventError(
+                "empty message value (a tombstone?); provline events are never empty" if data is None else
+                f"a {type(data).__name__} is not an encoded event; events are bytes"
+            )
+        data = bytes(data)
         writer, body_start = self.writer_for(data)
         reader = self.current(writer.record)
         body = io.BytesIO(memoryview(data)[body_start:])

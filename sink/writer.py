@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from provline.schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
+from provline.schemas import Catalog, CorruptEventError, InvalidEventError, SchemaError, Topics, default_catalog
+from provline.schemas.dead_letters import Headers, dead_letter_headers
 from provline.sink import metrics
 from provline.sink.errors import DeadLetterError
 from provline.sink.ingest import DERIVED, IngestFormat, Position, derived_select, ingest_format
@@ -39,11 +40,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL_SECONDS = 0.1  # how often the loop looks at the stop event while idle
 RETRY_BACKOFF_SECONDS = 1.0
 DLQ_FLUSH_TIMEOUT_SECONDS = 10.0
-HEADER_REASON = "provline-dlq-reason"
-HEADER_ERROR = "provline-dlq-error"
-HEADER_TOPIC = "provline-source-topic"
-HEADER_PARTITION = "provline-source-partition"
-HEADER_OFFSET = "provline-source-offset"
 # Committed-offset metadata while a batch is being inserted: "the store may hold rows up to here".
 IN_FLIGHT_PREFIX = "provline-in-flight:"
 LAG_INTERVAL_SECONDS = 5.0
@@ -68,14 +64,9 @@ class DeadLetter:
     reason: str  # short and stable: the error class, used as a metric label
     error: str  # the full message, for people
 
-    def headers(self) -> list[tuple[str, str | bytes | None]]:
-        return [
-            (HEADER_REASON, self.reason.encode()),
-            (HEADER_ERROR, self.error.encode()),
-            (HEADER_TOPIC, self.origin.topic.encode()),
-            (HEADER_PARTITION, str(self.origin.partition).encode()),
-            (HEADER_OFFSET, str(self.origin.offset).encode()),
-        ]
+    def headers(self) -> Headers:
+        return dead_letter_headers(self.reason, self.error, topic=self.origin.topic, partition=self.origin.partition,
+                                   offset=self.origin.offset)
 
 
 @dataclass
@@ -165,7 +156,7 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
         position = (message.topic() or "", message.partition() or 0, message.offset() or 0)
         try:
             if not raw:
-                raise SchemaError("empty message value (a tombstone?); provline events are never empty")
+                raise CorruptEventError("empty message value (a tombstone?); provline events are never empty")
             writer, body_start = catalog.writer_for(raw)
             fmt = ingest_format(catalog, writer.record)
             body = raw[body_start:]

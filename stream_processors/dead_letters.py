@@ -1,8 +1,7 @@
-"""The dead-letter topic: undecodable messages go there with the reason, and processing goes on.
+"""The dead-letter topic: a message a processor cannot use goes there with the reason, and processing goes on.
 
-A dead letter keeps the original key and value bytes; headers say why and where it came from:
-``provline-error`` (the reason), ``provline-source-topic``, ``provline-source-partition``,
-``provline-source-offset``.
+A dead letter keeps the original key and value bytes; its headers follow the one convention of
+:mod:`provline.schemas.dead_letters` (reason, error, source topic, partition and offset).
 """
 
 from __future__ import annotations
@@ -12,16 +11,9 @@ from typing import Any
 
 from faust.types import EventT, TopicT
 
+from provline.schemas.dead_letters import Headers, dead_letter_headers
+
 log = logging.getLogger(__name__)
-
-
-def dead_letter_headers(reason: str, *, topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
-    return [
-        ("provline-error", reason.encode()),
-        ("provline-source-topic", topic.encode()),
-        ("provline-source-partition", str(partition).encode()),
-        ("provline-source-offset", str(offset).encode()),
-    ]
 
 
 class DeadLetters:
@@ -39,16 +31,20 @@ class DeadLetters:
     def topic_name(self) -> str:
         return self.topic.get_topic_name()
 
-    def letter(self, event: EventT[Any], reason: str) -> tuple[Any, Any, list[tuple[str, bytes]]]:
-        """Log and count one dead letter; returns its key, value and headers for a caller that sends it."""
+    def letter(self, event: EventT[Any], reason: str, error: str) -> tuple[Any, Any, Headers]:
+        """Log and count one dead letter; returns its key, value and headers for a caller that sends it.
+
+        ``reason`` is short and stable (an error class), ``error`` the whole message.
+        """
         message = event.message
         self.count += 1
-        log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, reason)
-        headers = dead_letter_headers(reason, topic=message.topic, partition=message.partition, offset=message.offset)
+        log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, error)
+        headers = dead_letter_headers(reason, error, topic=message.topic, partition=message.partition,
+                                      offset=message.offset)
         return message.key, message.value, headers
 
-    async def send(self, event: EventT[Any], reason: str) -> None:
-        key, value, headers = self.letter(event, reason)
+    async def send(self, event: EventT[Any], reason: str, error: str) -> None:
+        key, value, headers = self.letter(event, reason, error)
         try:
             await self.topic.send(key=key, value=value, headers=headers)
         except Exception:  # the caller is an agent that must go on; the loss is logged and counted

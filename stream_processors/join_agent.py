@@ -136,9 +136,9 @@ class Joiner:
         for partition in partitions:
             self._write(position_key(partition), {"offset": self.positions.decided[partition]}, partition)
 
-    def dead_letter(self, event: EventT[bytes], reason: str) -> None:
+    def dead_letter(self, event: EventT[bytes], reason: str, error: str) -> None:
         """Send a message the join cannot use to the dead-letter topic, delivered with the batch's traces."""
-        key, value, headers = self.dead_letters.letter(event, reason)
+        key, value, headers = self.dead_letters.letter(event, reason, error)
         self.producer.produce(self.dead_letters.topic_name, key, value, headers=headers)
         self.metrics.dead_letters.inc()
 
@@ -303,7 +303,7 @@ def register_join_agent(
             try:
                 decoded = catalog.decode(event.value)
             except SchemaError as exc:
-                joiner.dead_letter(event, str(exc))
+                joiner.dead_letter(event, type(exc).__name__, str(exc))
                 continue
             kind = decoded.record
             metrics.events_in.labels(kind).inc()
@@ -323,7 +323,7 @@ def register_join_agent(
                                      partition=message.partition, now=now)
             except Exception as exc:  # a bug or a bad value must not stop the join for every later event
                 log.exception("join failed for %s[%s]@%s", message.topic, message.partition, message.offset)
-                joiner.dead_letter(event, f"join failed: {type(exc).__name__}: {exc}")
+                joiner.dead_letter(event, "JoinFailed", f"join failed: {type(exc).__name__}: {exc}")
                 continue
             if changed is None:
                 (metrics.feedback_duplicates if kind == FEEDBACK else metrics.duplicates).inc()

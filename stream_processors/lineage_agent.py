@@ -84,7 +84,7 @@ def register_lineage_agent(
         try:
             decoded = catalog.decode(event.value)
         except SchemaError as exc:
-            await dead_letters.send(event, str(exc))
+            await dead_letters.send(event, type(exc).__name__, str(exc))
             return
         if decoded.record in LINEAGE_EVENT_KINDS:
             for key, value in index.ingest(decoded.record, decoded.value):
@@ -100,7 +100,8 @@ def register_lineage_agent(
                     await handle(event)
                 except Exception as exc:  # one bad event must not stop lineage for every later one
                     log.exception("lineage failed for %s[%s]@%s", message.topic, message.partition, message.offset)
-                    await dead_letters.send(event, f"lineage indexing failed: {type(exc).__name__}: {exc}")
+                    await dead_letters.send(event, "LineageFailed",
+                                            f"lineage indexing failed: {type(exc).__name__}: {exc}")
                 if dead_letters.count != dead:
                     await app.producer.flush()  # the dead letter is out before the position passes it
                 table[position_key(message.partition)] = {"offset": message.offset}

@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from provline.config import KafkaSettings
+from provline.schemas.dead_letters import Headers
 
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_SECONDS = 30.0
@@ -50,7 +51,7 @@ class BatchProducer:
             self._failed.append(f"{message.topic()}[{message.partition()}]: {error}")
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+                headers: Headers | None = None) -> None:
         """Queue one message (``value=None`` is a tombstone); blocks only while librdkafka's queue is full."""
         kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
         if headers:

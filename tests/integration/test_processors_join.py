@@ -239,5 +239,6 @@ def test_workers_join_shuffled_duplicated_halves_into_one_trace_each(
     # a rebalance may hand the garbage's partition to another worker before its offset is committed
     assert dead_letters and all(letter.value() == b"not an avro event" for letter in dead_letters)
     headers = dict(dead_letters[0].headers() or [])
-    assert b"not Avro single-object encoding" in headers["provline-error"]
+    assert b"not Avro single-object encoding" in headers["provline-dlq-error"]
+    assert headers["provline-dlq-reason"] == b"CorruptEventError"
     assert headers["provline-source-topic"] == topics.inference.encode()

@@ -77,17 +77,18 @@ def garbage_event() -> Any:
 def test_dead_letters_keep_the_bytes_and_say_why() -> None:
     topic = FakeTopic()
     dead_letters = DeadLetters(topic)  # type: ignore[arg-type]
-    asyncio.run(dead_letters.send(garbage_event(), "not a provline event"))
+    asyncio.run(dead_letters.send(garbage_event(), "CorruptEventError", "not a provline event"))
     [sent] = topic.sent
     assert (sent["key"], sent["value"]) == (b"k", b"junk")
     assert dict(sent["headers"]) == {
-        "provline-error": b"not a provline event", "provline-source-topic": b"p.inference.v1",
-        "provline-source-partition": b"2", "provline-source-offset": b"17",
+        "provline-dlq-reason": b"CorruptEventError", "provline-dlq-error": b"not a provline event",
+        "provline-source-topic": b"p.inference.v1", "provline-source-partition": b"2",
+        "provline-source-offset": b"17",
     }
     assert (dead_letters.count, dead_letters.failed) == (1, 0)
 
 
 def test_dead_letters_never_raise() -> None:
     dead_letters = DeadLetters(FakeTopic(fail=True))  # type: ignore[arg-type]
-    asyncio.run(dead_letters.send(garbage_event(), "reason"))
+    asyncio.run(dead_letters.send(garbage_event(), "Reason", "why"))
     assert (dead_letters.count, dead_letters.failed) == (1, 1)

@@ -153,7 +153,8 @@ def test_positions_follow_the_batch_entries_on_their_partition_and_come_back_aft
 def test_a_dead_letter_goes_out_with_the_batch_before_its_position() -> None:
     joiner, producer = make_joiner(lineage())
     message = SimpleNamespace(topic="inference", partition=3, offset=9, key=b"k", value=b"junk")
-    joiner.dead_letter(SimpleNamespace(message=message), "not a provline event")  # type: ignore[arg-type]
+    joiner.dead_letter(SimpleNamespace(message=message), "CorruptEventError",  # type: ignore[arg-type]
+                       "not a provline event")
     joiner.positions.admit(3, 9, now=0)
     joiner.record_positions({3})
     assert producer.sent[0][:3] == ("dlq", b"k", b"junk")

@@ -82,7 +82,8 @@ def test_plan_batch_groups_messages_per_table_and_dead_letters_garbage() -> None
     assert list(plan.events) == ["run_events"]
     assert plan.events["run_events"].positions == [("t", 0, 5), ("t", 1, 9)]
     assert {row[2] for row, _ in plan.edges} == {"code"}  # lineage kinds are decoded for their edges
-    assert [(d.origin.offset, d.reason) for d in plan.dead_letters] == [(6, "CorruptEventError"), (10, "SchemaError")]
+    assert [(d.origin.offset, d.reason) for d in plan.dead_letters] == [(6, "CorruptEventError"),
+                                                                        (10, "CorruptEventError")]
     headers = dict(plan.dead_letters[0].headers())
     assert headers["provline-source-offset"] == b"6" and headers["provline-source-topic"] == b"t"
     assert next_offsets(messages) == {("t", 0): 7, ("t", 1): 11}
