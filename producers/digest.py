@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+from provline.schemas.integrity import merkle_root as tree_root
+
 CHUNK_BYTES = 1 << 20
 
 ProgressCallback = Callable[[int], None]
@@ -47,14 +49,5 @@ def manifest(root: Path, *, progress: ProgressCallback | None = None) -> list[di
 
 def merkle_root(entries: list[dict[str, object]]) -> str:
     """``sha256:<hex>`` root of a binary Merkle tree whose leaves are (path, sha256) pairs in path order."""
-    level = [
-        hashlib.sha256(f"{e['path']}\0{e['sha256']}".encode()).digest()
-        for e in sorted(entries, key=lambda entry: str(entry["path"]))
-    ]
-    if not level:
-        return "sha256:" + hashlib.sha256(b"").hexdigest()
-    while len(level) > 1:
-        if len(level) % 2:
-            level.append(level[-1])
-        level = [hashlib.sha256(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
-    return "sha256:" + level[0].hex()
+    leaves = [f"{e['path']}\0{e['sha256']}".encode() for e in sorted(entries, key=lambda entry: str(entry["path"]))]
+    return "sha256:" + tree_root(leaves).hex()

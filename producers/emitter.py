@@ -5,7 +5,8 @@
     emitter.close(timeout=10.0)                              # True when everything was delivered
 
 ``emit`` adds the envelope (event id, time, producer identity), links the event into this
-session's hash chain, encodes it with the current Avro schema and hands it to the
+session's hash chain (sealed with a signed SessionSeal every ``seal_interval_s`` while events flow,
+and once at close), encodes it with the current Avro schema and hands it to the
 :class:`~provline.producers.processor.BatchProcessor`, which queues, spools and delivers it
 through a transport (:mod:`provline.producers.transports`). Without a broker configured the
 emitter still seals and encodes (a field that does not fit its schema is found at once) but
@@ -18,6 +19,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 import uuid
 import weakref
 from datetime import datetime
@@ -31,7 +33,7 @@ from provline.config import DEFAULT_TOPIC_PREFIX
 from provline.producers.errors import ConfigurationError
 from provline.producers.gaps import GapTracker
 from provline.producers.processor import BatchProcessor, _call_weakly
-from provline.producers.settings import DEFAULT_CLOSE_TIMEOUT_S, PublishingSettings
+from provline.producers.settings import DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_SEAL_INTERVAL_S, PublishingSettings
 from provline.producers.transports import (
     ConsoleTransport,
     FileTransport,
@@ -47,6 +49,7 @@ from provline.schemas.serde import Catalog, default_catalog
 log = logging.getLogger("provline.emitter")
 
 EVENTS_SENT = Counter("provline_events_emitted_total", "Events handed to the transport", ["kind"])
+SEAL = "SessionSeal"
 
 
 @cache
@@ -64,10 +67,11 @@ class Emitter:
     def __init__(
         self, processor: BatchProcessor | None, *, producer_name: str, topics: Topics | None = None,
         catalog: Catalog | None = None, signer: Ed25519PrivateKey | None = None,
-        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
+        close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S, seal_interval_s: float = DEFAULT_SEAL_INTERVAL_S,
     ) -> None:
         self.processor = processor
         self.close_timeout_s = close_timeout_s
+        self.seal_interval_s = seal_interval_s
         self.topics = topics or Topics(DEFAULT_TOPIC_PREFIX)
         self.catalog = catalog or default_catalog()
         self._producer_name = producer_name
@@ -76,6 +80,8 @@ class Emitter:
         self._discarded = GapTracker()  # never records: a disabled emitter drops nothing by policy
         self._start_session()
         self._closed = False
+        self._close_lock = threading.Lock()
+        self._close_started = False
         self._delivered = True
         # Flush on exit; and a forked child starts a session (a hash chain) of its own. Weak
         # references let the emitter be collected.
@@ -86,6 +92,8 @@ class Emitter:
         self.session_id = str(uuid.uuid4())
         self.producer = producer_identity(self._producer_name, self.session_id)
         self._chain = HashChain(self.catalog, signer=self._signer)
+        self._sealed_count = 0  # the chain's count at the last seal
+        self._last_seal = time.monotonic()
         self._lock = threading.Lock()
         self._unsent_gaps: list[dict[str, Any]] = []  # DeliveryGap records that were dropped themselves
         self._gaps_lock = threading.Lock()
@@ -113,6 +121,9 @@ class Emitter:
             gaps = self.drops.take()
             if gaps or self._unsent_gaps:
                 self._send_gaps(gaps)
+            if self.seal_interval_s and self._chain.count > self._sealed_count \
+                    and time.monotonic() - self._last_seal >= self.seal_interval_s:
+                self._send(SEAL, {"final": False}, None)
         return value if value is not None else {**fields}
 
     def _send_gaps(self, gaps: list[dict[str, Any]]) -> None:
@@ -123,7 +134,8 @@ class Emitter:
                 if self._send("DeliveryGap", gap, None) is None:
                     self._unsent_gaps.append(gap)
 
-    def _send(self, kind: str, fields: dict[str, Any], event_time: datetime | None) -> dict[str, Any] | None:
+    def _send(self, kind: str, fields: dict[str, Any], event_time: datetime | None, *,
+              closing: bool = False) -> dict[str, Any] | None:
         value = new_envelope(self.producer, event_time=event_time)
         value.update(fields)
         route = self._routes.get(kind)
@@ -135,12 +147,18 @@ class Emitter:
             if self._closed:
                 self.drops.record("emitter_closed")
                 return None
+            if closing:
+                self._closed = True
+            if kind == SEAL:
+                value["count"] = self._chain.count
             previous = self._chain.last_hash
             message = header + self._chain.seal_encode(kind, value)
             if self.processor is not None and not self.processor.submit(topic, key, message):
-                self._chain.last_hash = previous  # a dropped event is not part of the chain
+                self._chain.undo(previous)  # a dropped event is not part of the chain
                 self.drops.record("queue_full")
                 return None
+            if kind == SEAL:
+                self._sealed_count, self._last_seal = self._chain.count, time.monotonic()
         return value
 
     def flush(self, timeout: float) -> bool:
@@ -148,13 +166,14 @@ class Emitter:
         return self.processor.flush(timeout) if self.processor is not None else True
 
     def close(self, timeout: float | None = None) -> bool:
-        """Deliver queued events, waiting at most ``timeout`` seconds (default: the configured
-        ``close_timeout_s``); True when all were delivered. Later calls return the first call's answer
-        (close also runs at interpreter exit)."""
-        with self._lock:
-            if self._closed:
+        """Seal the session (a final SessionSeal), then deliver queued events, waiting at most ``timeout``
+        seconds (default: the configured ``close_timeout_s``); True when all were delivered. Later
+        calls return the first call's answer (close also runs at interpreter exit)."""
+        with self._close_lock:
+            if self._close_started:
                 return self._delivered
-            self._closed = True
+            self._close_started = True
+        self._send(SEAL, {"final": True}, None, closing=True)  # the session's last event, also when dropped
         if self.processor is not None:
             self._delivered = self.processor.close(self.close_timeout_s if timeout is None else timeout)
         return self._delivered
@@ -207,4 +226,4 @@ def build_emitter(
     else:
         log.warning("provline: no broker configured (PROVLINE_KAFKA__BOOTSTRAP); lineage events are discarded")
     return Emitter(processor, producer_name=name, topics=Topics(settings.topics.prefix), signer=signer,
-                   close_timeout_s=settings.emitter.close_timeout_s)
+                   close_timeout_s=settings.emitter.close_timeout_s, seal_interval_s=settings.emitter.seal_interval_s)

@@ -21,6 +21,7 @@ DEFAULT_MAX_IN_FLIGHT = 100_000
 DEFAULT_LINGER_S = 0.005
 DEFAULT_SPOOL_MAX_BYTES = 1 << 30
 DEFAULT_CLOSE_TIMEOUT_S = 10.0
+DEFAULT_SEAL_INTERVAL_S = 60.0
 
 Transport = Literal["kafka", "file", "memory", "console", "none"]
 
@@ -53,6 +54,10 @@ class EmitterSettings(Section):
     )
     close_timeout_s: float = Field(
         DEFAULT_CLOSE_TIMEOUT_S, ge=0, description="how long closing waits for queued events to be delivered",
+    )
+    seal_interval_s: float = Field(
+        DEFAULT_SEAL_INTERVAL_S, ge=0, description="how often, while events flow, the session seals its hash "
+        "chain (a signed SessionSeal: count and head); 0: only the final seal at close",
     )
 
     @model_validator(mode="after")

@@ -326,34 +326,119 @@ def export(
 @app.command()
 def verify(
     bundle: Annotated[Path | None, typer.Argument(help="an evidence bundle directory; omit to check the store")] = None,
-    public_key: Annotated[str | None, typer.Option(help="Ed25519 public key (PEM or base64) the bundle must be "
-                                                       "signed with")] = None,
+    public_key: Annotated[str | None, typer.Option(help="bundles: the Ed25519 public key (PEM or base64) the bundle "
+                                                       "must be signed with")] = None,
+    trusted_keys: Annotated[Path | None, typer.Option(help="bundles: JSON file {producer: [public keys]} its events "
+                                                           "must be signed by")] = None,
     session: Annotated[str | None, typer.Option(help="check only this producer session in the store")] = None,
+    anchor: Annotated[list[str] | None, typer.Option("--anchor", help="an anchor file, directory or URL to check "
+                                                                      "the store against (repeatable)")] = None,
+    anchor_public_key: Annotated[list[str] | None, typer.Option(
+        help="a key anchors must be signed by (repeatable; default: PROVLINE_ANCHOR__PUBLIC_KEYS)")] = None,
     api: ApiOption = None,
 ) -> None:
-    """Check a bundle offline, or the store's hash chains and signatures; exit 1 naming the first problem."""
+    """Check a bundle offline, or the store: every event's bytes, chains, signatures, columns, derived rows
+    and, with --anchor, that nothing anchored is gone. Exits 1 listing every problem."""
     if bundle is not None:
-        from provline.schemas import default_catalog
-        from provline.schemas.integrity import load_public_key
-        from provline.sink.evidence import verify_bundle
-
-        files = {path.name: path.read_bytes() for path in sorted(bundle.iterdir()) if path.is_file()}
-        key = load_public_key(public_key) if public_key else None
-        problems = verify_bundle(files, default_catalog(), public_key=key)
-        for problem in problems:
-            console.print(f"[red]{problem}[/red]")
-        if problems:
-            raise typer.Exit(1)
-        console.print(f"[green]{bundle}: every file matches the manifest; events match their hashes[/green]")
+        _verify_bundle(bundle, public_key, trusted_keys)
         return
-    body = _answer(api, "/v1/verify", {"session": session})
+    with _exits_on_errors():
+        claims = _checked_anchors(anchor or [], anchor_public_key)
+        client = _client(api)
+    with _exits_on_errors():
+        if claims:
+            status, body = client.post("/v1/verify", {"session": session or "", "anchors": claims})
+            if status != 200:
+                console.print(f"[red]audit API answered {status}: {body}[/red]")
+                raise typer.Exit(2)
+        else:
+            body = client.answer("/v1/verify", {"session": session})
     for finding in body["findings"]:
-        console.print(f"[red]session {finding['session']}: {finding['problem']} at {finding['table']} "
-                      f"event {finding['event_id']} (#{finding['index']}): {finding['detail']}[/red]")
+        where = " ".join(part for part in (f"session {finding['session']}" if finding["session"] else "",
+                                           finding["table"], finding["event_id"] and f"event {finding['event_id']}")
+                         if part)
+        console.print(f"[red]{finding['problem']}: {where}: {finding['detail']}[/red]")
+    if body["unsealed"]:
+        console.print(f"[yellow]{len(body['unsealed'])} sessions have no final seal (still running, or ended without "
+                      "closing); their last events are vouched for only by an anchor[/yellow]")
     if body["findings"]:
         raise typer.Exit(1)
-    console.print(f"[green]{body['events']} events in {body['sessions']} sessions: every chain intact"
-                  f"{' and signed' if body['signatures'] else ''}[/green]")
+    console.print(f"[green]{body['events']} events in {body['sessions']} sessions: every chain intact, every column "
+                  f"matches its event{', every event signed by a trusted key' if body['signatures'] else ''}"
+                  f"{f', consistent with {len(claims)} anchors' if claims else ''}[/green]")
+
+
+def _verify_bundle(bundle: Path, public_key: str | None, trusted_keys: Path | None) -> None:
+    from provline.schemas import default_catalog
+    from provline.schemas.integrity import load_public_key
+    from provline.sink.evidence import verify_bundle
+    from provline.sink.verify import Trust
+
+    files = {path.name: path.read_bytes() for path in sorted(bundle.iterdir()) if path.is_file()}
+    key = load_public_key(public_key) if public_key else None
+    trust = Trust.from_config(json.loads(trusted_keys.read_text())) if trusted_keys else Trust()
+    problems = verify_bundle(files, default_catalog(), public_key=key, trust=trust)
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]{bundle}: every file matches the manifest, the manifest its signature"
+                  f"{' and every event its producer' if trust.enabled else ''}[/green]")
+
+
+def _checked_anchors(sources: list[str], keys: list[str] | None) -> list[dict[str, Any]]:
+    """Every anchor at ``sources``, its signature checked with the trusted keys; ConfigError listing problems."""
+    if not sources:
+        return []
+    from provline.client import ClientSettings
+    from provline.schemas.integrity import load_public_key
+    from provline.sink import anchor as anchors
+
+    trusted = [load_public_key(text) for text in (keys or load_settings(ClientSettings).anchor.public_keys)]
+    claims, problems = [], []
+    for source in sources:
+        for name, document in anchors.load(source):
+            sessions, found = anchors.check(document, trusted)
+            problems += [f"anchor {name}: {problem}" for problem in found]
+            claims.append({"name": name, "sessions": [vars(s) for s in sessions]})
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return claims
+
+
+@app.command("anchor")
+def anchor_command(
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="a directory or http(s) URL (default: PROVLINE_ANCHOR__DESTINATION)"),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="for an http(s) destination: POST, or PUT (an object-store key)")
+    ] = "POST",
+    api: ApiOption = None,
+) -> None:
+    """Sign every session's chain head and publish it outside the store (run it on a schedule)."""
+    from provline.client import ClientSettings
+    from provline.schemas.integrity import load_private_key
+    from provline.sink import anchor as anchors
+    from provline.sink.verify import AnchoredSession
+
+    with _exits_on_errors():
+        settings = load_settings(ClientSettings).anchor
+        destination = to or settings.destination
+        if settings.signing_key is None or destination is None:
+            raise ConfigError("anchoring needs PROVLINE_ANCHOR__SIGNING_KEY and a destination (--to or "
+                              "PROVLINE_ANCHOR__DESTINATION)")
+        signer = load_private_key(settings.signing_key.get_secret_value())
+        heads = _client(api).answer("/v1/anchor")["sessions"]
+    broken = [h["session"] for h in heads if not h["intact"]]
+    document = anchors.build([AnchoredSession(h["session"], h["events"], h["head"]) for h in heads if h["intact"]],
+                             signer)
+    where = anchors.publish(document, destination, method=method.upper())
+    console.print(f"anchored {len(document['sessions'])} sessions, root {document['root'][:16]}…, at {where}")
+    if broken:
+        console.print(f"[red]not anchored, their chains are broken (run provline verify): {', '.join(broken)}[/red]")
+        raise typer.Exit(1)
 
 
 # ---------------------------------------------------------------- recording

@@ -26,12 +26,28 @@ class ApiClientSettings(Section):
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="longest wait for one answer")
 
 
+class AnchorSettings(Section):
+    """Anchors: signed digests of every session's chain head, kept where the store cannot rewrite them
+    (section ``anchor``). ``provline anchor`` signs and publishes; ``provline verify --anchor`` checks."""
+
+    signing_key: SecretStr | None = Field(
+        None, description="Ed25519 private key that signs anchors (keep it away from the store and its admins)",
+    )
+    public_keys: list[str] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM or base64) an anchor must be signed by, as JSON",
+    )
+    destination: str | None = Field(
+        None, description="where `provline anchor` publishes: a directory (a new file each time) or an http(s) URL",
+    )
+
+
 class ClientSettings(ProvlineSettings):
-    """Settings of the audit commands (``provline trace``, ``sql``, ``verify``...)."""
+    """Settings of the audit commands (``provline trace``, ``sql``, ``verify``, ``anchor``...)."""
 
     service: ClassVar[str] = "client"
 
     client: ApiClientSettings = Field(default_factory=ApiClientSettings)
+    anchor: AnchorSettings = Field(default_factory=AnchorSettings)
 
 
 class ApiError(Exception):
@@ -82,6 +98,10 @@ class AuditClient:
         if status != 200:
             raise ApiError(status, f"audit API answered {status}: {_detail(body)}")
         return body
+
+    def post(self, path: str, body: Any) -> tuple[int, Any]:
+        """(status, JSON body) of a POST of ``body`` as JSON."""
+        return self._call("POST", path, json=body)
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Rows of one read-only SQL statement (``/v1/sql``), as dicts; ApiError with the API's reason."""

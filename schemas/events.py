@@ -16,7 +16,7 @@ import uuid_utils
 
 LINEAGE_KINDS = frozenset({
     "DatasetVersion", "FeatureSetVersion", "RunEvent", "ModelVersion", "Evaluation", "Decision",
-    "Deployment", "DeliveryGap",
+    "Deployment", "DeliveryGap", "SessionSeal",
 })
 INFERENCE_KINDS = frozenset({"InferenceRequest", "InferenceResponse", "Feedback"})
 
@@ -83,7 +83,7 @@ def key_for(kind: str, value: dict[str, Any]) -> str:
         return str(value["subject"])
     if kind == "DriftMetric":
         return f"{model_key(value['model_name'], value['model_version'])}/{value['feature']}"
-    if kind == "DeliveryGap":
+    if kind in ("DeliveryGap", "SessionSeal"):
         return str(value["producer"]["session_id"])
     raise ValueError(f"no key rule for event kind {kind!r}")
 

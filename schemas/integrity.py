@@ -1,9 +1,13 @@
 """Hash chains over events: each producer session links its events by SHA-256.
 
-``hash = SHA-256(Avro binary of the event with hash="" and signature=null)``; the encoding
-includes ``prev_hash``, so changing, removing or reordering any event breaks the chain from
-that event on. With a signing key, ``signature`` is the Ed25519 signature of the ASCII hex
-``hash``. :class:`HashChain` is not thread-safe: the emitter seals under its own lock.
+``hash = SHA-256(Avro binary of the event with hash="" and signature=null)``, in the schema the
+producer wrote it with; the encoding includes ``prev_hash``, so changing, removing or reordering
+any event breaks the chain from that event on. With a signing key, ``signature`` is the Ed25519
+signature of the ASCII hex ``hash``. :class:`HashChain` is not thread-safe: the emitter seals
+under its own lock.
+
+A verifier recomputes the hash from the bytes as written (:func:`body_digest`), never by encoding
+the decoded event again: after a schema revision, an event's old bytes still hash to its hash.
 """
 
 from __future__ import annotations
@@ -64,19 +68,59 @@ def load_public_key(text: str) -> Ed25519PublicKey:
 
 def signature_valid(public_key: Ed25519PublicKey, value: dict[str, Any]) -> bool:
     """Whether ``value["signature"]`` is a valid signature of ``value["hash"]``."""
-    signature = value.get("signature")
+    return signature_of_hash_valid(public_key, str(value.get("hash")), value.get("signature"))
+
+
+@dataclass(frozen=True)
+class SealedBody:
+    """What an event's Avro body says of its seal, and the digest its bytes give."""
+
+    declared_hash: str  # the ``hash`` field as written
+    signature: bytes | None
+    computed_hash: str  # SHA-256 of the body with hash="" and signature=null
+
+    @property
+    def intact(self) -> bool:
+        return self.declared_hash == self.computed_hash
+
+
+def body_digest(body: bytes) -> SealedBody:
+    """The seal of an event from its Avro body as written (any schema revision: the envelope leads every
+    schema). Raises ValueError when the body is too short or malformed where the envelope should be."""
+    try:
+        offset = _hash_offset(body)
+        length, after_length = _read_long(body, offset)
+        declared = body[after_length:after_length + length]
+        end = after_length + length
+        branch = body[end]
+        signature: bytes | None = None
+        if branch == 0:
+            rest = end + 1
+        elif branch == 2:
+            size, start = _read_long(body, end + 1)
+            signature = bytes(body[start:start + size])
+            rest = start + size
+            if len(signature) != size:
+                raise IndexError("signature cut short")
+        else:
+            raise ValueError(f"signature union branch {branch} is neither null nor bytes")
+        if len(declared) != length or rest > len(body):
+            raise IndexError("hash cut short")
+    except IndexError as exc:
+        raise ValueError(f"the event's envelope is cut short or malformed: {exc}") from exc
+    unsealed = body[:offset] + b"\x00\x00" + body[rest:]  # an empty hash string, a null signature
+    return SealedBody(declared.decode("ascii", errors="replace"), signature, hashlib.sha256(unsealed).hexdigest())
+
+
+def signature_of_hash_valid(public_key: Ed25519PublicKey, digest: str, signature: bytes | None) -> bool:
+    """Whether ``signature`` is a valid Ed25519 signature of the ASCII hex ``digest``."""
     if not signature:
         return False
     try:
-        public_key.verify(signature, str(value["hash"]).encode())
+        public_key.verify(signature, digest.encode())
     except InvalidSignature:
         return False
     return True
-
-
-def event_hash(catalog: Catalog, kind: str, value: dict[str, Any]) -> str:
-    unsealed = {**value, "hash": "", "signature": None}
-    return hashlib.sha256(catalog.encode_body(kind, unsealed)).hexdigest()
 
 
 def _hash_offset(body: bytes) -> int:
@@ -125,11 +169,17 @@ def _avro_bytes_field(data: bytes) -> bytes:
 
 @dataclass
 class HashChain:
-    """The running chain of one producer session."""
+    """The running chain of one producer session; ``count`` is how many events it has sealed."""
 
     catalog: Catalog
     last_hash: str | None = None
     signer: Ed25519PrivateKey | None = None
+    count: int = 0
+
+    def undo(self, previous_hash: str | None) -> None:
+        """Take the last sealed event back out of the chain (it was dropped before anyone saw it)."""
+        self.last_hash = previous_hash
+        self.count -= 1
 
     def seal_encode(self, kind: str, value: dict[str, Any]) -> bytes:
         """Set ``prev_hash``, ``hash`` (and ``signature``) on ``value`` in place, advance the chain, and
@@ -150,6 +200,20 @@ class HashChain:
             value["signature"] = self.signer.sign(digest.encode())
             signature = b"\x02" + _avro_bytes_field(value["signature"])
         self.last_hash = digest
+        self.count += 1
         offset = _hash_offset(unsealed)
         # at offset: 0x00 (empty hash string), 0x00 (null signature branch)
         return unsealed[:offset] + _avro_bytes_field(digest.encode()) + signature + unsealed[offset + 2 :]
+
+
+def merkle_root(leaves: list[bytes]) -> bytes:
+    """Root of a binary SHA-256 Merkle tree over ``leaves`` (each hashed first), in the given order; an odd
+    node is paired with itself. The root of no leaves is SHA-256 of nothing."""
+    level = [hashlib.sha256(leaf).digest() for leaf in leaves]
+    if not level:
+        return hashlib.sha256(b"").digest()
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [hashlib.sha256(level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0]

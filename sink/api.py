@@ -17,10 +17,9 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
@@ -33,13 +32,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from provline.schemas import default_catalog
-from provline.schemas.integrity import load_private_key, load_public_key
+from provline.schemas import Catalog, default_catalog
+from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
 from provline.sink.errors import ReadOnlySqlError
 from provline.sink.queries import MAX_SQL_CHARS, Filters
 from provline.sink.settings import ServeSettings
-from provline.sink.verify import verify_session
+from provline.sink.store import open_store
+from provline.sink.verifier import Report, anchor_heads, verify_store
+from provline.sink.verify import AnchoredSession, Trust
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,56 @@ Auditor = Annotated[Reader, Depends(require("auditor"))]
 Admin = Annotated[Reader, Depends(require("admin"))]
 
 
+class AnchoredClaim(BaseModel):
+    session: str
+    count: int = Field(ge=0)
+    head: str
+
+
+class AnchorClaim(BaseModel):
+    """An anchor whose signature the caller checked: its name (where it was read) and its sessions."""
+
+    name: str
+    sessions: list[AnchoredClaim]
+
+
+class VerifyRequest(BaseModel):
+    session: str = ""
+    anchors: list[AnchorClaim] = Field(default_factory=list)
+
+
+class Verification:
+    """Verification on a store connection of its own, one run at a time, so it holds up no other request."""
+
+    def __init__(self, store_url: str) -> None:
+        self._url = store_url
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    def _locked_client(self) -> Client:
+        if not self._lock.acquire(blocking=False):
+            raise HTTPException(status_code=429, detail="a verification is already running; try again when it ends",
+                                headers={"Retry-After": "30"})
+        if self._client is None:
+            self._client = open_store(self._url)
+        return self._client
+
+    def run(self, catalog: Catalog, trust: Trust, *, sessions: list[str] | None,
+            anchors: Sequence[tuple[str, list[AnchoredSession]]] = ()) -> Report:
+        client = self._locked_client()
+        try:
+            return verify_store(client, catalog, trust, sessions=sessions, anchors=anchors)
+        finally:
+            self._lock.release()
+
+    def heads(self) -> list[dict[str, Any]]:
+        client = self._locked_client()
+        try:
+            return anchor_heads(client)
+        finally:
+            self._lock.release()
+
+
 class SqlRequest(BaseModel):
     sql: str = Field(max_length=MAX_SQL_CHARS)
 
@@ -135,7 +186,8 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
     catalog = default_catalog()
     evidence_keys = settings.evidence
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
-    event_key = load_public_key(evidence_keys.event_public_key) if evidence_keys.event_public_key else None
+    trust = Trust.from_config(evidence_keys.trusted_keys)
+    verification = Verification(settings.store.url)
 
     def write_access_log(row: list[Any]) -> None:
         with store.lock:
@@ -255,36 +307,20 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
             raise HTTPException(status_code=404 if "stored" in str(exc) else 400, detail=str(exc)) from exc
         return {"subject": subject, "format": format, "files": {n: queries.to_jsonable(d) for n, d in files.items()}}
 
-    @app.get("/v1/verify", summary="Recompute hash chains (and signatures) of stored events")
+    @app.get("/v1/verify", summary="Verify the stored events: bytes, chains, signatures, columns, derived rows")
     def get_verify(reader: Auditor, session: str = "") -> dict[str, Any]:
-        findings, checked = [], [0]
-        with store.lock:
-            names = [session] if session else queries.sessions(store.client)
+        return verification.run(catalog, trust, sessions=[session] if session else None).as_dict()
 
-        def events(name: str) -> Iterator[dict[str, Any]]:
-            """The session page by page, the store lock held per page only."""
-            after = ""
-            while True:
-                with store.lock:
-                    page = queries.session_events(store.client, name, after=after)
-                checked[0] += len(page)
-                yield from page
-                if len(page) < queries.SESSION_PAGE_EVENTS:
-                    return
-                after = page[-1]["event_id"]
+    @app.post("/v1/verify", summary="Verify the store, also against anchors the caller has checked")
+    def post_verify(body: VerifyRequest, reader: Auditor) -> dict[str, Any]:
+        anchors = [(anchor.name, [AnchoredSession(s.session, s.count, s.head) for s in anchor.sessions])
+                   for anchor in body.anchors]
+        return verification.run(catalog, trust, sessions=[body.session] if body.session else None,
+                                anchors=anchors).as_dict()
 
-        def hash_stored(name: str, event_hash: str) -> bool:
-            with store.lock:
-                return queries.session_has_hash(store.client, name, event_hash)
-
-        for name in names:
-            found = verify_session(catalog, name, events(name), public_key=event_key,
-                                   hash_stored=partial(hash_stored, name))
-            if found is not None:
-                findings.append(found.as_dict())
-        checked_events = checked[0]
-        return {"sessions": len(names), "events": checked_events, "signatures": event_key is not None,
-                "findings": findings}
+    @app.get("/v1/anchor", summary="Every session's event count and chain head, to anchor outside the store")
+    def get_anchor(reader: Auditor) -> dict[str, Any]:
+        return {"sessions": verification.heads()}
 
     @app.get("/v1/access-log", summary="The most recent audit API requests (admin)")
     def get_access_log(reader: Admin, limit: int = 100) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from provline.sink import queries
 from provline.sink.errors import BundleError
 from provline.sink.lineage import model_node, node
 from provline.sink.openlineage import run_to_openlineage
-from provline.sink.verify import verify_event
+from provline.sink.verify import Trust, check_event, raw_bytes
 
 FORMATS = {"json": "evidence.json", "prov": "evidence.prov.json", "openlineage": "evidence.openlineage.json"}
 MANIFEST, SIGNATURE, EVENTS = "manifest.json", "manifest.sig", "events.jsonl"
@@ -213,13 +213,14 @@ def build_bundle(
 
 def verify_bundle(
     files: Mapping[str, bytes], catalog: Catalog, *, public_key: Ed25519PublicKey | None = None,
-    event_public_key: Ed25519PublicKey | None = None,
+    trust: Trust | None = None,
 ) -> list[str]:
     """Problems with a bundle (empty list: it verifies). Offline: needs no store.
 
-    Checks every file against the manifest, the manifest's signature (required when
-    ``public_key`` is given, else checked against the key the manifest names), and every stored
-    event's own hash (and signature with ``event_public_key``).
+    Checks every file against the manifest, the manifest's signature against ``public_key`` (the key
+    the verifier trusts: a signed bundle without one is a problem, since the key a manifest names
+    proves nothing), and every stored event against its own bytes (and, with ``trust``, its signature
+    by a key trusted for its producer).
     """
     if MANIFEST not in files:
         return [f"no {MANIFEST}: this is not a provline evidence bundle"]
@@ -236,30 +237,31 @@ def verify_bundle(
             problems.append(f"{name} does not match its SHA-256 in the manifest: it was altered")
     for name in sorted(set(files) - set(listed) - {MANIFEST, SIGNATURE}):
         problems.append(f"{name} is not listed in the manifest")
-    problems += _signature_problems(files, manifest, public_key)
+    problems += _signature_problems(files, public_key)
     if EVENTS in files and not any(p.startswith(EVENTS) for p in problems):
         for number, line in enumerate(files[EVENTS].decode().splitlines(), start=1):
             event = json.loads(line)
-            problem = verify_event(catalog, base64.b64decode(event["raw"]), event_id=event["event_id"],
-                                   public_key=event_public_key)
-            if problem:
-                problems.append(f"{EVENTS} line {number}: {problem}")
+            try:
+                raw = raw_bytes(event["raw"])
+            except ValueError as exc:
+                problems.append(f"{EVENTS} line {number}: raw {exc}")
+                continue
+            findings, checked = check_event(catalog, {"event_id": event["event_id"], "raw": raw}, trust or Trust())
+            if checked is not None and checked.value["event_id"] != event["event_id"]:
+                problems.append(f"{EVENTS} line {number}: listed as {event['event_id']} but the event is "
+                                f"{checked.value['event_id']}")
+            problems += [f"{EVENTS} line {number}: {f.problem}: {f.detail}" for f in findings]
     return problems
 
 
-def _signature_problems(
-    files: Mapping[str, bytes], manifest: Mapping[str, Any], public_key: Ed25519PublicKey | None
-) -> list[str]:
+def _signature_problems(files: Mapping[str, bytes], public_key: Ed25519PublicKey | None) -> list[str]:
     if SIGNATURE not in files:
         return ["the bundle is not signed, but a public key was given"] if public_key is not None else []
-    key = public_key
-    if key is None:
-        named = (manifest.get("signature") or {}).get("public_key")
-        if not named:
-            return [f"{SIGNATURE} present but the manifest names no key; pass --public-key"]
-        key = Ed25519PublicKey.from_public_bytes(base64.b64decode(named))
+    if public_key is None:
+        return [f"{SIGNATURE} is present but no trusted key was given (--public-key): the key the manifest names "
+                "proves nothing, anyone can sign with their own"]
     try:
-        key.verify(base64.b64decode(files[SIGNATURE]), files[MANIFEST])
+        public_key.verify(base64.b64decode(files[SIGNATURE]), files[MANIFEST])
     except (InvalidSignature, ValueError):
-        return [f"{SIGNATURE} does not verify the manifest with the {'given' if public_key else 'named'} key"]
+        return [f"{SIGNATURE} does not verify the manifest with the given key"]
     return []

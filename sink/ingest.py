@@ -110,6 +110,16 @@ def _bytes_fields(schema: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def current_body(catalog: Catalog, raw: bytes) -> tuple[str, bytes]:
+    """(kind, Avro body in the kind's current schema) of an encoded event: its own body, or for an event
+    of an older writer schema the decoded event encoded again in the current one. SchemaError when the
+    bytes are not an event."""
+    writer, start = catalog.writer_for(raw)
+    if writer is catalog.current(writer.record):
+        return writer.record, raw[start:]
+    return writer.record, catalog.encode_body(writer.record, catalog.decode(raw).value)
+
+
 @cache
 def ingest_format(catalog: Catalog, kind: str) -> IngestFormat:
     current = catalog.current(kind)
@@ -138,8 +148,9 @@ def ingest_table_ddl(fmt: IngestFormat, columns: list[tuple[str, str]]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {fmt.ingest_table}\n(\n    {body}\n)\nENGINE = Null"
 
 
-def event_view_select(fmt: IngestFormat) -> str:
-    """The materialized view's SELECT: ingest row -> event table row."""
+def event_view_select(fmt: IngestFormat, source: str | None = None) -> str:
+    """The materialized view's SELECT: ingest row -> event table row. ``source``: where the ingest rows
+    come from instead of the ingest table (``provline verify`` re-derives stored rows through it)."""
     origin = ", ".join(name for name, _ in ORIGIN_FIELDS)
     replace = ", ".join(f"base64Encode({name}) AS {name}" for name in fmt.bytes_fields)
     event = f"* EXCEPT ({origin})" + (f" REPLACE ({replace})" if replace else "")
@@ -149,11 +160,22 @@ def event_view_select(fmt: IngestFormat) -> str:
     # The payload is made in a subquery: next to the outer aliases, * would name some columns table.column.
     return (
         "SELECT\n    " + ",\n    ".join(columns) + "\n"
-        f"FROM (SELECT *, toJSONString(tuple({event})) AS payload FROM {fmt.ingest_table})\n"
+        f"FROM (SELECT *, toJSONString(tuple({event})) AS payload FROM {source or fmt.ingest_table})\n"
         "WHERE throwIf(event_id = '' OR hash = '', 'an event has an empty event_id or hash; producers must set "
         "a UUIDv7 and seal every event (schemas.integrity.HashChain)') = 0\n"
         "LIMIT 1 BY event_id\n"  # an event repeated within one insert is stored once
         f"SETTINGS {JSON_SETTINGS}"
+    )
+
+
+LEDGER_TABLE = "event_ledger"
+
+
+def ledger_select(table: str) -> str:
+    """The SELECT of an event table's ledger view: every row inserted into ``table``, into event_ledger."""
+    return (
+        f"SELECT event_id, hash, '{table}' AS event_table, producer_session, kafka_topic, kafka_partition, "
+        f"kafka_offset, now64(6) AS inserted\nFROM {table}"
     )
 
 

@@ -330,43 +330,16 @@ def drift(
 
 # ---------------------------------------------------------------- stored events, for verify and export
 
-def stored_events_sql(where: str) -> str:
-    """Every event table's ``(kind, table, event_id, producer_session, hash, prev_hash, raw)`` under one WHERE."""
+STORED_EVENT_COLUMNS = "event_id, producer_session, producer_name, hash, prev_hash, raw"
+
+
+def stored_events_sql(where: str, columns: str = STORED_EVENT_COLUMNS) -> str:
+    """Every event table's ``(kind, table, <columns>)`` under one WHERE (deduplicated: FINAL)."""
     parts = [
-        f"SELECT '{kind}' AS kind, '{spec.table}' AS table, event_id, producer_session, hash, prev_hash, raw "
-        f"FROM {spec.table} FINAL WHERE {where}"
+        f"SELECT '{kind}' AS kind, '{spec.table}' AS table, {columns} FROM {spec.table} FINAL WHERE {where}"
         for kind, spec in sorted(TABLES.items())
     ]
     return "\nUNION ALL\n".join(parts)
-
-
-def sessions(client: Client) -> list[str]:
-    parts = [f"SELECT DISTINCT producer_session AS s FROM {spec.table}" for spec in TABLES.values()]
-    result = client.query(f"SELECT DISTINCT s FROM ({' UNION ALL '.join(parts)}) ORDER BY s")
-    return [row[0] for row in result.result_rows]
-
-
-SESSION_PAGE_EVENTS = 5000
-
-
-def session_events(
-    client: Client, session: str, *, after: str = "", limit: int = SESSION_PAGE_EVENTS
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` of a producer session's stored events with event ids after ``after``, in event-id
-    order (UUIDv7: creation order); raw as bytes. Page through a session by passing the last id."""
-    where = "producer_session = {session:String} AND event_id > {after:String}"
-    result = client.query(
-        f"SELECT * FROM ({stored_events_sql(where)}) ORDER BY event_id LIMIT {{limit:UInt32}}",
-        parameters={"session": session, "after": after, "limit": limit}, column_formats={"raw": "bytes"},
-    )
-    return list(result.named_results())
-
-
-def session_has_hash(client: Client, session: str, event_hash: str) -> bool:
-    where = "producer_session = {session:String} AND hash = {hash:String}"
-    result = client.query(f"SELECT count() FROM ({stored_events_sql(where)})",
-                          parameters={"session": session, "hash": event_hash})
-    return bool(result.result_rows[0][0])
 
 
 def events_by_id(client: Client, event_ids: list[str]) -> list[dict[str, Any]]:

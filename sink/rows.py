@@ -87,6 +87,7 @@ TABLES: dict[str, TableSpec] = {
                "artifact_sha256", "training_run_id", "dataset_digests"),
     ),
     "Feedback": _spec("feedback", *_same("prediction_id", "label", "outcome", "source")),
+    "SessionSeal": _spec("session_seals", ("sealed_count", "`count`"), ("is_final", "`final`")),
     "DriftMetric": _spec(
         "drift_metrics",
         *_same("model_name", "model_version", "feature", "metric", "window_start", "window_end", "value",

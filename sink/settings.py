@@ -111,9 +111,19 @@ class EvidenceSettings(Section):
     signing_key: SecretStr | None = Field(
         None, description="Ed25519 private key (PEM or base64 of 32 bytes) that signs evidence bundles",
     )
-    event_public_key: str | None = Field(
-        None, description="Ed25519 public key (PEM or base64) of the producers; `verify` then checks signatures",
+    trusted_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='producer name -> its Ed25519 public keys (PEM or base64), as JSON, e.g. {"sidecar": ["..."], '
+        '"stream_processors": ["..."]}; set: `verify` requires every event signed by a key trusted for its producer',
     )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_load(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from provline.sink.verify import Trust
+
+        Trust.from_config(value)  # a key that cannot be read is an error at start, naming its producer
+        return value
 
 
 class ServeSettings(ProvlineSettings):

@@ -29,11 +29,13 @@ from provline.schemas import Catalog, default_catalog
 from provline.sink.errors import MigrationError, StoreConfigError
 from provline.sink.ingest import (
     DERIVED,
+    LEDGER_TABLE,
     VIEW_PREFIX,
     derived_select,
     event_view_select,
     ingest_format,
     ingest_table_ddl,
+    ledger_select,
     view_ddl,
 )
 from provline.sink.rows import TABLES
@@ -141,7 +143,7 @@ _DROP = re.compile(r"^(\s*DROP VIEW IF EXISTS\s+\w+)", re.MULTILINE)
 _ALTER = re.compile(r"^(\s*ALTER TABLE\s+\w+)", re.MULTILINE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(ReplacingMergeTree|MergeTree)(?:\(([^)]*)\))?")
 REPLICA_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
-TTL_COLUMNS = {"access_log": "time"}  # every other table keeps rows by event_time
+TTL_COLUMNS = {"access_log": "time", "event_ledger": "inserted"}  # every other table keeps rows by event_time
 
 
 def render_ddl(statement: str, cluster: str | None) -> str:
@@ -240,6 +242,8 @@ def ensure_views(client: Client, catalog: Catalog, *, cluster: str | None = None
         )
         client.command(render_ddl(ingest_table_ddl(fmt, [(row[0], row[1]) for row in described.result_rows]), cluster))
         name, ddl = view_ddl(fmt.spec.table, event_view_select(fmt))
+        wanted[name] = ddl
+        name, ddl = view_ddl(LEDGER_TABLE, ledger_select(fmt.spec.table))
         wanted[name] = ddl
     for table in DERIVED:
         name, ddl = view_ddl(table, derived_select(table, "prediction_traces"))

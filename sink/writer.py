@@ -30,7 +30,7 @@ from provline.schemas import Catalog, CorruptEventError, InvalidEventError, Sche
 from provline.schemas.dead_letters import Headers, dead_letter_headers
 from provline.sink import metrics
 from provline.sink.errors import DeadLetterError
-from provline.sink.ingest import DERIVED, IngestFormat, Position, derived_select, ingest_format
+from provline.sink.ingest import DERIVED, IngestFormat, Position, current_body, derived_select, ingest_format
 from provline.sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
 from provline.sink.rows import Origin
 from provline.sink.settings import ServeSettings
@@ -157,15 +157,12 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
         try:
             if not raw:
                 raise CorruptEventError("empty message value (a tombstone?); provline events are never empty")
-            writer, body_start = catalog.writer_for(raw)
-            fmt = ingest_format(catalog, writer.record)
-            body = raw[body_start:]
-            if writer.record in LINEAGE_KINDS or writer is not catalog.current(writer.record):
+            kind, body = current_body(catalog, raw)
+            fmt = ingest_format(catalog, kind)
+            if kind in LINEAGE_KINDS:
                 decoded = catalog.decode(raw)
                 _validate(decoded.value)
-                if writer is not catalog.current(writer.record):
-                    body = catalog.encode_body(writer.record, decoded.value)
-                plan.edges += [(edge, position) for edge in edge_rows(writer.record, decoded.value)]
+                plan.edges += [(edge, position) for edge in edge_rows(kind, decoded.value)]
         except (SchemaError, ValueError) as exc:
             plan.dead_letters.append(_dead_letter(message, exc))
             continue

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import gc
 import logging
-import uuid
+import time
 
 import faust
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faust.auth import Credentials
 
-from provline.config import KafkaSettings
+from provline.config import ConfigError, KafkaSettings, SigningSettings
 from provline.kafka import check_connection
+from provline.schemas.errors import SchemaError
 from provline.schemas.events import Topics
+from provline.schemas.integrity import load_private_key
 from provline.schemas.serde import default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
@@ -54,6 +57,16 @@ def broker_credentials(kafka: KafkaSettings) -> Credentials | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+def signer_of(signing: SigningSettings) -> Ed25519PrivateKey | None:
+    """The worker's signing key (PROVLINE_SIGNING__KEY), or None; ConfigError when it cannot be used."""
+    if signing.key is None:
+        return None
+    try:
+        return load_private_key(signing.key.get_secret_value())
+    except (SchemaError, ValueError) as exc:
+        raise ConfigError(f"PROVLINE_SIGNING__KEY cannot be used: {exc}") from exc
 
 
 def create_app(settings: ProcessorSettings) -> faust.App:
@@ -95,7 +108,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     lineage = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
     )
-    encoder = TraceEncoder(catalog, session_id=str(uuid.uuid4()))
+    encoder = TraceEncoder(catalog, signer=signer_of(settings.signing))
     accumulator = DriftAccumulator(
         lineage.baseline_of, window_us=int(settings.drift.window_s * 1_000_000),
         output_columns=settings.drift.output_columns,
@@ -108,7 +121,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join")
     joiner = Joiner(
         catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
-        producer=producer, traces_topic=topics.traces, dead_letters=dead_letters,
+        producer=producer, traces_topic=topics.traces, dead_letters=dead_letters, lineage_topic=topics.lineage,
         timing=Timing(ttl=worker.pending_ttl_s, lineage_wait=worker.lineage_wait_s,
                       retention=worker.dedup_retention_s),
     )
@@ -121,6 +134,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
 
     @app.on_before_shutdown.connect
     def _close_producer(app: faust.App, **_: object) -> None:
+        joiner.send_seal(now=time.monotonic(), final=True)
         producer.close()
 
     @app.timer(LAG_INTERVAL_SECONDS, name="consumer-lag")

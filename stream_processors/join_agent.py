@@ -101,7 +101,7 @@ class Joiner:
     def __init__(
         self, *, catalog: Catalog, lineage: LineageIndex, encoder: TraceEncoder, timing: Timing,
         metrics: ProcessorMetrics, drift: DriftAccumulator, producer: BatchProducer, traces_topic: str,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetters, lineage_topic: str,
     ) -> None:
         self.catalog = catalog
         self.lineage = lineage
@@ -111,6 +111,7 @@ class Joiner:
         self.drift = drift
         self.producer = producer
         self.traces_topic = traces_topic
+        self.lineage_topic = lineage_topic  # where the session's seals go
         self.dead_letters = dead_letters
         self.table: Any = None  # the pending table, set when registered
         self.changelog_topic = ""
@@ -152,11 +153,20 @@ class Joiner:
         """Deliver this batch's traces, then its table writes; returns when both are acknowledged.
 
         In that order: a done marker that reached the changelog while its trace did not (a crash
-        between the two) would swallow the trace when the batch is consumed again.
+        between the two) would swallow the trace when the batch is consumed again. The session's
+        seal goes out with the traces when one is due.
         """
+        now = time.monotonic()
+        if self.encoder.seal_due(now):
+            self.send_seal(now=now)
         await self.producer.flush()
         self.release_changelog()
         await self.producer.flush()
+
+    def send_seal(self, *, now: float, final: bool = False) -> None:
+        """Seal this worker's session: a SessionSeal on the lineage topic, keyed by the session id."""
+        session = self.encoder.session_id
+        self.producer.produce(self.lineage_topic, session.encode(), self.encoder.seal(now=now, final=final))
 
     def schedule(self, prediction_id: str, entry: PendingEntry) -> None:
         heapq.heappush(self._heap, (deadline(entry, self.timing), prediction_id))

@@ -11,7 +11,7 @@ from typing import ClassVar, Self
 
 from pydantic import Field, model_validator
 
-from provline.config import KafkaSettings, ProvlineSettings, Section, TopicSettings
+from provline.config import KafkaSettings, ProvlineSettings, Section, SigningSettings, TopicSettings
 from provline.stream_processors.drift import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_P_VALUE, Thresholds
 
 DEFAULT_APP_ID = "provline-processors"
@@ -105,3 +105,4 @@ class ProcessorSettings(ProvlineSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)
     processors: WorkerSettings = Field(default_factory=WorkerSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)

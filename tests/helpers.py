@@ -8,7 +8,7 @@ from typing import Any
 from provline.producers import Emitter, JobSettings, Lineage, MemoryTransport, build_emitter
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import HashChain
-from provline.sink.verify import Finding, verify_session
+from provline.sink.verify import Finding, Links, Seals, Trust, check_event, link_findings
 
 FLUSH_TIMEOUT_S = 10.0
 
@@ -39,11 +39,27 @@ def decoded(emitter: Emitter, catalog: Catalog | None = None) -> list[tuple[str,
 
 
 def chain_findings(raws: Iterable[bytes], *, catalog: Catalog | None = None, session: str = "s",
-                   **options: Any) -> Finding | None:
-    """What the store's verifier (``provline verify``) finds in one session's messages, walked in send order."""
+                   trust: Trust | None = None) -> list[Finding]:
+    """What ``provline verify`` finds in one session's messages: every event checked by the production
+    check, and the chain's shape (computed here in memory, as the store computes it set-wise)."""
     catalog = catalog or default_catalog()
-    rows = [{"event_id": catalog.decode(raw).value["event_id"], "raw": raw, "table": ""} for raw in raws]
-    return verify_session(catalog, session, rows, **options)
+    findings: list[Finding] = []
+    links: list[tuple[str, str, str | None]] = []
+    for raw in raws:
+        event = catalog.decode(raw).value
+        found, _ = check_event(catalog, {"event_id": event["event_id"], "raw": raw}, trust or Trust())
+        findings += found
+        links.append((event["event_id"], event["hash"], event.get("prev_hash")))
+    hashes = {h for _, h, _ in links}
+    predecessors = [p for _, _, p in links if p is not None]
+    shape = Links(
+        events=len(links), roots=[e for e, _, p in links if p is None],
+        dangling=[(e, p) for e, _, p in links if p is not None and p not in hashes],
+        forks=[(p, [e for e, _, q in links if q == p]) for p in sorted(set(predecessors))
+               if predecessors.count(p) > 1],
+        heads=[(e, h) for e, h, _ in links if h not in set(predecessors)],
+    )
+    return findings + link_findings(session, shape, Seals())
 
 
 def seal(chain: HashChain, kind: str, value: dict[str, Any]) -> dict[str, Any]:

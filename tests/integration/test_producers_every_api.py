@@ -87,8 +87,11 @@ def test_every_api_records_the_captured_facts_and_the_guardrail_reads_them(
     )
     assert command.returncode == 4, command.stderr
 
-    events = consume_all(kafka_bootstrap, topics.lineage, expected=14)
+    received = consume_all(kafka_bootstrap, topics.lineage, expected=16)
+    seals = [v for kind, v in received if kind == "SessionSeal"]
+    events = [(kind, v) for kind, v in received if kind != "SessionSeal"]
     assert len(events) == 14
+    assert len(seals) == 2 and all(seal["final"] for seal in seals)  # the job's session and `provline run`'s
     kinds = [kind for kind, _ in events]
     assert sorted(set(kinds)) == ["DatasetVersion", "Decision", "Deployment", "Evaluation", "FeatureSetVersion",
                                   "ModelVersion", "RunEvent"]

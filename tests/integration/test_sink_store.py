@@ -19,21 +19,14 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
+from provline.schemas.dead_letters import REASON, SOURCE_OFFSET, SOURCE_TOPIC
 from provline.schemas.integrity import HashChain
 from provline.sink.api import create_api
 from provline.sink.queries import RegistryCache, trace
 from provline.sink.rows import TABLES
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
-from provline.sink.writer import (
-    HEADER_OFFSET,
-    HEADER_REASON,
-    HEADER_TOPIC,
-    SinkWriter,
-    insert_plan,
-    plan_batch,
-    source_topics,
-)
+from provline.sink.writer import SinkWriter, insert_plan, plan_batch, source_topics
 from tests.helpers import StoredMessage, seal
 
 pytestmark = pytest.mark.integration
@@ -209,6 +202,7 @@ def test_migrate_is_idempotent_and_records_files(store: Client) -> None:
     names = [row[0] for row in store.query("SELECT name FROM schema_migrations FINAL ORDER BY name").result_rows]
     assert names == [
         "0000_schema_migrations.sql", "0001_event_tables.sql", "0002_audit_store.sql", "0003_offset_index.sql",
+        "0005_integrity.sql",
     ]
     for spec in TABLES.values():
         described = [row[0] for row in store.query(f"DESCRIBE TABLE {spec.table}").result_rows]
@@ -233,9 +227,9 @@ def test_writer_stores_each_event_once_dead_letters_garbage_and_survives_redeliv
     assert len(letters) == 1
     headers = dict(letters[0].headers())
     assert letters[0].value() == GARBAGE
-    assert headers[HEADER_REASON] == b"CorruptEventError"
-    assert headers[HEADER_TOPIC] == topics.lineage.encode()
-    assert int(headers[HEADER_OFFSET]) >= 0
+    assert headers[REASON] == b"CorruptEventError"
+    assert headers[SOURCE_TOPIC] == topics.lineage.encode()
+    assert int(headers[SOURCE_OFFSET]) >= 0
     raw = store.query(
         "SELECT raw FROM run_events WHERE event_id = {id:String}", parameters={"id": expected["run_events"][0]},
         column_formats={"raw": "bytes"},

@@ -227,4 +227,4 @@ def test_encoded_traces_decode_and_chain() -> None:
         assert decoded.value["prediction_id"] == pid and decoded.value["model_version"] == "2"
         assert decoded.value["producer"]["name"] == "stream_processors"
         chain.append(data)
-    assert chain_findings(chain) is None
+    assert chain_findings(chain) == []

@@ -41,6 +41,7 @@ def make_joiner(index: LineageIndex) -> tuple[Joiner, FakeProducer]:
         catalog=catalog, lineage=index, encoder=TraceEncoder(catalog, session_id="s"), timing=TIMING,
         metrics=ProcessorMetrics(), drift=DriftAccumulator(index.baseline_of, window_us=60_000_000),
         producer=producer, traces_topic="traces", dead_letters=DeadLetters(DlqTopic()),  # type: ignore[arg-type]
+        lineage_topic="lineage",
     )
     joiner.table = SimpleNamespace(data={})
     joiner.changelog_topic = "changelog"

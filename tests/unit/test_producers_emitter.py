@@ -10,7 +10,9 @@ from provline.producers import JobSettings, MemoryTransport, build_emitter
 from provline.producers.emitter import Emitter
 from provline.producers.errors import ConfigurationError
 from provline.producers.processor import BatchProcessor
+from provline.schemas import default_catalog
 from provline.schemas.integrity import load_public_key, signature_valid
+from provline.sink.verify import Trust
 from tests.helpers import chain_findings, decoded, memory_emitter, sent
 
 
@@ -45,7 +47,7 @@ def test_dropped_events_are_recorded_as_a_delivery_gap_once_delivery_resumes() -
     assert gap["first_time"] <= gap["last_time"]
     assert events[1][1]["model_version"] == "5"
     # the chain skips the dropped events: what was delivered still verifies
-    assert chain_findings(sent(emitter)) is None
+    assert chain_findings(sent(emitter)) == []
 
 
 def test_a_delivery_gap_that_is_dropped_itself_is_sent_later_with_its_count() -> None:
@@ -56,7 +58,7 @@ def test_a_delivery_gap_that_is_dropped_itself_is_sent_later_with_its_count() ->
     events = decoded(emitter)
     assert [kind for kind, _ in events] == ["Deployment", "Deployment", "Deployment", "DeliveryGap", "DeliveryGap"]
     assert [value["dropped"] for _, value in events[3:]] == [2, 1]
-    assert chain_findings(sent(emitter)) is None
+    assert chain_findings(sent(emitter)) == []
 
 
 def pem(key: Ed25519PrivateKey) -> str:
@@ -80,7 +82,9 @@ def test_events_are_signed_with_the_configured_key(encoding: str) -> None:
     assert not signature_valid(load_public_key(
         base64.b64encode(Ed25519PrivateKey.generate().public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()), event)
-    assert chain_findings(sent(emitter), public_key=public) is None
+    assert chain_findings(sent(emitter), trust=Trust({"test": (public,)})) == []
+    assert [f.problem for f in chain_findings(sent(emitter), trust=Trust({"other-producer": (public,)}))] == [
+        "untrusted"]
 
 
 @pytest.mark.parametrize(("key", "message"), [
@@ -96,26 +100,42 @@ def test_a_closed_emitter_records_the_drop() -> None:
     emitter, transport = memory_emitter()
     emitter.close()
     emitter.emit("Deployment", deployment("1"))
-    assert transport.messages == []
+    # closing sealed the session: its last event is the final seal, nothing follows it
+    [(kind, seal)] = [(d.record, d.value) for d in (default_catalog().decode(m.value) for m in transport.messages)]
+    assert (kind, seal["count"], seal["final"]) == ("SessionSeal", 0, True)
     assert emitter.drops.take()[0]["reason"] == "emitter_closed"
 
 
 def test_the_file_transport_appends_each_message_as_a_json_line(tmp_path) -> None:
     import json
 
-    from provline.schemas import default_catalog
-
     path = tmp_path / "out" / "events.jsonl"
     emitter = build_emitter(JobSettings(emitter={"transport": "file", "file": path}), producer_name="offline")
     sent_events = [emitter.emit("Deployment", deployment(str(i))) for i in range(3)]
     assert emitter.close(5.0)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    decoded = [default_catalog().decode(base64.b64decode(line["value"])).value for line in lines]
-    assert [d["event_id"] for d in decoded] == [e["event_id"] for e in sent_events]
+    decoded = [default_catalog().decode(base64.b64decode(line["value"])) for line in lines]
+    assert [d.value["event_id"] for d in decoded[:3]] == [e["event_id"] for e in sent_events]
+    assert [d.record for d in decoded[3:]] == ["SessionSeal"]  # the session's final seal
     assert {line["topic"] for line in lines} == {"provline.lineage.v1"}
-    assert [base64.b64decode(line["key"]).decode() for line in lines] == [f"m@{i}" for i in range(3)]
+    assert [base64.b64decode(line["key"]).decode() for line in lines[:3]] == [f"m@{i}" for i in range(3)]
 
 
 def test_the_file_transport_needs_a_file() -> None:
     with pytest.raises(ValueError, match="PROVLINE_EMITTER__FILE"):
         JobSettings(emitter={"transport": "file"})
+
+
+def test_a_session_seals_itself_while_events_flow_and_once_at_close() -> None:
+    emitter, transport = memory_emitter(emitter={"seal_interval_s": 30})
+    emitter.emit("Deployment", deployment("1"))
+    emitter._last_seal = float("-inf")  # the seal interval has passed
+    emitter.emit("Deployment", deployment("2"))
+    emitter.emit("Deployment", deployment("3"))  # no new seal: the interval starts again
+    emitter.close()
+    events = [default_catalog().decode(m.value).value | {"kind": default_catalog().decode(m.value).record}
+              for m in transport.messages]
+    assert [(e["kind"], e.get("count"), e.get("final")) for e in events] == [
+        ("Deployment", None, None), ("Deployment", None, None), ("SessionSeal", 2, False),
+        ("Deployment", None, None), ("SessionSeal", 4, True)]
+    assert chain_findings([m.value for m in transport.messages]) == []

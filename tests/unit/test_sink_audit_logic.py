@@ -17,7 +17,7 @@ from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify
 from provline.sink.lineage import Edge, edges_for, parse_node
 from provline.sink.settings import ServeSettings
 from provline.sink.store import render_ddl, ttl_statements
-from provline.sink.verify import verify_session
+from provline.sink.verify import Links, Seals, Trust, check_event, link_findings
 from provline.sink.writer import (
     dedup_token,
     in_flight_metadata,
@@ -168,33 +168,40 @@ def chain_of(count: int, signer: Ed25519PrivateKey | None = None) -> list[tuple[
             for i in range(count)]
 
 
-def test_verify_session_classifies_the_first_break() -> None:
+def test_check_event_judges_one_event_by_its_own_bytes() -> None:
     catalog = default_catalog()
-    events = chain_of(4)
-    assert verify_session(catalog, "s", session_rows(events)) is None
-    gone = session_rows(events[:1] + events[2:])
-    assert (verify_session(catalog, "s", gone).problem, verify_session(catalog, "s", gone).index) == ("missing", 1)
-    swapped = session_rows([events[0], events[2], events[1], events[3]])
-    assert verify_session(catalog, "s", swapped).problem == "reordered"
-    rows = session_rows(events)
-    rows[2]["raw"] = rows[2]["raw"][:-1] + b"x"
-    assert (verify_session(catalog, "s", rows).problem, verify_session(catalog, "s", rows).index) == ("altered", 2)
-    rows = session_rows(events)
-    rows[1]["raw"] = rows[1]["raw"][:5]
-    assert "do not decode" in verify_session(catalog, "s", rows).detail
-    rows = session_rows(events)
-    rows[3]["event_id"] = "someone-else"
-    assert verify_session(catalog, "s", rows).problem == "altered"
+    [row] = session_rows(chain_of(1))
+    assert check_event(catalog, row, Trust())[0] == []
+    altered = {**row, "raw": row["raw"][:-1] + b"x"}
+    assert [f.problem for f in check_event(catalog, altered, Trust())[0]] == ["altered"]
+    cut = {**row, "raw": row["raw"][:5]}
+    assert "not an intact event" in check_event(catalog, cut, Trust())[0][0].detail
+    moved = {**row, "event_id": "someone-else"}
+    assert "event_id disagree" in check_event(catalog, moved, Trust())[0][0].detail
 
 
-def test_verify_session_checks_signatures_with_a_public_key() -> None:
+def test_chain_shape_findings_name_every_problem() -> None:
+    intact = Links(events=3, roots=["e1"], dangling=[], forks=[], heads=[("e3", "h3")])
+    assert link_findings("s", intact, Seals()) == []
+    broken = Links(events=5, roots=["e1", "x1"], dangling=[("e4", "h9")], forks=[("h2", ["e3", "y3"])],
+                   heads=[("e5", "h5"), ("y3", "hy")])
+    assert sorted(f.problem for f in link_findings("s", broken, Seals())) == ["fork", "missing", "start", "start"]
+    after_final = Links(events=4, roots=["e1"], dangling=[], forks=[], heads=[("e4", "h4")])
+    assert [f.problem for f in link_findings("s", after_final, Seals(2, "e3", "h3", ["e4"]))] == ["after-final"]
+    assert [f.problem for f in link_findings("s", intact, Seals(sealed_count=7))] == ["truncated"]
+
+
+def test_signatures_are_checked_with_keys_trusted_per_producer() -> None:
     catalog = default_catalog()
     key = Ed25519PrivateKey.generate()
-    signed = session_rows(chain_of(2, signer=key))
-    assert verify_session(catalog, "s", signed, public_key=key.public_key()) is None
-    assert verify_session(catalog, "s", signed, public_key=Ed25519PrivateKey.generate().public_key()).problem == \
-        "bad-signature"
-    assert verify_session(catalog, "s", session_rows(chain_of(2)), public_key=key.public_key()).problem == "unsigned"
+    [signed] = session_rows(chain_of(1, signer=key))
+    assert check_event(catalog, signed, Trust({"t": (key.public_key(),)}))[0] == []
+    wrong_key = Trust({"t": (Ed25519PrivateKey.generate().public_key(),)})
+    assert [f.problem for f in check_event(catalog, signed, wrong_key)[0]] == ["bad-signature"]
+    other_producer = Trust({"sidecar": (key.public_key(),)})
+    assert [f.problem for f in check_event(catalog, signed, other_producer)[0]] == ["untrusted"]
+    [unsigned] = session_rows(chain_of(1))
+    assert [f.problem for f in check_event(catalog, unsigned, Trust({"t": (key.public_key(),)}))[0]] == ["unsigned"]
 
 
 def test_bundles_unsigned_missing_and_extra_files() -> None:

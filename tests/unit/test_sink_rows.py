@@ -49,7 +49,8 @@ def ddl_columns() -> dict[str, list[str]]:
         for statement in split_statements(text):
             match = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\n\)", statement, re.S)
             if match is None:
-                assert re.search(r"^ALTER TABLE \w+ (MODIFY SETTING|ADD INDEX)", statement, re.M), statement
+                assert re.search(r"^(ALTER TABLE \w+ (MODIFY SETTING|ADD INDEX)|INSERT INTO event_ledger SELECT)",
+                                 statement, re.M), statement
                 continue
             columns = [
                 line.split()[0] for line in match.group(2).splitlines()

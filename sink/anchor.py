@@ -1,0 +1,134 @@
+"""Anchors: a signed digest of every session's chain head, published where the store cannot rewrite it.
+
+The store can be rewritten by whoever administers it: an event deleted from the end of a session,
+or a whole session, leaves no broken link behind. An anchor is taken from time to time (``provline
+anchor``): for each session whose chain is intact, its number of events and the hash of its last
+one; the list, its Merkle root (like Certificate Transparency's signed tree heads) and an Ed25519
+signature over the document are written somewhere else: a directory (a new file each time, never
+overwritten) or an HTTP endpoint (an object-store key by PUT, an append-only log service by POST).
+``provline verify --anchor`` loads them, checks their signatures with keys the verifier trusts (never
+a key the document names), and checks that every anchored session still has its anchored head: a
+deleted tail or session, or a consistent rewrite of a session, is then found.
+
+Building and checking are pure; :func:`publish` and :func:`load` do the I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from provline.schemas.integrity import merkle_root
+from provline.sink.verify import AnchoredSession
+
+FORMAT = "provline-anchor/1"
+HTTP_TIMEOUT_S = 30.0
+
+
+def leaf(session: AnchoredSession) -> bytes:
+    return f"{session.session}\0{session.count}\0{session.head}".encode()
+
+
+def root_of(sessions: Iterable[AnchoredSession]) -> str:
+    return merkle_root([leaf(s) for s in sorted(sessions, key=lambda s: s.session)]).hex()
+
+
+def _signed_part(document: Mapping[str, Any]) -> bytes:
+    """The canonical bytes an anchor's signature covers: everything but the signature itself."""
+    return json.dumps({k: v for k, v in document.items() if k != "signature"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def build(sessions: Iterable[AnchoredSession], signer: Ed25519PrivateKey, *,
+          created: datetime | None = None) -> dict[str, Any]:
+    """A signed anchor document of ``sessions``."""
+    listed = sorted(sessions, key=lambda s: s.session)
+    public = signer.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "created": (created or datetime.now(UTC)).isoformat(),
+        "sessions": [{"session": s.session, "count": s.count, "head": s.head} for s in listed],
+        "root": root_of(listed),
+        "public_key": base64.b64encode(public).decode(),  # for people; a verifier uses the keys it trusts
+    }
+    document["signature"] = base64.b64encode(signer.sign(_signed_part(document))).decode()
+    return document
+
+
+def check(document: Mapping[str, Any], trusted: Iterable[Ed25519PublicKey]) -> tuple[list[AnchoredSession], list[str]]:
+    """The anchored sessions of ``document``, and its problems (empty: it is intact and signed by a trusted key)."""
+    keys = list(trusted)
+    problems = []
+    if document.get("format") != FORMAT:
+        return [], [f"not a provline anchor (format {document.get('format')!r}, expected {FORMAT})"]
+    try:
+        sessions = [AnchoredSession(str(s["session"]), int(s["count"]), str(s["head"])) for s in document["sessions"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        return [], [f"its session list is malformed: {exc}"]
+    if root_of(sessions) != document.get("root"):
+        problems.append("its Merkle root does not match its sessions: it was altered")
+    if not keys:
+        problems.append("no trusted anchor key: set PROVLINE_ANCHOR__PUBLIC_KEYS (or --anchor-public-key); "
+                        "an anchor's own key proves nothing")
+    else:
+        try:
+            signature = base64.b64decode(str(document.get("signature", "")), validate=True)
+        except ValueError:
+            signature = b""
+        if not any(_verifies(key, signature, _signed_part(document)) for key in keys):
+            problems.append("its signature does not verify with any trusted anchor key")
+    return sessions, problems
+
+
+def _verifies(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- I/O
+
+
+def publish(document: Mapping[str, Any], destination: str, *, method: str = "POST") -> str:
+    """Write ``document`` to a directory (a new file, never an existing one) or send it to an http(s) URL;
+    returns where it went. Raises OSError (or httpx.HTTPError) when it could not be stored."""
+    body = json.dumps(document, indent=2, sort_keys=True).encode()
+    if urlsplit(destination).scheme in ("http", "https"):
+        import httpx
+
+        response = httpx.request(method, destination, content=body, headers={"Content-Type": "application/json"},
+                                 timeout=HTTP_TIMEOUT_S)
+        response.raise_for_status()
+        return destination
+    directory = Path(destination.removeprefix("file://"))
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = str(document["created"]).replace(":", "").replace("-", "")[:15]
+    path = directory / f"anchor-{stamp}-{str(document['root'])[:12]}.json"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444), "wb") as handle:
+        handle.write(body)
+    return str(path)
+
+
+def load(source: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, document) of the anchors at ``source``: a file, a directory of them, or an http(s) URL."""
+    if urlsplit(source).scheme in ("http", "https"):
+        import httpx
+
+        response = httpx.get(source, timeout=HTTP_TIMEOUT_S)
+        response.raise_for_status()
+        return [(source, response.json())]
+    path = Path(source.removeprefix("file://"))
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    return [(str(file), json.loads(file.read_text(encoding="utf-8"))) for file in files]

@@ -1,0 +1,61 @@
+-- Integrity of the record (issue 13): producers' session seals, and a ledger of every event ever inserted.
+--
+-- session_seals: a producer session's signed statement of its own chain (how many events it has
+-- sealed; final at close). `provline verify` checks the chain against them and `provline anchor`
+-- publishes them outside the store.
+CREATE TABLE IF NOT EXISTS session_seals
+(
+    event_id         String,
+    event_time       DateTime64(6, 'UTC'),
+    producer_name    LowCardinality(String),
+    producer_session String,
+    hash             String,
+    prev_hash        Nullable(String),
+    sealed_count     Int64,
+    is_final         Bool,
+    payload          String,
+    raw              String,
+    kafka_topic      LowCardinality(String),
+    kafka_partition  Int32,
+    kafka_offset     Int64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (producer_session, event_id)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+ALTER TABLE session_seals ADD INDEX IF NOT EXISTS kafka_offset_minmax (kafka_partition, kafka_offset) TYPE minmax GRANULARITY 1;
+
+-- event_ledger: one row per event inserted into any event table, never replaced (plain MergeTree),
+-- filled by a materialized view per table (sink/store.py). The event tables collapse rows by
+-- event_id, so an event re-published under an existing id with other content replaces the stored
+-- one there; here both stay, and `provline verify` names the id as replaced.
+CREATE TABLE IF NOT EXISTS event_ledger
+(
+    event_id         String,
+    hash             String,
+    event_table      LowCardinality(String),
+    producer_session String,
+    kafka_topic      LowCardinality(String),
+    kafka_partition  Int32,
+    kafka_offset     Int64,
+    inserted         DateTime64(6, 'UTC')
+)
+ENGINE = MergeTree
+ORDER BY (event_id, hash)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Events stored before the ledger existed: what their tables still hold (copies a merge already
+-- collapsed are gone, so a replacement older than this migration is found by its chain only).
+INSERT INTO event_ledger SELECT event_id, hash, 'run_events', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM run_events;
+INSERT INTO event_ledger SELECT event_id, hash, 'dataset_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM dataset_versions;
+INSERT INTO event_ledger SELECT event_id, hash, 'feature_set_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feature_set_versions;
+INSERT INTO event_ledger SELECT event_id, hash, 'model_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM model_versions;
+INSERT INTO event_ledger SELECT event_id, hash, 'evaluations', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM evaluations;
+INSERT INTO event_ledger SELECT event_id, hash, 'decisions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM decisions;
+INSERT INTO event_ledger SELECT event_id, hash, 'deployments', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM deployments;
+INSERT INTO event_ledger SELECT event_id, hash, 'delivery_gaps', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM delivery_gaps;
+INSERT INTO event_ledger SELECT event_id, hash, 'inference_requests', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_requests;
+INSERT INTO event_ledger SELECT event_id, hash, 'inference_responses', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_responses;
+INSERT INTO event_ledger SELECT event_id, hash, 'prediction_traces', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM prediction_traces;
+INSERT INTO event_ledger SELECT event_id, hash, 'feedback', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feedback;
+INSERT INTO event_ledger SELECT event_id, hash, 'drift_metrics', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM drift_metrics;

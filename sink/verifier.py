@@ -1,0 +1,291 @@
+"""``provline verify`` against the store: feeds the pure checks of :mod:`provline.sink.verify`. Blocks.
+
+    report = verify_store(client, catalog, trust)                 # every session, table and derived row
+    report = verify_store(client, catalog, trust, sessions=["s"])  # one session's events and chain only
+    report = verify_store(client, catalog, trust, anchors=[...])   # and against published anchors
+
+Memory stays bounded for any store: events are read a page at a time, a session's chain shape is
+computed by ClickHouse set-wise (who links to whom), and stored columns are re-derived a page at a
+time through the sink's own ingest SQL over the raw events, compared inside ClickHouse.
+
+The client must not be used by another thread meanwhile; give verification a connection of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from provline.schemas import Catalog, SchemaError
+from provline.sink.ingest import JSON_SETTINGS, current_body, derived_select, event_view_select, ingest_format
+from provline.sink.lineage import LINEAGE_KINDS, edges_for
+from provline.sink.queries import stored_events_sql
+from provline.sink.rows import TABLES
+from provline.sink.verify import (
+    AnchoredSession,
+    Finding,
+    Links,
+    Seals,
+    Trust,
+    anchor_findings,
+    check_event,
+    column_findings,
+    derived_findings,
+    link_findings,
+    replaced_findings,
+)
+
+PAGE_EVENTS = 2000
+SAMPLES = 100  # of a kind of problem, listed per session or table (all are counted)
+COMPARED_AWAY = frozenset({"raw", "kafka_topic", "kafka_partition", "kafka_offset"})  # not in the raw event
+DERIVED_KEYS = {
+    "prediction_index": "model_name, model_version, event_time, prediction_id, event_id, endpoint, complete, "
+                        "training_run_id",
+    "lineage_edges": "from_node, to_node, edge",
+}
+
+Progress = Callable[[str, int], None]  # (what, how many more done)
+
+
+@dataclass
+class Report:
+    sessions: int = 0
+    events: int = 0
+    signatures: bool = False
+    findings: list[Finding] = field(default_factory=list)
+    unsealed: list[str] = field(default_factory=list)  # sessions with no final seal: running, crashed or cut
+    heads: list[dict[str, Any]] = field(default_factory=list)  # per session: events, head, as an anchor takes them
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sessions": self.sessions, "events": self.events, "signatures": self.signatures,
+                "findings": [f.as_dict() for f in self.findings], "unsealed": self.unsealed}
+
+
+def _nothing(what: str, done: int) -> None:
+    return None
+
+
+def verify_store(
+    client: Client, catalog: Catalog, trust: Trust, *, sessions: Sequence[str] | None = None,
+    anchors: Iterable[tuple[str, Sequence[AnchoredSession]]] = (), progress: Progress = _nothing,
+) -> Report:
+    """Everything ``provline verify`` checks (see :mod:`provline.sink.verify`); ``anchors`` are
+    (anchor name, its sessions) whose signatures the caller has checked."""
+    report = Report(signatures=trust.enabled)
+    names = list(sessions) if sessions is not None else all_sessions(client)
+    report.sessions = len(names)
+    lineage_edges: set[tuple[str, str, str]] = set()
+    for name in names:
+        verify_session(client, catalog, trust, name, report, lineage_edges, progress)
+    tables_filter = list(sessions) if sessions is not None else None
+    for kind, spec in TABLES.items():
+        report.findings += column_findings(spec.table, rederived_differences(client, catalog, kind, tables_filter,
+                                                                             progress))
+    if sessions is None:
+        report.findings += replaced_findings(replaced_events(client))
+        report.findings += derived_differences(client, lineage_edges)
+    stored = {head["session"]: head for head in report.heads}
+    for anchor_name, anchored in anchors:
+        anchored = list(anchored)
+        counts = {item.session: stored[item.session]["events"] if item.session in stored else
+                  session_event_count(client, item.session) for item in anchored}
+        has_head = {item.session: session_has_hash(client, item.session, item.head) for item in anchored}
+        report.findings += anchor_findings(anchored, counts, has_head, anchor_name)
+    return report
+
+
+def verify_session(client: Client, catalog: Catalog, trust: Trust, session: str, report: Report,
+                   lineage_edges: set[tuple[str, str, str]], progress: Progress) -> None:
+    """One session: every event from its bytes, then its chain's shape and seals."""
+    for page in session_pages(client, session):
+        for row in page:
+            findings, event = check_event(catalog, row, trust)
+            report.findings += findings
+            if event is not None and event.kind in LINEAGE_KINDS:
+                lineage_edges.update((e.from_node, e.to_node, e.edge) for e in edges_for(event.kind, event.value))
+        report.events += len(page)
+        progress("events", len(page))
+    links = session_links(client, session)
+    seals = session_seals(client, session)
+    report.findings += link_findings(session, links, seals)
+    if seals.final_hash is None:
+        report.unsealed.append(session)
+    if len(links.heads) == 1:
+        report.heads.append({"session": session, "events": links.events, "head": links.heads[0][1]})
+
+
+def all_sessions(client: Client) -> list[str]:
+    parts = [f"SELECT DISTINCT producer_session AS s FROM {spec.table}" for spec in TABLES.values()]
+    result = client.query(f"SELECT DISTINCT s FROM ({' UNION ALL '.join(parts)}) ORDER BY s")
+    return [row[0] for row in result.result_rows]
+
+
+def session_pages(client: Client, session: str) -> Iterator[list[dict[str, Any]]]:
+    """A session's stored events, a page at a time (by event id: any order does, the chain has its links)."""
+    after = ""
+    where = "producer_session = {session:String} AND event_id > {after:String}"
+    while True:
+        result = client.query(
+            f"SELECT * FROM ({stored_events_sql(where)}) ORDER BY event_id LIMIT {{limit:UInt32}}",
+            parameters={"session": session, "after": after, "limit": PAGE_EVENTS}, column_formats={"raw": "bytes"},
+        )
+        page = list(result.named_results())
+        if page:
+            yield page
+        if len(page) < PAGE_EVENTS:
+            return
+        after = page[-1]["event_id"]
+
+
+def session_links(client: Client, session: str) -> Links:
+    """The chain's shape: starts, links to absent events, events sharing a predecessor, and heads."""
+    chain = stored_events_sql("producer_session = {session:String}", columns="event_id, hash, prev_hash")
+    row = client.query(
+        f"WITH chain AS ({chain})\n"
+        "SELECT (SELECT count() FROM chain),\n"
+        f"    (SELECT groupArray({SAMPLES})(event_id) FROM chain WHERE prev_hash IS NULL),\n"
+        f"    (SELECT groupArray({SAMPLES})((event_id, assumeNotNull(prev_hash))) FROM chain\n"
+        "        WHERE prev_hash IS NOT NULL AND prev_hash NOT IN (SELECT hash FROM chain)),\n"
+        f"    (SELECT groupArray({SAMPLES})((p, ids)) FROM (SELECT assumeNotNull(prev_hash) AS p, "
+        "groupArray(event_id) AS ids FROM chain WHERE prev_hash IS NOT NULL GROUP BY p HAVING count() > 1)),\n"
+        f"    (SELECT groupArray({SAMPLES})((event_id, hash)) FROM chain\n"
+        "        WHERE hash NOT IN (SELECT assumeNotNull(prev_hash) FROM chain WHERE prev_hash IS NOT NULL))",
+        parameters={"session": session},
+    ).result_rows[0]
+    return Links(events=int(row[0]), roots=list(row[1]), dangling=[tuple(x) for x in row[2]],
+                 forks=[(p, list(ids)) for p, ids in row[3]], heads=[tuple(x) for x in row[4]])
+
+
+def session_seals(client: Client, session: str) -> Seals:
+    row = client.query(
+        "SELECT max(sealed_count), argMaxIf(event_id, event_time, is_final), argMaxIf(hash, event_time, is_final), "
+        "countIf(is_final) FROM session_seals FINAL WHERE producer_session = {session:String}",
+        parameters={"session": session},
+    ).result_rows[0]
+    if row[0] is None:
+        return Seals()
+    if row[3] == 0:
+        return Seals(sealed_count=int(row[0]))
+    chain = stored_events_sql("producer_session = {session:String} AND prev_hash = {hash:String}",
+                              columns="event_id")
+    after = client.query(f"SELECT event_id FROM ({chain}) ORDER BY event_id LIMIT {SAMPLES}",
+                         parameters={"session": session, "hash": row[2]}).result_rows
+    return Seals(sealed_count=int(row[0]), final_event_id=row[1], final_hash=row[2],
+                 after_final=[event_id for (event_id,) in after])
+
+
+def session_event_count(client: Client, session: str) -> int:
+    chain = stored_events_sql("producer_session = {session:String}", columns="event_id")
+    return int(client.query(f"SELECT count() FROM ({chain})", parameters={"session": session}).result_rows[0][0])
+
+
+def session_has_hash(client: Client, session: str, event_hash: str) -> bool:
+    chain = stored_events_sql("producer_session = {session:String} AND hash = {hash:String}", columns="event_id")
+    return bool(client.query(f"SELECT count() FROM ({chain})",
+                             parameters={"session": session, "hash": event_hash}).result_rows[0][0])
+
+
+def replaced_events(client: Client) -> list[tuple[str, str, int]]:
+    rows = client.query(
+        "SELECT event_id, any(event_table), uniqExact(hash) AS contents FROM event_ledger GROUP BY event_id "
+        f"HAVING contents > 1 ORDER BY event_id LIMIT {SAMPLES * 10}"
+    ).result_rows
+    return [(str(event_id), str(table), int(contents)) for event_id, table, contents in rows]
+
+
+def rederived_differences(client: Client, catalog: Catalog, kind: str, sessions: list[str] | None,
+                          progress: Progress) -> list[tuple[str, str, list[str]]]:
+    """(event id, session, differing columns) of ``kind``'s stored rows against the same rows made again from
+    their raw events by the sink's ingest view SQL. Events whose bytes are not an event are left out (the
+    per-event check names them)."""
+    spec = TABLES[kind]
+    fmt = ingest_format(catalog, kind)
+    compared = [name for name in spec.columns if name not in COMPARED_AWAY]
+    differs = ", ".join(f"if(s.`{name}` <=> r.`{name}`, '', '{name}')" for name in compared)
+    where = "producer_session IN {sessions:Array(String)}" if sessions is not None else "1"
+    found: list[tuple[str, str, list[str]]] = []
+    after = ""
+    while True:
+        rows = client.query(
+            f"SELECT event_id, raw, kafka_topic, kafka_partition, kafka_offset FROM {spec.table} FINAL "
+            f"WHERE event_id > {{after:String}} AND {where} ORDER BY event_id LIMIT {PAGE_EVENTS}",
+            parameters={"after": after, "sessions": sessions or []}, column_formats={"raw": "bytes"},
+        ).result_rows
+        if not rows:
+            return found
+        after = rows[-1][0]
+        raws, bodies, positions, ids = [], [], [], []
+        for event_id, raw, topic, partition, offset in rows:
+            try:
+                record, body = current_body(catalog, bytes(raw))
+            except (SchemaError, ValueError):
+                continue
+            if record != kind:
+                continue  # an event of another kind in this table: check_event's columns finding names it
+            raws.append(bytes(raw))
+            bodies.append(body)
+            positions.append((topic, partition, offset))
+            ids.append(event_id)
+        if ids:
+            container = base64.b64encode(fmt.container(raws, bodies, positions)).decode("ascii")
+            rederived = event_view_select(fmt, source="format(Avro, base64Decode({container:String}))")
+            result = client.query(
+                f"SELECT s.event_id, s.producer_session, arrayFilter(x -> x != '', [{differs}])\n"
+                f"FROM (SELECT * FROM {spec.table} FINAL WHERE event_id IN {{ids:Array(String)}}) AS s\n"
+                f"LEFT JOIN ({rederived}) AS r ON s.event_id = r.event_id\n"
+                "WHERE length(arrayFilter(x -> x != '', "
+                f"[{differs}])) > 0",
+                parameters={"container": container, "ids": ids}, settings=_json_settings(),
+            )
+            found += [(str(e), str(s), list(columns)) for e, s, columns in result.result_rows]
+        progress("rederived", len(rows))
+        if len(rows) < PAGE_EVENTS:
+            return found
+
+
+def _json_settings() -> dict[str, Any]:
+    """JSON_SETTINGS as query settings (the view's SELECT also carries them)."""
+    settings: dict[str, Any] = {}
+    for part in JSON_SETTINGS.split(","):
+        name, _, value = part.partition("=")
+        settings[name.strip()] = value.strip().strip("'")
+    return settings
+
+
+def derived_differences(client: Client, lineage_edges: set[tuple[str, str, str]]) -> list[Finding]:
+    """prediction_index and the served edges against what the stored traces give; the other lineage edges
+    against what the verified lineage events give (``lineage_edges``)."""
+    findings = []
+    traces = "(SELECT * FROM prediction_traces FINAL)"
+    for table in ("prediction_index", "lineage_edges"):
+        keys = DERIVED_KEYS[table]
+        derived = f"SELECT {keys} FROM ({derived_select(table, traces)})"
+        stored = f"SELECT {keys} FROM {table} FINAL" + (" WHERE edge = 'served'" if table == "lineage_edges" else "")
+        missing = client.query(f"SELECT * FROM ({derived} EXCEPT {stored}) LIMIT {SAMPLES}").result_rows
+        extra = client.query(f"SELECT * FROM ({stored} EXCEPT {derived}) LIMIT {SAMPLES}").result_rows
+        findings += derived_findings(table, map(_row_text, missing), map(_row_text, extra))
+    stored_edges = {tuple(row) for row in client.query(
+        "SELECT from_node, to_node, edge FROM lineage_edges FINAL WHERE edge != 'served'").result_rows}
+    findings += derived_findings("lineage_edges", map(_row_text, sorted(lineage_edges - stored_edges)),
+                                 map(_row_text, sorted(stored_edges - lineage_edges)))
+    return findings
+
+
+def _row_text(row: Iterable[Any]) -> str:
+    return "(" + ", ".join(str(value) for value in row) + ")"
+
+
+def anchor_heads(client: Client) -> list[dict[str, Any]]:
+    """Every session's event count and chain head, as an anchor records them; ``intact`` is False for a
+    session whose chain is already broken (verify says why; an anchor should not vouch for it)."""
+    heads = []
+    for session in all_sessions(client):
+        links = session_links(client, session)
+        intact = len(links.roots) == 1 and not links.dangling and not links.forks and len(links.heads) == 1
+        heads.append({"session": session, "events": links.events, "intact": intact,
+                      "head": links.heads[0][1] if len(links.heads) == 1 else None})
+    return heads
