@@ -126,8 +126,9 @@ class VerifyRequest(BaseModel):
 class Verification:
     """Verification on a store connection of its own, one run at a time, so it holds up no other request."""
 
-    def __init__(self, store_url: str) -> None:
+    def __init__(self, store_url: str, retention_days: dict[str, int]) -> None:
         self._url = store_url
+        self._retention_days = retention_days
         self._client: Client | None = None
         self._lock = threading.Lock()
 
@@ -143,7 +144,8 @@ class Verification:
             anchors: Sequence[tuple[str, list[AnchoredSession]]] = ()) -> Report:
         client = self._locked_client()
         try:
-            return verify_store(client, catalog, trust, sessions=sessions, anchors=anchors)
+            return verify_store(client, catalog, trust, sessions=sessions, anchors=anchors,
+                                retention_days=self._retention_days)
         finally:
             self._lock.release()
 
@@ -187,7 +189,7 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
     evidence_keys = settings.evidence
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
     trust = Trust.from_config(evidence_keys.trusted_keys)
-    verification = Verification(settings.store.url)
+    verification = Verification(settings.store.url, settings.store.retention_days)
 
     def write_access_log(row: list[Any]) -> None:
         with store.lock:

@@ -171,11 +171,22 @@ def event_view_select(fmt: IngestFormat, source: str | None = None) -> str:
 LEDGER_TABLE = "event_ledger"
 
 
+ENVELOPE_FIELDS = ("event_id", "event_time", "producer", "prev_hash", "hash", "signature")
+# The event's contents without its envelope: the same for an event a producer emitted twice (a
+# processors worker taking over a crashed one's batch), different for one replaced by other contents.
+# 0005_integrity.sql backfills the ledger with this same expression.
+LEDGER_CONTENT = (
+    "hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ("
+    + ", ".join(f"'{name}'" for name in ENVELOPE_FIELDS)
+    + "), JSONExtractKeysAndValuesRaw(payload)))))"
+)
+
+
 def ledger_select(table: str) -> str:
     """The SELECT of an event table's ledger view: every row inserted into ``table``, into event_ledger."""
     return (
-        f"SELECT event_id, hash, '{table}' AS event_table, producer_session, kafka_topic, kafka_partition, "
-        f"kafka_offset, now64(6) AS inserted\nFROM {table}"
+        f"SELECT event_id, hash, {LEDGER_CONTENT} AS content_sha256, '{table}' AS event_table, producer_session, "
+        f"event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) AS inserted\nFROM {table}"
     )
 
 

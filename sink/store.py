@@ -143,7 +143,7 @@ _DROP = re.compile(r"^(\s*DROP VIEW IF EXISTS\s+\w+)", re.MULTILINE)
 _ALTER = re.compile(r"^(\s*ALTER TABLE\s+\w+)", re.MULTILINE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(ReplacingMergeTree|MergeTree)(?:\(([^)]*)\))?")
 REPLICA_PATH = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
-TTL_COLUMNS = {"access_log": "time", "event_ledger": "inserted"}  # every other table keeps rows by event_time
+TTL_COLUMNS = {"access_log": "time"}  # every other table keeps rows by event_time
 
 
 def render_ddl(statement: str, cluster: str | None) -> str:
@@ -162,20 +162,26 @@ def render_ddl(statement: str, cluster: str | None) -> str:
 
 
 def ttl_statements(retention_days: dict[str, int], tables: set[str], cluster: str | None) -> list[str]:
-    """``ALTER TABLE ... MODIFY TTL`` per configured table; unknown tables are an error. Pure."""
+    """``ALTER TABLE ... MODIFY TTL`` per configured table, and the ledger's rows of each event table
+    expiring with it; unknown tables are an error. Pure."""
     unknown = sorted(set(retention_days) - tables)
     if unknown:
         raise MigrationError(
             f"retention_days names unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(tables))}"
         )
-    return [
-        render_ddl(
-            f"ALTER TABLE {table} MODIFY TTL toDateTime({TTL_COLUMNS.get(table, 'event_time')}) "
-            f"+ INTERVAL {int(days)} DAY",
-            cluster,
-        )
+    if LEDGER_TABLE in retention_days:
+        raise MigrationError(f"retention_days names {LEDGER_TABLE}: its rows expire with their event tables' "
+                             "retention; set retention_days on those instead")
+    statements = [
+        f"ALTER TABLE {table} MODIFY TTL toDateTime({TTL_COLUMNS.get(table, 'event_time')}) + INTERVAL {int(days)} DAY"
         for table, days in sorted(retention_days.items())
     ]
+    event_tables = {spec.table for spec in TABLES.values()}
+    ledger_rules = [f"toDateTime(event_time) + INTERVAL {int(days)} DAY DELETE WHERE event_table = '{table}'"
+                    for table, days in sorted(retention_days.items()) if table in event_tables]
+    if ledger_rules:
+        statements.append(f"ALTER TABLE {LEDGER_TABLE} MODIFY TTL {', '.join(ledger_rules)}")
+    return [render_ddl(statement, cluster) for statement in statements]
 
 
 def store_tables(client: Client) -> set[str]:

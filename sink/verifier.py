@@ -14,14 +14,21 @@ The client must not be used by another thread meanwhile; give verification a con
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from provline.schemas import Catalog, SchemaError
-from provline.sink.ingest import JSON_SETTINGS, current_body, derived_select, event_view_select, ingest_format
+from provline.sink.ingest import (
+    JSON_SETTINGS,
+    LEDGER_TABLE,
+    current_body,
+    derived_select,
+    event_view_select,
+    ingest_format,
+)
 from provline.sink.lineage import LINEAGE_KINDS, edges_for
 from provline.sink.queries import stored_events_sql
 from provline.sink.rows import TABLES
@@ -34,6 +41,7 @@ from provline.sink.verify import (
     anchor_findings,
     check_event,
     column_findings,
+    deleted_findings,
     derived_findings,
     link_findings,
     replaced_findings,
@@ -71,10 +79,13 @@ def _nothing(what: str, done: int) -> None:
 
 def verify_store(
     client: Client, catalog: Catalog, trust: Trust, *, sessions: Sequence[str] | None = None,
-    anchors: Iterable[tuple[str, Sequence[AnchoredSession]]] = (), progress: Progress = _nothing,
+    anchors: Iterable[tuple[str, Sequence[AnchoredSession]]] = (), retention_days: Mapping[str, int] | None = None,
+    progress: Progress = _nothing,
 ) -> Report:
     """Everything ``provline verify`` checks (see :mod:`provline.sink.verify`); ``anchors`` are
-    (anchor name, its sessions) whose signatures the caller has checked."""
+    (anchor name, its sessions) whose signatures the caller has checked; ``retention_days`` the
+    store's (what expired is not missing)."""
+    retention_days = retention_days or {}
     report = Report(signatures=trust.enabled)
     names = list(sessions) if sessions is not None else all_sessions(client)
     report.sessions = len(names)
@@ -82,6 +93,7 @@ def verify_store(
     for name in names:
         verify_session(client, catalog, trust, name, report, lineage_edges, progress)
     tables_filter = list(sessions) if sessions is not None else None
+    report.findings += deleted_findings(deleted_events(client, tables_filter, retention_days))
     for kind, spec in TABLES.items():
         report.findings += column_findings(spec.table, rederived_differences(client, catalog, kind, tables_filter,
                                                                              progress))
@@ -93,7 +105,7 @@ def verify_store(
         anchored = list(anchored)
         counts = {item.session: stored[item.session]["events"] if item.session in stored else
                   session_event_count(client, item.session) for item in anchored}
-        has_head = {item.session: session_has_hash(client, item.session, item.head) for item in anchored}
+        has_head = heads_present(client, anchored)
         report.findings += anchor_findings(anchored, counts, has_head, anchor_name)
     return report
 
@@ -141,23 +153,55 @@ def session_pages(client: Client, session: str) -> Iterator[list[dict[str, Any]]
         after = page[-1]["event_id"]
 
 
+RESOLVED_GAPS_MAX = 10_000  # missing links per session looked up in the ledger (a crash re-emits one batch)
+
+
 def session_links(client: Client, session: str) -> Links:
-    """The chain's shape: starts, links to absent events, events sharing a predecessor, and heads."""
+    """The chain's shape: starts, links to absent events, events sharing a predecessor, and heads.
+
+    One pass over the session's events: each gives its hash and its link, grouped by hash. A link
+    to an event that another session emitted again under the same id and contents (a processors
+    worker taking over a crashed one's batch), whose copy replaced this session's in the event
+    table, is not absent: the ledger has this session's copy."""
     chain = stored_events_sql("producer_session = {session:String}", columns="event_id, hash, prev_hash")
     row = client.query(
-        f"WITH chain AS ({chain})\n"
-        "SELECT (SELECT count() FROM chain),\n"
-        f"    (SELECT groupArray({SAMPLES})(event_id) FROM chain WHERE prev_hash IS NULL),\n"
-        f"    (SELECT groupArray({SAMPLES})((event_id, assumeNotNull(prev_hash))) FROM chain\n"
-        "        WHERE prev_hash IS NOT NULL AND prev_hash NOT IN (SELECT hash FROM chain)),\n"
-        f"    (SELECT groupArray({SAMPLES})((p, ids)) FROM (SELECT assumeNotNull(prev_hash) AS p, "
-        "groupArray(event_id) AS ids FROM chain WHERE prev_hash IS NOT NULL GROUP BY p HAVING count() > 1)),\n"
-        f"    (SELECT groupArray({SAMPLES})((event_id, hash)) FROM chain\n"
-        "        WHERE hash NOT IN (SELECT assumeNotNull(prev_hash) FROM chain WHERE prev_hash IS NOT NULL))",
+        "WITH links AS (\n"
+        "    SELECT tupleElement(pair, 1) AS link, countIf(tupleElement(pair, 2) = 0) AS owners,\n"
+        "        countIf(tupleElement(pair, 2) = 1) AS followed, anyIf(event_id, tupleElement(pair, 2) = 0) AS owner,\n"
+        f"        groupArrayIf({SAMPLES})(event_id, tupleElement(pair, 2) = 1) AS followers\n"
+        f"    FROM ({chain})\n"
+        "    ARRAY JOIN [tuple(hash, 0), tuple(ifNull(prev_hash, ''), 1)] AS pair\n"
+        "    GROUP BY link)\n"
+        "SELECT sum(owners), arrayFlatten(groupArrayIf(followers, link = '')),\n"
+        f"    groupArrayIf({RESOLVED_GAPS_MAX})((link, followers), link != '' AND owners = 0),\n"
+        f"    groupArrayIf({SAMPLES})((link, followers), link != '' AND followed > 1),\n"
+        f"    groupArrayIf({SAMPLES})((owner, link), owners > 0 AND followed = 0)\n"
+        "FROM links",
         parameters={"session": session},
     ).result_rows[0]
-    return Links(events=int(row[0]), roots=list(row[1]), dangling=[tuple(x) for x in row[2]],
+    gaps = {str(link): list(followers) for link, followers in row[2]}
+    emitted_again = emitted_again_copies(client, session, sorted(gaps))
+    dangling = [(event_id, link) for link, followers in gaps.items() if link not in emitted_again
+                for event_id in followers][:SAMPLES]
+    return Links(events=int(row[0] or 0) + len(emitted_again), roots=list(row[1])[:SAMPLES], dangling=dangling,
                  forks=[(p, list(ids)) for p, ids in row[3]], heads=[tuple(x) for x in row[4]])
+
+
+def emitted_again_copies(client: Client, session: str, hashes: list[str]) -> set[str]:
+    """Of ``hashes`` (links of ``session`` to no stored event), those of the session's own copies of an
+    event still stored under its id with the same contents, as another session emitted it again."""
+    if not hashes:
+        return set()
+    stored = stored_events_sql("event_id IN (SELECT event_id FROM same)", columns="event_id")
+    rows = client.query(
+        f"WITH copies AS (SELECT event_id, hash FROM {LEDGER_TABLE}\n"
+        "    WHERE producer_session = {session:String} AND hash IN {hashes:Array(String)}),\n"
+        f"same AS (SELECT event_id FROM {LEDGER_TABLE} WHERE event_id IN (SELECT event_id FROM copies)\n"
+        "    GROUP BY event_id HAVING uniqExact(content_sha256) = 1)\n"
+        f"SELECT hash FROM copies WHERE event_id IN (SELECT event_id FROM ({stored}))",
+        parameters={"session": session, "hashes": hashes},
+    ).result_rows
+    return {str(h) for (h,) in rows}
 
 
 def session_seals(client: Client, session: str) -> Seals:
@@ -183,18 +227,51 @@ def session_event_count(client: Client, session: str) -> int:
     return int(client.query(f"SELECT count() FROM ({chain})", parameters={"session": session}).result_rows[0][0])
 
 
-def session_has_hash(client: Client, session: str, event_hash: str) -> bool:
-    chain = stored_events_sql("producer_session = {session:String} AND hash = {hash:String}", columns="event_id")
-    return bool(client.query(f"SELECT count() FROM ({chain})",
-                             parameters={"session": session, "hash": event_hash}).result_rows[0][0])
+def heads_present(client: Client, anchored: Sequence[AnchoredSession]) -> dict[str, bool]:
+    """Per anchored session, whether its anchored head is still there: stored in the session, or the
+    session's copy of an event another session emitted again (still stored under its id)."""
+    pairs = [(item.session, item.head) for item in anchored]
+    in_session = stored_events_sql("(producer_session, hash) IN {pairs:Array(Tuple(String, String))}",
+                                   columns="producer_session, hash")
+    copies = stored_events_sql("event_id IN (SELECT event_id FROM copies)", columns="event_id")
+    rows = client.query(
+        f"WITH copies AS (SELECT producer_session, hash, event_id FROM {LEDGER_TABLE}\n"
+        "    WHERE (producer_session, hash) IN {pairs:Array(Tuple(String, String))})\n"
+        f"SELECT producer_session FROM ({in_session})\n"
+        "UNION DISTINCT\n"
+        f"SELECT producer_session FROM copies WHERE event_id IN (SELECT event_id FROM ({copies}))",
+        parameters={"pairs": pairs},
+    ).result_rows
+    present = {str(session) for (session,) in rows}
+    return {item.session: item.session in present for item in anchored}
 
 
 def replaced_events(client: Client) -> list[tuple[str, str, int]]:
+    """(event id, table, how many different contents) of ids the ledger saw stored with other contents."""
     rows = client.query(
-        "SELECT event_id, any(event_table), uniqExact(hash) AS contents FROM event_ledger GROUP BY event_id "
-        f"HAVING contents > 1 ORDER BY event_id LIMIT {SAMPLES * 10}"
+        f"SELECT event_id, any(event_table), uniqExact(content_sha256) AS contents FROM {LEDGER_TABLE} "
+        f"GROUP BY event_id HAVING contents > 1 ORDER BY event_id LIMIT {SAMPLES * 10}"
     ).result_rows
     return [(str(event_id), str(table), int(contents)) for event_id, table, contents in rows]
+
+
+def deleted_events(client: Client, sessions: list[str] | None,
+                   retention_days: Mapping[str, int]) -> list[tuple[str, str, str]]:
+    """(event id, table, session) of events the ledger saw stored that no table holds now; those a
+    table's retention expired are left out."""
+    expired = " OR ".join(f"(event_table = '{table}' AND event_time < now64(6) - INTERVAL {int(days)} DAY)"
+                          for table, days in sorted(retention_days.items()))
+    where = "producer_session IN {sessions:Array(String)}" if sessions is not None else "1"
+    stored = stored_events_sql("event_id IN (SELECT event_id FROM recorded)", columns="event_id")
+    rows = client.query(
+        f"WITH recorded AS (SELECT DISTINCT event_id FROM {LEDGER_TABLE} WHERE {where}"
+        f"{f' AND NOT ({expired})' if expired else ''})\n"
+        f"SELECT event_id, any(event_table), any(producer_session) FROM {LEDGER_TABLE}\n"
+        f"WHERE event_id IN (SELECT event_id FROM recorded) AND event_id NOT IN (SELECT event_id FROM ({stored}))\n"
+        f"GROUP BY event_id ORDER BY event_id LIMIT {SAMPLES * 10}",
+        parameters={"sessions": sessions or []},
+    ).result_rows
+    return [(str(event_id), str(table), str(session)) for event_id, table, session in rows]
 
 
 def rederived_differences(client: Client, catalog: Catalog, kind: str, sessions: list[str] | None,

@@ -33,7 +33,7 @@ MISSING = "missing"  # an event links to one the session does not have
 FORK = "fork"  # two events link to the same one: an event was inserted or replaced
 START = "start"  # the session's chain has no start, or more than one
 AFTER_FINAL = "after-final"  # events follow the session's final seal
-REPLACED = "replaced"  # one event id was stored with different contents
+REPLACED = "replaced"  # one event id was stored with different contents (the ledger remembers)
 UNSIGNED = "unsigned"
 UNTRUSTED = "untrusted"  # no trusted key for the producer
 BAD_SIGNATURE = "bad-signature"
@@ -178,9 +178,16 @@ def link_findings(session: str, links: Links, seals: Seals) -> list[Finding]:
 
 def replaced_findings(replaced: Iterable[tuple[str, str, int]]) -> list[Finding]:
     """From the ledger: (event id, table, number of different contents stored under it)."""
-    return [Finding(REPLACED, f"{contents} different events were stored under this event id; the store keeps the "
-                              "last: an event was re-published to replace another", "", event_id, table)
+    return [Finding(REPLACED, f"{contents} different contents were stored under this event id; the store keeps "
+                              "the last: an event was re-published to replace another", "", event_id, table)
             for event_id, table, contents in replaced]
+
+
+def deleted_findings(deleted: Iterable[tuple[str, str, str]]) -> list[Finding]:
+    """From the ledger: (event id, table, session) of events once stored that no table holds now."""
+    return [Finding(MISSING, f"the ledger recorded this event stored in {table}; no table holds it now: it was "
+                             "deleted (or expired under a retention verify was not told of)", session, event_id, table)
+            for event_id, table, session in deleted]
 
 
 def column_findings(table: str, differing: Iterable[tuple[str, str, list[str]]]) -> list[Finding]:

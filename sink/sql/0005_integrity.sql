@@ -27,14 +27,19 @@ ALTER TABLE session_seals ADD INDEX IF NOT EXISTS kafka_offset_minmax (kafka_par
 
 -- event_ledger: one row per event inserted into any event table, never replaced (plain MergeTree),
 -- filled by a materialized view per table (sink/store.py). The event tables collapse rows by
--- event_id, so an event re-published under an existing id with other content replaces the stored
--- one there; here both stay, and `provline verify` names the id as replaced.
+-- event_id, so an event re-published under an existing id replaces the stored one there; here both
+-- stay. `provline verify` names an id stored with different contents (content_sha256: the event
+-- without its envelope) as replaced, and resolves chain links to a copy a re-emission replaced
+-- (a processors worker that crashed mid-batch sends its traces again from another session).
+-- Retention: rows of a table with retention_days expire with it (by event_time).
 CREATE TABLE IF NOT EXISTS event_ledger
 (
     event_id         String,
     hash             String,
+    content_sha256   String,
     event_table      LowCardinality(String),
     producer_session String,
+    event_time       DateTime64(6, 'UTC'),
     kafka_topic      LowCardinality(String),
     kafka_partition  Int32,
     kafka_offset     Int64,
@@ -46,16 +51,16 @@ SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Events stored before the ledger existed: what their tables still hold (copies a merge already
 -- collapsed are gone, so a replacement older than this migration is found by its chain only).
-INSERT INTO event_ledger SELECT event_id, hash, 'run_events', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM run_events;
-INSERT INTO event_ledger SELECT event_id, hash, 'dataset_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM dataset_versions;
-INSERT INTO event_ledger SELECT event_id, hash, 'feature_set_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feature_set_versions;
-INSERT INTO event_ledger SELECT event_id, hash, 'model_versions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM model_versions;
-INSERT INTO event_ledger SELECT event_id, hash, 'evaluations', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM evaluations;
-INSERT INTO event_ledger SELECT event_id, hash, 'decisions', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM decisions;
-INSERT INTO event_ledger SELECT event_id, hash, 'deployments', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM deployments;
-INSERT INTO event_ledger SELECT event_id, hash, 'delivery_gaps', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM delivery_gaps;
-INSERT INTO event_ledger SELECT event_id, hash, 'inference_requests', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_requests;
-INSERT INTO event_ledger SELECT event_id, hash, 'inference_responses', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_responses;
-INSERT INTO event_ledger SELECT event_id, hash, 'prediction_traces', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM prediction_traces;
-INSERT INTO event_ledger SELECT event_id, hash, 'feedback', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feedback;
-INSERT INTO event_ledger SELECT event_id, hash, 'drift_metrics', producer_session, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM drift_metrics;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'run_events', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM run_events;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'dataset_versions', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM dataset_versions;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'feature_set_versions', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feature_set_versions;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'model_versions', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM model_versions;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'evaluations', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM evaluations;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'decisions', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM decisions;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'deployments', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM deployments;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'delivery_gaps', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM delivery_gaps;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'inference_requests', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_requests;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'inference_responses', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM inference_responses;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'prediction_traces', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM prediction_traces;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'feedback', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM feedback;
+INSERT INTO event_ledger SELECT event_id, hash, hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ('event_id', 'event_time', 'producer', 'prev_hash', 'hash', 'signature'), JSONExtractKeysAndValuesRaw(payload))))), 'drift_metrics', producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) FROM drift_metrics;

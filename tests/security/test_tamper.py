@@ -254,6 +254,22 @@ def test_an_untouched_store_with_traces_drift_and_an_older_revision_verifies_cle
     assert report.unsealed == [produced.sessions["old"]]  # the older release did not seal its sessions
 
 
+def test_a_trace_emitted_again_by_another_worker_is_not_a_finding(store: Client, produced: Produced) -> None:
+    """A worker that takes over a crashed one's batch sends its traces again: same event id and contents,
+    from its own session; the stored copy replaces the first worker's, whose chain still links to it."""
+    first = [default_catalog().decode(raw).value for raw in produced.messages
+             if default_catalog().decode(raw).value["producer"]["session_id"] == produced.sessions["processors"]][1]
+    fields = {k: v for k, v in first.items() if k not in ("event_id", "event_time", "producer", "prev_hash",
+                                                               "hash", "signature")}
+    encoder = TraceEncoder(default_catalog(), signer=KEYS[PROCESSORS])
+    store_messages(store, [encoder.encode(fields, event_id=first["event_id"]), encoder.seal(now=0.0, final=True)],
+                   first_offset=1000)
+    stored = store.query("SELECT producer_session FROM prediction_traces FINAL WHERE event_id = {id:String}",
+                         parameters={"id": first["event_id"]}).result_rows
+    assert stored == [(encoder.session_id,)]  # the second copy is the stored one
+    assert verify(store).findings == []
+
+
 # ---------------------------------------------------------------- tampering with stored rows
 
 
@@ -300,6 +316,7 @@ def test_altered_derived_rows_are_found(store: Client) -> None:
 
 
 def test_a_deleted_event_is_found_at_the_event_after_it(store: Client, produced: Produced) -> None:
+    """Deleted with its ledger entry and the rows derived from it: the chain's link is what is left."""
     erase(store, [produced.job[2]["event_id"]])
     assert problems(verify(store)) == {
         ("missing", produced.job[3]["event_id"]),
@@ -314,6 +331,32 @@ def test_a_swapped_pair_is_found(store: Client, produced: Produced) -> None:
     update(store, "run_events", "raw = unhex({hex:String})", first["event_id"], hex=second_raw.hex())
     update(store, "dataset_versions", "raw = unhex({hex:String})", second["event_id"], hex=first_raw.hex())
     assert problems(verify(store)) >= {("columns", first["event_id"]), ("columns", second["event_id"])}
+
+
+def test_an_event_deleted_from_its_table_alone_is_named_by_the_ledger(store: Client, produced: Produced) -> None:
+    deleted = produced.job[2]
+    store.command("ALTER TABLE dataset_versions DELETE WHERE event_id = {id:String}",
+                  parameters={"id": deleted["event_id"]}, settings={"mutations_sync": 2})
+    assert problems(verify(store)) == {
+        ("missing", deleted["event_id"]),  # the ledger saw it stored
+        ("missing", produced.job[3]["event_id"]),  # the next event links to it
+        ("truncated", produced.sessions["job"]),
+        ("derived", "lineage_edges"),  # its edges are still stored
+    }
+
+
+def test_events_expired_by_retention_are_not_named_deleted(store: Client, produced: Produced) -> None:
+    """The older session's traces are from months ago: a 30-day retention expired them (a TTL merge
+    that reached the table before the ledger)."""
+    expired = [e for (e,) in store.query("SELECT event_id FROM prediction_traces WHERE producer_session = "
+                                         "{s:String}", parameters={"s": produced.sessions["old"]}).result_rows]
+    for table in ("prediction_traces", "prediction_index", "lineage_edges"):
+        store.command(f"ALTER TABLE {table} DELETE WHERE event_id IN {{ids:Array(String)}}",
+                      parameters={"ids": expired}, settings={"mutations_sync": 2})
+    told = verify_store(store, default_catalog(), TRUST, retention_days={"prediction_traces": 30})
+    assert told.findings == []
+    untold = verify(store)
+    assert {(f.problem, f.event_id) for f in untold.findings} == {("missing", e) for e in expired}
 
 
 # ---------------------------------------------------------------- rewriting, truncating, replacing
@@ -382,9 +425,10 @@ def test_a_replaced_event_is_found_in_the_ledger(store: Client, produced: Produc
     store_messages(store, [replacement], first_offset=1000)
     assert store.query("SELECT artifact_uri FROM model_versions FINAL WHERE event_id = {id:String}",
                        parameters={"id": original["event_id"]}).result_rows == [("s3://attacker/churn/3",)]
-    found = problems(verify(store))
-    assert ("replaced", original["event_id"]) in found
-    assert ("missing", produced.job[4]["event_id"]) in found  # the next event links to the original
+    assert problems(verify(store)) == {
+        ("replaced", original["event_id"]),
+        ("missing", produced.job[4]["event_id"]),  # the next event links to the original
+    }
 
 
 def test_events_added_after_a_final_seal_are_found(store: Client, produced: Produced) -> None:

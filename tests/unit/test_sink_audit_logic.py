@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
+import provline.sink
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
 from provline.sink.api import Reader, authenticate
 from provline.sink.errors import MigrationError
 from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
+from provline.sink.ingest import LEDGER_CONTENT
 from provline.sink.lineage import Edge, edges_for, parse_node
+from provline.sink.rows import TABLES
 from provline.sink.settings import ServeSettings
 from provline.sink.store import render_ddl, ttl_statements
 from provline.sink.verify import Links, Seals, Trust, check_event, link_findings
@@ -91,9 +95,21 @@ def test_ttl_statements_per_table_and_unknown_tables_refused() -> None:
     assert ttl_statements({"inference_requests": 90, "access_log": 365}, tables, None) == [
         "ALTER TABLE access_log MODIFY TTL toDateTime(time) + INTERVAL 365 DAY",
         "ALTER TABLE inference_requests MODIFY TTL toDateTime(event_time) + INTERVAL 90 DAY",
+        # the ledger's copies expire with their table, or verify would find them deleted
+        "ALTER TABLE event_ledger MODIFY TTL toDateTime(event_time) + INTERVAL 90 DAY DELETE WHERE "
+        "event_table = 'inference_requests'",
     ]
     with pytest.raises(MigrationError, match="unknown table"):
         ttl_statements({"inference_request": 9}, tables, None)
+    with pytest.raises(MigrationError, match="expire with their event tables"):
+        ttl_statements({"event_ledger": 9}, tables | {"event_ledger"}, None)
+
+
+def test_the_ledger_backfill_digests_contents_as_the_ledger_views_do() -> None:
+    migration = (Path(provline.sink.__file__).parent / "sql" / "0005_integrity.sql").read_text()
+    backfills = [line for line in migration.splitlines() if line.startswith("INSERT INTO event_ledger")]
+    assert len(backfills) == len(TABLES) - 1  # every event table but session_seals, new in this migration
+    assert all(f"SELECT event_id, hash, {LEDGER_CONTENT}, " in line for line in backfills)
 
 
 def test_settings_parse_tokens_and_refuse_shared_tokens_and_bad_retention(monkeypatch: pytest.MonkeyPatch) -> None:
