@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from typer.testing import CliRunner, Result
 
 from deploy.local.kafka.broker import free_port
@@ -121,6 +121,7 @@ def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert json.loads(cli("runs", "--json", "--api", base).output) == []
     assert json.loads(cli("drift", "churn@3", "--json", "--api", base).output) == []
     assert cli("verify", "--api", base).exit_code == 0
+    check_anchors(base, tmp_path, monkeypatch)
     out = tmp_path / "bundle"
     exported = cli("export", "pred-serve", "--format", "prov", "--out", str(out), "--api", base)
     assert exported.exit_code == 0, exported.output
@@ -131,6 +132,31 @@ def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     (out / "events.jsonl").write_bytes((out / "events.jsonl").read_bytes().replace(b"A", b"B", 1))
     tampered = cli("verify", str(out), "--public-key", public)
     assert tampered.exit_code == 1 and "events.jsonl" in tampered.output
+
+
+def check_anchors(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``provline anchor`` publishes the session heads; ``verify --anchor`` holds the store to them."""
+    anchor_key = Ed25519PrivateKey.generate()
+    public = base64.b64encode(anchor_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    private = base64.b64encode(anchor_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())).decode()
+    refused = cli("anchor", "--api", base)
+    assert refused.exit_code == 2 and "PROVLINE_ANCHOR__SIGNING_KEY" in refused.output
+    monkeypatch.setenv("PROVLINE_ANCHOR__SIGNING_KEY", private)
+    anchors = tmp_path / "anchors"
+    anchored = cli("anchor", "--to", str(anchors), "--api", base)
+    assert anchored.exit_code == 0, anchored.output
+    [published] = list(anchors.iterdir())
+    assert "anchored 1 sessions" in anchored.output
+
+    held = cli("verify", "--anchor", str(anchors), "--anchor-public-key", public, "--api", base)
+    assert held.exit_code == 0 and "consistent with 1 anchors" in held.output, held.output
+    untrusted = cli("verify", "--anchor", str(anchors), "--api", base)  # no key: an anchor's own proves nothing
+    assert untrusted.exit_code == 2 and "no trusted anchor key" in untrusted.output
+    document = json.loads(published.read_text())
+    document["sessions"][0]["count"] -= 1  # as if the anchor had seen fewer events
+    published.write_text(json.dumps(document))
+    altered = cli("verify", "--anchor", str(anchors), "--anchor-public-key", public, "--api", base)
+    assert altered.exit_code == 2 and "Merkle root" in altered.output
 
 
 def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
