@@ -19,6 +19,7 @@ from provline.sidecar.payload import (
     Scalar,
     extract_features,
     parse_json,
+    valid_text,
 )
 from provline.sidecar.policy import FieldRules, Mode, Redactor
 
@@ -69,7 +70,7 @@ def describe_body(
         if not parsed:
             return BodyRecord(error=f"{error}; {REDACTION_NEEDS_JSON}")
         document = redactor.redact(document, rules)
-        text = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+        text = valid_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False)).encode()
         body, truncated = text[: capture.max_capture_bytes], len(text) > capture.max_capture_bytes
     else:
         body = observed.head[: capture.max_capture_bytes]
@@ -85,8 +86,21 @@ def _model_version(document: Any) -> str | None:
     if isinstance(document, dict):
         version = document.get("model_version")
         if isinstance(version, str) and version:
-            return version
+            return valid_text(version)
     return None
+
+
+def not_captured(exc: BaseException) -> str:
+    """The parse error of a degraded record: why its body could not be captured."""
+    return valid_text(f"body not captured: {type(exc).__name__}: {exc}"[:300])
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else valid_text(value)
+
+
+def _values(values: dict[str, Scalar]) -> dict[str, Scalar]:
+    return {valid_text(k): valid_text(v) if isinstance(v, str) else v for k, v in values.items()}
 
 
 def request_fields(
@@ -103,22 +117,23 @@ def request_fields(
     model_name: str | None,
     model_version: str | None,
 ) -> dict[str, Any]:
+    """InferenceRequest fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
     return {
-        "prediction_id": prediction_id,
-        "endpoint": endpoint,
-        "method": method,
-        "path": path,
-        "model_name": model_name,
-        "model_version": model_version,
-        "content_type": content_type,
+        "prediction_id": valid_text(prediction_id),
+        "endpoint": valid_text(endpoint),
+        "method": valid_text(method),
+        "path": valid_text(path),
+        "model_name": _text(model_name),
+        "model_version": _text(model_version),
+        "content_type": _text(content_type),
         "body_size": observed.size,
         "body_sha256": observed.sha256,
         "body": record.body,
         "body_truncated": record.truncated,
-        "features": record.values,
-        "parse_error": record.error,
-        "client_id": client_id,
-        "traceparent": traceparent,
+        "features": _values(record.values),
+        "parse_error": _text(record.error),
+        "client_id": _text(client_id),
+        "traceparent": _text(traceparent),
     }
 
 
@@ -134,17 +149,18 @@ def response_fields(
     latency_us: int,
     error: str | None,
 ) -> dict[str, Any]:
+    """InferenceResponse fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
     return {
-        "prediction_id": prediction_id,
-        "endpoint": endpoint,
+        "prediction_id": valid_text(prediction_id),
+        "endpoint": valid_text(endpoint),
         "status": status,
-        "model_name": model_name,
-        "model_version": model_version,
+        "model_name": _text(model_name),
+        "model_version": _text(model_version),
         "body_size": observed.size,
         "body_sha256": observed.sha256,
         "body": record.body,
         "body_truncated": record.truncated,
-        "outputs": record.values,
+        "outputs": _values(record.values),
         "latency_us": latency_us,
-        "error": error,
+        "error": _text(error),
     }

@@ -19,6 +19,10 @@ format                 recognised by
 
 Feature names: a named scalar is its name; a named vector gives ``name[0]``, ``name[1]``...;
 unnamed values are called ``input`` (requests) or ``output`` (responses).
+
+Hostile bodies are bounded here, so that nothing downstream (redaction, extraction, the event
+encoder) can fail on them: a document nested deeper than :data:`MAX_JSON_DEPTH` is not parsed,
+and text is made valid Unicode (:func:`valid_text`) before it goes into an event.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeGuard
@@ -35,6 +40,40 @@ import orjson
 Scalar = float | str | bool
 Role = Literal["input", "output"]
 DEFAULT_MAX_FEATURES = 256
+# Deeper JSON documents are not parsed: redaction and extraction walk documents level by level, and
+# no real model payload comes near it (a batch of tensors is four or five levels).
+MAX_JSON_DEPTH = 64
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` as valid Unicode: each surrogate code point becomes U+FFFD.
+
+    JSON may escape lone surrogates (``"\\ud800"``), and Python decodes them into strings that
+    UTF-8 (and so the Avro encoder) refuses. Pure; the result has the length of ``text``.
+    """
+    return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
+
+
+def deeper_than(document: Any, limit: int) -> bool:
+    """Whether ``document`` nests lists and objects more than ``limit`` levels; iterative, so any depth is safe."""
+    if not isinstance(document, _CONTAINERS):
+        return False
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, _CONTAINERS):
+                stack.append((child, depth + 1))
+    return False
+
+
+def too_deep(body: bytes, document: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """:func:`deeper_than` for a document parsed from ``body``, skipping the walk when ``body`` has too
+    few brackets to nest that deep (every ``[`` or ``{`` in any encoding contains its byte)."""
+    return body.count(b"[") + body.count(b"{") > limit and deeper_than(document, limit)
 
 
 @dataclass(frozen=True)
@@ -132,7 +171,8 @@ def parse_json(body: bytes, content_type: str | None, *, size: int | None = None
                max_parse_bytes: int) -> Any:
     """The JSON document of ``body``, or :class:`NotParsed` saying why not; never raises.
 
-    ``size``: the full body size when ``body`` is only its head (then it is not parsed).
+    ``size``: the full body size when ``body`` is only its head (then it is not parsed). A document
+    nested deeper than :data:`MAX_JSON_DEPTH` is not parsed either.
     """
     size = len(body) if size is None else size
     if size == 0:
@@ -142,13 +182,17 @@ def parse_json(body: bytes, content_type: str | None, *, size: int | None = None
     if size > max_parse_bytes or size > len(body):
         return NotParsed(f"body of {size} bytes exceeds max_parse_bytes {max_parse_bytes}")
     try:
-        return orjson.loads(body)  # ~4x faster; it accepts only strict UTF-8 JSON, which json.loads reads alike
+        document = orjson.loads(body)  # ~4x faster; it accepts only strict UTF-8 JSON, which json.loads reads alike
     except orjson.JSONDecodeError:
-        pass
-    try:  # what orjson refuses but Python reads: NaN, Infinity, huge integers, UTF-16/32, a BOM
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and bad UTF-8
-        return NotParsed(f"not valid JSON: {exc}"[:300])
+        try:  # what orjson refuses but Python reads: NaN, Infinity, huge integers, UTF-16/32, a BOM, lone surrogates
+            document = json.loads(body)
+        except RecursionError:
+            return NotParsed(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
+        except ValueError as exc:  # bad JSON and bad UTF-8
+            return NotParsed(valid_text(f"not valid JSON: {exc}"[:300]))
+    if too_deep(body, document):
+        return NotParsed(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (MAX_JSON_DEPTH)")
+    return document
 
 
 def extract_scalars(body: bytes, content_type: str | None, *, max_parse_bytes: int,
@@ -179,7 +223,7 @@ def extract_features(document: Any, *, role: Role = "input",
             if scalar is not None:
                 values[name] = scalar
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError) as exc:
-        return Extraction(error=f"payload not understood: {type(exc).__name__}: {exc}"[:300])
+        return Extraction(error=valid_text(f"payload not understood: {type(exc).__name__}: {exc}"[:300]))
     return Extraction(values=values, format=kind)
 
 

@@ -39,7 +39,7 @@ def test_anything_but_a_json_object_gives_no_features_and_says_why() -> None:
         (b"{oops", "application/json"): "not valid JSON",
         (b"\xff\xfe\x00", None): "not valid JSON",
         (b"x=1", "application/x-www-form-urlencoded"): "is not JSON",
-        (b"[" * 100_000, None): "not valid JSON",  # nesting deep enough to exhaust the recursion limit
+        (b"[" * 100_000, None): "nested deeper than 64 levels",  # past MAX_JSON_DEPTH, and the recursion limit
     }
     for (body, content_type), reason in cases.items():
         extraction = extract_scalars(body, content_type, max_parse_bytes=LIMIT)
