@@ -23,7 +23,14 @@ ADDED_LATENCY = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
 EVENT_ERRORS = Counter(
-    "provline_sidecar_event_errors_total", "Exchanges whose events could not be built or emitted"
+    "provline_sidecar_event_errors_total",
+    "Exchanges whose events could not be emitted even without their bodies (counted as dropped: record_failed)"
+)
+DEGRADED_RECORDS = Counter(
+    "provline_sidecar_degraded_records_total",
+    "Exchanges recorded without their bodies because the full record could not be built or emitted, "
+    "by the exception that prevented it",
+    ["reason"],
 )
 SAMPLED_OUT = Counter(
     "provline_sidecar_sampled_out_total", "Predictions proxied (with an id) but not recorded, by sampling"

@@ -16,13 +16,21 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from provline.producers.emitter import Emitter
 from provline.sidecar.asgi import Scope
 from provline.sidecar.errors import UpstreamError
-from provline.sidecar.events import Capture, describe_body, request_fields, response_fields
+from provline.sidecar.events import (
+    BodyRecord,
+    Capture,
+    describe_body,
+    not_captured,
+    request_fields,
+    response_fields,
+)
 from provline.sidecar.headers import CLIENT_ID_HEADER, MODEL_VERSION_HEADER, Header, first
-from provline.sidecar.metrics import EVENT_ERRORS
+from provline.sidecar.metrics import DEGRADED_RECORDS, EVENT_ERRORS
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.payload import ObservedBody
 from provline.sidecar.policy import Mode, Policy, Redactor
@@ -105,28 +113,45 @@ class Recorder:
             queue.popleft()
 
     async def record(self, exchange: Exchange) -> None:
-        """Emit the exchange's two events; a failure is logged and counted, never raised."""
+        """Emit the exchange's two events; never raises.
+
+        When the full pair cannot be built or emitted (any exception), a degraded pair is emitted
+        instead: no body, features or outputs, the reason in ``parse_error`` (and the response's
+        ``error``), everything else kept. Only when even that fails are the events counted as
+        dropped (reason ``record_failed``), so a DeliveryGap record says so.
+        """
+        known = _Known(endpoint=exchange.scope.get("path", ""), model_name=self._model_name)
+        emitted: set[str] = set()
         try:
-            scope, capture = exchange.scope, self._capture
-            client_headers: list[Header] = scope["headers"]
-            request = _observed(exchange.request)
-            reply = _observed(exchange.reply)
-            request_type = _text(first(client_headers, b"content-type"))
-            request_record = describe_body(
-                request, request_type, mode=exchange.capture, rules=self._policy.inputs,
-                redactor=self._redactor, capture=capture, role="input",
-            )
-            reply_record = describe_body(
-                reply, _text(first(exchange.headers, b"content-type")), mode=exchange.capture,
-                rules=self._policy.outputs, redactor=self._redactor, capture=capture, role="output",
-            )
-            endpoint = self._endpoint(scope)
-            model_version = await self._resolver.resolve(
-                header=_text(first(exchange.headers, MODEL_VERSION_HEADER)),
-                reply_version=reply_record.model_version, path=scope["path"], endpoint=endpoint,
-            )
-            model_name = self._model_name or self._resolver.model_name(scope["path"], endpoint)
-            self.emitter.emit("InferenceRequest", request_fields(
+            for kind, fields in await self._full_pair(exchange, known):
+                self.emitter.emit(kind, fields)
+                emitted.add(kind)
+        except Exception as exc:
+            self._record_degraded(exchange, known, emitted, exc)
+
+    async def _full_pair(self, exchange: Exchange, known: _Known) -> list[tuple[str, dict[str, Any]]]:
+        """Both events' fields, with bodies captured per the exchange's mode; fills ``known`` as it goes."""
+        scope, capture = exchange.scope, self._capture
+        client_headers: list[Header] = scope["headers"]
+        version_header = _text(first(exchange.headers, MODEL_VERSION_HEADER))
+        known.endpoint = endpoint = self._endpoint(scope)
+        known.model_name = model_name = self._model_name or self._resolver.model_name(scope["path"], endpoint)
+        request = _observed(exchange.request)
+        reply = _observed(exchange.reply)
+        request_type = _text(first(client_headers, b"content-type"))
+        request_record = describe_body(
+            request, request_type, mode=exchange.capture, rules=self._policy.inputs,
+            redactor=self._redactor, capture=capture, role="input",
+        )
+        reply_record = describe_body(
+            reply, _text(first(exchange.headers, b"content-type")), mode=exchange.capture,
+            rules=self._policy.outputs, redactor=self._redactor, capture=capture, role="output",
+        )
+        known.model_version = model_version = await self._resolver.resolve(
+            header=version_header, reply_version=reply_record.model_version, path=scope["path"], endpoint=endpoint,
+        )
+        return [
+            ("InferenceRequest", request_fields(
                 prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
                 method=scope["method"],
@@ -138,8 +163,8 @@ class Recorder:
                 traceparent=exchange.traceparent,
                 model_name=model_name,
                 model_version=model_version,
-            ))
-            self.emitter.emit("InferenceResponse", response_fields(
+            )),
+            ("InferenceResponse", response_fields(
                 prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
                 status=exchange.status,
@@ -149,11 +174,65 @@ class Recorder:
                 model_version=model_version,
                 latency_us=exchange.upstream_ns // 1000,
                 error=exchange.error.reason if exchange.error else None,
-            ))
+            )),
+        ]
+
+    def _record_degraded(self, exchange: Exchange, known: _Known, emitted: set[str], failure: Exception) -> None:
+        """Emit the events not yet emitted without their bodies; count them dropped when even that fails."""
+        reason = not_captured(failure)
+        DEGRADED_RECORDS.labels(type(failure).__name__).inc()
+        if known.model_version is None:  # recording failed before the version was resolved
+            with contextlib.suppress(Exception):
+                known.model_version = self._resolver.known(
+                    header=_text(first(exchange.headers, MODEL_VERSION_HEADER)), path=exchange.scope["path"],
+                    endpoint=known.endpoint,
+                )
+        # No traceback: hostile bodies must not turn into a flood of them; the reason names the exception.
+        log.warning("provline sidecar recorded prediction %s without its bodies: %s", exchange.prediction_id,
+                    reason, extra={"prediction_id": exchange.prediction_id})
+        try:
+            for kind, fields in degraded_pair(exchange, known, reason):
+                if kind not in emitted:
+                    self.emitter.emit(kind, fields)
+                    emitted.add(kind)
         except Exception:
             EVENT_ERRORS.inc()
+            for _ in range(2 - len(emitted)):  # lost: the DeliveryGap record will say so
+                self.emitter.drops.record("record_failed")
             log.exception("provline sidecar could not record prediction %s; the reply was sent",
                           exchange.prediction_id, extra={"prediction_id": exchange.prediction_id})
+
+
+@dataclass(slots=True)
+class _Known:
+    """What the recorder learnt of an exchange before recording it failed: kept in a degraded record."""
+
+    endpoint: str
+    model_name: str | None
+    model_version: str | None = None
+
+
+def degraded_pair(exchange: Exchange, known: _Known, reason: str) -> list[tuple[str, dict[str, Any]]]:
+    """The two events of an exchange whose bodies could not be captured: ids, endpoint, method and
+    path, status, sizes, digests, latency, model; no body, features or outputs; ``reason`` says why."""
+    scope = exchange.scope
+    client_headers: list[Header] = scope.get("headers", [])
+    request, reply = _observed(exchange.request), _observed(exchange.reply)
+    error = f"{exchange.error.reason}; {reason}" if exchange.error else reason
+    return [
+        ("InferenceRequest", request_fields(
+            prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
+            model_version=known.model_version, method=str(scope.get("method", "")), path=str(scope.get("path", "")),
+            observed=request, record=BodyRecord(error=reason),
+            content_type=_text(first(client_headers, b"content-type")),
+            client_id=_text(first(client_headers, CLIENT_ID_HEADER)), traceparent=exchange.traceparent,
+        )),
+        ("InferenceResponse", response_fields(
+            prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
+            model_version=known.model_version, status=exchange.status, observed=reply, record=BodyRecord(),
+            latency_us=exchange.upstream_ns // 1000, error=error,
+        )),
+    ]
 
 
 def _observed(body: ObservedBody | bytes) -> ObservedBody:
