@@ -32,6 +32,12 @@ DEGRADED_RECORDS = Counter(
     "by the exception that prevented it",
     ["reason"],
 )
+REFUSED_REQUESTS = Counter(
+    "provline_sidecar_refused_requests_total",
+    "Requests refused before the proxy saw them, by reason: header_too_large (431), header_timeout "
+    "(408, or the connection closed when it sent nothing), max_connections (503)",
+    ["reason"],
+)
 SAMPLED_OUT = Counter(
     "provline_sidecar_sampled_out_total", "Predictions proxied (with an id) but not recorded, by sampling"
 )

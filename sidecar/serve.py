@@ -14,7 +14,7 @@ from provline.sidecar.admin import AdminApp
 from provline.sidecar.errors import StartupError
 from provline.sidecar.logs import configure_logging
 from provline.sidecar.proxy import SidecarApp
-from provline.sidecar.server import ServerWithoutSignals, loop_factory, uvicorn_config
+from provline.sidecar.server import ServerWithoutSignals, http_limits, loop_factory, uvicorn_config
 from provline.sidecar.settings import SidecarSettings
 from provline.sidecar.workers import supervise
 
@@ -32,10 +32,12 @@ async def serve_sidecar(settings: SidecarSettings, *, emitter: Emitter | None = 
     """
     proxy_settings = settings.sidecar
     app = SidecarApp(settings, emitter)
+    limits = http_limits(proxy_settings)
     proxy = ServerWithoutSignals(uvicorn_config(app, host=proxy_settings.host, port=proxy_settings.port,
-                                                lifespan="on"))
+                                                lifespan="on", limits=limits))
     admin = ServerWithoutSignals(uvicorn_config(
-        AdminApp(app.readiness), host=proxy_settings.host, port=proxy_settings.admin_port, lifespan="off"
+        AdminApp(app.readiness), host=proxy_settings.host, port=proxy_settings.admin_port, lifespan="off",
+        limits=limits,
     ))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""How the sidecar's ASGI apps are served: uvicorn's configuration, its HTTP protocol and event loop."""
+"""How the sidecar's ASGI apps are served: uvicorn's configuration, its HTTP protocol and limits, and event loop."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import uvicorn
+
+from provline.sidecar.limits import HttpLimits
+from provline.sidecar.settings import ProxySettings
 
 
 class ServerWithoutSignals(uvicorn.Server):
@@ -23,13 +26,19 @@ def http_implementation() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
-def http_protocol() -> type[asyncio.Protocol] | str:
-    """uvicorn's httptools protocol, writing each small reply in one piece (see :mod:`provline.sidecar.transport`)."""
+def http_limits(proxy: ProxySettings) -> HttpLimits:
+    """The client-side limits the ``sidecar`` settings name."""
+    return HttpLimits(proxy.max_header_bytes, proxy.header_timeout_s, proxy.idle_timeout_s, proxy.max_connections)
+
+
+def http_protocol(limits: HttpLimits) -> type[asyncio.Protocol] | str:
+    """uvicorn's httptools protocol within ``limits``, writing each small reply in one piece (see
+    :mod:`provline.sidecar.transport`); h11 where httptools is missing (no header timeout then)."""
     if http_implementation() != "httptools":
         return "h11"
     from provline.sidecar.transport import CoalescingHttpToolsProtocol
 
-    return CoalescingHttpToolsProtocol
+    return CoalescingHttpToolsProtocol.with_limits(limits)
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -41,13 +50,22 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def uvicorn_config(app: Callable[..., Any], *, host: str, port: int, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+def uvicorn_config(
+    app: Callable[..., Any], *, host: str, port: int, lifespan: Literal["on", "off"], limits: HttpLimits | None = None,
+) -> uvicorn.Config:
+    """uvicorn's configuration for one of the sidecar's servers; ``limits``: the defaults when None."""
+    limits = limits or HttpLimits()
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=http_protocol(),
+        http=http_protocol(limits),
         lifespan=lifespan,
+        timeout_keep_alive=limits.idle_timeout_s,  # type: ignore[arg-type]  # typed int; any float works
+        # uvicorn answers 503 once this many connections are open, counting the one asking: one more
+        # than max_connections, so that max_connections are served.
+        limit_concurrency=limits.max_connections + 1,
+        h11_max_incomplete_event_size=limits.max_header_bytes,  # the header limit where h11 is used
         # The client's address is appended to X-Forwarded-For by the proxy itself.
         proxy_headers=False,
         # The upstream's own Server and Date headers pass through; uvicorn must not add a second pair.

@@ -21,6 +21,12 @@ from pydantic import Field, HttpUrl, SecretStr, field_validator, model_validator
 
 from provline.config import Section
 from provline.producers.settings import PublishingSettings
+from provline.sidecar.limits import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CLIENT_CONNECTIONS,
+    DEFAULT_MAX_HEADER_BYTES,
+)
 from provline.sidecar.model_version import DEFAULT_METADATA_TTL_S
 from provline.sidecar.payload import DEFAULT_MAX_FEATURES
 
@@ -82,6 +88,21 @@ class ProxySettings(Section):
     upstream_keepalive_s: float = Field(DEFAULT_KEEPALIVE_S, gt=0, description="idle upstream connections close")
     stream_threshold_bytes: int = Field(
         DEFAULT_STREAM_THRESHOLD_BYTES, ge=0, description="replies larger than this are streamed, not buffered",
+    )
+    max_header_bytes: int = Field(
+        DEFAULT_MAX_HEADER_BYTES, ge=1024, description="request line and headers together; larger ones get 431 "
+        "and the connection is closed, before the bytes are buffered",
+    )
+    header_timeout_s: float = Field(
+        DEFAULT_HEADER_TIMEOUT_S, gt=0, description="request headers must arrive within this of the connection "
+        "opening (or of the request's first byte, on a kept-alive connection); then 408 and the connection is closed",
+    )
+    idle_timeout_s: float = Field(
+        DEFAULT_IDLE_TIMEOUT_S, gt=0, description="a kept-alive client connection idle this long is closed",
+    )
+    max_connections: int = Field(
+        DEFAULT_MAX_CLIENT_CONNECTIONS, ge=1, description="client connections served at once, per worker; beyond "
+        "them (or as many requests in flight) requests get 503",
     )
     kserve_metadata: bool = Field(True, description="ask a KServe V2 server for the model version when needed")
     metadata_ttl_s: float = Field(DEFAULT_METADATA_TTL_S, gt=0, description="how long model metadata is cached")

@@ -16,7 +16,7 @@ import sys
 from provline.sidecar.errors import StartupError
 from provline.sidecar.logs import configure_logging
 from provline.sidecar.proxy import SidecarApp
-from provline.sidecar.server import ServerWithoutSignals, loop_factory, uvicorn_config
+from provline.sidecar.server import ServerWithoutSignals, http_limits, loop_factory, uvicorn_config
 from provline.sidecar.settings import SidecarSettings
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -31,7 +31,7 @@ async def serve_worker(settings: SidecarSettings, *, worker: int, sock: socket.s
     """
     app = SidecarApp(settings, worker=worker)
     proxy = ServerWithoutSignals(uvicorn_config(app, host=settings.sidecar.host, port=settings.sidecar.port,
-                                                lifespan="on"))
+                                                lifespan="on", limits=http_limits(settings.sidecar)))
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, lambda: setattr(proxy, "should_exit", True))

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from provline.sidecar.admin import AdminApp
 from provline.sidecar.errors import StartupError
 from provline.sidecar.proxy import SidecarApp
-from provline.sidecar.server import ServerWithoutSignals, uvicorn_config
+from provline.sidecar.server import ServerWithoutSignals, http_limits, uvicorn_config
 from provline.sidecar.settings import SidecarSettings
 
 log = logging.getLogger("provline.sidecar")
@@ -174,7 +174,7 @@ async def supervise(settings: SidecarSettings) -> None:
     supervisor = Supervisor(settings, sock, metrics_dir)
     admin = ServerWithoutSignals(uvicorn_config(
         AdminApp(supervisor.readiness, metrics=supervisor.metrics), host=proxy.host, port=proxy.admin_port,
-        lifespan="off",
+        lifespan="off", limits=http_limits(proxy),
     ))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -27,7 +27,7 @@ from provline.producers import Emitter, JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
-from provline.sidecar.server import uvicorn_config
+from provline.sidecar.server import http_limits, uvicorn_config
 from provline.sidecar.settings import CaptureSettings
 from tests.helpers import memory_emitter, sent
 
@@ -138,7 +138,9 @@ def wait_for(produce: Callable[[], T], done: Callable[[T], bool], timeout: float
 
 
 async def start_server(app: Any, *, lifespan: str = "on") -> tuple[uvicorn.Server, asyncio.Task, str]:
-    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=0, lifespan=lifespan))
+    """Serve ``app`` on a free port; a SidecarApp with the HTTP limits its settings name, as serve_sidecar does."""
+    limits = http_limits(app.settings.sidecar) if isinstance(app, SidecarApp) else None
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=0, lifespan=lifespan, limits=limits))
     task = asyncio.get_running_loop().create_task(server.serve())
     deadline = time.monotonic() + 10
     while not server.started:
