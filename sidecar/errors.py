@@ -6,8 +6,10 @@
     ├── UpstreamError         the model server gave no usable response; becomes the client's reply
     │   ├── UpstreamUnreachable   502: refused, reset, closed early, malformed response
     │   └── UpstreamTimeout       504: no connection or no bytes within the configured timeout
-    └── UpstreamAborted       the upstream failed after its status line was passed on: the client's
-                              connection is cut, the only honest signal left
+    ├── UpstreamAborted       the upstream failed after its status line was passed on: the client's
+    │                         connection is cut, the only honest signal left
+    └── RedactionError        a body cannot be redacted safely; it is then not captured (never leaves
+                              the recorder)
 
 :func:`upstream_error_from` is the one place where the upstream client's errors (see
 :mod:`provline.sidecar.upstream`) become ours, and therefore the one place where a failure picks its HTTP status.
@@ -51,6 +53,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamAborted(SidecarError):
     """A streamed reply broke off mid-body; raised to the ASGI server so it closes the connection."""
+
+
+class RedactionError(SidecarError):
+    """A body cannot be redacted safely (JSON nested too deep inside a string); it is not captured."""
 
 
 def upstream_error_from(exc: BaseException, *, upstream: str) -> UpstreamError | None:

@@ -2,7 +2,15 @@
 
 Pure functions; no I/O. The emitter adds the envelope (event id, time, producer, hash chain).
 The capture mode and the redaction rules decide what of each body goes into an event; the
-body's size and SHA-256 are always those of the exact bytes exchanged.
+body's size and digest (``body_sha256``) are always those of the exact bytes exchanged:
+
+- ``full`` mode: the hex SHA-256 of the bytes, which anyone holding them can check;
+- where redaction applies (``redacted``, ``hash-only``): ``hmac-sha256:<hex>``, the HMAC-SHA256 of
+  the bytes under ``PROVLINE_CAPTURE__REDACTION_KEY``, a secret the store never sees. A plain hash
+  would undo the redaction: whoever sees the redacted body and the hash of the original can try
+  every value of a dropped field (every 9-digit SSN takes seconds) until the hash matches. The
+  key holder can still check the exact bytes. PredictionTrace's ``request_sha256`` and
+  ``response_sha256`` are these digests.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from provline.sidecar.errors import RedactionError
 from provline.sidecar.payload import (
     DEFAULT_MAX_FEATURES,
     NotParsed,
@@ -65,11 +74,13 @@ def describe_body(
     document = parse_json(observed.head, content_type, size=observed.size, max_parse_bytes=capture.max_parse_bytes)
     parsed = not isinstance(document, NotParsed)
     error = document.error if isinstance(document, NotParsed) else None
-    version = _model_version(document) if parsed and role == "output" else None
     if mode == "redacted" and rules:
         if not parsed:
             return BodyRecord(error=f"{error}; {REDACTION_NEEDS_JSON}")
-        document = redactor.redact(document, rules)
+        try:
+            document = redactor.redact(document, rules)
+        except RedactionError as exc:
+            return BodyRecord(error=f"{exc}; {REDACTION_NEEDS_JSON}")
         text = valid_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False)).encode()
         body, truncated = text[: capture.max_capture_bytes], len(text) > capture.max_capture_bytes
     else:
@@ -78,6 +89,7 @@ def describe_body(
     if not parsed:
         return BodyRecord(body=body, truncated=truncated, error=error)
     extraction = extract_features(document, role=role, max_features=capture.max_features)
+    version = _model_version(document) if role == "output" else None  # after redaction, which may drop it
     return BodyRecord(body=body, truncated=truncated, values=extraction.values, error=extraction.error,
                       model_version=version)
 
@@ -127,7 +139,7 @@ def request_fields(
         "model_version": _text(model_version),
         "content_type": _text(content_type),
         "body_size": observed.size,
-        "body_sha256": observed.sha256,
+        "body_sha256": observed.digest,
         "body": record.body,
         "body_truncated": record.truncated,
         "features": _values(record.values),
@@ -157,7 +169,7 @@ def response_fields(
         "model_name": _text(model_name),
         "model_version": _text(model_version),
         "body_size": observed.size,
-        "body_sha256": observed.sha256,
+        "body_sha256": observed.digest,
         "body": record.body,
         "body_truncated": record.truncated,
         "outputs": _values(record.values),

@@ -140,13 +140,18 @@ def downstream_response_headers(
     return out
 
 
-def choose_prediction_id(request_id: bytes | None) -> str:
-    """The client's ``X-Request-ID`` when it is a usable key (1-128 visible ASCII characters), else a UUIDv7."""
+def usable_request_id(request_id: bytes | None) -> str | None:
+    """The client's ``X-Request-ID`` when it is a usable key (1-128 visible ASCII characters), else None."""
     if request_id is not None:
         request_id = request_id.strip()
         if _REQUEST_ID.fullmatch(request_id):
             return request_id.decode("ascii")
-    return new_event_id()
+    return None
+
+
+def choose_prediction_id(request_id: bytes | None) -> str:
+    """The client's ``X-Request-ID`` when it is a usable key (:func:`usable_request_id`), else a UUIDv7."""
+    return usable_request_id(request_id) or new_event_id()
 
 
 def is_valid_traceparent(value: str) -> bool:

@@ -28,6 +28,7 @@ and text is made valid Unicode (:func:`valid_text`) before it goes into an event
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -76,12 +77,22 @@ def too_deep(body: bytes, document: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return body.count(b"[") + body.count(b"{") > limit and deeper_than(document, limit)
 
 
+KEYED_DIGEST_PREFIX = "hmac-sha256:"
+
+
 @dataclass(frozen=True)
 class BodyDigest:
     size: int
     sha256: str  # hex, over every byte
     captured: bytes  # the first ``max_capture`` bytes
     truncated: bool
+
+
+def body_digest(body: bytes, key: bytes | None) -> str:
+    """The digest an event records of ``body``: hex SHA-256, or with ``key`` ``hmac-sha256:<hex>``."""
+    if key is None:
+        return hashlib.sha256(body).hexdigest()
+    return KEYED_DIGEST_PREFIX + hmac.digest(key, body, "sha256").hex()
 
 
 @dataclass(frozen=True)
@@ -92,15 +103,17 @@ class Extraction:
 
 
 class BodyTap:
-    """Follows a body chunk by chunk: size, SHA-256 over every byte, and the first ``keep`` bytes.
+    """Follows a body chunk by chunk: size, digest over every byte (:func:`body_digest`, keyed when
+    ``key`` is given), and the first ``keep`` bytes.
 
     Used for bodies the proxy streams instead of holding whole; not thread-safe.
     """
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, *, key: bytes | None = None) -> None:
         self.keep = keep
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._prefix = "" if key is None else KEYED_DIGEST_PREFIX
+        self._hash: Any = hashlib.sha256() if key is None else hmac.new(key, digestmod=hashlib.sha256)
         self._head: list[bytes] = []
         self._kept = 0
 
@@ -113,8 +126,8 @@ class BodyTap:
             self._kept += len(part)
 
     @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
+    def digest(self) -> str:
+        return self._prefix + self._hash.hexdigest()
 
     @property
     def head(self) -> bytes:
@@ -123,10 +136,11 @@ class BodyTap:
 
 @dataclass(frozen=True)
 class ObservedBody:
-    """A body as the proxy saw it: its size and hash, and its first bytes (all of it when ``complete``)."""
+    """A body as the proxy saw it: its size and digest (:func:`body_digest`), and its first bytes
+    (all of it when ``complete``)."""
 
     size: int
-    sha256: str
+    digest: str
     head: bytes
 
     @property
@@ -134,12 +148,12 @@ class ObservedBody:
         return len(self.head) == self.size
 
     @classmethod
-    def whole(cls, body: bytes) -> ObservedBody:
-        return cls(len(body), hashlib.sha256(body).hexdigest(), body)
+    def whole(cls, body: bytes, *, key: bytes | None = None) -> ObservedBody:
+        return cls(len(body), body_digest(body, key), body)
 
     @classmethod
     def tapped(cls, tap: BodyTap) -> ObservedBody:
-        return cls(tap.size, tap.sha256, tap.head)
+        return cls(tap.size, tap.digest, tap.head)
 
 
 def digest_body(body: bytes, max_capture: int) -> BodyDigest:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from provline.producers.emitter import Emitter, build_emitter
+from provline.schemas.events import new_event_id
 from provline.sidecar.asgi import Receive, Scope, Send, serve_lifespan
 from provline.sidecar.deployments import DeploymentFollower
 from provline.sidecar.errors import (
@@ -43,6 +44,7 @@ from provline.sidecar.headers import (
     host_header,
     traceparent_for_upstream,
     upstream_request_headers,
+    usable_request_id,
     values,
 )
 from provline.sidecar.metrics import (
@@ -55,7 +57,7 @@ from provline.sidecar.metrics import (
 )
 from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
 from provline.sidecar.payload import BodyTap, ObservedBody
-from provline.sidecar.policy import Policy, Redactor, RouteDecision, load_policy
+from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor, RouteDecision, load_policy
 from provline.sidecar.recorder import Exchange, Recorder
 from provline.sidecar.settings import SidecarSettings
 from provline.sidecar.upstream import UpstreamPool, UpstreamResponse
@@ -111,13 +113,17 @@ class SidecarApp:
         self._capture = Capture(capture.max_capture_bytes, capture.max_parse_bytes, capture.max_features)
         self.policy = load_policy(capture.policy_file) if capture.policy_file else Policy()
         key = capture.redaction_key.get_secret_value().encode() if capture.redaction_key else None
-        if self.policy.needs_key and not key:
+        self._default_capture = capture.mode or ("redacted" if capture.policy_file else "full")
+        needs_key = self.policy.key_needed(default_capture=self._default_capture)
+        if needs_key and not key:
+            source = f"the capture policy {capture.policy_file}" if capture.policy_file else "the capture settings"
             raise PolicyError(
-                f"the capture policy {capture.policy_file} hashes fields but PROVLINE_CAPTURE__REDACTION_KEY is not "
-                "set; set it to a long random secret, the same for every worker and sidecar whose events you join"
+                f"{source} {needs_key} but PROVLINE_CAPTURE__REDACTION_KEY is not set; set it to a long random "
+                "secret, the same for every worker and sidecar whose events you join (or record everything in "
+                "full mode, PROVLINE_CAPTURE__MODE=full, where nothing is redacted)"
             )
         self._redactor = Redactor(key)
-        self._default_capture = capture.mode or ("redacted" if capture.policy_file else "full")
+        self._request_id_action = self.policy.headers.named("x-request-id")
         self._decisions: dict[tuple[str, str], RouteDecision] = {}
         self._requests_by_status: dict[int, Any] = {}  # labelled children: labels() costs a lock and a lookup
         self._deployments = DeploymentIndex() if proxy.follow_deployments else None
@@ -195,6 +201,15 @@ class SidecarApp:
                 EVENT_BACKLOG.set(self.emitter.backlog)
             await asyncio.sleep(BACKLOG_INTERVAL_S)
 
+    def _prediction_id(self, request_id: bytes | None, capture: Mode) -> str:
+        """The client's X-Request-ID, or where redaction applies what the policy's ``headers`` make of it:
+        its keyed hash (deterministic, so still joinable) or, dropped, a fresh UUIDv7."""
+        action = self._request_id_action if capture in KEYED_MODES else None
+        if action is None:
+            return choose_prediction_id(request_id)
+        client_id = usable_request_id(request_id) if action == "hash" else None
+        return self._redactor.keyed_hash(client_id) if client_id is not None else new_event_id()
+
     def _decide(self, method: str, path: str) -> RouteDecision:
         key = (method, path)
         decision = self._decisions.get(key)
@@ -212,10 +227,11 @@ class SidecarApp:
             raise RuntimeError("the sidecar received a request before its lifespan started; serve it with lifespan on")
         arrived = time.perf_counter_ns()
         client_headers: list[Header] = scope["headers"]
-        prediction_id = choose_prediction_id(first(client_headers, REQUEST_ID_HEADER))
-        traceparent = traceparent_for_upstream(values(client_headers, TRACEPARENT_HEADER))
         decision = self._decide(scope["method"], scope["path"])
+        prediction_id = self._prediction_id(first(client_headers, REQUEST_ID_HEADER), decision.capture)
+        traceparent = traceparent_for_upstream(values(client_headers, TRACEPARENT_HEADER))
         recorded = decision.sample_rate >= 1.0 or random.random() < decision.sample_rate
+        digest_key = self._redactor.digest_key(decision.capture)
 
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -223,7 +239,7 @@ class SidecarApp:
         data: bytes | AsyncIterator[bytes] | None
         tap: BodyTap | None = None
         if message.get("more_body", False):  # a long body: stream it on, tapping size, hash and head
-            tap = BodyTap(self._capture.keep_bytes)
+            tap = BodyTap(self._capture.keep_bytes, key=digest_key)
             data = _stream_request(message.get("body", b""), receive, tap)
             content_length = first(client_headers, b"content-length")
             request = b""  # known once streamed: the tap's size, hash and head
@@ -290,7 +306,7 @@ class SidecarApp:
             return
         await send({"type": "http.response.start", "status": exchange.status,
                     "headers": self._client_headers(exchange)})
-        tap = BodyTap(self._capture.keep_bytes)
+        tap = BodyTap(self._capture.keep_bytes, key=self._redactor.digest_key(exchange.capture))
         try:
             async for chunk in response.iter_chunks():
                 tap.feed(chunk)

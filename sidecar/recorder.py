@@ -33,7 +33,7 @@ from provline.sidecar.headers import CLIENT_ID_HEADER, MODEL_VERSION_HEADER, Hea
 from provline.sidecar.metrics import DEGRADED_RECORDS, EVENT_ERRORS
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.payload import ObservedBody
-from provline.sidecar.policy import Mode, Policy, Redactor
+from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor
 
 log = logging.getLogger("provline.sidecar")
 
@@ -136,8 +136,9 @@ class Recorder:
         version_header = _text(first(exchange.headers, MODEL_VERSION_HEADER))
         known.endpoint = endpoint = self._endpoint(scope)
         known.model_name = model_name = self._model_name or self._resolver.model_name(scope["path"], endpoint)
-        request = _observed(exchange.request)
-        reply = _observed(exchange.reply)
+        key = self._redactor.digest_key(exchange.capture)
+        request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
+        client_id, traceparent = self._recorded_headers(exchange)
         request_type = _text(first(client_headers, b"content-type"))
         request_record = describe_body(
             request, request_type, mode=exchange.capture, rules=self._policy.inputs,
@@ -159,8 +160,8 @@ class Recorder:
                 observed=request,
                 record=request_record,
                 content_type=request_type,
-                client_id=_text(first(client_headers, CLIENT_ID_HEADER)),
-                traceparent=exchange.traceparent,
+                client_id=client_id,
+                traceparent=traceparent,
                 model_name=model_name,
                 model_version=model_version,
             )),
@@ -191,7 +192,10 @@ class Recorder:
         log.warning("provline sidecar recorded prediction %s without its bodies: %s", exchange.prediction_id,
                     reason, extra={"prediction_id": exchange.prediction_id})
         try:
-            for kind, fields in degraded_pair(exchange, known, reason):
+            client_id, traceparent = self._recorded_headers(exchange)
+            key = self._redactor.digest_key(exchange.capture)
+            for kind, fields in degraded_pair(exchange, known, reason, key=key, client_id=client_id,
+                                              traceparent=traceparent):
                 if kind not in emitted:
                     self.emitter.emit(kind, fields)
                     emitted.add(kind)
@@ -201,6 +205,16 @@ class Recorder:
                 self.emitter.drops.record("record_failed")
             log.exception("provline sidecar could not record prediction %s; the reply was sent",
                           exchange.prediction_id, extra={"prediction_id": exchange.prediction_id})
+
+    def _recorded_headers(self, exchange: Exchange) -> tuple[str | None, str | None]:
+        """The client id and traceparent the events record: as sent in ``full`` mode, else under the
+        policy's ``headers`` rules."""
+        client_id = _text(first(exchange.scope["headers"], CLIENT_ID_HEADER))
+        if exchange.capture not in KEYED_MODES:
+            return client_id, exchange.traceparent
+        rules, redactor = self._policy.headers, self._redactor
+        return (redactor.header(rules.named("x-client-id"), client_id),
+                redactor.header(rules.named("traceparent"), exchange.traceparent))
 
 
 @dataclass(slots=True)
@@ -212,12 +226,16 @@ class _Known:
     model_version: str | None = None
 
 
-def degraded_pair(exchange: Exchange, known: _Known, reason: str) -> list[tuple[str, dict[str, Any]]]:
+def degraded_pair(
+    exchange: Exchange, known: _Known, reason: str, *, key: bytes | None, client_id: str | None,
+    traceparent: str | None,
+) -> list[tuple[str, dict[str, Any]]]:
     """The two events of an exchange whose bodies could not be captured: ids, endpoint, method and
-    path, status, sizes, digests, latency, model; no body, features or outputs; ``reason`` says why."""
+    path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers; no
+    body, features or outputs; ``reason`` says why."""
     scope = exchange.scope
     client_headers: list[Header] = scope.get("headers", [])
-    request, reply = _observed(exchange.request), _observed(exchange.reply)
+    request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
     error = f"{exchange.error.reason}; {reason}" if exchange.error else reason
     return [
         ("InferenceRequest", request_fields(
@@ -225,7 +243,7 @@ def degraded_pair(exchange: Exchange, known: _Known, reason: str) -> list[tuple[
             model_version=known.model_version, method=str(scope.get("method", "")), path=str(scope.get("path", "")),
             observed=request, record=BodyRecord(error=reason),
             content_type=_text(first(client_headers, b"content-type")),
-            client_id=_text(first(client_headers, CLIENT_ID_HEADER)), traceparent=exchange.traceparent,
+            client_id=client_id, traceparent=traceparent,
         )),
         ("InferenceResponse", response_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
@@ -235,8 +253,9 @@ def degraded_pair(exchange: Exchange, known: _Known, reason: str) -> list[tuple[
     ]
 
 
-def _observed(body: ObservedBody | bytes) -> ObservedBody:
-    return body if isinstance(body, ObservedBody) else ObservedBody.whole(body)
+def _observed(body: ObservedBody | bytes, key: bytes | None) -> ObservedBody:
+    """A body held whole digested now (keyed with ``key``); a streamed one was digested as it passed."""
+    return body if isinstance(body, ObservedBody) else ObservedBody.whole(body, key=key)
 
 
 def _text(value: bytes | None) -> str | None:

@@ -5,7 +5,8 @@ the publishing sections every emitter reads (``kafka``, ``topics``, ``signing``,
     PROVLINE_SIDECAR__PORT=8080                         where clients connect
     PROVLINE_SIDECAR__WORKERS=4                         worker processes sharing the port
     PROVLINE_CAPTURE__POLICY_FILE=policy.yaml           redaction, capture mode and sampling per route
-    PROVLINE_CAPTURE__REDACTION_KEY=...                 HMAC key for fields the policy hashes
+    PROVLINE_CAPTURE__REDACTION_KEY=...                 HMAC key for what the policy hashes and for the body
+                                                        digests of redacted and hash-only captures
     PROVLINE_KAFKA__BOOTSTRAP=broker:9092               as for any emitter; the sidecar always drops
                                                         rather than waits (on_full=drop), one spool per worker
 
@@ -48,12 +49,15 @@ CaptureMode = Literal["full", "redacted", "hash-only"]
 
 
 class CaptureSettings(Section):
-    """What of each exchanged body is recorded (section ``capture``); the SHA-256 always covers every byte."""
+    """What of each exchanged body is recorded (section ``capture``); the digest always covers every byte."""
 
     policy_file: Path | None = Field(
         None, description="YAML capture policy: fields to drop, hash or mask, capture mode and sampling per route",
     )
-    redaction_key: SecretStr | None = Field(None, description="HMAC key for the fields the policy hashes")
+    redaction_key: SecretStr | None = Field(
+        None, description="HMAC key for what the policy hashes and for body digests where redaction applies "
+        "(modes redacted and hash-only: hmac-sha256:<hex>); required by those modes and by hash rules",
+    )
     mode: CaptureMode | None = Field(
         None, description="full, redacted or hash-only, where the policy names none; default: redacted with a "
         "policy, else full",

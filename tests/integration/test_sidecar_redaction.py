@@ -158,5 +158,6 @@ def test_no_redacted_value_reaches_the_inference_topic(
         assert "redaction policy applies to JSON bodies only" in requests[opaque]["parse_error"]
     assert requests[hash_only]["body"] is None and requests[hash_only]["features"] == {}
     assert responses[hash_only]["body"] is None and responses[hash_only]["outputs"] == {}
-    assert requests[hash_only]["body_sha256"] == hashlib.sha256(
-        json.dumps(REQUESTS["plain"]).encode()).hexdigest()
+    # where redaction applies the digest of the exact bytes is keyed (issue 13, finding 12)
+    assert requests[hash_only]["body_sha256"] == "hmac-sha256:" + hmac.new(
+        KEY.encode(), json.dumps(REQUESTS["plain"]).encode(), hashlib.sha256).hexdigest()

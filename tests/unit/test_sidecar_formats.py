@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 from hypothesis import given
@@ -74,13 +75,15 @@ def test_odd_shapes_are_noted_not_fatal() -> None:
         extract_features(document)  # must not raise
 
 
-@given(st.lists(st.binary(max_size=50), max_size=8), st.integers(0, 120))
-def test_a_tap_sees_what_the_whole_body_is(chunks: list[bytes], keep: int) -> None:
-    tap = BodyTap(keep)
+@given(st.lists(st.binary(max_size=50), max_size=8), st.integers(0, 120), st.sampled_from([None, b"k", b"x" * 100]))
+def test_a_tap_sees_what_the_whole_body_is(chunks: list[bytes], keep: int, key: bytes | None) -> None:
+    tap = BodyTap(keep, key=key)
     for chunk in chunks:
         tap.feed(chunk)
     body = b"".join(chunks)
     observed = ObservedBody.tapped(tap)
-    assert observed.size == len(body) and observed.sha256 == hashlib.sha256(body).hexdigest()
+    expected = (hashlib.sha256(body).hexdigest() if key is None
+                else "hmac-sha256:" + hmac.new(key, body, hashlib.sha256).hexdigest())
+    assert observed.size == len(body) and observed.digest == expected
     assert observed.head == body[:keep] and observed.complete == (len(body) <= keep)
-    assert ObservedBody.whole(body).complete
+    assert ObservedBody.whole(body, key=key) == observed if len(body) <= keep else ObservedBody.whole(body).complete
