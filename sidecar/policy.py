@@ -51,12 +51,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from provline.sidecar.errors import PolicyError, RedactionError
-from provline.sidecar.payload import MAX_JSON_DEPTH, deeper_than
+from provline.sidecar.payload import KEYED_DIGEST_PREFIX, MAX_JSON_DEPTH, deeper_than
 
 Mode = Literal["full", "redacted", "hash-only"]
 Action = Literal["drop", "hash", "mask"]
 MASK = "****"
-HASH_PREFIX = "hmac-sha256:"
 KEYED_MODES: frozenset[Mode] = frozenset({"redacted", "hash-only"})  # where redaction applies: digests are keyed
 RECORDED_HEADERS = ("x-request-id", "x-client-id", "traceparent")  # the request headers events record
 _STRENGTH: dict[Action, int] = {"mask": 0, "hash": 1, "drop": 2}  # a name matched twice gets the stronger
@@ -271,7 +270,7 @@ class Redactor:
             raise PolicyError("the capture policy hashes fields but no key is set; set PROVLINE_CAPTURE__REDACTION_KEY")
         canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
             "utf-8", "surrogatepass")
-        return HASH_PREFIX + hmac.new(self._key, canonical, hashlib.sha256).hexdigest()
+        return KEYED_DIGEST_PREFIX + hmac.new(self._key, canonical, hashlib.sha256).hexdigest()
 
     def header(self, action: Action | None, value: str | None) -> str | None:
         """A recorded header value under ``action``: dropped (None), hashed, masked, or as it is."""

@@ -182,11 +182,16 @@ LEDGER_CONTENT = (
 )
 
 
-def ledger_select(table: str) -> str:
-    """The SELECT of an event table's ledger view: every row inserted into ``table``, into event_ledger."""
+def ledger_select(fmt: IngestFormat) -> str:
+    """The SELECT of an event kind's ledger view: every row its ingest table receives, into event_ledger.
+
+    A view on the ingest table beside the event table's own, not one on the event table: a view of
+    a view's table is a chain, and a sink killed mid-insert then left rows the retried insert's
+    deduplication did not recognise (tests/integration/test_sink_crash.py under load)."""
     return (
-        f"SELECT event_id, hash, {LEDGER_CONTENT} AS content_sha256, '{table}' AS event_table, producer_session, "
-        f"event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) AS inserted\nFROM {table}"
+        f"SELECT event_id, hash, {LEDGER_CONTENT} AS content_sha256, '{fmt.spec.table}' AS event_table, "
+        "producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) AS inserted\n"
+        f"FROM ({event_view_select(fmt)})"
     )
 
 

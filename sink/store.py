@@ -249,7 +249,7 @@ def ensure_views(client: Client, catalog: Catalog, *, cluster: str | None = None
         client.command(render_ddl(ingest_table_ddl(fmt, [(row[0], row[1]) for row in described.result_rows]), cluster))
         name, ddl = view_ddl(fmt.spec.table, event_view_select(fmt))
         wanted[name] = ddl
-        name, ddl = view_ddl(LEDGER_TABLE, ledger_select(fmt.spec.table))
+        name, ddl = view_ddl(LEDGER_TABLE, ledger_select(fmt))
         wanted[name] = ddl
     for table in DERIVED:
         name, ddl = view_ddl(table, derived_select(table, "prediction_traces"))

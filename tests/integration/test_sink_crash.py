@@ -59,6 +59,7 @@ out = {}
 for spec in TABLES.values():
     rows = client.query(f"SELECT event_id FROM {spec.table}").result_rows  # no FINAL: physical rows
     out[spec.table] = [row[0] for row in rows]
+out["ledger"] = dict(client.query("SELECT event_table, uniqExact(event_id) FROM event_ledger GROUP BY 1").result_rows)
 out["lineage_edges"] = client.query("SELECT count() FROM lineage_edges FINAL").result_rows[0][0]
 out["prediction_index"] = client.query("SELECT count() FROM prediction_index FINAL").result_rows[0][0]
 client.close()
@@ -219,6 +220,7 @@ def test_sink_killed_ten_times_stores_every_event_exactly_once(
     for table, ids in expected.items():
         assert len(stored[table]) == len(ids), f"{table}: {len(stored[table])} rows for {len(ids)} events"
         assert sorted(stored[table]) == sorted(ids), table
+        assert stored["ledger"][table] == len(ids), f"the ledger lacks events of {table}"
     assert stored["prediction_index"] == len(expected["prediction_traces"])
     # at least one kill landed between an insert and its commit, so the recovery path really ran
     assert saw_in_flight >= 1, "no kill landed between an insert and its commit; the test proved nothing"

@@ -58,7 +58,8 @@ class Sidecar:
     def missing(self, prediction_ids: list[str]) -> int:
         """Events missing for these predictions, waiting a little for the recorder."""
         def count() -> int:
-            kinds = {(kind, value["prediction_id"]) for kind, value in self.events() if kind != "DeliveryGap"}
+            kinds = {(kind, value["prediction_id"]) for kind, value in self.events()
+                 if kind in ("InferenceRequest", "InferenceResponse")}
             return sum((kind, pid) not in kinds for pid in prediction_ids
                        for kind in ("InferenceRequest", "InferenceResponse"))
         return wait_for(count, lambda left: left == 0, 5.0)
