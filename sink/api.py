@@ -3,12 +3,15 @@
 Every ``/v1`` request carries ``Authorization: Bearer <token>``; the token maps to a reader and a
 role (``viewer`` < ``auditor`` < ``admin``) from :attr:`ServeSettings.api`. Viewers see the
 audit answers; raw payloads (stored events, SQL over the raw columns, evidence bundles, store
-verification) need ``auditor``; the access log needs ``admin``. Every request but the health and
-metrics probes, allowed or denied, is written to ``access_log`` (who, what, when, status, size);
-if that write fails the answer is withheld (503): no unlogged reads.
+verification) need ``auditor``; the access log needs ``admin``. Every request but the health,
+readiness and metrics probes, allowed or denied, is written to ``access_log`` (who, what, when,
+status, size); if that write fails the answer is withheld (503): no unlogged reads.
 
-The API owns its client: handlers run in a thread pool, so calls on the client are serialised
-with a lock (clickhouse-connect clients are not for concurrent queries).
+The API owns one client for its answers and the access log: handlers run in a thread pool, so
+calls on it are serialised with a lock (clickhouse-connect clients are not for concurrent queries).
+User SQL never runs on it: each SQL role has a read-only sandbox session of its own
+(:mod:`provline.sink.sandbox`), opened here and closed when the app shuts down. ``/healthz`` says
+the process is alive and touches nothing; ``/readyz`` asks the store.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -35,21 +39,23 @@ from starlette.responses import Response
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
-from provline.sink.errors import ReadOnlySqlError
-from provline.sink.queries import MAX_SQL_CHARS, Filters
+from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
+from provline.sink.queries import Filters
+from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
 from provline.sink.settings import ServeSettings
-from provline.sink.store import open_store
+from provline.sink.store import open_store, store_tables
 from provline.sink.verifier import Report, anchor_heads, verify_store
 from provline.sink.verify import AnchoredSession, Trust
 
 log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 0, "auditor": 1, "admin": 2}
-UNLOGGED_PATHS = frozenset({"/healthz", "/metrics"})
+UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ACCESS_LOG_COLUMNS = (
     "time", "request_id", "reader", "role", "method", "path", "query", "status", "allowed", "response_bytes",
     "client",
 )
+SQL_PATH = "/v1/sql"
 
 
 @dataclass(frozen=True)
@@ -178,9 +184,22 @@ def access_row(request: Request, reader: Reader | None, status: int, size: int) 
 
 
 def create_api(settings: ServeSettings, client: Client) -> FastAPI:
-    """Build the app around ``client`` (which the app does not close). Handlers block on the store."""
+    """Build the app around ``client`` (which the app does not close); blocks while it opens the SQL sandboxes.
+
+    The store must be migrated: the sandboxes are set up for the tables it has. Handlers block on the store.
+    """
+    sandboxes = open_sandboxes(settings, store_tables(client))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for sandbox in sandboxes.values():
+                sandbox.close()
+
     app = FastAPI(
-        title="provline audit API", version="1",
+        title="provline audit API", version="1", lifespan=lifespan,
         description="Audit queries over the provline store. Bearer tokens map to roles viewer, auditor, admin.",
     )
     store = LockedClient(client)
@@ -212,11 +231,15 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
             return JSONResponse(status_code=503, content={"detail": "access log unavailable; try again later"})
         return response
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="The process is alive (touches neither the store nor any lock)")
     def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The store answers a short query on the API's session")
+    def readyz() -> dict[str, str]:
         with store.lock:
             store.client.query("SELECT 1")
-        return {"status": "ok"}
+        return {"status": "ready"}
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -289,14 +312,18 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
                                  breached_only=breached_only)
         return {"model": model, "drift": rows}
 
-    @app.post("/v1/sql", summary="One read-only SQL statement (auditor: it can read raw payloads)")
+    @app.post(SQL_PATH, summary="One read-only SQL statement (auditor: raw payloads too; admin: also access_log)")
     def post_sql(body: SqlRequest, reader: Auditor) -> dict[str, Any]:
+        sandbox = sandboxes[reader.role]
         try:
-            with store.lock:
-                return queries.run_readonly_sql(store.client, body.sql)
-        except ReadOnlySqlError as exc:
+            with sandbox.turn():
+                return sandbox.execute(sandbox.inspect(body.sql))
+        except SqlBusyError as exc:
+            retry = {"Retry-After": str(exc.retry_after_s)}
+            raise HTTPException(status_code=429, detail=str(exc), headers=retry) from exc
+        except (ReadOnlySqlError, SqlLimitError) as exc:
             raise HTTPException(status_code=400, detail=f"refused: {exc}") from exc
-        except ClickHouseError as exc:
+        except SqlQueryError as exc:
             raise HTTPException(status_code=400, detail=f"query failed: {exc}") from exc
 
     @app.get("/v1/evidence/{subject}", summary="An evidence bundle for a prediction id or MODEL@VERSION")

@@ -1,13 +1,12 @@
-"""Audit queries: traces, lineage walks, runs, models, drift, stored events, and read-only SQL.
+"""Audit queries: traces, lineage walks, runs, models, drift and stored events (user SQL: ``sink/sandbox.py``).
 
-The SQL text lives in ``sink/sql/*.sql``; the guard and the shaping of results are pure functions.
-Calls block on the store; a client is not thread-safe, so callers serialise use of a shared one.
+The SQL text lives in ``sink/sql/*.sql``; the shaping of results is pure functions. Calls block on
+the store; a client is not thread-safe, so callers serialise use of a shared one.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -16,95 +15,13 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from provline.sink.errors import ReadOnlySqlError
 from provline.sink.lineage import parse_node
 from provline.sink.rows import TABLES, to_jsonable
-
-READ_STATEMENTS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN"})
-MAX_SQL_CHARS = 100_000
-# Engine-side backstop: refuses writes, DDL, setting changes and file/url/executable table functions.
-READONLY_SETTINGS = {"readonly": 1}
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 
 
 @cache
 def sql_file(name: str) -> str:
     return (resources.files("provline.sink") / "sql" / name).read_text(encoding="utf-8")
-
-
-@dataclass(frozen=True)
-class CheckedSql:
-    sql: str  # what is sent: the statement without trailing semicolons
-    keyword: str
-
-
-def _blank_literals(sql: str) -> str:
-    """``sql`` with string literals and quoted identifiers replaced by ``x`` and comments by spaces.
-
-    Keeps positions so that what remains is only code the guard may inspect for ``;`` and keywords;
-    literals stay non-blank so that a statement ending in one is not cut short.
-    """
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch in "'\"`":
-            j = i + 1
-            while j < n and sql[j] != ch:
-                j += 2 if sql[j] == "\\" else 1
-            if j >= n:
-                raise ReadOnlySqlError(f"unterminated {ch} quote starting at character {i}")
-            out.append("x" * (j + 1 - i))
-            i = j + 1
-        elif sql.startswith("--", i) or ch == "#":
-            j = sql.find("\n", i)
-            j = n if j < 0 else j
-            out.append(" " * (j - i))
-            i = j
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            if j < 0:
-                raise ReadOnlySqlError(f"unterminated /* comment starting at character {i}")
-            out.append(" " * (j + 2 - i))
-            i = j + 2
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out)
-
-
-def check_readonly_sql(sql: str) -> CheckedSql:
-    """Accept one SELECT/WITH/SHOW/DESCRIBE/EXPLAIN statement; raise :class:`ReadOnlySqlError` otherwise."""
-    if len(sql) > MAX_SQL_CHARS:
-        raise ReadOnlySqlError(f"statement of {len(sql)} characters exceeds the limit of {MAX_SQL_CHARS}")
-    code = _blank_literals(sql).rstrip()
-    while code.endswith(";"):
-        code = code[:-1].rstrip()
-    if not code.strip():
-        raise ReadOnlySqlError("empty statement; send one SELECT, WITH, SHOW, DESCRIBE or EXPLAIN statement")
-    if ";" in code:
-        raise ReadOnlySqlError("several statements separated by ';'; send exactly one statement per request")
-    first = _WORD.match(code.lstrip(" \t\r\n("))
-    keyword = first.group(0).upper() if first else code.split()[0]
-    if keyword not in READ_STATEMENTS:
-        raise ReadOnlySqlError(
-            f"{keyword!r} statements are not allowed; this endpoint is read-only and accepts "
-            "SELECT, WITH, SHOW, DESCRIBE and EXPLAIN"
-        )
-    if _INTO_OUTFILE.search(code):
-        raise ReadOnlySqlError("INTO OUTFILE writes files on the server; remove it, results come back in the reply")
-    return CheckedSql(sql=sql[: len(code)], keyword=keyword)
-
-
-def run_readonly_sql(client: Client, sql: str) -> dict[str, Any]:
-    """Run one read statement with ``readonly=1``; ``{"columns": [...], "rows": [[...], ...]}``, JSON-able."""
-    checked = check_readonly_sql(sql)
-    result = client.query(checked.sql, settings=READONLY_SETTINGS)
-    return {
-        "columns": list(result.column_names),
-        "rows": [to_jsonable(list(row)) for row in result.result_rows],
-    }
 
 
 # Optional fields of PredictionTrace revisions after v1 (ground truth joined onto the trace):

@@ -1,6 +1,6 @@
 """Settings of ``provline serve`` (sink writer + audit API) and of the store commands: sections ``sink``
-(the writer), ``store`` (ClickHouse), ``api`` (the audit API), ``evidence`` (bundles and verification)
-and the shared ``kafka`` and ``topics``.
+(the writer), ``store`` (ClickHouse), ``api`` (the audit API), ``sql`` (the API's read-only SQL),
+``evidence`` (bundles and verification) and the shared ``kafka`` and ``topics``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ DEFAULT_PREFETCH_MAX_BYTES = 32 * 1024 * 1024
 DEFAULT_INSERT_THREADS = 2
 DEFAULT_API_PORT = 8700
 DEFAULT_CONSUMER_GROUP = "provline-sink"
+# Limits of one statement of /v1/sql (sink/sandbox.py). One thread, so that ingestion and lookups keep
+# the other cores; 10 s and 1 GiB bound the heavy scans an audit needs without letting one starve the sink.
+DEFAULT_SQL_MAX_EXECUTION_S = 10.0
+DEFAULT_SQL_MAX_MEMORY_BYTES = 1024 * 1024 * 1024
+DEFAULT_SQL_MAX_ROWS_READ = 1_000_000_000
+DEFAULT_SQL_MAX_RESULT_ROWS = 100_000
+DEFAULT_SQL_MAX_RESULT_BYTES = 64 * 1024 * 1024
+DEFAULT_SQL_MAX_THREADS = 1
+# Statements are inspected with EXPLAIN under the same limits: below these, ordinary statements could not be.
+MIN_SQL_RESULT_ROWS = 1000
+MIN_SQL_RESULT_BYTES = 64 * 1024
 
 Role = Literal["viewer", "auditor", "admin"]
 _CLUSTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -105,6 +116,39 @@ class ApiSettings(Section):
         return self
 
 
+class SqlSettings(Section):
+    """Read-only SQL of the audit API (section ``sql``): the limits every statement runs under, enforced by the
+    engine, and, for a ClickHouse server, the read-only users statements run as (README: "SQL over the API")."""
+
+    max_execution_s: float = Field(
+        DEFAULT_SQL_MAX_EXECUTION_S, gt=0, le=3600,
+        description="seconds one statement may run; the engine stops it then",
+    )
+    max_memory_bytes: int = Field(
+        DEFAULT_SQL_MAX_MEMORY_BYTES, ge=16 * 1024 * 1024, description="memory one statement may use in the engine",
+    )
+    max_rows_read: int = Field(DEFAULT_SQL_MAX_ROWS_READ, ge=1, description="rows one statement may read from tables")
+    max_result_rows: int = Field(
+        DEFAULT_SQL_MAX_RESULT_ROWS, ge=MIN_SQL_RESULT_ROWS,
+        description="rows one answer may have (statements are inspected with EXPLAIN under this limit too)",
+    )
+    max_result_bytes: int = Field(
+        DEFAULT_SQL_MAX_RESULT_BYTES, ge=MIN_SQL_RESULT_BYTES,
+        description="bytes one answer may have, in the engine and as JSON (EXPLAIN output counts too)",
+    )
+    max_threads: int = Field(
+        DEFAULT_SQL_MAX_THREADS, ge=1, le=64,
+        description="engine threads per statement; 1 leaves the other cores to ingestion and lookups",
+    )
+    auditor_url: SecretStr | None = Field(
+        None, description="with a ClickHouse server: http(s)://user:password@host:port/<database> of the read-only "
+        "user auditors' SQL runs as (`provline sql-grants` prints its profile and grants)",
+    )
+    admin_url: SecretStr | None = Field(
+        None, description="with a ClickHouse server: the read-only user admins' SQL runs as (may read access_log)",
+    )
+
+
 class EvidenceSettings(Section):
     """Keys for evidence bundles and for verifying stored events (section ``evidence``)."""
 
@@ -136,4 +180,5 @@ class ServeSettings(ProvlineSettings):
     sink: SinkSettings = Field(default_factory=SinkSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    sql: SqlSettings = Field(default_factory=SqlSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)

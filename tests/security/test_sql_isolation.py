@@ -77,10 +77,10 @@ LIMITS = {
     ("statement", "setting"),
     [
         (SLOW, "PROVLINE_SQL__MAX_EXECUTION_S"),
-        ("SELECT length(arrayFlatten(arrayMap(x -> range(20000), range(1000)))) AS n",
-         "PROVLINE_SQL__MAX_MEMORY_BYTES"),
+        ("SELECT length(range(materialize(20000000))) AS n", "PROVLINE_SQL__MAX_MEMORY_BYTES"),
         ("SELECT sum(length(raw)) FROM run_events", "PROVLINE_SQL__MAX_ROWS_READ"),
         ("SELECT arrayJoin(range(2000)) AS n", "PROVLINE_SQL__MAX_RESULT_ROWS"),
+        ("SELECT arrayJoin(range(2000)) AS n SETTINGS limit = 0", "PROVLINE_SQL__"),  # readonly lets limit change
         ("SELECT repeat('x', 200000) AS s", "PROVLINE_SQL__MAX_RESULT_BYTES"),
     ],
 )

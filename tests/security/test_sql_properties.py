@@ -64,13 +64,22 @@ def writes(folder: Path) -> list[str]:
 
 JOINERS = ["; ", ";\n", " -- ", "\n", " /* ", " */ ", "'", '"', "`", "$$", "$x$", "\\", " ", " UNION ALL ",
            " SETTINGS readonly = 0", " SETTINGS max_execution_time = 0", " FORMAT CSV", "$$'$$"]
+SUFFIXES = ["", ";", " -- ;", " /* ; DROP TABLE run_events */", " SETTINGS readonly = 0", " SETTINGS limit = 0",
+            " SETTINGS additional_table_filters = {}", " FORMAT CSV", " LIMIT 5"]
+# Ways to put a read where the engine reads more than the outer statement shows.
+WRAPPERS = ["{}", "SELECT * FROM ({})", "SELECT count() FROM ({})", "WITH w AS ({}) SELECT * FROM w", "SELECT ({})",
+            "EXPLAIN {}", "EXPLAIN SYNTAX {}", "DESCRIBE ({})", "SELECT 1 WHERE 1 IN ({})",
+            "SELECT * FROM prediction_traces WHERE prediction_id IN ({})", "{} UNION ALL SELECT * FROM access_log"]
 
 
 def statements(folder: Path, port: int) -> st.SearchStrategy[str]:
+    read = st.sampled_from(reads(folder, port))
     fragment = st.sampled_from(reads(folder, port) + writes(folder))
+    wrapped = st.builds(lambda wrapper, inner, suffix: wrapper.format(inner) + suffix,
+                        st.sampled_from(WRAPPERS), read, st.sampled_from(SUFFIXES))
     glued = st.lists(st.one_of(fragment, st.sampled_from(JOINERS)), min_size=1, max_size=7).map("".join)
     smuggled = st.builds(lambda hidden, tail: f"SELECT $$'$$; {hidden}; {tail} --'", fragment, fragment)
-    return st.one_of(glued, smuggled, fragment)
+    return st.one_of(wrapped, fragment, glued, smuggled)
 
 
 @pytest.fixture
@@ -94,7 +103,7 @@ def test_generated_statements_escape_nowhere(api: AuditApi, tmp_path: Path, tcp:
     logged_before = set(api.store.query("SELECT request_id, cityHash64(*) FROM access_log").result_rows)
     requests = [0]
 
-    @settings(max_examples=150, deadline=None, database=None,
+    @settings(max_examples=300, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(reader=st.sampled_from(["vic", "ann", "ann", "root"]), statement=statements(tmp_path, tcp.port))
     def probe(reader: str, statement: str) -> None:
