@@ -4,8 +4,9 @@ Every ``/v1`` request carries ``Authorization: Bearer <token>``; the token maps 
 role (``viewer`` < ``auditor`` < ``admin``) from :attr:`ServeSettings.api`. Viewers see the
 audit answers; raw payloads (stored events, SQL over the raw columns, evidence bundles, store
 verification) need ``auditor``; the access log needs ``admin``. Every request but the health,
-readiness and metrics probes, allowed or denied, is written to ``access_log`` (who, what, when,
-status, size); if that write fails the answer is withheld (503): no unlogged reads.
+readiness and metrics probes, allowed, denied or failed (an unhandled error is logged as 500), is
+written to ``access_log`` (who, what, when, status, size; for SQL the statement, its SHA-256 and
+the tables read); if that write fails the answer is withheld (503): no unlogged reads.
 
 The API owns one client for its answers and the access log: handlers run in a thread pool, so
 calls on it are serialised with a lock (clickhouse-connect clients are not for concurrent queries).
@@ -39,6 +40,7 @@ from starlette.responses import Response
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
+from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.queries import Filters
 from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
@@ -51,11 +53,8 @@ log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 0, "auditor": 1, "admin": 2}
 UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-ACCESS_LOG_COLUMNS = (
-    "time", "request_id", "reader", "role", "method", "path", "query", "status", "allowed", "response_bytes",
-    "client",
-)
 SQL_PATH = "/v1/sql"
+CLIENT_CLOSED = 499  # the status logged for a request whose client went away before the answer
 
 
 @dataclass(frozen=True)
@@ -175,14 +174,6 @@ class LockedClient:
         self.lock = threading.Lock()
 
 
-def access_row(request: Request, reader: Reader | None, status: int, size: int) -> list[Any]:
-    return [
-        datetime.now(UTC), str(uuid.uuid4()), reader.name if reader else "", reader.role if reader else "",
-        request.method, request.url.path, request.url.query, status, status not in (401, 403), size,
-        request.client.host if request.client else "",
-    ]
-
-
 def create_api(settings: ServeSettings, client: Client) -> FastAPI:
     """Build the app around ``client`` (which the app does not close); blocks while it opens the SQL sandboxes.
 
@@ -222,10 +213,38 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
         scheme, _, token = header.partition(" ")
         reader = authenticate(settings, token.strip()) if scheme.lower() == "bearer" else None
         request.state.reader = reader
-        response = await call_next(request)
+        request.state.sql_tables = []
+        request_id = str(uuid.uuid4())
+        # The statement is read here, not in the handler, so that refusals (401, 403, 422) keep it too.
+        is_sql = (request.method, request.url.path) == ("POST", SQL_PATH)
+        statement = sql_statement(await request.body()) if is_sql else None
+
+        def row(status: int, size: int) -> list[Any]:
+            return access_row(
+                time=datetime.now(UTC), request_id=request_id, reader=reader.name if reader else "",
+                role=reader.role if reader else "", method=request.method, path=request.url.path,
+                query=request.url.query, status=status, size=size, client=request.client.host if request.client else "",
+                statement=statement, tables=request.state.sql_tables,
+            )
+
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error answering %s %s (request %s)", request.method, request.url.path, request_id)
+            response = JSONResponse(
+                status_code=500, content={"detail": f"internal error; the server log has it as request {request_id}"},
+            )
+        except BaseException:
+            # Cancelled (the client went away, or shutdown): a cancelled task can no longer await, so the
+            # row is written right here, blocking the loop for one insert on this rare path.
+            try:
+                write_access_log(row(CLIENT_CLOSED, 0))
+            except Exception:
+                log.exception("could not write the access log of cancelled request %s", request_id)
+            raise
         size = int(response.headers.get("content-length", 0))
         try:
-            await run_in_threadpool(write_access_log, access_row(request, reader, response.status_code, size))
+            await run_in_threadpool(write_access_log, row(response.status_code, size))
         except Exception:
             log.exception("could not write the access log; withholding the answer")
             return JSONResponse(status_code=503, content={"detail": "access log unavailable; try again later"})
@@ -313,11 +332,13 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
         return {"model": model, "drift": rows}
 
     @app.post(SQL_PATH, summary="One read-only SQL statement (auditor: raw payloads too; admin: also access_log)")
-    def post_sql(body: SqlRequest, reader: Auditor) -> dict[str, Any]:
+    def post_sql(request: Request, body: SqlRequest, reader: Auditor) -> dict[str, Any]:
         sandbox = sandboxes[reader.role]
         try:
             with sandbox.turn():
-                return sandbox.execute(sandbox.inspect(body.sql))
+                checked = sandbox.inspect(body.sql)
+                request.state.sql_tables = list(checked.tables)
+                return sandbox.execute(checked)
         except SqlBusyError as exc:
             retry = {"Retry-After": str(exc.retry_after_s)}
             raise HTTPException(status_code=429, detail=str(exc), headers=retry) from exc

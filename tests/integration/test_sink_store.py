@@ -202,7 +202,7 @@ def test_migrate_is_idempotent_and_records_files(store: Client) -> None:
     names = [row[0] for row in store.query("SELECT name FROM schema_migrations FINAL ORDER BY name").result_rows]
     assert names == [
         "0000_schema_migrations.sql", "0001_event_tables.sql", "0002_audit_store.sql", "0003_offset_index.sql",
-        "0005_integrity.sql",
+        "0004_access_log_statements.sql", "0005_integrity.sql",
     ]
     for spec in TABLES.values():
         described = [row[0] for row in store.query(f"DESCRIBE TABLE {spec.table}").result_rows]

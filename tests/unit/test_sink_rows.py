@@ -11,6 +11,7 @@ import pytest
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.compiled import encode_long
 from provline.schemas.integrity import HashChain
+from provline.sink.accesslog import ACCESS_LOG_COLUMNS
 from provline.sink.ingest import ORIGIN_FIELDS, event_view_select, ingest_format
 from provline.sink.lineage import EDGE_COLUMNS
 from provline.sink.rows import TABLES, table_for
@@ -48,6 +49,10 @@ def ddl_columns() -> dict[str, list[str]]:
     for _, text in migration_files():
         for statement in split_statements(text):
             match = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\n\)", statement, re.S)
+            added = re.search(r"^ALTER TABLE (\w+)\s+ADD COLUMN", statement, re.M)
+            if added:
+                tables[added.group(1)] += re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)", statement)
+                continue
             if match is None:
                 assert re.search(r"^(ALTER TABLE \w+ (MODIFY SETTING|ADD INDEX)|INSERT INTO event_ledger SELECT)",
                                  statement, re.M), statement
@@ -65,6 +70,7 @@ def test_ddl_columns_match_row_order() -> None:
     for spec in TABLES.values():
         assert tables[spec.table] == list(spec.columns), spec.table
     assert tables["lineage_edges"] == list(EDGE_COLUMNS)
+    assert tables["access_log"] == list(ACCESS_LOG_COLUMNS)
     assert tables["prediction_index"] == [
         "model_name", "model_version", "event_time", "prediction_id", "event_id", "endpoint", "complete",
         "training_run_id",
