@@ -209,6 +209,22 @@ def sql(query: str, api: ApiOption = None) -> None:
         print(json.dumps(row, default=str))
 
 
+@app.command("sql-grants")
+def sql_grants() -> None:
+    """Print the statements that create the read-only ClickHouse users `/v1/sql` runs as (a server store only)."""
+    from urllib.parse import urlsplit
+
+    from provline.sink.sandbox import audit_tables, server_grants, sql_users
+    from provline.sink.settings import ServeSettings
+
+    with _exits_on_errors():
+        settings = load_settings(ServeSettings)
+    database = urlsplit(settings.store.url).path.strip("/") or "default"
+    users = sql_users(settings.sql)
+    for statement in server_grants(settings.sql, database=database, tables=audit_tables(), users=users):
+        print(f"{statement};")
+
+
 def _answer(api: str | None, path: str, params: dict[str, Any] | None = None) -> Any:
     """The JSON answer of a GET on the audit API; exits 1 (not found / refused) or 2 (unreachable)."""
     with _exits_on_errors():

@@ -7,6 +7,7 @@ statements named; tests/security runs the same code against the engine itself.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -226,6 +227,14 @@ def test_server_users_come_from_the_role_urls() -> None:
 def test_tables_are_recorded_by_bare_name_in_the_store() -> None:
     assert shown(["db.run_events", "system.one", "other.x", "db.access_log"], "db") == (
         "access_log", "other.x", "run_events")
+
+
+def test_the_readme_shows_the_grants_as_rendered() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    users = {"auditor": "provline_sql_auditor", "admin": "provline_sql_admin"}
+    rendered = [f"{s};" for s in server_grants(SqlSettings(), database="provline", tables=audit_tables(), users=users)]
+    assert block.splitlines() == rendered[:len(block.splitlines())], "the README's grants are stale"
 
 
 def test_a_server_store_needs_a_read_only_user_per_role_before_anything_connects() -> None:
