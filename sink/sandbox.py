@@ -259,7 +259,7 @@ def named_refusals(facts: AstFacts, *, database: str, readable: frozenset[str], 
     hidden = sorted(name for name in facts.tables if name.startswith(f"{database}.") and name not in readable)
     refusals = []
     if elsewhere:
-        refusals.append(f"{', '.join(elsewhere)} are outside the audit store; SQL here reads its tables only")
+        refusals.append(f"outside the audit store: {', '.join(elsewhere)}; SQL here reads the store's tables only")
     if hidden:
         refusals.append(f"{', '.join(shown(hidden, database))} may not be read by this role")
     return refusals
@@ -404,8 +404,9 @@ class Sandbox:
             tables = frozenset(qualified(table, self.database) for table in facts.tables)
         denied = sorted(tables - self.readable - {DUMMY_TABLE})
         if denied:
+            hint = "" if facts.kind == SELECT else " (to EXPLAIN and DESCRIBE a WITH name is a table: leave WITH out)"
             raise ReadOnlySqlError(
-                f"{self.role}s may not read {', '.join(shown(denied, self.database))}; they may read "
+                f"{self.role}s may not read {', '.join(shown(denied, self.database))}{hint}; they may read "
                 f"{', '.join(shown(self.readable, self.database))}"
             )
         return CheckedSql(sql=formatted, kind=STATEMENT_KINDS[facts.kind], tables=shown(tables, self.database))

@@ -160,7 +160,7 @@ def test_names_outside_the_store_or_hidden_are_refused_before_analysis() -> None
     (elsewhere, hidden) = named_refusals(
         facts(tables=frozenset({"db.access_log"}), identifiers=frozenset({"system.processes", "other.t"})),
         database="db", readable=readable, databases=databases)
-    assert elsewhere.startswith("other.t, system.processes are outside the audit store")
+    assert elsewhere.startswith("outside the audit store: other.t, system.processes")
     assert hidden.startswith("access_log may not be read")
 
 
