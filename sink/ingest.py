@@ -174,12 +174,20 @@ LEDGER_TABLE = "event_ledger"
 ENVELOPE_FIELDS = ("event_id", "event_time", "producer", "prev_hash", "hash", "signature")
 # The event's contents without its envelope: the same for an event a producer emitted twice (a
 # processors worker taking over a crashed one's batch), different for one replaced by other contents.
-# 0005_integrity.sql backfills the ledger with this same expression.
 LEDGER_CONTENT = (
     "hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ("
     + ", ".join(f"'{name}'" for name in ENVELOPE_FIELDS)
     + "), JSONExtractKeysAndValuesRaw(payload)))))"
 )
+
+
+def ledger_rows_of(table: str, where: str) -> str:
+    """The ledger rows of ``table``'s stored rows matching ``where``: what the migration backfills, and
+    what the sink restores for rows a predecessor stored but was killed before it ledgered."""
+    return (
+        f"SELECT event_id, hash, {LEDGER_CONTENT}, '{table}', producer_session, event_time, kafka_topic, "
+        f"kafka_partition, kafka_offset, now64(6) FROM {table} WHERE {where}"
+    )
 
 
 def ledger_select(fmt: IngestFormat) -> str:

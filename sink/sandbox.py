@@ -50,7 +50,7 @@ from provline.sink.errors import (
     SqlQueryError,
     StoreConfigError,
 )
-from provline.sink.ingest import DERIVED
+from provline.sink.ingest import DERIVED, LEDGER_TABLE
 from provline.sink.rows import TABLES, to_jsonable
 from provline.sink.settings import ServeSettings, SqlSettings
 from provline.sink.store import CHDB_SCHEME, open_store
@@ -89,7 +89,7 @@ def default_user(role: str) -> str:
 
 def audit_tables() -> list[str]:
     """Every table the migrations create that holds audit data, sorted. Pure."""
-    return sorted({spec.table for spec in TABLES.values()} | set(DERIVED) | {"access_log"})
+    return sorted({spec.table for spec in TABLES.values()} | set(DERIVED) | {LEDGER_TABLE, "access_log"})
 
 
 def readable_tables(role: str, tables: Iterable[str]) -> frozenset[str]:
@@ -268,15 +268,15 @@ def named_refusals(facts: AstFacts, *, database: str, readable: frozenset[str], 
 def tables_read(lines: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
     """``(tables, table functions)`` named by the lines of ``EXPLAIN QUERY TREE``. Pure.
 
-    Every table the query reads is a ``TABLE`` node whose line ends in ``table_name: <db>.<table>``
-    (the analyzer renames table aliases, so the line is the engine's own); every table function a
-    ``TABLE_FUNCTION`` node.
+    Every table the query reads is a ``TABLE`` node whose line names it last but for flags, as in
+    ``table_name: <db>.<table>`` or ``table_name: <db>.<table>, final: 1`` (the analyzer renames
+    table aliases, so the line is the engine's own); every table function a ``TABLE_FUNCTION`` node.
     """
     tables, functions = set(), set()
     for line in lines:
         text = line.strip()
         if text.startswith("TABLE id:"):
-            tables.add(text.rpartition("table_name: ")[2])
+            tables.add(text.rpartition("table_name: ")[2].split(", ", 1)[0])
         elif text.startswith("TABLE_FUNCTION id:"):
             functions.add(text.rpartition("table_function_name: ")[2])
     return frozenset(tables), frozenset(functions)

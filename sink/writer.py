@@ -30,7 +30,16 @@ from provline.schemas import Catalog, CorruptEventError, InvalidEventError, Sche
 from provline.schemas.dead_letters import Headers, dead_letter_headers
 from provline.sink import metrics
 from provline.sink.errors import DeadLetterError
-from provline.sink.ingest import DERIVED, IngestFormat, Position, current_body, derived_select, ingest_format
+from provline.sink.ingest import (
+    DERIVED,
+    LEDGER_TABLE,
+    IngestFormat,
+    Position,
+    current_body,
+    derived_select,
+    ingest_format,
+    ledger_rows_of,
+)
 from provline.sink.lineage import EDGE_COLUMNS, LINEAGE_KINDS, edge_rows
 from provline.sink.rows import Origin
 from provline.sink.settings import ServeSettings
@@ -196,6 +205,19 @@ def in_flight_metadata(end_offset: int) -> str:
     return f"{IN_FLIGHT_PREFIX}{end_offset}"
 
 
+def commit_metadata(ends: dict[tuple[str, int], int], in_flight: dict[tuple[str, int], int], *,
+                    inserting: bool) -> dict[tuple[str, int], str]:
+    """The metadata committed with ``ends``: before an insert, "in flight up to" the batch's end or a
+    predecessor's, whichever is further; after it, the predecessor's where it is further still. Pure.
+
+    A marker is never moved back: a sink killed again before it has read up to a predecessor's end
+    must leave that end to the next one, or the events in between are inserted twice.
+    """
+    if inserting:
+        return {p: in_flight_metadata(max(end, in_flight.get(p, end))) for p, end in ends.items()}
+    return {p: in_flight_metadata(in_flight[p]) for p, end in ends.items() if in_flight.get(p, -1) > end}
+
+
 def parse_in_flight(metadata: str | None) -> int | None:
     """The end offset a crashed sink may have inserted up to, from committed-offset metadata."""
     if metadata and metadata.startswith(IN_FLIGHT_PREFIX):
@@ -333,6 +355,22 @@ def insert_plan(
     with ThreadPoolExecutor(max_workers=len(work), thread_name_prefix="provline-insert") as pool:
         futures = [pool.submit(insert_share, c, share) for c, share in work]
         return [letter for future in futures for letter in future.result()]
+
+
+def restore_ledger(client: Client, table: str, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
+    """Ledger the rows of ``table`` in ``ranges`` that the ledger lacks; blocks.
+
+    A sink killed mid-insert may have stored rows whose ledger rows were not written yet; the
+    redelivered copies are skipped as stored, so their ledger rows are written from the table.
+    """
+    in_range = ("kafka_topic = {topic:String} AND kafka_partition = {partition:Int32} "
+                "AND kafka_offset >= {first:Int64} AND kafka_offset < {end:Int64}")
+    for (topic, partition), (first, end) in ranges.items():
+        client.command(
+            f"INSERT INTO {LEDGER_TABLE} {ledger_rows_of(table, in_range)} AND (event_id, hash) NOT IN "
+            f"(SELECT event_id, hash FROM {LEDGER_TABLE} WHERE {in_range})",
+            parameters={"topic": topic, "partition": partition, "first": first, "end": end},
+        )
 
 
 def rederive(client: Client, ranges: dict[tuple[str, int], tuple[int, int]]) -> None:
@@ -489,11 +527,11 @@ class SinkWriter:
             asynchronous=False,
         )
 
-    def _stored(self, plan: BatchPlan) -> set[Position]:
-        """Positions of ``plan``'s messages that a crashed predecessor already stored (in-flight partitions only)."""
+    def _stored(self, interrupted: dict[str, dict[tuple[str, int], tuple[int, int]]]) -> set[Position]:
+        """Positions in the ``interrupted`` ranges (per table) that a crashed predecessor already stored."""
         stored: set[Position] = set()
-        for table, batch in plan.events.items():
-            for (topic, partition), (first, end) in in_flight_ranges(batch.positions, self._in_flight).items():
+        for table, ranges in interrupted.items():
+            for (topic, partition), (first, end) in ranges.items():
                 result = self._client.query(
                     f"SELECT kafka_offset FROM {table} WHERE kafka_topic = {{topic:String}} "
                     "AND kafka_partition = {partition:Int32} AND kafka_offset >= {first:Int64} "
@@ -517,17 +555,19 @@ class SinkWriter:
         self._send_dead_letters(plan.dead_letters)
         start, end = first_offsets(messages), next_offsets(messages)
         if start:
-            self._commit(start, {position: in_flight_metadata(offset) for position, offset in end.items()})
-        traces = plan.events.get("prediction_traces")
-        interrupted = in_flight_ranges(traces.positions, self._in_flight) if traces is not None else {}
-        stored = self._stored(plan)
+            self._commit(start, commit_metadata(end, self._in_flight, inserting=True))
+        interrupted = {table: ranges for table, batch in plan.events.items()
+                       if (ranges := in_flight_ranges(batch.positions, self._in_flight))}
+        stored = self._stored(interrupted)
         if stored:
             plan = plan.without(stored)
             log.info("skipping %d redelivered events already stored", len(stored))
         self._send_dead_letters(insert_plan(self._client, plan, self._catalog, more_clients=self._insert_clients))
-        rederive(self._client, interrupted)
+        for table, ranges in interrupted.items():
+            restore_ledger(self._client, table, ranges)
+        rederive(self._client, interrupted.get("prediction_traces", {}))
         if end:
-            self._commit(end, {})
+            self._commit(end, commit_metadata(end, self._in_flight, inserting=False))
             for position, offset in end.items():
                 if self._in_flight.get(position, -1) <= offset:
                     self._in_flight.pop(position, None)

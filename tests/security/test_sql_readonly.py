@@ -115,6 +115,8 @@ def test_auditors_cannot_read_the_access_log(api: AuditApi, statement: str) -> N
     "statement",
     [
         "SELECT count() AS n FROM prediction_traces",
+        "SELECT count() AS n FROM model_versions FINAL",  # as `provline promote` asks
+        "SELECT count() AS n FROM event_ledger",
         "WITH p AS (SELECT prediction_id FROM prediction_index) SELECT count() FROM prediction_traces "
         "WHERE prediction_id IN (SELECT prediction_id FROM p)",
         "SELECT 1",

@@ -16,13 +16,14 @@ from provline.schemas.integrity import HashChain
 from provline.sink.api import Reader, authenticate
 from provline.sink.errors import MigrationError
 from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
-from provline.sink.ingest import LEDGER_CONTENT
+from provline.sink.ingest import ledger_rows_of
 from provline.sink.lineage import Edge, edges_for, parse_node
 from provline.sink.rows import TABLES
 from provline.sink.settings import ServeSettings
 from provline.sink.store import render_ddl, ttl_statements
 from provline.sink.verify import Links, Seals, Trust, check_event, link_findings
 from provline.sink.writer import (
+    commit_metadata,
     dedup_token,
     in_flight_metadata,
     in_flight_ranges,
@@ -109,7 +110,8 @@ def test_the_ledger_backfill_digests_contents_as_the_ledger_views_do() -> None:
     migration = (Path(provline.sink.__file__).parent / "sql" / "0005_integrity.sql").read_text()
     backfills = [line for line in migration.splitlines() if line.startswith("INSERT INTO event_ledger")]
     assert len(backfills) == len(TABLES) - 1  # every event table but session_seals, new in this migration
-    assert all(f"SELECT event_id, hash, {LEDGER_CONTENT}, " in line for line in backfills)
+    tables = {spec.table for spec in TABLES.values()} - {"session_seals"}
+    assert set(backfills) == {f"INSERT INTO event_ledger {ledger_rows_of(table, '1')};" for table in tables}
 
 
 def test_settings_parse_tokens_and_refuse_shared_tokens_and_bad_retention(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,6 +165,18 @@ def test_in_flight_metadata_and_which_offsets_need_a_store_check() -> None:
     positions = [("t", 0, 5), ("t", 0, 12), ("t", 0, 7), ("t", 1, 3)]
     assert in_flight_ranges(positions, {("t", 0): 10}) == {("t", 0): (5, 10)}
     assert in_flight_ranges(positions, {}) == {}
+
+
+def test_an_in_flight_marker_is_never_moved_back() -> None:
+    """A sink that took over at offset 100 from one that may have stored up to 300, and read only up to
+    150 when it commits, must leave 300 for the next (it was once cleared, and 150..300 stored twice)."""
+    predecessor = {("t", 0): 300}
+    assert commit_metadata({("t", 0): 150, ("t", 1): 40}, predecessor, inserting=True) == {
+        ("t", 0): in_flight_metadata(300), ("t", 1): in_flight_metadata(40)}
+    assert commit_metadata({("t", 0): 150, ("t", 1): 40}, predecessor, inserting=False) == {
+        ("t", 0): in_flight_metadata(300)}
+    assert commit_metadata({("t", 0): 300}, predecessor, inserting=False) == {}
+    assert commit_metadata({("t", 0): 500}, predecessor, inserting=True) == {("t", 0): in_flight_metadata(500)}
 
 
 def test_dedup_token_depends_on_table_and_messages() -> None:

@@ -176,9 +176,10 @@ def test_the_query_tree_names_every_table_and_table_function() -> None:
             JOIN TREE
               TABLE id: 9, alias: __table1, table_name: d.access_log
     TABLE_FUNCTION id: 11, alias: __table2, table_function_name: merge
+    TABLE id: 12, alias: __table3, table_name: d.model_versions, final: 1
 TABLE id: 9, alias: q, table_name: d.zzz UInt8""".splitlines()  # the last line smuggled in by a column alias
     tables, functions = tables_read(tree)
-    assert tables == {"d.run_events", "d.access_log", "d.zzz UInt8"} and functions == {"merge"}
+    assert tables == {"d.run_events", "d.access_log", "d.model_versions", "d.zzz UInt8"} and functions == {"merge"}
 
 
 def test_the_session_settings_freeze_limits_and_filters_with_readonly_last() -> None:
