@@ -47,13 +47,16 @@ def test_job_events_reach_the_broker_with_the_captured_facts(
             run.register_model(dataset, name="m", version="1")
         lineage.deploy("m", "1", endpoint="/predict")
 
-    messages = consume(kafka_bootstrap, topics.lineage, 5)
+    # five lineage events and the session's final seal, in partition order, not emit order
+    messages = consume(kafka_bootstrap, topics.lineage, 6)
     decoded = [default_catalog().decode(m.value()) for m in messages]
     by_kind = {}
     for message, event in zip(messages, decoded, strict=True):
         by_kind.setdefault(event.record, []).append(event.value)
-        assert message.key().decode() in (event.value.get("run_id"), event.value.get("digest"), "m@1")
-    assert sorted(by_kind) == ["DatasetVersion", "Deployment", "ModelVersion", "RunEvent"]
+        assert message.key().decode() in (event.value.get("run_id"), event.value.get("digest"), "m@1",
+                                          event.value["producer"]["session_id"])
+    assert sorted(by_kind) == ["DatasetVersion", "Deployment", "ModelVersion", "RunEvent", "SessionSeal"]
+    assert len(by_kind["RunEvent"]) == 2 and by_kind["SessionSeal"][0]["final"]
 
     completed = next(v for v in by_kind["RunEvent"] if v["state"] == "COMPLETED")
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
