@@ -108,10 +108,65 @@ def sidecar(
         raise typer.Exit(2) from exc
 
 
+topics_app = typer.Typer(no_args_is_help=True, help="Show or create provline's Kafka topics (PROVLINE_TOPICS__*).")
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("describe")
+def topics_describe(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Each topic as the settings want it and as the brokers have it; exits 1 when one is missing or different."""
+    from confluent_kafka import KafkaException
+
+    from provline.topics import TopicAdminSettings, describe_all, differences
+
+    with _exits_on_errors():
+        settings = load_settings(TopicAdminSettings)
+        try:
+            found = describe_all(settings.kafka, settings.topics)
+        except KafkaException as exc:
+            raise ConfigError(f"no Kafka broker answered: {exc}; check PROVLINE_KAFKA__BOOTSTRAP") from exc
+    rows: list[dict[str, Any]] = [{"topic": spec.name, "exists": state.exists, "partitions": state.partitions,
+             "replication_factor": state.replication_factor,
+             "retention_ms": state.config.get("retention.ms"),
+             "differences": differences(spec, state) if state.exists else ["missing"]} for spec, state in found]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title="provline topics", title_justify="left")
+        for column in ("topic", "partitions", "replicas", "retention.ms", "differs from the settings"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(row["topic"], str(row["partitions"] or "-"), str(row["replication_factor"] or "-"),
+                          row["retention_ms"] or "-", "; ".join(row["differences"]) or "no",
+                          style="yellow" if row["differences"] else None)
+        console.print(table)
+    if any(row["differences"] for row in rows):
+        raise typer.Exit(1)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create the missing topics with the partitions, replication and retention of the settings."""
+    from confluent_kafka import KafkaException
+
+    from provline.topics import TopicAdminSettings, ensure_topics
+
+    with _exits_on_errors():
+        settings = load_settings(TopicAdminSettings)
+        try:
+            reports = ensure_topics(settings.kafka, settings.topics.model_copy(update={"create": True}),
+                                    service="provline topics")
+        except KafkaException as exc:
+            raise ConfigError(f"no Kafka broker answered: {exc}; check PROVLINE_KAFKA__BOOTSTRAP") from exc
+    for report in reports:
+        detail = f" ({'; '.join(report.details)})" if report.details else ""
+        console.print(f"{report.name}: {report.status}{detail}")
+
+
 # ---------------------------------------------------------------- configuration
 
 
-SERVICES = ("job", "sidecar", "processors", "serve", "client")
+SERVICES = ("job", "sidecar", "processors", "serve", "client", "topics")
 
 
 def settings_classes() -> dict[str, type[ProvlineSettings]]:
@@ -121,9 +176,10 @@ def settings_classes() -> dict[str, type[ProvlineSettings]]:
     from provline.sidecar.settings import SidecarSettings
     from provline.sink.settings import ServeSettings
     from provline.stream_processors.settings import ProcessorSettings
+    from provline.topics import TopicAdminSettings
 
     classes: list[type[ProvlineSettings]] = [JobSettings, SidecarSettings, ProcessorSettings, ServeSettings,
-                                             ClientSettings]
+                                             ClientSettings, TopicAdminSettings]
     return {cls.service: cls for cls in classes}
 
 

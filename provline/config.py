@@ -158,7 +158,26 @@ class TopicSettings(Section):
     prefix: str = Field(DEFAULT_TOPIC_PREFIX, min_length=1, description="every topic is <prefix>.<name>.v1")
     partitions: int = Field(
         DEFAULT_TOPIC_PARTITIONS, ge=1,
-        description="partitions of the inference and lineage topics (the processors' tables must match)",
+        description="partitions of provline's topics when a service creates them; the inference and lineage "
+        "topics must have exactly this many (the processors' tables are partitioned like them)",
+    )
+    replication_factor: int = Field(
+        -1, ge=-1, description="replicas of each topic a service creates; -1: the cluster's default.replication.factor",
+    )
+    retention_ms: int | None = Field(
+        None, ge=-1, description="retention.ms of the inference, traces, drift and dead-letter topics a service "
+        "creates; unset: the cluster's default",
+    )
+    lineage_retention_ms: int = Field(
+        -1, ge=-1, description="retention.ms of the lineage topic; -1: forever (the processors rebuild what was "
+        "deployed, trained and registered from it)",
+    )
+    create: bool = Field(
+        True, description="services create missing topics at start; false: they only check them, for operators "
+        "who manage topics themselves (`provline topics create`)",
+    )
+    metadata_refresh_s: float = Field(
+        10.0, gt=0, description="how soon a consumer notices a topic created after it started",
     )
 
 

@@ -10,6 +10,7 @@ import logging
 import signal
 
 from provline.producers.emitter import Emitter
+from provline.schemas.events import Topics
 from provline.sidecar.admin import AdminApp
 from provline.sidecar.errors import StartupError
 from provline.sidecar.logs import configure_logging
@@ -17,6 +18,7 @@ from provline.sidecar.proxy import SidecarApp
 from provline.sidecar.server import ServerWithoutSignals, http_limits, loop_factory, uvicorn_config
 from provline.sidecar.settings import SidecarSettings
 from provline.sidecar.workers import supervise
+from provline.topics import keep_ensuring
 
 log = logging.getLogger("provline.sidecar")
 
@@ -74,6 +76,10 @@ def run_sidecar(settings: SidecarSettings) -> None:
     Logging is set up (``settings.sidecar.log_format``) unless the program configured it already.
     """
     configure_logging(settings.sidecar.log_format)
+    if settings.transport() == "kafka":  # in the background: serving never waits on Kafka
+        topics = Topics(settings.topics.prefix)
+        keep_ensuring(settings.kafka, settings.topics, service="provline sidecar",
+                      names=[topics.inference, topics.lineage])
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         if settings.sidecar.workers > 1:
             runner.run(supervise(settings))

@@ -15,6 +15,7 @@ from provline.sink.errors import SinkError
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
+from provline.topics import ensure_at_start
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def run_serve(settings: ServeSettings) -> None:
     TLS, and :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
     """
     check_connection(settings.kafka, service="provline serve")
+    ensure_at_start(settings.kafka, settings.topics, service="provline serve")
     writer_client = open_store(settings.store.url)
     # A second client on the same store (for chDB: the same engine) so API queries never run
     # on the writer's connection.

@@ -274,6 +274,8 @@ def consumer_config(settings: ServeSettings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "enable.partition.eof": False,
+        # a topic created after the sink started (by another service) is consumed this soon
+        "topic.metadata.refresh.interval.ms": int(settings.topics.metadata_refresh_s * 1000),
         # Backpressure: librdkafka stops fetching when this much is queued, so a slow store bounds
         # the memory held instead of growing it.
         "queued.max.messages.kbytes": sink.prefetch_max_bytes // 1024,

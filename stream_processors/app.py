@@ -33,6 +33,7 @@ from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
 from provline.stream_processors.producer import BatchProducer
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
+from provline.topics import ensure_at_start
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0
@@ -94,6 +95,8 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         producer_linger=PRODUCER_LINGER_SECONDS,
         broker_session_timeout=kafka.session_timeout_s,
         broker_heartbeat_interval=min(3.0, kafka.session_timeout_s / 3),
+        # aiokafka ignores a topic missing at start until its next metadata refresh (5 min by default)
+        consumer_metadata_max_age_ms=int(settings.topics.metadata_refresh_s * 1000),
     )
 
     @app.task(on_leader=False)
@@ -161,6 +164,7 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     configured credentials or TLS.
     """
     check_connection(settings.kafka, service="provline processors")
+    ensure_at_start(settings.kafka, settings.topics, service="provline processors")
     app = create_app(settings)
     # The join allocates a few dicts per event and keeps every prediction's entry for the dedup
     # retention; at the default threshold the collections that follow rescan those entries and
