@@ -164,12 +164,12 @@ class TopicSettings(Section):
     replication_factor: int = Field(
         -1, ge=-1, description="replicas of each topic a service creates; -1: the cluster's default.replication.factor",
     )
-    retention_ms: int | None = Field(
-        None, ge=-1, description="retention.ms of the inference, traces, drift and dead-letter topics a service "
-        "creates; unset: the cluster's default",
+    retention_s: float | None = Field(
+        None, ge=-1, description="retention of the inference, traces, drift and dead-letter topics a service "
+        "creates; -1: forever; unset: the cluster's default",
     )
-    lineage_retention_ms: int = Field(
-        -1, ge=-1, description="retention.ms of the lineage topic; -1: forever (the processors rebuild what was "
+    lineage_retention_s: float = Field(
+        -1, ge=-1, description="retention of the lineage topic; -1: forever (the processors rebuild what was "
         "deployed, trained and registered from it)",
     )
     create: bool = Field(

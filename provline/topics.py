@@ -62,10 +62,10 @@ class TopicState:
 def wanted_topics(settings: TopicSettings, names: Iterable[str] | None = None) -> list[TopicSpec]:
     """The specs of provline's topics under ``settings.prefix`` (all of them, or those in ``names``)."""
     topics = Topics(settings.prefix)
-    retention = {} if settings.retention_ms is None else {"retention.ms": str(settings.retention_ms)}
+    retention = {} if settings.retention_s is None else {"retention.ms": _retention_ms(settings.retention_s)}
     specs = [
         TopicSpec(topics.lineage, settings.partitions, settings.replication_factor,
-                  {"retention.ms": str(settings.lineage_retention_ms)}, copartitioned=True),
+                  {"retention.ms": _retention_ms(settings.lineage_retention_s)}, copartitioned=True),
         TopicSpec(topics.inference, settings.partitions, settings.replication_factor, retention, copartitioned=True),
         TopicSpec(topics.traces, settings.partitions, settings.replication_factor, retention),
         TopicSpec(topics.drift, settings.partitions, settings.replication_factor, retention),
@@ -75,6 +75,10 @@ def wanted_topics(settings: TopicSettings, names: Iterable[str] | None = None) -
         return specs
     chosen = set(names)
     return [spec for spec in specs if spec.name in chosen]
+
+
+def _retention_ms(seconds: float) -> str:
+    return "-1" if seconds < 0 else str(int(seconds * 1000))
 
 
 def differences(spec: TopicSpec, state: TopicState) -> list[str]:
@@ -87,8 +91,8 @@ def differences(spec: TopicSpec, state: TopicState) -> list[str]:
                      "(PROVLINE_TOPICS__REPLICATION_FACTOR)")
     for key, value in spec.config.items():
         if key in state.config and state.config[key] != value:
-            setting = "LINEAGE_RETENTION_MS" if spec.copartitioned and spec.name.endswith(".lineage.v1") \
-                else "RETENTION_MS"
+            setting = "LINEAGE_RETENTION_S" if spec.copartitioned and spec.name.endswith(".lineage.v1") \
+                else "RETENTION_S"
             found.append(f"{key}={state.config[key]}, the settings say {value} (PROVLINE_TOPICS__{setting})")
     return found
 

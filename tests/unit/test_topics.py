@@ -7,7 +7,7 @@ from provline.topics import TopicSpec, TopicState, differences, wanted_topics
 
 
 def test_every_topic_is_wanted_with_the_settings_partitions_and_the_lineage_topic_kept_forever() -> None:
-    specs = {spec.name: spec for spec in wanted_topics(TopicSettings(prefix="p", partitions=6, retention_ms=3600000))}
+    specs = {spec.name: spec for spec in wanted_topics(TopicSettings(prefix="p", partitions=6, retention_s=3600))}
     assert sorted(specs) == ["p.dlq.v1", "p.drift.v1", "p.inference.v1", "p.lineage.v1", "p.traces.v1"]
     assert {spec.partitions for spec in specs.values()} == {6}
     assert specs["p.lineage.v1"].config == {"retention.ms": "-1"}
@@ -28,4 +28,4 @@ def test_each_difference_names_the_setting_that_would_match_it() -> None:
     assert len(found) == 3
     assert "PROVLINE_TOPICS__PARTITIONS" in found[0] and "2 partitions" in found[0]
     assert "PROVLINE_TOPICS__REPLICATION_FACTOR" in found[1]
-    assert "PROVLINE_TOPICS__LINEAGE_RETENTION_MS" in found[2] and "604800000" in found[2]
+    assert "PROVLINE_TOPICS__LINEAGE_RETENTION_S" in found[2] and "604800000" in found[2]
