@@ -8,8 +8,11 @@ is a small JSON-able dict (the table's value):
 ``q``/``r`` the request / response half, trimmed by :func:`summarize`, or absent
 ``s``      wall-clock seconds when the first half arrived (the time-to-live runs from here)
 ``h``      wall-clock seconds since when both halves wait for lineage, or absent
-``d``      wall-clock seconds when the trace was emitted: the entry is then a done marker (no
-           halves) that makes later duplicates of either half no-ops until it is forgotten
+``d``      wall-clock seconds when the trace was emitted: the entry is then a done marker that
+           makes later duplicates of either half no-ops until it is forgotten; it keeps no halves,
+           unless its trace went out still missing a link (lineage, deployment): then it keeps
+           both, and the first lineage change that completes the trace sends a completed revision
+           (:func:`complete_late`, :func:`completed_event_id`)
 ``m``/``v`` model name and version of the emitted trace
 ``t``      on a done marker: the emitted trace's fields, so late feedback can be joined to them
 ``b``      Feedback summaries (:func:`summarize_feedback`) not yet applied to a trace
@@ -190,7 +193,8 @@ def build_trace(
     one must be given. The model is the version the response named, else the one deployed to the
     endpoint at request time (response time when there is no request). ``complete`` is true when
     both halves and the lineage (model version, its artifact, and its training run's code) are
-    known; otherwise ``missing`` names the first thing absent: request, response, then lineage.
+    known and the deployment that put the model on the endpoint is found; otherwise ``missing``
+    names the first thing absent: request, response, lineage, then deployment.
     """
     if request is None and response is None:
         raise ValueError("build_trace needs a request or a response; got neither")
@@ -228,6 +232,8 @@ def build_trace(
         missing = "response"
     elif not lineage_known:
         missing = "lineage"
+    elif deployment is None:
+        missing = "deployment"
 
     return {
         "prediction_id": str(first["prediction_id"]),
@@ -268,6 +274,15 @@ def _first_not_none(*values: Any) -> Any:
 def trace_event_id(prediction_id: str, first_time_us: int) -> str:
     """The trace's event id: a pure function of the prediction (see :func:`stable_event_id`)."""
     return stable_event_id("provline-trace", prediction_id, first_time_us)
+
+
+def completed_event_id(prediction_id: str, first_time_us: int) -> str:
+    """The event id of a trace's completed revision (its links arrived after it went out incomplete)."""
+    return stable_event_id("provline-completed-trace", prediction_id, first_time_us)
+
+
+LATE_LINKS = frozenset({"lineage", "deployment"})  # what may still arrive after a trace went out
+_LABEL_FIELDS = ("label", "outcome", "feedback_source", "feedback_time", "feedback_event_id")
 
 
 class Step(Enum):
@@ -354,13 +369,43 @@ def is_held(entry: PendingEntry) -> bool:
 
 
 def mark_done(entry: PendingEntry, trace: Mapping[str, Any], *, now: float) -> PendingEntry:
-    """The done marker left after ``trace`` was emitted: the halves and applied feedback are dropped;
-    the trace is kept to label late feedback with, and the Feedback ids to swallow redeliveries."""
+    """The done marker left after ``trace`` was emitted: applied feedback is dropped, and so are the
+    halves unless the trace still misses a link that may arrive (:data:`LATE_LINKS`); the trace is
+    kept to label late feedback with, and the Feedback ids to swallow redeliveries."""
     marker: PendingEntry = {"p": entry["p"], "d": now, "m": trace.get("model_name"),
                             "v": trace.get("model_version"), "t": dict(trace)}
+    if trace.get("missing") in LATE_LINKS and has_both_halves(entry):
+        marker["q"], marker["r"] = entry["q"], entry["r"]
     if entry.get("f"):
         marker["f"] = list(entry["f"])
     return marker
+
+
+def awaits_links(entry: PendingEntry) -> bool:
+    """A done marker whose trace went out missing a link, keeping its halves to complete it later."""
+    return is_done(entry) and has_both_halves(entry)
+
+
+def waits_for_lineage(entry: PendingEntry) -> bool:
+    """Whether a lineage change may move the entry on: halves held for lineage, or a marker that awaits links."""
+    return is_held(entry) or awaits_links(entry)
+
+
+def complete_late(entry: PendingEntry, lineage: LineageIndex) -> tuple[PendingEntry, dict[str, Any] | None]:
+    """For a marker that :func:`awaits_links`: the trace rebuilt with the lineage known now. When it is
+    complete: the marker without halves and the completed revision to send (carrying the ground truth
+    the emitted trace had); otherwise the marker unchanged and None."""
+    if not awaits_links(entry):
+        raise ValueError("only a done marker that kept its halves can be completed")
+    trace = build_trace(entry["q"], entry["r"], lineage)
+    if not trace["complete"]:
+        return entry, None
+    emitted = entry.get("t") or {}
+    trace.update({name: emitted[name] for name in _LABEL_FIELDS if emitted.get(name) is not None})
+    marker = PendingEntry(**entry)
+    del marker["q"], marker["r"]
+    marker.update(m=trace["model_name"], v=trace["model_version"], t=trace)
+    return marker, trace
 
 
 def deadline(entry: PendingEntry, timing: Timing) -> float:

@@ -48,7 +48,10 @@ from provline.stream_processors.join import (
     absorb,
     absorb_feedback,
     apply_late_feedback,
+    awaits_links,
     build_trace,
+    complete_late,
+    completed_event_id,
     deadline,
     first_time_us,
     halves,
@@ -57,7 +60,6 @@ from provline.stream_processors.join import (
     hold,
     is_done,
     is_feedback_only,
-    is_held,
     label_fields,
     mark_done,
     newest_feedback,
@@ -65,6 +67,7 @@ from provline.stream_processors.join import (
     summarize,
     summarize_feedback,
     trace_event_id,
+    waits_for_lineage,
     without_feedback,
 )
 from provline.stream_processors.lineage import LineageIndex, to_micros
@@ -170,7 +173,7 @@ class Joiner:
 
     def schedule(self, prediction_id: str, entry: PendingEntry) -> None:
         heapq.heappush(self._heap, (deadline(entry, self.timing), prediction_id))
-        if is_held(entry):
+        if waits_for_lineage(entry):
             self._held.add(prediction_id)
 
     def rebuild(self, entries: list[tuple[str, PendingEntry]]) -> None:
@@ -181,7 +184,7 @@ class Joiner:
             if is_position_key(prediction_id):
                 continue
             self._heap.append((deadline(entry, self.timing), prediction_id))
-            if is_held(entry):
+            if waits_for_lineage(entry):
                 self._held.add(prediction_id)
         heapq.heapify(self._heap)
 
@@ -221,6 +224,22 @@ class Joiner:
             self.metrics.feedback_joined.labels("late").inc()
         return entry
 
+    def _complete_late(self, prediction_id: str, entry: PendingEntry) -> None:
+        """Send the completed revision of a trace that went out missing a link, once the link is known."""
+        try:
+            marker, trace = complete_late(entry, self.lineage)
+        except Exception:  # one broken entry must not stop the timer for every other one
+            log.exception("could not complete the trace of prediction %s; it stays as it went out", prediction_id)
+            self._held.discard(prediction_id)
+            return
+        if trace is None:
+            return
+        event_id = completed_event_id(prediction_id, first_time_us(entry))
+        self.producer.produce(self.traces_topic, prediction_id.encode(), self.encoder.encode(trace, event_id=event_id))
+        self.metrics.traces_completed_late.inc()
+        self._held.discard(prediction_id)
+        self._write(prediction_id, marker, marker["p"])
+
     def _emit(self, prediction_id: str, entry: PendingEntry, trace: dict[str, Any], *, now: float) -> None:
         event_id = trace_event_id(prediction_id, first_time_us(entry))
         self.producer.produce(self.traces_topic, prediction_id.encode(), self.encoder.encode(trace, event_id=event_id))
@@ -243,10 +262,13 @@ class Joiner:
             self._lineage_changes = self.lineage.changes
             for prediction_id in list(self._held):
                 entry = self.table.data.get(prediction_id)
-                if entry is None or not is_held(entry) or not owns(entry["p"]):
+                if entry is None or not waits_for_lineage(entry) or not owns(entry["p"]):
                     self._held.discard(prediction_id)
                     continue
-                self._guarded_advance(prediction_id, entry, now=now)
+                if awaits_links(entry):
+                    self._complete_late(prediction_id, entry)
+                else:
+                    self._guarded_advance(prediction_id, entry, now=now)
         behind: list[tuple[float, str]] = []
         while self._heap and self._heap[0][0] <= now:
             item = heapq.heappop(self._heap)

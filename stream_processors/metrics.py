@@ -22,6 +22,9 @@ class ProcessorMetrics:
                                   registry=r)
         self.partial_traces = Counter("provline_processors_partial_traces_total",
                                       "incomplete traces emitted, by what was missing", ["missing"], registry=r)
+        self.traces_completed_late = Counter(
+            "provline_processors_traces_completed_late_total",
+            "completed revisions of traces that went out missing their lineage or deployment", registry=r)
         self.join_latency = Histogram(
             "provline_processors_join_latency_seconds",
             "from the later half's event time to the trace's emission", buckets=JOIN_LATENCY_BUCKETS, registry=r,

@@ -228,3 +228,12 @@ def test_encoded_traces_decode_and_chain() -> None:
         assert decoded.value["producer"]["name"] == "stream_processors"
         chain.append(data)
     assert chain_findings(chain) == []
+
+
+def test_a_trace_whose_model_is_known_but_whose_deployment_is_not_is_missing_its_deployment() -> None:
+    index = LineageIndex()
+    index.ingest("ModelVersion", {"model_name": "churn", "version": "2", "artifact_uri": "u", "artifact_sha256": "s",
+                                  "run_id": None, "datasets": [], "feature_sets": []})
+    trace = build_trace(request(100), response(100.2, model_name="churn", model_version="2"), index)
+    assert trace["model_version"] == "2" and trace["deployment_event_id"] is None
+    assert trace["complete"] is False and trace["missing"] == "deployment"

@@ -9,7 +9,15 @@ from typing import Any
 from provline.schemas.serde import default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
-from provline.stream_processors.join import REQUEST, RESPONSE, Timing, absorb, summarize, trace_event_id
+from provline.stream_processors.join import (
+    REQUEST,
+    RESPONSE,
+    Timing,
+    absorb,
+    completed_event_id,
+    summarize,
+    trace_event_id,
+)
 from provline.stream_processors.join_agent import Joiner
 from provline.stream_processors.lineage import LineageIndex, to_micros
 from provline.stream_processors.metrics import ProcessorMetrics
@@ -59,9 +67,10 @@ def changelog(producer: FakeProducer, joiner: Joiner) -> list[tuple[str, Any, in
             for topic, key, value, partition in producer.sent if topic == "changelog"]
 
 
-def both(pid: str = "p1", partition: int = 2, now: float = 100) -> dict[str, Any]:
+def both(pid: str = "p1", partition: int = 2, now: float = 100, **named: Any) -> dict[str, Any]:
+    """Both halves of a prediction; ``named``: response fields (a server that names its model)."""
     entry = absorb(None, REQUEST, summarize(REQUEST, request(pid=pid)), partition=partition, now=now)
-    return absorb(entry, RESPONSE, summarize(RESPONSE, response(pid=pid)), partition=partition, now=now)  # type: ignore[return-value]
+    return absorb(entry, RESPONSE, summarize(RESPONSE, response(pid=pid, **named)), partition=partition, now=now)  # type: ignore[return-value]
 
 
 def test_a_joined_prediction_is_sent_once_with_its_stable_id_and_a_done_marker() -> None:
@@ -160,3 +169,74 @@ def test_a_dead_letter_goes_out_with_the_batch_before_its_position() -> None:
     joiner.record_positions({3})
     assert producer.sent[0][:3] == ("dlq", b"k", b"junk")
     assert changelog(producer, joiner) == [(position_key(3), {"offset": 9}, 3)]
+
+
+def catch_up_lineage_without_deployment() -> LineageIndex:
+    """What the lineage index holds while the processors catch up: model and run known, deployment not yet read."""
+    index = LineageIndex()
+    index.ingest("RunEvent", {"event_time": at(0), "run_id": "run-2", "code": {"repo": "r", "commit": "c"}})
+    index.ingest("ModelVersion", {"model_name": "churn", "version": "2", "artifact_uri": "u", "artifact_sha256": "s",
+                                  "run_id": "run-2", "datasets": [], "feature_sets": []})
+    return index
+
+
+def test_a_trace_without_its_deployment_is_not_complete_and_its_deployment_completes_it_later() -> None:
+    """Issue 14, item 10: traces went out complete with an empty deployment_event_id, and stayed so."""
+    index = catch_up_lineage_without_deployment()
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(model_name="churn", model_version="2"), now=100)
+    joiner.on_timer(now=110, owns=lambda p: True)  # the lineage wait is over
+    [partial] = traces(producer)
+    assert partial["complete"] is False and partial["missing"] == "deployment"
+    assert partial["deployment_event_id"] is None and partial["model_version"] == "2"
+    marker = joiner.table.data["p1"]
+    assert "d" in marker and "q" in marker and "r" in marker  # halves kept to complete it
+    joiner.on_timer(now=120, owns=lambda p: True)  # no lineage change: nothing new
+    assert len(traces(producer)) == 1
+    index.ingest("Deployment", {"event_id": "dep-2", "event_time": at(1), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/predict", "action": "DEPLOY"})
+    joiner.on_timer(now=121, owns=lambda p: True)
+    partial_again, completed = traces(producer)
+    assert completed["complete"] is True and completed["missing"] is None
+    assert completed["deployment_event_id"] == "dep-2"
+    assert completed["event_id"] == completed_event_id("p1", to_micros(at(100))) != partial["event_id"]
+    assert "q" not in joiner.table.data["p1"] and joiner.table.data["p1"]["t"]["complete"] is True
+    index.ingest("Deployment", {"event_id": "dep-3", "event_time": at(2), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/other", "action": "DEPLOY"})
+    joiner.on_timer(now=122, owns=lambda p: True)
+    assert len(traces(producer)) == 2  # completed once
+
+
+def test_a_completed_revision_keeps_the_ground_truth_the_trace_was_labelled_with() -> None:
+    from provline.stream_processors.join import absorb_feedback
+
+    index = catch_up_lineage_without_deployment()
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(model_name="churn", model_version="2"), now=100)
+    joiner.on_timer(now=110, owns=lambda p: True)
+    feedback = {"event_id": "fb-1", "prediction_id": "p1", "label": "yes", "outcome": None, "source": "crm",
+                "observed_time": to_micros(at(105)), "event_time": to_micros(at(105))}
+    labelled = absorb_feedback(joiner.table.data["p1"], feedback, partition=2, now=111)  # type: ignore[arg-type]
+    assert labelled is not None
+    joiner.advance("p1", labelled, now=111)
+    assert traces(producer)[-1]["label"] == "yes"
+    index.ingest("Deployment", {"event_id": "dep-2", "event_time": at(1), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/predict", "action": "DEPLOY"})
+    joiner.on_timer(now=112, owns=lambda p: True)
+    completed = traces(producer)[-1]
+    assert completed["complete"] is True and completed["label"] == "yes" and completed["feedback_event_id"] == "fb-1"
+
+
+def test_a_marker_awaiting_its_deployment_is_retried_after_a_recovery() -> None:
+    index = catch_up_lineage_without_deployment()
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(model_name="churn", model_version="2"), now=100)
+    joiner.on_timer(now=110, owns=lambda p: True)
+    recovered, producer2 = make_joiner(index)
+    recovered.table.data = dict(joiner.table.data)
+    recovered.rebuild(list(recovered.table.data.items()))
+    index.ingest("Deployment", {"event_id": "dep-2", "event_time": at(1), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/predict", "action": "DEPLOY"})
+    recovered.on_timer(now=111, owns=lambda p: True)
+    [completed] = traces(producer2)
+    assert completed["complete"] is True
