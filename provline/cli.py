@@ -9,6 +9,7 @@ code 2 and a sentence naming the variable.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -217,11 +218,19 @@ def config(
 
 @app.command()
 def trace(
-    prediction_id: str,
+    prediction_id: Annotated[str | None, typer.Argument(help="the prediction id the sidecar gave the exchange")] = None,
+    request_id: Annotated[str | None, typer.Option(
+        "--request-id", help="find the prediction by the client's or model server's own request id instead")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the trace as JSON")] = False,
     api: ApiOption = None,
 ) -> None:
-    """Print the whole chain behind one prediction."""
+    """Print the whole chain behind one prediction (by its prediction id, or by --request-id)."""
+    if (prediction_id is None) == (request_id is None):
+        console.print("[red]give a prediction id or --request-id, not both[/red]" if prediction_id
+                      else "[red]give a prediction id, or --request-id[/red]")
+        raise typer.Exit(2)
+    if request_id is not None:
+        prediction_id = _prediction_of_request(api, request_id)
     with _exits_on_errors():
         status, body = _client(api).get(f"/v1/traces/{prediction_id}")
     if status == 404:
@@ -234,6 +243,19 @@ def trace(
         print(json.dumps(body, indent=2, sort_keys=True, default=str))
         return
     print_trace(body)
+
+
+def _prediction_of_request(api: str | None, request_id: str) -> str:
+    """The one prediction whose request carried ``request_id``; exits 1 when none or several do."""
+    found = _answer(api, "/v1/predictions", {"request_id": request_id})["prediction_ids"]
+    if len(found) == 1:
+        return str(found[0])
+    if not found:
+        console.print(f"[yellow]no trace carries request id {request_id!r} (yet)[/yellow]")
+    else:
+        console.print(f"[yellow]{len(found)} predictions carry request id {request_id!r}; ask for one by its "
+                      f"prediction id: {', '.join(found)}[/yellow]")
+    raise typer.Exit(1)
 
 
 def print_trace(trace: dict[str, Any]) -> None:
@@ -287,17 +309,61 @@ def _answer(api: str | None, path: str, params: dict[str, Any] | None = None) ->
         return _client(api).answer(path, params)
 
 
-def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str, columns: tuple[str, ...] = ()) -> None:
+    """Rows as JSON (every field), or as a table of ``columns`` (default: every field) that fits the terminal:
+    digests and ids shortened, times to the second; ``--json`` has the full values."""
     if as_json:
         print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return
-    table = Table(title=title, title_justify="left")
-    for column in rows[0] if rows else []:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else json.dumps(v) if isinstance(v, list | dict) else str(v)
-                        for v in row.values()))
-    console.print(table)
+    shown = columns or tuple(rows[0] if rows else ())
+    cells = [[_cell(row.get(column)) for column in shown] for row in rows]
+    widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(shown)]
+    if sum(widths) + 3 * len(shown) + 1 <= console.width:
+        table = Table(title=title, title_justify="left")
+        for column in shown:
+            table.add_column(column, overflow="fold")
+        for line in cells:
+            table.add_row(*line)
+        console.print(table)
+        return
+    # too narrow for one line per row: one block per row, a field per line, values whole
+    console.print(title)
+    for line in cells:
+        block = Table(show_header=False, box=None, padding=(0, 1))
+        block.add_column(style="bold cyan", no_wrap=True)
+        block.add_column(overflow="fold")
+        for column, cell in zip(shown, line, strict=True):
+            block.add_row(column, cell)
+        console.print(block)
+        console.print()
+
+
+_DIGEST = re.compile(r"^(?:sha256:|hmac-sha256:)?[0-9a-f]{32,}$")
+_TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)")
+SHORT_DIGEST = 12
+
+
+def _cell(value: Any) -> str:
+    """One table cell: a digest or commit cut to its first characters, a time to the second, lists joined."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(_cell(item) for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, default=str)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    if _DIGEST.match(text):
+        return text[: text.index(":") + 1 + SHORT_DIGEST] if ":" in text else text[:SHORT_DIGEST]
+    stamp = _TIMESTAMP.match(text)
+    return f"{stamp.group(1)} {stamp.group(2)}" if stamp else text
+
+
+RUN_COLUMNS = ("run_id", "name", "state", "stage", "owner", "code_commit", "started")
+MODEL_COLUMNS = ("model_name", "model_version", "last_action", "environment", "run_id", "evaluations_passed",
+                 "registered")
+DRIFT_COLUMNS = ("model_version", "feature", "metric", "window_start", "value", "p_value", "breached", "sample_size")
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON")]
@@ -349,7 +415,7 @@ def runs(
     """Pipeline runs, newest first."""
     body = _answer(api, "/v1/runs", {"since": since, "until": until, "project": project, "owner": owner,
                                      "limit": limit})
-    _print_rows(body["runs"], as_json, "runs")
+    _print_rows(body["runs"], as_json, "runs (all fields: --json)", RUN_COLUMNS)
 
 
 @app.command()
@@ -361,7 +427,7 @@ def models(
     """Registered model versions with their latest deployment and evaluations."""
     body = _answer(api, "/v1/models", {"model": model, "since": since, "until": until, "project": project,
                                        "owner": owner, "limit": limit})
-    _print_rows(body["models"], as_json, "models")
+    _print_rows(body["models"], as_json, "models (all fields: --json)", MODEL_COLUMNS)
 
 
 @app.command()
@@ -375,7 +441,7 @@ def drift(
     name, _, version = model.partition("@")
     body = _answer(api, f"/v1/drift/{name}", {"version": version, "since": since, "until": until,
                                               "project": project, "breached_only": breached, "limit": limit})
-    _print_rows(body["drift"], as_json, f"drift of {model}")
+    _print_rows(body["drift"], as_json, f"drift of {model} (all fields: --json)", DRIFT_COLUMNS)
 
 
 @app.command()

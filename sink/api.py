@@ -287,6 +287,15 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
             )
         return found
 
+    @app.get("/v1/predictions", summary="The predictions whose request carried a client or server request id")
+    def get_predictions(
+        reader: Viewer, request_id: Annotated[str, Query(min_length=1, max_length=1000,
+                                                          description="a V2 request id, x-request-id or ce-requestid")],
+    ) -> dict[str, Any]:
+        with store.lock:
+            found = queries.predictions_with_request_id(store.client, request_id)
+        return {"request_id": request_id, "prediction_ids": found}
+
     @app.get("/v1/lineage/{direction}", summary="Walk lineage_edges upstream or downstream of a node")
     def get_lineage(
         direction: str, reader: Viewer,

@@ -27,7 +27,13 @@ def sql_file(name: str) -> str:
 # Optional fields of PredictionTrace revisions after v1 (ground truth joined onto the trace):
 # passed through, null when unset, when the stored payload carries them; absent from the answer
 # for traces stored by writers of an older revision.
-OPTIONAL_TRACE_FIELDS = ("label", "outcome", "feedback_source", "feedback_time")
+OPTIONAL_TRACE_FIELDS = ("label", "outcome", "feedback_source", "feedback_time", "feedback_event_id")
+# What the trace event says of the exchange itself, shown as recorded (older traces lack some).
+EXCHANGE_FIELDS = (
+    "request_time", "response_time", "request_id", "deployment_event_id", "request_event_id", "response_event_id",
+    "features", "outputs", "feature_rows", "output_rows", "row_count", "served_version",
+)
+MAX_PREDICTIONS_PER_REQUEST_ID = 100
 # A trace is a few one-granule point lookups: one thread per UNION ALL branch, no more.
 TRACE_SETTINGS = {"max_threads": 2}
 
@@ -76,7 +82,7 @@ def shape_trace(prediction_id: str, row: dict[str, Any]) -> dict[str, Any]:
     shaped = {
         "prediction_id": prediction_id,
         "trace_event_id": row["trace_event_id"],
-        "event_time": trace["event_time"],
+        "event_time": trace["event_time"],  # when the join built this revision of the trace
         "endpoint": trace["endpoint"],
         "complete": trace["complete"],
         "missing": trace.get("missing"),
@@ -101,8 +107,19 @@ def shape_trace(prediction_id: str, row: dict[str, Any]) -> dict[str, Any]:
             "run": row.get("run_event_id") or None,
         },
     }
+    shaped.update({name: trace.get(name) for name in EXCHANGE_FIELDS})
     shaped.update({name: trace[name] for name in OPTIONAL_TRACE_FIELDS if name in trace})
     return shaped
+
+
+def predictions_with_request_id(client: Client, request_id: str) -> list[str]:
+    """The prediction ids whose trace carries ``request_id`` (the client's or server's own id), newest first."""
+    result = client.query(
+        "SELECT prediction_id FROM prediction_traces WHERE request_id = {request_id:String} "
+        "GROUP BY prediction_id ORDER BY max(event_time) DESC LIMIT {limit:UInt32}",
+        parameters={"request_id": request_id, "limit": MAX_PREDICTIONS_PER_REQUEST_ID}, settings=TRACE_SETTINGS,
+    )
+    return [str(row[0]) for row in result.result_rows]
 
 
 def _trace_rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:

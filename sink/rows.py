@@ -84,7 +84,7 @@ TABLES: dict[str, TableSpec] = {
     "PredictionTrace": _spec(
         "prediction_traces",
         *_same("prediction_id", "endpoint", "complete", "model_name", "model_version", "request_sha256",
-               "artifact_sha256", "training_run_id", "dataset_digests"),
+               "artifact_sha256", "training_run_id", "dataset_digests", "request_id"),
     ),
     "Feedback": _spec("feedback", *_same("prediction_id", "label", "outcome", "source")),
     "SessionSeal": _spec("session_seals", ("sealed_count", "`count`"), ("is_final", "`final`")),

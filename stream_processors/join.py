@@ -74,10 +74,13 @@ class PendingEntry(TypedDict, total=False):
     b: list[FeedbackSummary]  # feedback not yet applied to a trace
     f: list[str]  # event ids of the feedback seen
 
-_REQUEST_FIELDS = ("event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "features")
+_REQUEST_FIELDS = (
+    "event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "features",
+    "feature_rows", "row_count", "request_id",
+)
 _RESPONSE_FIELDS = (
     "event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "status",
-    "latency_us", "outputs",
+    "latency_us", "outputs", "output_rows", "request_id",
 )
 
 
@@ -260,6 +263,11 @@ def build_trace(
         "response_event_id": response["event_id"] if response is not None else None,
         "features": dict(request.get("features") or {}) if request is not None else {},
         "outputs": dict(response.get("outputs") or {}) if response is not None else {},
+        "feature_rows": [dict(row) for row in request.get("feature_rows") or []] if request is not None else [],
+        "output_rows": [dict(row) for row in response.get("output_rows") or []] if response is not None else [],
+        "row_count": int(request["row_count"]) if request is not None and request.get("row_count") is not None else 1,
+        "request_id": _first_not_none(request and request.get("request_id"), response and response.get("request_id")),
+        "served_version": None,
     }
 
 
@@ -404,7 +412,7 @@ def complete_late(entry: PendingEntry, lineage: LineageIndex) -> tuple[PendingEn
     trace.update({name: emitted[name] for name in _LABEL_FIELDS if emitted.get(name) is not None})
     marker = PendingEntry(**entry)
     del marker["q"], marker["r"]
-    marker.update(m=trace["model_name"], v=trace["model_version"], t=trace)
+    marker["m"], marker["v"], marker["t"] = trace["model_name"], trace["model_version"], trace
     return marker, trace
 
 

@@ -1,6 +1,7 @@
 -- Drift statistics of one model (optionally one version), per window, feature and metric,
 -- oldest window first; breached = the value crossed its threshold.
 SELECT
+    model_name,
     model_version,
     feature,
     metric,
@@ -9,7 +10,9 @@ SELECT
     value,
     JSONExtractFloat(payload, 'threshold')  AS threshold,
     breached,
+    JSONExtract(payload, 'p_value', 'Nullable(Float64)') AS p_value,
     JSONExtractInt(payload, 'sample_size')  AS sample_size,
+    JSONExtractString(payload, 'baseline_dataset') AS baseline_dataset,
     producer_name                           AS project
 FROM drift_metrics FINAL
 WHERE model_name = {model:String}

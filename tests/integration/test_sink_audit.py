@@ -355,3 +355,46 @@ def test_evidence_for_a_model_version_and_unknown_subjects(seeded: tuple[Client,
         gather(client, "nope")
     with pytest.raises(BundleError, match="no model version"):
         gather(client, "churn@99")
+
+
+def test_a_trace_answers_what_the_exchange_was_and_is_found_by_the_clients_request_id(chdb_path: str) -> None:
+    """Issue 14, item 12: the answer lacked request_time, features, outputs and the deployment, and a
+    client's V2 request id / MLServer's ce-requestid led nowhere."""
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        serving = Session("sidecar")
+        request_time, response_time = T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)
+        rows = [{"sepal_length": 5.1, "species": "setosa"}, {"sepal_length": 6.2, "species": "virginica"}]
+        for prediction, request_id in (("p-v2", "req-7"), ("p-dup-1", "shared"), ("p-dup-2", "shared")):
+            serving.add("PredictionTrace", prediction_id=prediction, endpoint="/v2/models/iris/infer", complete=True,
+                        model_name="iris", model_version="1", request_time=request_time, response_time=response_time,
+                        features=rows[0], outputs={"predict": 0.0}, feature_rows=rows,
+                        output_rows=[{"predict": 0.0}, {"predict": 2.0}], row_count=2, request_id=request_id,
+                        deployment_event_id="dep-1", request_event_id="rq", response_event_id="rs")
+        store_sessions(client, serving)
+        found = queries.trace(client, "p-v2")
+        assert found is not None
+        assert found["request_time"].startswith("2025-05-01T09:00:01") and found["deployment_event_id"] == "dep-1"
+        assert found["features"] == rows[0] and found["feature_rows"] == rows and found["row_count"] == 2
+        assert found["output_rows"][1] == {"predict": 2.0} and found["request_id"] == "req-7"
+        assert queries.predictions_with_request_id(client, "req-7") == ["p-v2"]
+        assert sorted(queries.predictions_with_request_id(client, "shared")) == ["p-dup-1", "p-dup-2"]
+        assert queries.predictions_with_request_id(client, "nobody's") == []
+        http = TestClient(create_api(api_settings(chdb_path), client))
+        answer = http.get("/v1/predictions", params={"request_id": "req-7"}, headers=bearer("vic"))
+        assert answer.status_code == 200 and answer.json()["prediction_ids"] == ["p-v2"]
+        assert http.get("/v1/predictions", params={"request_id": "req-7"}).status_code == 401
+    finally:
+        client.close()
+
+
+def test_drift_answers_name_the_model_the_p_value_and_the_baseline(seeded: tuple[Client, Session, Session]) -> None:
+    client, _, serving = seeded
+    serving.add("DriftMetric", model_name="churn", model_version="3", feature="tenure", metric="ks",
+                window_start=T0, window_end=T0 + timedelta(hours=1), value=0.3, p_value=0.001, threshold=0.05,
+                breached=True, sample_size=500, baseline_dataset=CLEAN)
+    store_sessions(client, serving)
+    [row] = queries.drift(client, "churn", queries.Filters(), breached_only=True, version="3")[-1:]
+    assert (row["model_name"], row["model_version"], row["p_value"], row["baseline_dataset"]) == (
+        "churn", "3", 0.001, CLEAN)

@@ -23,7 +23,7 @@ ALLOWED = {
     "provline.stream_processors": {"provline.schemas"},
     "provline.sink": {"provline.schemas"},
 }
-SHARED = {"provline.config", "provline.kafka"}
+SHARED = {"provline.config", "provline.kafka", "provline.topics"}
 COMMAND_LINE = {"provline.cli", "provline.client", "provline.docs", "provline.__main__"}
 
 

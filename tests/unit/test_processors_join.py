@@ -31,10 +31,12 @@ from provline.stream_processors.traces import TraceEncoder
 from tests.helpers import chain_findings
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
+# build_trace gives every field of the trace after the envelope, but the ground truth (label_fields)
 TRACE_FIELDS = [
     field["name"]
-    for field in json.loads((Path("schemas/avsc/PredictionTrace.v1.avsc")).read_text())["fields"]
-][6:]  # after the envelope
+    for field in json.loads((Path("schemas/avsc/PredictionTrace.v3.avsc")).read_text())["fields"]
+][6:]
+TRACE_FIELDS = [name for name in TRACE_FIELDS if not name.startswith("feedback_") and name not in ("label", "outcome")]
 
 
 def at(seconds: float) -> datetime:

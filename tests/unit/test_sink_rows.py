@@ -51,10 +51,13 @@ def ddl_columns() -> dict[str, list[str]]:
             match = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\n\)", statement, re.S)
             added = re.search(r"^ALTER TABLE (\w+)\s+ADD COLUMN", statement, re.M)
             if added:
-                tables[added.group(1)] += re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)", statement)
+                for column, after in re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)[^,;]*?(?:AFTER (\w+))?\s*(?:,|$)",
+                                                statement):
+                    columns = tables[added.group(1)]
+                    columns.insert(columns.index(after) + 1 if after else len(columns), column)
                 continue
             if match is None:
-                assert re.search(r"^(ALTER TABLE \w+ (MODIFY SETTING|ADD INDEX)|INSERT INTO event_ledger SELECT)",
+                assert re.search(r"^(ALTER TABLE \w+\s+(MODIFY SETTING|ADD INDEX)|INSERT INTO event_ledger SELECT)",
                                  statement, re.M), statement
                 continue
             columns = [
