@@ -67,8 +67,8 @@ def serve() -> None:
 def processors() -> None:
     """Run a Faust stream processors worker (trace joiner, drift monitor).
 
-    Prometheus metrics on PROVLINE_PROCESSORS__METRICS_PORT (default 9466); start more workers with
-    the same PROVLINE_PROCESSORS__APP_ID to share the partitions.
+    Prometheus metrics on PROVLINE_PROCESSORS__METRICS_PORT (default 9466; 0: any free port, logged);
+    start more workers with the same PROVLINE_PROCESSORS__APP_ID to share the partitions.
     """
     from provline.stream_processors.app import run_worker
     from provline.stream_processors.settings import ProcessorSettings

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
+import sys
 import time
 
 import faust
@@ -156,6 +158,13 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     return app
 
 
+def any_free_port() -> int:
+    """A TCP port free on this host now (the OS's choice for port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
+
+
 def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL) -> None:
     """Run one worker of the processors; blocks until SIGTERM or SIGINT, then exits the process.
 
@@ -165,13 +174,17 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     """
     check_connection(settings.kafka, service="provline processors")
     ensure_at_start(settings.kafka, settings.topics, service="provline processors")
+    if settings.processors.web_port == 0:  # Faust takes no port 0: choose a free one, and say which
+        chosen = settings.processors.model_copy(update={"web_port": any_free_port()})
+        settings = settings.model_copy(update={"processors": chosen})
+    print(f"provline processors: Faust web (health) listening on http://0.0.0.0:{settings.processors.web_port}/",
+          file=sys.stderr, flush=True)
     app = create_app(settings)
     # The join allocates a few dicts per event and keeps every prediction's entry for the dedup
     # retention; at the default threshold the collections that follow rescan those entries and
     # took about a tenth of the worker's time.
     gc.set_threshold(GC_YOUNG_THRESHOLD)
-    port = settings.processors.metrics_port
-    if port:
-        serve_metrics(app.provline_metrics, port)
-        log.info("Prometheus metrics on :%d/metrics", port)
+    port = serve_metrics(app.provline_metrics, settings.processors.metrics_port)
+    print(f"provline processors: Prometheus metrics listening on http://0.0.0.0:{port}/metrics", file=sys.stderr,
+          flush=True)  # before the Faust worker sets up logging
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

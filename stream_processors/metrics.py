@@ -63,12 +63,14 @@ class ProcessorMetrics:
         )
 
 
-def serve_metrics(metrics: ProcessorMetrics, port: int) -> None:
-    """Serve ``/metrics`` on ``port`` from a daemon thread; returns at once. OSError if the port is taken."""
+def serve_metrics(metrics: ProcessorMetrics, port: int) -> int:
+    """Serve ``/metrics`` on ``port`` (0: any free one) from a daemon thread; returns the port bound.
+    OSError if the port is taken."""
     try:
-        start_http_server(port, registry=metrics.registry)
+        server, _ = start_http_server(port, registry=metrics.registry)
     except OSError as exc:
         raise OSError(
             f"cannot serve Prometheus metrics on port {port}: {exc}; set PROVLINE_PROCESSORS__METRICS_PORT to a free "
-            "port (each worker on a host needs its own) or to 0 to turn metrics off"
+            "port (each worker on a host needs its own), or to 0 for any free one"
         ) from exc
+    return int(server.server_address[1])

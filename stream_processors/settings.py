@@ -36,8 +36,8 @@ class WorkerSettings(Section):
         "the partitions",
     )
     data_dir: str = Field(DEFAULT_DATA_DIR, min_length=1, description="Faust's local state directory")
-    web_port: int = Field(DEFAULT_WEB_PORT, ge=1, le=65535, description="Faust web server (health)")
-    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics; 0 turns it off")
+    web_port: int = Field(DEFAULT_WEB_PORT, ge=0, le=65535, description="Faust web server (health); 0: any free port")
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535, description="Prometheus /metrics; 0: any free port")
     batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, description="events per agent batch (stream.take)")
     batch_within_s: float = Field(DEFAULT_BATCH_WITHIN_S, gt=0, description="longest wait to fill a batch")
     lineage_wait_s: float = Field(

@@ -12,13 +12,16 @@ from deploy.local.kafka.broker import LocalKafka
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", required=True, help="where the broker keeps its logs and data")
-    parser.add_argument("--port", type=int, default=None, help="listener port (default: a free one)")
+    parser.add_argument("--port", type=int, default=0, help="client listener port (default 0: any free one)")
+    parser.add_argument("--controller-port", type=int, default=0,
+                        help="KRaft controller listener port (default 0: any free one)")
     args = parser.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with LocalKafka(args.data_dir, port=args.port) as kafka:
-        print(f"Kafka broker ready at {kafka.bootstrap} (data in {kafka.data_dir})", flush=True)
+    with LocalKafka(args.data_dir, port=args.port, controller_port=args.controller_port) as kafka:
+        print(f"Kafka broker ready at {kafka.bootstrap}, controller on 127.0.0.1:{kafka.controller_port} "
+              f"(data in {kafka.data_dir})", flush=True)
         stop.wait()
 
 

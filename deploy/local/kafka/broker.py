@@ -18,7 +18,7 @@ settings for one of the users.
 
 Command line (foreground until Ctrl-C / SIGTERM):
 
-    python -m deploy.local.kafka --data-dir /tmp/kafka [--port 9092]
+    python -m deploy.local.kafka --data-dir /tmp/kafka [--port 9092] [--controller-port 9093]
 """
 
 from __future__ import annotations
@@ -143,11 +143,14 @@ def _log4j_properties(log_file: Path) -> str:
 class LocalKafka:
     """One broker process; not thread-safe. Ports are chosen once and kept across restarts."""
 
-    def __init__(self, data_dir: Path | str, *, port: int | None = None,
+    def __init__(self, data_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
                  scram_users: dict[str, str] | None = None) -> None:
+        """``port`` (clients) and ``controller_port`` (KRaft): None or 0, any free port."""
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
+        if self.controller_port == self.port:
+            raise BrokerError(f"the client and controller ports are both {self.port}; give them different ports")
         self.scram_users = dict(scram_users or {})
         self.internal_port = free_port() if self.scram_users else None
         self._process: subprocess.Popen[bytes] | None = None
