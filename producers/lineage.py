@@ -8,7 +8,9 @@
     lineage.deploy("churn", "3", endpoint="/predict", environment="production")
     lineage.close()
 
-Every call emits its event at once, without waiting on the broker; ``close`` flushes.
+Every call emits its event at once, without waiting on the broker; ``close`` flushes. Every call
+takes NumPy and pandas values where plain ones are meant (``np.float64`` metrics, ``np.bool_``,
+``pd.Timestamp``, arrays and Series for lists; see :mod:`provline.producers.values`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from provline.producers.datasets import describe, digest_progress
 from provline.producers.digest import file_sha256
 from provline.producers.emitter import Emitter, build_emitter
 from provline.producers.settings import JobSettings
+from provline.producers.values import optional_number, plain_arguments
 from provline.schemas.events import model_key
 
 
@@ -56,7 +59,8 @@ class Run:
         self.stage = stage
         self.parent_run_id = parent_run_id
         self.hyperparameters = _json_values(params)
-        self.seeds: dict[str, int] = {"seed": seed} if seed is not None else {}
+        seed_value = optional_number(seed)  # NaN or pd.NA: no seed
+        self.seeds: dict[str, int] = {"seed": int(seed_value)} if seed_value is not None else {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.feature_sets: list[str] = []
@@ -80,6 +84,7 @@ class Run:
             "duration_ms": int((time.monotonic() - self._started) * 1000) if finished else None,
         })
 
+    @plain_arguments()
     def seed_everything(self, seed: int) -> list[str]:
         """Seed random, NumPy and PyTorch (where installed) and record the seed."""
         self.seeds["seed"] = seed
@@ -91,6 +96,7 @@ class Run:
         self.lineage.emitter.emit("DatasetVersion", {"name": name, **fields, **details})
         return str(fields["digest"])
 
+    @plain_arguments("data")
     def use_dataset(
         self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
         pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
@@ -104,6 +110,7 @@ class Run:
         self.inputs.append(digest)
         return digest
 
+    @plain_arguments("data")
     def produce_dataset(
         self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
         pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
@@ -115,9 +122,11 @@ class Run:
         self.outputs.append(digest)
         return digest
 
+    @plain_arguments()
     def log_metric(self, name: str, value: float) -> None:
         self.metrics[name] = float(value)
 
+    @plain_arguments()
     def log_feature_set(
         self, name: str, features: list[dict[str, Any]], *, input_datasets: list[str] | None = None,
     ) -> str:
@@ -140,6 +149,7 @@ class Run:
         self.feature_sets.append(digest)
         return digest
 
+    @plain_arguments()
     def register_model(
         self, artifact_path: str | Path, *, name: str, version: str, framework: str | None = None,
         artifact_uri: str | None = None, io_signature: dict[str, Any] | None = None,
@@ -183,6 +193,7 @@ class Lineage:
         self._active: list[Run] = []
 
     @contextmanager
+    @plain_arguments()
     def run(
         self, name: str, *, stage: str | None = None, params: dict[str, Any] | None = None,
         seed: int | None = None, argv: list[str] | None = None,
@@ -208,6 +219,7 @@ class Lineage:
         finally:
             self._active.pop()
 
+    @plain_arguments()
     def evaluate(
         self, model_name: str, version: str, *, metrics: dict[str, Metric],
         minimums: dict[str, float] | None = None, maximums: dict[str, float] | None = None,
@@ -223,6 +235,7 @@ class Lineage:
             "tests": list(tests or []), "run_id": self._active[-1].run_id if self._active else None,
         })
 
+    @plain_arguments()
     def decide(
         self, subject: str, *, transition: str, approved: bool, actor: str, role: str,
         rationale: str | None = None, alternatives: list[str] | None = None, risk_refs: list[str] | None = None,
@@ -234,6 +247,7 @@ class Lineage:
             "risk_refs": list(risk_refs or []),
         })
 
+    @plain_arguments()
     def deploy(
         self, model_name: str, version: str, *, endpoint: str, environment: str = "production",
         action: str = "DEPLOY", reason: str | None = None, previous_version: str | None = None,
@@ -257,8 +271,13 @@ class Lineage:
 
 
 def evaluate_metric(name: str, value: Metric, minimum: float | None, maximum: float | None) -> dict[str, Any]:
-    """One Evaluation metric row; ``passed`` is None when the metric has no threshold."""
+    """One Evaluation metric row; ``passed`` is None when the metric has no threshold.
+
+    A missing (None or NaN) confidence bound or threshold counts as not given.
+    """
     point, low, high = (value, None, None) if isinstance(value, int | float) else value
+    low, high = optional_number(low), optional_number(high)
+    minimum, maximum = optional_number(minimum), optional_number(maximum)
     passed = None
     if minimum is not None:
         passed = point >= minimum
