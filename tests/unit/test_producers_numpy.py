@@ -49,28 +49,33 @@ def test_every_api_takes_numpy_and_pandas_values(tmp_path: Path) -> None:
                      seed=np.int64(7)) as run:
         run.seed_everything(np.int64(8))
         digest = run.use_dataset(frame, name="train", pii=np.array(["email"]), owner=np.str_("ada"),
-                                 quality_checks=[{"name": "rows", "passed": np.bool_(True)}])
+                                 quality_checks=[{"name": "rows", "passed": np.bool_(True)}],
+                                 collection_start=pd.Timestamp("2025-01-01"), collection_end=pd.NaT)
         run.log_metric("auc", np.float64(0.91))
         run.log_feature_set("fs", [{"name": np.str_("x2"), "dtype": np.dtype("float64"),
                                     "parameters": {"scale": np.float32(2.0)}}], input_datasets=pd.Series([digest]))
-        run.register_model(artifact, name="churn", version=np.str_("1"))
+        run.register_model(artifact, name="churn", version=np.str_("1"), served_versions=np.array(["v1"]),
+                           signature={"inputs": pd.Index(["x", "plan"])}, predictions=pd.Series([0.1, 0.2], name="p"))
     lineage.evaluate("churn", "1", metrics={"acc": np.float64(0.97), "f1": (np.float64(0.9), np.nan, pd.NA),
                                             "rmse": np.array([0.3, 0.2, 0.4])},
                      minimums={"acc": np.float64(0.9)}, maximums={"rmse": np.float64(0.5), "f1": np.nan},
                      tests=pd.Series(["bias"]))
     lineage.decide("model:churn@1", transition="staging->production", approved=np.bool_(True), actor="ada",
                    role="risk", alternatives=np.array(["keep 0"]))
-    lineage.deploy("churn", np.str_("1"), endpoint="/predict")
+    lineage.deploy("churn", np.str_("1"), endpoint="/predict", served_versions=pd.Series(["v1"]))
 
     events = dict(decoded(lineage.emitter))
+    events["DatasetVersion"] = next(v for kind, v in decoded(lineage.emitter) if kind == "DatasetVersion")
     completed = events["RunEvent"]
     assert completed["seeds"] == {"seed": 8} and completed["metrics"] == {"auc": 0.91}
     assert completed["hyperparameters"] == {"C": "0.5", "layers": json.dumps([3, 2]), "solver": '"lbfgs"'}
     dataset = events["DatasetVersion"]
     assert dataset["pii_tags"] == ["email"] and dataset["owner"] == "ada"
     assert dataset["quality_checks"][0]["passed"] is True
+    assert dataset["collection_start"] == datetime(2025, 1, 1, tzinfo=UTC) and dataset["collection_end"] is None
     assert events["FeatureSetVersion"]["features"][0]["parameters"] == {"scale": "2.0"}
-    assert events["ModelVersion"]["version"] == "1"
+    model = events["ModelVersion"]
+    assert model["version"] == "1" and model["served_versions"] == ["v1"] and model["input_names"] == ["x", "plan"]
     metrics = {m["name"]: m for m in events["Evaluation"]["metrics"]}
     assert metrics["acc"] == {"name": "acc", "value": 0.97, "ci_low": None, "ci_high": None, "threshold": 0.9,
                               "passed": True}
@@ -78,7 +83,7 @@ def test_every_api_takes_numpy_and_pandas_values(tmp_path: Path) -> None:
     assert (metrics["rmse"]["value"], metrics["rmse"]["ci_low"], metrics["rmse"]["passed"]) == (0.3, 0.2, True)
     assert events["Evaluation"]["passed"] is True and events["Evaluation"]["tests"] == ["bias"]
     assert events["Decision"]["outcome"] == "APPROVED" and events["Decision"]["alternatives"] == ["keep 0"]
-    assert events["Deployment"]["model_version"] == "1"
+    assert events["Deployment"]["served_versions"] == ["v1"]
 
 
 def test_a_scikit_learn_evaluation_is_recorded() -> None:
