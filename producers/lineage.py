@@ -8,7 +8,9 @@
     lineage.deploy("churn", "3", endpoint="/predict", environment="production")
     lineage.close()
 
-Every call emits its event at once, without waiting on the broker; ``close`` flushes.
+Every call emits its event at once, without waiting on the broker; ``close`` flushes. Every call
+takes NumPy and pandas values where plain ones are meant (``np.float64`` metrics, ``np.bool_``,
+``pd.Timestamp``, arrays and Series for lists; see :mod:`provline.producers.values`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from provline.config import load_settings
 from provline.producers.capture import code_reference, code_version, environment, seed_everything
 from provline.producers.datasets import describe, digest_progress
-from provline.producers.digest import file_sha256
 from provline.producers.emitter import Emitter, build_emitter
+from provline.producers.models import describe_artifact, example_input_names, prediction_table, signature_names
 from provline.producers.settings import JobSettings
+from provline.producers.values import optional_number, plain_arguments
 from provline.schemas.events import model_key
 
 
@@ -56,7 +60,8 @@ class Run:
         self.stage = stage
         self.parent_run_id = parent_run_id
         self.hyperparameters = _json_values(params)
-        self.seeds: dict[str, int] = {"seed": seed} if seed is not None else {}
+        seed_value = optional_number(seed)  # NaN or pd.NA: no seed
+        self.seeds: dict[str, int] = {"seed": int(seed_value)} if seed_value is not None else {}
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.feature_sets: list[str] = []
@@ -80,44 +85,48 @@ class Run:
             "duration_ms": int((time.monotonic() - self._started) * 1000) if finished else None,
         })
 
+    @plain_arguments()
     def seed_everything(self, seed: int) -> list[str]:
         """Seed random, NumPy and PyTorch (where installed) and record the seed."""
         self.seeds["seed"] = seed
         return seed_everything(seed)
 
-    def _dataset(self, data: str | Path | Any, *, name: str, details: dict[str, Any]) -> str:
-        with digest_progress(data, name) as progress:
-            fields = describe(data, name=name, progress=progress)
-        self.lineage.emitter.emit("DatasetVersion", {"name": name, **fields, **details})
-        return str(fields["digest"])
-
+    @plain_arguments("data")
     def use_dataset(
         self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
         pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
-        quality_checks: list[dict[str, Any]] | None = None,
+        quality_checks: list[dict[str, Any]] | None = None, collection_start: datetime | None = None,
+        collection_end: datetime | None = None,
     ) -> str:
         """Record a dataset this run reads: a file, a directory, a pandas DataFrame or a pyarrow
         Table. Emits DatasetVersion with digest, schema, row count and column profiles; returns
-        the digest. Blocks while the data is read (a progress bar shows on large files)."""
-        details = _dataset_details(license, consent, pii, owner, parents, quality_checks)
-        digest = self._dataset(data, name=name, details=details)
+        the digest. Blocks while the data is read (a progress bar shows on large files).
+        ``collection_start``/``collection_end`` bound when the data was collected (naive means UTC)."""
+        details = _dataset_details(license, consent, pii, owner, parents, quality_checks,
+                                   collection_start, collection_end)
+        digest = self.lineage._dataset(data, name=name, details=details)
         self.inputs.append(digest)
         return digest
 
+    @plain_arguments("data")
     def produce_dataset(
         self, data: str | Path | Any, *, name: str, license: str | None = None, consent: str | None = None,
         pii: list[str] | None = None, owner: str | None = None, parents: list[str] | None = None,
-        quality_checks: list[dict[str, Any]] | None = None,
+        quality_checks: list[dict[str, Any]] | None = None, collection_start: datetime | None = None,
+        collection_end: datetime | None = None,
     ) -> str:
         """Record a dataset this run writes (see :meth:`use_dataset`); returns its digest."""
-        details = _dataset_details(license, consent, pii, owner, parents or list(self.inputs), quality_checks)
-        digest = self._dataset(data, name=name, details={**details, "run_id": self.run_id})
+        details = _dataset_details(license, consent, pii, owner, parents or list(self.inputs), quality_checks,
+                                   collection_start, collection_end)
+        digest = self.lineage._dataset(data, name=name, details={**details, "run_id": self.run_id})
         self.outputs.append(digest)
         return digest
 
+    @plain_arguments()
     def log_metric(self, name: str, value: float) -> None:
         self.metrics[name] = float(value)
 
+    @plain_arguments()
     def log_feature_set(
         self, name: str, features: list[dict[str, Any]], *, input_datasets: list[str] | None = None,
     ) -> str:
@@ -140,31 +149,70 @@ class Run:
         self.feature_sets.append(digest)
         return digest
 
+    @plain_arguments("input_example", "predictions")
     def register_model(
         self, artifact_path: str | Path, *, name: str, version: str, framework: str | None = None,
         artifact_uri: str | None = None, io_signature: dict[str, Any] | None = None,
+        signature: Mapping[str, Sequence[str]] | None = None, input_example: Any = None, predictions: Any = None,
+        served_versions: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Record a model artifact trained by this run, with the datasets and feature sets it used."""
+        """Record a model artifact trained by this run, with the datasets and feature sets it used.
+
+        ``artifact_path`` is a file or a directory (digested like a dataset: the Merkle root of its
+        files); an MLflow model directory's ``MLmodel`` gives flavors, signature and MLflow ids.
+        Input and output names come from ``signature={"inputs": [...], "outputs": [...]}``, else
+        the MLmodel signature, else (inputs only) the columns of a DataFrame ``input_example``.
+        ``predictions`` (the model's own predictions on its evaluation data, see
+        :func:`provline.producers.models.prediction_table`) are profiled as a DatasetVersion, the
+        baseline the processors measure output drift against. ``served_versions`` are the version
+        strings the model server reports for this version, e.g. ``["v1"]``. Blocks while the
+        artifact is read.
+        """
         path = Path(artifact_path)
+        with digest_progress(path, f"model {name}@{version}") as progress:
+            described = describe_artifact(path, progress=progress)
+        inputs, outputs = list(described.pop("input_names", [])), list(described.pop("output_names", []))
+        if signature is not None:
+            inputs, outputs = signature_names(signature)
+        elif input_example is not None and not inputs:
+            inputs = example_input_names(input_example)
+        mlflow_framework, mlflow_signature = described.pop("framework", None), described.pop("io_signature", None)
+        predictions_dataset = (
+            self._predictions(predictions, outputs, name=name, version=version, parents=[])
+            if predictions is not None else None
+        )
         event = self.lineage.emitter.emit("ModelVersion", {
+            **described,
             "model_name": name, "version": version,
             "artifact_uri": artifact_uri or path.resolve().as_uri(),
-            "artifact_sha256": file_sha256(path), "framework": framework, "run_id": self.run_id,
+            "framework": framework or mlflow_framework, "run_id": self.run_id,
             "datasets": [d for d in self.inputs if d.startswith("sha256:")],
             "feature_sets": list(self.feature_sets),
-            "io_signature": json.dumps(io_signature, sort_keys=True) if io_signature is not None else None,
+            "io_signature": json.dumps(io_signature, sort_keys=True) if io_signature is not None else mlflow_signature,
+            "input_names": inputs, "output_names": outputs, "served_versions": list(served_versions),
+            "predictions_dataset": predictions_dataset,
         })
+        self.lineage._output_names[model_key(name, version)] = tuple(outputs)
         self.outputs.append(model_key(name, version))
         return event
+
+    def _predictions(self, predictions: Any, output_names: Sequence[str], *, name: str, version: str,
+                     parents: list[str]) -> str:
+        """Record a model's predictions as a dataset this run produced; returns its digest."""
+        digest = self.lineage._predictions(predictions, output_names, name=name, version=version, parents=parents,
+                                           run_id=self.run_id)
+        self.outputs.append(digest)
+        return digest
 
 
 def _dataset_details(
     license: str | None, consent: str | None, pii: list[str] | None, owner: str | None,
     parents: list[str] | None, quality_checks: list[dict[str, Any]] | None,
+    collection_start: datetime | None = None, collection_end: datetime | None = None,
 ) -> dict[str, Any]:
     return {
         "license": license, "consent": consent, "pii_tags": list(pii or []), "owner": owner,
-        "parents": list(parents or []),
+        "parents": list(parents or []), "collection_start": collection_start, "collection_end": collection_end,
         "quality_checks": [{"name": c["name"], "passed": bool(c["passed"]), "detail": c.get("detail")}
                            for c in quality_checks or []],
     }
@@ -181,8 +229,23 @@ class Lineage:
         self.settings = settings or load_settings(JobSettings)
         self.emitter = emitter or build_emitter(self.settings, producer_name=producer_name)
         self._active: list[Run] = []
+        self._output_names: dict[str, tuple[str, ...]] = {}  # of the models registered here, for evaluate
+
+    def _dataset(self, data: str | Path | Any, *, name: str, details: dict[str, Any]) -> str:
+        with digest_progress(data, name) as progress:
+            fields = describe(data, name=name, progress=progress)
+        self.emitter.emit("DatasetVersion", {"name": name, **fields, **details})
+        return str(fields["digest"])
+
+    def _predictions(self, predictions: Any, output_names: Sequence[str], *, name: str, version: str,
+                     parents: list[str], run_id: str | None) -> str:
+        """Profile a model's predictions as a DatasetVersion named ``<name>@<version> predictions``."""
+        table = prediction_table(predictions, output_names, model=model_key(name, version))
+        details = {**_dataset_details(None, None, None, None, parents, None), "run_id": run_id}
+        return self._dataset(table, name=f"{model_key(name, version)} predictions", details=details)
 
     @contextmanager
+    @plain_arguments()
     def run(
         self, name: str, *, stage: str | None = None, params: dict[str, Any] | None = None,
         seed: int | None = None, argv: list[str] | None = None,
@@ -208,21 +271,41 @@ class Lineage:
         finally:
             self._active.pop()
 
+    @plain_arguments("predictions")
     def evaluate(
         self, model_name: str, version: str, *, metrics: dict[str, Metric],
         minimums: dict[str, float] | None = None, maximums: dict[str, float] | None = None,
         dataset: str | None = None, slice: str | None = None, tests: list[str] | None = None,
+        predictions: Any = None,
     ) -> dict[str, Any]:
         """Record an evaluation. A metric passes when it is at least its minimum (or at most its
-        maximum); the evaluation passes when every metric with a threshold passes."""
+        maximum); the evaluation passes when every metric with a threshold passes.
+
+        ``predictions`` are the model's predictions on the evaluation data (``dataset``): they are
+        profiled as a DatasetVersion, the baseline the processors measure output drift against
+        (see :meth:`Run.register_model` for their forms; an unnamed array takes the output names
+        of a model registered through this Lineage)."""
         rows = [evaluate_metric(name, value, (minimums or {}).get(name), (maximums or {}).get(name))
                 for name, value in metrics.items()]
+        run = self._active[-1] if self._active else None
+        predictions_dataset = None
+        if predictions is not None:
+            output_names = self._output_names.get(model_key(model_name, version), ())
+            parents = [dataset] if dataset else []
+            predictions_dataset = (
+                run._predictions(predictions, output_names, name=model_name, version=version, parents=parents)
+                if run is not None else
+                self._predictions(predictions, output_names, name=model_name, version=version, parents=parents,
+                                  run_id=None)
+            )
         return self.emitter.emit("Evaluation", {
             "model_name": model_name, "model_version": version, "dataset": dataset, "slice": slice,
             "metrics": rows, "passed": all(row["passed"] is not False for row in rows),
-            "tests": list(tests or []), "run_id": self._active[-1].run_id if self._active else None,
+            "tests": list(tests or []), "run_id": run.run_id if run is not None else None,
+            "predictions_dataset": predictions_dataset,
         })
 
+    @plain_arguments()
     def decide(
         self, subject: str, *, transition: str, approved: bool, actor: str, role: str,
         rationale: str | None = None, alternatives: list[str] | None = None, risk_refs: list[str] | None = None,
@@ -234,14 +317,20 @@ class Lineage:
             "risk_refs": list(risk_refs or []),
         })
 
+    @plain_arguments()
     def deploy(
         self, model_name: str, version: str, *, endpoint: str, environment: str = "production",
         action: str = "DEPLOY", reason: str | None = None, previous_version: str | None = None,
+        served_versions: Sequence[str] = (),
     ) -> dict[str, Any]:
-        """Record that ``model_name@version`` now serves ``endpoint`` (or was rolled back, retired...)."""
+        """Record that ``model_name@version`` now serves ``endpoint`` (or was rolled back, retired...).
+
+        ``served_versions`` are the version strings the model server reports for it (e.g. ``["v1"]``
+        from MLServer for a registered ``"1"``), so traces naming them resolve to this version."""
         return self.emitter.emit("Deployment", {
             "model_name": model_name, "model_version": version, "environment": environment,
             "endpoint": endpoint, "action": action.upper(), "reason": reason, "previous_version": previous_version,
+            "served_versions": list(served_versions),
         })
 
     def close(self, timeout: float | None = None) -> bool:
@@ -257,8 +346,13 @@ class Lineage:
 
 
 def evaluate_metric(name: str, value: Metric, minimum: float | None, maximum: float | None) -> dict[str, Any]:
-    """One Evaluation metric row; ``passed`` is None when the metric has no threshold."""
+    """One Evaluation metric row; ``passed`` is None when the metric has no threshold.
+
+    A missing (None or NaN) confidence bound or threshold counts as not given.
+    """
     point, low, high = (value, None, None) if isinstance(value, int | float) else value
+    low, high = optional_number(low), optional_number(high)
+    minimum, maximum = optional_number(minimum), optional_number(maximum)
     passed = None
     if minimum is not None:
         passed = point >= minimum

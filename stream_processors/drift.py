@@ -1,4 +1,5 @@
-"""Drift of a model's inputs and outputs against the column profiles of its training data.
+"""Drift of a model's inputs against the column profiles of its training data, and of its outputs
+against the profile of its own predictions on its evaluation data.
 
 Pure logic, no I/O, no SciPy (the unit tests use SciPy as the oracle). Three layers:
 
@@ -14,6 +15,8 @@ Pure logic, no I/O, no SciPy (the unit tests use SciPy as the oracle). Three lay
 
 Defaults follow Evidently's: 0.1 for distances (PSI, Jensen-Shannon, normed Wasserstein) and
 p < 0.05 for tests (Kolmogorov-Smirnov, chi-squared); all configurable through :class:`Thresholds`.
+A window with fewer than ``min_samples`` values still gets its metrics, but none is breached: a
+handful of values differs from any baseline by chance.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Required, TypedDict
+from typing import Any, Literal, Protocol, Required, TypedDict
 
 log = logging.getLogger(__name__)
 DEFAULT_DISTANCE_THRESHOLD = 0.1
 DEFAULT_P_VALUE = 0.05
+DEFAULT_MIN_SAMPLES = 100
 PSI_EPSILON = 1e-4  # the probability given to an empty bin, as Evidently does
 NUMERIC = "NUMERIC"
 CATEGORICAL = "CATEGORICAL"
@@ -220,6 +224,7 @@ class Thresholds:
     wasserstein: float = DEFAULT_DISTANCE_THRESHOLD  # of the distance divided by the baseline's std
     ks_p_value: float = DEFAULT_P_VALUE
     chi_squared_p_value: float = DEFAULT_P_VALUE
+    min_samples: int = DEFAULT_MIN_SAMPLES  # fewer values in a window: reported, never breached
 
 
 class NumericBaseline:
@@ -399,11 +404,19 @@ def _current_points(summary: Summary, baseline: NumericBaseline) -> tuple[list[f
 def window_metrics(summary: Summary, baseline: Baseline, thresholds: Thresholds) -> list[MetricValue]:
     """PSI, KS, Jensen-Shannon and Wasserstein (numeric) or Jensen-Shannon and chi-squared (categorical).
 
-    Empty windows (only nulls) give no metrics.
+    Empty windows (only nulls) give no metrics; windows of fewer than ``thresholds.min_samples``
+    values give metrics that are not breached.
     """
     m = int(summary["n"])
     if m == 0:
         return []
+    metrics = _window_metrics(summary, baseline, thresholds, m)
+    if m >= thresholds.min_samples:
+        return metrics
+    return [MetricValue(v.metric, v.value, v.p_value, v.threshold, False) for v in metrics]
+
+
+def _window_metrics(summary: Summary, baseline: Baseline, thresholds: Thresholds, m: int) -> list[MetricValue]:
     if isinstance(baseline, NumericBaseline):
         psi_value = psi(baseline.bin_counts, summary["coarse"])
         js_value = jensen_shannon(baseline.bin_counts, summary["coarse"])
@@ -464,16 +477,22 @@ class BaselineCache:
         return self._prepared[key]
 
 
+class BaselineLookup(Protocol):
+    def __call__(self, model_name: str, model_version: str, column: str, *, output: bool = False
+                 ) -> tuple[str, Mapping[str, Any]] | None:
+        """``(dataset digest, profile)`` of ``column``, an input or (``output``) an output, or None."""
+
+
 class DriftAccumulator:
     """Window summaries of the traces one worker emitted, drained into partials after each batch.
 
-    ``baseline_of(model_name, model_version, column)`` gives ``(dataset digest, profile)`` of the
-    column in the model's training data, or None. Not thread-safe.
+    ``baseline_of`` gives ``(dataset digest, profile)`` of an input column (in the model's training
+    data) or of an output column (in the profile of its predictions, else its training data), or
+    None (:meth:`provline.stream_processors.lineage.LineageIndex.baseline_of`). Not thread-safe.
     """
 
     def __init__(
-        self, baseline_of: Callable[[str, str, str], tuple[str, Mapping[str, Any]] | None], *,
-        window_us: int, output_columns: Mapping[str, str] | None = None,
+        self, baseline_of: BaselineLookup, *, window_us: int, output_columns: Mapping[str, str] | None = None,
     ) -> None:
         self._baseline_of = baseline_of
         self._cache = BaselineCache(self._profile_from_lookups)
@@ -487,23 +506,30 @@ class DriftAccumulator:
         return self._profiles.get((digest, column))
 
     def add(self, trace: Mapping[str, Any]) -> None:
-        """Count a trace's features and outputs into its model version's window."""
+        """Count every row of a trace's features and outputs into its model version's window.
+
+        A batch request's trace carries all its rows in ``feature_rows`` and ``output_rows`` (row 0
+        first); a trace without them has one row, ``features`` and ``outputs``.
+        """
         name, version = trace.get("model_name"), trace.get("model_version")
         at = trace.get("request_time") or trace.get("response_time")
         if not name or not version or at is None:
             return
         at_us = _micros(at)
         features = self._partials.setdefault((name, version, window_start(at_us, self.window_us)), {})
-        for feature, value in (trace.get("features") or {}).items():
-            self._add(features, name, version, feature, feature, value)
-        for output, value in (trace.get("outputs") or {}).items():
-            self._add(features, name, version, OUTPUT_PREFIX + output, self.output_columns.get(output, output), value)
+        for row in trace.get("feature_rows") or [trace.get("features") or {}]:
+            for feature, value in row.items():
+                self._add(features, name, version, feature, feature, value, output=False)
+        for row in trace.get("output_rows") or [trace.get("outputs") or {}]:
+            for output, value in row.items():
+                self._add(features, name, version, OUTPUT_PREFIX + output, self.output_columns.get(output, output),
+                          value, output=True)
 
     def _add(self, features: dict[str, Summary], name: str, version: str, key: str, column: str,
-             value: Any) -> None:
+             value: Any, *, output: bool) -> None:
         summary = features.get(key)
         if summary is None:
-            found = self._baseline_of(name, version, column)
+            found = self._baseline_of(name, version, column, output=output)
             if found is None:
                 self.unprofiled += 1
                 return

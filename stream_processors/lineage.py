@@ -2,9 +2,17 @@
 
 Pure logic, no I/O. Lineage events are reduced to *entries*, JSON-able ``(key, value)`` pairs:
 
-* ``deployment/<event_id>``  one Deployment event (never overwritten, so writers never conflict)
-* ``model/<name>@<version>`` one ModelVersion: artifact, training run, datasets, feature sets
-* ``run/<run_id>``           the code (repo, commit) of the latest RunEvent state that named code
+* ``deployment/<event_id>``        one Deployment event (never overwritten, so writers never conflict)
+* ``model/<name>@<version>``       one ModelVersion: artifact, training run, datasets, feature sets,
+  signature names and the version strings the model server reports for it
+* ``run/<run_id>``                 the code (repo, commit) of the latest RunEvent state that named code
+* ``dataset/<digest>``             the column profiles of a DatasetVersion (drift baselines)
+* ``predictions/<name>@<version>`` the dataset profiling the model's own predictions, from the latest
+  ModelVersion or Evaluation that recorded one (the baseline of output drift)
+
+A model server may report another version string than the one registered (MLServer's ``v1`` for
+MLflow's ``1``): a ModelVersion or Deployment declares it in ``served_versions``, and
+:meth:`LineageIndex.model` resolves either string to the registered version.
 
 The Faust shell stores the entries in a changelog-backed table and mirrors every entry it sees
 (its own writes and other workers' changelog records) into a :class:`LineageIndex` with
@@ -26,8 +34,10 @@ DEPLOYMENT_PREFIX = "deployment/"
 MODEL_PREFIX = "model/"
 RUN_PREFIX = "run/"
 DATASET_PREFIX = "dataset/"
+PREDICTIONS_PREFIX = "predictions/"
+LATEST_WINS_PREFIXES = (RUN_PREFIX, PREDICTIONS_PREFIX)  # an older event never replaces what is known
 RETIRE = "RETIRE"
-LINEAGE_EVENT_KINDS = frozenset({"Deployment", "ModelVersion", "RunEvent", "DatasetVersion"})
+LINEAGE_EVENT_KINDS = frozenset({"Deployment", "ModelVersion", "RunEvent", "DatasetVersion", "Evaluation"})
 _PROFILE_FIELDS = (
     "column", "kind", "count", "null_count", "quantiles", "bin_edges", "bin_counts", "categories", "mean", "std",
 )
@@ -56,17 +66,22 @@ class DeploymentRecord:
     model_version: str
     environment: str
     action: str
+    served_versions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModelRecord:
     model_name: str
-    version: str
+    version: str  # the registered version, also when it was looked up by a served version
     artifact_uri: str
     artifact_sha256: str
     run_id: str | None
     datasets: tuple[str, ...]
     feature_sets: tuple[str, ...]
+    input_names: tuple[str, ...] = ()  # the signature's names, in order; () when unknown
+    output_names: tuple[str, ...] = ()
+    served_versions: tuple[str, ...] = ()
+    event_time_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,11 +91,17 @@ class CodeRecord:
     event_time_us: int
 
 
-def entries_for_event(kind: str, value: Mapping[str, Any], *, current_code: CodeRecord | None = None) -> list[Entry]:
+@dataclass(frozen=True)
+class PredictionsRecord:
+    digest: str  # the DatasetVersion profiling a model version's predictions
+    event_time_us: int
+
+
+def entries_for_event(kind: str, value: Mapping[str, Any]) -> list[Entry]:
     """The entries a decoded lineage event contributes; ``[]`` for kinds the index does not use.
 
-    ``current_code`` is what the index already knows of the event's run: a RunEvent without code,
-    or older than what is known, leaves the run's code as it is.
+    Entries under :data:`LATEST_WINS_PREFIXES` carry ``event_time_us``; :meth:`LineageIndex.ingest`
+    drops one older than what it already knows.
     """
     if kind == "Deployment":
         return [(DEPLOYMENT_PREFIX + str(value["event_id"]), {
@@ -91,9 +112,12 @@ def entries_for_event(kind: str, value: Mapping[str, Any], *, current_code: Code
             "model_version": value["model_version"],
             "environment": value["environment"],
             "action": value["action"],
+            "served_versions": list(value.get("served_versions") or []),
         })]
     if kind == "ModelVersion":
-        return [(MODEL_PREFIX + model_key(value["model_name"], value["version"]), {
+        key = model_key(value["model_name"], value["version"])
+        event_time_us = to_micros(value.get("event_time")) or 0
+        entries: list[Entry] = [(MODEL_PREFIX + key, {
             "model_name": value["model_name"],
             "version": value["version"],
             "artifact_uri": value["artifact_uri"],
@@ -101,6 +125,20 @@ def entries_for_event(kind: str, value: Mapping[str, Any], *, current_code: Code
             "run_id": value.get("run_id"),
             "datasets": list(value.get("datasets") or []),
             "feature_sets": list(value.get("feature_sets") or []),
+            "input_names": list(value.get("input_names") or []),
+            "output_names": list(value.get("output_names") or []),
+            "served_versions": list(value.get("served_versions") or []),
+            "event_time_us": event_time_us,
+        })]
+        if value.get("predictions_dataset"):
+            entries.append((PREDICTIONS_PREFIX + key, {"digest": value["predictions_dataset"],
+                                                       "event_time_us": event_time_us}))
+        return entries
+    if kind == "Evaluation":
+        if not value.get("predictions_dataset"):
+            return []
+        return [(PREDICTIONS_PREFIX + model_key(value["model_name"], value["model_version"]), {
+            "digest": value["predictions_dataset"], "event_time_us": to_micros(value.get("event_time")) or 0,
         })]
     if kind == "DatasetVersion":
         profiles = [{name: profile.get(name) for name in _PROFILE_FIELDS} for profile in value.get("profiles") or []]
@@ -111,12 +149,8 @@ def entries_for_event(kind: str, value: Mapping[str, Any], *, current_code: Code
         code = value.get("code")
         if not code or (code.get("repo") is None and code.get("commit") is None):
             return []
-        event_time_us = to_micros(value["event_time"])
-        assert event_time_us is not None
-        if current_code is not None and current_code.event_time_us > event_time_us:
-            return []
         return [(RUN_PREFIX + str(value["run_id"]), {
-            "repo": code.get("repo"), "commit": code.get("commit"), "event_time_us": event_time_us,
+            "repo": code.get("repo"), "commit": code.get("commit"), "event_time_us": to_micros(value["event_time"]),
         })]
     return []
 
@@ -130,18 +164,29 @@ class LineageIndex:
         self._models: dict[str, ModelRecord] = {}
         self._code: dict[str, CodeRecord] = {}
         self._profiles: dict[str, dict[str, dict[str, Any]]] = {}  # dataset digest -> column -> profile
+        self._predictions: dict[str, PredictionsRecord] = {}  # name@version -> its predictions' dataset
+        # name@served version -> {entry key declaring it: (event time, registered version)}
+        self._served: dict[str, dict[str, tuple[int, str]]] = {}
         self.changes = 0  # how many entries were applied: a cheap "did anything change" check
 
     def __len__(self) -> int:
-        return len(self._deployments) + len(self._models) + len(self._code)
+        return len(self._deployments) + len(self._models) + len(self._code) + len(self._predictions)
 
     def ingest(self, kind: str, value: Mapping[str, Any]) -> list[Entry]:
         """Apply a decoded lineage event; returns the entries to persist (possibly none)."""
-        current = self._code.get(str(value["run_id"])) if kind == "RunEvent" else None
-        entries = entries_for_event(kind, value, current_code=current)
+        entries = [(key, entry) for key, entry in entries_for_event(kind, value) if not self._knows_newer(key, entry)]
         for key, entry in entries:
             self.apply(key, entry)
         return entries
+
+    def _knows_newer(self, key: str, entry: Mapping[str, Any] | None) -> bool:
+        if entry is None or not key.startswith(LATEST_WINS_PREFIXES):
+            return False
+        known: CodeRecord | PredictionsRecord | None = (
+            self._code.get(key[len(RUN_PREFIX):]) if key.startswith(RUN_PREFIX)
+            else self._predictions.get(key[len(PREDICTIONS_PREFIX):])
+        )
+        return known is not None and known.event_time_us > int(entry["event_time_us"])
 
     def apply(self, key: str, value: Mapping[str, Any] | None) -> None:
         """Set (or, with ``None``, delete) one entry. Idempotent; unknown key prefixes are ignored."""
@@ -155,15 +200,13 @@ class LineageIndex:
         elif key.startswith(DEPLOYMENT_PREFIX):
             self._apply_deployment(key[len(DEPLOYMENT_PREFIX):], value)
         elif key.startswith(MODEL_PREFIX):
+            self._apply_model(key, value)
+        elif key.startswith(PREDICTIONS_PREFIX):
             if value is None:
-                self._models.pop(key[len(MODEL_PREFIX):], None)
+                self._predictions.pop(key[len(PREDICTIONS_PREFIX):], None)
             else:
-                self._models[key[len(MODEL_PREFIX):]] = ModelRecord(
-                    model_name=value["model_name"], version=value["version"],
-                    artifact_uri=value["artifact_uri"], artifact_sha256=value["artifact_sha256"],
-                    run_id=value.get("run_id"), datasets=tuple(value.get("datasets") or ()),
-                    feature_sets=tuple(value.get("feature_sets") or ()),
-                )
+                self._predictions[key[len(PREDICTIONS_PREFIX):]] = PredictionsRecord(
+                    digest=str(value["digest"]), event_time_us=int(value["event_time_us"]))
         elif key.startswith(RUN_PREFIX):
             if value is None:
                 self._code.pop(key[len(RUN_PREFIX):], None)
@@ -172,19 +215,63 @@ class LineageIndex:
                     repo=value.get("repo"), commit=value.get("commit"), event_time_us=int(value["event_time_us"])
                 )
 
+    def _apply_model(self, key: str, value: Mapping[str, Any] | None) -> None:
+        old = self._models.pop(key[len(MODEL_PREFIX):], None)
+        if old is not None:
+            self._withdraw(key, old.model_name, old.served_versions)
+        if value is None:
+            return
+        record = ModelRecord(
+            model_name=value["model_name"], version=value["version"],
+            artifact_uri=value["artifact_uri"], artifact_sha256=value["artifact_sha256"],
+            run_id=value.get("run_id"), datasets=tuple(value.get("datasets") or ()),
+            feature_sets=tuple(value.get("feature_sets") or ()),
+            input_names=tuple(value.get("input_names") or ()), output_names=tuple(value.get("output_names") or ()),
+            served_versions=tuple(value.get("served_versions") or ()),
+            event_time_us=int(value.get("event_time_us") or 0),
+        )
+        self._models[key[len(MODEL_PREFIX):]] = record
+        self._declare(key, record.model_name, record.version, record.served_versions, record.event_time_us)
+
     def _apply_deployment(self, event_id: str, value: Mapping[str, Any] | None) -> None:
+        key = DEPLOYMENT_PREFIX + event_id
         old = self._deployments.pop(event_id, None)
         if old is not None:
             self._by_endpoint[old.endpoint].remove(old)
+            self._withdraw(key, old.model_name, old.served_versions)
         if value is None:
             return
         record = DeploymentRecord(
             event_time_us=int(value["event_time_us"]), event_id=event_id, endpoint=value["endpoint"],
             model_name=value["model_name"], model_version=value["model_version"],
             environment=value["environment"], action=value["action"],
+            served_versions=tuple(value.get("served_versions") or ()),
         )
         self._deployments[event_id] = record
         bisect.insort(self._by_endpoint.setdefault(record.endpoint, []), record)
+        self._declare(key, record.model_name, record.model_version, record.served_versions, record.event_time_us)
+
+    def _declare(self, source: str, model_name: str, registered: str, served: tuple[str, ...],
+                 event_time_us: int) -> None:
+        for version in served:
+            if version != registered:
+                self._served.setdefault(model_key(model_name, version), {})[source] = (event_time_us, registered)
+
+    def _withdraw(self, source: str, model_name: str, served: tuple[str, ...]) -> None:
+        for version in served:
+            declared = self._served.get(model_key(model_name, version))
+            if declared is not None:
+                declared.pop(source, None)
+                if not declared:
+                    del self._served[model_key(model_name, version)]
+
+    def registered_version(self, model_name: str, version: str) -> str:
+        """The registered version that ``version`` names: itself when it is registered or declared by no one,
+        else the version whose latest ModelVersion or Deployment declared it in ``served_versions``."""
+        if model_key(model_name, version) in self._models:
+            return version
+        declared = self._served.get(model_key(model_name, version))
+        return max(declared.values())[1] if declared else version
 
     def deployment_at(self, endpoint: str, at: datetime | int) -> DeploymentRecord | None:
         """The deployment serving ``endpoint`` at ``at`` (inclusive), or None if none or retired.
@@ -208,18 +295,24 @@ class LineageIndex:
     def last_deployment_of(
         self, endpoint: str, model_name: str, model_version: str, at: datetime | int
     ) -> DeploymentRecord | None:
-        """The most recent non-RETIRE deployment of one model version to ``endpoint`` at or before ``at``."""
+        """The most recent non-RETIRE deployment of one model version to ``endpoint`` at or before ``at``;
+        ``model_version`` may be a served version (see :meth:`registered_version`)."""
         at_us = to_micros(at)
+        versions = {model_version, self.registered_version(model_name, model_version)}
         found: DeploymentRecord | None = None
         for record in self._by_endpoint.get(endpoint, ()):
             if at_us is not None and record.event_time_us > at_us:
                 break
-            if record.action != RETIRE and (record.model_name, record.model_version) == (model_name, model_version):
+            if record.action != RETIRE and record.model_name == model_name and record.model_version in versions:
                 found = record
         return found
 
     def model(self, model_name: str, version: str) -> ModelRecord | None:
-        return self._models.get(model_key(model_name, version))
+        """The registered model version named by ``version``, a registered or a served version string.
+
+        The record's ``version`` is always the registered one.
+        """
+        return self._models.get(model_key(model_name, self.registered_version(model_name, version)))
 
     def code(self, run_id: str) -> CodeRecord | None:
         return self._code.get(run_id)
@@ -228,10 +321,23 @@ class LineageIndex:
         """The profile of ``column`` in dataset ``digest``, or None if unknown."""
         return self._profiles.get(digest, {}).get(column)
 
-    def baseline_of(self, model_name: str, model_version: str, column: str) -> tuple[str, dict[str, Any]] | None:
-        """:meth:`baseline` of a model version given by name; None when the version is unknown."""
+    def baseline_of(self, model_name: str, model_version: str, column: str, *, output: bool = False
+                    ) -> tuple[str, dict[str, Any]] | None:
+        """The baseline of ``column`` of a model version given by name: ``(dataset digest, profile)``.
+
+        Inputs (``output=False``) are compared with the model's training data (:meth:`baseline`).
+        Outputs are compared with the profile of the model's own predictions on its evaluation data
+        when a ModelVersion or Evaluation recorded one, and only when none did, with the training
+        data's column of that name (the label). None when the version or the column is unknown.
+        """
         model = self.model(model_name, model_version)
-        return self.baseline(model, column) if model is not None else None
+        if model is None:
+            return None
+        predictions = self._predictions.get(model_key(model.model_name, model.version)) if output else None
+        if predictions is not None:
+            profile = self.profile(predictions.digest, column)
+            return (predictions.digest, profile) if profile is not None else None
+        return self.baseline(model, column)
 
     def baseline(self, model: ModelRecord, column: str) -> tuple[str, dict[str, Any]] | None:
         """The column profile of ``column`` in the model's training datasets, with its dataset digest.

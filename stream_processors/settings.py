@@ -12,7 +12,12 @@ from typing import ClassVar, Self
 from pydantic import Field, model_validator
 
 from provline.config import KafkaSettings, ProvlineSettings, Section, SigningSettings, TopicSettings
-from provline.stream_processors.drift import DEFAULT_DISTANCE_THRESHOLD, DEFAULT_P_VALUE, Thresholds
+from provline.stream_processors.drift import (
+    DEFAULT_DISTANCE_THRESHOLD,
+    DEFAULT_MIN_SAMPLES,
+    DEFAULT_P_VALUE,
+    Thresholds,
+)
 
 DEFAULT_APP_ID = "provline-processors"
 DEFAULT_DATA_DIR = ".provline/processors"
@@ -79,16 +84,21 @@ class DriftSettings(Section):
     )
     ks_p_value: float = Field(DEFAULT_P_VALUE, gt=0, lt=1, description="Kolmogorov-Smirnov: breached below it")
     chi_squared_p_value: float = Field(DEFAULT_P_VALUE, gt=0, lt=1, description="chi-squared: breached below it")
+    min_samples: int = Field(
+        DEFAULT_MIN_SAMPLES, ge=1,
+        description="a feature's values in a window below which its metrics are reported but never breached",
+    )
     output_columns: dict[str, str] = Field(
         default_factory=dict,
-        description="model output name -> training column it is compared with, as JSON; default: the same name",
+        description="model output name -> column of the prediction profile (or, without one, of the training "
+        "data) it is compared with, as JSON; default: the same name",
     )
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
             psi=self.psi_threshold, jensen_shannon=self.jensen_shannon_threshold,
             wasserstein=self.wasserstein_threshold, ks_p_value=self.ks_p_value,
-            chi_squared_p_value=self.chi_squared_p_value,
+            chi_squared_p_value=self.chi_squared_p_value, min_samples=self.min_samples,
         )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -314,3 +315,83 @@ def test_a_shifted_feature_breaches_and_an_unchanged_one_does_not(
             assert value["breached"] is False, f"unchanged {feature} breached {metric}: {value}"
         else:
             assert value["breached"] is True, f"shifted {feature} did not breach {metric}: {value}"
+
+
+def test_a_server_reporting_its_own_version_is_traced_and_its_outputs_drift_against_the_predictions(
+    kafka_bootstrap: str, topics: Topics, worker_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 14, items 7 and 11: a real scikit-learn job registers "1" (with its predictions on its
+    evaluation data and served_versions=["v1"]) through the producers; the server answers "v1"."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    from provline.producers import JobSettings, Lineage
+    from tests.mlflow_model import write_mlflow_model
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the run's code: this repository's commit
+    window_seconds = 10
+    worker = worker_factory("w", PROVLINE_DRIFT__WINDOW_S=str(window_seconds), PROVLINE_DRIFT__LATENESS_S="2")
+    rng = np.random.default_rng(8)
+
+    def data(size: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(0, 1, (size, 2))
+        return x, x @ np.array([2.0, -1.0]) + rng.normal(0, 2.0, size)
+
+    x_train, y_train = data(3_000)
+    x_eval, _ = data(2_000)
+    model = linear_model.LinearRegression().fit(x_train, y_train)
+    settings = JobSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix})
+    with Lineage(settings=settings, producer_name="train-price") as lineage:
+        with lineage.run("train", stage="training") as run:
+            run.use_dataset(pd.DataFrame(x_train, columns=["a", "b"]).assign(predict=y_train), name="houses")
+            registered = run.register_model(write_mlflow_model(tmp_path / "model", model), name="price", version="1",
+                                            signature={"inputs": ["a", "b"], "outputs": ["predict"]},
+                                            predictions=model.predict(x_eval), served_versions=["v1"])
+        lineage.deploy("price", "1", endpoint="/predict")
+
+    events = Events()
+    start = (int(time.time()) // window_seconds + 1) * window_seconds
+    at = datetime.fromtimestamp(start, UTC)
+    count = 400
+    x_live, _ = data(count)
+    predicted = model.predict(x_live)
+    messages: list[tuple[str, bytes]] = []
+    for i in range(count):
+        body = f'{{"i": {i}}}'.encode()
+        messages.append(events("InferenceRequest", {
+            "prediction_id": f"v-{i:04d}", "endpoint": "/predict", "method": "POST", "path": "/predict",
+            "body_size": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
+            "features": {"a": float(x_live[i, 0]), "b": float(x_live[i, 1])},
+        }, event_time=at))
+        messages.append(events("InferenceResponse", {
+            "prediction_id": f"v-{i:04d}", "endpoint": "/predict", "status": 200, "model_name": "price",
+            "model_version": "v1", "body_size": 2, "body_sha256": hashlib.sha256(b"{}").hexdigest(),
+            "latency_us": 1_000, "outputs": {"predict": float(predicted[i])},
+        }, event_time=at + timedelta(milliseconds=5)))
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
+    produce(producer, topics.inference, messages)
+
+    reader = TraceReader(kafka_bootstrap, [topics.traces, topics.drift])
+    traces: dict[str, dict[str, Any]] = {}
+    drift: dict[tuple[str, str], dict[str, Any]] = {}
+    expected_drift = {(f, m) for f in ("a", "b", "output:predict") for m in ("psi", "ks", "jensen_shannon",
+                                                                            "wasserstein")}
+    try:
+        deadline = time.monotonic() + TRACE_DEADLINE_SECONDS
+        while (len(traces) < count or not expected_drift <= set(drift)) and time.monotonic() < deadline:
+            worker.check_alive()
+            for topic, value in reader.poll():
+                if topic == topics.traces:
+                    traces[value["prediction_id"]] = value
+                else:
+                    drift[(value["feature"], value["metric"])] = value
+    finally:
+        reader.close()
+
+    assert len(traces) == count
+    incomplete = [t for t in traces.values() if not t["complete"]]
+    assert not incomplete, f"{len(incomplete)} traces incomplete, e.g. {incomplete[0]['missing']}"
+    assert {t["artifact_sha256"] for t in traces.values()} == {registered["artifact_sha256"]}
+    assert expected_drift <= set(drift), f"missing drift metrics: {sorted(expected_drift - set(drift))}"
+    breached = {key: value["value"] for key, value in drift.items() if value["breached"]}
+    assert not breached, f"in-distribution traffic breached {breached}"
+    output = drift[("output:predict", "psi")]
+    assert output["sample_size"] == count and output["baseline_dataset"] == registered["predictions_dataset"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from scipy import stats
@@ -235,7 +237,7 @@ def test_unusable_profiles_say_what_to_do() -> None:
 def test_accumulator_windows_merge_and_close_into_drift_metrics() -> None:
     known = profiles()
     lookups = {("churn", "1", name): ("d1", profile) for name, profile in known.items()}
-    accumulator = DriftAccumulator(lambda m, v, c: lookups.get((m, v, c)), window_us=60_000_000,
+    accumulator = DriftAccumulator(lambda m, v, c, output=False: lookups.get((m, v, c)), window_us=60_000_000,
                                    output_columns={"label": "plan"})
     t0 = 1_700_000_000_000_000
     for index in range(100):
@@ -259,3 +261,98 @@ def test_accumulator_windows_merge_and_close_into_drift_metrics() -> None:
     # every "plan" value is "gold", where the training data had 30% of them
     assert all(f["breached"] for f in fields if f["feature"] == "plan")
     assert all(f["sample_size"] == 200 and f["baseline_dataset"] == "d1" for f in fields)
+
+
+# --- issue 14: every row of a batch, a minimum sample size, outputs against the model's own predictions ----
+
+T0_US = 1_700_000_000_000_000
+WINDOW_US = 60_000_000
+
+
+def closed_window_fields(accumulator: DriftAccumulator, profile_of) -> list:
+    window = None
+    for partial in accumulator.drain():
+        window = merge_window(window, partial)
+    assert window is not None, "nothing was accumulated"
+    return drift_metric_fields(window, BaselineCache(profile_of), Thresholds(), window_us=WINDOW_US)
+
+
+def test_every_row_of_a_batch_trace_is_counted() -> None:
+    known = profiles()
+    accumulator = DriftAccumulator(lambda m, v, c, output=False: ("d1", known[c]) if c in known else None,
+                                   window_us=WINDOW_US)
+    rng = np.random.default_rng(5)
+    for request in range(10):
+        rows = [{"x": float(v)} for v in rng.normal(0, 1, 50)]
+        accumulator.add({"model_name": "churn", "model_version": "1", "request_time": T0_US + request,
+                         "features": rows[0], "feature_rows": rows, "outputs": {"plan": "gold"},
+                         "output_rows": [{"plan": "gold"}] * 50})
+    accumulator.add({"model_name": "churn", "model_version": "1", "request_time": T0_US, "features": {"x": 0.5},
+                     "outputs": {}})  # a trace of one row, without the row lists
+    fields = closed_window_fields(accumulator, lambda d, c: known.get(c))
+    sizes = {(f["feature"], f["sample_size"]) for f in fields}
+    assert sizes == {("x", 501), (OUTPUT_PREFIX + "plan", 500)}
+
+
+def test_a_small_window_is_reported_but_never_breached() -> None:
+    numeric = make_baseline(profiles()["x"])
+    far_away = summary_of([8.0] * 8, numeric)  # the user's case: 8 samples breached every metric
+    small = window_metrics(far_away, numeric, Thresholds())
+    assert [m.metric for m in small] == ["psi", "ks", "jensen_shannon", "wasserstein"]
+    assert small[0].value > 1 and not any(m.breached for m in small)
+    assert all(m.breached for m in window_metrics(far_away, numeric, Thresholds(min_samples=8)))
+    enough = summary_of([8.0] * 100, numeric)
+    assert all(m.breached for m in window_metrics(enough, numeric, Thresholds()))
+    categorical = make_baseline(profiles()["plan"])
+    assert not any(m.breached for m in window_metrics(summary_of(["diamond"] * 99, categorical), categorical,
+                                                      Thresholds()))
+
+
+def _drift_of_a_regressor(artifact: Path, *, with_predictions: bool) -> dict[str, dict]:
+    """A real scikit-learn regression job recorded through the producers, its events in a LineageIndex,
+    and in-distribution traffic's output drift: {metric: DriftMetric fields} of ``output:predict``."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    from provline.stream_processors.lineage import LineageIndex
+    from tests.helpers import decoded, memory_lineage
+
+    rng = np.random.default_rng(21)
+
+    def data(size: int) -> tuple[np.ndarray, np.ndarray]:
+        x = rng.normal(0, 1, (size, 3))
+        return x, x @ np.array([1.5, -0.5, 0.8]) + rng.normal(0, 2.0, size)  # much noise: labels spread wider
+
+    x_train, y_train = data(4_000)
+    x_eval, _ = data(2_000)
+    model = linear_model.LinearRegression().fit(x_train, y_train)
+    lineage = memory_lineage()
+    with lineage.run("train") as run:
+        frame = pd.DataFrame(x_train, columns=["a", "b", "c"]).assign(predict=y_train)  # the label
+        run.use_dataset(frame, name="train")
+        run.register_model(artifact, name="price", version="1", signature={"inputs": ["a", "b", "c"],
+                           "outputs": ["predict"]}, predictions=model.predict(x_eval) if with_predictions else None)
+    index = LineageIndex()
+    for kind, value in decoded(lineage.emitter):
+        index.ingest(kind, value)
+
+    accumulator = DriftAccumulator(index.baseline_of, window_us=WINDOW_US)
+    x_live, _ = data(1_000)  # the same distribution the model was trained and evaluated on
+    predicted = model.predict(x_live)
+    for i in range(0, 1_000, 50):
+        accumulator.add({"model_name": "price", "model_version": "1", "request_time": T0_US,
+                         "feature_rows": [dict(zip("abc", map(float, row), strict=True)) for row in x_live[i:i + 50]],
+                         "output_rows": [{"predict": float(p)} for p in predicted[i:i + 50]]})
+    fields = closed_window_fields(accumulator, index.profile)
+    return {f["metric"]: f for f in fields if f["feature"] == OUTPUT_PREFIX + "predict"}
+
+
+def test_an_in_distribution_regressor_does_not_breach_against_its_own_predictions(tmp_path: Path) -> None:
+    artifact = tmp_path / "model.pkl"
+    artifact.write_bytes(b"pickle")
+    against_predictions = _drift_of_a_regressor(artifact, with_predictions=True)
+    assert set(against_predictions) == {"psi", "ks", "jensen_shannon", "wasserstein"}
+    assert not any(m["breached"] for m in against_predictions.values()), against_predictions
+    assert all(m["sample_size"] == 1_000 for m in against_predictions.values())
+    # without a prediction profile, the label column is the baseline: predictions are narrower than labels
+    against_label = _drift_of_a_regressor(artifact, with_predictions=False)
+    assert against_label["psi"]["breached"] and against_label["psi"]["value"] > 0.1
+    assert against_label["psi"]["baseline_dataset"] != against_predictions["psi"]["baseline_dataset"]

@@ -126,3 +126,96 @@ def test_entries_round_trip_through_a_fresh_index() -> None:
 @pytest.mark.parametrize("kind", ["Evaluation", "Decision", "DatasetVersion"])
 def test_other_kinds_are_ignored(kind: str) -> None:
     assert LineageIndex().ingest(kind, {"event_id": "x", "event_time": T0}) == []
+
+
+# --- served versions (issue 14, item 11), signature names (item 6), prediction baselines (item 7) ---------
+
+
+def test_a_served_version_declared_by_the_model_version_resolves_to_it() -> None:
+    index = LineageIndex()
+    index.ingest("ModelVersion", {**model_version("1"), "served_versions": ["v1"]})
+    assert index.model("churn", "v1") == index.model("churn", "1")
+    served = index.model("churn", "v1")
+    assert served is not None and served.version == "1" and served.artifact_sha256 == "sha-1"
+    assert index.model("churn", "v2") is None and index.model("other", "v1") is None
+
+
+def test_a_served_version_declared_by_a_deployment_resolves_to_the_deployed_version() -> None:
+    index = LineageIndex()
+    index.ingest("ModelVersion", model_version("3"))
+    index.ingest("Deployment", {**deployment("3", 10), "served_versions": ["v1"]})
+    model = index.model("churn", "v1")
+    assert model is not None and model.version == "3"
+    # the server's version string finds the deployment that put the registered version on the endpoint
+    found = index.last_deployment_of("/predict", "churn", "v1", at(20))
+    assert found is not None and found.model_version == "3"
+    assert index.deployment_at("/predict", at(20)).model_version == "3"  # unchanged meaning
+
+
+def test_the_latest_declaration_wins_and_a_registered_version_is_never_shadowed() -> None:
+    index = LineageIndex()
+    index.ingest("ModelVersion", {**model_version("1"), "served_versions": ["v1"]})
+    index.ingest("ModelVersion", {**model_version("2"), "event_time": at(50), "served_versions": ["v1", "1"]})
+    assert index.model("churn", "v1").version == "2"
+    assert index.model("churn", "1").version == "1"  # "1" is registered: it names itself
+    entries = index.ingest("Deployment", {**deployment("1", 100), "served_versions": ["v1"]})
+    assert index.model("churn", "v1").version == "1"
+    index.apply(entries[0][0], None)  # the declaration goes with its entry
+    assert index.model("churn", "v1").version == "2"
+
+
+def test_served_versions_and_signature_names_survive_the_changelog() -> None:
+    source = LineageIndex()
+    entries = [
+        *source.ingest("ModelVersion", {**model_version("1"), "served_versions": ["v1"],
+                                        "input_names": ["a", "b"], "output_names": ["predict"]}),
+        *source.ingest("Deployment", {**deployment("1", 10), "served_versions": ["r1"]}),
+    ]
+    mirror = LineageIndex()
+    for key, value in reversed(entries):
+        mirror.apply(key, value)
+    for version in ("1", "v1", "r1"):
+        model = mirror.model("churn", version)
+        assert model == source.model("churn", "1") and model is not None
+        assert (model.input_names, model.output_names) == (("a", "b"), ("predict",))
+    # an entry written by an older provline has none of the new keys
+    old = LineageIndex()
+    old.apply("model/churn@1", {k: v for k, v in entries[0][1].items()
+                                if k not in ("input_names", "output_names", "served_versions", "event_time_us")})
+    assert old.model("churn", "1").input_names == () and old.model("churn", "v1") is None
+
+
+def profiled(digest: str, column: str, mean: float) -> dict[str, Any]:
+    return {"event_id": f"ds-{digest}", "event_time": at(0), "name": digest, "digest": digest, "profiles": [
+        {"column": column, "kind": "NUMERIC", "count": 10, "null_count": 0, "quantiles": [0.0, 1.0],
+         "bin_edges": [0.0, 1.0], "bin_counts": [10], "categories": {}, "mean": mean, "std": 1.0}]}
+
+
+def test_outputs_are_compared_with_the_prediction_profile_and_inputs_with_the_training_data() -> None:
+    index = LineageIndex()
+    index.ingest("DatasetVersion", {**profiled("ds-1", "price", 100.0),
+                                    "profiles": [*profiled("ds-1", "price", 100.0)["profiles"],
+                                                 *profiled("ds-1", "x", 0.0)["profiles"]]})
+    index.ingest("ModelVersion", model_version("1"))
+    # no prediction profile yet: the output falls back to the training column of its name (the label)
+    assert index.baseline_of("churn", "1", "price", output=True)[0] == "ds-1"
+    index.ingest("DatasetVersion", profiled("preds-1", "price", 101.0))
+    index.ingest("Evaluation", {"event_id": "ev-1", "event_time": at(5), "model_name": "churn",
+                                "model_version": "1", "predictions_dataset": "preds-1"})
+    digest, profile = index.baseline_of("churn", "1", "price", output=True)
+    assert digest == "preds-1" and profile["mean"] == 101.0
+    assert index.baseline_of("churn", "1", "price")[0] == "ds-1"  # an input of that name: the training data
+    assert index.baseline_of("churn", "1", "x", output=True) is None  # never the label once predictions exist
+    assert index.baseline_of("churn", "1", "x")[0] == "ds-1"
+
+
+def test_the_latest_prediction_profile_wins_whatever_the_arrival_order() -> None:
+    index = LineageIndex()
+    index.ingest("ModelVersion", {**model_version("1"), "served_versions": ["v1"]})
+    for digest in ("late", "early"):
+        index.ingest("DatasetVersion", profiled(digest, "y", 1.0))
+    index.ingest("Evaluation", {"event_id": "e2", "event_time": at(20), "model_name": "churn",
+                                "model_version": "1", "predictions_dataset": "late"})
+    assert index.ingest("ModelVersion", {**model_version("1"), "event_time": at(10), "served_versions": ["v1"],
+                                         "predictions_dataset": "early"})[1:] == []
+    assert index.baseline_of("churn", "v1", "y", output=True)[0] == "late"

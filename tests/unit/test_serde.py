@@ -22,7 +22,7 @@ def deployment(**overrides: object) -> dict:
     value = {
         **new_envelope(producer_identity("test", "session-1"), event_time=datetime(2026, 1, 2, 3, 4, 5, 6, UTC)),
         "model_name": "churn", "model_version": "3", "environment": "production",
-        "endpoint": "/predict", "action": "DEPLOY", "reason": None, "previous_version": "2",
+        "endpoint": "/predict", "action": "DEPLOY", "reason": None, "previous_version": "2", "served_versions": [],
     }
     value.update(overrides)
     return value
