@@ -37,6 +37,7 @@ from enum import Enum
 from typing import Any, Literal, Required, TypedDict
 
 from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.signature import named_row
 from provline.stream_processors.traces import stable_event_id
 
 REQUEST = "InferenceRequest"
@@ -194,7 +195,10 @@ def build_trace(
 
     ``request`` and ``response`` are decoded InferenceRequest / InferenceResponse values; at least
     one must be given. The model is the version the response named, else the one deployed to the
-    endpoint at request time (response time when there is no request). ``complete`` is true when
+    endpoint at request time (response time when there is no request), resolved to its registered
+    version (a server may report one of the ModelVersion's ``served_versions``; the trace then keeps
+    the reported string as ``served_version``). Positional features and outputs (a single V2 tensor's
+    ``input-0[0]``...) are named after the model's signature when it is known. ``complete`` is true when
     both halves and the lineage (model version, its artifact, and its training run's code) are
     known and the deployment that put the model on the endpoint is found; otherwise ``missing``
     names the first thing absent: request, response, lineage, then deployment.
@@ -211,10 +215,13 @@ def build_trace(
         response and response.get("model_name"), deployed and deployed.model_name,
         request and request.get("model_name"),
     )
-    model_version = _first_not_none(
+    reported_version = _first_not_none(
         response and response.get("model_version"), deployed and deployed.model_version,
         request and request.get("model_version"),
     )
+    # the server may report another string than the registered version (MLServer's "v1" for "1")
+    model = lineage.model(model_name, reported_version) if model_name and reported_version else None
+    model_version = model.version if model is not None else reported_version
     deployment = deployed
     if deployed is not None and (deployed.model_name, deployed.model_version) != (model_name, model_version):
         # the response named another version than the one deployed at request time (a canary, or
@@ -224,10 +231,10 @@ def build_trace(
             if model_name is not None and model_version is not None else None
         )
 
-    model = lineage.model(model_name, model_version) if model_name and model_version else None
     code = lineage.code(model.run_id) if model is not None and model.run_id else None
     lineage_known = model is not None and (model.run_id is None or code is not None)
 
+    inputs, outputs = (model.input_names, model.output_names) if model is not None else ((), ())
     missing: str | None = None
     if request is None:
         missing = "request"
@@ -261,13 +268,15 @@ def build_trace(
         "deployment_event_id": deployment.event_id if deployment is not None else None,
         "request_event_id": request["event_id"] if request is not None else None,
         "response_event_id": response["event_id"] if response is not None else None,
-        "features": dict(request.get("features") or {}) if request is not None else {},
-        "outputs": dict(response.get("outputs") or {}) if response is not None else {},
-        "feature_rows": [dict(row) for row in request.get("feature_rows") or []] if request is not None else [],
-        "output_rows": [dict(row) for row in response.get("output_rows") or []] if response is not None else [],
+        "features": named_row(request.get("features") or {}, inputs) if request is not None else {},
+        "outputs": named_row(response.get("outputs") or {}, outputs) if response is not None else {},
+        "feature_rows": [named_row(row, inputs) for row in request.get("feature_rows") or []]
+        if request is not None else [],
+        "output_rows": [named_row(row, outputs) for row in response.get("output_rows") or []]
+        if response is not None else [],
         "row_count": int(request["row_count"]) if request is not None and request.get("row_count") is not None else 1,
         "request_id": _first_not_none(request and request.get("request_id"), response and response.get("request_id")),
-        "served_version": None,
+        "served_version": reported_version if model is not None and reported_version != model.version else None,
     }
 
 

@@ -239,3 +239,28 @@ def test_a_trace_whose_model_is_known_but_whose_deployment_is_not_is_missing_its
     trace = build_trace(request(100), response(100.2, model_name="churn", model_version="2"), index)
     assert trace["model_version"] == "2" and trace["deployment_event_id"] is None
     assert trace["complete"] is False and trace["missing"] == "deployment"
+
+
+def test_a_served_version_resolves_to_the_registered_one_and_positional_columns_take_signature_names() -> None:
+    """Issue 14, items 11 and 6: MLServer reports "v1" for the registered "1", and a single V2 tensor
+    gives input-0[0]..input-0[3], which never matched the training columns."""
+    index = LineageIndex()
+    index.ingest("RunEvent", {"event_time": at(0), "run_id": "run-1", "code": {"repo": "r", "commit": "c"}})
+    index.ingest("ModelVersion", {"event_time": at(0), "model_name": "iris", "version": "1", "artifact_uri": "u",
+                                  "artifact_sha256": "s", "run_id": "run-1", "datasets": ["d"], "feature_sets": [],
+                                  "served_versions": ["v1"], "input_names": ["sl", "sw", "pl", "pw"],
+                                  "output_names": ["species"]})
+    index.ingest("Deployment", {"event_id": "dep-1", "event_time": at(1), "model_name": "iris", "model_version": "1",
+                                "environment": "prod", "endpoint": "/v2/models/iris/infer", "action": "DEPLOY"})
+    rows = [{f"input-0[{i}]": float(i + row) for i in range(4)} for row in range(2)]
+    trace = build_trace(
+        request(100, endpoint="/v2/models/iris/infer", features=rows[0], feature_rows=rows, row_count=2),
+        response(100.2, endpoint="/v2/models/iris/infer", model_name="iris", model_version="v1",
+                 outputs={"predict": 0.0}, output_rows=[{"predict": 0.0}, {"predict": 2.0}]),
+        index,
+    )
+    assert (trace["model_version"], trace["served_version"], trace["complete"]) == ("1", "v1", True)
+    assert trace["deployment_event_id"] == "dep-1" and trace["training_run_id"] == "run-1"
+    assert trace["features"] == {"sl": 0.0, "sw": 1.0, "pl": 2.0, "pw": 3.0}
+    assert trace["feature_rows"][1] == {"sl": 1.0, "sw": 2.0, "pl": 3.0, "pw": 4.0} and trace["row_count"] == 2
+    assert trace["outputs"] == {"species": 0.0} and trace["output_rows"][1] == {"species": 2.0}
