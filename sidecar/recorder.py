@@ -29,11 +29,21 @@ from provline.sidecar.events import (
     request_fields,
     response_fields,
 )
-from provline.sidecar.headers import CLIENT_ID_HEADER, MODEL_VERSION_HEADER, Header, first
+from provline.sidecar.headers import (
+    CLIENT_ID_HEADER,
+    CONTENT_ENCODING_HEADER,
+    MODEL_VERSION_HEADER,
+    REPLY_REQUEST_ID_HEADERS,
+    REQUEST_ID_HEADER,
+    Header,
+    first,
+    first_of,
+)
 from provline.sidecar.metrics import DEGRADED_RECORDS, EVENT_ERRORS
-from provline.sidecar.model_version import ModelVersionResolver
+from provline.sidecar.model_version import ModelMetadata, ModelVersionResolver
 from provline.sidecar.payload import ObservedBody
 from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor
+from provline.sidecar.routes import classify
 
 log = logging.getLogger("provline.sidecar")
 
@@ -56,6 +66,9 @@ class Exchange:
     reply: ObservedBody | bytes = b""
     upstream_ns: int = 0
     error: UpstreamError | None = None
+    # Whether upstream and client are told the prediction id: not for a known non-inference call
+    # (health, metadata) that is not recorded, which is relayed as it is.
+    announced: bool = True
 
 
 class Recorder:
@@ -133,24 +146,31 @@ class Recorder:
         """Both events' fields, with bodies captured per the exchange's mode; fills ``known`` as it goes."""
         scope, capture = exchange.scope, self._capture
         client_headers: list[Header] = scope["headers"]
+        route = classify(scope["method"], scope["path"])
         version_header = _text(first(exchange.headers, MODEL_VERSION_HEADER))
         known.endpoint = endpoint = self._endpoint(scope)
-        known.model_name = model_name = self._model_name or self._resolver.model_name(scope["path"], endpoint)
+        known.model_name = model_name = self._model_name or self._resolver.model_name(route, endpoint)
         key = self._redactor.digest_key(exchange.capture)
         request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
         client_id, traceparent = self._recorded_headers(exchange)
         request_type = _text(first(client_headers, b"content-type"))
+        request_encoding, reply_encoding = _encodings(exchange)
+        metadata = (await self._resolver.metadata(route) if exchange.capture != "hash-only"
+                    else ModelMetadata())  # names for a single 2-D tensor's columns
         request_record = describe_body(
             request, request_type, mode=exchange.capture, rules=self._policy.inputs,
-            redactor=self._redactor, capture=capture, role="input",
+            redactor=self._redactor, capture=capture, role="input", content_encoding=request_encoding,
+            names=metadata.inputs,
         )
         reply_record = describe_body(
             reply, _text(first(exchange.headers, b"content-type")), mode=exchange.capture,
             rules=self._policy.outputs, redactor=self._redactor, capture=capture, role="output",
+            content_encoding=reply_encoding, batch_hint=request_record.row_count or None, names=metadata.outputs,
         )
         known.model_version = model_version = await self._resolver.resolve(
-            header=version_header, reply_version=reply_record.model_version, path=scope["path"], endpoint=endpoint,
+            header=version_header, reply_version=reply_record.model_version, route=route, endpoint=endpoint,
         )
+        request_id, reply_id = self._request_ids(exchange, request_record.request_id, reply_record.request_id)
         return [
             ("InferenceRequest", request_fields(
                 prediction_id=exchange.prediction_id,
@@ -164,6 +184,8 @@ class Recorder:
                 traceparent=traceparent,
                 model_name=model_name,
                 model_version=model_version,
+                request_id=request_id,
+                content_encoding=request_encoding,
             )),
             ("InferenceResponse", response_fields(
                 prediction_id=exchange.prediction_id,
@@ -175,6 +197,8 @@ class Recorder:
                 model_version=model_version,
                 latency_us=exchange.upstream_ns // 1000,
                 error=exchange.error.reason if exchange.error else None,
+                request_id=reply_id,
+                content_encoding=reply_encoding,
             )),
         ]
 
@@ -185,8 +209,8 @@ class Recorder:
         if known.model_version is None:  # recording failed before the version was resolved
             with contextlib.suppress(Exception):
                 known.model_version = self._resolver.known(
-                    header=_text(first(exchange.headers, MODEL_VERSION_HEADER)), path=exchange.scope["path"],
-                    endpoint=known.endpoint,
+                    header=_text(first(exchange.headers, MODEL_VERSION_HEADER)),
+                    route=classify(exchange.scope["method"], exchange.scope["path"]), endpoint=known.endpoint,
                 )
         # No traceback: hostile bodies must not turn into a flood of them; the reason names the exception.
         log.warning("provline sidecar recorded prediction %s without its bodies: %s", exchange.prediction_id,
@@ -194,8 +218,9 @@ class Recorder:
         try:
             client_id, traceparent = self._recorded_headers(exchange)
             key = self._redactor.digest_key(exchange.capture)
+            request_ids = self._request_ids(exchange, None, None)
             for kind, fields in degraded_pair(exchange, known, reason, key=key, client_id=client_id,
-                                              traceparent=traceparent):
+                                              traceparent=traceparent, request_ids=request_ids):
                 if kind not in emitted:
                     self.emitter.emit(kind, fields)
                     emitted.add(kind)
@@ -217,6 +242,20 @@ class Recorder:
                 redactor.header(rules.named("traceparent"), exchange.traceparent))
 
 
+    def _request_ids(self, exchange: Exchange, request_body_id: str | None,
+                     reply_body_id: str | None) -> tuple[str | None, str | None]:
+        """The request ids the two events record: a KServe V2 body's own ``id``, else the request's
+        X-Request-ID header (the reply's ce-requestid, ce-id or X-Request-ID); as sent in ``full``
+        mode, else under the stronger of the policy's rules for the x-request-id header and a body ``id``."""
+        request_id = request_body_id or _text(first(exchange.scope["headers"], REQUEST_ID_HEADER))
+        reply_id = reply_body_id or _text(first_of(exchange.headers, REPLY_REQUEST_ID_HEADERS))
+        if exchange.capture not in KEYED_MODES:
+            return request_id, reply_id
+        policy, redactor = self._policy, self._redactor
+        return (redactor.header(policy.request_id_action(policy.inputs), request_id),
+                redactor.header(policy.request_id_action(policy.outputs), reply_id))
+
+
 @dataclass(slots=True)
 class _Known:
     """What the recorder learnt of an exchange before recording it failed: kept in a degraded record."""
@@ -228,14 +267,15 @@ class _Known:
 
 def degraded_pair(
     exchange: Exchange, known: _Known, reason: str, *, key: bytes | None, client_id: str | None,
-    traceparent: str | None,
+    traceparent: str | None, request_ids: tuple[str | None, str | None] = (None, None),
 ) -> list[tuple[str, dict[str, Any]]]:
     """The two events of an exchange whose bodies could not be captured: ids, endpoint, method and
-    path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers; no
-    body, features or outputs; ``reason`` says why."""
+    path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers and
+    request ids; no body, features or outputs (no rows); ``reason`` says why."""
     scope = exchange.scope
     client_headers: list[Header] = scope.get("headers", [])
     request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
+    request_encoding, reply_encoding = _encodings(exchange)
     error = f"{exchange.error.reason}; {reason}" if exchange.error else reason
     return [
         ("InferenceRequest", request_fields(
@@ -243,12 +283,13 @@ def degraded_pair(
             model_version=known.model_version, method=str(scope.get("method", "")), path=str(scope.get("path", "")),
             observed=request, record=BodyRecord(error=reason),
             content_type=_text(first(client_headers, b"content-type")),
-            client_id=client_id, traceparent=traceparent,
+            client_id=client_id, traceparent=traceparent, request_id=request_ids[0], content_encoding=request_encoding,
         )),
         ("InferenceResponse", response_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, status=exchange.status, observed=reply, record=BodyRecord(),
-            latency_us=exchange.upstream_ns // 1000, error=error,
+            latency_us=exchange.upstream_ns // 1000, error=error, request_id=request_ids[1],
+            content_encoding=reply_encoding,
         )),
     ]
 
@@ -256,6 +297,12 @@ def degraded_pair(
 def _observed(body: ObservedBody | bytes, key: bytes | None) -> ObservedBody:
     """A body held whole digested now (keyed with ``key``); a streamed one was digested as it passed."""
     return body if isinstance(body, ObservedBody) else ObservedBody.whole(body, key=key)
+
+
+def _encodings(exchange: Exchange) -> tuple[str | None, str | None]:
+    """The Content-Encoding of the request and of the reply."""
+    return (_text(first(exchange.scope.get("headers", []), CONTENT_ENCODING_HEADER)),
+            _text(first(exchange.headers, CONTENT_ENCODING_HEADER)))
 
 
 def _text(value: bytes | None) -> str | None:
