@@ -298,10 +298,9 @@ def metadata_columns(document: Any, role: Role, names: tuple[str, ...]) -> Colum
 
 def request_id(document: Any) -> str | None:
     """A KServe V2 request's or reply's own ``id``."""
-    if isinstance(document, dict) and _is_tensor_list(document.get("inputs") or document.get("outputs")):
-        found = document.get("id")
-        if isinstance(found, str) and found:
-            return valid_text(found)
+    found = document.get("id") if isinstance(document, dict) else None  # most bodies have none: the cheap test first
+    if isinstance(found, str) and found and _is_tensor_list(document.get("inputs") or document.get("outputs")):
+        return valid_text(found)
     return None
 
 
