@@ -52,13 +52,14 @@ def first(headers: Iterable[Header], name: bytes) -> bytes | None:
     return None
 
 
-def first_of(headers: Sequence[Header], names: Sequence[bytes]) -> bytes | None:
-    """The first value of the first of ``names`` (lower case, in order of preference) that ``headers`` has."""
-    for name in names:
-        value = first(headers, name)
-        if value is not None:
-            return value
-    return None
+def firsts(headers: Iterable[Header], names: frozenset[bytes]) -> dict[bytes, str]:
+    """The first value of each of ``names`` (lower case) that ``headers`` has, as text; one pass."""
+    found: dict[bytes, str] = {}
+    for key, value in headers:
+        name = key.lower()
+        if name in names and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
