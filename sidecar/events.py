@@ -22,12 +22,15 @@ from typing import Any
 from provline.sidecar.errors import RedactionError
 from provline.sidecar.payload import (
     DEFAULT_MAX_FEATURES,
+    DEFAULT_MAX_ROWS,
     NotParsed,
     ObservedBody,
     Role,
-    Scalar,
+    Row,
     extract_features,
+    metadata_columns,
     parse_json,
+    request_id,
     valid_text,
 )
 from provline.sidecar.policy import FieldRules, Mode, Redactor
@@ -41,7 +44,8 @@ class Capture:
 
     max_capture_bytes: int
     max_parse_bytes: int
-    max_features: int = DEFAULT_MAX_FEATURES
+    max_features: int = DEFAULT_MAX_FEATURES  # per row
+    max_rows: int = DEFAULT_MAX_ROWS
 
     @property
     def keep_bytes(self) -> int:
@@ -55,30 +59,49 @@ class BodyRecord:
 
     body: bytes | None = None
     truncated: bool = False
-    values: dict[str, Scalar] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)  # extracted values of each captured row, row 0 first
+    row_count: int = 0  # rows the body had: 0 when it was not parsed
     error: str | None = None
     model_version: str | None = None  # a KServe V2 reply's own ``model_version``
+    request_id: str | None = None  # a KServe V2 body's own ``id``, as sent: the recorder redacts it
+
+    @property
+    def values(self) -> Row:
+        """Row 0, the event's ``features`` / ``outputs``."""
+        return self.rows[0] if self.rows else {}
+
+    @property
+    def rows_truncated(self) -> bool:
+        return self.row_count > len(self.rows)
 
 
 def describe_body(
     observed: ObservedBody, content_type: str | None, *, mode: Mode, rules: FieldRules, redactor: Redactor,
-    capture: Capture, role: Role,
+    capture: Capture, role: Role, content_encoding: str | None = None, batch_hint: int | None = None,
+    names: tuple[str, ...] = (),
 ) -> BodyRecord:
-    """Captured bytes, features and parse error of one body under ``mode``; never raises for bad input.
+    """Captured bytes, feature rows and parse error of one body under ``mode``; never raises for bad input.
+
+    ``content_encoding``: the body's ``Content-Encoding``, decoded (bounded) for parsing; the captured
+    bytes of ``full`` mode are those exchanged. ``batch_hint``: for a reply, the request's row count.
+    ``names``: the model metadata's input (output) names, for the columns of a single 2-D tensor.
 
     In ``redacted`` mode with rules for this direction, a body that is not a complete JSON document
     is not captured at all: what cannot be parsed cannot be redacted.
     """
     if mode == "hash-only":
         return BodyRecord()
-    document = parse_json(observed.head, content_type, size=observed.size, max_parse_bytes=capture.max_parse_bytes)
+    document = parse_json(observed.head, content_type, size=observed.size, max_parse_bytes=capture.max_parse_bytes,
+                          content_encoding=content_encoding)
     parsed = not isinstance(document, NotParsed)
     error = document.error if isinstance(document, NotParsed) else None
+    columns = metadata_columns(document, role, names) if parsed and names else {}
+    own_id = request_id(document) if parsed else None
     if mode == "redacted" and rules:
         if not parsed:
             return BodyRecord(error=f"{error}; {REDACTION_NEEDS_JSON}")
         try:
-            document = redactor.redact(document, rules)
+            document = redactor.redact(document, rules.naming(columns) if columns else rules)
         except RedactionError as exc:
             return BodyRecord(error=f"{exc}; {REDACTION_NEEDS_JSON}")
         text = valid_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False)).encode()
@@ -88,10 +111,11 @@ def describe_body(
         truncated = observed.size > capture.max_capture_bytes
     if not parsed:
         return BodyRecord(body=body, truncated=truncated, error=error)
-    extraction = extract_features(document, role=role, max_features=capture.max_features)
+    extraction = extract_features(document, role=role, max_features=capture.max_features, max_rows=capture.max_rows,
+                                  batch_hint=batch_hint, columns=columns)
     version = _model_version(document) if role == "output" else None  # after redaction, which may drop it
-    return BodyRecord(body=body, truncated=truncated, values=extraction.values, error=extraction.error,
-                      model_version=version)
+    return BodyRecord(body=body, truncated=truncated, rows=extraction.rows, row_count=extraction.row_count,
+                      error=extraction.error, model_version=version, request_id=own_id)
 
 
 def _model_version(document: Any) -> str | None:
@@ -111,7 +135,7 @@ def _text(value: str | None) -> str | None:
     return None if value is None else valid_text(value)
 
 
-def _values(values: dict[str, Scalar]) -> dict[str, Scalar]:
+def _values(values: Row) -> Row:
     return {valid_text(k): valid_text(v) if isinstance(v, str) else v for k, v in values.items()}
 
 
@@ -128,8 +152,11 @@ def request_fields(
     traceparent: str | None,
     model_name: str | None,
     model_version: str | None,
+    request_id: str | None = None,
+    content_encoding: str | None = None,
 ) -> dict[str, Any]:
     """InferenceRequest fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
+    rows = [_values(row) for row in record.rows]
     return {
         "prediction_id": valid_text(prediction_id),
         "endpoint": valid_text(endpoint),
@@ -142,10 +169,15 @@ def request_fields(
         "body_sha256": observed.digest,
         "body": record.body,
         "body_truncated": record.truncated,
-        "features": _values(record.values),
+        "features": rows[0] if rows else {},
         "parse_error": _text(record.error),
         "client_id": _text(client_id),
         "traceparent": _text(traceparent),
+        "feature_rows": rows,
+        "row_count": record.row_count,
+        "rows_truncated": record.rows_truncated,
+        "request_id": _text(request_id),
+        "content_encoding": _text(content_encoding),
     }
 
 
@@ -160,8 +192,11 @@ def response_fields(
     model_version: str | None,
     latency_us: int,
     error: str | None,
+    request_id: str | None = None,
+    content_encoding: str | None = None,
 ) -> dict[str, Any]:
     """InferenceResponse fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
+    rows = [_values(row) for row in record.rows]
     return {
         "prediction_id": valid_text(prediction_id),
         "endpoint": valid_text(endpoint),
@@ -172,7 +207,12 @@ def response_fields(
         "body_sha256": observed.digest,
         "body": record.body,
         "body_truncated": record.truncated,
-        "outputs": _values(record.values),
+        "outputs": rows[0] if rows else {},
         "latency_us": latency_us,
         "error": _text(error),
+        "output_rows": rows,
+        "row_count": record.row_count,
+        "rows_truncated": record.rows_truncated,
+        "request_id": _text(request_id),
+        "content_encoding": _text(content_encoding),
     }

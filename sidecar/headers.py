@@ -23,6 +23,9 @@ MODEL_VERSION_HEADER = b"x-model-version"
 REQUEST_ID_HEADER = b"x-request-id"
 CLIENT_ID_HEADER = b"x-client-id"
 TRACEPARENT_HEADER = b"traceparent"
+CONTENT_ENCODING_HEADER = b"content-encoding"
+# Where a reply names its request id: MLServer's CloudEvents headers, then a plain X-Request-ID.
+REPLY_REQUEST_ID_HEADERS = (b"ce-requestid", b"ce-id", REQUEST_ID_HEADER)
 
 # The proxy computes these itself from the bytes it forwards, or has already acted on them:
 # the body was read in full, so an ``Expect: 100-continue`` handshake with the upstream is moot.
@@ -47,6 +50,16 @@ def first(headers: Iterable[Header], name: bytes) -> bytes | None:
         if key.lower() == name:
             return value
     return None
+
+
+def firsts(headers: Iterable[Header], names: frozenset[bytes]) -> dict[bytes, str]:
+    """The first value of each of ``names`` (lower case) that ``headers`` has, as text; one pass."""
+    found: dict[bytes, str] = {}
+    for key, value in headers:
+        name = key.lower()
+        if name in names and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
 
 
 def connection_options(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -79,10 +92,11 @@ def upstream_request_headers(
     client_ip: str | None,
     scheme: str,
     traceparent: str,
-    prediction_id: str,
+    prediction_id: str | None,
     content_length: bytes | None = None,
 ) -> list[Header]:
-    """Headers the upstream receives: the client's end-to-end headers and the proxy's own.
+    """Headers the upstream receives: the client's end-to-end headers and the proxy's own
+    (``X-Prediction-ID`` only with a ``prediction_id``).
 
     ``content_length``: the client's declared length, for a body streamed on to the upstream
     (a body held whole gets its length from the HTTP client).
@@ -119,22 +133,25 @@ def upstream_request_headers(
     if not has_host and original_host:
         out.append((b"x-forwarded-host", original_host))
     out.append((TRACEPARENT_HEADER, traceparent.encode("ascii")))
-    out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
+    if prediction_id is not None:
+        out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
     if content_length is not None:
         out.append((b"content-length", content_length))
     return out
 
 
 def downstream_response_headers(
-    upstream_headers: Sequence[Header], *, prediction_id: str, model_version: str | None
+    upstream_headers: Sequence[Header], *, prediction_id: str | None, model_version: str | None
 ) -> list[Header]:
-    """Headers the client receives: the upstream's end-to-end headers plus prediction id and model version."""
+    """Headers the client receives: the upstream's end-to-end headers plus prediction id (when there is
+    one) and model version."""
     drop = _NOT_FORWARDED_ON_RESPONSE
     if first(upstream_headers, b"connection") is not None:
         drop = drop | connection_options(upstream_headers)
     out = [(k, v) for k, v in upstream_headers if k.lower() not in drop]
     add_version = model_version and first(out, MODEL_VERSION_HEADER) is None
-    out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
+    if prediction_id is not None:
+        out.append((PREDICTION_ID_HEADER, prediction_id.encode("ascii")))
     if add_version:
         out.append((MODEL_VERSION_HEADER, model_version.encode("latin-1")))  # type: ignore[union-attr]
     return out

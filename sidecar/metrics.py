@@ -41,6 +41,12 @@ REFUSED_REQUESTS = Counter(
 SAMPLED_OUT = Counter(
     "provline_sidecar_sampled_out_total", "Predictions proxied (with an id) but not recorded, by sampling"
 )
+NON_INFERENCE = Counter(
+    "provline_sidecar_non_inference_total",
+    "Known non-inference calls relayed (health, metadata, repository, metrics: sidecar/routes.py), by route "
+    "kind; recorded only with PROVLINE_SIDECAR__RECORD_NON_INFERENCE",
+    ["kind"],
+)
 UPSTREAM_ABORTED = Counter(
     "provline_sidecar_upstream_aborted_total", "Streamed replies cut off because the upstream failed mid-body"
 )

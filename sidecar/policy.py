@@ -21,11 +21,14 @@ Pure logic apart from :func:`load_policy`, which reads the YAML file::
         sample_rate: 0.1
 
 Names match case-insensitively. A field name matches that key at any depth of a JSON body, a
-KServe V2 tensor of that name (in ``inputs`` and ``outputs``: its data and its parameters), and a
-``dataframe_split`` column of that name; a dotted name (``customer.email``) matches keys whose
-path ends with it, at any depth (list levels are skipped: ``instances[0].customer.email``). A
-string value that is itself JSON is parsed, redacted inside and serialised again. Headers: only
-those the sidecar records may be named (:data:`RECORDED_HEADERS`).
+KServe V2 tensor of that name (in ``inputs`` and ``outputs``: its data and its parameters), a
+column of a single 2-D tensor that the model's KServe V2 metadata gives that name (its cells; a
+dropped cell becomes null, so the tensor keeps its shape), and a ``dataframe_split`` column of
+that name; a dotted name (``customer.email``) matches keys whose path ends with it, at any depth
+(list levels are skipped: ``instances[0].customer.email``). A string value that is itself JSON is
+parsed, redacted inside and serialised again. Headers: only those the sidecar records may be
+named (:data:`RECORDED_HEADERS`); the request ids events record (``request_id``) follow the
+stronger of the rules for the ``x-request-id`` header and for a top-level body field ``id``.
 
 Modes: ``full`` records the body as sent (up to the size cap) and the headers as sent;
 ``redacted`` records the body with the policy applied, and nothing of a body that cannot be
@@ -99,6 +102,8 @@ class FieldRules:
     """
 
     actions: dict[str, Action] = field(default_factory=dict)
+    # tensor name -> the names of its columns, from the model's metadata (payload.metadata_columns)
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     _dotted: dict[str, tuple[tuple[tuple[str, ...], Action], ...]] = field(
         init=False, repr=False, compare=False, default_factory=dict)
 
@@ -125,6 +130,10 @@ class FieldRules:
 
     def __bool__(self) -> bool:
         return bool(self.actions)
+
+    def naming(self, columns: dict[str, tuple[str, ...]]) -> FieldRules:
+        """These rules, applied also to the columns of tensors ``columns`` names (tensor -> column names)."""
+        return FieldRules(self.actions, columns)
 
     def named(self, name: str) -> Action | None:
         """The action for a tensor, column or header called ``name``."""
@@ -191,6 +200,14 @@ class Policy:
         if keyed:
             return f"records in {' and '.join(keyed)} mode, whose body digests are keyed"
         return None
+
+    def request_id_action(self, body: FieldRules) -> Action | None:
+        """How a recorded request id is redacted: the stronger of the ``headers`` rule for x-request-id and
+        the ``body`` rule for a top-level ``id`` (a model server echoes one as the other)."""
+        header, field_rule = self.headers.named("x-request-id"), body.action(("id",))
+        if header is None or field_rule is None:
+            return header or field_rule
+        return _stronger(header, field_rule)
 
     def decide(self, method: str, path: str, *, default_capture: Mode, default_rate: float) -> RouteDecision:
         """Capture mode and sampling rate for one request: the first matching route, else the defaults."""
@@ -313,6 +330,7 @@ class Redactor:
         if not isinstance(node, dict):
             return node
         tensor_action = rules.named(node["name"]) if _is_tensor(node) else None
+        cell_actions = _tensor_column_actions(node, rules) if tensor_action is None and rules.columns else {}
         split_actions = _column_actions(node, rules)
         result: dict[str, Any] = {}
         for key, value in node.items():
@@ -324,6 +342,8 @@ class Redactor:
                 result[key] = self._apply(action, value)
             elif tensor_action is not None and key in ("data", "parameters"):
                 result[key] = self._leaves(tensor_action, value)
+            elif cell_actions and key == "data":
+                result[key] = self._cells(value, cell_actions, len(rules.columns[node["name"]]))
             elif split_actions and key in ("columns", "data"):
                 result[key] = self._split(key, value, split_actions)
             else:
@@ -344,6 +364,24 @@ class Redactor:
         if redacted == inner:
             return text
         return json.dumps(redacted, separators=(",", ":"), ensure_ascii=False)
+
+    def _cells(self, data: Any, actions: dict[int, Action], width: int) -> Any:
+        """Redact the columns of a 2-D tensor's data by position: rows of ``width`` values, or a flat list
+        of them; a dropped cell becomes null, so the data keeps its shape."""
+        if not isinstance(data, list):
+            return self._apply("mask", data)  # malformed: do not risk leaking it
+        out = []
+        for index, item in enumerate(data):
+            if isinstance(item, list):
+                out.append([self._cell(actions.get(column), cell) for column, cell in enumerate(item)])
+            else:
+                out.append(self._cell(actions.get(index % width), item))
+        return out
+
+    def _cell(self, action: Action | None, value: Any) -> Any:
+        if action is None:
+            return value
+        return None if action == "drop" else self._leaves(action, value)
 
     def _split(self, key: str, value: Any, actions: dict[int, Action]) -> Any:
         """Redact the columns of a ``dataframe_split`` (``columns`` names, ``data`` rows) by position."""
@@ -386,6 +424,17 @@ def _inner_json(text: str) -> Any:
 def _is_tensor(node: Any) -> bool:
     """A KServe V2 tensor: a name, and data or a datatype (binary tensors carry no data)."""
     return isinstance(node, dict) and isinstance(node.get("name"), str) and ("data" in node or "datatype" in node)
+
+
+def _tensor_column_actions(node: dict[str, Any], rules: FieldRules) -> dict[int, Action]:
+    """Actions by column index for a tensor whose columns the model's metadata names."""
+    names = rules.columns.get(node["name"]) if _is_tensor(node) else None
+    found: dict[int, Action] = {}
+    for index, name in enumerate(names or ()):
+        action = rules.named(name)
+        if action is not None:
+            found[index] = action
+    return found
 
 
 def _column_actions(node: dict[str, Any], rules: FieldRules) -> dict[int, Action]:

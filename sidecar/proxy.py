@@ -50,6 +50,7 @@ from provline.sidecar.headers import (
 from provline.sidecar.metrics import (
     ADDED_LATENCY,
     EVENT_BACKLOG,
+    NON_INFERENCE,
     REQUESTS,
     SAMPLED_OUT,
     UPSTREAM_ABORTED,
@@ -59,6 +60,7 @@ from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
 from provline.sidecar.payload import BodyTap, ObservedBody
 from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor, RouteDecision, load_policy
 from provline.sidecar.recorder import Exchange, Recorder
+from provline.sidecar.routes import classify
 from provline.sidecar.settings import SidecarSettings
 from provline.sidecar.upstream import UpstreamPool, UpstreamResponse
 
@@ -110,7 +112,8 @@ class SidecarApp:
         self._upstream_host = host_header(self._upstream_address[0], upstream.port, upstream.scheme)
         self._upstream_origin = f"{upstream.scheme}://{self._upstream_host}"
         self._upstream_prefix = (upstream.path or "").rstrip("/").encode("latin-1")
-        self._capture = Capture(capture.max_capture_bytes, capture.max_parse_bytes, capture.max_features)
+        self._capture = Capture(capture.max_capture_bytes, capture.max_parse_bytes, capture.max_features,
+                                proxy.max_rows)
         self.policy = load_policy(capture.policy_file) if capture.policy_file else Policy()
         key = capture.redaction_key.get_secret_value().encode() if capture.redaction_key else None
         self._default_capture = capture.mode or ("redacted" if capture.policy_file else "full")
@@ -126,6 +129,7 @@ class SidecarApp:
         self._request_id_action = self.policy.headers.named("x-request-id")
         self._decisions: dict[tuple[str, str], RouteDecision] = {}
         self._requests_by_status: dict[int, Any] = {}  # labelled children: labels() costs a lock and a lookup
+        self._non_inference_by_kind: dict[str, Any] = {}
         self._deployments = DeploymentIndex() if proxy.follow_deployments else None
         self._follower: DeploymentFollower | None = None
         self._resolver = ModelVersionResolver(
@@ -228,9 +232,14 @@ class SidecarApp:
         arrived = time.perf_counter_ns()
         client_headers: list[Header] = scope["headers"]
         decision = self._decide(scope["method"], scope["path"])
-        prediction_id = self._prediction_id(first(client_headers, REQUEST_ID_HEADER), decision.capture)
+        route = classify(scope["method"], scope["path"])
+        announced = route.recorded or self.settings.sidecar.record_non_inference
+        if not route.recorded:
+            self._count_non_inference(route.kind)
+        prediction_id = (self._prediction_id(first(client_headers, REQUEST_ID_HEADER), decision.capture)
+                         if announced else new_event_id())  # an unannounced id only names the call in logs
         traceparent = traceparent_for_upstream(values(client_headers, TRACEPARENT_HEADER))
-        recorded = decision.sample_rate >= 1.0 or random.random() < decision.sample_rate
+        recorded = announced and (decision.sample_rate >= 1.0 or random.random() < decision.sample_rate)
         digest_key = self._redactor.digest_key(decision.capture)
 
         message = await receive()
@@ -247,7 +256,7 @@ class SidecarApp:
             request = message.get("body", b"")
             data = request
             content_length = str(len(request)).encode() if request or _has_body(client_headers) else None
-        exchange = Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request)
+        exchange = Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request, announced=announced)
 
         started = time.perf_counter_ns()
         try:
@@ -255,7 +264,7 @@ class SidecarApp:
                 response = await pool.request(
                     scope["method"].encode("ascii"),
                     self._upstream_target(scope),
-                    self._upstream_headers(scope, prediction_id, traceparent, content_length),
+                    self._upstream_headers(scope, prediction_id if announced else None, traceparent, content_length),
                     data,
                     chunked=tap is not None and content_length is None,
                 )
@@ -274,7 +283,7 @@ class SidecarApp:
                 exchange.request = ObservedBody.tapped(tap)
             exchange.upstream_ns = time.perf_counter_ns() - started
             exchange.error, exchange.status = error, error.status
-            exchange.reply = _error_body(error, prediction_id)
+            exchange.reply = _error_body(error, prediction_id if announced else None)
             exchange.headers = [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(exchange.reply)).encode())]
             await self._send_reply(exchange, send)
@@ -288,8 +297,14 @@ class SidecarApp:
                 ADDED_LATENCY.observe(max(0, time.perf_counter_ns() - arrived - exchange.upstream_ns) / 1e9)
         if exchange.recorded:
             recorder.queue(exchange)
-        else:
+        elif announced:
             SAMPLED_OUT.inc()
+
+    def _count_non_inference(self, kind: str) -> None:
+        counter = self._non_inference_by_kind.get(kind)
+        if counter is None:
+            counter = self._non_inference_by_kind[kind] = NON_INFERENCE.labels(kind)
+        counter.inc()
 
     async def _relay(self, exchange: Exchange, response: UpstreamResponse, send: Send, started: int) -> None:
         """Pass the upstream's reply on: whole when small and of known length, else streamed chunk by chunk."""
@@ -332,15 +347,18 @@ class SidecarApp:
         await send({"type": "http.response.body", "body": body})
 
     def _client_headers(self, exchange: Exchange) -> list[Header]:
+        if not exchange.announced:
+            return downstream_response_headers(exchange.headers, prediction_id=None, model_version=None)
+        scope = exchange.scope
         version = self._resolver.known(
-            header=None, path=exchange.scope["path"], endpoint=self._endpoint(exchange.scope)
+            header=None, route=classify(scope["method"], scope["path"]), endpoint=self._endpoint(scope)
         )
         return downstream_response_headers(
             exchange.headers, prediction_id=exchange.prediction_id, model_version=version
         )
 
     def _upstream_headers(
-        self, scope: Scope, prediction_id: str, traceparent: str, content_length: bytes | None
+        self, scope: Scope, prediction_id: str | None, traceparent: str, content_length: bytes | None
     ) -> list[Header]:
         client = scope.get("client")
         return upstream_request_headers(
@@ -366,7 +384,9 @@ class SidecarApp:
         return self._upstream_prefix + raw_path + b"?" + query if query else self._upstream_prefix + raw_path
 
     def _endpoint(self, scope: Scope) -> str:
-        return self.settings.sidecar.endpoint or scope["path"]
+        """The endpoint events record: the setting, else the route's canonical endpoint (the path without
+        a model version)."""
+        return self.settings.sidecar.endpoint or classify(scope["method"], scope["path"]).endpoint
 
     async def _fetch_metadata(self, model: str) -> Any:
         """KServe V2 model metadata, ``GET <upstream>/v2/models/<model>``; raises when there is none."""
@@ -413,5 +433,7 @@ def _has_body(headers: list[Header]) -> bool:
     return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)
 
 
-def _error_body(error: UpstreamError, prediction_id: str) -> bytes:
+def _error_body(error: UpstreamError, prediction_id: str | None) -> bytes:
+    if prediction_id is None:
+        return json.dumps({"error": error.client_message}).encode()
     return json.dumps({"error": error.client_message, "prediction_id": prediction_id}).encode()

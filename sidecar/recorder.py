@@ -29,11 +29,20 @@ from provline.sidecar.events import (
     request_fields,
     response_fields,
 )
-from provline.sidecar.headers import CLIENT_ID_HEADER, MODEL_VERSION_HEADER, Header, first
+from provline.sidecar.headers import (
+    CLIENT_ID_HEADER,
+    CONTENT_ENCODING_HEADER,
+    MODEL_VERSION_HEADER,
+    REPLY_REQUEST_ID_HEADERS,
+    REQUEST_ID_HEADER,
+    Header,
+    firsts,
+)
 from provline.sidecar.metrics import DEGRADED_RECORDS, EVENT_ERRORS
-from provline.sidecar.model_version import ModelVersionResolver
+from provline.sidecar.model_version import ModelMetadata, ModelVersionResolver
 from provline.sidecar.payload import ObservedBody
 from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor
+from provline.sidecar.routes import classify
 
 log = logging.getLogger("provline.sidecar")
 
@@ -56,6 +65,9 @@ class Exchange:
     reply: ObservedBody | bytes = b""
     upstream_ns: int = 0
     error: UpstreamError | None = None
+    # Whether upstream and client are told the prediction id: not for a known non-inference call
+    # (health, metadata) that is not recorded, which is relayed as it is.
+    announced: bool = True
 
 
 class Recorder:
@@ -132,25 +144,33 @@ class Recorder:
     async def _full_pair(self, exchange: Exchange, known: _Known) -> list[tuple[str, dict[str, Any]]]:
         """Both events' fields, with bodies captured per the exchange's mode; fills ``known`` as it goes."""
         scope, capture = exchange.scope, self._capture
-        client_headers: list[Header] = scope["headers"]
-        version_header = _text(first(exchange.headers, MODEL_VERSION_HEADER))
+        seen = _Seen.of(exchange)
+        route = classify(scope["method"], scope["path"])
         known.endpoint = endpoint = self._endpoint(scope)
-        known.model_name = model_name = self._model_name or self._resolver.model_name(scope["path"], endpoint)
+        known.model_name = model_name = self._model_name or self._resolver.model_name(route, endpoint)
         key = self._redactor.digest_key(exchange.capture)
         request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
-        client_id, traceparent = self._recorded_headers(exchange)
-        request_type = _text(first(client_headers, b"content-type"))
+        client_id, traceparent = self._recorded_headers(exchange, seen)
+        request_type, request_encoding = seen.request.get(b"content-type"), seen.request.get(CONTENT_ENCODING_HEADER)
+        reply_encoding = seen.reply.get(CONTENT_ENCODING_HEADER)
+        metadata = _NO_METADATA  # the model's names for a single 2-D tensor's columns
+        if route.protocol == "kserve_v2" and exchange.capture != "hash-only":
+            metadata = await self._resolver.metadata(route)
         request_record = describe_body(
             request, request_type, mode=exchange.capture, rules=self._policy.inputs,
-            redactor=self._redactor, capture=capture, role="input",
+            redactor=self._redactor, capture=capture, role="input", content_encoding=request_encoding,
+            names=metadata.inputs,
         )
         reply_record = describe_body(
-            reply, _text(first(exchange.headers, b"content-type")), mode=exchange.capture,
+            reply, seen.reply.get(b"content-type"), mode=exchange.capture,
             rules=self._policy.outputs, redactor=self._redactor, capture=capture, role="output",
+            content_encoding=reply_encoding, batch_hint=request_record.row_count or None, names=metadata.outputs,
         )
         known.model_version = model_version = await self._resolver.resolve(
-            header=version_header, reply_version=reply_record.model_version, path=scope["path"], endpoint=endpoint,
+            header=seen.reply.get(MODEL_VERSION_HEADER), reply_version=reply_record.model_version, route=route,
+            endpoint=endpoint,
         )
+        request_id, reply_id = self._request_ids(exchange, seen, request_record.request_id, reply_record.request_id)
         return [
             ("InferenceRequest", request_fields(
                 prediction_id=exchange.prediction_id,
@@ -164,6 +184,8 @@ class Recorder:
                 traceparent=traceparent,
                 model_name=model_name,
                 model_version=model_version,
+                request_id=request_id,
+                content_encoding=request_encoding,
             )),
             ("InferenceResponse", response_fields(
                 prediction_id=exchange.prediction_id,
@@ -175,6 +197,8 @@ class Recorder:
                 model_version=model_version,
                 latency_us=exchange.upstream_ns // 1000,
                 error=exchange.error.reason if exchange.error else None,
+                request_id=reply_id,
+                content_encoding=reply_encoding,
             )),
         ]
 
@@ -185,17 +209,19 @@ class Recorder:
         if known.model_version is None:  # recording failed before the version was resolved
             with contextlib.suppress(Exception):
                 known.model_version = self._resolver.known(
-                    header=_text(first(exchange.headers, MODEL_VERSION_HEADER)), path=exchange.scope["path"],
-                    endpoint=known.endpoint,
+                    header=_Seen.of(exchange).reply.get(MODEL_VERSION_HEADER),
+                    route=classify(exchange.scope["method"], exchange.scope["path"]), endpoint=known.endpoint,
                 )
         # No traceback: hostile bodies must not turn into a flood of them; the reason names the exception.
         log.warning("provline sidecar recorded prediction %s without its bodies: %s", exchange.prediction_id,
                     reason, extra={"prediction_id": exchange.prediction_id})
         try:
-            client_id, traceparent = self._recorded_headers(exchange)
+            seen = _Seen.of(exchange)
+            client_id, traceparent = self._recorded_headers(exchange, seen)
             key = self._redactor.digest_key(exchange.capture)
+            request_ids = self._request_ids(exchange, seen, None, None)
             for kind, fields in degraded_pair(exchange, known, reason, key=key, client_id=client_id,
-                                              traceparent=traceparent):
+                                              traceparent=traceparent, request_ids=request_ids, seen=seen):
                 if kind not in emitted:
                     self.emitter.emit(kind, fields)
                     emitted.add(kind)
@@ -206,15 +232,47 @@ class Recorder:
             log.exception("provline sidecar could not record prediction %s; the reply was sent",
                           exchange.prediction_id, extra={"prediction_id": exchange.prediction_id})
 
-    def _recorded_headers(self, exchange: Exchange) -> tuple[str | None, str | None]:
+    def _recorded_headers(self, exchange: Exchange, seen: _Seen) -> tuple[str | None, str | None]:
         """The client id and traceparent the events record: as sent in ``full`` mode, else under the
         policy's ``headers`` rules."""
-        client_id = _text(first(exchange.scope["headers"], CLIENT_ID_HEADER))
+        client_id = seen.request.get(CLIENT_ID_HEADER)
         if exchange.capture not in KEYED_MODES:
             return client_id, exchange.traceparent
         rules, redactor = self._policy.headers, self._redactor
         return (redactor.header(rules.named("x-client-id"), client_id),
                 redactor.header(rules.named("traceparent"), exchange.traceparent))
+
+    def _request_ids(self, exchange: Exchange, seen: _Seen, request_body_id: str | None,
+                     reply_body_id: str | None) -> tuple[str | None, str | None]:
+        """The request ids the two events record: a KServe V2 body's own ``id``, else the request's
+        X-Request-ID header (the reply's ce-requestid, ce-id or X-Request-ID); as sent in ``full``
+        mode, else under the stronger of the policy's rules for the x-request-id header and a body ``id``."""
+        request_id = request_body_id or seen.request.get(REQUEST_ID_HEADER)
+        reply_id = reply_body_id or next((seen.reply[name] for name in REPLY_REQUEST_ID_HEADERS if name in seen.reply),
+                                         None)
+        if exchange.capture not in KEYED_MODES:
+            return request_id, reply_id
+        policy, redactor = self._policy, self._redactor
+        return (redactor.header(policy.request_id_action(policy.inputs), request_id),
+                redactor.header(policy.request_id_action(policy.outputs), reply_id))
+
+
+_NO_METADATA = ModelMetadata()
+_REQUEST_HEADERS = frozenset({b"content-type", CONTENT_ENCODING_HEADER, CLIENT_ID_HEADER, REQUEST_ID_HEADER})
+_REPLY_HEADERS = frozenset({b"content-type", CONTENT_ENCODING_HEADER, MODEL_VERSION_HEADER, *REPLY_REQUEST_ID_HEADERS})
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """The request and reply header values the events use (first value of each), read in one pass each."""
+
+    request: dict[bytes, str]
+    reply: dict[bytes, str]
+
+    @classmethod
+    def of(cls, exchange: Exchange) -> _Seen:
+        request: list[Header] = exchange.scope.get("headers", [])
+        return cls(firsts(request, _REQUEST_HEADERS), firsts(exchange.headers, _REPLY_HEADERS))
 
 
 @dataclass(slots=True)
@@ -228,13 +286,12 @@ class _Known:
 
 def degraded_pair(
     exchange: Exchange, known: _Known, reason: str, *, key: bytes | None, client_id: str | None,
-    traceparent: str | None,
+    traceparent: str | None, request_ids: tuple[str | None, str | None], seen: _Seen,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The two events of an exchange whose bodies could not be captured: ids, endpoint, method and
-    path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers; no
-    body, features or outputs; ``reason`` says why."""
+    path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers and
+    request ids; no body, features or outputs (no rows); ``reason`` says why."""
     scope = exchange.scope
-    client_headers: list[Header] = scope.get("headers", [])
     request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
     error = f"{exchange.error.reason}; {reason}" if exchange.error else reason
     return [
@@ -242,13 +299,14 @@ def degraded_pair(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, method=str(scope.get("method", "")), path=str(scope.get("path", "")),
             observed=request, record=BodyRecord(error=reason),
-            content_type=_text(first(client_headers, b"content-type")),
-            client_id=client_id, traceparent=traceparent,
+            content_type=seen.request.get(b"content-type"), client_id=client_id, traceparent=traceparent,
+            request_id=request_ids[0], content_encoding=seen.request.get(CONTENT_ENCODING_HEADER),
         )),
         ("InferenceResponse", response_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, status=exchange.status, observed=reply, record=BodyRecord(),
-            latency_us=exchange.upstream_ns // 1000, error=error,
+            latency_us=exchange.upstream_ns // 1000, error=error, request_id=request_ids[1],
+            content_encoding=seen.reply.get(CONTENT_ENCODING_HEADER),
         )),
     ]
 
@@ -258,5 +316,3 @@ def _observed(body: ObservedBody | bytes, key: bytes | None) -> ObservedBody:
     return body if isinstance(body, ObservedBody) else ObservedBody.whole(body, key=key)
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("latin-1")

@@ -29,7 +29,7 @@ from provline.sidecar.limits import (
     DEFAULT_MAX_HEADER_BYTES,
 )
 from provline.sidecar.model_version import DEFAULT_METADATA_TTL_S
-from provline.sidecar.payload import DEFAULT_MAX_FEATURES
+from provline.sidecar.payload import DEFAULT_MAX_FEATURES, DEFAULT_MAX_ROWS
 
 DEFAULT_PORT = 8080
 DEFAULT_ADMIN_PORT = 9090
@@ -68,7 +68,7 @@ class CaptureSettings(Section):
     max_parse_bytes: int = Field(
         DEFAULT_MAX_PARSE_BYTES, ge=0, description="larger bodies are hashed but not parsed for features",
     )
-    max_features: int = Field(DEFAULT_MAX_FEATURES, ge=0, description="feature values kept per event")
+    max_features: int = Field(DEFAULT_MAX_FEATURES, ge=0, description="feature (output) values kept per row")
 
 
 class ProxySettings(Section):
@@ -79,7 +79,10 @@ class ProxySettings(Section):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="proxy listen port")
     admin_port: int = Field(DEFAULT_ADMIN_PORT, ge=0, le=65535, description="/healthz, /readyz and /metrics port")
     workers: int = Field(1, ge=1, description="worker processes sharing the proxy port")
-    endpoint: str | None = Field(None, description="endpoint name recorded in events; default: the request path")
+    endpoint: str | None = Field(
+        None, description="endpoint name recorded in events; default: the request's canonical endpoint (its path, "
+        "without a model version for KServe V2 and TF Serving)",
+    )
     model_name: str | None = Field(None, description="recorded when nothing better is known")
     model_version: str | None = Field(
         None, description="recorded when the upstream names no version (X-Model-Version, KServe V2)",
@@ -108,7 +111,18 @@ class ProxySettings(Section):
         DEFAULT_MAX_CLIENT_CONNECTIONS, ge=1, description="client connections served at once, per worker; beyond "
         "them (or as many requests in flight) requests get 503",
     )
-    kserve_metadata: bool = Field(True, description="ask a KServe V2 server for the model version when needed")
+    max_rows: int = Field(
+        DEFAULT_MAX_ROWS, ge=1, description="rows of a batch whose features (outputs) an event keeps; with "
+        "PROVLINE_CAPTURE__MAX_FEATURES it bounds an event's size",
+    )
+    record_non_inference: bool = Field(
+        False, description="record known health and metadata calls (KServe V2, TF Serving, MLflow) like "
+        "predictions; by default they are relayed and counted only",
+    )
+    kserve_metadata: bool = Field(
+        True, description="ask a KServe V2 server for a model's metadata: its version when needed, and the "
+        "names of a 2-D tensor's columns",
+    )
     metadata_ttl_s: float = Field(DEFAULT_METADATA_TTL_S, gt=0, description="how long model metadata is cached")
     follow_deployments: bool = Field(
         False, description="read Deployment events from the lineage topic to know each endpoint's model version",
