@@ -49,6 +49,10 @@ async def serve_sidecar(settings: SidecarSettings, *, emitter: Emitter | None = 
     admin_task = asyncio.create_task(admin.serve(), name="provline-sidecar-admin")
     stop_task = asyncio.create_task(stop.wait())
     try:
+        port, admin_port = await proxy.bound_port(proxy_task), await admin.bound_port(admin_task)
+        if port is not None and admin_port is not None:
+            log.info("provline sidecar: proxy listening on http://%s:%d, /healthz /readyz /metrics listening on "
+                     "http://%s:%d", proxy_settings.host, port, proxy_settings.host, admin_port)
         done, _ = await asyncio.wait({stop_task, proxy_task, admin_task}, return_when=asyncio.FIRST_COMPLETED)
         log.info("provline sidecar stopping")
         app.ready = False

@@ -21,6 +21,14 @@ class ServerWithoutSignals(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def bound_port(self, serving: asyncio.Task[None]) -> int | None:
+        """The port the server listens on once it started (the OS's choice for port 0); None if it stopped first."""
+        while not self.started:
+            if serving.done():
+                return None
+            await asyncio.sleep(0.01)
+        return int(self.servers[0].sockets[0].getsockname()[1])
+
 
 def http_implementation() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"

@@ -185,8 +185,10 @@ async def supervise(settings: SidecarSettings) -> None:
     try:
         for worker in supervisor.workers:
             await supervisor.start(worker)
-        log.info("provline sidecar: %d workers on %s:%d forwarding to %s",
-                 proxy.workers, proxy.host, proxy.port, proxy.upstream)
+        admin_port = await admin.bound_port(admin_task)
+        log.info("provline sidecar: %d workers, proxy listening on http://%s:%d, /healthz /readyz /metrics "
+                 "listening on http://%s:%s, forwarding to %s", proxy.workers, proxy.host, sock.getsockname()[1],
+                 proxy.host, admin_port, proxy.upstream)
         watch_task = asyncio.create_task(supervisor.watch(stop))
         done, _ = await asyncio.wait({watch_task, admin_task}, return_when=asyncio.FIRST_COMPLETED)
         if watch_task in done and watch_task.exception() is not None:

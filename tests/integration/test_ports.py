@@ -23,8 +23,9 @@ PROVLINE = str(Path(sys.executable).with_name("provline"))
 LISTENING = re.compile(r"(?:listening on|running on) http://[\d.]+:(\d+)(/\S*)?")
 
 
-def ports_printed(process: subprocess.Popen[str], count: int, deadline_s: float = 60) -> list[tuple[int, str]]:
-    """(port, path) of the first ``count`` "listening on" lines the process prints."""
+def ports_printed(process: subprocess.Popen[str], count: int, deadline_s: float = 60,
+                  marker: str = "") -> list[tuple[int, str]]:
+    """(port, path) of the first ``count`` "listening on" addresses the process prints on lines with ``marker``."""
     found: list[tuple[int, str]] = []
     deadline = time.monotonic() + deadline_s
     assert process.stdout is not None
@@ -32,10 +33,10 @@ def ports_printed(process: subprocess.Popen[str], count: int, deadline_s: float 
         line = process.stdout.readline()
         if not line:
             break
-        match = LISTENING.search(line)
-        if match:
-            found.append((int(match.group(1)), match.group(2) or "/"))
-    assert len(found) == count, f"the service printed {found}, expected {count} ports"
+        if marker in line:
+            found += [(int(match.group(1)), match.group(2) or "/") for match in LISTENING.finditer(line)]
+    assert len(found) >= count, f"the service printed {found}, expected {count} ports"
+    found = found[:count]
     return found
 
 
@@ -102,3 +103,18 @@ def test_the_local_broker_takes_its_controller_port_and_refuses_one_port_for_bot
         assert f"CONTROLLER://127.0.0.1:{controller}" in (broker.data_dir / "server.properties").read_text()
     with pytest.raises(BrokerError, match="both 9092"):
         LocalKafka(tmp_path / "other", port=9092, controller_port=9092)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_sidecar_on_port_0_prints_its_proxy_and_admin_ports(workers: int) -> None:
+    process = start([PROVLINE, "sidecar"], {
+        "PROVLINE_SIDECAR__UPSTREAM": "http://127.0.0.1:9", "PROVLINE_SIDECAR__PORT": "0",
+        "PROVLINE_SIDECAR__ADMIN_PORT": "0", "PROVLINE_SIDECAR__WORKERS": str(workers),
+        "PROVLINE_SIDECAR__LOG_FORMAT": "text",
+    })
+    try:
+        (proxy, _), (admin, _) = ports_printed(process, 2, marker="provline sidecar")
+        assert 0 not in (proxy, admin) and proxy != admin
+        assert "ok" in answers(admin, "/healthz")
+    finally:
+        stop(process)
