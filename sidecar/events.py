@@ -173,7 +173,7 @@ def request_fields(
         "parse_error": _text(record.error),
         "client_id": _text(client_id),
         "traceparent": _text(traceparent),
-        "feature_rows": rows,
+        "feature_rows": rows if len(rows) > 1 else [],  # one row is ``features`` alone: not stored twice
         "row_count": record.row_count,
         "rows_truncated": record.rows_truncated,
         "request_id": _text(request_id),
@@ -210,7 +210,7 @@ def response_fields(
         "outputs": rows[0] if rows else {},
         "latency_us": latency_us,
         "error": _text(error),
-        "output_rows": rows,
+        "output_rows": rows if len(rows) > 1 else [],
         "row_count": record.row_count,
         "rows_truncated": record.rows_truncated,
         "request_id": _text(request_id),
