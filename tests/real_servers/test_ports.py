@@ -23,19 +23,22 @@ START_TIMEOUT_S = 60.0
 
 
 def listening_ports(pid: int) -> set[int]:
-    """The TCP ports the process group led by ``pid`` listens on (read from /proc)."""
-    group = set()
+    """The TCP ports process ``pid`` and its descendants listen on (read from /proc)."""
+    parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command: state, ppid, ...
         except OSError:
             continue
-        if int(fields[2]) == pid:  # the fields after the command: state, ppid, pgrp, ...
-            group.add(stat.parent)
+        parents[int(stat.parent.name)] = int(fields[1])
+    family, grew = {pid}, True
+    while grew:
+        children = {child for child, parent in parents.items() if parent in family} - family
+        family, grew = family | children, bool(children)
     sockets = set()
-    for process in group:
+    for member in family:
         try:
-            links = [os.readlink(fd) for fd in (process / "fd").iterdir()]
+            links = [os.readlink(fd) for fd in Path(f"/proc/{member}/fd").iterdir()]
         except OSError:
             continue
         sockets |= {int(m.group(1)) for link in links if (m := re.fullmatch(r"socket:\[(\d+)\]", link))}

@@ -105,14 +105,17 @@ class RealServersStack(DemoStack):
     """The demo stack with MLServer and MLflow's scoring server, each fronted by a sidecar (see the module)."""
 
     def train_models(self, out: Path) -> TrainingRun:
-        """Run the training job to completion in the mlflow venv; its lineage goes to this stack's topics."""
+        """Run the training job to completion in the mlflow venv; its lineage goes to this stack's topics.
+
+        It runs in the checkout, as a job runs in its repository: its run records that code (commit,
+        repo), which a trace needs to be complete."""
         log_path = self.workdir / "logs" / "train.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             result = subprocess.run(
                 [str(venv_tool("mlflow", "python")), str(TRAIN_SCRIPT), "--out", str(out)],
-                env=self._env("job", PATH=_on_path("mlflow")), cwd=out, stdout=log,
+                env=self._env("job", PATH=_on_path("mlflow")), cwd=REPO, stdout=log,
                 stderr=subprocess.STDOUT, timeout=TRAIN_TIMEOUT_S, check=False,
             )
         facts_file = out / "facts.json"
