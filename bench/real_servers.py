@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,9 +60,9 @@ class Target:
 
 
 TARGETS = (
-    Target("MLServer (KServe V2)", "/v2/models/iris/infer", json.dumps(
+    Target("MLServer", "/v2/models/iris/infer", json.dumps(
         {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]}).encode()),
-    Target("MLflow (mlflow models serve)", "/invocations", json.dumps(
+    Target("MLflow", "/invocations", json.dumps(
         {"dataframe_split": {"columns": IRIS_COLUMNS, "data": [IRIS_ROW]}}).encode()),
 )
 
@@ -260,26 +261,30 @@ def bench(stack: RealServersStack, target: Target, server: Server, sidecar: Serv
 
 
 def report(results: dict[str, Result], args: argparse.Namespace) -> None:
-    table = Table(title=f"provline in front of real model servers ({args.connections} connections, "
-                        f"{args.seconds:g} s per measurement, best of {args.rounds} rounds, {os.cpu_count()} CPUs "
-                        "shared by everything)")
-    for column in ("server", "direct req/s", "sidecar req/s", "sidecar / direct", "latency at", "added p50 ms",
-                   "added p99 ms", "trace p50 s", "trace p99 s", "traced (complete)"):
-        table.add_column(column, justify="left" if column == "server" else "right")
-    for name, r in results.items():
-        table.add_row(
-            name, f"{r.direct.rps:,.0f}", f"{r.proxied.rps:,.0f}", f"{r.proxied.rps / r.direct.rps:.2f}",
-            f"{r.rate:,.0f} req/s", f"{r.proxied_at_rate.p50_ms - r.direct_at_rate.p50_ms:+.2f}",
-            f"{r.proxied_at_rate.p99_ms - r.direct_at_rate.p99_ms:+.2f}", f"{r.trace.p50_s:.2f}",
-            f"{r.trace.p99_s:.2f}", f"{r.trace.traced}/{r.trace.sent} ({r.trace.complete})",
-        )
+    table = Table(title=f"provline in front of real model servers ({args.connections} connections, {args.seconds:g} s "
+                        f"runs, best of {args.rounds} rounds, {os.cpu_count()} CPUs shared by everything)")
+    table.add_column("measured")
+    for name in results:
+        table.add_column(name, justify="right")
+    figures: list[tuple[str, Callable[[Result], str]]] = [
+        ("direct, req/s (saturation)", lambda r: f"{r.direct.rps:,.0f}"),
+        ("through the sidecar, req/s", lambda r: f"{r.proxied.rps:,.0f}"),
+        ("sidecar / direct throughput", lambda r: f"{r.proxied.rps / r.direct.rps:.2f}"),
+        ("  round by round", lambda r: ", ".join(f"{p.rps / d.rps:.2f}" for d, p in r.rounds)),
+        ("latency measured at, req/s", lambda r: f"{r.rate:,.0f}"),
+        ("  direct p50 / p99, ms", lambda r: f"{r.direct_at_rate.p50_ms:.1f} / {r.direct_at_rate.p99_ms:.1f}"),
+        ("  sidecar p50 / p99, ms", lambda r: f"{r.proxied_at_rate.p50_ms:.1f} / {r.proxied_at_rate.p99_ms:.1f}"),
+        ("added p50, ms", lambda r: f"{r.proxied_at_rate.p50_ms - r.direct_at_rate.p50_ms:+.1f}"),
+        ("added p99, ms", lambda r: f"{r.proxied_at_rate.p99_ms - r.direct_at_rate.p99_ms:+.1f}"),
+        ("request -> trace queryable p50, s", lambda r: f"{r.trace.p50_s:.2f}"),
+        ("request -> trace queryable p99, s", lambda r: f"{r.trace.p99_s:.2f}"),
+        ("  traces stored (complete) / sent", lambda r: f"{r.trace.traced} ({r.trace.complete}) / {r.trace.sent}"),
+    ]
+    for label, figure in figures:
+        table.add_row(label, *(figure(result) for result in results.values()))
     console.print(table)
-    for name, r in results.items():
-        console.print(f"{name}: sidecar / direct round by round "
-                      + ", ".join(f"{p.rps / d.rps:.2f}" for d, p in r.rounds)
-                      + f"; at {r.rate:,.0f} req/s direct p50 {r.direct_at_rate.p50_ms:.2f} / p99 "
-                        f"{r.direct_at_rate.p99_ms:.2f} ms, sidecar p50 {r.proxied_at_rate.p50_ms:.2f} / p99 "
-                        f"{r.proxied_at_rate.p99_ms:.2f} ms")
+    console.print("Latency is measured at half the sidecar's saturation rate, open loop (queueing counts); a trace "
+                  "is timed from its request's send until the store has it.")
 
 
 def main() -> None:
