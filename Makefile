@@ -1,6 +1,6 @@
 # Two entry points, each doing all of its own set-up from a clean clone:
 #   make demo   train, deploy, serve and trace one prediction end to end
-#   make test   ruff and mypy, then unit, integration and end-to-end tests on a real broker and chDB
+#   make test   ruff and mypy, then unit, integration, end-to-end and real-server tests on a real broker and chDB
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker clean
+.PHONY: demo test lint typecheck docs setup broker model-servers clean
 
 setup: $(INSTALLED)
 
@@ -24,6 +24,29 @@ $(BROKER_JARS): deploy/local/kafka/pom.xml
 	rm -rf deploy/local/kafka/target/lib
 	mvn -q -B -f deploy/local/kafka/pom.xml dependency:copy-dependencies \
 		-DoutputDirectory=target/lib -DincludeScope=runtime
+	touch $@
+
+# MLServer and MLflow, which tests/real_servers and bench/real_servers.py put provline in front of,
+# each in a virtualenv of its own (never in .venv), from the pinned files in deploy/local/model_servers.
+# The training job runs in the mlflow one, with provline installed there without its dependencies
+# (the producers' own are in its requirements): re-installed when pyproject.toml changes.
+MODEL_SERVERS := deploy/local/model_servers
+VENVS := build/venvs
+MLSERVER_INSTALLED := $(VENVS)/mlserver/.installed
+MLFLOW_INSTALLED := $(VENVS)/mlflow/.installed
+JOB_PROVLINE_INSTALLED := $(VENVS)/mlflow/.provline-installed
+
+model-servers: $(MLSERVER_INSTALLED) $(JOB_PROVLINE_INSTALLED)
+
+$(VENVS)/%/.installed: $(MODEL_SERVERS)/requirements-%.txt
+	rm -rf $(VENVS)/$*
+	$(PYTHON) -m venv $(VENVS)/$*
+	$(VENVS)/$*/bin/pip install --quiet --upgrade pip
+	$(VENVS)/$*/bin/pip install --quiet -r $<
+	touch $@
+
+$(JOB_PROVLINE_INSTALLED): $(MLFLOW_INSTALLED) pyproject.toml
+	$(VENVS)/mlflow/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 lint: setup
@@ -44,7 +67,7 @@ typecheck: setup
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 
-test: setup broker lint
+test: setup broker model-servers lint
 	$(BIN)/pytest -p no:cacheprovider -ra tests
 
 docs: setup
@@ -54,4 +77,4 @@ demo: setup broker
 	$(BIN)/python -m deploy.demo
 
 clean:
-	rm -rf $(VENV) deploy/local/kafka/target .provline
+	rm -rf $(VENV) $(VENVS) deploy/local/kafka/target .provline

@@ -91,12 +91,12 @@ def chdb_path(chdb_root: Path) -> str:
     return f"chdb://{chdb_root}?database={database}"
 
 
-MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e"}
+MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e", "real_servers": "real_servers"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test file under tests/integration or tests/e2e carries its folder's marker, so that
-    ``-m "not integration and not e2e"`` runs the unit tests alone."""
+    """Every test file under tests/integration, tests/e2e or tests/real_servers carries its folder's
+    marker, so that ``-m "not integration and not e2e and not real_servers"`` runs the unit tests alone."""
     unmarked = sorted({
         str(item.path.relative_to(Path(__file__).parent)) for item in items
         for folder, marker in MARKED_FOLDERS.items()

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ class DemoStack:
         self.sidecar_port = free_port()
         self.sidecar_admin_port = free_port()
         self.processors_web_port = free_port()
+        self.processors_metrics_port = free_port()
 
     @property
     def api_url(self) -> str:
@@ -171,30 +173,41 @@ class DemoStack:
         self.services.append(service)
         return service
 
-    def start_broker(self) -> None:
-        """Use PROVLINE_KAFKA__BOOTSTRAP's broker when given, else start the local one; create the topics."""
+    def start_broker(self, *, with_topics: bool = True) -> None:
+        """Use PROVLINE_KAFKA__BOOTSTRAP's broker when given, else start the local one; create the topics
+        unless ``with_topics`` is false (a fresh start, where the services must create what they need)."""
         if self.broker is None and self.kafka_bootstrap is None:
             self.broker = LocalKafka(self.workdir / "kafka")
             self._own_broker = True
         if self.broker is not None:
             self.kafka_bootstrap = self.broker.start().bootstrap
+        if not with_topics:
+            return
         admin = self.broker.client_config() if self.broker is not None else self.kafka_bootstrap
         assert admin is not None
         create_topics(admin, self.topics.all, partitions=TOPIC_PARTITIONS)
 
-    def start_platform(self) -> None:
-        """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust)."""
+    def start_platform(self, *, processors_env: Mapping[str, str] | None = None) -> None:
+        """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust).
+
+        Consumer groups are named after the topic prefix, so stacks sharing a broker never share a
+        group; ``processors_env`` adds PROVLINE_ settings of the processors (drift windows, waits).
+        """
         serve = self._provline("serve", ["serve"], self._env(
             "serve",
             PROVLINE_STORE__URL=f"chdb://{self.workdir / 'clickhouse'}",
             PROVLINE_API__PORT=str(self.api_port),
             PROVLINE_API__TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
+            PROVLINE_SINK__CONSUMER_GROUP=f"{self.topics.prefix}-sink",
         ), f"{self.api_url}/healthz")
         self._provline("processors", ["processors"], self._env(
             "processors",
+            PROVLINE_PROCESSORS__APP_ID=f"{self.topics.prefix}-processors",
             PROVLINE_PROCESSORS__DATA_DIR=str(self.workdir / "processors"),
             PROVLINE_PROCESSORS__WEB_PORT=str(self.processors_web_port),
+            PROVLINE_PROCESSORS__METRICS_PORT=str(self.processors_metrics_port),
             PROVLINE_TOPICS__PARTITIONS=str(TOPIC_PARTITIONS),
+            **(processors_env or {}),
         ), None)
         serve.wait_healthy()
 
