@@ -478,9 +478,10 @@ class BaselineCache:
 
 
 class BaselineLookup(Protocol):
-    def __call__(self, model_name: str, model_version: str, column: str, *, output: bool = False
-                 ) -> tuple[str, Mapping[str, Any]] | None:
-        """``(dataset digest, profile)`` of ``column``, an input or (``output``) an output, or None."""
+    def __call__(self, model_name: str, model_version: str, column: str, *, output: bool = False,
+                 label_column: str | None = None) -> tuple[str, Mapping[str, Any]] | None:
+        """``(dataset digest, profile)`` of ``column``, an input or (``output``) an output, or None;
+        an output without a prediction profile is compared with ``label_column`` of the training data."""
 
 
 class DriftAccumulator:
@@ -522,18 +523,19 @@ class DriftAccumulator:
                 self._add(features, name, version, feature, feature, value, output=False)
         for row in trace.get("output_rows") or [trace.get("outputs") or {}]:
             for output, value in row.items():
-                self._add(features, name, version, OUTPUT_PREFIX + output, self.output_columns.get(output, output),
-                          value, output=True)
+                self._add(features, name, version, OUTPUT_PREFIX + output, output, value, output=True,
+                          label_column=self.output_columns.get(output))
 
     def _add(self, features: dict[str, Summary], name: str, version: str, key: str, column: str,
-             value: Any, *, output: bool) -> None:
+             value: Any, *, output: bool, label_column: str | None = None) -> None:
         summary = features.get(key)
         if summary is None:
-            found = self._baseline_of(name, version, column, output=output)
+            found = self._baseline_of(name, version, column, output=output, label_column=label_column)
             if found is None:
                 self.unprofiled += 1
                 return
             digest, profile = found
+            column = str(profile.get("column") or column)  # the label column, when the label is the baseline
             self._profiles[(digest, column)] = profile
             baseline = self._cache.get(digest, column)
             if baseline is None:

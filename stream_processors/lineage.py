@@ -321,14 +321,15 @@ class LineageIndex:
         """The profile of ``column`` in dataset ``digest``, or None if unknown."""
         return self._profiles.get(digest, {}).get(column)
 
-    def baseline_of(self, model_name: str, model_version: str, column: str, *, output: bool = False
-                    ) -> tuple[str, dict[str, Any]] | None:
+    def baseline_of(self, model_name: str, model_version: str, column: str, *, output: bool = False,
+                    label_column: str | None = None) -> tuple[str, dict[str, Any]] | None:
         """The baseline of ``column`` of a model version given by name: ``(dataset digest, profile)``.
 
         Inputs (``output=False``) are compared with the model's training data (:meth:`baseline`).
         Outputs are compared with the profile of the model's own predictions on its evaluation data
         when a ModelVersion or Evaluation recorded one, and only when none did, with the training
-        data's column of that name (the label). None when the version or the column is unknown.
+        data's ``label_column`` (default: the column of the output's name). None when the version or
+        the column is unknown.
         """
         model = self.model(model_name, model_version)
         if model is None:
@@ -337,7 +338,7 @@ class LineageIndex:
         if predictions is not None:
             profile = self.profile(predictions.digest, column)
             return (predictions.digest, profile) if profile is not None else None
-        return self.baseline(model, column)
+        return self.baseline(model, (label_column or column) if output else column)
 
     def baseline(self, model: ModelRecord, column: str) -> tuple[str, dict[str, Any]] | None:
         """The column profile of ``column`` in the model's training datasets, with its dataset digest.

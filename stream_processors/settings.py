@@ -90,8 +90,8 @@ class DriftSettings(Section):
     )
     output_columns: dict[str, str] = Field(
         default_factory=dict,
-        description="model output name -> column of the prediction profile (or, without one, of the training "
-        "data) it is compared with, as JSON; default: the same name",
+        description="model output name -> the training data's label column it is compared with when the model "
+        "recorded no profile of its own predictions, as JSON; default: the same name",
     )
 
     def thresholds(self) -> Thresholds:

@@ -237,8 +237,9 @@ def test_unusable_profiles_say_what_to_do() -> None:
 def test_accumulator_windows_merge_and_close_into_drift_metrics() -> None:
     known = profiles()
     lookups = {("churn", "1", name): ("d1", profile) for name, profile in known.items()}
-    accumulator = DriftAccumulator(lambda m, v, c, output=False: lookups.get((m, v, c)), window_us=60_000_000,
-                                   output_columns={"label": "plan"})
+    accumulator = DriftAccumulator(
+        lambda m, v, c, output=False, label_column=None: lookups.get((m, v, (label_column or c) if output else c)),
+        window_us=60_000_000, output_columns={"label": "plan"})
     t0 = 1_700_000_000_000_000
     for index in range(100):
         accumulator.add({"model_name": "churn", "model_version": "1", "request_time": t0 + index * 1000,
@@ -279,7 +280,8 @@ def closed_window_fields(accumulator: DriftAccumulator, profile_of) -> list:
 
 def test_every_row_of_a_batch_trace_is_counted() -> None:
     known = profiles()
-    accumulator = DriftAccumulator(lambda m, v, c, output=False: ("d1", known[c]) if c in known else None,
+    accumulator = DriftAccumulator(lambda m, v, c, output=False, label_column=None: ("d1", known[c])
+                                   if c in known else None,
                                    window_us=WINDOW_US)
     rng = np.random.default_rng(5)
     for request in range(10):
@@ -326,7 +328,7 @@ def _drift_of_a_regressor(artifact: Path, *, with_predictions: bool) -> dict[str
     model = linear_model.LinearRegression().fit(x_train, y_train)
     lineage = memory_lineage()
     with lineage.run("train") as run:
-        frame = pd.DataFrame(x_train, columns=["a", "b", "c"]).assign(predict=y_train)  # the label
+        frame = pd.DataFrame(x_train, columns=["a", "b", "c"]).assign(target=y_train)  # the label
         run.use_dataset(frame, name="train")
         run.register_model(artifact, name="price", version="1", signature={"inputs": ["a", "b", "c"],
                            "outputs": ["predict"]}, predictions=model.predict(x_eval) if with_predictions else None)
@@ -334,7 +336,8 @@ def _drift_of_a_regressor(artifact: Path, *, with_predictions: bool) -> dict[str
     for kind, value in decoded(lineage.emitter):
         index.ingest(kind, value)
 
-    accumulator = DriftAccumulator(index.baseline_of, window_us=WINDOW_US)
+    # the output-to-label mapping a user sets for the fallback; the predictions' profile is named by the output
+    accumulator = DriftAccumulator(index.baseline_of, window_us=WINDOW_US, output_columns={"predict": "target"})
     x_live, _ = data(1_000)  # the same distribution the model was trained and evaluated on
     predicted = model.predict(x_live)
     for i in range(0, 1_000, 50):

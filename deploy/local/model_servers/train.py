@@ -155,14 +155,14 @@ def train(lineage: Lineage, spec: ModelSpec, out: Path, fact: dict[str, Any]) ->
         evaluation = lineage.evaluate(
             spec.name, REGISTERED_VERSION, metrics=metrics, minimums=spec.minimums, maximums=spec.maximums,
             dataset=fact["dataset_digest"], slice=f"evaluation split: {len(x_eval)} rows, random_state {SEED}",
-            predictions=pd.DataFrame({"predict": predicted}),  # type: ignore[call-arg]  # issue 14's producers API
+            predictions=pd.DataFrame({"predict": predicted}),
         )
         if not evaluation["passed"]:
             raise ModelRejected(f"{spec.name}@{REGISTERED_VERSION} did not pass its evaluation "
                                 f"({fact['metrics']}); it is not registered")
         run.register_model(mlflow_dir, name=spec.name, version=REGISTERED_VERSION,
                            framework=f"scikit-learn {sklearn.__version__}",
-                           served_versions=[SERVED_VERSION])  # type: ignore[call-arg]  # issue 14's producers API
+                           served_versions=[SERVED_VERSION])
 
     fact["deployments"] = {endpoint: lineage.deploy(spec.name, REGISTERED_VERSION, endpoint=endpoint,
                                                     environment="local", reason="trained by train.py")["event_id"]
