@@ -14,8 +14,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from provline.producers.emitter import Emitter
@@ -68,6 +70,12 @@ class Exchange:
     # Whether upstream and client are told the prediction id: not for a known non-inference call
     # (health, metadata) that is not recorded, which is relayed as it is.
     announced: bool = True
+    received_ns: int = field(default_factory=time.time_ns)  # wall clock when the request arrived
+
+    def event_time(self, kind: str) -> datetime:
+        """When the event's half happened: the request when it arrived, the reply when the upstream gave it."""
+        ns = self.received_ns + (self.upstream_ns if kind == "InferenceResponse" else 0)
+        return datetime.fromtimestamp(ns / 1e9, UTC)
 
 
 class Recorder:
@@ -136,7 +144,7 @@ class Recorder:
         emitted: set[str] = set()
         try:
             for kind, fields in await self._full_pair(exchange, known):
-                self.emitter.emit(kind, fields)
+                self.emitter.emit(kind, fields, event_time=exchange.event_time(kind))
                 emitted.add(kind)
         except Exception as exc:
             self._record_degraded(exchange, known, emitted, exc)
@@ -223,7 +231,7 @@ class Recorder:
             for kind, fields in degraded_pair(exchange, known, reason, key=key, client_id=client_id,
                                               traceparent=traceparent, request_ids=request_ids, seen=seen):
                 if kind not in emitted:
-                    self.emitter.emit(kind, fields)
+                    self.emitter.emit(kind, fields, event_time=exchange.event_time(kind))
                     emitted.add(kind)
         except Exception:
             EVENT_ERRORS.inc()

@@ -231,3 +231,18 @@ def test_a_policy_may_record_health_calls_too(loop: LoopThread, server: ModelSer
         events = running.events(reply.headers["x-prediction-id"])
     assert events["InferenceRequest"]["endpoint"] == "/v2/health/ready"
     assert events["InferenceResponse"]["status"] == 200
+
+
+def test_each_event_is_stamped_when_its_half_happened_not_when_it_was_recorded(proxy: Running) -> None:
+    """The request event said when the recorder got to it, after the client already had the reply."""
+    from datetime import UTC, datetime
+
+    sent = datetime.now(UTC)
+    reply = httpx.post(f"{proxy.url}/v2/models/iris/infer", json=iris_request(1))
+    replied = datetime.now(UTC)
+    events = proxy.events(reply.headers["x-prediction-id"])
+    request, response = events["InferenceRequest"], events["InferenceResponse"]
+    assert sent <= request["event_time"] <= response["event_time"] <= replied
+    # the reply's time is the request's plus the upstream's latency (to the microsecond the events keep)
+    apart = response["event_time"] - request["event_time"]
+    assert abs(apart.total_seconds() * 1e6 - response["latency_us"]) <= 2
