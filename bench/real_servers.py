@@ -41,6 +41,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sidecar import exchange  # noqa: E402
 from deploy.local.model_servers import RealServersStack, Server  # noqa: E402
 
 console = Console()
@@ -74,21 +75,6 @@ def request_bytes(server: Server, target: Target) -> tuple[str, int, bytes]:
     head = (f"POST {target.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(target.body)}\r\n\r\n")
     return host, int(port), head.encode() + target.body
-
-
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
-    """One request on a kept-alive connection; returns the reply's head (the body is read and dropped)."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"unexpected reply {head[:60]!r}")
-    return head
 
 
 async def load(server: Server, target: Target, *, connections: int, seconds: float,

@@ -291,7 +291,8 @@ def request_bytes(port: int) -> bytes:
             f"Content-Length: {len(REQUEST_BODY)}\r\n\r\n").encode() + REQUEST_BODY
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+    """One request on a kept-alive connection; returns the reply's head (the body is read and dropped)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -301,7 +302,8 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     if length:
         await reader.readexactly(length)
     if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(f"unexpected reply {head[:40]!r}")
+        raise RuntimeError(f"unexpected reply {head[:60]!r}")
+    return head
 
 
 async def _load(port: int, connections: int, seconds: float, rate: float | None) -> list[float]:
@@ -312,7 +314,7 @@ async def _load(port: int, connections: int, seconds: float, rate: float | None)
 
     async def connection(index: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        await _exchange(reader, writer, request)  # warm the connection up
+        await exchange(reader, writer, request)  # warm the connection up
         interval = connections / rate if rate else 0.0
         scheduled = start + (index * interval / connections if rate else 0.0)
         while True:
@@ -326,7 +328,7 @@ async def _load(port: int, connections: int, seconds: float, rate: float | None)
                 began = now
             if began >= deadline:
                 break
-            await _exchange(reader, writer, request)
+            await exchange(reader, writer, request)
             if began >= start:
                 latencies.append(time.perf_counter() - began)
         writer.close()
