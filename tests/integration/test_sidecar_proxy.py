@@ -346,7 +346,7 @@ def test_a_failing_emitter_never_fails_the_request(loop: LoopThread, upstream: U
     class Broken:
         backlog = 0
 
-        def emit(self, kind: str, fields: dict) -> None:
+        def emit(self, kind: str, fields: dict, *, event_time: object = None) -> None:
             raise RuntimeError("encoder exploded")
 
     before = REGISTRY.get_sample_value("provline_sidecar_event_errors_total") or 0.0
@@ -397,7 +397,7 @@ def test_the_reply_is_sent_before_events_are_built(loop: LoopThread, upstream: U
 
         backlog = 0
 
-        def emit(self, kind: str, fields: dict) -> None:
+        def emit(self, kind: str, fields: dict, *, event_time: object = None) -> None:
             called.set()
             release.wait(10)
 

@@ -217,10 +217,10 @@ class FaultyEmitter:
     def drops(self) -> Any:
         return self.real.drops
 
-    def emit(self, kind: str, fields: dict) -> dict:
+    def emit(self, kind: str, fields: dict, *, event_time: Any = None) -> dict:
         if self.fails(kind, fields):
             raise RuntimeError(f"injected failure emitting {kind}")
-        return self.real.emit(kind, fields)
+        return self.real.emit(kind, fields, event_time=event_time)
 
 
 class FaultyRedactor(Redactor):
