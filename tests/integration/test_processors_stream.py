@@ -322,7 +322,8 @@ def test_a_server_reporting_its_own_version_is_traced_and_its_outputs_drift_agai
 ) -> None:
     """Issue 14, items 7 and 11: a real scikit-learn job registers "1" (with its predictions on its
     evaluation data and served_versions=["v1"]) through the producers; the server answers "v1"."""
-    linear_model = pytest.importorskip("sklearn.linear_model")
+    from sklearn import linear_model  # a test dependency (pyproject test extra): missing is a failure, not a skip
+
     from provline.producers import JobSettings, Lineage
     from tests.mlflow_model import write_mlflow_model
 

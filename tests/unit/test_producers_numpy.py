@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from provline.producers.values import optional_number, plain
 from tests.helpers import decoded, memory_lineage
@@ -88,7 +87,6 @@ def test_every_api_takes_numpy_and_pandas_values(tmp_path: Path) -> None:
 
 def test_a_scikit_learn_evaluation_is_recorded() -> None:
     """The user's report: metrics straight from scikit-learn crashed the job with InvalidEventError."""
-    pytest.importorskip("sklearn")
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
 
