@@ -42,6 +42,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sidecar import exchange  # noqa: E402
+from bench.sidecar import load as load_latencies  # noqa: E402
 from deploy.local.model_servers import RealServersStack, Server  # noqa: E402
 
 console = Console()
@@ -81,32 +82,7 @@ async def load(server: Server, target: Target, *, connections: int, seconds: flo
                rate: float | None = None) -> list[float]:
     """Latencies (s) of every request started within ``seconds``: closed loop, or open loop at ``rate``."""
     host, port, request = request_bytes(server, target)
-    latencies: list[float] = []
-    start = time.perf_counter() + 0.2
-    deadline = start + seconds
-    interval = connections / rate if rate else 0.0
-
-    async def connection(index: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        await exchange(reader, writer, request)  # warm the connection up
-        scheduled = start + index * interval / connections
-        while True:
-            now = time.perf_counter()
-            if rate:
-                if scheduled > now:
-                    await asyncio.sleep(scheduled - now)
-                began, scheduled = scheduled, scheduled + interval
-            else:
-                began = now
-            if began >= deadline:
-                break
-            await exchange(reader, writer, request)
-            if began >= start:
-                latencies.append(time.perf_counter() - began)
-        writer.close()
-
-    await asyncio.gather(*(connection(i) for i in range(connections)))
-    return latencies
+    return await load_latencies(host, port, request, connections=connections, seconds=seconds, rate=rate)
 
 
 @dataclass(frozen=True)

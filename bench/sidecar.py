@@ -306,24 +306,25 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return head
 
 
-async def _load(port: int, connections: int, seconds: float, rate: float | None) -> list[float]:
-    request = request_bytes(port)
+async def load(host: str, port: int, request: bytes, *, connections: int, seconds: float,
+               rate: float | None = None) -> list[float]:
+    """Latencies (s) of every ``request`` started within ``seconds`` over ``connections`` kept-alive
+    connections: closed loop, or open loop at ``rate`` requests/s (queueing counts)."""
     latencies: list[float] = []
     start = time.perf_counter() + 0.2
     deadline = start + seconds
+    interval = connections / rate if rate else 0.0
 
     async def connection(index: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(host, port)
         await exchange(reader, writer, request)  # warm the connection up
-        interval = connections / rate if rate else 0.0
-        scheduled = start + (index * interval / connections if rate else 0.0)
+        scheduled = start + index * interval / connections
         while True:
             now = time.perf_counter()
             if rate:
                 if scheduled > now:
                     await asyncio.sleep(scheduled - now)
-                began = scheduled
-                scheduled += interval
+                began, scheduled = scheduled, scheduled + interval
             else:
                 began = now
             if began >= deadline:
@@ -339,7 +340,8 @@ async def _load(port: int, connections: int, seconds: float, rate: float | None)
 
 def run_load(port: int, connections: int, seconds: float, rate: float | None, out: Any) -> None:
     loop = new_loop()
-    out.put(loop.run_until_complete(_load(port, connections, seconds, rate)))
+    out.put(loop.run_until_complete(load("127.0.0.1", port, request_bytes(port), connections=connections,
+                                         seconds=seconds, rate=rate)))
 
 
 @dataclass
