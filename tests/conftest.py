@@ -16,6 +16,7 @@ import pytest
 
 from deploy.local.kafka import LocalKafka, create_topics
 from provline.schemas import Topics
+from tests.helpers import LoopThread
 
 TEST_PARTITIONS = 4
 
@@ -64,6 +65,14 @@ def topics(kafka_bootstrap: str) -> Topics:
     isolated = Topics(prefix=f"test-{uuid.uuid4().hex[:10]}")
     create_topics(kafka_bootstrap, isolated.all, partitions=TEST_PARTITIONS)
     return isolated
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    """An asyncio loop in a thread, for the servers (sidecar, model server doubles) a module's tests share."""
+    thread = LoopThread()
+    yield thread
+    thread.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
 
 from provline.producers import Emitter, JobSettings, Lineage, MemoryTransport, build_emitter
 from provline.schemas import Catalog, default_catalog
@@ -11,6 +13,23 @@ from provline.schemas.integrity import HashChain
 from provline.sink.verify import Finding, Links, Seals, Trust, check_event, link_findings
 
 FLUSH_TIMEOUT_S = 10.0
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, serving while the synchronous test talks to it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
 
 
 def memory_emitter(producer_name: str = "test", **sections: Any) -> tuple[Emitter, MemoryTransport]:

@@ -21,7 +21,8 @@ from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
-from tests.integration.test_sidecar_proxy import LoopThread, Upstream, start_server, stop_server
+from tests.helpers import LoopThread
+from tests.integration.test_sidecar_proxy import Upstream, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from provline.producers import JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
-from tests.helpers import memory_emitter
-from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
+from tests.helpers import LoopThread, memory_emitter
+from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

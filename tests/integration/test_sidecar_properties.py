@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from provline.schemas import default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP
-from tests.helpers import memory_emitter
-from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
+from tests.helpers import LoopThread, memory_emitter
+from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

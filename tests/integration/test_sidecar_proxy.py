@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
 from provline.sidecar.server import http_limits, uvicorn_config
 from provline.sidecar.settings import CaptureSettings
-from tests.helpers import memory_emitter, sent
+from tests.helpers import LoopThread, memory_emitter, sent
 
 pytestmark = pytest.mark.integration
 
@@ -38,22 +38,6 @@ CAPTURE_OPTIONS = frozenset(CaptureSettings.model_fields)
 T = TypeVar("T")
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 PREDICTION = b'{"score": 0.75, "label": "cat", "ok": true, "nested": {"a": 1}}'
-
-
-class LoopThread:
-    """An asyncio loop in a daemon thread, serving while the synchronous test talks to it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
 
 
 @dataclass
@@ -154,13 +138,6 @@ async def start_server(app: Any, *, lifespan: str = "on") -> tuple[uvicorn.Serve
 async def stop_server(server: uvicorn.Server, task: asyncio.Task) -> None:
     server.should_exit = True
     await task
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture(scope="module")

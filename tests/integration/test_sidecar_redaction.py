@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
-from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
+from tests.helpers import LoopThread
+from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from prometheus_client import REGISTRY
 
 from provline.schemas import default_catalog
 from provline.sidecar.payload import DEFAULT_MAX_ROWS
-from tests.integration.test_sidecar_proxy import LoopThread, Running, sidecar
+from tests.helpers import LoopThread
+from tests.integration.test_sidecar_proxy import Running, sidecar
 
 pytestmark = pytest.mark.integration
 
@@ -95,13 +96,6 @@ class ModelServer:
             return web.Response(body=self.sent, headers={**headers, "Content-Encoding": "gzip"})
         self.sent = reply
         return web.Response(body=reply, headers=headers)
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture(scope="module")

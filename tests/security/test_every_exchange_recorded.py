@@ -31,8 +31,8 @@ from provline.sidecar.events import Capture
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.policy import FieldRules, Policy, Redactor
 from provline.sidecar.recorder import Exchange, Recorder
-from tests.helpers import decoded, memory_emitter
-from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server, wait_for
+from tests.helpers import LoopThread, decoded, memory_emitter
+from tests.integration.test_sidecar_proxy import start_server, stop_server, wait_for
 
 KEY = "finding-4-redaction-key-0123456789"
 POLICY = "inputs:\n  drop: [ssn]\n  hash: [customer_id]\noutputs:\n  drop: [ssn]\n"
@@ -70,13 +70,6 @@ class Sidecar:
     def pair(self, prediction_id: str) -> dict[str, dict]:
         assert self.missing([prediction_id]) == 0, f"prediction {prediction_id} was served but not recorded"
         return {kind: value for kind, value in self.events() if value.get("prediction_id") == prediction_id}
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
 
 
 @pytest.fixture(scope="module")

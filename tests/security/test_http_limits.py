@@ -42,13 +42,6 @@ BOUND_S = 20.0  # how long a test waits for the sidecar to act: a bound on behav
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
 def upstream(loop: LoopThread) -> Iterator[Upstream]:
     double = Upstream()
     runner = loop.run(double.start())

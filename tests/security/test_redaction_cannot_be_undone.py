@@ -26,8 +26,8 @@ from confluent_kafka import Consumer
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.errors import PolicyError
-from tests.helpers import memory_emitter, sent
-from tests.integration.test_sidecar_proxy import LoopThread, start_server, stop_server
+from tests.helpers import LoopThread, memory_emitter, sent
+from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
