@@ -43,6 +43,7 @@ from provline.producers.transports import (
 )
 from provline.schemas.errors import SchemaError
 from provline.schemas.events import Topics, key_for, new_envelope, producer_identity
+from provline.schemas.frames import exchange_frame
 from provline.schemas.integrity import HashChain, load_private_key
 from provline.schemas.serde import Catalog, default_catalog
 
@@ -109,57 +110,88 @@ class Emitter:
 
     @property
     def backlog(self) -> int:
-        """Events accepted and not yet acknowledged by the destination (in memory or in the spool)."""
+        """Messages accepted and not yet acknowledged by the destination (in memory or in the spool); an
+        exchange is one message."""
         return self.processor.backlog if self.processor is not None else 0
 
     def emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> dict[str, Any]:
         """Publish one event; returns the full event (envelope included). Thread-safe; never waits on
         the broker. Fields that do not fit the schema raise InvalidEventError (a programming error)."""
-        value = self._send(kind, fields, event_time)
-        if value is not None:
+        sent = self._send([(kind, fields, event_time)])
+        return sent[0] if sent is not None else {**fields}
+
+    def emit_exchange(self, request: dict[str, Any], response: dict[str, Any], *, request_time: datetime | None,
+                      response_time: datetime | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Publish a served exchange's InferenceRequest and InferenceResponse as one message (an
+        InferenceExchange frame, :mod:`provline.schemas.frames`); returns both full events. As
+        :meth:`emit`: thread-safe, never waits on the broker; a drop drops (and counts) both."""
+        sent = self._send([("InferenceRequest", request, request_time), ("InferenceResponse", response, response_time)])
+        return (sent[0], sent[1]) if sent is not None else ({**request}, {**response})
+
+    def _after_send(self, kinds: list[str]) -> None:
+        for kind in kinds:
             _sent_counter(kind).inc()
-            gaps = self.drops.take()
-            if gaps or self._unsent_gaps:
-                self._send_gaps(gaps)
-            if self.seal_interval_s and self._chain.count > self._sealed_count \
-                    and time.monotonic() - self._last_seal >= self.seal_interval_s:
-                self._send(SEAL, {"final": False}, None)
-        return value if value is not None else {**fields}
+        gaps = self.drops.take()
+        if gaps or self._unsent_gaps:
+            self._send_gaps(gaps)
+        if self.seal_interval_s and self._chain.count > self._sealed_count \
+                and time.monotonic() - self._last_seal >= self.seal_interval_s:
+            self._send([(SEAL, {"final": False}, None)], report=False)
 
     def _send_gaps(self, gaps: list[dict[str, Any]]) -> None:
         """Send DeliveryGap records; one dropped itself is kept and sent again, so no count is lost."""
         with self._gaps_lock:
             gaps, self._unsent_gaps = self._unsent_gaps + gaps, []
             for gap in gaps:
-                if self._send("DeliveryGap", gap, None) is None:
+                if self._send([("DeliveryGap", gap, None)], report=False) is None:
                     self._unsent_gaps.append(gap)
 
-    def _send(self, kind: str, fields: dict[str, Any], event_time: datetime | None, *,
-              closing: bool = False) -> dict[str, Any] | None:
-        value = new_envelope(self.producer, event_time=event_time)
-        value.update(fields)
+    def _route(self, kind: str) -> tuple[str, bytes]:
         route = self._routes.get(kind)
         if route is None:  # looked up once per kind: this runs for every event
             route = self._routes[kind] = (self.topics.for_kind(kind), self.catalog.header(kind))
-        topic, header = route
-        key = key_for(kind, value).encode()
+        return route
+
+    def _send(self, events: list[tuple[str, dict[str, Any], datetime | None]], *, closing: bool = False,
+              report: bool = True) -> list[dict[str, Any]] | None:
+        """Seal ``events`` (one, or an exchange's two) into the chain and submit them as one message;
+        the full events, or None when they were dropped (and counted)."""
+        values = []
+        for _, fields, event_time in events:
+            value = new_envelope(self.producer, event_time=event_time)
+            value.update(fields)
+            values.append(value)
+        first_kind = events[0][0]
+        topic = self._route(first_kind)[0]
+        key = key_for(first_kind, values[0]).encode()
         with self._lock:  # the chain order must be the order the processor receives events in
             if self._closed:
-                self.drops.record("emitter_closed")
+                for _ in events:
+                    self.drops.record("emitter_closed")
                 return None
             if closing:
                 self._closed = True
-            if kind == SEAL:
-                value["count"] = self._chain.count
-            previous = self._chain.last_hash
-            message = header + self._chain.seal_encode(kind, value)
+            if first_kind == SEAL:
+                values[0]["count"] = self._chain.count
+            previous = self._chain.position()
+            try:
+                encoded = [self._route(kind)[1] + self._chain.seal_encode(kind, value)
+                           for (kind, _, _), value in zip(events, values, strict=True)]
+                message = encoded[0] if len(encoded) == 1 else exchange_frame(
+                    self.catalog, str(values[0]["prediction_id"]), encoded[0], encoded[1])
+            except Exception:  # an exchange's second event did not fit: neither joins the chain
+                self._chain.rewind(previous)
+                raise
             if self.processor is not None and not self.processor.submit(topic, key, message):
-                self._chain.undo(previous)  # a dropped event is not part of the chain
-                self.drops.record("queue_full")
+                self._chain.rewind(previous)  # a dropped event is not part of the chain
+                for _ in events:
+                    self.drops.record("queue_full")
                 return None
-            if kind == SEAL:
+            if first_kind == SEAL:
                 self._sealed_count, self._last_seal = self._chain.count, time.monotonic()
-        return value
+        if report:
+            self._after_send([kind for kind, _, _ in events])
+        return values
 
     def flush(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds for everything emitted to be delivered; True when it was."""
@@ -173,7 +205,8 @@ class Emitter:
             if self._close_started:
                 return self._delivered
             self._close_started = True
-        self._send(SEAL, {"final": True}, None, closing=True)  # the session's last event, also when dropped
+        # the session's last event, also when dropped
+        self._send([(SEAL, {"final": True}, None)], closing=True, report=False)
         if self.processor is not None:
             self._delivered = self.processor.close(self.close_timeout_s if timeout is None else timeout)
         return self._delivered

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, Producer
 from provline.config import KafkaSettings
 from provline.producers.settings import EmitterSettings
 from provline.producers.spool import SpooledMessage
+from provline.schemas.frames import events_in
 from provline.schemas.serde import Catalog
 
 log = logging.getLogger("provline.emitter")
@@ -177,6 +178,7 @@ class ConsoleTransport(LocalTransport):
     catalog: Catalog
 
     def write(self, message: SpooledMessage) -> None:
-        decoded = self.catalog.decode(message.value)
-        print(f"{message.topic} {decoded.record} key={message.key.decode()} event_id={decoded.value['event_id']}",
-              flush=True)
+        for event in events_in(self.catalog, message.value):  # an exchange frame: a line per event
+            decoded = self.catalog.decode(event)
+            print(f"{message.topic} {decoded.record} key={message.key.decode()} event_id={decoded.value['event_id']}",
+                  flush=True)

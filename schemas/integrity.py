@@ -176,10 +176,13 @@ class HashChain:
     signer: Ed25519PrivateKey | None = None
     count: int = 0
 
-    def undo(self, previous_hash: str | None) -> None:
-        """Take the last sealed event back out of the chain (it was dropped before anyone saw it)."""
-        self.last_hash = previous_hash
-        self.count -= 1
+    def position(self) -> tuple[str | None, int]:
+        """Where the chain stands (last hash, count), for :meth:`rewind`."""
+        return self.last_hash, self.count
+
+    def rewind(self, position: tuple[str | None, int]) -> None:
+        """Take the events sealed since ``position`` back out of the chain (dropped before anyone saw them)."""
+        self.last_hash, self.count = position
 
     def seal_encode(self, kind: str, value: dict[str, Any]) -> bytes:
         """Set ``prev_hash``, ``hash`` (and ``signature``) on ``value`` in place, advance the chain, and

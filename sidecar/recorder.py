@@ -133,23 +133,30 @@ class Recorder:
             queue.popleft()
 
     async def record(self, exchange: Exchange) -> None:
-        """Emit the exchange's two events; never raises.
+        """Emit the exchange's two events, as one message (:meth:`Emitter.emit_exchange`); never raises.
 
-        When the full pair cannot be built or emitted (any exception), a degraded pair is emitted
-        instead: no body, features or outputs, the reason in ``parse_error`` (and the response's
-        ``error``), everything else kept. Only when even that fails are the events counted as
-        dropped (reason ``record_failed``), so a DeliveryGap record says so.
+        When the full pair cannot be built or emitted (any exception), the half that failed is
+        emitted degraded instead (both, when the pair could not be built or either way fails): no
+        body, features or outputs, the reason in ``parse_error`` (and the response's ``error``),
+        everything else kept. Only when even that fails are the events counted as dropped (reason
+        ``record_failed``), so a DeliveryGap record says so.
         """
         known = _Known(endpoint=exchange.scope.get("path", ""), model_name=self._model_name)
-        emitted: set[str] = set()
         try:
-            for kind, fields in await self._full_pair(exchange, known):
-                self.emitter.emit(kind, fields, event_time=exchange.event_time(kind))
-                emitted.add(kind)
+            pair = await self._full_pair(exchange, known)
         except Exception as exc:
-            self._record_degraded(exchange, known, emitted, exc)
+            self._record_degraded(exchange, known, exc, None)
+            return
+        try:
+            self._emit_pair(exchange, pair)
+        except Exception as exc:
+            self._record_degraded(exchange, known, exc, pair)
 
-    async def _full_pair(self, exchange: Exchange, known: _Known) -> list[tuple[str, dict[str, Any]]]:
+    def _emit_pair(self, exchange: Exchange, pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        self.emitter.emit_exchange(*pair, request_time=exchange.event_time("InferenceRequest"),
+                                   response_time=exchange.event_time("InferenceResponse"))
+
+    async def _full_pair(self, exchange: Exchange, known: _Known) -> tuple[dict[str, Any], dict[str, Any]]:
         """Both events' fields, with bodies captured per the exchange's mode; fills ``known`` as it goes."""
         scope, capture = exchange.scope, self._capture
         seen = _Seen.of(exchange)
@@ -179,8 +186,8 @@ class Recorder:
             endpoint=endpoint,
         )
         request_id, reply_id = self._request_ids(exchange, seen, request_record.request_id, reply_record.request_id)
-        return [
-            ("InferenceRequest", request_fields(
+        return (
+            request_fields(
                 prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
                 method=scope["method"],
@@ -194,8 +201,8 @@ class Recorder:
                 model_version=model_version,
                 request_id=request_id,
                 content_encoding=request_encoding,
-            )),
-            ("InferenceResponse", response_fields(
+            ),
+            response_fields(
                 prediction_id=exchange.prediction_id,
                 endpoint=endpoint,
                 status=exchange.status,
@@ -207,11 +214,13 @@ class Recorder:
                 error=exchange.error.reason if exchange.error else None,
                 request_id=reply_id,
                 content_encoding=reply_encoding,
-            )),
-        ]
+            ),
+        )
 
-    def _record_degraded(self, exchange: Exchange, known: _Known, emitted: set[str], failure: Exception) -> None:
-        """Emit the events not yet emitted without their bodies; count them dropped when even that fails."""
+    def _record_degraded(self, exchange: Exchange, known: _Known, failure: Exception,
+                         full: tuple[dict[str, Any], dict[str, Any]] | None) -> None:
+        """Emit the pair with the half that failed without its body (each half in turn, then both; both
+        when there is no ``full`` pair); count both events dropped when even that fails."""
         reason = not_captured(failure)
         DEGRADED_RECORDS.labels(type(failure).__name__).inc()
         if known.model_version is None:  # recording failed before the version was resolved
@@ -228,14 +237,17 @@ class Recorder:
             client_id, traceparent = self._recorded_headers(exchange, seen)
             key = self._redactor.digest_key(exchange.capture)
             request_ids = self._request_ids(exchange, seen, None, None)
-            for kind, fields in degraded_pair(exchange, known, reason, key=key, client_id=client_id,
-                                              traceparent=traceparent, request_ids=request_ids, seen=seen):
-                if kind not in emitted:
-                    self.emitter.emit(kind, fields, event_time=exchange.event_time(kind))
-                    emitted.add(kind)
+            degraded = degraded_pair(exchange, known, reason, key=key, client_id=client_id,
+                                     traceparent=traceparent, request_ids=request_ids, seen=seen)
+            tries = [(full[0], degraded[1]), (degraded[0], full[1])] if full is not None else []
+            for pair in tries:
+                with contextlib.suppress(Exception):
+                    self._emit_pair(exchange, pair)
+                    return
+            self._emit_pair(exchange, degraded)
         except Exception:
             EVENT_ERRORS.inc()
-            for _ in range(2 - len(emitted)):  # lost: the DeliveryGap record will say so
+            for _ in range(2):  # lost: the DeliveryGap record will say so
                 self.emitter.drops.record("record_failed")
             log.exception("provline sidecar could not record prediction %s; the reply was sent",
                           exchange.prediction_id, extra={"prediction_id": exchange.prediction_id})
@@ -295,28 +307,28 @@ class _Known:
 def degraded_pair(
     exchange: Exchange, known: _Known, reason: str, *, key: bytes | None, client_id: str | None,
     traceparent: str | None, request_ids: tuple[str | None, str | None], seen: _Seen,
-) -> list[tuple[str, dict[str, Any]]]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The two events of an exchange whose bodies could not be captured: ids, endpoint, method and
     path, status, sizes, digests (keyed with ``key``), latency, model, the recorded headers and
     request ids; no body, features or outputs (no rows); ``reason`` says why."""
     scope = exchange.scope
     request, reply = _observed(exchange.request, key), _observed(exchange.reply, key)
     error = f"{exchange.error.reason}; {reason}" if exchange.error else reason
-    return [
-        ("InferenceRequest", request_fields(
+    return (
+        request_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, method=str(scope.get("method", "")), path=str(scope.get("path", "")),
             observed=request, record=BodyRecord(error=reason),
             content_type=seen.request.get(b"content-type"), client_id=client_id, traceparent=traceparent,
             request_id=request_ids[0], content_encoding=seen.request.get(CONTENT_ENCODING_HEADER),
-        )),
-        ("InferenceResponse", response_fields(
+        ),
+        response_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, status=exchange.status, observed=reply, record=BodyRecord(),
             latency_us=exchange.upstream_ns // 1000, error=error, request_id=request_ids[1],
             content_encoding=seen.reply.get(CONTENT_ENCODING_HEADER),
-        )),
-    ]
+        ),
+    )
 
 
 def _observed(body: ObservedBody | bytes, key: bytes | None) -> ObservedBody:

@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from provline.schemas import Catalog, CorruptEventError, InvalidEventError, SchemaError, Topics, default_catalog
 from provline.schemas.dead_letters import Headers, dead_letter_headers
+from provline.schemas.frames import events_in
 from provline.sink import metrics
 from provline.sink.errors import DeadLetterError
 from provline.sink.ingest import (
@@ -76,6 +77,29 @@ class DeadLetter:
     def headers(self) -> Headers:
         return dead_letter_headers(self.reason, self.error, topic=self.origin.topic, partition=self.origin.partition,
                                    offset=self.origin.offset)
+
+
+@dataclass(frozen=True)
+class FramedEvent:
+    """One event of a frame (:mod:`provline.schemas.frames`): the frame's message, with the event as value."""
+
+    message: MessageLike
+    event: bytes
+
+    def topic(self) -> str | None:
+        return self.message.topic()
+
+    def partition(self) -> int | None:
+        return self.message.partition()
+
+    def offset(self) -> int | None:
+        return self.message.offset()
+
+    def key(self) -> bytes | None:
+        return self.message.key()
+
+    def value(self) -> bytes | None:
+        return self.event
 
 
 @dataclass
@@ -161,21 +185,28 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
     """
     plan = BatchPlan()
     for message in messages:
-        raw = message.value() or b""
+        value = message.value() or b""
         position = (message.topic() or "", message.partition() or 0, message.offset() or 0)
         try:
-            if not raw:
+            if not value:
                 raise CorruptEventError("empty message value (a tombstone?); provline events are never empty")
-            kind, body = current_body(catalog, raw)
-            fmt = ingest_format(catalog, kind)
-            if kind in LINEAGE_KINDS:
-                decoded = catalog.decode(raw)
-                _validate(decoded.value)
-                plan.edges += [(edge, position) for edge in edge_rows(kind, decoded.value)]
+            raws = events_in(catalog, value)
         except (SchemaError, ValueError) as exc:
             plan.dead_letters.append(_dead_letter(message, exc))
             continue
-        plan.events.setdefault(fmt.spec.table, TableBatch(fmt)).add(raw, body, position, message)
+        for raw in raws:  # an exchange frame's events each stand alone: a bad one costs only itself
+            event = message if len(raws) == 1 else FramedEvent(message, raw)
+            try:
+                kind, body = current_body(catalog, raw)
+                fmt = ingest_format(catalog, kind)
+                if kind in LINEAGE_KINDS:
+                    decoded = catalog.decode(raw)
+                    _validate(decoded.value)
+                    plan.edges += [(edge, position) for edge in edge_rows(kind, decoded.value)]
+            except (SchemaError, ValueError) as exc:
+                plan.dead_letters.append(_dead_letter(event, exc))
+                continue
+            plan.events.setdefault(fmt.spec.table, TableBatch(fmt)).add(raw, body, position, event)
     return plan
 
 

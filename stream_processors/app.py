@@ -33,6 +33,7 @@ from provline.stream_processors.join_agent import Joiner, register_join_agent
 from provline.stream_processors.lineage_agent import register_lineage_agent
 from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
 from provline.stream_processors.producer import BatchProducer
+from provline.stream_processors.rewind import log_end
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
 from provline.topics import ensure_at_start
@@ -42,6 +43,8 @@ LAG_INTERVAL_SECONDS = 5.0
 PRODUCER_MAX_BATCH_BYTES = 1_048_576
 PRODUCER_LINGER_SECONDS = 0.005
 PRODUCER_BUFFER_MESSAGES = 20_000
+STREAM_BUFFER_MIN = 4096  # Faust's default
+CONSUMER_MAX_FETCH_BYTES = 4 * 1024 * 1024  # per partition (Faust's default: 1 MiB)
 GC_YOUNG_THRESHOLD = 20_000  # allocations between young-generation collections (Python's default: 700)
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,35 @@ def signer_of(signing: SigningSettings) -> Ed25519PrivateKey | None:
         raise ConfigError(f"PROVLINE_SIGNING__KEY cannot be used: {exc}") from exc
 
 
+def faust_app(settings: ProcessorSettings) -> faust.App:
+    """The Faust app every processors worker runs on, with no agents yet: broker, credentials, state
+    store and the consumer and producer settings the join's throughput depends on (bench/processors.py
+    measures its Faust ceiling on this same app)."""
+    worker, kafka = settings.processors, settings.kafka
+    return faust.App(
+        worker.app_id,
+        broker=[f"kafka://{server}" for server in kafka.servers()],
+        broker_credentials=broker_credentials(kafka),
+        autodiscover=False,
+        store="memory://",
+        datadir=worker.data_dir,
+        topic_partitions=settings.topics.partitions,
+        web_port=worker.web_port,
+        # traces are ~1 KB: aiokafka's default 16 KB batches make the producer wait on a round trip
+        # every dozen traces, and Faust's buffer then stalls the consumer
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
+        producer_linger=PRODUCER_LINGER_SECONDS,
+        # a fetch and a stream buffer that hold several batches: the agent never waits on a round trip
+        stream_buffer_maxsize=max(STREAM_BUFFER_MIN, 4 * worker.batch_size),
+        broker_max_poll_records=max(STREAM_BUFFER_MIN, 4 * worker.batch_size),
+        consumer_max_fetch_size=CONSUMER_MAX_FETCH_BYTES,
+        broker_session_timeout=kafka.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, kafka.session_timeout_s / 3),
+        # aiokafka ignores a topic missing at start until its next metadata refresh (5 min by default)
+        consumer_metadata_max_age_ms=int(settings.topics.metadata_refresh_s * 1000),
+    )
+
+
 def create_app(settings: ProcessorSettings) -> faust.App:
     """A new Faust app with the lineage and join agents, configured by ``settings``.
 
@@ -82,24 +114,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     topics = Topics(settings.topics.prefix)
     partitions = settings.topics.partitions
     catalog = default_catalog()
-    app = faust.App(
-        worker.app_id,
-        broker=[f"kafka://{server}" for server in kafka.servers()],
-        broker_credentials=broker_credentials(kafka),
-        autodiscover=False,
-        store="memory://",
-        datadir=worker.data_dir,
-        topic_partitions=partitions,
-        web_port=worker.web_port,
-        # traces are ~1 KB: aiokafka's default 16 KB batches make the producer wait on a round trip
-        # every dozen traces, and Faust's buffer then stalls the consumer
-        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
-        producer_linger=PRODUCER_LINGER_SECONDS,
-        broker_session_timeout=kafka.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, kafka.session_timeout_s / 3),
-        # aiokafka ignores a topic missing at start until its next metadata refresh (5 min by default)
-        consumer_metadata_max_age_ms=int(settings.topics.metadata_refresh_s * 1000),
-    )
+    app = faust_app(settings)
 
     @app.task(on_leader=False)
     async def _raise_producer_buffer() -> None:
@@ -107,7 +122,8 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         # one batch of ours puts up to three per prediction there (trace + two table writes)
         app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
 
-    dead_letters = DeadLetters(_raw_topic(app, topics.dlq))
+    producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join")
+    dead_letters = DeadLetters(producer, topics.dlq)
     metrics = ProcessorMetrics()
     app.provline_metrics = metrics
     lineage = register_lineage_agent(
@@ -123,7 +139,6 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         thresholds=settings.drift.thresholds(), lateness_seconds=settings.drift.lateness_s,
         partitions=partitions, metrics=metrics,
     )
-    producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join")
     joiner = Joiner(
         catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
         producer=producer, traces_topic=topics.traces, dead_letters=dead_letters, lineage_topic=topics.lineage,
@@ -143,16 +158,16 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         producer.close()
 
     @app.timer(LAG_INTERVAL_SECONDS, name="consumer-lag")
-    async def report_lag() -> None:
+    async def report_lag() -> None:  # behind the join's own decided offsets, not Faust's read position
         name = inference.get_topic_name()
         for tp in app.consumer.assignment():
             if tp.topic != name:
                 continue
-            try:
-                read = app.consumer._read_offset.get(tp)  # faust keeps no public "position" per partition
-                lag = app.consumer.highwater(tp) - (read + 1 if read is not None else 0)
-            except Exception:  # the partition is being revoked; report next time
+            end = log_end(app, tp)
+            if end is None:  # not fetched yet, or being revoked: next time
                 continue
+            decided = joiner.positions.decided.get(tp.partition)
+            lag = end - (decided + 1 if decided is not None else 0)
             metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
     return app

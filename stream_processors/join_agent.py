@@ -1,21 +1,43 @@
 """The join agent: an inference request and its response, plus lineage, into one PredictionTrace.
 
-Events are taken in batches (``stream.take_events``). The first-arriving half waits in a Table
-keyed by prediction id (co-partitioned with the inference topic, which is keyed by prediction id);
-each prediction touched by a batch is written to the table once. When both halves are there and
-the lineage is known, the trace is sent and the entry becomes a done marker, so a duplicated half
-never yields a second trace. A timer on each worker handles what time alone decides: a lone half
-whose time-to-live ran out (a partial trace saying which half is missing), halves waiting for
-lineage (retried when the lineage changed, emitted incomplete when the wait is over), and done
-markers past their retention (forgotten). The timer works from an in-memory deadline heap rebuilt
-from the table after every recovery, so it never scans the table.
+Events are taken in batches (``stream.take_events``). A message is one event, or an exchange
+frame holding a prediction's request and response (:mod:`provline.schemas.frames`, what the
+sidecar sends). A complete frame whose prediction has nothing pending is decided at once: its
+trace is sent and nothing is written to the table. Its trace's event id is a pure function of
+the prediction (:func:`~provline.stream_processors.join.trace_event_id`), so a frame read again
+after a crash makes the same trace again and the sink keeps one; Feedback arriving after such a
+trace waits in the table as for an unknown prediction (ground truth is stored by the sink either
+way; only the labelled copy of the trace is not made).
+
+Everything else goes through the table, keyed by prediction id (co-partitioned with the inference
+topic, which is keyed by prediction id): the first-arriving half waits there; each prediction
+touched by a batch is written once. When both halves are there and the lineage is known, the
+trace is sent and the entry becomes a done marker, so a duplicated half never yields a second
+trace. A timer on each worker handles what time alone decides: a lone half whose time-to-live ran
+out (a partial trace saying which half is missing), halves waiting for lineage (retried when the
+lineage changed, emitted incomplete when the wait is over), and done markers past their retention
+(forgotten). The timer works from an in-memory deadline heap rebuilt from the table after every
+recovery, so it never scans the table.
 
 Feedback on the same topic (same key, so the same partition) waits in the prediction's entry and
 rides on its trace, or, once the trace is out, yields a labelled copy of it (see
 :mod:`provline.stream_processors.join`).
 
-State writes go to the changelog partition of the entry's own inference partition: a batch mixes
-partitions, so Faust's "partition of the current event" would be wrong for all but one.
+State, the Faust way: a Faust Table in Faust's in-memory store, recovered by Faust from its
+changelog when a worker starts or takes partitions over. Writes go to ``table.data`` (the store)
+and to the changelog with ``Table.send_changelog`` naming the partition of the entry's own
+inference partition: a batch mixes partitions, so Faust's "partition of the current event"
+(what ``table[key] = value`` uses) would be wrong for all but one. That is also why the table
+does not run on Faust's RocksDB store, which files every write under the current event's
+partition. The table holds only predictions still waiting (and, for separately sent halves, done
+markers for the dedup retention): memory is enough, and a killed worker's successor recovers it
+(tests/integration/test_processors_stream.py kills one mid-stream, with halves and with frames).
+
+Traces and dead letters go through a librdkafka producer (:class:`BatchProducer`), not Faust's:
+Faust's sends one message per event-loop turn, which caps the join at a few thousand traces a
+second. A batch's traces are delivered before its changelog records are sent: a done marker that
+reached the changelog while its trace did not (a crash between the two) would swallow the trace
+when the batch is consumed again.
 
 Where reading stands is part of that state too, not left to Faust's committed offsets (see
 :mod:`provline.stream_processors.positions`): after every batch, each of its inference partitions gets a
@@ -27,7 +49,6 @@ Faust delivers past the recorded position makes the agent seek back, and one bel
 from __future__ import annotations
 
 import heapq
-import json
 import logging
 import time
 from typing import Any
@@ -36,12 +57,15 @@ import faust
 from faust.types import TP, EventT, TableT
 
 from provline.schemas.errors import SchemaError
-from provline.schemas.serde import Catalog
+from provline.schemas.frames import events_in
+from provline.schemas.serde import Catalog, Decoded
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.join import (
     FEEDBACK,
     HALF_KINDS,
+    REQUEST,
+    RESPONSE,
     PendingEntry,
     Step,
     Timing,
@@ -117,54 +141,102 @@ class Joiner:
         self.lineage_topic = lineage_topic  # where the session's seals go
         self.dead_letters = dead_letters
         self.table: Any = None  # the pending table, set when registered
-        self.changelog_topic = ""
         self._heap: list[tuple[float, str]] = []
         self._held: set[str] = set()
         self._lineage_changes = -1
-        self._changelog: list[tuple[bytes, bytes | None, int]] = []
+        self.flush_changelog: Any = None  # awaitable flush of Faust's producer, set when registered
+        self._changelog: list[tuple[str, PendingEntry | PositionRecord | None, int]] = []
         self.positions = Positions()
+        self._events_in: dict[str, Any] = {}
 
     def _write(self, key: str, entry: PendingEntry | PositionRecord | None, partition: int) -> None:
-        # the changelog record is what Faust's Table would write (JSON key and value, or a
-        # tombstone), so Faust recovers the table from it on restart
+        # into the store now; to the changelog (of the entry's own partition) once the batch's
+        # traces are delivered: see flush
         if entry is None:
             self.table.data.pop(key, None)
-            value = None
         else:
             self.table.data[key] = entry
-            value = json.dumps(entry, separators=(",", ":")).encode()
-        self._changelog.append((json.dumps(key).encode(), value, partition))
+        self._changelog.append((key, entry, partition))
 
     def record_positions(self, partitions: set[int]) -> None:
         """Write the last decided offset of ``partitions``; each record follows its partition's entries."""
         for partition in partitions:
             self._write(position_key(partition), {"offset": self.positions.decided[partition]}, partition)
 
+    def take(self, events: list[Decoded], touched: dict[str, PendingEntry], *, partition: int, now: float) -> None:
+        """Take one message's events (one, or an exchange frame's request and response) into ``touched``,
+        the entries this batch changed; a complete exchange with nothing pending is decided at once.
+
+        Raises ValueError for events the join cannot use (the message is dead-lettered)."""
+        kinds = [decoded.record for decoded in events]
+        for kind in kinds:
+            counter = self._events_in.get(kind)
+            if counter is None:  # looked up once per kind: labels() takes a lock on every call
+                counter = self._events_in[kind] = self.metrics.events_in.labels(kind)
+            counter.inc()
+        if any(kind not in HALF_KINDS and kind != FEEDBACK for kind in kinds):
+            log.warning("ignoring a %s event on the inference topic", "/".join(kinds))
+            return
+        prediction_id = str(events[0].value["prediction_id"])
+        if is_position_key(prediction_id):
+            raise ValueError(f"prediction_id {prediction_id!r} starts with a NUL character")
+        if len(events) == 2 and events[1].value["prediction_id"] != prediction_id:
+            raise ValueError(f"an exchange frame holds the request of {prediction_id!r} and the response of "
+                             f"{events[1].value['prediction_id']!r}; both halves must be one prediction's")
+        entry = touched[prediction_id] if prediction_id in touched else self.table.data.get(prediction_id)
+        if entry is None and len(events) == 2 and self._emit_exchange(prediction_id, events, partition, now=now):
+            return
+        for decoded in events:
+            kind = decoded.record
+            if kind == FEEDBACK:
+                changed = absorb_feedback(entry, summarize_feedback(decoded.value), partition=partition, now=now)
+            else:
+                changed = absorb(entry, kind, summarize(kind, decoded.value), partition=partition, now=now)
+            if changed is None:
+                (self.metrics.feedback_duplicates if kind == FEEDBACK else self.metrics.duplicates).inc()
+                continue
+            touched[prediction_id] = entry = changed
+
+    def _emit_exchange(self, prediction_id: str, events: list[Decoded], partition: int, *, now: float) -> bool:
+        """Emit the trace of an exchange nothing is pending for, if it is complete, without a table
+        entry: a redelivered frame makes the same trace again, with the same event id, and the sink
+        keeps one. False when the trace would be incomplete (it then waits in the table as two halves)."""
+        entry: PendingEntry = {"p": partition, "s": now, "q": summarize(REQUEST, events[0].value),
+                               "r": summarize(RESPONSE, events[1].value)}
+        trace = build_trace(entry["q"], entry["r"], self.lineage)
+        if not trace["complete"]:
+            return False
+        self._emit(prediction_id, entry, trace, now=now)
+        self.metrics.exchanges_joined.inc()
+        return True
+
     def dead_letter(self, event: EventT[bytes], reason: str, error: str) -> None:
         """Send a message the join cannot use to the dead-letter topic, delivered with the batch's traces."""
-        key, value, headers = self.dead_letters.letter(event, reason, error)
-        self.producer.produce(self.dead_letters.topic_name, key, value, headers=headers)
+        self.dead_letters.send(event, reason, error)
         self.metrics.dead_letters.inc()
 
     def release_changelog(self) -> None:
-        """Hand the table writes held back so far to the producer."""
+        """Send the table writes held back so far to the table's changelog (Faust's ``send_changelog``)."""
         held, self._changelog = self._changelog, []
-        for key, value, partition in held:
-            self.producer.produce(self.changelog_topic, key, value, partition=partition)
+        for key, entry, partition in held:
+            if entry is None:
+                self.table.send_changelog(partition, key, None, value_serializer="raw")  # a tombstone
+            else:
+                self.table.send_changelog(partition, key, entry)
 
     async def flush(self) -> None:
         """Deliver this batch's traces, then its table writes; returns when both are acknowledged.
 
-        In that order: a done marker that reached the changelog while its trace did not (a crash
-        between the two) would swallow the trace when the batch is consumed again. The session's
-        seal goes out with the traces when one is due.
+        In that order (see the module docstring). The session's seal goes out with the traces when
+        one is due.
         """
         now = time.monotonic()
         if self.encoder.seal_due(now):
             self.send_seal(now=now)
         await self.producer.flush()
-        self.release_changelog()
-        await self.producer.flush()
+        if self._changelog:
+            self.release_changelog()
+            await self.flush_changelog()
 
     def send_seal(self, *, now: float, final: bool = False) -> None:
         """Seal this worker's session: a SessionSeal on the lineage topic, keyed by the session id."""
@@ -311,7 +383,7 @@ def register_join_agent(
     pending = app.Table(PENDING_TABLE, partitions=partitions, key_type=str,
                         help="halves of predictions waiting for a trace")
     joiner.table = pending
-    joiner.changelog_topic = pending.changelog_topic.get_topic_name()
+    joiner.flush_changelog = lambda: app.producer.flush()
     metrics = joiner.metrics
 
     @pending.on_recover
@@ -333,34 +405,15 @@ def register_join_agent(
                 continue  # decided before, or past offsets Faust skipped (read again after the rewind)
             decided.add(message.partition)
             try:
-                decoded = catalog.decode(event.value)
+                decoded = [catalog.decode(raw) for raw in events_in(catalog, event.value)]
             except SchemaError as exc:
                 joiner.dead_letter(event, type(exc).__name__, str(exc))
                 continue
-            kind = decoded.record
-            metrics.events_in.labels(kind).inc()
-            if kind not in HALF_KINDS and kind != FEEDBACK:
-                log.warning("ignoring a %s event on the inference topic", kind)
-                continue
             try:
-                prediction_id = str(decoded.value["prediction_id"])
-                if is_position_key(prediction_id):
-                    raise ValueError(f"prediction_id {prediction_id!r} starts with a NUL character")
-                entry = touched[prediction_id] if prediction_id in touched else pending.data.get(prediction_id)
-                if kind == FEEDBACK:
-                    changed = absorb_feedback(entry, summarize_feedback(decoded.value),
-                                              partition=message.partition, now=now)
-                else:
-                    changed = absorb(entry, kind, summarize(kind, decoded.value),
-                                     partition=message.partition, now=now)
+                joiner.take(decoded, touched, partition=message.partition, now=now)
             except Exception as exc:  # a bug or a bad value must not stop the join for every later event
                 log.exception("join failed for %s[%s]@%s", message.topic, message.partition, message.offset)
                 joiner.dead_letter(event, "JoinFailed", f"join failed: {type(exc).__name__}: {exc}")
-                continue
-            if changed is None:
-                (metrics.feedback_duplicates if kind == FEEDBACK else metrics.duplicates).inc()
-                continue
-            touched[prediction_id] = changed
         for prediction_id, entry in touched.items():
             joiner._guarded_advance(prediction_id, entry, now=now)
         joiner.record_positions(decided)

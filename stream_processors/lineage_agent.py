@@ -4,8 +4,13 @@ Why a ``GlobalTable``: the join agent on every worker must resolve any endpoint,
 but the lineage topic is split across workers by subject, and Deployments are keyed by model
 version, not endpoint. Each worker writes the entries of its lineage partitions into one
 GlobalTable; Faust gives every worker every changelog partition, so all workers converge on the
-same entries, and a restarted worker recovers them from the changelog (it survives restarts
-with the in-memory store, and with RocksDB too).
+same entries, and a restarted worker recovers them from the changelog.
+
+State: Faust's Table API, used as Faust means it (``table[key] = value`` inside the agent, one
+event at a time, so Faust writes the changelog and recovers the table from it). The store is
+Faust's in-memory one, rebuilt from the changelog at every start (tests/integration/
+test_processors_kill.py kills a worker and checks the lineage a restarted one resolves); lineage
+is small (entries per model version, run and deployment), so it needs no store larger than memory.
 
 Entries are written so that two workers never read-modify-write the same key (one key per
 Deployment event; a model or run is only ever written by the worker owning its partition), so
@@ -84,7 +89,7 @@ def register_lineage_agent(
         try:
             decoded = catalog.decode(event.value)
         except SchemaError as exc:
-            await dead_letters.send(event, type(exc).__name__, str(exc))
+            dead_letters.send(event, type(exc).__name__, str(exc))
             return
         if decoded.record in LINEAGE_EVENT_KINDS:
             for key, value in index.ingest(decoded.record, decoded.value):
@@ -100,10 +105,9 @@ def register_lineage_agent(
                     await handle(event)
                 except Exception as exc:  # one bad event must not stop lineage for every later one
                     log.exception("lineage failed for %s[%s]@%s", message.topic, message.partition, message.offset)
-                    await dead_letters.send(event, "LineageFailed",
-                                            f"lineage indexing failed: {type(exc).__name__}: {exc}")
+                    dead_letters.send(event, "LineageFailed", f"lineage indexing failed: {type(exc).__name__}: {exc}")
                 if dead_letters.count != dead:
-                    await app.producer.flush()  # the dead letter is out before the position passes it
+                    await dead_letters.producer.flush()  # the dead letter is out before the position passes it
                 table[position_key(message.partition)] = {"offset": message.offset}
             await seek_back(app, name, positions, metrics, now=time.time())
 

@@ -18,6 +18,9 @@ class ProcessorMetrics:
                                  registry=r)
         self.duplicates = Counter("provline_processors_duplicate_halves_total",
                                   "request/response halves seen again and ignored", registry=r)
+        self.exchanges_joined = Counter(
+            "provline_processors_exchanges_joined_total",
+            "complete exchange frames turned into a trace at once, without a join-table entry", registry=r)
         self.traces_out = Counter("provline_processors_traces_out_total", "PredictionTrace events emitted",
                                   registry=r)
         self.partial_traces = Counter("provline_processors_partial_traces_total",

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from provline.producers import Emitter, JobSettings, Lineage, MemoryTransport, build_emitter
 from provline.schemas import Catalog, default_catalog
+from provline.schemas.frames import events_in
 from provline.schemas.integrity import HashChain
 from provline.sink.verify import Finding, Links, Seals, Trust, check_event, link_findings
 
@@ -44,11 +45,17 @@ def memory_lineage(producer_name: str = "provline-job", **sections: Any) -> Line
 
 
 def sent(emitter: Emitter) -> list[bytes]:
-    """Every message the emitter has handed to its (memory) transport, once everything queued went out."""
+    """Every event the emitter has handed to its (memory) transport, once everything queued went out;
+    an exchange frame's two events one after the other."""
     assert emitter.flush(FLUSH_TIMEOUT_S), "the emitter did not deliver its queue in time"
     transport = emitter.transport
     assert isinstance(transport, MemoryTransport), f"{type(transport).__name__} keeps no messages"
-    return [message.value for message in transport.messages]
+    return events_sent(transport)
+
+
+def events_sent(transport: MemoryTransport) -> list[bytes]:
+    """The events of the messages the transport holds now; an exchange frame's two one after the other."""
+    return [event for message in list(transport.messages) for event in events_in(default_catalog(), message.value)]
 
 
 def decoded(emitter: Emitter, catalog: Catalog | None = None) -> list[tuple[str, dict[str, Any]]]:

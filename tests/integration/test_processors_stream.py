@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from provline.producers.profile import profile_table
 from provline.schemas import Topics, default_catalog
+from provline.schemas.frames import exchange_frame
 from tests.integration.test_processors_join import READY_DEADLINE_SECONDS, Events, WorkerProcess, start_worker
 
 pytestmark = pytest.mark.integration
@@ -209,8 +210,9 @@ SESSION_TIMEOUT_SECONDS = 8
 # (so may commit) messages fetched in the superseded generation without processing them
 # (faust-streaming #216/#221/#223). The join keeps its own read positions and reads skipped offsets
 # again (stream_processors/positions.py); this test is what shows that nothing is lost that way.
+@pytest.mark.parametrize("shape", ["halves", "frames"])  # frames: one message per prediction, as the sidecar sends
 def test_a_worker_killed_mid_stream_loses_and_duplicates_no_trace(
-    kafka_bootstrap: str, topics: Topics, worker_factory: Any
+    kafka_bootstrap: str, topics: Topics, worker_factory: Any, shape: str
 ) -> None:
     first = worker_factory("first", PROVLINE_KAFKA__SESSION_TIMEOUT_S=str(SESSION_TIMEOUT_SECONDS))
     events = Events()
@@ -218,7 +220,9 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_no_trace(
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20})
     produce(producer, topics.lineage, lineage_events(events, base))
     requests, responses = halves_of(events, base, PREDICTIONS)
-    stream = requests + responses
+    stream = requests + responses if shape == "halves" else [
+        (key, exchange_frame(events.catalog, key, request, response))
+        for (key, request), (_, response) in zip(requests, responses, strict=True)]
     random.Random(9).shuffle(stream)
     reader = TraceReader(kafka_bootstrap, [topics.traces])
     try:

@@ -12,7 +12,7 @@ from aiohttp import web
 from provline.producers import JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
-from tests.helpers import LoopThread, memory_emitter
+from tests.helpers import LoopThread, events_sent, memory_emitter
 from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def served() -> Iterator[tuple[LoopThread, KServe]]:
 def events_of(emitter: object, prediction_id: str, timeout: float = 10.0) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
-        decoded = [default_catalog().decode(m.value) for m in list(emitter.transport.messages)]  # type: ignore[attr-defined]
+        decoded = [default_catalog().decode(raw) for raw in events_sent(emitter.transport)]  # type: ignore[attr-defined]
         found = {d.record: d.value for d in decoded if d.value.get("prediction_id") == prediction_id}
         if len(found) >= 2 or time.monotonic() > deadline:
             return found

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provline.schemas import default_catalog
+from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP
 from tests.helpers import LoopThread, memory_emitter
@@ -106,8 +107,9 @@ class EventIndex:
         deadline = time.monotonic() + timeout
         while True:
             while self.seen < len(self.messages):
-                decoded = default_catalog().decode(self.messages[self.seen].value)
-                self.by_id[decoded.value["prediction_id"]].append((decoded.record, decoded.value))
+                for event in events_in(default_catalog(), self.messages[self.seen].value):
+                    decoded = default_catalog().decode(event)
+                    self.by_id[decoded.value["prediction_id"]].append((decoded.record, decoded.value))
                 self.seen += 1
             found = self.by_id.get(prediction_id, [])
             if len(found) >= count or time.monotonic() > deadline:

@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 
 from provline.producers import Emitter, JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
+from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
 from provline.sidecar.server import http_limits, uvicorn_config
 from provline.sidecar.settings import CaptureSettings
-from tests.helpers import LoopThread, memory_emitter, sent
+from tests.helpers import LoopThread, events_sent, memory_emitter, sent
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +104,7 @@ class Running:
     def events(self, prediction_id: str, count: int = 2, timeout: float = 5.0) -> dict[str, dict]:
         """This prediction's events, waiting for ``count`` of them (they are emitted after the reply)."""
         def found() -> dict[str, dict]:
-            decoded = [default_catalog().decode(m.value) for m in list(self.emitter.transport.messages)]  # type: ignore[union-attr]
+            decoded = [default_catalog().decode(raw) for raw in events_sent(self.emitter.transport)]  # type: ignore[arg-type]
             return {d.record: d.value for d in decoded if d.value["prediction_id"] == prediction_id}
         return wait_for(found, lambda events: len(events) >= count, timeout)
 
@@ -323,7 +324,7 @@ def test_a_failing_emitter_never_fails_the_request(loop: LoopThread, upstream: U
     class Broken:
         backlog = 0
 
-        def emit(self, kind: str, fields: dict, *, event_time: object = None) -> None:
+        def emit_exchange(self, request: dict, response: dict, **times: object) -> None:
             raise RuntimeError("encoder exploded")
 
     before = REGISTRY.get_sample_value("provline_sidecar_event_errors_total") or 0.0
@@ -356,8 +357,9 @@ def test_events_reach_kafka_keyed_by_prediction_id(
         while len(received) < 6 and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is not None and message.error() is None:
-                decoded = default_catalog().decode(message.value())
-                received.append((message.key().decode(), decoded.record, decoded.value))
+                for event in events_in(default_catalog(), message.value()):
+                    decoded = default_catalog().decode(event)
+                    received.append((message.key().decode(), decoded.record, decoded.value))
     finally:
         consumer.close()
     assert sorted((key, kind) for key, kind, _ in received) == sorted(
@@ -374,7 +376,7 @@ def test_the_reply_is_sent_before_events_are_built(loop: LoopThread, upstream: U
 
         backlog = 0
 
-        def emit(self, kind: str, fields: dict, *, event_time: object = None) -> None:
+        def emit_exchange(self, request: dict, response: dict, **times: object) -> None:
             called.set()
             release.wait(10)
 

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from provline.schemas import Topics, default_catalog
+from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from tests.helpers import LoopThread
 from tests.integration.test_sidecar_proxy import start_server, stop_server
@@ -72,8 +73,10 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0)
     deadline = time.monotonic() + timeout
     try:
         while len(raw) < expected and time.monotonic() < deadline:
-            raw.extend(m.value() for m in consumer.consume(100, 0.5) if m.error() is None)
-        raw.extend(m.value() for m in consumer.consume(100, 1.0) if m.error() is None)  # nothing more expected
+            raw.extend(event for m in consumer.consume(100, 0.5) if m.error() is None
+                       for event in events_in(default_catalog(), m.value()))
+        raw.extend(event for m in consumer.consume(100, 1.0) if m.error() is None  # nothing more expected
+                   for event in events_in(default_catalog(), m.value()))
     finally:
         consumer.close()
     return raw

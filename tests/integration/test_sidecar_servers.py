@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from provline.schemas import default_catalog
 from provline.sidecar.payload import DEFAULT_MAX_ROWS
-from tests.helpers import LoopThread
+from tests.helpers import LoopThread, events_sent
 from tests.integration.test_sidecar_proxy import Running, sidecar
 
 pytestmark = pytest.mark.integration
@@ -118,8 +118,8 @@ def iris_request(rows: int, **extra: Any) -> dict[str, Any]:
 
 
 def decoded_events(running: Running) -> list[tuple[str, dict[str, Any]]]:
-    return [(d.record, d.value) for d in (default_catalog().decode(m.value)
-                                          for m in list(running.emitter.transport.messages))]  # type: ignore[union-attr]
+    return [(d.record, d.value) for d in (default_catalog().decode(raw)
+                                          for raw in events_sent(running.emitter.transport))]  # type: ignore[arg-type]
 
 
 def test_a_gzip_reply_gives_its_outputs_and_version_and_is_relayed_byte_for_byte(

@@ -14,6 +14,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.frames import FRAMES, exchange_frame
 from provline.schemas.integrity import HashChain
 from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
 from provline.sink.rows import table_for
@@ -158,7 +159,7 @@ def test_views_are_created_once_and_replaced_when_their_definition_changes(store
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'"
     ).result_rows
     # per event kind one into its table and one into the ledger; the index and the served edges
-    assert len(views) == 2 * len(default_catalog().records) + 2
+    assert len(views) == 2 * len(set(default_catalog().records) - FRAMES) + 2
     stale = views[0][0]
     store.command(f"RENAME TABLE {stale} TO provline_view_old_definition")
     assert ensure_views(store, default_catalog()) == [stale]
@@ -180,3 +181,33 @@ def test_an_event_in_an_older_writer_schema_is_stored_in_the_current_one_with_it
     assert (row["prediction_id"], row["model_version"]) == ("p-old", "2")
     payload = json.loads(row["payload"])
     assert payload["label"] is None and payload["feedback_event_id"] is None  # v2 fields, at their defaults
+
+
+def test_an_exchange_frame_stores_both_events_as_sent_alone_and_a_bad_half_costs_only_itself(store: Client) -> None:
+    catalog = default_catalog()
+    chain = HashChain(catalog)
+
+    def exchange(pid: str) -> tuple[bytes, bytes]:
+        request = seal(chain, "InferenceRequest", {
+            **new_envelope(producer_identity("sidecar", "s1"), event_time=WHEN), "prediction_id": pid,
+            "endpoint": "/predict", "method": "POST", "path": "/predict", "body_size": 2, "body_sha256": "a" * 64})
+        response = seal(chain, "InferenceResponse", {
+            **new_envelope(producer_identity("sidecar", "s1"), event_time=WHEN), "prediction_id": pid,
+            "endpoint": "/predict", "status": 200, "body_size": 2, "body_sha256": "b" * 64, "latency_us": 10})
+        return catalog.encode("InferenceRequest", request), catalog.encode("InferenceResponse", response)
+
+    first, second = exchange("p-1"), exchange("p-2")
+    unsealed = catalog.encode("InferenceResponse", {**catalog.decode(second[1]).value, "hash": ""})
+    messages = [StoredMessage("p.inference.v1", 1, 7, exchange_frame(catalog, "p-1", *first)),
+                StoredMessage("p.inference.v1", 1, 8, exchange_frame(catalog, "p-2", second[0], unsealed)),
+                StoredMessage("p.inference.v1", 1, 9, exchange_frame(catalog, "p-3", *first)[:-5])]
+    plan = plan_batch(messages, catalog)
+    letters = plan.dead_letters + insert_plan(store, plan, catalog)
+    assert [(letter.origin.offset, letter.reason, letter.origin.raw) for letter in letters] == [
+        (9, "CorruptEventError", messages[2].value()), (8, "InvalidEventError", unsealed)]
+    requests = store.query("SELECT raw, kafka_topic, kafka_partition, kafka_offset FROM inference_requests "
+                           "ORDER BY kafka_offset", column_formats={"raw": "bytes"}).result_rows
+    assert requests == [(first[0], "p.inference.v1", 1, 7), (second[0], "p.inference.v1", 1, 8)]
+    responses = store.query("SELECT raw, kafka_offset FROM inference_responses",
+                            column_formats={"raw": "bytes"}).result_rows
+    assert responses == [(first[1], 7)]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from provline.schemas import default_catalog
 from provline.sink.evidence import EVENTS, MANIFEST, build_bundle, verify_bundle
 from provline.sink.verify import Trust
-from tests.helpers import memory_emitter
+from tests.helpers import events_sent, memory_emitter
 
 SERVE_KEY = Ed25519PrivateKey.generate()
 JOB_KEY = Ed25519PrivateKey.generate()
@@ -35,7 +35,7 @@ def job_decision(actor: str, key: Ed25519PrivateKey) -> list[bytes]:
     emitter.emit("Decision", {"subject": "model:churn@3", "transition": "staging->production",
                               "outcome": "APPROVED", "actor": actor, "role": "risk"})
     assert emitter.close(10)
-    return [m.value for m in transport.messages]
+    return events_sent(transport)
 
 
 def test_a_bundle_signed_again_by_its_forger_does_not_verify() -> None:

@@ -31,7 +31,7 @@ from provline.sidecar.events import Capture
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.policy import FieldRules, Policy, Redactor
 from provline.sidecar.recorder import Exchange, Recorder
-from tests.helpers import LoopThread, decoded, memory_emitter
+from tests.helpers import LoopThread, decoded, events_sent, memory_emitter
 from tests.integration.test_sidecar_proxy import start_server, stop_server, wait_for
 
 KEY = "finding-4-redaction-key-0123456789"
@@ -52,8 +52,8 @@ class Sidecar:
     emitter: Emitter
 
     def events(self) -> list[tuple[str, dict]]:
-        messages = list(self.emitter.transport.messages)  # type: ignore[union-attr]
-        return [(d.record, d.value) for d in (default_catalog().decode(m.value) for m in messages)]
+        events = events_sent(self.emitter.transport)  # type: ignore[arg-type]
+        return [(d.record, d.value) for d in (default_catalog().decode(raw) for raw in events)]
 
     def missing(self, prediction_ids: list[str]) -> int:
         """Events missing for these predictions, waiting a little for the recorder."""
@@ -201,7 +201,7 @@ def test_every_hostile_exchange_leaves_a_record_and_others_are_served(
 # the full record fail, yet an unforeseen failure must still leave a record (or a DeliveryGap).
 
 class FaultyEmitter:
-    """A real emitter whose ``emit`` raises for the events ``fails`` picks (an encoder bug, say)."""
+    """A real emitter whose ``emit_exchange`` raises when ``fails`` picks one of its events (an encoder bug, say)."""
 
     def __init__(self, emitter: Emitter, fails: Callable[[str, dict], bool]) -> None:
         self.real, self.fails = emitter, fails
@@ -210,10 +210,11 @@ class FaultyEmitter:
     def drops(self) -> Any:
         return self.real.drops
 
-    def emit(self, kind: str, fields: dict, *, event_time: Any = None) -> dict:
-        if self.fails(kind, fields):
-            raise RuntimeError(f"injected failure emitting {kind}")
-        return self.real.emit(kind, fields, event_time=event_time)
+    def emit_exchange(self, request: dict, response: dict, **times: Any) -> tuple[dict, dict]:
+        for kind, fields in (("InferenceRequest", request), ("InferenceResponse", response)):
+            if self.fails(kind, fields):
+                raise RuntimeError(f"injected failure emitting {kind}")
+        return self.real.emit_exchange(request, response, **times)
 
 
 class FaultyRedactor(Redactor):

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from provline.schemas import Topics, default_catalog
+from provline.schemas.frames import events_in
 from provline.sink.store import migrate, open_store
 from provline.sink.verifier import verify_store
 from provline.sink.verify import Trust
@@ -46,7 +47,7 @@ def read_topics(bootstrap: str, topics: list[str], quiet_s: float = 3.0) -> list
         while time.monotonic() < quiet_until:
             batch = [m for m in consumer.consume(1000, 0.5) if m.error() is None]
             if batch:
-                values += [m.value() for m in batch]
+                values += [event for m in batch for event in events_in(default_catalog(), m.value())]
                 quiet_until = time.monotonic() + quiet_s
     finally:
         consumer.close()

@@ -24,6 +24,7 @@ from aiohttp import web
 from confluent_kafka import Consumer
 
 from provline.schemas import Topics, default_catalog
+from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.errors import PolicyError
 from tests.helpers import LoopThread, memory_emitter, sent
@@ -99,7 +100,7 @@ def keyed_value(value: object) -> str:
 
 
 def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every message on ``topic``."""
+    """(key, event) of every event on ``topic`` (an exchange frame's two one after the other)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"finding-12-{uuid.uuid4().hex}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
@@ -107,8 +108,10 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30.0)
     deadline = time.monotonic() + timeout
     try:
         while len(messages) < expected and time.monotonic() < deadline:
-            messages.extend((m.key(), m.value()) for m in consumer.consume(100, 0.5) if m.error() is None)
-        messages.extend((m.key(), m.value()) for m in consumer.consume(100, 1.0) if m.error() is None)
+            messages.extend((m.key(), e) for m in consumer.consume(100, 0.5) if m.error() is None
+                            for e in events_in(default_catalog(), m.value()))
+        messages.extend((m.key(), e) for m in consumer.consume(100, 1.0) if m.error() is None
+                        for e in events_in(default_catalog(), m.value()))
     finally:
         consumer.close()
     return messages

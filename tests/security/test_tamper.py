@@ -36,7 +36,7 @@ from provline.sink.writer import insert_plan, plan_batch
 from provline.stream_processors.join import trace_event_id
 from provline.stream_processors.traces import PRODUCER_NAME as PROCESSORS
 from provline.stream_processors.traces import TraceEncoder, stable_event_id
-from tests.helpers import StoredMessage, memory_emitter
+from tests.helpers import StoredMessage, events_sent, memory_emitter
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def emitted(producer_name: str, events: Any) -> tuple[list[bytes], str]:
     emitter, transport = memory_emitter(producer_name, signing={"key": private_text(KEYS[producer_name])})
     events(emitter.emit)
     assert emitter.close(10)
-    return [message.value for message in transport.messages], emitter.session_id
+    return events_sent(transport), emitter.session_id
 
 
 def serving_events(emit: Any) -> None:
@@ -446,5 +446,5 @@ def test_events_of_an_untrusted_producer_are_found(store: Client) -> None:
     emitter.emit("Decision", {"subject": "model:churn@3", "transition": "staging->production",
                               "outcome": "APPROVED", "actor": "mallory", "role": "risk"})
     assert emitter.close(10)
-    store_messages(store, [m.value for m in transport.messages], first_offset=1000)
+    store_messages(store, events_sent(transport), first_offset=1000)
     assert {f.problem for f in verify(store).findings} == {"untrusted"}

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -58,15 +57,16 @@ def test_tick_interval_is_bounded() -> None:
     assert tick_interval(Timing(ttl=0.01, lineage_wait=2, retention=300)) == 0.05
 
 
-class FakeTopic:
+class FakeProducer:
     def __init__(self, *, fail: bool = False) -> None:
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[tuple[str, bytes | None, bytes | None, Any]] = []
         self.fail = fail
 
-    async def send(self, **kwargs: Any) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
+                headers: Any = None) -> None:
         if self.fail:
-            raise ConnectionError("broker gone")
-        self.sent.append(kwargs)
+            raise BufferError("local queue full")
+        self.sent.append((topic, key, value, headers))
 
 
 def garbage_event() -> Any:
@@ -75,12 +75,12 @@ def garbage_event() -> Any:
 
 
 def test_dead_letters_keep_the_bytes_and_say_why() -> None:
-    topic = FakeTopic()
-    dead_letters = DeadLetters(topic)  # type: ignore[arg-type]
-    asyncio.run(dead_letters.send(garbage_event(), "CorruptEventError", "not a provline event"))
-    [sent] = topic.sent
-    assert (sent["key"], sent["value"]) == (b"k", b"junk")
-    assert dict(sent["headers"]) == {
+    producer = FakeProducer()
+    dead_letters = DeadLetters(producer, "p.dlq.v1")
+    dead_letters.send(garbage_event(), "CorruptEventError", "not a provline event")
+    [(topic, key, value, headers)] = producer.sent
+    assert (topic, key, value) == ("p.dlq.v1", b"k", b"junk")
+    assert dict(headers) == {
         "provline-dlq-reason": b"CorruptEventError", "provline-dlq-error": b"not a provline event",
         "provline-source-topic": b"p.inference.v1", "provline-source-partition": b"2",
         "provline-source-offset": b"17",
@@ -89,6 +89,6 @@ def test_dead_letters_keep_the_bytes_and_say_why() -> None:
 
 
 def test_dead_letters_never_raise() -> None:
-    dead_letters = DeadLetters(FakeTopic(fail=True))  # type: ignore[arg-type]
-    asyncio.run(dead_letters.send(garbage_event(), "Reason", "why"))
+    dead_letters = DeadLetters(FakeProducer(fail=True), "p.dlq.v1")
+    dead_letters.send(garbage_event(), "Reason", "why")
     assert (dead_letters.count, dead_letters.failed) == (1, 1)

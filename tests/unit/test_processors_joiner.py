@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 from typing import Any
 
-from provline.schemas.serde import default_catalog
+import pytest
+
+from provline.schemas.serde import Decoded, default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.join import (
@@ -37,23 +38,28 @@ class FakeProducer:
         self.sent.append((topic, key, value, partition))
 
 
-class DlqTopic:
-    def get_topic_name(self) -> str:
-        return "dlq"
-
-
 def make_joiner(index: LineageIndex) -> tuple[Joiner, FakeProducer]:
     producer = FakeProducer()
     catalog = default_catalog()
     joiner = Joiner(
         catalog=catalog, lineage=index, encoder=TraceEncoder(catalog, session_id="s"), timing=TIMING,
         metrics=ProcessorMetrics(), drift=DriftAccumulator(index.baseline_of, window_us=60_000_000),
-        producer=producer, traces_topic="traces", dead_letters=DeadLetters(DlqTopic()),  # type: ignore[arg-type]
+        producer=producer, traces_topic="traces", dead_letters=DeadLetters(producer, "dlq"),
         lineage_topic="lineage",
     )
-    joiner.table = SimpleNamespace(data={})
-    joiner.changelog_topic = "changelog"
+    joiner.table = FakeTable()
     return joiner, producer
+
+
+class FakeTable:
+    """The part of a Faust Table the Joiner uses: its store and ``send_changelog``."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.changelog: list[tuple[str, Any, int | None]] = []
+
+    def send_changelog(self, partition: int | None, key: str, value: Any, value_serializer: str | None = None) -> None:
+        self.changelog.append((key, value, partition))
 
 
 def traces(producer: FakeProducer) -> list[dict[str, Any]]:
@@ -63,8 +69,7 @@ def traces(producer: FakeProducer) -> list[dict[str, Any]]:
 
 def changelog(producer: FakeProducer, joiner: Joiner) -> list[tuple[str, Any, int | None]]:
     joiner.release_changelog()
-    return [(json.loads(key), json.loads(value) if value is not None else None, partition)
-            for topic, key, value, partition in producer.sent if topic == "changelog"]
+    return joiner.table.changelog
 
 
 def both(pid: str = "p1", partition: int = 2, now: float = 100, **named: Any) -> dict[str, Any]:
@@ -240,3 +245,51 @@ def test_a_marker_awaiting_its_deployment_is_retried_after_a_recovery() -> None:
     recovered.on_timer(now=111, owns=lambda p: True)
     [completed] = traces(producer2)
     assert completed["complete"] is True
+
+
+# Issue 15: one message per prediction. A complete exchange frame is decided at once, without a table entry.
+
+def exchange(pid: str = "p1", **named: Any) -> list[Decoded]:
+    catalog = default_catalog()
+    return [Decoded(REQUEST, request(pid=pid), catalog.current(REQUEST)),
+            Decoded(RESPONSE, response(pid=pid, **named), catalog.current(RESPONSE))]
+
+
+def test_a_complete_exchange_goes_out_at_once_and_writes_nothing_to_the_table() -> None:
+    joiner, producer = make_joiner(lineage())
+    touched: dict[str, Any] = {}
+    joiner.take(exchange(), touched, partition=2, now=100)
+    [trace] = traces(producer)
+    assert trace["complete"] and trace["event_id"] == trace_event_id("p1", to_micros(at(100)))
+    assert touched == {} and joiner.table.data == {} and changelog(producer, joiner) == []
+    joiner.take(exchange(), touched, partition=2, now=101)  # redelivered: the same trace, which the sink collapses
+    assert [t["event_id"] for t in traces(producer)] == [trace["event_id"]] * 2
+
+
+def test_an_exchange_without_its_lineage_waits_in_the_table_like_two_halves() -> None:
+    joiner, producer = make_joiner(LineageIndex())
+    touched: dict[str, Any] = {}
+    joiner.take(exchange(), touched, partition=2, now=100)
+    assert traces(producer) == [] and set(touched["p1"]) >= {"q", "r"}
+
+
+def test_an_exchange_for_a_prediction_with_waiting_feedback_carries_it() -> None:
+    joiner, producer = make_joiner(lineage())
+    touched: dict[str, Any] = {}
+    catalog = default_catalog()
+    label = {"event_id": "fb-1", "event_time": at(99), "prediction_id": "p1", "label": "churned", "outcome": None,
+             "source": "crm", "observed_time": at(99)}
+    joiner.take([Decoded("Feedback", label, catalog.current("Feedback"))], touched, partition=2, now=99)
+    joiner.take(exchange(), touched, partition=2, now=100)
+    joiner._guarded_advance("p1", touched["p1"], now=100)
+    [trace] = traces(producer)
+    assert trace["label"] == "churned" and trace["feedback_event_id"] == "fb-1"
+
+
+def test_a_frame_holding_two_predictions_is_refused() -> None:
+    joiner, producer = make_joiner(lineage())
+    frame = exchange()
+    frame[1] = exchange("p2")[1]
+    with pytest.raises(ValueError, match="request of 'p1' and the response of 'p2'"):
+        joiner.take(frame, {}, partition=2, now=100)
+    assert traces(producer) == []

@@ -13,7 +13,7 @@ from provline.producers.processor import BatchProcessor
 from provline.schemas import default_catalog
 from provline.schemas.integrity import load_public_key, signature_valid
 from provline.sink.verify import Trust
-from tests.helpers import chain_findings, decoded, memory_emitter, sent
+from tests.helpers import chain_findings, decoded, events_sent, memory_emitter, sent
 
 
 def deployment(version: str) -> dict:
@@ -101,7 +101,7 @@ def test_a_closed_emitter_records_the_drop() -> None:
     emitter.close()
     emitter.emit("Deployment", deployment("1"))
     # closing sealed the session: its last event is the final seal, nothing follows it
-    [(kind, seal)] = [(d.record, d.value) for d in (default_catalog().decode(m.value) for m in transport.messages)]
+    [(kind, seal)] = [(d.record, d.value) for d in (default_catalog().decode(raw) for raw in events_sent(transport))]
     assert (kind, seal["count"], seal["final"]) == ("SessionSeal", 0, True)
     assert emitter.drops.take()[0]["reason"] == "emitter_closed"
 
@@ -138,4 +138,4 @@ def test_a_session_seals_itself_while_events_flow_and_once_at_close() -> None:
     assert [(e["kind"], e.get("count"), e.get("final")) for e in events] == [
         ("Deployment", None, None), ("Deployment", None, None), ("SessionSeal", 2, False),
         ("Deployment", None, None), ("SessionSeal", 4, True)]
-    assert chain_findings([m.value for m in transport.messages]) == []
+    assert chain_findings(events_sent(transport)) == []
