@@ -55,6 +55,7 @@ def joined_trace_row(
     if trace is None:
         return None
     request = newest(prediction_rows, "request") or {}
+    feedback = newest(prediction_rows, "feedback") or {}
     model = newest(registry_rows, "model_version") or {}
     run = newest([row for row in registry_rows if row["run_id"] == run_id], "run") if run_id is not None else None
     run = run or {}
@@ -63,6 +64,7 @@ def joined_trace_row(
         "trace_payload": trace["payload_or_sha256"],
         "request_event_id": request.get("event_id"),
         "request_body_sha256": request.get("payload_or_sha256"),
+        "feedback_payload": feedback.get("payload_or_sha256"),
         "model_version_event_id": model.get("event_id"),
         "model_artifact_uri": model.get("uri_or_repo"),
         "model_artifact_sha256": model.get("sha256_or_commit"),
@@ -109,6 +111,14 @@ def shape_trace(prediction_id: str, row: dict[str, Any]) -> dict[str, Any]:
     }
     shaped.update({name: trace.get(name) for name in EXCHANGE_FIELDS})
     shaped.update({name: trace[name] for name in OPTIONAL_TRACE_FIELDS if name in trace})
+    if shaped.get("feedback_event_id") is None and row.get("feedback_payload"):
+        # ground truth that came after the trace went out without a labelled copy (a trace joined
+        # from an exchange frame keeps no join state to label): the newest Feedback stored
+        feedback = json.loads(row["feedback_payload"])
+        shaped.update({"label": feedback.get("label"), "outcome": feedback.get("outcome"),
+                       "feedback_source": feedback.get("source"), "feedback_time": feedback.get("observed_time"),
+                       "feedback_event_id": feedback.get("event_id")})
+        shaped["sources"]["feedback"] = feedback.get("event_id")
     return shaped
 
 

@@ -1,6 +1,6 @@
--- Step 1 of a trace (sink.queries.trace): every stored PredictionTrace and InferenceRequest of
--- one prediction. Both tables' ORDER BY starts with prediction_id, so each branch is a point
--- lookup of one granule however many predictions are stored.
+-- Step 1 of a trace (sink.queries.trace): every stored PredictionTrace, InferenceRequest and
+-- Feedback of one prediction. The tables' ORDER BY starts with prediction_id, so each branch is a
+-- point lookup of one granule however many predictions are stored.
 --
 -- No FINAL, no ORDER BY: a prediction has a handful of rows (a trace per join attempt, the
 -- request, redelivered copies not yet merged away), and the caller keeps the newest of each
@@ -13,4 +13,8 @@ WHERE prediction_id = {prediction_id:String}
 UNION ALL
 SELECT 'request', event_id, event_time, body_sha256
 FROM inference_requests
+WHERE prediction_id = {prediction_id:String}
+UNION ALL
+SELECT 'feedback', event_id, event_time, payload
+FROM feedback
 WHERE prediction_id = {prediction_id:String}

@@ -70,3 +70,20 @@ def test_shape_falls_back_to_the_registry_and_passes_optional_feedback_fields() 
     assert not {"label", "outcome", "feedback_source", "feedback_time"} & bare.keys()  # v1 traces: absent
     assert bare["sources"] == {"trace": "t", "request": None, "model_version": None, "run": None}
     assert bare["dataset_digests"] == [] and bare["artifact_uri"] is None
+
+
+def feedback_row(event_id: str, second: int, label: str) -> dict[str, Any]:
+    body = {"event_id": event_id, "label": label, "outcome": None, "source": "crm",
+            "observed_time": at(second).isoformat()}
+    return {"source": "feedback", "event_id": event_id, "event_time": at(second), "payload_or_sha256": json.dumps(body)}
+
+
+def test_a_trace_without_ground_truth_takes_the_newest_feedback_stored_for_its_prediction() -> None:
+    """Issue 15: a trace joined from an exchange frame leaves no join state to label a copy of it with."""
+    prediction = [trace_row("t", 1), feedback_row("f-old", 5, "stayed"), feedback_row("f-new", 9, "churned")]
+    shaped = shape_trace("p", joined_trace_row(prediction, [], None))
+    assert (shaped["label"], shaped["feedback_event_id"], shaped["feedback_time"]) == (
+        "churned", "f-new", at(9).isoformat())
+    assert shaped["sources"]["feedback"] == "f-new"
+    labelled = [trace_row("t2", 10, label="stayed", feedback_event_id="f-old"), feedback_row("f-new", 9, "churned")]
+    assert shape_trace("p", joined_trace_row(labelled, [], None))["label"] == "stayed"  # the join's own label wins
