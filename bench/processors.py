@@ -1,22 +1,30 @@
-"""Benchmark: joined predictions per second of one processors worker, and event-to-trace latency.
+"""Benchmark: joined predictions per second of a processors worker, scale-out, and event-to-trace latency.
 
-    .venv/bin/python bench/processors.py                           # 20,000 predictions
-    .venv/bin/python bench/processors.py --predictions 50000 --rate-share 0.3
+    .venv/bin/python bench/processors.py                           # 30,000 predictions
+    .venv/bin/python bench/processors.py --predictions 50000 --rate-share 0.5
 
 Broker: PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker started for the run (deploy/local/kafka).
+Every step reads its own copy of the same predictions (4 partitions), in arrival order with a
+little reordering. By default a prediction is one InferenceExchange frame, as the sidecar sends
+it; step 3 joins them as separate request and response messages, as other producers send them.
 
-1. Baseline. The inference topic (requests and responses of ``--predictions`` predictions, in
-   arrival order with a little reordering) is read with a raw aiokafka consume + decode loop
-   (``getmany`` and ``Catalog.decode``, nothing else). Printed: predictions/s (events / 2).
-2. Throughput. One worker (``provline processors``, a subprocess) joins the same topic's events
-   from a standing start: predictions/s from the first event produced to the last trace read.
-3. Latency below saturation. Predictions are produced at ``--rate-share`` of the measured
-   throughput for ``--latency-seconds``; latency = trace read time minus the response's event time
-   (both wall clocks of this host). Printed: p50 and p99.
-4. Faust ceiling. A Faust worker configured like the processors whose agent does nothing but take
-   the same batches (``stream.take_events``) and forward each event's key to an output topic, no
-   decoding, no waiting for delivery, measured like step 2 over a copy of the topic: the most any
-   Faust agent reaches here, so the join's throughput can be read as a share of it.
+1. Baseline. A raw aiokafka consume + decode loop over the frames (``getmany``, unpacking and
+   ``Catalog.decode`` of both events, nothing else). Printed: predictions/s.
+2. Throughput. One worker (``provline processors``, a subprocess) joins from a standing start:
+   predictions/s from the first message produced to the last trace read, and the worker's CPU
+   seconds per prediction (user + system, all its threads, from /proc).
+3. The same over separate halves: two messages per prediction, joined through the table.
+4. Latency below saturation. Predictions are produced at ``--rate-share`` of step 2's throughput
+   for ``--latency-seconds``; latency = trace read time minus the response's event time (both
+   wall clocks of this host). Printed: p50 and p99.
+5. Scale-out. Two workers of one app share the partitions (started, and their group settled,
+   before the clock starts): predictions/s, and CPU seconds per prediction per worker, which must
+   not grow with the number of workers (on 2 cores shared with the broker, throughput cannot double).
+6. Faust ceiling. A worker on the processors' own Faust app (same consumer, buffer and batch
+   settings: ``faust_app``) whose agent does nothing but take the same batches
+   (``stream.take_events``) and forward each message's key to an output topic, no decoding, no
+   waiting for delivery: the most any Faust agent reaches here; the join's throughput is read as
+   a share of it.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -50,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
 from provline.schemas.events import utcnow  # noqa: E402
+from provline.schemas.frames import events_in, exchange_frame  # noqa: E402
 from provline.schemas.integrity import HashChain  # noqa: E402
 
 console = Console()
@@ -82,10 +93,12 @@ def lineage(events: Events) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def prediction(events: Events, index: int, prefix: str, at: datetime) -> list[tuple[bytes, bytes]]:
+def prediction(events: Events, index: int, prefix: str, at: datetime, *, framed: bool = True
+               ) -> list[tuple[bytes, bytes]]:
+    """The prediction's messages: one InferenceExchange frame, or (``framed=False``) its two halves."""
     pid = f"{prefix}-{index}"
     body = f'{{"age": {index % 90}, "plan": "gold"}}'.encode()
-    return [
+    halves = [
         events("InferenceRequest", {
             "prediction_id": pid, "endpoint": "/predict", "method": "POST", "path": "/predict",
             "body_size": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
@@ -97,6 +110,9 @@ def prediction(events: Events, index: int, prefix: str, at: datetime) -> list[tu
             "outputs": {"score": 0.5},
         }, event_time=at + timedelta(milliseconds=3)),
     ]
+    if not framed:
+        return halves
+    return [(pid.encode(), exchange_frame(events.catalog, pid, halves[0][1], halves[1][1]))]
 
 
 def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
@@ -113,6 +129,7 @@ def produce_all(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]])
 
 
 async def raw_baseline(bootstrap: str, topic: str, expected: int) -> float:
+    """Messages/s of a bare aiokafka loop that decodes every event of every message."""
     from aiokafka import AIOKafkaConsumer
 
     catalog = default_catalog()
@@ -128,7 +145,8 @@ async def raw_baseline(bootstrap: str, topic: str, expected: int) -> float:
                 if started is None:
                     started = time.perf_counter()
                 for record in records:
-                    catalog.decode(record.value)
+                    for event in events_in(catalog, record.value):
+                        catalog.decode(event)
                     seen += 1
     finally:
         await consumer.stop()
@@ -149,14 +167,13 @@ def faust_ceiling_worker() -> None:
     """Run a Faust worker whose agent only takes batches and forwards each event's key (step 4)."""
     import faust
 
+    from provline.stream_processors.app import faust_app
     from provline.stream_processors.settings import ProcessorSettings
 
     settings = ProcessorSettings()
     topics = Topics(settings.topics.prefix)
     worker = settings.processors
-    app = faust.App(worker.app_id, broker=[f"kafka://{server}" for server in settings.kafka.servers()],
-                    autodiscover=False, store="memory://", datadir=worker.data_dir,
-                    topic_partitions=settings.topics.partitions, web_port=worker.web_port)
+    app = faust_app(settings)
     source = app.topic(topics.inference, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
     out = Producer(settings.kafka.librdkafka(**{"linger.ms": 5}))
@@ -173,6 +190,7 @@ def faust_ceiling_worker() -> None:
 
 def start_worker(bootstrap: str, topics: Topics, workdir: Path, *, ceiling: bool = False
                  ) -> tuple[subprocess.Popen, int]:
+    """A worker of the app ``<prefix>-processors`` (workers started with the same ``topics`` share it)."""
     web_port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PROVLINE_KAFKA__BOOTSTRAP": bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
@@ -210,6 +228,29 @@ def stop_worker(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def cpu_seconds(process: subprocess.Popen) -> float:
+    """User + system CPU seconds the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_members(bootstrap: str, group: str, members: int, timeout: float = 90.0) -> None:
+    """Wait until ``group`` is stable with ``members`` members, each assigned partitions."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            [description] = [future.result() for future in admin.describe_consumer_groups([group]).values()]
+        except KafkaException:  # the coordinator is not known yet
+            time.sleep(0.5)
+            continue
+        assigned = [m for m in description.members if m.assignment and m.assignment.topic_partitions]
+        if str(description.state).endswith("STABLE") and len(assigned) == members:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"consumer group {group} did not settle with {members} members in {timeout:.0f} s")
+
+
 def trace_consumer(bootstrap: str, topic: str) -> Consumer:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
@@ -218,10 +259,12 @@ def trace_consumer(bootstrap: str, topic: str) -> Consumer:
 
 
 def measure_throughput(bootstrap: str, topics: Topics, messages: list[tuple[bytes, bytes]], predictions: int,
-                       consumer: Consumer, what: str) -> float:
+                       consumer: Consumer, what: str, workers: Sequence[subprocess.Popen] = ()
+                       ) -> tuple[float, list[float]]:
     """Predictions/s from producing ``messages`` to the inference topic until every prediction's key
-    was read from the traces topic."""
+    was read from the traces topic; and each of ``workers``' CPU seconds per prediction meanwhile."""
     consumer.consume(1, 1.0)  # join the group before the clock starts
+    cpu_before = [cpu_seconds(worker) for worker in workers]
     started = time.perf_counter()
     produce_all(bootstrap, topics.inference, messages)
     seen: set[bytes] = set()
@@ -234,7 +277,78 @@ def measure_throughput(bootstrap: str, topics: Topics, messages: list[tuple[byte
                 if not message.error() and key is not None:
                     seen.add(key)
             progress.update(task, completed=len(seen))
-    return len(seen) / (time.perf_counter() - started)
+    rate = len(seen) / (time.perf_counter() - started)
+    cpu = [(cpu_seconds(worker) - before) / max(len(seen), 1) for worker, before in zip(workers, cpu_before,
+                                                                                       strict=True)]
+    return rate, cpu
+
+
+def joined(bootstrap: str, prefix: str, workdir: Path, messages: list[tuple[bytes, bytes]], predictions: int,
+           lineage_messages: list[tuple[bytes, bytes]], *, workers: int = 1, what: str
+           ) -> tuple[float, list[float]]:
+    """Throughput and CPU s/prediction per worker of ``workers`` join workers over ``messages``."""
+    topics = Topics(prefix=prefix)
+    create_topics(bootstrap, topics.all, partitions=PARTITIONS)
+    produce_all(bootstrap, topics.lineage, lineage_messages)
+    processes = [start_worker(bootstrap, topics, workdir / f"{prefix}-{n}")[0] for n in range(workers)]
+    try:
+        wait_for_members(bootstrap, f"{prefix}-processors", workers)
+        consumer = trace_consumer(bootstrap, topics.traces)
+        try:
+            return measure_throughput(bootstrap, topics, messages, predictions, consumer, what, processes)
+        finally:
+            consumer.close()
+    finally:
+        for process in processes:
+            stop_worker(process)
+
+
+def measure_latency(bootstrap: str, topics: Topics, consumer: Consumer, events: Events, rate: float,
+                    seconds: float) -> list[float]:
+    """Seconds from each prediction's response time to its trace being read, producing at ``rate``/s."""
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    response_times: dict[bytes, float] = {}
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"latency at {rate:,.0f} predictions/s", total=total)
+        sent = 0
+        while sent < total or len(latencies) < sent:
+            due = min(total, int((time.perf_counter() - t0) * rate))
+            while sent < due:
+                at = utcnow()
+                for key, value in prediction(events, sent, "l", at):
+                    producer.produce(topics.inference, key=key, value=value)
+                response_times[f"l-{sent}".encode()] = (at + timedelta(milliseconds=3)).timestamp()
+                sent += 1
+            producer.poll(0)
+            for message in consumer.consume(1000, 0.01):
+                received = message.key()
+                if message.error() or received is None or received not in response_times:
+                    continue
+                latencies.append(time.time() - response_times.pop(received))
+            progress.update(task, completed=len(latencies))
+            if time.perf_counter() - t0 > seconds + 60:
+                break
+    producer.flush(10)
+    return latencies
+
+
+def encoded(events: Events, predictions: int, *, framed: bool) -> list[tuple[bytes, bytes]]:
+    """The messages of ``predictions`` predictions, shuffled within small blocks."""
+    rng = random.Random(1)
+    now = utcnow()
+    messages: list[tuple[bytes, bytes]] = []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("encoding events", total=predictions)
+        for index in range(predictions):
+            messages += prediction(events, index, "t", now + timedelta(microseconds=index * 100), framed=framed)
+            progress.advance(task)
+    blocks = [messages[i:i + REORDER_WINDOW] for i in range(0, len(messages), REORDER_WINDOW)]
+    for block in blocks:
+        rng.shuffle(block)
+    return [m for block in blocks for m in block]
 
 
 def main() -> None:
@@ -242,10 +356,11 @@ def main() -> None:
         faust_ceiling_worker()
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--predictions", type=int, default=20_000)
-    parser.add_argument("--rate-share", type=float, default=0.3, help="latency run rate, share of throughput")
+    parser.add_argument("--predictions", type=int, default=30_000)
+    parser.add_argument("--rate-share", type=float, default=0.5, help="latency run rate, share of throughput")
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     args = parser.parse_args()
+    n = args.predictions
 
     workdir = Path(tempfile.mkdtemp(prefix="provline-bench-processors-"))
     broker = None
@@ -254,66 +369,40 @@ def main() -> None:
         console.print("starting a local Kafka broker…")
         broker = LocalKafka(workdir / "kafka").start()
         bootstrap = broker.bootstrap
-    topics = Topics(prefix=f"bench-{uuid.uuid4().hex[:6]}")
-    ceiling_topics = Topics(prefix=f"{topics.prefix}-ceiling")
-    create_topics(bootstrap, topics.all + ceiling_topics.all, partitions=PARTITIONS)
+    run = f"bench-{uuid.uuid4().hex[:6]}"
     events = Events()
-    rng = random.Random(1)
-    now = utcnow()
-    messages: list[tuple[bytes, bytes]] = []
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("encoding events", total=args.predictions)
-        for index in range(args.predictions):
-            messages += prediction(events, index, "t", now + timedelta(microseconds=index * 100))
-            progress.advance(task)
-    blocks = [messages[i:i + REORDER_WINDOW] for i in range(0, len(messages), REORDER_WINDOW)]
-    for block in blocks:
-        rng.shuffle(block)
-    messages = [m for block in blocks for m in block]
+    frames, halves = encoded(events, n, framed=True), encoded(events, n, framed=False)
+    lineage_messages = lineage(events)
     process = None
     try:
-        produce_all(bootstrap, topics.lineage, lineage(events))
-        process, _ = start_worker(bootstrap, topics, workdir / "join")
+        topics = Topics(prefix=f"{run}-one")
+        create_topics(bootstrap, topics.all, partitions=PARTITIONS)
+        produce_all(bootstrap, topics.lineage, lineage_messages)
+        process, _ = start_worker(bootstrap, topics, workdir / "one")
+        wait_for_members(bootstrap, f"{topics.prefix}-processors", 1)
         consumer = trace_consumer(bootstrap, topics.traces)
-        joined_rate = measure_throughput(bootstrap, topics, messages, args.predictions, consumer, "joining")
-
-        console.print("raw aiokafka consume + decode over the same topic…")
-        raw_rate = asyncio.run(raw_baseline(bootstrap, topics.inference, len(messages))) / 2
-
-        rate = max(args.rate_share * joined_rate, 1.0)
-        total = int(rate * args.latency_seconds)
-        latencies: list[float] = []
-        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-        response_times: dict[bytes, float] = {}
-        t0 = time.perf_counter()
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task(f"latency at {rate:,.0f} predictions/s", total=total)
-            sent = 0
-            while sent < total or len(latencies) < sent:
-                due = min(total, int((time.perf_counter() - t0) * rate))
-                while sent < due:
-                    at = utcnow()
-                    for key, value in prediction(events, sent, "l", at):
-                        producer.produce(topics.inference, key=key, value=value)
-                    response_times[f"l-{sent}".encode()] = (at + timedelta(milliseconds=3)).timestamp()
-                    sent += 1
-                producer.poll(0)
-                for message in consumer.consume(1000, 0.01):
-                    received = message.key()
-                    if message.error() or received is None or received not in response_times:
-                        continue
-                    latencies.append(time.time() - response_times.pop(received))
-                progress.update(task, completed=len(latencies))
-                if time.perf_counter() - t0 > args.latency_seconds + 60:
-                    break
-        producer.flush(10)
+        one_rate, [one_cpu] = measure_throughput(bootstrap, topics, frames, n, consumer, "joining, one worker",
+                                                 [process])
+        rate = max(args.rate_share * one_rate, 1.0)
+        latencies = measure_latency(bootstrap, topics, consumer, events, rate, args.latency_seconds)
         consumer.close()
         stop_worker(process)
+        process = None
 
-        process, _ = start_worker(bootstrap, ceiling_topics, workdir / "ceiling", ceiling=True)
-        consumer = trace_consumer(bootstrap, ceiling_topics.traces)
-        ceiling_rate = measure_throughput(bootstrap, ceiling_topics, messages, args.predictions, consumer,
-                                          "Faust ceiling")
+        console.print("raw aiokafka consume + decode over the same topic…")
+        raw_rate = asyncio.run(raw_baseline(bootstrap, topics.inference, len(frames)))
+
+        halves_rate, [halves_cpu] = joined(bootstrap, f"{run}-halves", workdir, halves, n, lineage_messages,
+                                           what="joining separate halves")
+        two_rate, two_cpu = joined(bootstrap, f"{run}-two", workdir, frames, n, lineage_messages, workers=2,
+                                   what="joining, two workers")
+
+        ceiling = Topics(prefix=f"{run}-ceiling")
+        create_topics(bootstrap, ceiling.all, partitions=PARTITIONS)
+        process, _ = start_worker(bootstrap, ceiling, workdir / "ceiling", ceiling=True)
+        wait_for_members(bootstrap, f"{ceiling.prefix}-processors", 1)
+        consumer = trace_consumer(bootstrap, ceiling.traces)
+        ceiling_rate, _ = measure_throughput(bootstrap, ceiling, frames, n, consumer, "Faust ceiling")
         consumer.close()
     finally:
         if process is not None:
@@ -321,15 +410,20 @@ def main() -> None:
         if broker is not None:
             broker.stop()
 
-    table = Table(title=f"processors, one worker, {args.predictions:,} predictions, {PARTITIONS} partitions")
+    table = Table(title=f"processors, {n:,} predictions, {PARTITIONS} partitions, {os.cpu_count()} cores")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    table.add_row("raw aiokafka consume + decode (predictions/s)", f"{raw_rate:,.0f}")
-    table.add_row("joined predictions/s per worker", f"{joined_rate:,.0f}")
-    table.add_row("ratio to the raw loop", f"{joined_rate / raw_rate:.2f}")
+    table.add_row("raw aiokafka consume + decode of the frames (predictions/s)", f"{raw_rate:,.0f}")
     table.add_row("Faust ceiling: take + forward, no decode (predictions/s)", f"{ceiling_rate:,.0f}")
-    table.add_row("Faust ceiling ratio to the raw loop", f"{ceiling_rate / raw_rate:.2f}")
-    table.add_row("join's share of the Faust ceiling", f"{joined_rate / ceiling_rate:.2f}")
+    table.add_row("joined predictions/s, one worker (exchange frames)", f"{one_rate:,.0f}")
+    table.add_row("  share of the Faust ceiling", f"{one_rate / ceiling_rate:.2f}")
+    table.add_row("  CPU µs per prediction", f"{one_cpu * 1e6:,.0f}")
+    table.add_row("joined predictions/s, one worker (separate halves)", f"{halves_rate:,.0f}")
+    table.add_row("  CPU µs per prediction", f"{halves_cpu * 1e6:,.0f}")
+    table.add_row("joined predictions/s, two workers (exchange frames)", f"{two_rate:,.0f}")
+    table.add_row("  ratio to one worker", f"{two_rate / one_rate:.2f}")
+    table.add_row("  CPU µs per prediction, each worker", " / ".join(f"{cpu * 1e6:,.0f}" for cpu in two_cpu))
+    table.add_row("  CPU µs per prediction, both workers", f"{sum(two_cpu) * 1e6:,.0f}")
     if latencies:
         p50, p99 = np.percentile(latencies, [50, 99])
         table.add_row(f"event-to-trace latency p50 at {rate:,.0f}/s", f"{p50 * 1000:,.0f} ms")
