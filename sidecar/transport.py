@@ -121,6 +121,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._reading_head = True  # the next bytes are a request line and headers
         self._head_bytes = 0  # of the head being read, fed to the parser so far
+        self._head_begun = False  # the parser holds part of a head, its end not yet seen
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -156,11 +157,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_begun = True
         if self._head_timer is None:  # a kept-alive connection's next request: its head has begun
             self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
-        self._reading_head = False
+        self._reading_head = self._head_begun = False
         self._cancel_head_timer()
         limit = self.limit_concurrency
         if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
@@ -187,7 +189,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if not self._reading_head or self._refused or self.transport.is_closing():
             return
-        self._refuse(408 if self._head_bytes else None, "header_timeout", self.limits.too_slow())
+        # Whether a head has begun, not how many of its bytes were counted: those that arrived in the
+        # same read as the end of the request before were not, and that client asked something too.
+        self._refuse(408 if self._head_begun else None, "header_timeout", self.limits.too_slow())
 
     def _refuse(self, status: int | None, reason: str, message: str) -> None:
         """Refuse the request being read: reply ``status`` (None: nothing was asked, nothing is

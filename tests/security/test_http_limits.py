@@ -174,6 +174,29 @@ def test_half_sent_requests_are_closed_after_the_header_timeout_while_others_are
         assert refused("header_timeout") >= before + 200
 
 
+@pytest.mark.parametrize("pipelined", [False, True], ids=["after-a-reply", "pipelined"])
+def test_a_head_stalled_on_a_kept_alive_connection_gets_408(loop: LoopThread, upstream: Upstream,
+                                                             pipelined: bool) -> None:
+    """The header timeout runs from a kept-alive connection's next head, also one that arrived in the
+    same read as the request before it."""
+    served, stalled = HEAD + b"Content-Length: 2\r\n\r\n{}", HEAD + b"X-Slow: never ends"
+    with sidecar(loop, upstream, header_timeout_s=1.0, idle_timeout_s=60.0) as running, \
+            connect(running.url) as sock:
+        if pipelined:
+            sock.sendall(served + stalled)
+        else:
+            sock.sendall(served)
+            first = b""
+            while b"HTTP/1.1 200 OK" not in first or not first.endswith(b"}"):
+                first += sock.recv(65536)
+            sock.sendall(stalled)
+        reply = read_reply(sock)  # returns once the sidecar closed the connection
+    if not pipelined:
+        reply = first + reply
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert reply.count(b"HTTP/1.1 408 Request Timeout\r\n") == 1
+
+
 def test_idle_keep_alive_connections_are_closed(loop: LoopThread, upstream: Upstream) -> None:
     with sidecar(loop, upstream, idle_timeout_s=1.0) as running, connect(running.url) as sock:
         sock.sendall(HEAD + b"Content-Length: 2\r\n\r\n{}")
