@@ -65,6 +65,10 @@ class UpstreamResponse(asyncio.Protocol):
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
+        # One read timer per connection, re-armed only when it fires early: a timer per wait would
+        # cost a call_later and a cancel on every request.
+        self._read_deadline = 0.0
+        self._read_timer: asyncio.TimerHandle | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._paused_writing = False
@@ -106,6 +110,9 @@ class UpstreamResponse(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         if self._headers_done and not self._complete and self.content_length is None and not self._chunked:
             self._complete, self._keep_alive = True, False  # a body delimited by the close
             self._wake()
@@ -190,7 +197,13 @@ class UpstreamResponse(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _timed_out(self) -> None:
+    def _read_timer_fired(self) -> None:
+        self._read_timer = None
+        if self._waiter is None or self._waiter.done():
+            return  # nothing awaited now; the next wait arms the timer again
+        if self._loop.time() < self._read_deadline:  # news came since it was armed: a later wait is running
+            self._read_timer = self._loop.call_at(self._read_deadline, self._read_timer_fired)
+            return
         self._fail(TimeoutError(f"no bytes from the upstream for {self._pool.read_timeout_s:g} s"))
 
     async def _wait(self) -> None:
@@ -198,11 +211,12 @@ class UpstreamResponse(asyncio.Protocol):
         if self._error is not None:
             raise self._error
         self._waiter = waiter = self._loop.create_future()
-        timer = self._loop.call_later(self._pool.read_timeout_s, self._timed_out)
+        self._read_deadline = self._loop.time() + self._pool.read_timeout_s
+        if self._read_timer is None:
+            self._read_timer = self._loop.call_at(self._read_deadline, self._read_timer_fired)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
 
     async def _write(self, data: bytes) -> None:

@@ -27,10 +27,19 @@ class Request:
 
 
 @dataclass
+class Trickle:
+    """A reply sent in ``pieces`` equal parts, ``gap_s`` apart."""
+
+    reply: bytes
+    pieces: int
+    gap_s: float
+
+
+@dataclass
 class Scripted:
     """Replies in order; ``None`` closes the connection without answering; ``hang`` never answers."""
 
-    replies: list[bytes | None | str]
+    replies: list[bytes | None | str | Trickle]
     requests: list[Request] = field(default_factory=list)
     connections: int = 0
     server: asyncio.Server | None = None
@@ -53,6 +62,13 @@ class Scripted:
                     return
                 if reply == "hang":
                     await asyncio.sleep(3600)
+                if isinstance(reply, Trickle):
+                    size = -(-len(reply.reply) // reply.pieces)
+                    for start in range(0, len(reply.reply), size):
+                        writer.write(reply.reply[start:start + size])
+                        await writer.drain()
+                        await asyncio.sleep(reply.gap_s)
+                    continue
                 writer.write(reply)  # type: ignore[arg-type]
                 await writer.drain()
                 if b"connection: close" in reply.lower():  # type: ignore[union-attr]
@@ -85,7 +101,7 @@ def ok(body: bytes, *extra: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\n" + b"".join(extra) + b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
 
 
-def run(replies: list[bytes | None | str], test: Callable[[UpstreamPool, Scripted], Awaitable[None]],
+def run(replies: list[bytes | None | str | Trickle], test: Callable[[UpstreamPool, Scripted], Awaitable[None]],
         **options: float) -> Scripted:
     async def main() -> Scripted:
         scripted = Scripted(list(replies))
@@ -216,6 +232,19 @@ def test_silence_is_a_timeout_and_the_pool_limit_bounds_connections() -> None:
     scripted = run(["hang", ok(b"held"), ok(b"waited")], test, max_connections=1, read_timeout_s=0.2,
                    connect_timeout_s=0.2)
     assert scripted.connections == 2
+
+
+def test_the_read_timeout_is_silence_between_bytes_on_every_use_of_a_connection() -> None:
+    """A reply that trickles in for longer than read_timeout_s, never silent that long, is read whole;
+    the same connection, silent on its next request, times out (one read timer per connection)."""
+    async def test(pool: UpstreamPool, scripted: Scripted) -> None:
+        assert await get(pool) == (200, b"slow but never silent for long")
+        with pytest.raises(TimeoutError, match="no bytes from the upstream for 0.5 s"):
+            await get(pool)
+
+    scripted = run([Trickle(ok(b"slow but never silent for long"), pieces=16, gap_s=0.05), "hang"], test,
+                   read_timeout_s=0.5)
+    assert scripted.connections == 1
 
 
 def test_refused_connections_raise_os_errors() -> None:
