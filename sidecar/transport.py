@@ -140,6 +140,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:  # lingering: read and discard
             return
+        self._feed(data)
+        # A head that began in these bytes and did not end in them is timed from now; one that
+        # arrives whole, nearly every one, costs no timer.
+        if self._head_begun and self._head_timer is None and not self._refused:
+            self._arm_head_timer()
+
+    def _feed(self, data: bytes) -> None:
         limit = self.limits.max_header_bytes
         while data:
             if not self._reading_head:  # a body: uvicorn's flow control bounds what it holds
@@ -158,8 +165,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_begun = True
-        if self._head_timer is None:  # a kept-alive connection's next request: its head has begun
-            self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
         self._reading_head = self._head_begun = False
