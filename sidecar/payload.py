@@ -67,6 +67,8 @@ def valid_text(text: str) -> str:
     JSON may escape lone surrogates (``"\\ud800"``), and Python decodes them into strings that
     UTF-8 (and so the Avro encoder) refuses. Pure; the result has the length of ``text``.
     """
+    if text.isascii():  # nearly every string, and CPython knows it without a scan
+        return text
     return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
 
 
