@@ -69,6 +69,11 @@ log = logging.getLogger("provline.sidecar")
 PRODUCER_NAME = "sidecar"
 BACKLOG_INTERVAL_S = 1.0
 DECISION_CACHE_SIZE = 4096
+# A sidecar emits two events per request: at 5 ms (a job's default) librdkafka's broker thread
+# sends so many small batches that it took more CPU per request than the recorder (bench/sidecar.py,
+# capture on: about a fifth of the sidecar's CPU per request saved at 50 ms). Events reach the
+# broker up to this much later; replies never wait for them.
+SIDECAR_LINGER_S = 0.05
 
 
 class ClientGone(Exception):
@@ -76,12 +81,15 @@ class ClientGone(Exception):
 
 
 def worker_settings(settings: SidecarSettings, worker: int) -> SidecarSettings:
-    """The settings of one worker's emitter: never wait for room (drop and count), one spool per worker.
+    """The settings of one worker's emitter: never wait for room (drop and count), one spool per worker,
+    and unless ``PROVLINE_EMITTER__LINGER_S`` says otherwise, batches that linger :data:`SIDECAR_LINGER_S`.
 
     A spool has exactly one writer, so each worker process gets ``<spool_dir>/worker-<n>``; the
     same worker number replays its predecessor's spool after a restart.
     """
     update: dict[str, Any] = {"on_full": "drop"}
+    if "linger_s" not in settings.emitter.model_fields_set:
+        update["linger_s"] = SIDECAR_LINGER_S
     if settings.emitter.spool_dir is not None:
         update["spool_dir"] = settings.emitter.spool_dir / f"worker-{worker}"
     return settings.model_copy(update={"emitter": settings.emitter.model_copy(update=update)})

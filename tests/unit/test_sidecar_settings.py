@@ -4,6 +4,8 @@ import pytest
 from pydantic import ValidationError
 
 from provline.config import ConfigError, load_settings
+from provline.producers.settings import DEFAULT_LINGER_S
+from provline.sidecar.proxy import SIDECAR_LINGER_S, worker_settings
 from provline.sidecar.settings import DEFAULT_MAX_CAPTURE_BYTES, SidecarSettings
 
 
@@ -53,3 +55,15 @@ def test_upstream_with_a_query_is_refused_with_the_fix() -> None:
 def test_proxy_and_admin_ports_must_differ() -> None:
     with pytest.raises(ValidationError, match="PROVLINE_SIDECAR__ADMIN_PORT"):
         SidecarSettings(sidecar={"upstream": "http://m", "port": 9000, "admin_port": 9000})
+
+
+def test_the_sidecar_emitter_batches_longer_than_a_job_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROVLINE_SIDECAR__UPSTREAM", "http://m")
+    monkeypatch.setenv("PROVLINE_EMITTER__SPOOL_DIR", "/tmp/spool")
+    worker = worker_settings(load_settings(SidecarSettings), 1).emitter
+    assert worker.linger_s == SIDECAR_LINGER_S > DEFAULT_LINGER_S
+    assert (worker.on_full, str(worker.spool_dir)) == ("drop", "/tmp/spool/worker-1")
+    monkeypatch.setenv("PROVLINE_EMITTER__LINGER_S", str(DEFAULT_LINGER_S))  # the job's default, set on purpose
+    assert worker_settings(load_settings(SidecarSettings), 0).emitter.linger_s == DEFAULT_LINGER_S
+    given = SidecarSettings(sidecar={"upstream": "http://m"}, emitter={"linger_s": 0.2})
+    assert worker_settings(given, 0).emitter.linger_s == 0.2
