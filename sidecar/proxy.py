@@ -69,10 +69,10 @@ log = logging.getLogger("provline.sidecar")
 PRODUCER_NAME = "sidecar"
 BACKLOG_INTERVAL_S = 1.0
 DECISION_CACHE_SIZE = 4096
-# A sidecar emits two events per request: at 5 ms (a job's default) librdkafka's broker thread
-# sends so many small batches that it took more CPU per request than the recorder (bench/sidecar.py,
-# capture on: about a fifth of the sidecar's CPU per request saved at 50 ms). Events reach the
-# broker up to this much later; replies never wait for them.
+# A sidecar publishes a message for every request: at 5 ms (a job's default) librdkafka's broker
+# thread sends so many small batches that it takes more CPU per request than the recorder
+# (bench/sidecar.py, capture on: about a fifth of the sidecar's CPU per request saved at 50 ms).
+# Events reach the broker up to this much later; replies never wait for them.
 SIDECAR_LINGER_S = 0.05
 
 
