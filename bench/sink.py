@@ -2,16 +2,24 @@
 
     .venv/bin/python bench/sink.py                          # 200,000 events, 10,000,000 predictions
     .venv/bin/python bench/sink.py --events 50000 --predictions 1000000
-    .venv/bin/python bench/sink.py --only lookup            # one of the two parts
+    .venv/bin/python bench/sink.py --only write             # one of the two parts
 
-1. Write throughput. The same encoded events (half InferenceRequest, half PredictionTrace, as the
-   Kafka messages carry them) go into ClickHouse (chDB, in process) twice, in batches of
-   ``--batch`` events: the sink path does what ``SinkWriter.process_batch`` does between consume
-   and commit (frame each kind's messages into an Avro container and insert it; ClickHouse
-   decodes, validates, writes the rows, the prediction index and the served edges); the baseline
-   inserts the same rows, fetched back as Python values beforehand, into plain tables (one
-   insert per table and batch: pure ClickHouse cost). Printed: rows/s of each and the ratio.
-   Kafka is left out on purpose: it is the same for both and measured by bench/producer.py.
+Broker (write part): PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker started for the run
+(deploy/local/kafka).
+
+1. Write throughput, in ``--rounds`` rounds (medians printed; the machine may be shared). The same
+   encoded events (half InferenceRequest, half PredictionTrace, as the Kafka messages carry them)
+   go into ClickHouse (chDB, in process) three times, in batches of ``--batch`` events:
+   - the sink path does what ``SinkWriter.process_batch`` does between consume and commit (frame
+     each kind's messages into an Avro container and insert it; ClickHouse decodes, validates,
+     writes the rows, the ledger, the prediction index and the served edges);
+   - the baseline inserts the same rows, fetched back as Python values beforehand, into plain
+     tables (one insert per table and batch: pure ClickHouse cost, no views);
+   - from Kafka: a real ``SinkWriter`` (consume, frame, insert, commit; the sink's settings but
+     ``--batch`` and ``--insert-threads``), already in its consumer group and idle, reads the
+     events as this process produces them to the broker (lz4, as provline's producers send):
+     rows/s from the first event produced to the commit of the last.
+   Printed: rows/s of each, and each sink measure's ratio to the baseline of the same round.
 2. Trace lookup. ``--predictions`` traces are generated inside ClickHouse (INSERT ... SELECT FROM
    numbers()) with one InferenceRequest each and the model versions and run they name, then
    ``provline trace``'s lookups (sink.queries.trace) run for random prediction ids, interleaved with
@@ -23,12 +31,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,17 +54,30 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clickhouse_connect.driver.client import Client  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
 
-from provline.schemas import default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
+from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
+from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
 from provline.schemas.integrity import HashChain  # noqa: E402
 from provline.sink import queries  # noqa: E402
 from provline.sink.ingest import VIEW_PREFIX  # noqa: E402
-from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, DEFAULT_INSERT_THREADS  # noqa: E402
+from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, DEFAULT_INSERT_THREADS, ServeSettings  # noqa: E402
 from provline.sink.store import migrate, open_store  # noqa: E402
-from provline.sink.writer import insert_plan, plan_batch  # noqa: E402
+from provline.sink.writer import (  # noqa: E402
+    BatchResult,
+    MessageLike,
+    SinkWriter,
+    insert_plan,
+    plan_batch,
+    source_topics,
+)
 from tests.helpers import StoredMessage  # noqa: E402
 
 console = Console()
+PARTITIONS = 4
+TOPIC_OF_KIND = {"InferenceRequest": "inference", "PredictionTrace": "traces"}  # Topics attribute per kind
+JOIN_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 600.0
 
 
 def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
@@ -85,24 +111,26 @@ def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
 
 
 def write_throughput(
-    client: Client, store_url: str, messages: list[StoredMessage], batch: int, insert_threads: int, progress: Progress
-) -> tuple[float, float, int]:
+    client: Client, store_url: str, messages: list[StoredMessage], batch: int, insert_threads: int, round_: int,
+    progress: Progress,
+) -> tuple[float, float]:
+    """(baseline rows/s, sink path rows/s) of one round, in databases of its own."""
     catalog = default_catalog()
     batches = [messages[i:i + batch] for i in range(0, len(messages), batch)]
-    client.command("CREATE DATABASE IF NOT EXISTS bench_base")
-    client.command("CREATE DATABASE IF NOT EXISTS bench_sink")
-    for database in ("bench_base", "bench_sink"):
+    base, sink_db = f"bench_base_{round_}", f"bench_sink_{round_}"
+    for database in (base, sink_db):
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
         client.database = database
         migrate(client)
     # The baseline's tables are plain: no ingest views, nothing derived on insert.
-    for (view,) in client.query(f"SELECT name FROM system.tables WHERE database = 'bench_base' "
+    for (view,) in client.query(f"SELECT name FROM system.tables WHERE database = '{base}' "
                                 f"AND startsWith(name, '{VIEW_PREFIX}')").result_rows:
-        client.command(f"DROP VIEW bench_base.{view}")
+        client.command(f"DROP VIEW {base}.{view}")
 
-    client.database = "bench_sink"
+    client.database = sink_db
     more_clients = [open_store(store_url) for _ in range(insert_threads - 1)]
     for extra in more_clients:
-        extra.database = "bench_sink"
+        extra.database = sink_db
     task = progress.add_task("sink: frame, insert (ClickHouse decodes and derives)", total=len(batches))
     start = time.perf_counter()
     for chunk in batches:
@@ -120,7 +148,7 @@ def write_throughput(
         tables[table] = (result.column_names, result.result_rows)
     clients = [client, *more_clients]
     for each in clients:
-        each.database = "bench_base"
+        each.database = base
     per_batch = batch // len(tables)
     task = progress.add_task("baseline: insert pre-decoded rows", total=len(batches))
 
@@ -138,7 +166,115 @@ def write_throughput(
     baseline = len(messages) / (time.perf_counter() - start)
     for extra in more_clients:
         extra.close()
-    return baseline, sink, len(messages)
+    return baseline, sink
+
+
+class TimedWriter(SinkWriter):
+    """A SinkWriter that counts the rows of the batches it committed, and notes when it committed the last."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.committed_rows = 0
+        self.last_commit = 0.0
+        self.committed = threading.Condition()
+
+    def process_batch(self, messages: Sequence[MessageLike]) -> BatchResult:
+        result = super().process_batch(messages)
+        with self.committed:
+            self.committed_rows += sum(result.rows_by_table.values())
+            self.last_commit = time.perf_counter()
+            self.committed.notify_all()
+        return result
+
+    def wait_for(self, rows: int, timeout: float) -> None:
+        with self.committed:
+            if not self.committed.wait_for(lambda: self.committed_rows >= rows, timeout):
+                raise SystemExit(f"the sink committed {self.committed_rows:,} of {rows:,} rows in {timeout:.0f} s")
+
+
+def produce(producer: Producer, topics: Topics, messages: Sequence[StoredMessage]) -> None:
+    """Hands every message to the producer; it shares this process with the sink, so it polls seldom."""
+    for number, message in enumerate(messages):
+        topic = getattr(topics, TOPIC_OF_KIND[message.topic()])
+        while True:
+            try:
+                producer.produce(topic, value=message.value(), key=message.key())
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if number % 1000 == 0:
+            producer.poll(0)
+
+
+def from_kafka(
+    client: Client, store_url: str, bootstrap: str, messages: list[StoredMessage], warmup: StoredMessage,
+    batch: int, insert_threads: int, round_: int, progress: Progress,
+) -> float:
+    """Rows/s of a real SinkWriter from the first event produced to the commit of the last; blocks.
+
+    The writer joins its group and commits ``warmup`` before the clock starts, so group start-up
+    is not measured; the events are then produced while it runs, as traffic arrives.
+    """
+    topics = Topics(prefix=f"bench-sink-{uuid.uuid4().hex[:6]}")
+    create_topics(bootstrap, source_topics(topics), partitions=PARTITIONS)
+    database = f"bench_kafka_{round_}"
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.database = database
+    migrate(client)
+    more_clients = [open_store(store_url) for _ in range(insert_threads - 1)]
+    for extra in more_clients:
+        extra.database = database
+    settings = ServeSettings(
+        kafka={"bootstrap": bootstrap}, topics={"prefix": topics.prefix},
+        sink={"consumer_group": f"{topics.prefix}-sink", "batch_max_events": batch, "insert_threads": insert_threads},
+    )
+    writer = TimedWriter(settings, client, insert_clients=more_clients)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,), name="bench-sink-writer")
+    thread.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4",
+                         "enable.idempotence": True, "acks": "all"})
+    try:
+        produce(producer, topics, [warmup])
+        producer.flush(30)
+        writer.wait_for(1, JOIN_TIMEOUT_S)
+        task = progress.add_task("from Kafka: consume, frame, insert, commit", total=len(messages))
+        before = writer.committed_rows
+        start = time.perf_counter()
+        produce(producer, topics, messages)
+        if producer.flush(60):
+            raise SystemExit("the broker did not take every message")
+        while writer.committed_rows < before + len(messages):
+            writer.wait_for(min(writer.committed_rows + batch, before + len(messages)), DRAIN_TIMEOUT_S)
+            progress.update(task, completed=writer.committed_rows - before)
+        rate = len(messages) / (writer.last_commit - start)
+    finally:
+        stop.set()
+        thread.join()
+        for extra in more_clients:
+            extra.close()
+    stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
+    assert stored == len(messages) // 2, (stored, len(messages))
+    return rate
+
+
+def write_rounds(
+    client: Client, store_url: str, bootstrap: str, args: argparse.Namespace, progress: Progress
+) -> dict[str, list[float]]:
+    """Per measure (baseline, sink, kafka), its rows/s in each round."""
+    messages = make_messages(args.events + 1, progress)
+    warmup, messages = messages[0], messages[1:]
+    rounds: dict[str, list[float]] = {"baseline": [], "sink": [], "kafka": []}
+    for round_ in range(args.rounds):
+        baseline, sink = write_throughput(
+            client, store_url, messages, args.batch, args.insert_threads, round_, progress)
+        kafka = from_kafka(
+            client, store_url, bootstrap, messages, warmup, args.batch, args.insert_threads, round_, progress)
+        for name, rate in (("baseline", baseline), ("sink", sink), ("kafka", kafka)):
+            rounds[name].append(rate)
+        for database in ("base", "sink", "kafka"):  # their merges would run into the next round
+            client.command(f"DROP DATABASE IF EXISTS bench_{database}_{round_} SYNC")
+    return rounds
 
 
 GENERATE_TRACES = """
@@ -249,39 +385,57 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH_MAX_EVENTS, help="events per batch (sink default)")
     parser.add_argument("--insert-threads", type=int, default=DEFAULT_INSERT_THREADS,
                         help="store connections inserting in parallel (sink default)")
+    parser.add_argument("--rounds", type=int, default=3, help="write-part rounds; medians are printed")
     parser.add_argument("--predictions", type=int, default=10_000_000)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--only", choices=("write", "lookup"), help="run one of the two parts")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="provline-bench-sink-"))
-    client = open_store(f"chdb://{workdir}")
+    broker = None
+    client = open_store(f"chdb://{workdir}/store")
     try:
         with Progress(console=console, transient=True) as progress:
             write = lookup = None
             if args.only != "lookup":
-                messages = make_messages(args.events, progress)
-                write = write_throughput(
-                    client, f"chdb://{workdir}", messages, args.batch, args.insert_threads, progress
-                )
+                bootstrap = os.environ.get("PROVLINE_KAFKA__BOOTSTRAP")
+                if not bootstrap:
+                    console.print("starting a local Kafka broker…")
+                    broker = LocalKafka(workdir / "kafka").start()
+                    bootstrap = broker.bootstrap
+                write = write_rounds(client, f"chdb://{workdir}/store", bootstrap, args, progress)
             if args.only != "write":
                 lookup = lookup_latency(client, args.predictions, args.samples, progress)
     finally:
         client.close()
+        if broker is not None:
+            broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
     table = Table(title="provline sink")
     table.add_column("measure")
     table.add_column("value", justify="right")
     if write is not None:
-        baseline, sink, rows = write
-        table.add_row(f"event rows written, in batches of {args.batch:,}, {args.insert_threads} insert threads",
-                      f"{rows:,}")
-        table.add_row("baseline: pre-decoded rows inserted, rows/s", f"{baseline:,.0f}")
-        table.add_row("sink path: frame + insert (decoded and derived in ClickHouse), rows/s", f"{sink:,.0f}")
-        table.add_row("sink / baseline", f"{sink / baseline:.2f}")
+        print_write(table, write, args)
     if lookup is not None:
         print_lookup(table, lookup)
     console.print(table)
+
+
+def print_write(table: Table, rounds: dict[str, list[float]], args: argparse.Namespace) -> None:
+    def median(name: str) -> float:
+        return statistics.median(rounds[name])
+
+    def ratio(name: str) -> str:  # the median of the per-round ratios: each against its own round's baseline
+        ratios = [rate / base for rate, base in zip(rounds[name], rounds["baseline"], strict=True)]
+        return f"{statistics.median(ratios):.2f} ({', '.join(f'{r:.2f}' for r in ratios)})"
+
+    table.add_row(f"event rows written per measure, in batches of {args.batch:,}, {args.insert_threads} insert "
+                  f"threads; medians of {args.rounds} rounds", f"{args.events:,}")
+    table.add_row("baseline: pre-decoded rows inserted, rows/s", f"{median('baseline'):,.0f}")
+    table.add_row("sink path: frame + insert (decoded and derived in ClickHouse), rows/s", f"{median('sink'):,.0f}")
+    table.add_row("sink path / baseline (each round)", ratio("sink"))
+    table.add_row("sink from Kafka: consume, frame, insert, commit, rows/s", f"{median('kafka'):,.0f}")
+    table.add_row("sink from Kafka / baseline (each round)", ratio("kafka"))
 
 
 def print_lookup(table: Table, lookup: dict[str, Any]) -> None:
