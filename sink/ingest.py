@@ -148,6 +148,12 @@ def ingest_table_ddl(fmt: IngestFormat, columns: list[tuple[str, str]]) -> str:
     return f"CREATE TABLE IF NOT EXISTS {fmt.ingest_table}\n(\n    {body}\n)\nENGINE = Null"
 
 
+_REFUSE_UNSEALED = (
+    "throwIf(event_id = '' OR hash = '', 'an event has an empty event_id or hash; producers must set a UUIDv7 "
+    "and seal every event (schemas.integrity.HashChain)') = 0"
+)
+
+
 def event_view_select(fmt: IngestFormat, source: str | None = None) -> str:
     """The materialized view's SELECT: ingest row -> event table row. ``source``: where the ingest rows
     come from instead of the ingest table (``provline verify`` re-derives stored rows through it)."""
@@ -161,31 +167,39 @@ def event_view_select(fmt: IngestFormat, source: str | None = None) -> str:
     return (
         "SELECT\n    " + ",\n    ".join(columns) + "\n"
         f"FROM (SELECT *, toJSONString(tuple({event})) AS payload FROM {source or fmt.ingest_table})\n"
-        "WHERE throwIf(event_id = '' OR hash = '', 'an event has an empty event_id or hash; producers must set "
-        "a UUIDv7 and seal every event (schemas.integrity.HashChain)') = 0\n"
+        f"WHERE {_REFUSE_UNSEALED}\n"
         "LIMIT 1 BY event_id\n"  # an event repeated within one insert is stored once
         f"SETTINGS {JSON_SETTINGS}"
     )
 
 
 LEDGER_TABLE = "event_ledger"
-
-
 ENVELOPE_FIELDS = ("event_id", "event_time", "producer", "prev_hash", "hash", "signature")
-# The event's contents without its envelope: the same for an event a producer emitted twice (a
-# processors worker taking over a crashed one's batch), different for one replaced by other contents.
-LEDGER_CONTENT = (
-    "hex(SHA256(toString(arrayFilter(kv -> kv.1 NOT IN ("
-    + ", ".join(f"'{name}'" for name in ENVELOPE_FIELDS)
-    + "), JSONExtractKeysAndValuesRaw(payload)))))"
+# event_ledger.content_digest: the SHA-256 of the event's JSON (as in ``payload``) without its envelope
+# members. The same for an event a producer emitted twice (a processors worker taking over a crashed
+# one's batch), different for one replaced by other contents. The ledger views serialise the ingest
+# row's contents (no JSON is parsed: the sink's hot path); a stored row's digest is taken from its
+# payload, where the envelope comes first (every schema starts with ENVELOPE_FIELDS), so the contents
+# are the members after the signature's: null or base64, neither holds a comma.
+_SIGNATURE_MEMBER = '"signature":'
+CONTENT_OF_PAYLOAD = (
+    f"hex(SHA256(concat('{{', substring(payload, position(payload, ',', position(payload, '{_SIGNATURE_MEMBER}') "
+    f"+ {len(_SIGNATURE_MEMBER)}) + 1))))"
 )
+# Rows ledgered before sink/sql/0007 carry content_sha256, a digest of the same contents made another
+# way (it re-parsed the payload per row), and no content_digest: ids are compared within each kind.
+LEDGER_CONTENTS = ("greatest(uniqExactIf(content_sha256, content_sha256 != ''), "
+                   "uniqExactIf(content_digest, content_digest != ''))")
+LEDGER_COLUMNS = ("event_id, hash, content_digest, event_table, producer_session, event_time, kafka_topic, "
+                  "kafka_partition, kafka_offset, inserted")
 
 
 def ledger_rows_of(table: str, where: str) -> str:
-    """The ledger rows of ``table``'s stored rows matching ``where``: what the migration backfills, and
-    what the sink restores for rows a predecessor stored but was killed before it ledgered."""
+    """The ledger rows of ``table``'s stored rows matching ``where``, in the order of :data:`LEDGER_COLUMNS`:
+    what the migrations backfill, and what the sink restores for rows a predecessor stored but was
+    killed before it ledgered."""
     return (
-        f"SELECT event_id, hash, {LEDGER_CONTENT}, '{table}', producer_session, event_time, kafka_topic, "
+        f"SELECT event_id, hash, {CONTENT_OF_PAYLOAD}, '{table}', producer_session, event_time, kafka_topic, "
         f"kafka_partition, kafka_offset, now64(6) FROM {table} WHERE {where}"
     )
 
@@ -195,11 +209,20 @@ def ledger_select(fmt: IngestFormat) -> str:
 
     A view on the ingest table beside the event table's own, not one on the event table: a view of
     a view's table is a chain, and a sink killed mid-insert then left rows the retried insert's
-    deduplication did not recognise (tests/integration/test_sink_crash.py under load)."""
+    deduplication did not recognise (tests/integration/test_sink_crash.py under load). It refuses
+    and collapses rows as the event table's view does, and serialises only the contents: the
+    digest equals :data:`CONTENT_OF_PAYLOAD` over the stored row (tests/integration/test_sink_ledger.py)."""
+    skipped = ", ".join([name for name, _ in ORIGIN_FIELDS] + list(ENVELOPE_FIELDS))
+    replace = ", ".join(f"base64Encode({name}) AS {name}" for name in fmt.bytes_fields if name not in ENVELOPE_FIELDS)
+    contents = f"* EXCEPT ({skipped})" + (f" REPLACE ({replace})" if replace else "")
     return (
-        f"SELECT event_id, hash, {LEDGER_CONTENT} AS content_sha256, '{fmt.spec.table}' AS event_table, "
-        "producer_session, event_time, kafka_topic, kafka_partition, kafka_offset, now64(6) AS inserted\n"
-        f"FROM ({event_view_select(fmt)})"
+        "SELECT event_id, hash, hex(SHA256(contents)) AS content_digest, "
+        f"'{fmt.spec.table}' AS event_table, producer.session_id AS producer_session, event_time, "
+        "_topic AS kafka_topic, _partition AS kafka_partition, _offset AS kafka_offset, now64(6) AS inserted\n"
+        f"FROM (SELECT *, toJSONString(tuple({contents})) AS contents FROM {fmt.ingest_table})\n"
+        f"WHERE {_REFUSE_UNSEALED}\n"
+        "LIMIT 1 BY event_id\n"
+        f"SETTINGS {JSON_SETTINGS}"
     )
 
 

@@ -23,6 +23,7 @@ from clickhouse_connect.driver.client import Client
 from provline.schemas import Catalog, SchemaError
 from provline.sink.ingest import (
     JSON_SETTINGS,
+    LEDGER_CONTENTS,
     LEDGER_TABLE,
     current_body,
     derived_select,
@@ -197,7 +198,7 @@ def emitted_again_copies(client: Client, session: str, hashes: list[str]) -> set
         f"WITH copies AS (SELECT event_id, hash FROM {LEDGER_TABLE}\n"
         "    WHERE producer_session = {session:String} AND hash IN {hashes:Array(String)}),\n"
         f"same AS (SELECT event_id FROM {LEDGER_TABLE} WHERE event_id IN (SELECT event_id FROM copies)\n"
-        "    GROUP BY event_id HAVING uniqExact(content_sha256) = 1)\n"
+        f"    GROUP BY event_id HAVING {LEDGER_CONTENTS} = 1)\n"
         f"SELECT hash FROM copies WHERE event_id IN (SELECT event_id FROM ({stored}))",
         parameters={"session": session, "hashes": hashes},
     ).result_rows
@@ -249,7 +250,7 @@ def heads_present(client: Client, anchored: Sequence[AnchoredSession]) -> dict[s
 def replaced_events(client: Client) -> list[tuple[str, str, int]]:
     """(event id, table, how many different contents) of ids the ledger saw stored with other contents."""
     rows = client.query(
-        f"SELECT event_id, any(event_table), uniqExact(content_sha256) AS contents FROM {LEDGER_TABLE} "
+        f"SELECT event_id, any(event_table), {LEDGER_CONTENTS} AS contents FROM {LEDGER_TABLE} "
         f"GROUP BY event_id HAVING contents > 1 ORDER BY event_id LIMIT {SAMPLES * 10}"
     ).result_rows
     return [(str(event_id), str(table), int(contents)) for event_id, table, contents in rows]

@@ -33,6 +33,7 @@ from provline.sink import metrics
 from provline.sink.errors import DeadLetterError
 from provline.sink.ingest import (
     DERIVED,
+    LEDGER_COLUMNS,
     LEDGER_TABLE,
     IngestFormat,
     Position,
@@ -400,8 +401,8 @@ def restore_ledger(client: Client, table: str, ranges: dict[tuple[str, int], tup
                 "AND kafka_offset >= {first:Int64} AND kafka_offset < {end:Int64}")
     for (topic, partition), (first, end) in ranges.items():
         client.command(
-            f"INSERT INTO {LEDGER_TABLE} {ledger_rows_of(table, in_range)} AND (event_id, hash) NOT IN "
-            f"(SELECT event_id, hash FROM {LEDGER_TABLE} WHERE {in_range})",
+            f"INSERT INTO {LEDGER_TABLE} ({LEDGER_COLUMNS}) {ledger_rows_of(table, in_range)} "
+            f"AND (event_id, hash) NOT IN (SELECT event_id, hash FROM {LEDGER_TABLE} WHERE {in_range})",
             parameters={"topic": topic, "partition": partition, "first": first, "end": end},
         )
 

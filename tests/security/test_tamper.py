@@ -16,6 +16,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -24,6 +25,7 @@ from clickhouse_connect.driver.client import Client
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+import provline.sink
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
 from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
@@ -448,3 +450,49 @@ def test_events_of_an_untrusted_producer_are_found(store: Client) -> None:
     assert emitter.close(10)
     store_messages(store, events_sent(transport), first_offset=1000)
     assert {f.problem for f in verify(store).findings} == {"untrusted"}
+
+
+# ---------------------------------------------------------------- a store ledgered before migration 0007
+
+LEDGER_BEFORE_0007 = ("event_id, hash, content_sha256, event_table, producer_session, event_time, kafka_topic, "
+                      "kafka_partition, kafka_offset, inserted")
+
+
+def ledgered_as_before_0007(client: Client) -> None:
+    """The store as a sink of the release before migration 0007 left it: its ledger rows carry the content
+    digests of the released 0005 SQL (the one the ledger views used), and 0007 is not applied."""
+    client.command("ALTER TABLE event_ledger DELETE WHERE 1", settings={"mutations_sync": 2})
+    migration = (Path(provline.sink.__file__).parent / "sql" / "0005_integrity.sql").read_text()
+    backfills = [line.rstrip(";") for line in migration.splitlines() if line.startswith("INSERT INTO event_ledger")]
+    seals = backfills[0].replace("'run_events'", "'session_seals'").replace("FROM run_events", "FROM session_seals")
+    for statement in [*backfills, seals]:
+        client.command(statement.replace("INSERT INTO event_ledger SELECT",
+                                         f"INSERT INTO event_ledger ({LEDGER_BEFORE_0007}) SELECT"))
+    client.command("ALTER TABLE schema_migrations DELETE WHERE name = '0007_ledger_content_digest.sql'",
+                   settings={"mutations_sync": 2})
+
+
+def test_a_store_ledgered_before_0007_upgrades_and_still_tells_copies_from_replacements(
+    store: Client, produced: Produced,
+) -> None:
+    ledgered_as_before_0007(store)
+    assert store.query("SELECT countIf(content_digest = ''), count() FROM event_ledger").result_rows == [
+        (len(produced.messages), len(produced.messages))]
+    assert migrate(store) == ["0007_ledger_content_digest.sql"]
+    assert verify(store).findings == []
+    # After the upgrade: a trace emitted again by another worker is still a copy ...
+    trace = [default_catalog().decode(raw).value for raw in produced.messages
+             if default_catalog().decode(raw).value["producer"]["session_id"] == produced.sessions["processors"]][1]
+    envelope = ("event_id", "event_time", "producer", "prev_hash", "hash", "signature")
+    encoder = TraceEncoder(default_catalog(), signer=KEYS[PROCESSORS])
+    store_messages(store, [encoder.encode({k: v for k, v in trace.items() if k not in envelope},
+                                          event_id=trace["event_id"]), encoder.seal(now=0.0, final=True)],
+                   first_offset=1000)
+    assert verify(store).findings == []
+    # ... and an event stored before it and re-published with other contents is a replacement.
+    original = produced.job[3]
+    chain = HashChain(default_catalog(), signer=KEYS[JOB], last_hash=original["prev_hash"])
+    forged = default_catalog().header("ModelVersion") + chain.seal_encode(
+        "ModelVersion", {**original, "artifact_uri": "s3://attacker/churn/3"})
+    store_messages(store, [forged], first_offset=2000)
+    assert ("replaced", original["event_id"]) in problems(verify(store))

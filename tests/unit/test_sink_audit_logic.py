@@ -16,7 +16,7 @@ from provline.schemas.integrity import HashChain
 from provline.sink.api import Reader, authenticate
 from provline.sink.errors import MigrationError
 from provline.sink.evidence import MANIFEST, build_bundle, parse_subject, verify_bundle
-from provline.sink.ingest import ledger_rows_of
+from provline.sink.ingest import ENVELOPE_FIELDS, LEDGER_COLUMNS, ledger_rows_of
 from provline.sink.lineage import Edge, edges_for, parse_node
 from provline.sink.rows import TABLES
 from provline.sink.settings import ServeSettings
@@ -106,12 +106,23 @@ def test_ttl_statements_per_table_and_unknown_tables_refused() -> None:
         ttl_statements({"event_ledger": 9}, tables | {"event_ledger"}, None)
 
 
-def test_the_ledger_backfill_digests_contents_as_the_ledger_views_do() -> None:
-    migration = (Path(provline.sink.__file__).parent / "sql" / "0005_integrity.sql").read_text()
+def test_the_ledger_backfill_digests_contents_as_the_sink_restores_them() -> None:
+    """The content digests of 0007's backfill are those the sink writes for rows it restores (the
+    views' own agree with them: tests/integration/test_sink_ledger.py)."""
+    migration = (Path(provline.sink.__file__).parent / "sql" / "0007_ledger_content_digest.sql").read_text()
     backfills = [line for line in migration.splitlines() if line.startswith("INSERT INTO event_ledger")]
-    assert len(backfills) == len(TABLES) - 1  # every event table but session_seals, new in this migration
-    tables = {spec.table for spec in TABLES.values()} - {"session_seals"}
-    assert set(backfills) == {f"INSERT INTO event_ledger {ledger_rows_of(table, '1')};" for table in tables}
+    assert set(backfills) == {f"INSERT INTO event_ledger ({LEDGER_COLUMNS}) {ledger_rows_of(spec.table, '1')};"
+                              for spec in TABLES.values()}  # every event table, session_seals included
+    assert len(backfills) == len(TABLES)
+
+
+def test_every_event_starts_with_the_envelope_the_payload_digest_skips() -> None:
+    """CONTENT_OF_PAYLOAD takes an event's contents as the payload members after the envelope's signature."""
+    catalog = default_catalog()
+    for kind in TABLES:
+        fields = [field["name"] for field in catalog.current(kind).parsed["fields"]]
+        assert tuple(fields[:len(ENVELOPE_FIELDS)]) == ENVELOPE_FIELDS, kind
+        assert "signature" not in fields[len(ENVELOPE_FIELDS):], kind
 
 
 def test_settings_parse_tokens_and_refuse_shared_tokens_and_bad_retention(monkeypatch: pytest.MonkeyPatch) -> None:
