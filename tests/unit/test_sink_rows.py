@@ -126,6 +126,19 @@ def test_container_is_an_avro_file_of_origin_fields_and_events() -> None:
         io.BytesIO(fmt.container([], [], []))).writer_schema["fields"][:4]]
 
 
+def test_container_offsets_of_every_size_read_back_as_written() -> None:
+    """The framing encodes large offsets in two parts (sink/ingest.py); Avro readers see plain longs."""
+    catalog = default_catalog()
+    message = catalog.encode("RunEvent", run_event())
+    fmt = ingest_format(catalog, "RunEvent")
+    offsets = [0, 1, 63, 64, 65, 127, 128, 4095, 4096, 8191, 8192, 2**31, 2**40 + 5, 2**63 - 1]
+    offsets += list(range(10**9 - 70, 10**9 + 70))  # a run that crosses shared high parts
+    positions = [("t", partition, offset) for partition in (0, 7) for offset in offsets]
+    container = fmt.container([message] * len(positions), [message[10:]] * len(positions), positions)
+    assert [(r["_partition"], r["_offset"]) for r in fastavro.reader(io.BytesIO(container))] == [
+        (partition, offset) for _, partition, offset in positions]
+
+
 def test_event_view_encodes_bytes_as_base64_and_refuses_unsealed_events() -> None:
     select = event_view_select(ingest_format(default_catalog(), "InferenceRequest"))
     assert "base64Encode(body) AS body" in select and "base64Encode(signature) AS signature" in select
