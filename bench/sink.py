@@ -15,10 +15,11 @@ Broker (write part): PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker starte
      writes the rows, the ledger, the prediction index and the served edges);
    - the baseline inserts the same rows, fetched back as Python values beforehand, into plain
      tables (one insert per table and batch: pure ClickHouse cost, no views);
-   - from Kafka: a real ``SinkWriter`` (consume, frame, insert, commit; the sink's settings but
-     ``--batch`` and ``--insert-threads``), already in its consumer group and idle, reads the
-     events as this process produces them to the broker (lz4, as provline's producers send):
-     rows/s from the first event produced to the commit of the last.
+   - from Kafka: the events are produced to the broker (lz4, as provline's producers send them),
+     then a real ``SinkWriter`` (the sink's settings but ``--batch`` and ``--insert-threads``)
+     consumes, frames, inserts and commits them, as a sink catching up does: rows/s from the
+     commit of its first batch to the commit of its last (the batches in between each consumed,
+     framed, inserted and committed in that time; group start-up is left out).
    Printed: rows/s of each, and each sink measure's ratio to the baseline of the same round.
 2. Trace lookup. ``--predictions`` traces are generated inside ClickHouse (INSERT ... SELECT FROM
    numbers()) with one InferenceRequest each and the model versions and run they name, then
@@ -76,7 +77,6 @@ from tests.helpers import StoredMessage  # noqa: E402
 console = Console()
 PARTITIONS = 4
 TOPIC_OF_KIND = {"InferenceRequest": "inference", "PredictionTrace": "traces"}  # Topics attribute per kind
-JOIN_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 600.0
 
 
@@ -170,31 +170,33 @@ def write_throughput(
 
 
 class TimedWriter(SinkWriter):
-    """A SinkWriter that counts the rows of the batches it committed, and notes when it committed the last."""
+    """A SinkWriter that notes, per batch it committed, when and how many rows."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.committed_rows = 0
-        self.last_commit = 0.0
+        self.commits: list[tuple[float, int]] = []  # (time of the commit, rows of the batch)
         self.committed = threading.Condition()
 
     def process_batch(self, messages: Sequence[MessageLike]) -> BatchResult:
         result = super().process_batch(messages)
         with self.committed:
-            self.committed_rows += sum(result.rows_by_table.values())
-            self.last_commit = time.perf_counter()
+            self.commits.append((time.perf_counter(), sum(result.rows_by_table.values())))
             self.committed.notify_all()
         return result
 
+    def rows(self) -> int:
+        return sum(rows for _, rows in self.commits)
+
     def wait_for(self, rows: int, timeout: float) -> None:
         with self.committed:
-            if not self.committed.wait_for(lambda: self.committed_rows >= rows, timeout):
-                raise SystemExit(f"the sink committed {self.committed_rows:,} of {rows:,} rows in {timeout:.0f} s")
+            if not self.committed.wait_for(lambda: self.rows() >= rows, timeout):
+                raise SystemExit(f"the sink committed {self.rows():,} of {rows:,} rows in {timeout:.0f} s")
 
 
-def produce(producer: Producer, topics: Topics, messages: Sequence[StoredMessage]) -> None:
-    """Hands every message to the producer; it shares this process with the sink, so it polls seldom."""
-    for number, message in enumerate(messages):
+def produce(bootstrap: str, topics: Topics, messages: Sequence[StoredMessage]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4",
+                         "enable.idempotence": True, "acks": "all"})
+    for message in messages:
         topic = getattr(topics, TOPIC_OF_KIND[message.topic()])
         while True:
             try:
@@ -202,21 +204,23 @@ def produce(producer: Producer, topics: Topics, messages: Sequence[StoredMessage
                 break
             except BufferError:
                 producer.poll(0.01)
-        if number % 1000 == 0:
-            producer.poll(0)
+    if producer.flush(60):
+        raise SystemExit("the broker did not take every message")
 
 
 def from_kafka(
-    client: Client, store_url: str, bootstrap: str, messages: list[StoredMessage], warmup: StoredMessage,
-    batch: int, insert_threads: int, round_: int, progress: Progress,
+    client: Client, store_url: str, bootstrap: str, messages: list[StoredMessage], batch: int, insert_threads: int,
+    round_: int, progress: Progress,
 ) -> float:
-    """Rows/s of a real SinkWriter from the first event produced to the commit of the last; blocks.
+    """Rows/s of a real SinkWriter reading events waiting in Kafka (a sink catching up); blocks.
 
-    The writer joins its group and commits ``warmup`` before the clock starts, so group start-up
-    is not measured; the events are then produced while it runs, as traffic arrives.
+    Measured from the commit of its first batch to the commit of its last, over the rows of the
+    batches after the first: each of them consumed, framed, inserted and committed in that time,
+    and neither group start-up nor this process producing the events is in it.
     """
     topics = Topics(prefix=f"bench-sink-{uuid.uuid4().hex[:6]}")
     create_topics(bootstrap, source_topics(topics), partitions=PARTITIONS)
+    produce(bootstrap, topics, messages)
     database = f"bench_kafka_{round_}"
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.database = database
@@ -231,45 +235,35 @@ def from_kafka(
     writer = TimedWriter(settings, client, insert_clients=more_clients)
     stop = threading.Event()
     thread = threading.Thread(target=writer.run, args=(stop,), name="bench-sink-writer")
+    task = progress.add_task("from Kafka: consume, frame, insert, commit", total=len(messages))
     thread.start()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4",
-                         "enable.idempotence": True, "acks": "all"})
     try:
-        produce(producer, topics, [warmup])
-        producer.flush(30)
-        writer.wait_for(1, JOIN_TIMEOUT_S)
-        task = progress.add_task("from Kafka: consume, frame, insert, commit", total=len(messages))
-        before = writer.committed_rows
-        start = time.perf_counter()
-        produce(producer, topics, messages)
-        if producer.flush(60):
-            raise SystemExit("the broker did not take every message")
-        while writer.committed_rows < before + len(messages):
-            writer.wait_for(min(writer.committed_rows + batch, before + len(messages)), DRAIN_TIMEOUT_S)
-            progress.update(task, completed=writer.committed_rows - before)
-        rate = len(messages) / (writer.last_commit - start)
+        while writer.rows() < len(messages):
+            writer.wait_for(min(writer.rows() + batch, len(messages)), DRAIN_TIMEOUT_S)
+            progress.update(task, completed=writer.rows())
     finally:
         stop.set()
         thread.join()
         for extra in more_clients:
             extra.close()
+    (first, _), (last, _) = writer.commits[0], writer.commits[-1]
+    if len(writer.commits) < 3:
+        raise SystemExit(f"{len(writer.commits)} batches are too few to time; raise --events or lower --batch")
     stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
     assert stored == len(messages) // 2, (stored, len(messages))
-    return rate
+    return sum(rows for _, rows in writer.commits[1:]) / (last - first)
 
 
 def write_rounds(
     client: Client, store_url: str, bootstrap: str, args: argparse.Namespace, progress: Progress
 ) -> dict[str, list[float]]:
     """Per measure (baseline, sink, kafka), its rows/s in each round."""
-    messages = make_messages(args.events + 1, progress)
-    warmup, messages = messages[0], messages[1:]
+    messages = make_messages(args.events, progress)
     rounds: dict[str, list[float]] = {"baseline": [], "sink": [], "kafka": []}
     for round_ in range(args.rounds):
         baseline, sink = write_throughput(
             client, store_url, messages, args.batch, args.insert_threads, round_, progress)
-        kafka = from_kafka(
-            client, store_url, bootstrap, messages, warmup, args.batch, args.insert_threads, round_, progress)
+        kafka = from_kafka(client, store_url, bootstrap, messages, args.batch, args.insert_threads, round_, progress)
         for name, rate in (("baseline", baseline), ("sink", sink), ("kafka", kafka)):
             rounds[name].append(rate)
         for database in ("base", "sink", "kafka"):  # their merges would run into the next round
