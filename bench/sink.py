@@ -18,8 +18,9 @@ Broker (write part): PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker starte
    - from Kafka: the events are produced to the broker (lz4, as provline's producers send them),
      then a real ``SinkWriter`` (the sink's settings but ``--batch`` and ``--insert-threads``)
      consumes, frames, inserts and commits them, as a sink catching up does: rows/s from the
-     commit of its first batch to the commit of its last (the batches in between each consumed,
-     framed, inserted and committed in that time; group start-up is left out).
+     commit of its first batch to the commit of its last, as the group's committed offsets show
+     them (the batches in between each consumed, framed, inserted and committed in that time;
+     group start-up is left out).
    Printed: rows/s of each, and each sink measure's ratio to the baseline of the same round.
 2. Trace lookup. ``--predictions`` traces are generated inside ClickHouse (INSERT ... SELECT FROM
    numbers()) with one InferenceRequest each and the model versions and run they name, then
@@ -55,7 +56,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clickhouse_connect.driver.client import Client  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition  # noqa: E402
 
 from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
@@ -64,20 +65,14 @@ from provline.sink import queries  # noqa: E402
 from provline.sink.ingest import VIEW_PREFIX  # noqa: E402
 from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, DEFAULT_INSERT_THREADS, ServeSettings  # noqa: E402
 from provline.sink.store import migrate, open_store  # noqa: E402
-from provline.sink.writer import (  # noqa: E402
-    BatchResult,
-    MessageLike,
-    SinkWriter,
-    insert_plan,
-    plan_batch,
-    source_topics,
-)
+from provline.sink.writer import SinkWriter, insert_plan, plan_batch, source_topics  # noqa: E402
 from tests.helpers import StoredMessage  # noqa: E402
 
 console = Console()
 PARTITIONS = 4
 TOPIC_OF_KIND = {"InferenceRequest": "inference", "PredictionTrace": "traces"}  # Topics attribute per kind
 DRAIN_TIMEOUT_S = 600.0
+COMMIT_POLL_S = 0.02  # how often the group's commits are looked at: the clock's resolution
 
 
 def make_messages(count: int, progress: Progress) -> list[StoredMessage]:
@@ -169,28 +164,13 @@ def write_throughput(
     return baseline, sink
 
 
-class TimedWriter(SinkWriter):
-    """A SinkWriter that notes, per batch it committed, when and how many rows."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.commits: list[tuple[float, int]] = []  # (time of the commit, rows of the batch)
-        self.committed = threading.Condition()
-
-    def process_batch(self, messages: Sequence[MessageLike]) -> BatchResult:
-        result = super().process_batch(messages)
-        with self.committed:
-            self.commits.append((time.perf_counter(), sum(result.rows_by_table.values())))
-            self.committed.notify_all()
-        return result
-
-    def rows(self) -> int:
-        return sum(rows for _, rows in self.commits)
-
-    def wait_for(self, rows: int, timeout: float) -> None:
-        with self.committed:
-            if not self.committed.wait_for(lambda: self.rows() >= rows, timeout):
-                raise SystemExit(f"the sink committed {self.rows():,} of {rows:,} rows in {timeout:.0f} s")
+def committed_events(watcher: Consumer, partitions: list[TopicPartition]) -> int | None:
+    """How many events the group has committed on ``partitions`` (offsets start at 0); None while the
+    broker cannot tell (its group coordinator is still loading)."""
+    try:
+        return sum(max(found.offset, 0) for found in watcher.committed(partitions, timeout=10))
+    except KafkaException:
+        return None
 
 
 def produce(bootstrap: str, topics: Topics, messages: Sequence[StoredMessage]) -> None:
@@ -214,9 +194,9 @@ def from_kafka(
 ) -> float:
     """Rows/s of a real SinkWriter reading events waiting in Kafka (a sink catching up); blocks.
 
-    Measured from the commit of its first batch to the commit of its last, over the rows of the
-    batches after the first: each of them consumed, framed, inserted and committed in that time,
-    and neither group start-up nor this process producing the events is in it.
+    Measured from the commit of its first batch to the commit of its last, as the group's committed
+    offsets show them, over the rows of the batches after the first: each of them consumed, framed,
+    inserted and committed in that time, and neither group start-up nor producing the events is in it.
     """
     topics = Topics(prefix=f"bench-sink-{uuid.uuid4().hex[:6]}")
     create_topics(bootstrap, source_topics(topics), partitions=PARTITIONS)
@@ -232,26 +212,40 @@ def from_kafka(
         kafka={"bootstrap": bootstrap}, topics={"prefix": topics.prefix},
         sink={"consumer_group": f"{topics.prefix}-sink", "batch_max_events": batch, "insert_threads": insert_threads},
     )
-    writer = TimedWriter(settings, client, insert_clients=more_clients)
+    writer = SinkWriter(settings, client, insert_clients=more_clients)
+    # Watches the group's commits from outside: a consumer of the group that never joins it.
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": settings.sink.consumer_group,
+                        "enable.auto.commit": False})
+    partitions = [TopicPartition(getattr(topics, name), number) for name in TOPIC_OF_KIND.values()
+                  for number in range(PARTITIONS)]
     stop = threading.Event()
     thread = threading.Thread(target=writer.run, args=(stop,), name="bench-sink-writer")
     task = progress.add_task("from Kafka: consume, frame, insert, commit", total=len(messages))
+    commits: list[tuple[float, int]] = []  # (when seen, events committed), at each change
     thread.start()
     try:
-        while writer.rows() < len(messages):
-            writer.wait_for(min(writer.rows() + batch, len(messages)), DRAIN_TIMEOUT_S)
-            progress.update(task, completed=writer.rows())
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while not commits or commits[-1][1] < len(messages):
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise SystemExit(f"the sink committed {commits[-1][1] if commits else 0:,} of {len(messages):,} "
+                                 f"events in {DRAIN_TIMEOUT_S:.0f} s")
+            committed = committed_events(watcher, partitions)
+            if committed and (not commits or committed > commits[-1][1]):
+                commits.append((time.perf_counter(), committed))
+                progress.update(task, completed=committed)
+            time.sleep(COMMIT_POLL_S)
     finally:
         stop.set()
         thread.join()
+        watcher.close()
         for extra in more_clients:
             extra.close()
-    (first, _), (last, _) = writer.commits[0], writer.commits[-1]
-    if len(writer.commits) < 3:
-        raise SystemExit(f"{len(writer.commits)} batches are too few to time; raise --events or lower --batch")
+    if len(commits) < 3:
+        raise SystemExit(f"{len(commits)} commits are too few to time; raise --events or lower --batch")
+    (first, first_events), (last, _) = commits[0], commits[-1]
     stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
     assert stored == len(messages) // 2, (stored, len(messages))
-    return sum(rows for _, rows in writer.commits[1:]) / (last - first)
+    return (len(messages) - first_events) / (last - first)
 
 
 def write_rounds(

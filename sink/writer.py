@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -425,6 +425,18 @@ def rederive(client: Client, ranges: dict[tuple[str, int], tuple[int, int]]) -> 
             )
 
 
+@dataclass(frozen=True)
+class _Inserting:
+    """A batch whose inserts were started (:meth:`SinkWriter._start`) and that is not committed yet."""
+
+    messages: Sequence[MessageLike]
+    plan: BatchPlan
+    interrupted: dict[str, dict[tuple[str, int], tuple[int, int]]]  # per table, what a crashed sink left
+    skipped: int  # redelivered events already stored
+    end: dict[tuple[str, int], int]  # the offsets to commit
+    inserted: Future[list[DeadLetter]]  # the dead letters ClickHouse's refusals named
+
+
 class SinkWriter:
     """Consumes the lineage, inference, traces and drift topics into ClickHouse, each event once.
 
@@ -434,6 +446,10 @@ class SinkWriter:
     redelivered events below E are already stored (by Kafka offset) and inserts only the others,
     so a crash between insert and commit leaves no duplicate rows. Every insert also carries a
     deduplication token over its messages, so a retried identical insert is dropped by ClickHouse.
+
+    :meth:`run` reads the next batch from Kafka while the batch before it is being inserted (on a
+    thread of the writer's), and commits that one before it starts inserting the next: the reading
+    and framing in Python overlap ClickHouse's work (bench/sink.py), and the commits keep their order.
 
     Owns one Kafka consumer and one DLQ producer; ``client`` (and ``insert_clients``, for parallel
     inserts) must not be used by other threads while :meth:`run` is going. Not thread-safe: one
@@ -455,6 +471,8 @@ class SinkWriter:
         self._pending_bytes = 0
         self._in_flight: dict[tuple[str, int], int] = {}  # partitions a crashed sink may have half-done
         self._lag_checked = 0.0
+        self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provline-batch")
+        self._inserting: _Inserting | None = None  # the batch being inserted while the next is read
 
     def run(self, stop_event: threading.Event) -> None:
         """Consume, insert and commit until ``stop_event`` is set; blocks. Closes the consumer at the end.
@@ -465,13 +483,16 @@ class SinkWriter:
         self._consumer.subscribe(source_topics(self._topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
         try:
             while not stop_event.is_set():
-                self._fill(stop_event)
+                self._fill(stop_event)  # while the batch before is being inserted
                 self._flush_pending(stop_event)
             self._flush_pending(stop_event)
+            self._finish_inserting(stop_event)
         finally:
             self.close()
 
     def close(self) -> None:
+        """Waits for an insert still running (its batch is not committed), then closes; blocks."""
+        self._inserter.shutdown(wait=True)
         self._producer.flush(DLQ_FLUSH_TIMEOUT_SECONDS)
         self._consumer.close()
 
@@ -482,6 +503,8 @@ class SinkWriter:
             and self._pending_bytes < self._settings.batch_max_bytes
             and not stop_event.is_set()
         ):
+            if self._inserting is not None and self._inserting.inserted.done():
+                self._finish_inserting(stop_event)  # committed as soon as it is in, not when this batch is
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return
@@ -526,24 +549,43 @@ class SinkWriter:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Offsets of revoked partitions can only be committed now, before the rebalance completes.
         self._flush_pending(None)
+        self._finish_inserting(None)
         for partition in partitions:
             self._in_flight.pop((partition.topic, partition.partition), None)
 
     def _flush_pending(self, stop_event: threading.Event | None) -> None:
-        if not self._pending:
+        """Commit the batch being inserted once it is in, then start inserting the pending one."""
+        if not self._finish_inserting(stop_event) or not self._pending:
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
         try:
-            self.process_batch(batch)
+            self._inserting = self._start(batch)
         except Exception:
-            metrics.BATCHES.labels(outcome="failed").inc()
-            log.exception("batch of %d messages failed; nothing committed, seeking back to retry", len(batch))
-            # Some inserts of the batch may have gone in: retry it as a sink restarting after a crash would.
-            for position, end in next_offsets(batch).items():
-                self._in_flight[position] = max(self._in_flight.get(position, 0), end)
-            self._seek_back(batch)
-            if stop_event is not None:
-                stop_event.wait(RETRY_BACKOFF_SECONDS)
+            self._retry_later(batch, stop_event)
+
+    def _finish_inserting(self, stop_event: threading.Event | None) -> bool:
+        """Wait for the batch being inserted and commit it; False when it failed (it is retried)."""
+        inserting, self._inserting = self._inserting, None
+        if inserting is None:
+            return True
+        try:
+            self._finish(inserting)
+            return True
+        except Exception:
+            self._retry_later(inserting.messages, stop_event)
+            return False
+
+    def _retry_later(self, batch: Sequence[MessageLike], stop_event: threading.Event | None) -> None:
+        metrics.BATCHES.labels(outcome="failed").inc()
+        log.exception("batch of %d messages failed; nothing committed, seeking back to retry", len(batch))
+        # Some inserts of the batch may have gone in: retry it as a sink restarting after a crash would.
+        for position, end in next_offsets(batch).items():
+            self._in_flight[position] = max(self._in_flight.get(position, 0), end)
+        # The messages read after it are read again too.
+        self._seek_back([*batch, *self._pending])
+        self._pending, self._pending_bytes = [], 0
+        if stop_event is not None:
+            stop_event.wait(RETRY_BACKOFF_SECONDS)
 
     def _seek_back(self, batch: Sequence[MessageLike]) -> None:
         for (topic, partition), offset in first_offsets(batch).items():
@@ -585,6 +627,10 @@ class SinkWriter:
         crash always has its edges stored too; the rows derived from traces are derived again for
         the interrupted range (:func:`rederive`).
         """
+        return self._finish(self._start(messages))
+
+    def _start(self, messages: Sequence[MessageLike]) -> _Inserting:
+        """:meth:`process_batch` up to the inserts, which it leaves running on the writer's thread."""
         plan = plan_batch(messages, self._catalog)
         self._send_dead_letters(plan.dead_letters)
         start, end = first_offsets(messages), next_offsets(messages)
@@ -596,7 +642,14 @@ class SinkWriter:
         if stored:
             plan = plan.without(stored)
             log.info("skipping %d redelivered events already stored", len(stored))
-        self._send_dead_letters(insert_plan(self._client, plan, self._catalog, more_clients=self._insert_clients))
+        inserted = self._inserter.submit(insert_plan, self._client, plan, self._catalog,
+                                         more_clients=self._insert_clients)
+        return _Inserting(messages, plan, interrupted, len(stored), end, inserted)
+
+    def _finish(self, inserting: _Inserting) -> BatchResult:
+        """:meth:`process_batch` from the inserts on: wait for them, then commit. Blocks."""
+        plan, interrupted, end = inserting.plan, inserting.interrupted, inserting.end
+        self._send_dead_letters(inserting.inserted.result())
         for table, ranges in interrupted.items():
             restore_ledger(self._client, table, ranges)
         rederive(self._client, interrupted.get("prediction_traces", {}))
@@ -611,7 +664,7 @@ class SinkWriter:
             rows_by_table={table: len(batch.raws) for table, batch in plan.events.items()},
             dead_letters=len(plan.dead_letters),
             committed=end,
-            skipped=len(stored),
+            skipped=inserting.skipped,
         )
 
     def _update_lag(self, committed: dict[tuple[str, int], int]) -> None:

@@ -247,6 +247,45 @@ def test_writer_stores_each_event_once_dead_letters_garbage_and_survives_redeliv
     assert found is not None and found["complete"] is True
 
 
+def test_batches_refused_by_the_store_are_read_again_with_those_read_after_them_and_stored_once(
+    kafka_bootstrap: str, topics: Topics, chdb_path: str, store: Client
+) -> None:
+    """The writer reads a batch while the one before is inserted; when that insert fails, both are read
+    again. The refusal is real: ClickHouse's "too many parts" while a table has more parts than allowed."""
+    settings = sink_settings(kafka_bootstrap, topics, chdb_path)
+    first = Events()
+    first.add("InferenceRequest", prediction_id="p-0", endpoint="/predict", method="POST", path="/predict",
+              body_size=0, body_sha256="b" * 64)
+    produce(kafka_bootstrap, topics, first)
+    client = open_store(settings.store.url)
+    writer = SinkWriter(settings, client)
+    stop = threading.Event()
+    thread = threading.Thread(target=writer.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: event_ids_by_table(store, final=False)["inference_requests"], "the first event stored")
+        store.command("ALTER TABLE inference_requests MODIFY SETTING parts_to_throw_insert = 1")
+        failed_before = REGISTRY.get_sample_value("provline_sink_batches_total", {"outcome": "failed"}) or 0.0
+        more = Events()
+        for number in range(1, 30):  # batches of 4, read while the ones before fail
+            more.add("InferenceRequest", prediction_id=f"p-{number}", endpoint="/predict", method="POST",
+                     path="/predict", body_size=0, body_sha256="b" * 64)
+        produce(kafka_bootstrap, topics, more)
+        wait_for(lambda: (REGISTRY.get_sample_value("provline_sink_batches_total", {"outcome": "failed"})
+                          or 0.0) >= failed_before + 2, "inserts refused twice")
+        store.command("ALTER TABLE inference_requests MODIFY SETTING parts_to_throw_insert = 3000")
+        expected = sorted(value["event_id"] for events in (first, more) for _, value in events.all)
+        wait_for(lambda: event_ids_by_table(store, final=False)["inference_requests"] == expected,
+                 "every event stored once after the store took inserts again")
+        wait_for(lambda: committed_covers_everything(settings, topics), "everything committed")
+    finally:
+        stop.set()
+        thread.join(DEADLINE_SECONDS)
+        client.close()
+    assert not thread.is_alive()
+    assert event_ids_by_table(store, final=False)["inference_requests"] == expected  # no duplicate rows
+
+
 def test_trace_joins_request_model_version_and_run(store: Client) -> None:
     prediction_id = "pred-join"
     events = audit_story(prediction_id)
