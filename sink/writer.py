@@ -53,9 +53,7 @@ RETRY_BACKOFF_SECONDS = 1.0
 DLQ_FLUSH_TIMEOUT_SECONDS = 10.0
 # Committed-offset metadata while a batch is being inserted: "the store may hold rows up to here".
 IN_FLIGHT_PREFIX = "provline-in-flight:"
-LAG_INTERVAL_SECONDS = 5.0
 ASSIGN_TIMEOUT_SECONDS = 60.0
-WATERMARK_TIMEOUT_SECONDS = 1.0
 
 
 class MessageLike(Protocol):
@@ -470,7 +468,6 @@ class SinkWriter:
         self._pending: list[MessageLike] = []
         self._pending_bytes = 0
         self._in_flight: dict[tuple[str, int], int] = {}  # partitions a crashed sink may have half-done
-        self._lag_checked = 0.0
         self._inserter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="provline-batch")
         self._inserting: _Inserting | None = None  # the batch being inserted while the next is read
 
@@ -668,18 +665,12 @@ class SinkWriter:
         )
 
     def _update_lag(self, committed: dict[tuple[str, int], int]) -> None:
-        now = time.monotonic()
-        if now - self._lag_checked < LAG_INTERVAL_SECONDS:
-            return
-        self._lag_checked = now
+        # The high watermarks the fetches brought: asking the broker instead waited behind the
+        # consumer's own long-polling fetches, up to half a second a partition (bench/sink.py).
         for (topic, partition), offset in committed.items():
-            try:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_SECONDS
-                )
-            except KafkaException:
-                continue
-            metrics.LAG.labels(topic=topic, partition=str(partition)).set(max(high - offset, 0))
+            watermarks = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if watermarks is not None and watermarks[1] >= 0:
+                metrics.LAG.labels(topic=topic, partition=str(partition)).set(max(watermarks[1] - offset, 0))
 
     def _send_dead_letters(self, dead_letters: Sequence[DeadLetter]) -> None:
         if not dead_letters:

@@ -286,6 +286,31 @@ def test_batches_refused_by_the_store_are_read_again_with_those_read_after_them_
     assert event_ids_by_table(store, final=False)["inference_requests"] == expected  # no duplicate rows
 
 
+def test_the_lag_reported_is_that_of_the_last_commit(
+    kafka_bootstrap: str, topics: Topics, chdb_path: str, store: Client
+) -> None:
+    """provline_sink_lag per partition: high watermark minus committed offset, after every batch."""
+    events = Events()
+    for number in range(12):  # one prediction id: one partition, three batches of 4
+        events.add("InferenceRequest", prediction_id="p-lag", endpoint="/predict", method="POST",
+                   path="/predict", body_size=0, body_sha256="b" * 64, client_id=str(number))
+    produce(kafka_bootstrap, topics, events)
+    settings = sink_settings(kafka_bootstrap, topics, chdb_path)
+    run_writer_until(settings, lambda: committed_covers_everything(settings, topics), "everything committed")
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": settings.sink.consumer_group})
+    try:
+        partitions = consumer.list_topics(topics.inference, timeout=10).topics[topics.inference].partitions
+        lags = {}
+        for number in partitions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topics.inference, number), timeout=10)
+            if high > 0:
+                lags[number] = REGISTRY.get_sample_value(
+                    "provline_sink_lag", {"topic": topics.inference, "partition": str(number)})
+    finally:
+        consumer.close()
+    assert lags and all(lag == 0 for lag in lags.values()), lags
+
+
 def test_trace_joins_request_model_version_and_run(store: Client) -> None:
     prediction_id = "pred-join"
     events = audit_story(prediction_id)
