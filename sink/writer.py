@@ -205,7 +205,10 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
             except (SchemaError, ValueError) as exc:
                 plan.dead_letters.append(_dead_letter(event, exc))
                 continue
-            plan.events.setdefault(fmt.spec.table, TableBatch(fmt)).add(raw, body, position, event)
+            batch = plan.events.get(fmt.spec.table)
+            if batch is None:  # not setdefault: that would build a TableBatch for every message
+                batch = plan.events[fmt.spec.table] = TableBatch(fmt)
+            batch.add(raw, body, position, event)
     return plan
 
 
