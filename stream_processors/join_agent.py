@@ -111,6 +111,7 @@ log = logging.getLogger(__name__)
 PENDING_TABLE = "pending-predictions"
 MAX_TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
+CHANGELOG_BACKLOG_MESSAGES = 10_000  # table writes waiting in Faust's producer before a batch waits for them
 
 
 def tick_interval(timing: Timing) -> float:
@@ -144,7 +145,7 @@ class Joiner:
         self._heap: list[tuple[float, str]] = []
         self._held: set[str] = set()
         self._lineage_changes = -1
-        self.flush_changelog: Any = None  # awaitable flush of Faust's producer, set when registered
+        self.flush_changelog: Any = None  # bounds Faust's producer backlog (see flush), set when registered
         self._changelog: list[tuple[str, PendingEntry | PositionRecord | None, int]] = []
         self.positions = Positions()
         self._events_in: dict[str, Any] = {}
@@ -225,10 +226,15 @@ class Joiner:
                 self.table.send_changelog(partition, key, entry)
 
     async def flush(self) -> None:
-        """Deliver this batch's traces, then its table writes; returns when both are acknowledged.
+        """Deliver this batch's traces, then hand its table writes to Faust's producer.
 
-        In that order (see the module docstring). The session's seal goes out with the traces when
-        one is due.
+        In that order (see the module docstring). The changelog records are not waited for, only
+        kept from piling up (``flush_changelog`` waits when Faust's buffer is long): Faust sends a
+        partition's records in order, so a position record never lands before the entries it
+        covers, and records a crash loses are made again from the events read again after the
+        recovered position. Waiting for Faust's producer after every batch added about a second
+        to every trace (bench/processors.py). The session's seal goes out with the traces when one
+        is due.
         """
         now = time.monotonic()
         if self.encoder.seal_due(now):
@@ -383,7 +389,12 @@ def register_join_agent(
     pending = app.Table(PENDING_TABLE, partitions=partitions, key_type=str,
                         help="halves of predictions waiting for a trace")
     joiner.table = pending
-    joiner.flush_changelog = lambda: app.producer.flush()
+
+    async def flush_changelog_when_behind() -> None:
+        if app.producer.buffer.size > CHANGELOG_BACKLOG_MESSAGES:
+            await app.producer.flush()
+
+    joiner.flush_changelog = flush_changelog_when_behind
     metrics = joiner.metrics
 
     @pending.on_recover
