@@ -23,6 +23,7 @@ from provline.sidecar.errors import RedactionError
 from provline.sidecar.payload import (
     DEFAULT_MAX_FEATURES,
     DEFAULT_MAX_ROWS,
+    CapturedRows,
     NotParsed,
     ObservedBody,
     Role,
@@ -54,7 +55,7 @@ class Capture:
 
 
 @dataclass(frozen=True)
-class BodyRecord:
+class BodyRecord(CapturedRows):
     """What an event records of one body besides its size and hash."""
 
     body: bytes | None = None
@@ -64,15 +65,6 @@ class BodyRecord:
     error: str | None = None
     model_version: str | None = None  # a KServe V2 reply's own ``model_version``
     request_id: str | None = None  # a KServe V2 body's own ``id``, as sent: the recorder redacts it
-
-    @property
-    def values(self) -> Row:
-        """Row 0, the event's ``features`` / ``outputs``."""
-        return self.rows[0] if self.rows else {}
-
-    @property
-    def rows_truncated(self) -> bool:
-        return self.row_count > len(self.rows)
 
 
 def describe_body(

@@ -111,12 +111,11 @@ def body_digest(body: bytes, key: bytes | None) -> str:
     return KEYED_DIGEST_PREFIX + hmac.digest(key, body, "sha256").hex()
 
 
-@dataclass(frozen=True)
-class Extraction:
-    rows: list[Row] = field(default_factory=list)  # the captured rows, row 0 first
-    row_count: int = 0  # rows the payload had; more than len(rows) when rows were cut
-    error: str | None = None  # why nothing could be extracted
-    format: str | None = None  # which payload format was recognised
+class CapturedRows:
+    """What a body's extracted rows give an event, for the dataclasses that hold ``rows`` and ``row_count``."""
+
+    rows: list[Row]  # the captured rows, row 0 first
+    row_count: int  # rows the payload had; more than len(rows) when rows were cut
 
     @property
     def values(self) -> Row:
@@ -126,6 +125,14 @@ class Extraction:
     @property
     def rows_truncated(self) -> bool:
         return self.row_count > len(self.rows)
+
+
+@dataclass(frozen=True)
+class Extraction(CapturedRows):
+    rows: list[Row] = field(default_factory=list)
+    row_count: int = 0
+    error: str | None = None  # why nothing could be extracted
+    format: str | None = None  # which payload format was recognised
 
 
 class BodyTap:
