@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +99,19 @@ def chdb_path(chdb_root: Path) -> str:
     finally:
         client.close()
     return f"chdb://{chdb_root}?database={database}"
+
+
+@pytest.fixture
+def store(chdb_path: str) -> Iterator[Any]:
+    """A fresh store with every migration applied (a clickhouse-connect client); closed after the test."""
+    from provline.sink.store import migrate, open_store
+
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        yield client
+    finally:
+        client.close()
 
 
 MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e", "real_servers": "real_servers"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from clickhouse_connect.driver.client import Client
@@ -11,18 +10,9 @@ from clickhouse_connect.driver.client import Client
 from provline.sidecar.events import Capture, describe_body, request_fields
 from provline.sidecar.payload import ObservedBody
 from provline.sidecar.policy import FieldRules, Redactor
-from provline.sink.store import migrate, open_store
 from tests.integration.test_sink_ingest import event, stored_row
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(chdb_path: str) -> Iterator[Client]:
-    client = open_store(chdb_path)
-    migrate(client)
-    yield client
-    client.close()
 
 
 def test_feature_rows_row_count_and_request_id_reach_the_stored_payload(store: Client) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +17,7 @@ from provline.schemas.frames import FRAMES, exchange_frame
 from provline.schemas.integrity import HashChain
 from provline.schemas.serde import AVSC_DIR, SINGLE_OBJECT_MAGIC, load_writer_schema
 from provline.sink.rows import table_for
-from provline.sink.store import ensure_views, migrate, open_store
+from provline.sink.store import ensure_views
 from provline.sink.writer import insert_plan, plan_batch
 from tests.helpers import StoredMessage, seal
 
@@ -32,14 +31,6 @@ TOPIC = "p.lineage.v1"
 def event(kind: str, **fields: Any) -> dict[str, Any]:
     value = {**new_envelope(producer_identity("test", "s1"), event_time=WHEN), **fields}
     return seal(HashChain(default_catalog()), kind, value)
-
-
-@pytest.fixture
-def store(chdb_path: str) -> Iterator[Client]:
-    client = open_store(chdb_path)
-    migrate(client)
-    yield client
-    client.close()
 
 
 def stored_row(

@@ -6,7 +6,6 @@ a crash, or backfilled by a migration, would read as a replacement.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +16,6 @@ from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
 from provline.sink.ingest import CONTENT_OF_PAYLOAD, ENVELOPE_FIELDS, LEDGER_TABLE
 from provline.sink.rows import TABLES
-from provline.sink.store import migrate, open_store
 from provline.sink.writer import insert_plan, plan_batch
 from tests.helpers import StoredMessage
 
@@ -67,16 +65,6 @@ def every_kind(variants: int) -> list[bytes]:
                         if f["name"] not in ENVELOPE_FIELDS}
             raws.append(catalog.header(kind) + chain.seal_encode(kind, {**new_envelope(producer), **contents}))
     return raws
-
-
-@pytest.fixture
-def store(chdb_path: str) -> Iterator[Client]:
-    client = open_store(chdb_path)
-    try:
-        migrate(client)
-        yield client
-    finally:
-        client.close()
 
 
 def test_the_views_digest_every_kind_as_its_stored_payload_gives_it(store: Client) -> None:

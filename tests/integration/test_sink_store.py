@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -96,16 +96,6 @@ def produce(bootstrap: str, topics: Topics, events: Events) -> None:
         producer.produce(topics.for_kind(kind), key=key_for(kind, value), value=catalog.encode(kind, value))
     producer.produce(topics.lineage, key=b"junk", value=GARBAGE)
     assert producer.flush(10) == 0
-
-
-@pytest.fixture
-def store(chdb_path: str) -> Iterator[Client]:
-    client = open_store(chdb_path)
-    migrate(client)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def sink_settings(kafka_bootstrap: str, topics: Topics, chdb_path: str) -> ServeSettings:
