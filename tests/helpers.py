@@ -33,6 +33,17 @@ class LoopThread:
         self._thread.join(5)
 
 
+async def serve_app(app: Any) -> tuple[Any, int]:
+    """Start an aiohttp ``web.Application`` on a free local port (a fake model server); (runner, port).
+    Stop it with ``await runner.cleanup()``."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
 def memory_emitter(producer_name: str = "test", **sections: Any) -> tuple[Emitter, MemoryTransport]:
     """An emitter whose messages stay in memory; ``sections`` are JobSettings sections, e.g. signing={...}."""
     transport = MemoryTransport()

@@ -12,7 +12,7 @@ from aiohttp import web
 from provline.producers import JobSettings, build_emitter
 from provline.schemas import Topics, default_catalog
 from provline.sidecar import SidecarApp, SidecarSettings
-from tests.helpers import LoopThread, events_sent, memory_emitter
+from tests.helpers import LoopThread, events_sent, memory_emitter, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -43,10 +43,7 @@ class KServe:
         app.router.add_get("/v2/models/{name}", self.metadata)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/predict", self.plain)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve_app(app)
         return runner
 
 

@@ -25,7 +25,7 @@ from provline.schemas import default_catalog
 from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP
-from tests.helpers import LoopThread, memory_emitter
+from tests.helpers import LoopThread, memory_emitter, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -66,10 +66,7 @@ class ScriptedUpstream:
     async def start(self) -> web.AppRunner:
         app = web.Application(client_max_size=8 << 20)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve_app(app)
         return runner
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

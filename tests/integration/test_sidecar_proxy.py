@@ -30,7 +30,7 @@ from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.headers import HOP_BY_HOP, is_valid_traceparent
 from provline.sidecar.server import http_limits, uvicorn_config
 from provline.sidecar.settings import CaptureSettings
-from tests.helpers import LoopThread, events_sent, memory_emitter, sent
+from tests.helpers import LoopThread, events_sent, memory_emitter, sent, serve_app
 
 pytestmark = pytest.mark.integration
 
@@ -62,10 +62,7 @@ class Upstream:
     async def start(self) -> web.AppRunner:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve_app(app)
         return runner
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from provline.schemas import Topics, default_catalog
 from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
-from tests.helpers import LoopThread
+from tests.helpers import LoopThread, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -89,10 +89,7 @@ def upstream_url() -> Iterator[str]:
     async def start() -> tuple[web.AppRunner, int]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", model)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner, runner.addresses[0][1]
+        return await serve_app(app)
 
     runner, port = loop.run(start())
     yield f"http://127.0.0.1:{port}"

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from provline.schemas import default_catalog
 from provline.sidecar.payload import DEFAULT_MAX_ROWS
-from tests.helpers import LoopThread, events_sent
+from tests.helpers import LoopThread, events_sent, serve_app
 from tests.integration.test_sidecar_proxy import Running, sidecar
 
 pytestmark = pytest.mark.integration
@@ -46,10 +46,7 @@ class ModelServer:
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
         app.router.add_get("/ping", self.ping)
         app.router.add_post("/invocations", self.invocations)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        self.port = runner.addresses[0][1]
+        runner, self.port = await serve_app(app)
         return runner
 
     async def server_metadata(self, request: web.Request) -> web.Response:

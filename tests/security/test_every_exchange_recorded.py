@@ -31,7 +31,7 @@ from provline.sidecar.events import Capture
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.policy import FieldRules, Policy, Redactor
 from provline.sidecar.recorder import Exchange, Recorder
-from tests.helpers import LoopThread, decoded, events_sent, memory_emitter
+from tests.helpers import LoopThread, decoded, events_sent, memory_emitter, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server, wait_for
 
 KEY = "finding-4-redaction-key-0123456789"
@@ -77,10 +77,7 @@ def upstream_url(loop: LoopThread) -> Iterator[str]:
     async def start() -> web.AppRunner:
         app = web.Application(client_max_size=8 << 20)
         app.router.add_route("*", "/{tail:.*}", echo)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
+        return (await serve_app(app))[0]
 
     runner = loop.run(start())
     yield f"http://127.0.0.1:{runner.addresses[0][1]}"

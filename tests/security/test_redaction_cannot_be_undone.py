@@ -27,7 +27,7 @@ from provline.schemas import Topics, default_catalog
 from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.errors import PolicyError
-from tests.helpers import LoopThread, memory_emitter, sent
+from tests.helpers import LoopThread, memory_emitter, sent, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -79,10 +79,7 @@ def upstream_url() -> Iterator[str]:
     async def start() -> web.AppRunner:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", model)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
+        return (await serve_app(app))[0]
 
     runner = loop.run(start())
     yield f"http://127.0.0.1:{runner.addresses[0][1]}"
