@@ -21,5 +21,8 @@ class CorruptEventError(SchemaError):
     """The bytes do not decode as a provline event."""
 
 
+TOMBSTONE = "empty message value (a tombstone?); provline events are never empty"  # the error for one
+
+
 class InvalidEventError(SchemaError):
     """A record does not match its Avro schema."""

@@ -12,7 +12,7 @@ Pure functions.
 
 from __future__ import annotations
 
-from provline.schemas.errors import CorruptEventError, InvalidEventError, SchemaError
+from provline.schemas.errors import TOMBSTONE, CorruptEventError, InvalidEventError, SchemaError
 from provline.schemas.serde import Catalog
 
 EXCHANGE = "InferenceExchange"
@@ -37,11 +37,11 @@ def events_in(catalog: Catalog, message: bytes | None) -> list[bytes]:
     """The encoded events a message carries: the two halves of an exchange frame, else the message itself.
 
     Only the frame is decoded here; the events are checked by whoever decodes them. SchemaError
-    for a tombstone (None), or when a frame does not decode or its halves are not a request and a
+    for a tombstone (None or empty), or when a frame does not decode or its halves are not a request and a
     response, in that order.
     """
-    if message is None:
-        raise CorruptEventError("empty message value (a tombstone?); provline events are never empty")
+    if not message:
+        raise CorruptEventError(TOMBSTONE)
     if not is_frame(catalog, message):
         return [message]
     halves = []

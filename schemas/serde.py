@@ -28,7 +28,7 @@ from fastavro.schema import fingerprint as schema_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from provline.schemas.compiled import NotFast, compile_encoder
-from provline.schemas.errors import CorruptEventError, InvalidEventError, UnknownSchemaError
+from provline.schemas.errors import TOMBSTONE, CorruptEventError, InvalidEventError, UnknownSchemaError
 
 AVSC_DIR = Path(__file__).resolve().parent / "avsc"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -156,7 +156,7 @@ class Catalog:
         """
         if not isinstance(data, bytes | bytearray | memoryview):
             raise CorruptEventError(
-                "empty message value (a tombstone?); provline events are never empty" if data is None else
+                TOMBSTONE if data is None else
                 f"a {type(data).__name__} is not an encoded event; events are bytes"
             )
         data = bytes(data)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from provline.schemas import Catalog, CorruptEventError, InvalidEventError, SchemaError, Topics, default_catalog
+from provline.schemas import Catalog, InvalidEventError, SchemaError, Topics, default_catalog
 from provline.schemas.dead_letters import Headers, dead_letter_headers
 from provline.schemas.frames import events_in
 from provline.sink import metrics
@@ -184,12 +184,9 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
     """
     plan = BatchPlan()
     for message in messages:
-        value = message.value() or b""
         position = (message.topic() or "", message.partition() or 0, message.offset() or 0)
         try:
-            if not value:
-                raise CorruptEventError("empty message value (a tombstone?); provline events are never empty")
-            raws = events_in(catalog, value)
+            raws = events_in(catalog, message.value())
         except (SchemaError, ValueError) as exc:
             plan.dead_letters.append(_dead_letter(message, exc))
             continue
