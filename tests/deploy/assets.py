@@ -62,7 +62,7 @@ def exported_metric_names() -> set[str]:
     import provline.sink.metrics  # noqa: F401  (each module registers its metrics when imported)
     from provline.stream_processors.metrics import ProcessorMetrics
 
-    names = set()
+    names: set[str] = set()
     for registry in (REGISTRY, ProcessorMetrics().registry):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in _SUFFIXES[family.type])
@@ -72,6 +72,18 @@ def exported_metric_names() -> set[str]:
 def unknown_metrics(expression: str, exported: set[str]) -> list[str]:
     """The provline metric names in a PromQL expression that no service exports."""
     return sorted(set(METRIC_NAME.findall(expression)) - exported)
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path of a service's bind mounts (docker-compose resolved them to absolute paths)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict) and volume["type"] == "bind":
+            found[volume["target"]] = volume["source"]
+        elif isinstance(volume, str) and volume.startswith("/"):
+            source, target = volume.split(":")[:2]
+            found[target] = source
+    return found
 
 
 def load_yaml(path: Path) -> Any:

@@ -36,6 +36,7 @@ from tests.deploy.assets import (
     REPO,
     compose_config,
     load_yaml,
+    mounts,
     resolved_compose,
 )
 
@@ -86,18 +87,6 @@ def scrape_targets() -> dict[str, list[str]]:
     config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
     return {job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
             for job in config["scrape_configs"]}
-
-
-def mounts(service: dict[str, Any]) -> dict[str, str]:
-    """Container path -> host path of a service's bind mounts (docker-compose resolved them to absolute paths)."""
-    found = {}
-    for volume in service.get("volumes", []):
-        if isinstance(volume, dict) and volume["type"] == "bind":
-            found[volume["target"]] = volume["source"]
-        elif isinstance(volume, str) and volume.startswith("/"):
-            source, target = volume.split(":")[:2]
-            found[target] = source
-    return found
 
 
 def test_docker_compose_accepts_the_file_and_refuses_a_misspelt_key(tmp_path: Path) -> None:
