@@ -289,3 +289,46 @@ def test_the_training_job_and_model_server_run_as_compose_starts_them(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_sql_users_are_the_ones_provline_sql_grants_prints_for_serve(tmp_path: Path) -> None:
+    """clickhouse/sql-grants.sql is `provline sql-grants` under serve's environment, and the first-start
+    script runs it with the passwords put in (a `clickhouse` stand-in on PATH takes the statements)."""
+    serve, clickhouse = services()["serve"], services()["clickhouse"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVLINE_")}
+    env.update({k: str(v) for k, v in serve["environment"].items()})
+    printed = subprocess.run([sys.executable, "-m", "provline", "sql-grants"], env=env, cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    grants = COMPOSE_DIR / "clickhouse" / "sql-grants.sql"
+    assert grants.read_text() == printed.stdout, "regenerate deploy/compose/clickhouse/sql-grants.sql"
+    script = COMPOSE_DIR / "clickhouse" / "init-sql-users.sh"
+    assert mounts(clickhouse)["/docker-entrypoint-initdb.d/init-sql-users.sh"] == str(script)
+    assert mounts(clickhouse)["/provline/sql-grants.sql"] == str(grants)
+
+    received = tmp_path / "statements.sql"
+    (tmp_path / "clickhouse").write_text(f"#!/bin/sh\ncat > {received}\n")
+    (tmp_path / "clickhouse").chmod(0o755)
+    passwords = {k: str(v) for k, v in clickhouse["environment"].items() if k.startswith("CLICKHOUSE_SQL_")}
+    ran = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                         env={"PATH": f"{tmp_path}:{os.environ['PATH']}", "SQL_GRANTS": str(grants), **passwords})
+    assert ran.returncode == 0, ran.stderr
+    statements = received.read_text()
+    assert "<password of" not in statements
+    for role in ("auditor", "admin"):
+        url = urlsplit(getattr(load_settings_of(serve).sql, f"{role}_url").get_secret_value())
+        assert f"CREATE USER IF NOT EXISTS {url.username} IDENTIFIED WITH sha256_password BY '{url.password}'" \
+            in statements
+    refused = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30,
+                             env={"PATH": f"{tmp_path}:{os.environ['PATH']}", "SQL_GRANTS": str(grants),
+                                  **passwords, "CLICKHOUSE_SQL_ADMIN_PASSWORD": "a/b"})
+    assert refused.returncode == 1 and "CLICKHOUSE_SQL_ADMIN_PASSWORD" in refused.stderr
+
+
+def load_settings_of(service: dict[str, Any]) -> Any:
+    with pytest.MonkeyPatch.context() as patched:
+        for name in [n for n in os.environ if n.startswith("PROVLINE_")]:
+            patched.delenv(name)
+        for variable, value in service["environment"].items():
+            patched.setenv(variable, str(value))
+        return load_settings(settings_classes()[service["command"][0]])
