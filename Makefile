@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker model-servers clean
+.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools clean
 
 setup: $(INSTALLED)
 
@@ -49,6 +49,20 @@ $(JOB_PROVLINE_INSTALLED): $(MLFLOW_INSTALLED) pyproject.toml
 	$(VENVS)/mlflow/bin/pip install --quiet --no-deps -e .
 	touch $@
 
+# What tests/deploy checks the deploy assets with, from Debian: promtool (package prometheus) for the
+# alert rules and scrape config, and docker-compose (its Compose specification schema and interpolation;
+# `docker-compose config` needs no Docker engine). Installed only where missing.
+DEPLOY_TOOLS := build/.deploy-tools
+
+deploy-tools: $(DEPLOY_TOOLS)
+
+$(DEPLOY_TOOLS):
+	@mkdir -p build
+	@if ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus docker-compose >/dev/null; fi
+	@touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
@@ -67,7 +81,7 @@ typecheck: setup
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 
-test: setup broker model-servers lint
+test: setup broker model-servers deploy-tools lint
 	$(BIN)/pytest -p no:cacheprovider -ra tests
 
 docs: setup

@@ -42,6 +42,7 @@ from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
+from provline.sink.metrics import VERIFY_RUNS
 from provline.sink.queries import Filters
 from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
 from provline.sink.settings import ServeSettings
@@ -149,10 +150,12 @@ class Verification:
             anchors: Sequence[tuple[str, list[AnchoredSession]]] = ()) -> Report:
         client = self._locked_client()
         try:
-            return verify_store(client, catalog, trust, sessions=sessions, anchors=anchors,
-                                retention_days=self._retention_days)
+            report = verify_store(client, catalog, trust, sessions=sessions, anchors=anchors,
+                                  retention_days=self._retention_days)
         finally:
             self._lock.release()
+        VERIFY_RUNS.labels("findings" if report.findings else "clean").inc()  # alerts.yml: ProvlineVerifyFindings
+        return report
 
     def heads(self) -> list[dict[str, Any]]:
         client = self._locked_client()

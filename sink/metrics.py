@@ -15,3 +15,6 @@ REDELIVERED_SKIPPED = Counter(
     "provline_sink_redelivered_skipped", "Redelivered events found already stored after a crash, not re-inserted",
     ["table"],
 )
+VERIFY_RUNS = Counter(
+    "provline_sink_verify_runs", "Verifications run through the audit API, by outcome (clean, findings)", ["outcome"],
+)

@@ -294,6 +294,26 @@ def test_api_refuses_missing_wrong_tokens_and_roles_and_logs_every_request(
             "/v1/sql", "/v1/evidence/{subject}", "/v1/verify", "/v1/access-log"} <= set(openapi["paths"])
 
 
+def test_verifications_through_the_api_are_counted_by_outcome(seeded: tuple[Client, Session, Session],
+                                                               chdb_path: str) -> None:
+    """provline_sink_verify_runs_total{outcome}: what alerts.yml's ProvlineVerifyFindings pages on."""
+    from prometheus_client import REGISTRY
+
+    def runs(outcome: str) -> float:
+        return REGISTRY.get_sample_value("provline_sink_verify_runs_total", {"outcome": outcome}) or 0.0
+
+    client, job, _ = seeded
+    http = TestClient(create_api(api_settings(chdb_path), client))
+    clean, findings = runs("clean"), runs("findings")
+    assert http.get("/v1/verify", headers=bearer("ann")).json()["findings"] == []
+    assert (runs("clean"), runs("findings")) == (clean + 1, findings)
+    model = job.events[5][1]
+    altered = stored_raw(client, "model_versions", model["event_id"]).replace(b"s3://m/churn/3", b"s3://m/churn/4")
+    set_raw(client, "model_versions", model["event_id"], altered)
+    assert http.get("/v1/verify", headers=bearer("ann")).json()["findings"]
+    assert (runs("clean"), runs("findings")) == (clean + 1, findings + 1)
+
+
 def test_api_refuses_everything_without_configured_tokens(seeded: tuple[Client, Session, Session],
                                                          chdb_path: str) -> None:
     client, _, _ = seeded
