@@ -72,7 +72,7 @@ KSERVE_VERSION := v0.15.2
 K8S_TOOLS := build/k8s
 KUSTOMIZE_INSTALLED := $(K8S_TOOLS)/.kustomize-$(KUSTOMIZE_VERSION)
 CRDS_FETCHED := $(K8S_TOOLS)/.crds-$(PROMETHEUS_OPERATOR_VERSION)-$(KSERVE_VERSION)
-GO_CHECK := command -v go >/dev/null || { echo "make k8s-tools needs the go command (Debian: apt-get install -y golang-go)" >&2; exit 1; }
+GO_CHECK := command -v go >/dev/null || { echo "make k8s-tools needs Go 1.26 or newer on PATH (kustomize $(KUSTOMIZE_VERSION) is built with it)" >&2; exit 1; }
 # `go mod download -json` prints the module's "Dir"; only that line is kept.
 MODULE_DIR = GOFLAGS=-modcacherw go mod download -json $(1) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'
 
@@ -124,4 +124,4 @@ demo: setup broker
 	$(BIN)/python -m deploy.demo
 
 clean:
-	rm -rf $(VENV) $(VENVS) deploy/local/kafka/target .provline
+	rm -rf $(VENV) $(VENVS) $(K8S_TOOLS) deploy/local/kafka/target .provline
