@@ -379,20 +379,50 @@ def test_network_policies_select_pods_and_let_in_only_their_ports(overlay: str) 
             assert any(p["spec"].get("egress") for p in allowed), f"{pod.name}: nothing lets it reach Kafka"
 
 
+def metrics_port(command: str, settings: Any) -> int:
+    """The port a provline service serves /metrics on, by its settings."""
+    if command == "serve":
+        return int(settings.api.port)
+    if command == "sidecar":
+        return int(settings.sidecar.admin_port)
+    return int(settings.processors.metrics_port)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitors_select_services_by_their_port_names(overlay: str) -> None:
     services = of_kind(rendered(overlay), "Service")
-    for monitor in of_kind(rendered(overlay), "ServiceMonitor"):
+    monitors = of_kind(rendered(overlay), "ServiceMonitor")
+    scraped: set[tuple[str, int]] = set()  # (Service, container port) a ServiceMonitor scrapes
+    for monitor in monitors:
         chosen = [s for s in services if selects(monitor["spec"]["selector"]["matchLabels"],
                                                  s["metadata"].get("labels", {}))]
         assert chosen, f"overlays/{overlay}: ServiceMonitor {monitor['metadata']['name']} selects no Service"
         for endpoint in monitor["spec"]["endpoints"]:
             for service in chosen:
-                assert endpoint["port"] in {p.get("name") for p in service["spec"]["ports"]}, (
+                ports = {p.get("name"): p for p in service["spec"]["ports"]}
+                assert endpoint["port"] in ports, (
                     f"ServiceMonitor {monitor['metadata']['name']}: Service {service['metadata']['name']} "
                     f"has no port named {endpoint['port']}")
-    metrics_ports = {c["name"]: c for _, c in provline_containers(overlay)}
-    assert len(of_kind(rendered(overlay), "ServiceMonitor")) == 3 and metrics_ports
+                for pod in pods(rendered(overlay)):
+                    if selects(service["spec"]["selector"], pod.labels):
+                        scraped.add((service["metadata"]["name"], pod.container_ports()[ports[endpoint["port"]]
+                                                                                         ["targetPort"]]))
+    for pod, container in provline_containers(overlay):
+        command = command_of(container)
+        port = metrics_port(command, settings_of(command, environment(overlay, container)))
+        serving = [s["metadata"]["name"] for s in services if selects(s["spec"]["selector"], pod.labels)]
+        assert any((name, port) in scraped for name in serving), (
+            f"overlays/{overlay}: no ServiceMonitor scrapes {pod.name}'s /metrics on port {port}")
+
+
+def test_the_kserve_predictor_carries_the_sidecar_in_front_of_its_model_server() -> None:
+    (service,) = of_kind(rendered("kserve"), "InferenceService")
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    containers = {c["name"]: c for c in service["spec"]["predictor"]["containers"]}
+    assert command_of(containers["kserve-container"]) == "sidecar"
+    assert containers["kserve-container"]["image"].startswith(PROVLINE_IMAGE + ":")
+    deployments = {d["metadata"]["name"] for d in of_kind(rendered("kserve"), "Deployment")}
+    assert "churn-model" not in deployments, "the InferenceService replaces the plain example's Deployment"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
