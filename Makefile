@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools clean
+.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools k8s-tools clean
 
 setup: $(INSTALLED)
 
@@ -63,6 +63,39 @@ $(DEPLOY_TOOLS):
 			prometheus docker-compose >/dev/null; fi
 	@touch $@
 
+# deploy/kubernetes is rendered by the real kustomize, built from its Go module into build/k8s/bin, and its
+# ServiceMonitor and InferenceService are checked against the CRDs of these releases, taken from their Go
+# modules' sources (tests/deploy/test_kubernetes.py). kustomize v5.8.3 needs Go 1.27; v5.8.2 builds on 1.26.
+KUSTOMIZE_VERSION := v5.8.2
+PROMETHEUS_OPERATOR_VERSION := v0.85.0
+KSERVE_VERSION := v0.15.2
+K8S_TOOLS := build/k8s
+KUSTOMIZE_INSTALLED := $(K8S_TOOLS)/.kustomize-$(KUSTOMIZE_VERSION)
+CRDS_FETCHED := $(K8S_TOOLS)/.crds-$(PROMETHEUS_OPERATOR_VERSION)-$(KSERVE_VERSION)
+GO_CHECK := command -v go >/dev/null || { echo "make k8s-tools needs Go 1.26 or newer on PATH (kustomize $(KUSTOMIZE_VERSION) is built with it)" >&2; exit 1; }
+# `go mod download -json` prints the module's "Dir"; only that line is kept.
+MODULE_DIR = GOFLAGS=-modcacherw go mod download -json $(1) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'
+
+k8s-tools: $(KUSTOMIZE_INSTALLED) $(CRDS_FETCHED)
+
+$(KUSTOMIZE_INSTALLED):
+	@$(GO_CHECK)
+	mkdir -p $(K8S_TOOLS)
+	GOBIN=$(CURDIR)/$(K8S_TOOLS)/bin GOFLAGS=-modcacherw go install \
+		sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) 2>$(K8S_TOOLS)/go-install.log \
+		|| { cat $(K8S_TOOLS)/go-install.log; exit 1; }
+	touch $@
+
+$(CRDS_FETCHED):
+	@$(GO_CHECK)
+	rm -rf $(K8S_TOOLS)/crds && mkdir -p $(K8S_TOOLS)/crds
+	operator=$$($(call MODULE_DIR,github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION))) \
+		&& cp $$operator/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml $(K8S_TOOLS)/crds/
+	kserve=$$($(call MODULE_DIR,github.com/kserve/kserve@$(KSERVE_VERSION))) \
+		&& cp $$kserve/config/crd/full/serving.kserve.io_inferenceservices.yaml $(K8S_TOOLS)/crds/
+	chmod u+w $(K8S_TOOLS)/crds/*.yaml
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
@@ -81,7 +114,7 @@ typecheck: setup
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 
-test: setup broker model-servers deploy-tools lint
+test: setup broker model-servers deploy-tools k8s-tools lint
 	$(BIN)/pytest -p no:cacheprovider -ra tests
 
 docs: setup
@@ -91,4 +124,4 @@ demo: setup broker
 	$(BIN)/python -m deploy.demo
 
 clean:
-	rm -rf $(VENV) $(VENVS) deploy/local/kafka/target .provline
+	rm -rf $(VENV) $(VENVS) $(K8S_TOOLS) deploy/local/kafka/target .provline
