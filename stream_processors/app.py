@@ -18,6 +18,7 @@ import time
 import faust
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faust.auth import Credentials
+from faust.web import Request, Response, View
 
 from provline.config import ConfigError, KafkaSettings, SigningSettings
 from provline.kafka import check_connection
@@ -165,7 +166,33 @@ def create_app(settings: ProcessorSettings) -> faust.App:
             lag = end - (decided + 1 if decided is not None else 0)
             metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
 
+    register_health_pages(app)
     return app
+
+
+def readiness(*, rebalancing: bool, recovering: bool) -> str | None:
+    """Why a worker cannot take its share of the traffic now, or None when it can. Pure."""
+    if rebalancing:
+        return "rebalancing: the group is handing out partitions"
+    if recovering:
+        return "recovering: rebuilding the join and lineage tables from their changelogs"
+    return None
+
+
+def register_health_pages(app: faust.App) -> None:
+    """``/healthz`` (the worker's event loop answers) and ``/readyz`` (503 while it rebalances or
+    recovers its tables) on Faust's web port, for Kubernetes probes and compose health checks."""
+
+    @app.page("/healthz")
+    async def healthz(view: View, request: Request) -> Response:
+        return view.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(view: View, request: Request) -> Response:
+        problem = readiness(rebalancing=bool(app.rebalancing), recovering=bool(app.tables.recovery.in_recovery))
+        if problem is not None:
+            return view.json({"status": "not ready", "reason": problem}, status=503)
+        return view.json({"status": "ready"})
 
 
 def any_free_port() -> int:

@@ -289,7 +289,7 @@ def test_probes_and_ports_are_the_ones_the_settings_listen_on(overlay: str) -> N
             assert own_ports == {proxy.port, proxy.admin_port}
         else:
             worker = settings.processors
-            expected = {"port": worker.web_port, "live": "/", "ready": "/"}  # Faust's web root: {"status": "OK"}
+            expected = {"port": worker.web_port, "live": "/healthz", "ready": "/readyz"}  # on Faust's web server
             assert own_ports == {worker.web_port, worker.metrics_port}
         assert (probe_port(pod, live), live["httpGet"]["path"]) == (expected["port"], expected["live"]), where
         assert (probe_port(pod, ready), ready["httpGet"]["path"]) == (expected["port"], expected["ready"]), where

@@ -92,3 +92,12 @@ def test_dead_letters_never_raise() -> None:
     dead_letters = DeadLetters(FakeProducer(fail=True), "p.dlq.v1")
     dead_letters.send(garbage_event(), "Reason", "why")
     assert (dead_letters.count, dead_letters.failed) == (1, 1)
+
+
+def test_a_worker_is_ready_only_when_neither_rebalancing_nor_recovering() -> None:
+    from provline.stream_processors.app import readiness
+
+    assert readiness(rebalancing=False, recovering=False) is None
+    assert "rebalancing" in str(readiness(rebalancing=True, recovering=False))
+    assert "recovering" in str(readiness(rebalancing=False, recovering=True))
+
