@@ -163,7 +163,7 @@ def inference_events(bootstrap: str, topics: Topics, prediction_id: str) -> set[
     return kinds
 
 
-def test_the_sidecar_and_serve_from_the_image_record_a_prediction_on_kafka_and_store_it(
+def test_the_sidecar_serve_and_processors_from_the_image_record_a_prediction_store_it_and_are_healthy(
     kafka_bootstrap: str, topics: Topics, loop: LoopThread, containers: Containers,
 ) -> None:
     from aiohttp import web
@@ -198,6 +198,12 @@ def test_the_sidecar_and_serve_from_the_image_record_a_prediction_on_kafka_and_s
         assert inference_events(kafka_bootstrap, topics, prediction_id) == {"InferenceRequest", "InferenceResponse"}, \
             f"the sidecar's events did not reach Kafka; its logs:\n{containers.logs(sidecar)}"
 
+        web_port, metrics_port = free_port(), free_port()
+        processors = containers.start("processors", volume=containers.volume(), env={
+            **kafka, "PROVLINE_PROCESSORS__WEB_PORT": str(web_port),
+            "PROVLINE_PROCESSORS__METRICS_PORT": str(metrics_port),
+        })
+
         api = f"http://127.0.0.1:{api_port}"
         assert wait_until_ok(f"{api}/healthz", containers, serve).json() == {"status": "ok"}
         wait_until_ok(f"{api}/readyz", containers, serve)
@@ -210,7 +216,8 @@ def test_the_sidecar_and_serve_from_the_image_record_a_prediction_on_kafka_and_s
                 assert time.monotonic() < deadline, f"{table} has {rows}; serve's logs:\n{containers.logs(serve)}"
                 time.sleep(0.2)
 
-        for name in (serve, sidecar):
+        wait_until_ok(f"http://127.0.0.1:{web_port}/", containers, processors)  # Faust's state in the volume
+        for name in (serve, sidecar, processors):
             status = podman("exec", name, "cat", "/proc/1/status").stdout  # the service itself, PID 1
             uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
             assert uids == [UID] * 4, f"{name}'s service runs as uids {uids} (real, effective, saved, fs)"
