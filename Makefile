@@ -101,7 +101,7 @@ $(CRDS_FETCHED):
 # Rebuilt when the sources, pyproject.toml or deploy/image change; the Debian packages are installed once.
 IMAGE_TOOLS := build/image/.debian-packages
 IMAGE_BUILT := build/image/.image-built
-IMAGE_INPUTS := pyproject.toml README.md deploy/image/Containerfile deploy/image/build.py deploy/image/healthcheck.py \
+IMAGE_INPUTS := pyproject.toml README.md $(addprefix deploy/image/,Containerfile Containerfile.dockerignore build.py healthcheck.py) \
 	$(shell find provline schemas producers sidecar stream_processors sink -type f -not -path '*/__pycache__/*')
 
 image: $(IMAGE_BUILT)

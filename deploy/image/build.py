@@ -58,6 +58,7 @@ def podman_env() -> dict[str, str]:
         'runtime = "runc"\n'
         'cgroup_manager = "cgroupfs"  # no systemd here\n'
         'events_logger = "file"\n'
+        f'tmp_dir = "{WORK / "tmp"}"  # libpod\'s run state beside this storage, apart from any other podman\'s\n'
     )
     STORAGE_CONF.write_text(
         "# written by deploy/image/build.py\n"
@@ -159,8 +160,10 @@ def build_image() -> None:
     labels = {"VERSION": version, "REVISION": _git("rev-parse", "HEAD") or "unknown",
               "SOURCE": _git("remote", "get-url", "origin") or "unknown"}
     _say(f"podman build {IMAGE} (provline {version}, revision {labels['REVISION'][:12]})")
-    args = ["podman", "build", "--format", "docker", "--network", "none", "--file",
-            str(REPO / "deploy/image/Containerfile"), "--tag", IMAGE, "--tag", f"localhost/provline:{version}",
+    args = ["podman", "build", "--format", "docker", "--network", "none",
+            "--file", str(REPO / "deploy/image/Containerfile"),
+            "--ignorefile", str(REPO / "deploy/image/Containerfile.dockerignore"),
+            "--tag", IMAGE, "--tag", f"localhost/provline:{version}",
             "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", "PIP_FIND_LINKS=/wheels",
             "--build-arg", "PIP_NO_INDEX=1", "--volume", f"{WHEELS}:/wheels:ro"]
     for name, value in labels.items():
