@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools k8s-tools clean
+.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools k8s-tools image clean
 
 setup: $(INSTALLED)
 
@@ -96,6 +96,26 @@ $(CRDS_FETCHED):
 	chmod u+w $(K8S_TOOLS)/crds/*.yaml
 	touch $@
 
+# provline's OCI image (deploy/image), built here with Debian's podman on a base made by debootstrap, from
+# a wheelhouse pip makes on the host (deploy/image/build.py); everything it keeps lives under build/image.
+# Rebuilt when the sources, pyproject.toml or deploy/image change; the Debian packages are installed once.
+IMAGE_TOOLS := build/image/.debian-packages
+IMAGE_BUILT := build/image/.image-built
+IMAGE_INPUTS := pyproject.toml README.md $(addprefix deploy/image/,Containerfile Containerfile.dockerignore build.py healthcheck.py) \
+	$(shell find provline schemas producers sidecar stream_processors sink -type f -not -path '*/__pycache__/*')
+
+image: $(IMAGE_BUILT)
+
+$(IMAGE_TOOLS):
+	@mkdir -p $(@D)
+	@dpkg -s podman runc debootstrap >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+	touch $@
+
+$(IMAGE_BUILT): $(IMAGE_TOOLS) $(INSTALLED) $(IMAGE_INPUTS)
+	$(BIN)/python -m deploy.image.build
+	touch $@
+
 lint: setup
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory typecheck
@@ -114,7 +134,7 @@ typecheck: setup
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 
-test: setup broker model-servers deploy-tools k8s-tools lint
+test: setup broker model-servers deploy-tools k8s-tools image lint
 	$(BIN)/pytest -p no:cacheprovider -ra tests
 
 docs: setup
