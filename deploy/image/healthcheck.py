@@ -29,7 +29,7 @@ class Probe:
 PROBES = {
     "serve": Probe("PROVLINE_API__PORT", 8700, "/healthz"),
     "sidecar": Probe("PROVLINE_SIDECAR__ADMIN_PORT", 9090, "/healthz", option="--admin-port"),
-    "processors": Probe("PROVLINE_PROCESSORS__WEB_PORT", 6066, "/"),
+    "processors": Probe("PROVLINE_PROCESSORS__WEB_PORT", 6066, "/healthz"),
 }
 
 

@@ -130,7 +130,7 @@ def test_the_healthcheck_probes_each_service_where_its_settings_put_it() -> None
 
     python = ["/opt/provline/bin/python", "/opt/provline/bin/provline"]
     assert healthcheck.health_url([*python, "serve"], {}) == f"http://127.0.0.1:{DEFAULT_API_PORT}/healthz"
-    assert healthcheck.health_url([*python, "processors"], {}) == f"http://127.0.0.1:{DEFAULT_WEB_PORT}/"
+    assert healthcheck.health_url([*python, "processors"], {}) == f"http://127.0.0.1:{DEFAULT_WEB_PORT}/healthz"
     assert healthcheck.health_url([*python, "sidecar"], {}) == f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}/healthz"
     assert healthcheck.health_url([*python, "sidecar", "--admin-port=9191"], {"PROVLINE_SIDECAR__ADMIN_PORT": "1"}) \
         == "http://127.0.0.1:9191/healthz"
@@ -216,7 +216,7 @@ def test_the_sidecar_serve_and_processors_from_the_image_record_a_prediction_sto
                 assert time.monotonic() < deadline, f"{table} has {rows}; serve's logs:\n{containers.logs(serve)}"
                 time.sleep(0.2)
 
-        wait_until_ok(f"http://127.0.0.1:{web_port}/", containers, processors)  # Faust's state in the volume
+        wait_until_ok(f"http://127.0.0.1:{web_port}/readyz", containers, processors)  # Faust's state in the volume
         for name in (serve, sidecar, processors):
             status = podman("exec", name, "cat", "/proc/1/status").stdout  # the service itself, PID 1
             uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
