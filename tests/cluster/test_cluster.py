@@ -93,19 +93,29 @@ def first(ids: Any, count: int = 5) -> list[Any]:
     return sorted(ids)[:count]
 
 
-def exactly_once(what: str, expected: set[str], stored: Counter[str]) -> None:
-    """Every id of ``expected`` stored once, and nothing else; the message lists the first offenders."""
+def exactly_once(what: str, expected: set[str], stored: Counter[str], details: Any = None) -> None:
+    """Every id of ``expected`` stored once, and nothing else; the message lists the first offenders
+    (and ``details(ids)`` of the first duplicated ones, when given)."""
     missing = expected - set(stored)
     duplicated = {key: n for key, n in stored.items() if n > 1}
     unexpected = set(stored) - expected
     assert not (missing or duplicated or unexpected), (
         f"{what}: {len(missing)} missing (first: {first(missing)}), {len(duplicated)} stored more than once "
-        f"(first: {first(duplicated.items())}), {len(unexpected)} unexpected (first: {first(unexpected)})")
+        f"(first: {first(duplicated.items())}), {len(unexpected)} unexpected (first: {first(unexpected)})"
+        + (f"\nrows of the first duplicated: {details(first(duplicated, 2))}" if details and duplicated else ""))
 
 
 def stored_counts(stack: DemoStack, table: str) -> Counter[str]:
     rows = stack.sql(f"SELECT prediction_id, count() AS n FROM {table} GROUP BY prediction_id")
     return Counter({row["prediction_id"]: int(row["n"]) for row in rows})
+
+
+def exactly_once_stored(stack: DemoStack, table: str, ids: set[str]) -> None:
+    def rows_of(pids: list[str]) -> list[dict[str, Any]]:
+        listed = ", ".join(f"'{pid}'" for pid in pids)
+        return stack.sql(f"SELECT * EXCEPT (payload, raw) FROM {table} WHERE prediction_id IN ({listed})")
+
+    exactly_once(table, ids, stored_counts(stack, table), rows_of)
 
 
 def wait_until_stored(stack: DemoStack, tables: list[str], expected: int) -> None:
@@ -189,7 +199,7 @@ def test_a_broker_killed_mid_flow_loses_and_duplicates_no_prediction(
         tables = ["inference_requests", "inference_responses", "prediction_traces"]
         wait_until_stored(stack, tables, PREDICTIONS)
         for table in tables:
-            exactly_once(table, ids, stored_counts(stack, table))
+            exactly_once_stored(stack, table, ids)
         incomplete = stack.sql("SELECT prediction_id FROM prediction_traces WHERE NOT complete LIMIT 5")
         assert not incomplete, f"traces missing their lineage: {incomplete}"
         # nothing was dropped: a broker loss is no reason to drop by policy, so no DeliveryGap at all
@@ -279,7 +289,7 @@ def run_worker_kill(cluster: LocalKafkaCluster, stack: DemoStack, topics: Topics
         reader.close()
 
     ids = {key for key, _ in frames}
-    exactly_once("prediction_traces", ids, stored_counts(stack, "prediction_traces"))
+    exactly_once_stored(stack, "prediction_traces", ids)
     # the traces topic: every prediction, and any trace sent again after the kill with the same event id
     assert set(traces) == ids, f"{len(ids - set(traces))} predictions have no trace in {topics.traces}"
     different = {pid: len({t["event_id"] for t in found}) for pid, found in traces.items()
