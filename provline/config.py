@@ -164,6 +164,10 @@ class TopicSettings(Section):
     replication_factor: int = Field(
         -1, ge=-1, description="replicas of each topic a service creates; -1: the cluster's default.replication.factor",
     )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="the topic config min.insync.replicas of each topic a service creates: replicas "
+        "that must have a write before an acks=all producer is told it is stored; unset: the cluster's default",
+    )
     retention_s: float | None = Field(
         None, ge=-1, description="retention of the inference, traces, drift and dead-letter topics a service "
         "creates; -1: forever; unset: the cluster's default",
@@ -179,6 +183,16 @@ class TopicSettings(Section):
     metadata_refresh_s: float = Field(
         10.0, gt=0, description="how soon a consumer notices a topic created after it started",
     )
+
+    @model_validator(mode="after")
+    def _enough_replicas(self) -> Self:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor > 0:
+            raise ValueError(
+                f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor {self.replication_factor}: "
+                "no write could ever be acknowledged; lower PROVLINE_TOPICS__MIN_INSYNC_REPLICAS or raise "
+                "PROVLINE_TOPICS__REPLICATION_FACTOR"
+            )
+        return self
 
 
 class SigningSettings(Section):

@@ -1,10 +1,10 @@
 """The topics every service needs: made sure of at start, never silently different from the settings.
 
 Each service calls :func:`ensure_topics` for the topics it reads or writes before its clients start:
-missing topics are created (``PROVLINE_TOPICS__CREATE``) with the partitions, replication factor and
-retention of the settings; an existing topic is compared with them. A partition count other than
-the settings' on a topic the processors co-partition is an error (their tables would read the
-wrong partitions); other differences are logged as warnings and kept (an operator chose them).
+missing topics are created (``PROVLINE_TOPICS__CREATE``) with the partitions, replication factor,
+``min.insync.replicas`` and retention of the settings; an existing topic is compared with them. A
+partition count other than the settings' on a topic the processors co-partition is an error (their
+tables would read the wrong partitions); other differences are logged as warnings and kept (an operator chose them).
 :func:`keep_ensuring` does the same in a background thread until it succeeds, for the sidecar,
 which must serve before Kafka answers. ``provline topics`` shows and creates them by hand.
 
@@ -62,10 +62,13 @@ class TopicState:
 def wanted_topics(settings: TopicSettings, names: Iterable[str] | None = None) -> list[TopicSpec]:
     """The specs of provline's topics under ``settings.prefix`` (all of them, or those in ``names``)."""
     topics = Topics(settings.prefix)
-    retention = {} if settings.retention_s is None else {"retention.ms": _retention_ms(settings.retention_s)}
+    durability = {} if settings.min_insync_replicas is None else {
+        "min.insync.replicas": str(settings.min_insync_replicas)}
+    retention = {**durability, **({} if settings.retention_s is None else {
+        "retention.ms": _retention_ms(settings.retention_s)})}
     specs = [
         TopicSpec(topics.lineage, settings.partitions, settings.replication_factor,
-                  {"retention.ms": _retention_ms(settings.lineage_retention_s)}, copartitioned=True),
+                  {**durability, "retention.ms": _retention_ms(settings.lineage_retention_s)}, copartitioned=True),
         TopicSpec(topics.inference, settings.partitions, settings.replication_factor, retention, copartitioned=True),
         TopicSpec(topics.traces, settings.partitions, settings.replication_factor, retention),
         TopicSpec(topics.drift, settings.partitions, settings.replication_factor, retention),
@@ -91,8 +94,12 @@ def differences(spec: TopicSpec, state: TopicState) -> list[str]:
                      "(PROVLINE_TOPICS__REPLICATION_FACTOR)")
     for key, value in spec.config.items():
         if key in state.config and state.config[key] != value:
-            setting = "LINEAGE_RETENTION_S" if spec.copartitioned and spec.name.endswith(".lineage.v1") \
-                else "RETENTION_S"
+            if key == "min.insync.replicas":
+                setting = "MIN_INSYNC_REPLICAS"
+            elif spec.copartitioned and spec.name.endswith(".lineage.v1"):
+                setting = "LINEAGE_RETENTION_S"
+            else:
+                setting = "RETENTION_S"
             found.append(f"{key}={state.config[key]}, the settings say {value} (PROVLINE_TOPICS__{setting})")
     return found
 

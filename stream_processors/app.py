@@ -16,6 +16,8 @@ import sys
 import time
 
 import faust
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faust.auth import Credentials
 from faust.web import Request, Response, View
@@ -37,7 +39,7 @@ from provline.stream_processors.producer import BatchProducer
 from provline.stream_processors.rewind import log_end
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
-from provline.topics import ensure_at_start
+from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, describe, ensure_at_start
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0
@@ -88,6 +90,8 @@ def faust_app(settings: ProcessorSettings) -> faust.App:
         store="memory://",
         datadir=worker.data_dir,
         topic_partitions=settings.topics.partitions,
+        # the changelogs are the join's state: as many copies as the topics they mirror (Faust's default: 1)
+        topic_replication_factor=max(settings.topics.replication_factor, 1),
         web_port=worker.web_port,
         # traces are ~1 KB: aiokafka's default 16 KB batches make the producer wait on a round trip
         # every dozen traces, and Faust's buffer then stalls the consumer
@@ -202,6 +206,25 @@ def any_free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def inference_replicas(settings: ProcessorSettings) -> int:
+    """How many replicas the inference topic has (so the changelogs get as many), 1 when the brokers do not say.
+
+    For ``replication_factor`` -1 (the cluster's default): Faust creates its changelog topics with a
+    count of its own, which must be a real one."""
+    inference = Topics(settings.topics.prefix).inference
+    try:
+        found = describe(AdminClient(settings.kafka.librdkafka(log_level=0)), [inference],
+                         timeout_s=DEFAULT_TIMEOUT_S)[inference].replication_factor
+    except KafkaException as exc:
+        found = 0
+        log.warning("could not read the replication factor of %s (%s)", inference, exc)
+    if found < 1:
+        log.warning("Faust's changelog topics get one replica; set PROVLINE_TOPICS__REPLICATION_FACTOR to give "
+                    "them as many as a broker loss needs")
+        return 1
+    return found
+
+
 def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL) -> None:
     """Run one worker of the processors; blocks until SIGTERM or SIGINT, then exits the process.
 
@@ -211,6 +234,9 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     """
     check_connection(settings.kafka, service="provline processors")
     ensure_at_start(settings.kafka, settings.topics, service="provline processors")
+    if settings.topics.replication_factor == BROKER_DEFAULT:
+        settings = settings.model_copy(update={"topics": settings.topics.model_copy(
+            update={"replication_factor": inference_replicas(settings)})})
     if settings.processors.web_port == 0:  # Faust takes no port 0: choose a free one, and say which
         chosen = settings.processors.model_copy(update={"web_port": any_free_port()})
         settings = settings.model_copy(update={"processors": chosen})

@@ -114,12 +114,13 @@ def store(chdb_path: str) -> Iterator[Any]:
         client.close()
 
 
-MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e", "real_servers": "real_servers"}
+MARKED_FOLDERS = {"integration": "integration", "e2e": "e2e", "real_servers": "real_servers", "cluster": "cluster"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test file under tests/integration, tests/e2e or tests/real_servers carries its folder's
-    marker, so that ``-m "not integration and not e2e and not real_servers"`` runs the unit tests alone."""
+    """Every test file under tests/integration, tests/e2e, tests/real_servers or tests/cluster carries its
+    folder's marker, so that ``-m "not integration and not e2e and not real_servers and not cluster"`` runs
+    the unit tests alone."""
     unmarked = sorted({
         str(item.path.relative_to(Path(__file__).parent)) for item in items
         for folder, marker in MARKED_FOLDERS.items()

@@ -51,6 +51,16 @@ def test_create_app_builds_agents_and_tables_without_connecting() -> None:
     assert create_app(settings) is not app
 
 
+def test_changelogs_get_the_topics_replicas_and_one_without_a_number() -> None:
+    def changelog_replicas(replication_factor: int) -> int:
+        settings = ProcessorSettings(kafka={"bootstrap": "127.0.0.1:1"},
+                                     topics={"replication_factor": replication_factor})
+        return int(create_app(settings).conf.topic_replication_factor)
+
+    # -1 is resolved by run_worker from the inference topic (tests/cluster) before the app is made
+    assert (changelog_replicas(3), changelog_replicas(-1)) == (3, 1)
+
+
 def test_tick_interval_is_bounded() -> None:
     assert tick_interval(Timing(ttl=60, lineage_wait=10, retention=300)) == 1.0
     assert tick_interval(Timing(ttl=60, lineage_wait=2, retention=300)) == 0.2

@@ -1,5 +1,12 @@
-"""Local Apache Kafka broker harness (KRaft, from Maven artifacts)."""
+"""Local Apache Kafka broker and multi-broker cluster harness (KRaft, from Maven artifacts)."""
 
-from deploy.local.kafka.broker import BrokerError, LocalKafka, create_topics, ensure_artifacts
+from deploy.local.kafka.broker import (
+    BrokerError,
+    KafkaNode,
+    LocalKafka,
+    LocalKafkaCluster,
+    create_topics,
+    ensure_artifacts,
+)
 
-__all__ = ["BrokerError", "LocalKafka", "create_topics", "ensure_artifacts"]
+__all__ = ["BrokerError", "KafkaNode", "LocalKafka", "LocalKafkaCluster", "create_topics", "ensure_artifacts"]

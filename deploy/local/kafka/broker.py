@@ -16,9 +16,17 @@ users created with the storage, and a certificate from a throw-away CA (``tls/ca
 listeners of their own. :meth:`LocalKafka.client_environment` gives a client's PROVLINE_KAFKA__
 settings for one of the users.
 
+:class:`LocalKafkaCluster` runs several such nodes (each a combined broker and controller: a
+KRaft quorum of all of them) with the defaults a production cluster has: three replicas of every
+topic, ``min.insync.replicas=2``, no unclean leader election. ``kill(node)`` SIGKILLs one node and
+``start(node)`` brings it back with its data, for the tests in ``tests/cluster``.
+
+Both are made of :class:`KafkaNode`: one broker+controller JVM with its ports, storage and log.
+
 Command line (foreground until Ctrl-C / SIGTERM):
 
     python -m deploy.local.kafka --data-dir /tmp/kafka [--port 9092] [--controller-port 9093]
+    python -m deploy.local.kafka --data-dir /tmp/kafka --brokers 3
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 HERE = Path(__file__).resolve().parent
 LIB_DIR = HERE / "target" / "lib"
 DEFAULT_START_TIMEOUT_S = 90.0
 DEFAULT_STOP_TIMEOUT_S = 30.0
 BROKER_HEAP = "-Xmx768m"
+CLUSTER_NODE_HEAP = "-Xmx512m"  # three of these share the machine with the whole system under test
 
 
 class BrokerError(RuntimeError):
@@ -99,23 +109,49 @@ def _listener_properties(
     ]
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, *, internal_port: int | None = None,
+# Broker-level defaults of the single dev broker: one copy of everything.
+SINGLE_NODE_DEFAULTS = {
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+}
+# ... and of a cluster, as production runs one: a write is acknowledged by two of three replicas,
+# and a replica that missed writes never becomes leader.
+CLUSTER_DEFAULTS = {
+    "default.replication.factor": "3",
+    "min.insync.replicas": "2",
+    "unclean.leader.election.enable": "false",
+    "offsets.topic.replication.factor": "3",
+    "transaction.state.log.replication.factor": "3",
+    "transaction.state.log.min.isr": "2",
+    "share.coordinator.state.topic.replication.factor": "3",
+    "share.coordinator.state.topic.min.isr": "2",
+}
+
+
+def _cluster_defaults(brokers: int) -> dict[str, str]:
+    """:data:`CLUSTER_DEFAULTS`, with fewer replicas when there are fewer than three brokers to hold them."""
+    replicas, in_sync = str(min(brokers, 3)), str(min(brokers, 2))
+    return {key: replicas if key.endswith("replication.factor") else in_sync if "isr" in key or key.endswith(
+        "insync.replicas") else value for key, value in CLUSTER_DEFAULTS.items()}
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int, *, node_id: int, voters: str,
+                       defaults: dict[str, str], internal_port: int | None = None,
                        keystore: Path | None = None) -> str:
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters}",
         *_listener_properties(port, controller_port, internal_port=internal_port, keystore=keystore),
         "controller.listener.names=CONTROLLER",
         f"log.dirs={data_dir / 'logs'}",
         "num.partitions=4",
         "auto.create.topics.enable=true",
-        "offsets.topic.replication.factor=1",
         "offsets.topic.num.partitions=8",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        *(f"{key}={value}" for key, value in defaults.items()),
         "group.initial.rebalance.delay.ms=0",
         "log.flush.interval.messages=9223372036854775807",
         "",
@@ -140,19 +176,31 @@ def _log4j_properties(log_file: Path) -> str:
     ])
 
 
-class LocalKafka:
-    """One broker process; not thread-safe. Ports are chosen once and kept across restarts."""
+class KafkaNode:
+    """One combined broker+controller JVM; not thread-safe. Ports are chosen once and kept across restarts.
 
-    def __init__(self, data_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
-                 scram_users: dict[str, str] | None = None) -> None:
+    ``voters`` is the KRaft quorum (``id@host:port,...``; None: this node alone), ``cluster_id`` the id
+    its storage is formatted with (every node of a cluster has the same), ``defaults`` its broker-level
+    topic defaults.
+    """
+
+    def __init__(self, data_dir: Path | str, *, node_id: int = 1, port: int | None = None,
+                 controller_port: int | None = None, scram_users: dict[str, str] | None = None,
+                 voters: str | None = None, cluster_id: str | None = None,
+                 defaults: dict[str, str] | None = None, heap: str = BROKER_HEAP) -> None:
         """``port`` (clients) and ``controller_port`` (KRaft): None or 0, any free port."""
         self.data_dir = Path(data_dir).resolve()
+        self.node_id = node_id
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         if self.controller_port == self.port:
             raise BrokerError(f"the client and controller ports are both {self.port}; give them different ports")
         self.scram_users = dict(scram_users or {})
         self.internal_port = free_port() if self.scram_users else None
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id or _kafka_cluster_id()
+        self.defaults = dict(SINGLE_NODE_DEFAULTS if defaults is None else defaults)
+        self.heap = heap
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -199,10 +247,14 @@ class LocalKafka:
     def log_file(self) -> Path:
         return self.data_dir / "broker.log"
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def _java(self, main_class: str, *args: str) -> list[str]:
         classpath = os.pathsep.join(str(jar) for jar in ensure_artifacts())
         return [
-            "java", BROKER_HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            "java", self.heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
             "-cp", classpath, main_class, *args,
         ]
@@ -222,70 +274,203 @@ class LocalKafka:
     def _prepare(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "server.properties"
-        config.write_text(_server_properties(self.data_dir, self.port, self.controller_port,
+        config.write_text(_server_properties(self.data_dir, self.port, self.controller_port, node_id=self.node_id,
+                                             voters=self.voters, defaults=self.defaults,
                                              internal_port=self.internal_port, keystore=self._keystore()))
         (self.data_dir / "log4j2.properties").write_text(_log4j_properties(self.log_file))
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = _kafka_cluster_id()
             users = [arg for name, password in self.scram_users.items()
                      for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")]
             result = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "--config", str(config),
-                           *users),
+                self._java("kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
+                           "--config", str(config), *users),
                 capture_output=True, text=True, check=False,
             )
             if result.returncode != 0:
-                raise BrokerError(f"formatting the KRaft storage failed:\n{result.stdout}{result.stderr}")
+                raise BrokerError(f"formatting the KRaft storage of node {self.node_id} failed:\n"
+                                  f"{result.stdout}{result.stderr}")
         return config
 
-    def start(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> LocalKafka:
-        """Start the broker and block until it serves metadata, or raise BrokerError."""
-        if self._process is not None and self._process.poll() is None:
-            return self
+    def launch(self) -> None:
+        """Start the JVM without waiting for it (a cluster's nodes must all be up before any is ready)."""
+        if self.running:
+            return
         config = self._prepare()
         with open(self.data_dir / "broker.stdout", "ab") as out:
             self._process = subprocess.Popen(
                 self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready(timeout)
+
+    def start(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> Self:
+        """Start the broker and block until it serves metadata, or raise BrokerError."""
+        if self.running:
+            return self
+        self.launch()
+        self.wait_ready(timeout)
         return self
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
+        """Block until this node answers metadata requests and lists itself among the brokers."""
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient({**self.client_config(), "log_level": 0})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self._process is not None
+            assert self._process is not None, "launch() first"
             if self._process.poll() is not None:
                 raise BrokerError(
-                    f"the Kafka broker exited with code {self._process.returncode}; "
+                    f"Kafka node {self.node_id} exited with code {self._process.returncode}; "
                     f"see {self.log_file} and {self.data_dir / 'broker.stdout'}"
                 )
             try:
-                metadata = admin.list_topics(timeout=1.0)
-                if metadata.brokers:
+                if self.node_id in admin.list_topics(timeout=1.0).brokers:
                     return
             except Exception:  # noqa: BLE001 - not ready yet, keep polling until the deadline
                 pass
             time.sleep(0.2)
         self.stop()
-        raise BrokerError(f"the Kafka broker did not become ready within {timeout:.0f}s; see {self.log_file}")
+        raise BrokerError(f"Kafka node {self.node_id} did not become ready within {timeout:.0f}s; see {self.log_file}")
+
+    def request_stop(self) -> None:
+        """Send SIGTERM and return at once; :meth:`stop` then waits for the exit."""
+        if self.running:
+            assert self._process is not None
+            self._process.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
         """Stop the broker cleanly (SIGTERM), killing it if it has not exited within ``timeout``."""
+        self.request_stop()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
-    def __enter__(self) -> LocalKafka:
+    def kill(self) -> None:
+        """SIGKILL the broker: no controlled shutdown, no flush (its data stays for a later start)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LocalKafka(KafkaNode):
+    """The single-node dev broker: node 1, its own one-voter quorum, one copy of everything."""
+
+    def __init__(self, data_dir: Path | str, *, port: int | None = None, controller_port: int | None = None,
+                 scram_users: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir, port=port, controller_port=controller_port, scram_users=scram_users)
+
+
+class LocalKafkaCluster:
+    """``brokers`` combined broker+controller nodes (ids 1..N, all KRaft voters) under ``data_dir/node-<id>``,
+    with :data:`CLUSTER_DEFAULTS`; plain text only. Not thread-safe.
+
+        with LocalKafkaCluster(data_dir, brokers=3) as cluster:
+            cluster.kill(2)      # SIGKILL
+            cluster.start(2)     # back with its data, blocks until it serves
+    """
+
+    def __init__(self, data_dir: Path | str, *, brokers: int = 3, heap: str = CLUSTER_NODE_HEAP) -> None:
+        if brokers < 1:
+            raise BrokerError(f"a cluster needs at least one broker, not {brokers}")
+        self.data_dir = Path(data_dir).resolve()
+        controller_ports = {node_id: free_port() for node_id in range(1, brokers + 1)}
+        voters = ",".join(f"{node_id}@127.0.0.1:{port}" for node_id, port in controller_ports.items())
+        cluster_id = _kafka_cluster_id()
+        defaults = _cluster_defaults(brokers)
+        self.nodes = {
+            node_id: KafkaNode(self.data_dir / f"node-{node_id}", node_id=node_id, controller_port=port,
+                               voters=voters, cluster_id=cluster_id, defaults=defaults, heap=heap)
+            for node_id, port in controller_ports.items()
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated (clients find the live ones)."""
+        return ",".join(node.bootstrap for node in self.nodes.values())
+
+    def kafka_section(self) -> dict[str, str]:
+        """provline's ``kafka`` settings for a client of this cluster."""
+        return {"bootstrap": self.bootstrap}
+
+    def client_environment(self) -> dict[str, str]:
+        return {"PROVLINE_KAFKA__BOOTSTRAP": self.bootstrap}
+
+    def client_config(self) -> dict[str, str]:
+        return {"bootstrap.servers": self.bootstrap}
+
+    def node(self, node_id: int) -> KafkaNode:
+        if node_id not in self.nodes:
+            raise BrokerError(f"no node {node_id} in this cluster; its nodes are {sorted(self.nodes)}")
+        return self.nodes[node_id]
+
+    def start(self, node_id: int | None = None, timeout: float = DEFAULT_START_TIMEOUT_S) -> LocalKafkaCluster:
+        """Start every node (or only ``node_id``) and block until each serves metadata; BrokerError if not."""
+        chosen = list(self.nodes.values()) if node_id is None else [self.node(node_id)]
+        for node in chosen:
+            node.launch()
+        try:
+            for node in chosen:
+                node.wait_ready(timeout)
+        except BrokerError:
+            self.stop()
+            raise
+        return self
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node."""
+        self.node(node_id).kill()
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop every node cleanly (SIGTERM; SIGKILL after ``timeout``). All at once: a node stopped last,
+        alone, would wait for a quorum that is gone before its controlled shutdown gives up."""
+        for node in self.nodes.values():
+            node.request_stop()
+        for node in self.nodes.values():
+            node.stop(timeout)
+
+    def leaders(self, topic: str, *, timeout: float = 10.0) -> dict[int, int]:
+        """Partition -> leader node id of ``topic`` (-1: no leader right now)."""
+        from confluent_kafka.admin import AdminClient
+
+        metadata = AdminClient({**self.client_config(), "log_level": 0}).list_topics(topic, timeout=timeout)
+        found = metadata.topics.get(topic)
+        if found is None or found.error is not None:
+            raise BrokerError(f"topic {topic} is not in the cluster's metadata: {found.error if found else 'absent'}")
+        return {partition.id: partition.leader for partition in found.partitions.values()}
+
+    def wait_in_sync(self, topics: list[str], timeout: float = DEFAULT_START_TIMEOUT_S) -> None:
+        """Block until every partition of ``topics`` has all its replicas in sync; BrokerError after ``timeout``."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({**self.client_config(), "log_level": 0})
+        deadline = time.monotonic() + timeout
+        lagging: list[str] = []
+        while time.monotonic() < deadline:
+            metadata = admin.list_topics(timeout=5.0)
+            lagging = [f"{name}[{partition.id}] isr {partition.isrs} of {partition.replicas}"
+                       for name in topics for partition in metadata.topics[name].partitions.values()
+                       if sorted(partition.isrs) != sorted(partition.replicas)] if all(
+                name in metadata.topics for name in topics) else ["(topics not in the metadata yet)"]
+            if not lagging:
+                return
+            time.sleep(0.5)
+        raise BrokerError(f"replicas still out of sync after {timeout:.0f}s: {', '.join(lagging[:5])}")
+
+    def __enter__(self) -> LocalKafkaCluster:
         return self.start()
 
     def __exit__(
