@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ SECRETS_CREATED_OUTSIDE = {"production": MANIFESTS / "overlays" / "production" /
 PROVLINE_IMAGE = "ghcr.io/provline/provline"
 UID = 10001
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+SERVICES = {"serve", "processors", "sidecar"}  # long-running, with ports, probes and /metrics
+SCHEDULED = {"verify", "anchor"}  # CronJobs of the audit client (docs/operations.md)
 
 Object = dict[str, Any]
 
@@ -105,6 +108,9 @@ def pods(objects: tuple[Object, ...]) -> list[Pod]:
         if o["kind"] in POD_TEMPLATE_KINDS:
             template = o["spec"]["template"]
             found.append(Pod(o, template["metadata"].get("labels", {}), template["spec"]))
+        elif o["kind"] == "CronJob":
+            template = o["spec"]["jobTemplate"]["spec"]["template"]
+            found.append(Pod(o, template["metadata"].get("labels", {}), template["spec"]))
         elif o["kind"] == "InferenceService":
             predictor = o["spec"]["predictor"]
             labels = predictor.get("labels", {}) | {"serving.kserve.io/inferenceservice": o["metadata"]["name"]}
@@ -167,7 +173,7 @@ def settings_of(command: str, env: dict[str, str]) -> ProvlineSettings:
         for name in [n for n in os.environ if n.startswith("PROVLINE_")]:
             del os.environ[name]
         os.environ.update(env)
-        return load_settings(settings_classes()[command])
+        return load_settings(settings_classes()["client" if command in SCHEDULED else command])
 
 
 def probe_port(pod: Pod, probe: Object) -> int:
@@ -260,7 +266,7 @@ def test_containers_run_provline_commands_whose_settings_accept_their_environmen
         except ConfigError as exc:
             pytest.fail(f"overlays/{overlay}: {pod.name}, container {container['name']}: {exc}")
         ran.add(command)
-    assert ran == {"serve", "processors", "sidecar"}
+    assert ran == SERVICES | {"verify"} | ({"anchor"} if overlay == "production" else set())
 
 
 def test_a_misspelt_variable_in_a_manifest_is_refused() -> None:
@@ -274,6 +280,9 @@ def test_a_misspelt_variable_in_a_manifest_is_refused() -> None:
 def test_probes_and_ports_are_the_ones_the_settings_listen_on(overlay: str) -> None:
     for pod, container in provline_containers(overlay):
         command = command_of(container)
+        if command in SCHEDULED:
+            assert "ports" not in container and "livenessProbe" not in container, f"{pod.name} runs to completion"
+            continue
         settings: Any = settings_of(command, environment(overlay, container))
         own_ports = {p["containerPort"] for p in container["ports"]}
         live, ready = container["livenessProbe"], container["readinessProbe"]
@@ -409,6 +418,8 @@ def test_service_monitors_select_services_by_their_port_names(overlay: str) -> N
                                                                                          ["targetPort"]]))
     for pod, container in provline_containers(overlay):
         command = command_of(container)
+        if command in SCHEDULED:
+            continue  # a Job's process ends before Prometheus would scrape it; serve counts its runs
         port = metrics_port(command, settings_of(command, environment(overlay, container)))
         serving = [s["metadata"]["name"] for s in services if selects(s["spec"]["selector"], pod.labels)]
         assert any((name, port) in scraped for name in serving), (
@@ -444,3 +455,31 @@ def test_every_container_is_bounded_and_locked_down(overlay: str) -> None:
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: no writable /tmp on a read-only root"
             if container["image"].split(":")[0] == PROVLINE_IMAGE:
                 assert ":" in container["image"], f"{where}: image {container['image']} has no tag from the overlay"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_scheduled_checks_reach_the_audit_api_as_a_reader_it_knows(overlay: str) -> None:
+    objects = rendered(overlay)
+    serve_pods = [p for p in pods(objects) if any(command_of(c) == "serve" for c in p.containers
+                                                   if c["image"].startswith(PROVLINE_IMAGE))]
+    (serve_container,) = [c for c in serve_pods[0].containers if command_of(c) == "serve"]
+    tokens = json.loads(environment(overlay, serve_container)["PROVLINE_API__TOKENS"])
+    policies = of_kind(objects, "NetworkPolicy")
+    scheduled = [(pod, c) for pod, c in provline_containers(overlay) if command_of(c) in SCHEDULED]
+    assert scheduled, f"overlays/{overlay}: no scheduled verify"
+    for pod, container in scheduled:
+        assert pod.owner["kind"] == "CronJob" and pod.spec["restartPolicy"] == "Never", pod.name
+        settings: Any = settings_of(command_of(container), environment(overlay, container))
+        url = urlsplit(settings.client.api_url)
+        (service,) = [s for s in of_kind(objects, "Service") if s["metadata"]["name"] == url.hostname]
+        (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+        assert any(selects(service["spec"]["selector"], p.labels) for p in serve_pods), f"{url.hostname} is not serve"
+        token = settings.client.api_token.get_secret_value()
+        assert any(reader["token"] == token and reader["role"] in {"auditor", "admin"} for reader in tokens.values()), (
+            f"{pod.name}: its token is none of serve's auditors' or admins'")
+        target = serve_pods[0].container_ports()[port["targetPort"]]
+        egress = [rule for policy in policies
+                  if selects(policy["spec"]["podSelector"].get("matchLabels", {}), pod.labels)
+                  for rule in policy["spec"].get("egress", [])]
+        assert any(target in {p["port"] for p in rule.get("ports", [])} for rule in egress), (
+            f"{pod.name}: no NetworkPolicy lets it reach the API on port {target}")
