@@ -45,7 +45,15 @@ from provline.sink.writer import IN_FLIGHT_PREFIX
 from provline.topics import describe, ensure_topics
 from tests.integration.test_processors_join import Events, WorkerProcess, start_worker
 from tests.integration.test_processors_stream import TraceReader, expected_version, halves_of, lineage_events
-from tests.integration.test_sink_crash import COUNT, SINK, committed, end_offsets, make_events, produce_steadily
+from tests.integration.test_sink_crash import (
+    COUNT,
+    SINK,
+    committed,
+    end_offsets,
+    make_events,
+    produce_steadily,
+    run_sink_until_caught_up,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -379,19 +387,7 @@ def test_a_sink_killed_mid_batch_and_taken_over_by_another_host_stores_every_eve
         target = end_offsets(cluster.bootstrap, topics)
         last = hosts[SINK_HANDOVERS % 2]
         attach(last)
-        sink = subprocess.Popen([sys.executable, "-c", SINK], env=sink_env(last), cwd=ROOT)
-        try:
-            while any(max(offset, 0) < target[position]
-                      for position, (offset, _) in committed(cluster.bootstrap, group, topics).items()):
-                assert sink.poll() is None, "the last sink exited on its own"
-                assert time.monotonic() < deadline, "the last sink did not catch up"
-                time.sleep(0.1)  # polling interval
-            sink.send_signal(signal.SIGTERM)
-            assert sink.wait(60) == 0
-        finally:
-            if sink.poll() is None:
-                sink.kill()
-                sink.wait()
+        run_sink_until_caught_up(sink_env(last), cluster.bootstrap, group, topics, target, deadline)
     finally:
         producing.join(STORE_DEADLINE_S)
 

@@ -148,6 +148,24 @@ def progress(offsets: dict[tuple[str, int], tuple[int, str]]) -> int:
     return sum(max(offset, 0) for offset, _ in offsets.values())
 
 
+def run_sink_until_caught_up(env: dict[str, str], bootstrap: str, group: str, topics: Topics,
+                             target: dict[tuple[str, int], int], deadline: float) -> None:
+    """Run one last sink until its group has committed up to ``target``, then stop it cleanly (SIGTERM)."""
+    sink = subprocess.Popen([sys.executable, "-c", SINK], env=env, cwd=ROOT)
+    try:
+        while any(max(offset, 0) < target[position]
+                  for position, (offset, _) in committed(bootstrap, group, topics).items()):
+            assert sink.poll() is None, "the last sink exited on its own"
+            assert time.monotonic() < deadline, "the last sink did not catch up"
+            time.sleep(0.1)  # polling interval
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(60) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+
+
 def test_sink_killed_ten_times_stores_every_event_exactly_once(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path,
 ) -> None:
@@ -193,19 +211,7 @@ def test_sink_killed_ten_times_stores_every_event_exactly_once(
         target = end_offsets(kafka_bootstrap, topics)
         print(f"ten kills done after {time.monotonic() - deadline + DEADLINE_SECONDS:.1f} s; "
               f"{progress(committed(kafka_bootstrap, group, topics))} of {sum(target.values())} committed")
-        sink = subprocess.Popen([sys.executable, "-c", SINK], env=env, cwd=ROOT)
-        try:
-            while any(max(offset, 0) < target[position]
-                      for position, (offset, _) in committed(kafka_bootstrap, group, topics).items()):
-                assert sink.poll() is None, "the last sink exited on its own"
-                assert time.monotonic() < deadline, "the last sink did not catch up"
-                time.sleep(0.1)
-            sink.send_signal(signal.SIGTERM)
-            assert sink.wait(60) == 0
-        finally:
-            if sink.poll() is None:
-                sink.kill()
-                sink.wait()
+        run_sink_until_caught_up(env, kafka_bootstrap, group, topics, target, deadline)
     finally:
         producer.join(DEADLINE_SECONDS)
 
