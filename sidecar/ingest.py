@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 from datetime import UTC, datetime
@@ -58,6 +59,7 @@ log = logging.getLogger("provline.ingest")
 
 PRODUCER_NAME = "ingest"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_FRACTION = re.compile(r"\.\d+")
 RESPONSE_STATUS = 200  # KServe and Seldon log a response only when the model answered 200
 
 RECEIVED = Counter("provline_ingest_events_received_total", "HTTP requests received on the ingest route")
@@ -95,10 +97,7 @@ def event_time(half: LoggedHalf, received: datetime) -> datetime:
     """The CloudEvent's own time when it is a usable RFC 3339 time, else when it was received."""
     if half.time:
         text = half.time.replace("Z", "+00:00")
-        if "." in text:  # Go's loggers send nanoseconds; Python takes microseconds
-            head, _, rest = text.partition(".")
-            digits = "".join(c for c in rest if c.isdigit())
-            text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+        text = _FRACTION.sub(lambda match: match.group(0)[:7], text)  # Go sends nanoseconds; Python takes micro
         with contextlib.suppress(ValueError):
             parsed = datetime.fromisoformat(text)
             if parsed.tzinfo is not None:
