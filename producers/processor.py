@@ -161,6 +161,12 @@ class BatchProcessor:
         return len(self._queue) + self._in_hand + self._spool.backlog
 
     @property
+    def queued(self) -> int:
+        """Messages accepted and held in memory, not yet in the spool: at most ``queue_max_messages``
+        (plus one batch in the worker's hands)."""
+        return len(self._queue) + self._in_hand
+
+    @property
     def spool_full(self) -> bool:
         """Whether the spool has reached ``spool_max_bytes`` (new messages wait in the queue meanwhile)."""
         return self._spool_full()
