@@ -201,14 +201,18 @@ class Emitter:
                 self._chain.rewind(previous)
                 raise
             if self.processor is not None:
-                ticket = self.processor.submit_ticket(topic, key, message)
-                if ticket is None:
+                if tickets is None:
+                    accepted = self.processor.submit(topic, key, message)
+                else:  # the caller waits for the spool: it needs the message's ticket
+                    ticket = self.processor.submit_ticket(topic, key, message)
+                    accepted = ticket is not None
+                    if ticket is not None:
+                        tickets.append(ticket)
+                if not accepted:
                     self._chain.rewind(previous)  # a dropped event is not part of the chain
                     for _ in events:
                         self.drops.record("queue_full")
                     return None
-                if tickets is not None:
-                    tickets.append(ticket)
             if first_kind == SEAL:
                 self._sealed_count, self._last_seal = self._chain.count, time.monotonic()
         if report:
