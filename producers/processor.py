@@ -161,6 +161,11 @@ class BatchProcessor:
         return len(self._queue) + self._in_hand + self._spool.backlog
 
     @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it stops at close, or on an error writing the spool)."""
+        return self._worker.is_alive()
+
+    @property
     def queued(self) -> int:
         """Messages accepted and held in memory, not yet in the spool: at most ``queue_max_messages``
         (plus one batch in the worker's hands)."""

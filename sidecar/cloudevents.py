@@ -13,16 +13,18 @@ KServe     ``org.kubeflow.serving.inference.request``     ``id`` (the request id
                                                           ``component``, ``endpoint`` (default / canary),
                                                           ``metadata`` (JSON: the ``metadataHeaders`` of the
                                                           logger spec, name -> list of values)
-Seldon     ``io.seldon.serving.inference.request``        ``id``, ``requestid``, ``modelid``,
+Seldon     ``io.seldon.serving.inference.request``        ``id``, ``requestid`` (the puid), ``modelid``,
            ``io.seldon.serving.inference.response``       ``inferenceservicename``, ``namespace``, ``endpoint``
+                                                          (the predictor's name); executor/logger/worker.go
 =========  =============================================  =================================================
 
 ``traceparent`` is read from the HTTP header (or the ``traceparent`` extension of a structured
 event), else from a forwarded ``traceparent`` metadata header; an invalid one is not recorded.
 
-Request and response arrive as two events sharing ``id``; :func:`prediction_id` derives one UUID
-from the sender, source, namespace, service, component and that id, so both halves (and every
-retry of either) get the same prediction id without the service keeping any state.
+Request and response arrive as two events sharing ``id`` (Seldon: ``requestid``); :func:`prediction_id`
+derives one UUID from the sender, source, namespace, service, component, model id and that id, so both
+halves (and every retry of either) get the same prediction id without the service keeping any state.
+Seldon's executor also sends a ``protocol`` extension, which is not needed here.
 
 What is hashed: the payload bytes as received. In binary mode and for ``data_base64`` those are
 exactly the logger's bytes. For ``data`` that is a JSON string, its UTF-8 bytes; for ``data`` that
@@ -107,9 +109,14 @@ class LoggedHalf:
 
 
 def prediction_id(event: LoggedHalf) -> str:
-    """The prediction id of both halves of one exchange: a UUID (version 5) of what identifies it."""
+    """The prediction id of both halves of one exchange: a UUID (version 5) of what identifies it.
+
+    The exchange's id is the event id, except for Seldon, whose executor gives both halves its request's
+    ``requestid`` (the puid) and may give each event an id of its own.
+    """
+    exchange = event.request_id if event.sender == "seldon" and event.request_id else event.event_id
     name = "\x1f".join([event.sender, event.source, event.namespace or "", event.service or "",
-                        event.component or "", event.model_id or "", event.event_id])
+                        event.component or "", event.model_id or "", exchange])
     return str(uuid.uuid5(PREDICTION_ID_NAMESPACE, name))
 
 

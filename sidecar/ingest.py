@@ -177,6 +177,9 @@ class IngestApp:
         if processor is None:
             return True, {"status": "ready", "spool": "none (no broker configured: events are discarded)"}
         directory = processor.spool_directory
+        if not processor.alive:
+            return False, {"status": "the spool's writer stopped (see the log); restart the service",
+                           "spool": str(directory)}
         if not os.access(directory, os.W_OK):
             return False, {"status": "spool not writable", "spool": str(directory)}
         if processor.spool_full:

@@ -221,6 +221,8 @@ def test_bad_events_get_a_4xx_saying_why_and_other_traffic_is_still_recorded(
         ("POST", {"Ce-Id": "big", "Ce-Type": KSERVE_TYPE.format("request")}, b"x" * 5000, 413, "body_too_large"),
     ]
     before = {reason: metric("provline_ingest_events_refused_total", reason=reason) for *_, reason in bad}
+    received = metric("provline_ingest_events_received_total")
+    recorded = metric("provline_ingest_events_recorded_total")
     good: list[str] = []
     try:
         with ingest(loop, settings) as (url, _):
@@ -241,6 +243,8 @@ def test_bad_events_get_a_4xx_saying_why_and_other_traffic_is_still_recorded(
         loop.close()
     for *_, reason in bad:
         assert metric("provline_ingest_events_refused_total", reason=reason) == before[reason] + 1, reason
+    assert metric("provline_ingest_events_received_total") - received == len(bad) + 2 * len(good)
+    assert metric("provline_ingest_events_recorded_total") - recorded == 2 * len(good)
     recorded = [(kind, v["prediction_id"]) for kind, v in events if kind.startswith("Inference")]
     assert sorted(recorded) == sorted((kind, p) for p in good for kind in ("InferenceRequest", "InferenceResponse"))
     assert all(v["features"] == {"x[0]": 5.1, "x[1]": 3.5, "x[2]": 1.4}

@@ -90,6 +90,14 @@ def test_seldon_executor_headers() -> None:
     assert half.traceparent == TRACEPARENT
 
 
+def test_seldon_halves_pair_by_their_request_id() -> None:
+    def half(kind: str, event_id: str) -> LoggedHalf:
+        return parse({"Ce-Id": event_id, "Ce-Type": f"io.seldon.serving.inference.{kind}", "Ce-Source": "s",
+                      "Ce-Modelid": "classifier", "Ce-Requestid": "puid-1"}, "{}")
+
+    assert half("request", "a").prediction_id == half("response", "b").prediction_id
+
+
 @pytest.mark.parametrize(("headers", "body", "reason"), [
     ({"content-type": "application/json"}, "{}", "not_a_cloudevent"),
     ({"ce-type": "org.kubeflow.serving.inference.request", "ce-source": "s"}, "{}", "missing_attribute"),
