@@ -271,3 +271,51 @@ def test_seldon_structured_base64_body_is_hashed_as_received(kafka_bootstrap: st
 
     assert request["body_sha256"] == hashlib.sha256(REQUEST).hexdigest() and request["body"] == REQUEST
     assert (request["model_name"], request["request_id"]) == ("iris", "order-1")  # the body's own id first
+
+
+def test_the_capture_policy_redacts_as_the_sidecar_does(tmp_path: Path) -> None:
+    """The same exchange, redacted under one policy and key by the sidecar and by ingest: the same event fields."""
+    from tests.helpers import decoded, memory_emitter
+    from tests.integration.test_sidecar_proxy import sidecar
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("inputs: {drop: [ssn]}\noutputs: {mask: [label]}\nheaders: {hash: [traceparent]}\n"
+                      "capture: redacted\n")
+    key = "a-long-redaction-key-for-this-test-only"
+    body = orjson.dumps({"id": "order-9", "parameters": {"content_type": "pd"}, "inputs": [
+        {"name": "age", "shape": [1], "datatype": "INT64", "data": [41]},
+        {"name": "ssn", "shape": [1], "datatype": "BYTES", "data": ["123-45-6789"]}]})
+    loop = LoopThread()
+    upstream = Upstream()
+    runner = loop.run(upstream.start())
+    try:
+        side_emitter = memory_emitter("sidecar-redaction")[0]
+        with sidecar(loop, f"http://127.0.0.1:{upstream.port}", upstream, side_emitter, kserve_metadata=False,
+                     policy_file=policy, redaction_key=key) as running:
+            reply = httpx.post(f"{running.url}/v2/models/iris/infer", content=body, timeout=30, headers={
+                "Content-Type": "application/json", "X-Request-ID": "side-9", "traceparent": TRACEPARENT})
+            assert reply.status_code == 200
+            side = running.events("side-9")
+        ingest_emitter = memory_emitter("ingest-redaction")[0]
+        settings = IngestSettings(ingest={"endpoint": "/v2/models/{service}/infer", "model_version": "7"},
+                                  capture={"policy_file": policy, "redaction_key": key})
+        with ingest(loop, settings, ingest_emitter) as (url, _):
+            for half, data in (("request", body), ("response", PREDICTION)):
+                assert post(url, *to_binary(kserve(half, "redacted-9", data))).status_code == 200
+        ingested = {kind: value for kind, value in decoded(ingest_emitter) if kind.startswith("Inference")}
+    finally:
+        loop.run(runner.cleanup())
+        loop.close()
+    compared = ("endpoint", "model_name", "model_version", "body_size", "body_sha256", "body", "body_truncated",
+                "features", "outputs", "parse_error", "traceparent", "request_id", "row_count", "status")
+    for kind in ("InferenceRequest", "InferenceResponse"):
+        # A reply's request id: the sidecar has it only when the server echoes one (a body id, ce-id or
+        # X-Request-ID header); the logger's event id is KServe's request id, so ingest records it.
+        names = compared if kind == "InferenceRequest" else tuple(n for n in compared if n != "request_id")
+        expected = {name: side[kind].get(name) for name in names}
+        assert {name: ingested[kind].get(name) for name in names} == expected, kind
+    assert ingested["InferenceResponse"]["request_id"] == "redacted-9"
+    request = ingested["InferenceRequest"]
+    assert b"123-45-6789" not in request["body"] and "ssn" not in request["features"]
+    assert request["body_sha256"].startswith("hmac-sha256:") and request["traceparent"].startswith("hmac-sha256:")
+    assert ingested["InferenceResponse"]["outputs"]["label"] == "****"
