@@ -49,6 +49,7 @@ from provline.sidecar.events import (
     request_fields,
     response_fields,
 )
+from provline.sidecar.limits import HttpLimits
 from provline.sidecar.logs import configure_logging
 from provline.sidecar.payload import ObservedBody, Role
 from provline.sidecar.policy import KEYED_MODES, Mode
@@ -326,8 +327,9 @@ async def serve_ingest(settings: IngestSettings, *, emitter: Emitter | None = No
     Raises StartupError when the server stopped without a signal.
     """
     app = IngestApp(settings, emitter)
+    limits = HttpLimits(max_connections=settings.ingest.max_connections)
     server = ServerWithoutSignals(uvicorn_config(app, host=settings.ingest.host, port=settings.ingest.port,
-                                                 lifespan="on"))
+                                                 lifespan="on", limits=limits))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:

@@ -160,6 +160,7 @@ class SidecarSettings(PublishingSettings):
 
 DEFAULT_INGEST_PORT = 8090
 DEFAULT_INGEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_INGEST_MAX_CONNECTIONS = 128
 DEFAULT_DURABLE_TIMEOUT_S = 5.0
 DEFAULT_RETRY_AFTER_S = 1
 DEFAULT_INGEST_ENDPOINT = "{namespace}/{service}/{component}"
@@ -173,6 +174,10 @@ class IngestServiceSettings(Section):
     port: int = Field(DEFAULT_INGEST_PORT, ge=0, le=65535, description="where loggers send events; /healthz, "
                       "/readyz and /metrics are served on it too")
     max_body_bytes: int = Field(DEFAULT_INGEST_MAX_BODY_BYTES, ge=1, description="larger events get 413")
+    max_connections: int = Field(
+        DEFAULT_INGEST_MAX_CONNECTIONS, ge=1, description="logger connections served at once; beyond them 503. "
+        "With max_body_bytes it bounds the memory events take before they are queued",
+    )
     durable_timeout_s: float = Field(
         DEFAULT_DURABLE_TIMEOUT_S, gt=0, description="how long an event may wait to be fsynced into the spool "
         "before the logger is answered 503 (with Retry-After)",
