@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache, partial
 from typing import Any
@@ -120,6 +121,22 @@ class Emitter:
         sent = self._send([(kind, fields, event_time)])
         return sent[0] if sent is not None else {**fields}
 
+    def emit_spooled(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None,
+                     on_spooled: Callable[[], None]) -> dict[str, Any] | None:
+        """Publish one event as :meth:`emit` does, and call ``on_spooled()`` once it is in the on-disk spool
+        (:meth:`BatchProcessor.when_spooled`: from the worker thread; quick, never raising). Returns the
+        full event, or None when it was dropped (counted; ``on_spooled`` is then never called). Without a
+        processor (no broker configured) nothing is spooled and ``on_spooled`` is called at once."""
+        tickets: list[int] = []
+        sent = self._send([(kind, fields, event_time)], tickets=tickets)
+        if sent is None:
+            return None
+        if self.processor is None or not tickets:
+            on_spooled()
+        else:
+            self.processor.when_spooled(tickets[0], on_spooled)
+        return sent[0]
+
     def emit_exchange(self, request: dict[str, Any], response: dict[str, Any], *, request_time: datetime | None,
                       response_time: datetime | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """Publish a served exchange's InferenceRequest and InferenceResponse as one message (an
@@ -153,9 +170,10 @@ class Emitter:
         return route
 
     def _send(self, events: list[tuple[str, dict[str, Any], datetime | None]], *, closing: bool = False,
-              report: bool = True) -> list[dict[str, Any]] | None:
+              report: bool = True, tickets: list[int] | None = None) -> list[dict[str, Any]] | None:
         """Seal ``events`` (one, or an exchange's two) into the chain and submit them as one message;
-        the full events, or None when they were dropped (and counted)."""
+        the full events, or None when they were dropped (and counted). ``tickets``: where the
+        processor's ticket of the message is appended."""
         values = []
         for _, fields, event_time in events:
             value = new_envelope(self.producer, event_time=event_time)
@@ -182,11 +200,19 @@ class Emitter:
             except Exception:  # an exchange's second event did not fit: neither joins the chain
                 self._chain.rewind(previous)
                 raise
-            if self.processor is not None and not self.processor.submit(topic, key, message):
-                self._chain.rewind(previous)  # a dropped event is not part of the chain
-                for _ in events:
-                    self.drops.record("queue_full")
-                return None
+            if self.processor is not None:
+                if tickets is None:
+                    accepted = self.processor.submit(topic, key, message)
+                else:  # the caller waits for the spool: it needs the message's ticket
+                    ticket = self.processor.submit_ticket(topic, key, message)
+                    accepted = ticket is not None
+                    if ticket is not None:
+                        tickets.append(ticket)
+                if not accepted:
+                    self._chain.rewind(previous)  # a dropped event is not part of the chain
+                    for _ in events:
+                        self.drops.record("queue_full")
+                    return None
             if first_kind == SEAL:
                 self._sealed_count, self._last_seal = self._chain.count, time.monotonic()
         if report:

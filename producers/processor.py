@@ -16,6 +16,7 @@ spool (a spool has one writer), a new transport and worker.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import tempfile
@@ -48,6 +49,7 @@ FLUSH_POLL_S = 0.005
 SEGMENTS_PER_SPOOL = 8  # the spool's bound holds at least this many segments
 
 QueuedMessage = tuple[str, bytes, bytes]  # topic, key, value
+SpooledCallback = Callable[[], None]
 
 
 def open_spool(options: EmitterSettings, directory: Path | None = None) -> Spool:
@@ -86,6 +88,10 @@ class BatchProcessor:
         self._spool = spool
         self._queue: deque[QueuedMessage] = deque()
         self._in_hand = 0  # taken from the queue by the worker, not yet in the spool
+        self._accepted = 0  # messages submit() accepted: the last one's ticket
+        self._spooled = 0  # of those, how many the worker has appended to the spool (fsynced per its policy)
+        self._spool_waiters: list[tuple[int, int, SpooledCallback]] = []  # heap of (ticket, order, callback)
+        self._waiter_order = 0
         self._room = threading.Condition()
         self._closing = threading.Event()
         self._cursor = spool.cursor_at(spool.committed)  # replay what an earlier process left
@@ -102,20 +108,73 @@ class BatchProcessor:
 
     def submit(self, topic: str, key: bytes, value: bytes) -> bool:
         """Queue one message; False when it was dropped (``on_full="drop"`` and the queue is full)."""
+        return self.submit_ticket(topic, key, value) is not None
+
+    def submit_ticket(self, topic: str, key: bytes, value: bytes) -> int | None:
+        """Queue one message, as :meth:`submit`; its ticket for :meth:`when_spooled`, or None when it was dropped.
+
+        Tickets count the messages accepted, from 1; thread-safe.
+        """
         with self._room:
             while len(self._queue) >= self._options.queue_max_messages:
                 if self._options.on_full == "drop":
-                    return False
+                    return None
                 self._room.wait(0.1)
             self._queue.append((topic, key, value))
+            self._accepted += 1
             if len(self._queue) == WAKE_BATCH:  # otherwise the worker wakes on its linger timer
                 self._room.notify_all()
-            return True
+            return self._accepted
+
+    def when_spooled(self, ticket: int, callback: SpooledCallback) -> None:
+        """Call ``callback()`` once the message of ``ticket`` is in the on-disk spool; never waits.
+
+        With ``spool_fsync="always"`` that is once it was fsynced: one fsync for every message the
+        worker appended in one go, so many concurrent waiters share it (group commit). The callback
+        runs in the worker thread (or in the caller's, when the message is spooled already): it
+        must be quick and must not raise; from asyncio, hand over with ``loop.call_soon_threadsafe``.
+        """
+        with self._room:
+            if ticket > self._spooled:
+                self._waiter_order += 1
+                heapq.heappush(self._spool_waiters, (ticket, self._waiter_order, callback))
+                self._room.notify_all()  # a waiter wants the worker now, not after linger_s
+                return
+        callback()
+
+    def _spooled_up_to(self, count: int) -> None:
+        """The worker has spooled ``count`` more messages: call the callbacks waiting for them."""
+        ready: list[SpooledCallback] = []
+        with self._room:
+            self._spooled += count
+            while self._spool_waiters and self._spool_waiters[0][0] <= self._spooled:
+                ready.append(heapq.heappop(self._spool_waiters)[2])
+        for callback in ready:
+            try:
+                callback()
+            except Exception:  # a waiter's mistake must not stop the worker
+                log.exception("provline: a spool waiter's callback failed")
 
     @property
     def backlog(self) -> int:
         """Messages accepted by :meth:`submit` and not yet acknowledged by the destination."""
         return len(self._queue) + self._in_hand + self._spool.backlog
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (it stops at close, or on an error writing the spool)."""
+        return self._worker.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Messages accepted and held in memory, not yet in the spool: at most ``queue_max_messages``
+        (plus one batch in the worker's hands)."""
+        return len(self._queue) + self._in_hand
+
+    @property
+    def spool_full(self) -> bool:
+        """Whether the spool has reached ``spool_max_bytes`` (new messages wait in the queue meanwhile)."""
+        return self._spool_full()
 
     @property
     def spool_directory(self) -> Path:
@@ -157,6 +216,7 @@ class BatchProcessor:
             if not self._queue and not self._closing.is_set():
                 self._room.wait(self._linger_s)
             if self._spool_full():
+                self._room.wait(self._linger_s)  # room comes as the transport delivers; no busy loop meanwhile
                 return []
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), SPOOL_BATCH_MAX))]
             self._in_hand = len(batch)
@@ -170,6 +230,8 @@ class BatchProcessor:
             batch = self._take_batch()
             first = self._spool.append(batch) if batch else self._spool.next_sequence
             self._in_hand = 0
+            if batch:
+                self._spooled_up_to(len(batch))
             self._ship(batch, first)
             closing = self._closing.is_set()
             self.transport.poll(SHIP_INTERVAL_S if closing else 0)
@@ -181,8 +243,10 @@ class BatchProcessor:
             ):
                 break
         while self._queue and not self._spool_full():  # past the deadline: keep on disk what fits
-            self._spool.append(self._take_batch())
+            batch = self._take_batch()
+            self._spool.append(batch)
             self._in_hand = 0
+            self._spooled_up_to(len(batch))
         for _ in range(len(self._queue)):
             self.drops.record("spool_full_at_close")
         self.transport.close(max(0.0, self._close_deadline - time.monotonic()))

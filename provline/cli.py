@@ -109,6 +109,38 @@ def sidecar(
         raise typer.Exit(2) from exc
 
 
+@app.command()
+def ingest(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port payload loggers send CloudEvents to")] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="YAML capture policy: redaction, capture mode, sampling per route")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="endpoint template, e.g. '{namespace}/{service}/{component}'")
+    ] = None,
+    model_version: Annotated[str | None, typer.Option(help="recorded when the reply names no model_version")] = None,
+    log_format: Annotated[str | None, typer.Option(help="json or text")] = None,
+) -> None:
+    """Record KServe and Seldon payload loggers' CloudEvents; each option overrides its PROVLINE_INGEST__ variable."""
+    from provline.sidecar.errors import StartupError
+    from provline.sidecar.ingest import run_ingest
+    from provline.sidecar.settings import IngestSettings
+
+    service = {"host": host, "port": port, "endpoint": endpoint, "model_version": model_version,
+               "log_format": log_format}
+    overrides: dict[str, Any] = {"ingest": {k: v for k, v in service.items() if v is not None}}
+    if policy is not None:
+        overrides["capture"] = {"policy_file": policy}
+    with _exits_on_errors():
+        settings = load_settings(IngestSettings, **overrides)
+    try:
+        run_ingest(settings)
+    except StartupError as exc:
+        console.print(f"[red]provline ingest: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
 topics_app = typer.Typer(no_args_is_help=True, help="Show or create provline's Kafka topics (PROVLINE_TOPICS__*).")
 app.add_typer(topics_app, name="topics")
 
@@ -167,20 +199,20 @@ def topics_create() -> None:
 # ---------------------------------------------------------------- configuration
 
 
-SERVICES = ("job", "sidecar", "processors", "serve", "client", "topics")
+SERVICES = ("job", "sidecar", "ingest", "processors", "serve", "client", "topics")
 
 
 def settings_classes() -> dict[str, type[ProvlineSettings]]:
     """Every deployable's settings class, by the name ``provline config`` knows it by."""
     from provline.client import ClientSettings
     from provline.producers.settings import JobSettings
-    from provline.sidecar.settings import SidecarSettings
+    from provline.sidecar.settings import IngestSettings, SidecarSettings
     from provline.sink.settings import ServeSettings
     from provline.stream_processors.settings import ProcessorSettings
     from provline.topics import TopicAdminSettings
 
-    classes: list[type[ProvlineSettings]] = [JobSettings, SidecarSettings, ProcessorSettings, ServeSettings,
-                                             ClientSettings, TopicAdminSettings]
+    classes: list[type[ProvlineSettings]] = [JobSettings, SidecarSettings, IngestSettings, ProcessorSettings,
+                                             ServeSettings, ClientSettings, TopicAdminSettings]
     return {cls.service: cls for cls in classes}
 
 

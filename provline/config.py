@@ -31,8 +31,8 @@ ENV_PREFIX = "PROVLINE_"
 NESTED = "__"
 # Every section any provline service reads; a variable outside them is misspelt or from an older provline.
 SECTIONS = frozenset({
-    "kafka", "topics", "signing", "emitter", "run", "capture", "sidecar", "processors", "drift", "sink", "store",
-    "api", "sql", "evidence", "client", "anchor",
+    "kafka", "topics", "signing", "emitter", "run", "capture", "sidecar", "ingest", "processors", "drift", "sink",
+    "store", "api", "sql", "evidence", "client", "anchor",
 })
 DEFAULT_TOPIC_PREFIX = "provline"
 DEFAULT_TOPIC_PARTITIONS = 4

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from provline.sidecar.errors import RedactionError
+from provline.sidecar.errors import PolicyError, RedactionError
 from provline.sidecar.payload import (
     DEFAULT_MAX_FEATURES,
     DEFAULT_MAX_ROWS,
@@ -34,9 +34,38 @@ from provline.sidecar.payload import (
     request_id,
     valid_text,
 )
-from provline.sidecar.policy import FieldRules, Mode, Redactor
+from provline.sidecar.policy import FieldRules, Mode, Policy, Redactor, load_policy
+from provline.sidecar.settings import CaptureSettings
 
 REDACTION_NEEDS_JSON = "body not captured: the redaction policy applies to JSON bodies only"
+
+
+@dataclass(frozen=True)
+class CaptureRules:
+    """What the ``capture`` settings mean for recording: limits, policy, redactor and the default mode."""
+
+    capture: Capture
+    policy: Policy
+    redactor: Redactor
+    default_mode: Mode
+
+
+def capture_rules(settings: CaptureSettings, *, max_rows: int) -> CaptureRules:
+    """Read the capture policy and key once, at start-up (the sidecar's and ``provline ingest``'s);
+    raises PolicyError when the policy cannot be read or needs a key that is not set."""
+    policy = load_policy(settings.policy_file) if settings.policy_file else Policy()
+    key = settings.redaction_key.get_secret_value().encode() if settings.redaction_key else None
+    default_mode: Mode = settings.mode or ("redacted" if settings.policy_file else "full")
+    needs_key = policy.key_needed(default_capture=default_mode)
+    if needs_key and not key:
+        source = f"the capture policy {settings.policy_file}" if settings.policy_file else "the capture settings"
+        raise PolicyError(
+            f"{source} {needs_key} but PROVLINE_CAPTURE__REDACTION_KEY is not set; set it to a long random "
+            "secret, the same for every worker and sidecar whose events you join (or record everything in "
+            "full mode, PROVLINE_CAPTURE__MODE=full, where nothing is redacted)"
+        )
+    capture = Capture(settings.max_capture_bytes, settings.max_parse_bytes, settings.max_features, max_rows)
+    return CaptureRules(capture, policy, Redactor(key), default_mode)
 
 
 @dataclass(frozen=True)

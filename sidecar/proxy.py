@@ -26,14 +26,13 @@ from provline.schemas.events import new_event_id
 from provline.sidecar.asgi import Receive, Scope, Send, serve_lifespan
 from provline.sidecar.deployments import DeploymentFollower
 from provline.sidecar.errors import (
-    PolicyError,
     StartupError,
     UpstreamAborted,
     UpstreamError,
     UpstreamUnreachable,
     upstream_error_from,
 )
-from provline.sidecar.events import Capture
+from provline.sidecar.events import capture_rules
 from provline.sidecar.headers import (
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
@@ -58,7 +57,7 @@ from provline.sidecar.metrics import (
 )
 from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
 from provline.sidecar.payload import BodyTap, ObservedBody
-from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor, RouteDecision, load_policy
+from provline.sidecar.policy import KEYED_MODES, Mode, RouteDecision
 from provline.sidecar.recorder import Exchange, Recorder
 from provline.sidecar.routes import classify
 from provline.sidecar.settings import SidecarSettings
@@ -120,20 +119,9 @@ class SidecarApp:
         self._upstream_host = host_header(self._upstream_address[0], upstream.port, upstream.scheme)
         self._upstream_origin = f"{upstream.scheme}://{self._upstream_host}"
         self._upstream_prefix = (upstream.path or "").rstrip("/").encode("latin-1")
-        self._capture = Capture(capture.max_capture_bytes, capture.max_parse_bytes, capture.max_features,
-                                proxy.max_rows)
-        self.policy = load_policy(capture.policy_file) if capture.policy_file else Policy()
-        key = capture.redaction_key.get_secret_value().encode() if capture.redaction_key else None
-        self._default_capture = capture.mode or ("redacted" if capture.policy_file else "full")
-        needs_key = self.policy.key_needed(default_capture=self._default_capture)
-        if needs_key and not key:
-            source = f"the capture policy {capture.policy_file}" if capture.policy_file else "the capture settings"
-            raise PolicyError(
-                f"{source} {needs_key} but PROVLINE_CAPTURE__REDACTION_KEY is not set; set it to a long random "
-                "secret, the same for every worker and sidecar whose events you join (or record everything in "
-                "full mode, PROVLINE_CAPTURE__MODE=full, where nothing is redacted)"
-            )
-        self._redactor = Redactor(key)
+        rules = capture_rules(capture, max_rows=proxy.max_rows)
+        self._capture, self.policy, self._redactor = rules.capture, rules.policy, rules.redactor
+        self._default_capture = rules.default_mode
         self._request_id_action = self.policy.headers.named("x-request-id")
         self._decisions: dict[tuple[str, str], RouteDecision] = {}
         self._requests_by_status: dict[int, Any] = {}  # labelled children: labels() costs a lock and a lookup

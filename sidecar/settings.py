@@ -156,3 +156,59 @@ class SidecarSettings(PublishingSettings):
 
     sidecar: ProxySettings
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+
+
+DEFAULT_INGEST_PORT = 8090
+DEFAULT_INGEST_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_INGEST_MAX_CONNECTIONS = 128
+DEFAULT_DURABLE_TIMEOUT_S = 5.0
+DEFAULT_RETRY_AFTER_S = 1
+DEFAULT_INGEST_ENDPOINT = "{namespace}/{service}/{component}"
+INGEST_ENDPOINT_FIELDS = ("namespace", "service", "component", "endpoint", "model")
+
+
+class IngestServiceSettings(Section):
+    """How ``provline ingest`` receives payload loggers' CloudEvents (section ``ingest``)."""
+
+    host: str = Field("0.0.0.0", description="listen address")
+    port: int = Field(DEFAULT_INGEST_PORT, ge=0, le=65535, description="where loggers send events; /healthz, "
+                      "/readyz and /metrics are served on it too")
+    max_body_bytes: int = Field(DEFAULT_INGEST_MAX_BODY_BYTES, ge=1, description="larger events get 413")
+    max_connections: int = Field(
+        DEFAULT_INGEST_MAX_CONNECTIONS, ge=1, description="logger connections served at once; beyond them 503. "
+        "With max_body_bytes it bounds the memory events take before they are queued",
+    )
+    durable_timeout_s: float = Field(
+        DEFAULT_DURABLE_TIMEOUT_S, gt=0, description="how long an event may wait to be fsynced into the spool "
+        "before the logger is answered 503 (with Retry-After)",
+    )
+    retry_after_s: int = Field(DEFAULT_RETRY_AFTER_S, ge=0, description="Retry-After of a 503")
+    endpoint: str = Field(
+        DEFAULT_INGEST_ENDPOINT, description="the endpoint events record, a template of {namespace}, {service}, "
+        "{component}, {endpoint} (default or canary) and {model}; name it in lineage.deploy(endpoint=...)",
+    )
+    model_version: str | None = Field(None, description="recorded when the reply names no model_version (KServe V2)")
+    max_rows: int = Field(DEFAULT_MAX_ROWS, ge=1, description="rows of a batch whose features (outputs) an event keeps")
+    log_format: Literal["json", "text"] = Field("json", description="log lines as JSON objects or as text")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        try:
+            value.format(**dict.fromkeys(INGEST_ENDPOINT_FIELDS, ""))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"endpoint template {value!r} cannot be filled ({exc}); use only "
+                f"{', '.join('{' + f + '}' for f in INGEST_ENDPOINT_FIELDS)}, e.g. "
+                f"PROVLINE_INGEST__ENDPOINT='{DEFAULT_INGEST_ENDPOINT}'"
+            ) from exc
+        return value
+
+
+class IngestSettings(PublishingSettings):
+    """Settings of ``provline ingest``: its own section, and the sidecar's ``capture`` and publishing sections."""
+
+    service: ClassVar[str] = "ingest"
+
+    ingest: IngestServiceSettings = Field(default_factory=IngestServiceSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)

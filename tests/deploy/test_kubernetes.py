@@ -35,13 +35,14 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 KUSTOMIZE = ROOT / "build" / "k8s" / "bin" / "kustomize"
 CRDS = ROOT / "build" / "k8s" / "crds"
 KUBERNETES_VERSION = "1.33.0"
-OVERLAYS = ("local", "production", "kserve")
+OVERLAYS = ("local", "production", "kserve", "kserve-logger")
 # Secrets an overlay expects to be created outside the repository, as its example file shows them.
 SECRETS_CREATED_OUTSIDE = {"production": MANIFESTS / "overlays" / "production" / "secret.example.yaml"}
 PROVLINE_IMAGE = "ghcr.io/provline/provline"
 UID = 10001
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 SERVICES = {"serve", "processors", "sidecar"}  # long-running, with ports, probes and /metrics
+EXTRA_SERVICES = {"kserve-logger": {"ingest"}}  # what an overlay runs besides SERVICES
 SCHEDULED = {"verify", "anchor"}  # CronJobs of the audit client (docs/operations.md)
 
 Object = dict[str, Any]
@@ -266,7 +267,8 @@ def test_containers_run_provline_commands_whose_settings_accept_their_environmen
         except ConfigError as exc:
             pytest.fail(f"overlays/{overlay}: {pod.name}, container {container['name']}: {exc}")
         ran.add(command)
-    assert ran == SERVICES | {"verify"} | ({"anchor"} if overlay == "production" else set())
+    assert ran == SERVICES | EXTRA_SERVICES.get(overlay, set()) | {"verify"} | (
+        {"anchor"} if overlay == "production" else set())
 
 
 def test_a_misspelt_variable_in_a_manifest_is_refused() -> None:
@@ -296,6 +298,10 @@ def test_probes_and_ports_are_the_ones_the_settings_listen_on(overlay: str) -> N
             assert proxy.host == "0.0.0.0", f"{where}: the sidecar listens on {proxy.host} only"
             expected = {"port": proxy.admin_port, "live": "/healthz", "ready": "/readyz"}
             assert own_ports == {proxy.port, proxy.admin_port}
+        elif command == "ingest":
+            assert settings.ingest.host == "0.0.0.0", f"{where}: ingest listens on {settings.ingest.host} only"
+            expected = {"port": settings.ingest.port, "live": "/healthz", "ready": "/readyz"}
+            assert own_ports == {settings.ingest.port}
         else:
             worker = settings.processors
             expected = {"port": worker.web_port, "live": "/healthz", "ready": "/readyz"}  # on Faust's web server
@@ -381,7 +387,7 @@ def test_network_policies_select_pods_and_let_in_only_their_ports(overlay: str) 
                         f"NetworkPolicy {policy['metadata']['name']} lets in port {port['port']}, "
                         f"on which {pod.name} does not listen")
     for pod in all_pods:
-        if any(command_of(c) in {"serve", "processors", "sidecar"} for c in pod.containers
+        if any(command_of(c) in {"serve", "processors", "sidecar", "ingest"} for c in pod.containers
                if c["image"].startswith(PROVLINE_IMAGE)):
             allowed = [p for p in policies if p["spec"]["podSelector"].get("matchLabels")
                        and selects(p["spec"]["podSelector"]["matchLabels"], pod.labels)]
@@ -394,6 +400,8 @@ def metrics_port(command: str, settings: Any) -> int:
         return int(settings.api.port)
     if command == "sidecar":
         return int(settings.sidecar.admin_port)
+    if command == "ingest":
+        return int(settings.ingest.port)
     return int(settings.processors.metrics_port)
 
 
@@ -434,6 +442,29 @@ def test_the_kserve_predictor_carries_the_sidecar_in_front_of_its_model_server()
     assert containers["kserve-container"]["image"].startswith(PROVLINE_IMAGE + ":")
     deployments = {d["metadata"]["name"] for d in of_kind(rendered("kserve"), "Deployment")}
     assert "churn-model" not in deployments, "the InferenceService replaces the plain example's Deployment"
+
+
+def test_the_kserve_logger_sends_both_halves_to_the_ingest_service_and_its_spool_outlives_the_pod() -> None:
+    objects = rendered("kserve-logger")
+    service = named(objects, "InferenceService", "iris")
+    logger = service["spec"]["predictor"]["logger"]
+    assert logger["mode"] == "all"
+    target = urlsplit(logger["url"])
+    ingest_service = named(objects, "Service", "provline-ingest")
+    assert target.hostname == f"{ingest_service['metadata']['name']}.{ingest_service['metadata']['namespace']}"
+    assert (target.port or 80) in {p["port"] for p in ingest_service["spec"]["ports"]}
+    assert {"X-Request-Id", "Traceparent"} <= set(logger["metadataHeaders"])
+    assert all(c["image"].split(":")[0] != PROVLINE_IMAGE for c in service["spec"]["predictor"]["containers"])
+    (pod,) = [p for p, c in provline_containers("kserve-logger") if command_of(c) == "ingest"]
+    assert pod.owner["kind"] == "StatefulSet", "one spool per replica, on a volume of its own"
+    settings = settings_of("ingest", environment("kserve-logger", pod.containers[0]))
+    claims = {c["metadata"]["name"] for c in pod.owner["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in pod.containers[0]["volumeMounts"]}
+    spool = str(settings.emitter.spool_dir)  # type: ignore[attr-defined]
+    assert any(spool.startswith(path + "/") and name in claims for path, name in mounts.items()), spool
+    # The predictor may reach the ingest port, and the ingest pods let it in.
+    egress = named(objects, "NetworkPolicy", "iris-logger")["spec"]["egress"]
+    assert any(p["port"] == settings.ingest.port for rule in egress for p in rule["ports"])  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
