@@ -8,7 +8,6 @@ by event id collapses the copies. Like every producer, a worker signs its events
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,19 +24,6 @@ DRIFT_KIND = "DriftMetric"
 SEAL_KIND = "SessionSeal"
 PRODUCER_NAME = "stream_processors"
 DEFAULT_SEAL_INTERVAL_S = 60.0
-
-
-def stable_event_id(namespace: str, subject: str, time_us: int) -> str:
-    """A UUIDv7-shaped id that depends only on its arguments, time-ordered like every event id.
-
-    48 bits of milliseconds from ``time_us``, the version and variant bits, and 74 bits of
-    SHA-256 over ``namespace`` and ``subject``.
-    """
-    digest = int.from_bytes(hashlib.sha256(f"{namespace}\x00{subject}".encode()).digest()[:10], "big")
-    millis = (time_us // 1000) & ((1 << 48) - 1)
-    rand_a = (digest >> 68) & 0xFFF
-    rand_b = digest & ((1 << 62) - 1)
-    return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
 
 
 class TraceEncoder:
