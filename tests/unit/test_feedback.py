@@ -127,7 +127,8 @@ def test_a_v1_feedback_decodes_as_v2_without_a_client_request_id() -> None:
 def test_a_resolved_feedback_has_an_id_derived_from_the_original_and_the_prediction() -> None:
     original = {"event_id": "0192-a", "event_time": NOW, "prediction_id": None, "client_request_id": "order-42",
                 "label": "churned", "outcome": None, "source": "crm", "observed_time": NOW - timedelta(days=2)}
-    first, again, other = resolved_fields(original, "p1"), resolved_fields(original, "p1"), resolved_fields(original, "p2")
+    first, again = resolved_fields(original, "p1"), resolved_fields(original, "p1")
+    other = resolved_fields(original, "p2")
     assert first == again and first["event_id"] != other["event_id"]
     assert first["event_id"] != resolved_event_id("0192-b", "p1", NOW)
     assert (first["prediction_id"], first["client_request_id"], first["label"], first["observed_time"]) == (
