@@ -114,12 +114,12 @@ def unresolved_feedback(client: Client, catalog: Catalog, *, since: datetime,
         "SELECT raw FROM feedback WHERE prediction_id = '' AND client_request_id IS NOT NULL "
         "AND event_time >= {since:DateTime64(6, 'UTC')} ORDER BY event_time LIMIT 1 BY event_id "
         "LIMIT {limit:UInt32}",
-        parameters={"since": since, "limit": limit}, settings=TRACE_SETTINGS,
+        parameters={"since": since, "limit": limit}, settings=TRACE_SETTINGS, column_formats={"raw": "bytes"},
     )
     decoded = []
     for (raw,) in result.result_rows:
         try:
-            decoded.append(catalog.decode(raw if isinstance(raw, bytes) else str(raw).encode("latin-1")).value)
+            decoded.append(catalog.decode(bytes(raw)).value)
         except Exception:  # stored means it decoded once; verify reports a row that no longer does
             log.warning("a stored Feedback no longer decodes; `provline verify` names it")
     return decoded
