@@ -1,8 +1,9 @@
 """Sealing and encoding the processors' derived events (PredictionTrace, DriftMetric) and their seals.
 
 Pure apart from the clock. A derived event's id is a pure function of what it is about
-(:func:`stable_event_id`), so re-emitting it after a crash gives the same id, and the sink's dedup
-by event id collapses the copies. Like every producer, a worker signs its events with its own key
+(:func:`~provline.schemas.events.stable_event_id`), so re-emitting it after a crash gives the same
+id, and the sink's dedup by event id collapses the copies. Like every producer, a worker signs its
+events with its own key
 (``PROVLINE_SIGNING__KEY``) and seals its session with SessionSeal events (:meth:`TraceEncoder.seal`).
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provline.schemas.events import new_envelope, producer_identity
+from provline.schemas.events import stable_event_id as stable_event_id  # re-exported: it lived here
 from provline.schemas.integrity import HashChain
 from provline.schemas.serde import Catalog
 
