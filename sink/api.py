@@ -77,6 +77,24 @@ class Reader:
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
+FEEDBACK_ITEM_MAX_BYTES = 16 * 1024  # a label at its longest, escaped, with ids and the other fields
+
+
+def _feedback_too_large(request: Request, max_batch: int) -> JSONResponse | None:
+    """A 413 for a feedback body longer than ``max_batch`` items can be, before it is read; else None."""
+    if (request.method, request.url.path) != ("POST", FEEDBACK_PATH):
+        return None
+    limit = max_batch * FEEDBACK_ITEM_MAX_BYTES
+    try:
+        size = int(request.headers.get("content-length", "0"))
+    except ValueError:
+        return JSONResponse(status_code=400, content={"detail": "Content-Length is not a number"})
+    if size > limit:
+        return JSONResponse(status_code=413, content={"detail": f"a feedback body of {size} bytes exceeds {limit} "
+                                                      "bytes; send smaller batches"})
+    return None
+
+
 def check_items(items: Sequence[Any]) -> list[dict[str, Any] | str]:
     """Per item, its Feedback fields (:func:`feedback_item`), or why it is invalid. Pure."""
     checked: list[dict[str, Any] | str] = []
@@ -253,7 +271,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             )
 
         try:
-            response = await call_next(request)
+            too_large = _feedback_too_large(request, settings.feedback.max_batch)
+            response = too_large if too_large is not None else await call_next(request)
         except Exception:
             log.exception("unhandled error answering %s %s (request %s)", request.method, request.url.path, request_id)
             response = JSONResponse(

@@ -133,6 +133,9 @@ def test_hostile_payloads_are_refused_and_nothing_is_published_or_stored(
     assert batch.status_code == 200 and (batch.json()["invalid"], batch.json()["not_found"]) == (6, 4), batch.text
     huge = http.post("/v1/feedback", headers=headers, json=[{"prediction_id": "p1", "label": "x"}] * 11)
     assert huge.status_code == 413 and "exceeds the 10 allowed" in huge.json()["detail"]
+    body = b'{"prediction_id": "p1", "label": "' + b"x" * (10 * 16 * 1024) + b'"}'
+    oversized = http.post("/v1/feedback", headers={**headers, "Content-Type": "application/json"}, content=body)
+    assert oversized.status_code == 413 and "bytes; send smaller batches" in oversized.json()["detail"]
     assert http.post("/v1/feedback", headers=headers, json=[]).status_code == 422
     assert http.post("/v1/feedback", headers={**headers, "Content-Type": "application/json"},
                      content=b'{"prediction_id": "p1", "label": ').status_code == 422
@@ -142,4 +145,4 @@ def test_hostile_payloads_are_refused_and_nothing_is_published_or_stored(
     assert store.query("SELECT count() FROM prediction_traces").result_rows == [(1,)]  # nothing dropped either
     statuses = store.query("SELECT status, count() FROM access_log WHERE path = '/v1/feedback' GROUP BY status "
                            "ORDER BY status").result_rows
-    assert statuses == [(200, 2), (404, 4), (413, 1), (422, 14)]
+    assert statuses == [(200, 2), (404, 4), (413, 2), (422, 14)]

@@ -211,3 +211,18 @@ def test_utc_offsets_other_than_zero_are_converted() -> None:
     east = timezone(timedelta(hours=5))
     assert feedback_fields(prediction_id="p", label="x", observed_time=datetime(2026, 1, 1, 5, tzinfo=east))[
         "observed_time"] == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_the_join_leaves_feedback_by_client_request_id_to_the_sink() -> None:
+    from tests.unit.test_processors_join import lineage
+    from tests.unit.test_processors_joiner import make_joiner
+
+    joiner, producer = make_joiner(lineage())
+    catalog = default_catalog()
+    value = {**new_envelope(producer_identity("crm", "s")), **feedback_fields(client_request_id="order-1", label="x")}
+    touched: dict[str, Any] = {}
+    joiner.take([catalog.decode(catalog.encode("Feedback", value))], touched, partition=0, now=100)
+    assert touched == {} and not joiner.table.data and not producer.sent
+    by_pid = {**new_envelope(producer_identity("crm", "s")), **feedback_fields(prediction_id="p1", label="x")}
+    joiner.take([catalog.decode(catalog.encode("Feedback", by_pid))], touched, partition=0, now=100)
+    assert list(touched) == ["p1"]  # by prediction id it waits for its prediction as before
