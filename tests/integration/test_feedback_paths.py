@@ -227,6 +227,8 @@ def test_labels_from_the_producer_the_api_and_files_join_onto_their_traces_as_la
     resolved = [default_catalog().decode(bytes.fromhex(r[3])).value for r in rows if r[2] == "provline-serve"]
     assert resolved and all(signature_valid(public, value) for value in resolved)
     assert serve.sql("SELECT count() FROM feedback WHERE prediction_id = 'p-unknown'") == [[0]]
+    verified = serve.get("/v1/verify").json()  # serve's own session of Feedback verifies like any producer's
+    assert verified["findings"] == [], verified["findings"]
     log = serve.get("/v1/access-log", token=ADMIN, limit=1000).json()
     logged = [dict(zip(log["columns"], row, strict=True)) for row in log["rows"]]
     posted = sorted((r["time"], r["reader"], r["status"]) for r in logged if r["path"] == "/v1/feedback")
