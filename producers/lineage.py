@@ -6,6 +6,7 @@
         ...
         run.register_model("model.pkl", name="churn", version="3")
     lineage.deploy("churn", "3", endpoint="/predict", environment="production")
+    lineage.feedback(prediction_id="0192...", label="churned", source="crm")   # ground truth, later
     lineage.close()
 
 Every call emits its event at once, without waiting on the broker; ``close`` flushes. Every call
@@ -29,6 +30,7 @@ from provline.config import load_settings
 from provline.producers.capture import code_reference, code_version, environment, seed_everything
 from provline.producers.datasets import describe, digest_progress
 from provline.producers.emitter import Emitter, build_emitter
+from provline.producers.feedback import DEFAULT_SOURCE, feedback_fields
 from provline.producers.models import describe_artifact, example_input_names, prediction_table, signature_names
 from provline.producers.settings import JobSettings
 from provline.producers.values import optional_number, plain_arguments
@@ -332,6 +334,26 @@ class Lineage:
             "endpoint": endpoint, "action": action.upper(), "reason": reason, "previous_version": previous_version,
             "served_versions": list(served_versions),
         })
+
+    @plain_arguments()
+    def feedback(
+        self, *, prediction_id: str | None = None, client_request_id: str | None = None, label: str | None = None,
+        outcome: float | None = None, source: str = DEFAULT_SOURCE, observed_time: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Record the ground truth of one prediction: a Feedback event; returns it. Never waits on the broker.
+
+        Name the prediction by exactly one of ``prediction_id`` (the sidecar's ``X-Prediction-ID``)
+        and ``client_request_id`` (the id the client sent: a KServe V2 request ``id``, ``x-request-id``);
+        give ``label`` and/or ``outcome``; ``source`` says where the truth came from; ``observed_time``
+        (naive means UTC) defaults to now. A Feedback by prediction id is keyed by it and joins onto
+        the trace; one by client request id is resolved to prediction ids by ``provline serve``
+        (:mod:`provline.sink.feedback`), which publishes a Feedback per prediction it names. Raises
+        :class:`~provline.producers.feedback.InvalidFeedbackError` (a ValueError) naming what is wrong.
+        """
+        return self.emitter.emit("Feedback", feedback_fields(
+            prediction_id=prediction_id, client_request_id=client_request_id, label=label, outcome=outcome,
+            source=source, observed_time=observed_time,
+        ))
 
     def close(self, timeout: float | None = None) -> bool:
         """Deliver what was recorded, waiting at most ``timeout`` seconds (default: the configured

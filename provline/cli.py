@@ -141,6 +141,84 @@ def ingest(
         raise typer.Exit(2) from exc
 
 
+feedback_app = typer.Typer(no_args_is_help=True, help="Send ground truth (labels, outcomes) to `provline serve`.")
+app.add_typer(feedback_app, name="feedback")
+IMPORT_BATCH = 500
+
+
+@feedback_app.command("import")
+def feedback_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="a .csv (with a header) or .parquet file")],
+    id_column: Annotated[str, typer.Option("--id-column", help="the column naming each row's prediction")] =
+    "prediction_id",
+    id_kind: Annotated[str, typer.Option("--id-kind", help="what the id column holds: prediction (provline's "
+                                         "X-Prediction-ID) or client-request (the client's own request id)")] =
+    "prediction",
+    label_column: Annotated[str | None, typer.Option("--label-column", help="the column of labels")] = None,
+    outcome_column: Annotated[str | None, typer.Option("--outcome-column", help="the column of numeric outcomes")]
+    = None,
+    source: Annotated[str, typer.Option("--source", help="where the ground truth came from")] = "import",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="rows per POST /v1/feedback")] = IMPORT_BATCH,
+    api: ApiOption = None,
+) -> None:
+    """Send a file's labels through POST /v1/feedback in batches (token: PROVLINE_CLIENT__API_TOKEN of a
+    feedback_writer); reports the rows not found or invalid, and exits 1 when there were any."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from provline.client import ApiError
+    from provline.feedback_file import ID_FIELDS, FeedbackFileError, RowProblem, file_items
+
+    if id_kind not in ID_FIELDS:
+        console.print(f"[red]--id-kind must be one of {', '.join(ID_FIELDS)}, not {id_kind!r}[/red]")
+        raise typer.Exit(2)
+    problems: list[RowProblem] = []
+    accepted = 0
+    with _exits_on_errors():
+        client = _client(api)
+
+        def send(batch: list[tuple[int, dict[str, Any]]]) -> int:
+            status, body = client.post("/v1/feedback", [item for _, item in batch])
+            if status != 200:
+                detail = body.get("detail", body) if isinstance(body, dict) else body
+                raise ApiError(status, f"audit API answered {status}: {detail}")
+            for result in body["results"]:
+                number, item = batch[result["index"]]
+                if result["status"] != "accepted":
+                    problems.append(RowProblem(number, str(item.get(ID_FIELDS[id_kind], "")), result["status"],
+                                               str(result.get("reason", ""))))
+            return int(body["accepted"])
+
+        try:
+            rows = file_items(file, id_column=id_column, id_kind=id_kind,  # type: ignore[arg-type]
+                              label_column=label_column, outcome_column=outcome_column, source=source)
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          console=console, transient=False) as progress:
+                task = progress.add_task(f"feedback from {file.name}", total=None)
+                batch: list[tuple[int, dict[str, Any]]] = []
+                for number, item in rows:
+                    if isinstance(item, RowProblem):
+                        problems.append(item)
+                    else:
+                        batch.append((number, item))
+                    if len(batch) >= batch_size:
+                        accepted += send(batch)
+                        batch = []
+                    progress.advance(task)
+                if batch:
+                    accepted += send(batch)
+        except FeedbackFileError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from exc
+    console.print(f"{accepted} rows accepted, {sum(p.status == 'not_found' for p in problems)} not found, "
+                  f"{sum(p.status == 'invalid' for p in problems)} invalid")
+    if problems:
+        table = Table("row", "id", "status", "reason", title="rows not recorded")
+        for problem in sorted(problems, key=lambda p: p.row):
+            table.add_row(str(problem.row), problem.id[:60], problem.status, problem.reason[:120])
+        console.print(table)
+        raise typer.Exit(1)
+
+
 topics_app = typer.Typer(no_args_is_help=True, help="Show or create provline's Kafka topics (PROVLINE_TOPICS__*).")
 app.add_typer(topics_app, name="topics")
 

@@ -6,7 +6,9 @@ chain fields are filled in by :mod:`provline.schemas.integrity` when the event i
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -69,6 +71,8 @@ def model_key(model_name: str, version: str) -> str:
 
 def key_for(kind: str, value: dict[str, Any]) -> str:
     """The message key: the event's subject, so that events about one subject stay in order."""
+    if kind == "Feedback":  # by prediction id; one naming only the client's request id, by that
+        return str(value.get("prediction_id") or value["client_request_id"])
     if kind in INFERENCE_KINDS or kind == "PredictionTrace":
         return str(value["prediction_id"])
     if kind == "DatasetVersion" or kind == "FeatureSetVersion":
@@ -98,6 +102,20 @@ def provline_version() -> str:
 def new_event_id() -> str:
     """A UUIDv7: unique, and sorting by it sorts by creation time."""
     return str(uuid_utils.uuid7())
+
+
+def stable_event_id(namespace: str, subject: str, time_us: int) -> str:
+    """A UUIDv7-shaped id that depends only on its arguments, time-ordered like every event id.
+
+    48 bits of milliseconds from ``time_us``, the version and variant bits, and 74 bits of
+    SHA-256 over ``namespace`` and ``subject``. Events derived from others (traces, resolved
+    Feedback) take such ids, so deriving one again after a crash gives the same id and the sink keeps one.
+    """
+    digest = int.from_bytes(hashlib.sha256(f"{namespace}\x00{subject}".encode()).digest()[:10], "big")
+    millis = (time_us // 1000) & ((1 << 48) - 1)
+    rand_a = (digest >> 68) & 0xFFF
+    rand_b = digest & ((1 << 62) - 1)
+    return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
 
 
 def utcnow() -> datetime:

@@ -3,7 +3,9 @@
 Every ``/v1`` request carries ``Authorization: Bearer <token>``; the token maps to a reader and a
 role (``viewer`` < ``auditor`` < ``admin``) from :attr:`ServeSettings.api`. Viewers see the
 audit answers; raw payloads (stored events, SQL over the raw columns, evidence bundles, store
-verification) need ``auditor``; the access log needs ``admin``. Every request but the health,
+verification) need ``auditor``; the access log needs ``admin``. The one write, ``POST /v1/feedback``
+(ground truth, :mod:`provline.sink.feedback`), needs role ``feedback_writer``, which reads nothing:
+writers' tokens are refused (403) everywhere else, and readers' tokens there. Every request but the health,
 readiness and metrics probes, allowed, denied or failed (an unhandled error is logged as 500), is
 written to ``access_log`` (who, what, when, status, size; for SQL the statement, its SHA-256 and
 the tables read); if that write fails the answer is withheld (503): no unlogged reads.
@@ -29,7 +31,7 @@ from typing import Annotated, Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,11 +39,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
+from provline.sink.feedback import FeedbackEmitter, known_predictions, resolve_request_ids
 from provline.sink.metrics import VERIFY_RUNS
 from provline.sink.queries import Filters
 from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
@@ -53,6 +57,8 @@ from provline.sink.verify import AnchoredSession, Trust
 log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 0, "auditor": 1, "admin": 2}
+FEEDBACK_WRITER = "feedback_writer"  # outside the readers' ranks: it may send feedback and nothing else
+FEEDBACK_PATH = "/v1/feedback"
 UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SQL_PATH = "/v1/sql"
 CLIENT_CLOSED = 499  # the status logged for a request whose client went away before the answer
@@ -66,7 +72,39 @@ class Reader:
     role: str
 
     def may(self, role: str) -> bool:
+        if FEEDBACK_WRITER in (role, self.role):
+            return role == self.role
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
+
+
+FEEDBACK_ITEM_MAX_BYTES = 16 * 1024  # a label at its longest, escaped, with ids and the other fields
+
+
+def _feedback_too_large(request: Request, max_batch: int) -> JSONResponse | None:
+    """A 413 for a feedback body longer than ``max_batch`` items can be, before it is read; else None."""
+    if (request.method, request.url.path) != ("POST", FEEDBACK_PATH):
+        return None
+    limit = max_batch * FEEDBACK_ITEM_MAX_BYTES
+    try:
+        size = int(request.headers.get("content-length", "0"))
+    except ValueError:
+        return JSONResponse(status_code=400, content={"detail": "Content-Length is not a number"})
+    if size > limit:
+        return JSONResponse(status_code=413, content={"detail": f"a feedback body of {size} bytes exceeds {limit} "
+                                                      "bytes; send smaller batches"})
+    return None
+
+
+def check_items(items: Sequence[Any]) -> list[dict[str, Any] | str]:
+    """Per item, its Feedback fields (:func:`feedback_item`), or why it is invalid. Pure."""
+    checked: list[dict[str, Any] | str] = []
+    now = datetime.now(UTC)
+    for item in items:
+        try:
+            checked.append(feedback_item(item, now=now))
+        except InvalidFeedbackError as exc:
+            checked.append(str(exc))
+    return checked
 
 
 def authenticate(settings: ServeSettings, token: str | None) -> Reader | None:
@@ -97,9 +135,8 @@ def _caller(request: Request, credentials: Annotated[HTTPAuthorizationCredential
 def require(role: str) -> Callable[[Reader], Reader]:
     def check(reader: Annotated[Reader, Depends(_caller)]) -> Reader:
         if not reader.may(role):
-            raise HTTPException(
-                status_code=403, detail=f"{reader.name} has role {reader.role}; this needs {role} or higher",
-            )
+            needed = f"role {role}" if FEEDBACK_WRITER in (role, reader.role) else f"{role} or higher"
+            raise HTTPException(status_code=403, detail=f"{reader.name} has role {reader.role}; this needs {needed}")
         return reader
 
     return check
@@ -109,6 +146,7 @@ def require(role: str) -> Callable[[Reader], Reader]:
 Viewer = Annotated[Reader, Depends(require("viewer"))]
 Auditor = Annotated[Reader, Depends(require("auditor"))]
 Admin = Annotated[Reader, Depends(require("admin"))]
+FeedbackWriter = Annotated[Reader, Depends(require(FEEDBACK_WRITER))]
 
 
 class AnchoredClaim(BaseModel):
@@ -177,10 +215,12 @@ class LockedClient:
         self.lock = threading.Lock()
 
 
-def create_api(settings: ServeSettings, client: Client) -> FastAPI:
+def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmitter | None = None) -> FastAPI:
     """Build the app around ``client`` (which the app does not close); blocks while it opens the SQL sandboxes.
 
     The store must be migrated: the sandboxes are set up for the tables it has. Handlers block on the store.
+    ``emitter`` publishes the Feedback of ``POST /v1/feedback`` (which answers 503 without one); the caller
+    closes it.
     """
     sandboxes = open_sandboxes(settings, store_tables(client))
 
@@ -231,7 +271,8 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
             )
 
         try:
-            response = await call_next(request)
+            too_large = _feedback_too_large(request, settings.feedback.max_batch)
+            response = too_large if too_large is not None else await call_next(request)
         except Exception:
             log.exception("unhandled error answering %s %s (request %s)", request.method, request.url.path, request_id)
             response = JSONResponse(
@@ -393,6 +434,56 @@ def create_api(settings: ServeSettings, client: Client) -> FastAPI:
             )
         rows = [queries.to_jsonable(list(row)) for row in result.result_rows]
         return {"columns": list(result.column_names), "rows": rows}
+
+    @app.post(FEEDBACK_PATH, summary="Ground truth for predictions: one item, or a list of them (feedback_writer)")
+    def post_feedback(
+        request: Request, writer: FeedbackWriter,
+        body: Annotated[Any, Body(description="an item {prediction_id | client_request_id, label, outcome, source, "
+                                              "observed_time}, or a list of them")],
+    ) -> JSONResponse:
+        if emitter is None:
+            raise HTTPException(status_code=503, detail="this serve publishes no feedback: it has no emitter")
+        single = not isinstance(body, list)
+        items = [body] if single else body
+        if not single and len(items) > settings.feedback.max_batch:
+            raise HTTPException(status_code=413, detail=f"a batch of {len(items)} items exceeds the "
+                                f"{settings.feedback.max_batch} allowed; send smaller batches "
+                                "(or raise PROVLINE_FEEDBACK__MAX_BATCH)")
+        if not items:
+            raise HTTPException(status_code=422, detail="an empty batch; send one item or a list of items")
+        checked = check_items(items)
+        valid = [fields for fields in checked if isinstance(fields, dict)]
+        with store.lock:
+            resolved = resolve_request_ids(store.client, [f["client_request_id"] for f in valid
+                                                          if f["client_request_id"] is not None])
+            known = known_predictions(store.client, [f["prediction_id"] for f in valid
+                                                     if f["prediction_id"] is not None])
+        results: list[dict[str, Any]] = []
+        for index, fields in enumerate(checked):
+            if isinstance(fields, str):
+                results.append({"index": index, "status": "invalid", "reason": fields})
+                continue
+            if fields["prediction_id"] is not None:
+                targets = [fields["prediction_id"]] if fields["prediction_id"] in known else []
+            else:
+                targets = resolved.get(fields["client_request_id"], [])
+            if not targets:
+                which = "prediction_id" if fields["prediction_id"] is not None else "client_request_id"
+                results.append({"index": index, "status": "not_found", "reason": f"no stored prediction has this "
+                                f"{which}; check the id, or send it again once the prediction is stored"})
+                continue
+            sent = [emitter.emit("Feedback", {**fields, "prediction_id": target}) for target in targets]
+            if not all(event.get("hash") for event in sent):
+                raise HTTPException(status_code=503, detail="feedback could not be queued for Kafka (the emitter's "
+                                    "queue is full or closed); retry later", headers={"Retry-After": "5"})
+            results.append({"index": index, "status": "accepted", "prediction_ids": targets,
+                            "event_ids": [event["event_id"] for event in sent]})
+        counts = {status: sum(r["status"] == status for r in results)
+                  for status in ("accepted", "not_found", "invalid")}
+        if single:
+            status = {"accepted": 202, "not_found": 404, "invalid": 422}[results[0]["status"]]
+            return JSONResponse(status_code=status, content={**counts, "results": results})
+        return JSONResponse(status_code=200, content={**counts, "results": results})
 
     @app.exception_handler(ClickHouseError)
     def store_error(request: Request, exc: ClickHouseError) -> JSONResponse:

@@ -86,7 +86,11 @@ TABLES: dict[str, TableSpec] = {
         *_same("prediction_id", "endpoint", "complete", "model_name", "model_version", "request_sha256",
                "artifact_sha256", "training_run_id", "dataset_digests", "request_id"),
     ),
-    "Feedback": _spec("feedback", *_same("prediction_id", "label", "outcome", "source")),
+    "Feedback": _spec(
+        "feedback",
+        ("prediction_id", "ifNull(prediction_id, '')"),  # '' until the client's request id is resolved
+        *_same("label", "outcome", "source", "client_request_id"),
+    ),
     "SessionSeal": _spec("session_seals", ("sealed_count", "`count`"), ("is_final", "`final`")),
     "DriftMetric": _spec(
         "drift_metrics",

@@ -1,4 +1,6 @@
-"""``provline serve``: the sink writer and the audit API in one process (the owner of an embedded store)."""
+"""``provline serve``: the sink writer, the audit API and the feedback resolver in one process (the owner of
+an embedded store). Feedback that serve publishes (``POST /v1/feedback``, resolved client request ids) goes
+through the producers' emitter with serve's ``emitter``, ``signing``, ``kafka`` and ``topics`` settings."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from types import FrameType
 import uvicorn
 
 from provline.kafka import check_connection
+from provline.producers.emitter import build_emitter
 from provline.sink.api import create_api
 from provline.sink.errors import SinkError
+from provline.sink.feedback import FeedbackResolver
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
@@ -20,6 +24,7 @@ from provline.topics import ensure_at_start
 log = logging.getLogger(__name__)
 
 WRITER_JOIN_TIMEOUT_SECONDS = 30.0
+PRODUCER_NAME = "provline-serve"  # the producer name of the Feedback serve publishes (trust its key under it)
 
 
 def run_serve(settings: ServeSettings) -> None:
@@ -37,13 +42,21 @@ def run_serve(settings: ServeSettings) -> None:
     # on the writer's connection.
     api_client = open_store(settings.store.url)
     insert_clients = [open_store(settings.store.url) for _ in range(settings.sink.insert_threads - 1)]
+    resolver_client = open_store(settings.store.url)
+    emitter = build_emitter(settings.publishing(), producer_name=PRODUCER_NAME)
     stop = threading.Event()
     failures: list[BaseException] = []
     try:
         migrate(writer_client, cluster=settings.store.cluster, retention_days=settings.store.retention_days)
         writer = SinkWriter(settings, writer_client, insert_clients=insert_clients)
+        resolver = FeedbackResolver(resolver_client, emitter, retention_s=settings.feedback.resolve_retention_s,
+                                    interval_s=settings.feedback.resolve_interval_s)
+        resolving = threading.Thread(target=resolver.run, args=(stop,), name="provline-feedback-resolver",
+                                     daemon=True)
+        resolving.start()
         config = uvicorn.Config(
-            create_api(settings, api_client), host=settings.api.host, port=settings.api.port, log_level="info"
+            create_api(settings, api_client, emitter=emitter), host=settings.api.host, port=settings.api.port,
+            log_level="info",
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
@@ -58,8 +71,10 @@ def run_serve(settings: ServeSettings) -> None:
             thread.join(WRITER_JOIN_TIMEOUT_SECONDS)
             if thread.is_alive():
                 log.error("sink writer did not stop within %.0f s", WRITER_JOIN_TIMEOUT_SECONDS)
+            resolving.join(WRITER_JOIN_TIMEOUT_SECONDS)
     finally:
-        for client in (api_client, writer_client, *insert_clients):
+        emitter.close()
+        for client in (api_client, writer_client, resolver_client, *insert_clients):
             client.close()
     if failures:
         raise SinkError(f"the sink writer stopped on {failures[0]!r}; see the log above") from failures[0]

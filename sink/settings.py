@@ -1,6 +1,7 @@
 """Settings of ``provline serve`` (sink writer + audit API) and of the store commands: sections ``sink``
 (the writer), ``store`` (ClickHouse), ``api`` (the audit API), ``sql`` (the API's read-only SQL),
-``evidence`` (bundles and verification) and the shared ``kafka`` and ``topics``.
+``evidence`` (bundles and verification), ``feedback`` (ground truth sent to serve), the shared ``kafka``
+and ``topics``, and ``emitter`` and ``signing`` for the Feedback serve publishes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from provline.config import KafkaSettings, ProvlineSettings, Section, TopicSettings
+from provline.config import KafkaSettings, ProvlineSettings, Section, SigningSettings, TopicSettings
+from provline.producers.settings import EmitterSettings, PublishingSettings
 
 DEFAULT_CLICKHOUSE_URL = "chdb://.provline/clickhouse"
 DEFAULT_BATCH_MAX_EVENTS = 20_000  # bench/sink.py: 20k-event inserts reach ~1.7x the rows/s of 5k ones
@@ -32,7 +34,11 @@ DEFAULT_SQL_MAX_THREADS = 1
 MIN_SQL_RESULT_ROWS = 1000
 MIN_SQL_RESULT_BYTES = 64 * 1024
 
-Role = Literal["viewer", "auditor", "admin"]
+DEFAULT_FEEDBACK_MAX_BATCH = 1000
+DEFAULT_FEEDBACK_RESOLVE_INTERVAL_S = 5.0
+DEFAULT_FEEDBACK_RESOLVE_RETENTION_S = 7 * 86_400.0
+
+Role = Literal["viewer", "auditor", "admin", "feedback_writer"]
 _CLUSTER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -101,8 +107,8 @@ class ApiSettings(Section):
     port: int = Field(DEFAULT_API_PORT, ge=0, le=65535, description="listen port")
     tokens: dict[str, ApiGrant] = Field(
         default_factory=dict,
-        description='reader name -> token and role (viewer, auditor or admin), as JSON, e.g. '
-        '{"alice": {"token": "...", "role": "auditor"}}',
+        description='reader name -> token and role (viewer, auditor or admin; or feedback_writer, which may only '
+        'POST /v1/feedback), as JSON, e.g. {"alice": {"token": "...", "role": "auditor"}}',
     )
 
     @model_validator(mode="after")
@@ -170,6 +176,23 @@ class EvidenceSettings(Section):
         return value
 
 
+class FeedbackSettings(Section):
+    """Ground truth sent to serve (section ``feedback``): ``POST /v1/feedback`` and the resolution of
+    Feedback that names a prediction by the client's request id (:mod:`provline.sink.feedback`)."""
+
+    max_batch: int = Field(
+        DEFAULT_FEEDBACK_MAX_BATCH, ge=1, le=100_000, description="feedback items one POST /v1/feedback may carry",
+    )
+    resolve_interval_s: float = Field(
+        DEFAULT_FEEDBACK_RESOLVE_INTERVAL_S, gt=0,
+        description="how often stored Feedback naming only a client request id is resolved against the traces",
+    )
+    resolve_retention_s: float = Field(
+        DEFAULT_FEEDBACK_RESOLVE_RETENTION_S, gt=0,
+        description="how long such Feedback is retried while no stored trace carries its request id",
+    )
+
+
 class ServeSettings(ProvlineSettings):
     """Settings of ``provline serve`` and of the commands that open the store themselves (``migrate``)."""
 
@@ -182,3 +205,12 @@ class ServeSettings(ProvlineSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    emitter: EmitterSettings = Field(default_factory=EmitterSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
+
+    def publishing(self) -> PublishingSettings:
+        """The settings serve publishes Feedback with (already validated, so not re-read from the environment)."""
+        return PublishingSettings.model_construct(
+            kafka=self.kafka, topics=self.topics, signing=self.signing, emitter=self.emitter,
+        )

@@ -343,8 +343,10 @@ def derived_differences(client: Client, lineage_edges: set[tuple[str, str, str]]
         keys = DERIVED_KEYS[table]
         derived = f"SELECT {keys} FROM ({derived_select(table, traces)})"
         stored = f"SELECT {keys} FROM {table} FINAL" + (" WHERE edge = 'served'" if table == "lineage_edges" else "")
-        missing = client.query(f"SELECT * FROM ({derived} EXCEPT {stored}) LIMIT {SAMPLES}").result_rows
-        extra = client.query(f"SELECT * FROM ({stored} EXCEPT {derived}) LIMIT {SAMPLES}").result_rows
+        # DISTINCT: ClickHouse's EXCEPT is EXCEPT ALL by default, and a prediction with a labelled revision
+        # (two traces, one served edge) derives its edge twice.
+        missing = client.query(f"SELECT * FROM ({derived} EXCEPT DISTINCT {stored}) LIMIT {SAMPLES}").result_rows
+        extra = client.query(f"SELECT * FROM ({stored} EXCEPT DISTINCT {derived}) LIMIT {SAMPLES}").result_rows
         findings += derived_findings(table, map(_row_text, missing), map(_row_text, extra))
     stored_edges = {tuple(row) for row in client.query(
         "SELECT from_node, to_node, edge FROM lineage_edges FINAL WHERE edge != 'served'").result_rows}

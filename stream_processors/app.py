@@ -143,7 +143,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         catalog=catalog, lineage=lineage, encoder=encoder, metrics=metrics, drift=accumulator,
         producer=producer, traces_topic=topics.traces, dead_letters=dead_letters, lineage_topic=topics.lineage,
         timing=Timing(ttl=worker.pending_ttl_s, lineage_wait=worker.lineage_wait_s,
-                      retention=worker.dedup_retention_s),
+                      retention=worker.dedup_retention_s, feedback_retention=worker.feedback_retention_s),
     )
     inference = _raw_topic(app, topics.inference)
     register_join_agent(

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 from faust.types import TP, EventT
 
+from provline.schemas.events import stable_event_id
 from provline.stream_processors.drift import (
     BaselineCache,
     DriftAccumulator,
@@ -33,7 +34,7 @@ from provline.stream_processors.drift import (
 )
 from provline.stream_processors.lineage import LineageIndex
 from provline.stream_processors.metrics import ProcessorMetrics
-from provline.stream_processors.traces import DRIFT_KIND, TraceEncoder, stable_event_id
+from provline.stream_processors.traces import DRIFT_KIND, TraceEncoder
 
 log = logging.getLogger(__name__)
 WINDOWS_TABLE = "drift-windows"

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Required, TypedDict
 
+from provline.schemas.events import stable_event_id
 from provline.stream_processors.lineage import LineageIndex, to_micros
 from provline.stream_processors.signature import named_row
-from provline.stream_processors.traces import stable_event_id
 
 REQUEST = "InferenceRequest"
 RESPONSE = "InferenceResponse"
@@ -316,6 +316,7 @@ class Timing:
     ttl: float  # how long a lone half waits for the other one before a partial trace goes out
     lineage_wait: float  # how long two joined halves wait for unknown lineage
     retention: float  # how long a done marker is kept to swallow duplicates
+    feedback_retention: float = 0.0  # how long a done marker keeps the trace for late feedback, if longer
 
 
 def absorb(entry: PendingEntry | None, kind: str, half: Mapping[str, Any], *, partition: int,
@@ -432,7 +433,7 @@ def deadline(entry: PendingEntry, timing: Timing) -> float:
     feedback without halves: when it is forgotten. Two halves not (yet) held need none (they are decided at once).
     """
     if is_done(entry):
-        return float(entry["d"]) + timing.retention
+        return float(entry["d"]) + max(timing.retention, timing.feedback_retention)
     if not has_a_half(entry):
         return float(entry["s"]) + timing.retention
     if "h" in entry:

@@ -178,6 +178,10 @@ class Joiner:
         if any(kind not in HALF_KINDS and kind != FEEDBACK for kind in kinds):
             log.warning("ignoring a %s event on the inference topic", "/".join(kinds))
             return
+        if kinds == [FEEDBACK] and not events[0].value.get("prediction_id"):
+            # Keyed by the client's request id: the sink resolves it to prediction ids and publishes
+            # a Feedback per prediction (provline.sink.feedback), which this join takes.
+            return
         prediction_id = str(events[0].value["prediction_id"])
         if is_position_key(prediction_id):
             raise ValueError(f"prediction_id {prediction_id!r} starts with a NUL character")

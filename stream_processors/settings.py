@@ -26,6 +26,7 @@ DEFAULT_METRICS_PORT = 9466
 DEFAULT_LINEAGE_WAIT_S = 10.0
 DEFAULT_PENDING_TTL_S = 60.0
 DEFAULT_DEDUP_RETENTION_S = 300.0
+DEFAULT_FEEDBACK_RETENTION_S = 86_400.0  # labels a day late still join; docs/operations.md sizes its memory
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_BATCH_WITHIN_S = 0.05
 DEFAULT_DRIFT_WINDOW_S = 600.0
@@ -56,6 +57,12 @@ class WorkerSettings(Section):
     dedup_retention_s: float = Field(
         DEFAULT_DEDUP_RETENTION_S, gt=0,
         description="how long an emitted prediction is remembered so duplicated halves yield no second trace",
+    )
+
+    feedback_retention_s: float = Field(
+        DEFAULT_FEEDBACK_RETENTION_S, ge=0,
+        description="how long a done prediction keeps its trace's fields so that a label arriving later yields a "
+        "labelled revision (memory: docs/operations.md); 0: only for the dedup retention",
     )
 
     @model_validator(mode="after")

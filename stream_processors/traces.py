@@ -1,14 +1,14 @@
 """Sealing and encoding the processors' derived events (PredictionTrace, DriftMetric) and their seals.
 
 Pure apart from the clock. A derived event's id is a pure function of what it is about
-(:func:`stable_event_id`), so re-emitting it after a crash gives the same id, and the sink's dedup
-by event id collapses the copies. Like every producer, a worker signs its events with its own key
+(:func:`~provline.schemas.events.stable_event_id`), so re-emitting it after a crash gives the same
+id, and the sink's dedup by event id collapses the copies. Like every producer, a worker signs its
+events with its own key
 (``PROVLINE_SIGNING__KEY``) and seals its session with SessionSeal events (:meth:`TraceEncoder.seal`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provline.schemas.events import new_envelope, producer_identity
+from provline.schemas.events import stable_event_id as stable_event_id  # re-exported: it lived here
 from provline.schemas.integrity import HashChain
 from provline.schemas.serde import Catalog
 
@@ -25,19 +26,6 @@ DRIFT_KIND = "DriftMetric"
 SEAL_KIND = "SessionSeal"
 PRODUCER_NAME = "stream_processors"
 DEFAULT_SEAL_INTERVAL_S = 60.0
-
-
-def stable_event_id(namespace: str, subject: str, time_us: int) -> str:
-    """A UUIDv7-shaped id that depends only on its arguments, time-ordered like every event id.
-
-    48 bits of milliseconds from ``time_us``, the version and variant bits, and 74 bits of
-    SHA-256 over ``namespace`` and ``subject``.
-    """
-    digest = int.from_bytes(hashlib.sha256(f"{namespace}\x00{subject}".encode()).digest()[:10], "big")
-    millis = (time_us // 1000) & ((1 << 48) - 1)
-    rand_a = (digest >> 68) & 0xFFF
-    rand_b = digest & ((1 << 62) - 1)
-    return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
 
 
 class TraceEncoder:

@@ -16,15 +16,17 @@ FOLDERS = {"provline": "provline", "provline.schemas": "schemas", "provline.prod
            "provline.sink": "sink"}
 # Who may import whom (DESIGN.md): schemas <- producers <- sidecar; schemas <- stream_processors; schemas <- sink.
 # The root package's shared modules (provline.config) are open to all; the command line may import everything.
+# Issue 17: serve publishes Feedback (POST /v1/feedback, resolved client request ids) through the producers'
+# emitter and checks labels with producers.feedback, so sink may import producers (which imports no sink).
 ALLOWED = {
     "provline.schemas": set(),
     "provline.producers": {"provline.schemas"},
     "provline.sidecar": {"provline.schemas", "provline.producers"},
     "provline.stream_processors": {"provline.schemas"},
-    "provline.sink": {"provline.schemas"},
+    "provline.sink": {"provline.schemas", "provline.producers"},
 }
 SHARED = {"provline.config", "provline.kafka", "provline.topics"}
-COMMAND_LINE = {"provline.cli", "provline.client", "provline.docs", "provline.__main__"}
+COMMAND_LINE = {"provline.cli", "provline.client", "provline.docs", "provline.__main__", "provline.feedback_file"}
 
 
 def module_files() -> dict[str, Path]:
