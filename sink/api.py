@@ -45,7 +45,7 @@ from provline.schemas.integrity import load_private_key
 from provline.sink import evidence, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
-from provline.sink.feedback import FeedbackEmitter, known_predictions, resolve_request_ids
+from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
 from provline.sink.metrics import VERIFY_RUNS
 from provline.sink.queries import Filters
 from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
@@ -459,6 +459,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             known = known_predictions(store.client, [f["prediction_id"] for f in valid
                                                      if f["prediction_id"] is not None])
         results: list[dict[str, Any]] = []
+        accepted: list[tuple[int, list[dict[str, Any]]]] = []  # (position in results, its events)
         for index, fields in enumerate(checked):
             if isinstance(fields, str):
                 results.append({"index": index, "status": "invalid", "reason": fields})
@@ -472,12 +473,16 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
                 results.append({"index": index, "status": "not_found", "reason": f"no stored prediction has this "
                                 f"{which}; check the id, or send it again once the prediction is stored"})
                 continue
-            sent = [emitter.emit("Feedback", {**fields, "prediction_id": target}) for target in targets]
-            if not all(event.get("hash") for event in sent):
-                raise HTTPException(status_code=503, detail="feedback could not be queued for Kafka (the emitter's "
-                                    "queue is full or closed); retry later", headers={"Retry-After": "5"})
-            results.append({"index": index, "status": "accepted", "prediction_ids": targets,
-                            "event_ids": [event["event_id"] for event in sent]})
+            accepted.append((len(results), [{**fields, "prediction_id": target} for target in targets]))
+            results.append({"index": index, "status": "accepted", "prediction_ids": targets})
+        sent = publish_durably(emitter, [event for _, events in accepted for event in events])
+        if sent is None:
+            raise HTTPException(status_code=503, detail="feedback could not be made durable in serve's spool (its "
+                                "queue is full, or the disk is slow); nothing was answered accepted: send it again "
+                                "later", headers={"Retry-After": "5"})
+        ids = iter(event["event_id"] for event in sent)
+        for position, events in accepted:
+            results[position]["event_ids"] = [next(ids) for _ in events]
         counts = {status: sum(r["status"] == status for r in results)
                   for status in ("accepted", "not_found", "invalid")}
         if single:

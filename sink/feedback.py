@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -49,10 +50,34 @@ UNRESOLVED_BATCH = 1000  # stored Feedback by client request id looked at per pa
 REMEMBERED_PUBLISHED = 100_000  # resolved ids published but perhaps not stored yet: not published again
 
 
+DURABLE_TIMEOUT_S = 10.0  # how long POST /v1/feedback waits for its events to be in serve's spool
+
+
 class FeedbackEmitter(Protocol):
-    """The part of :class:`provline.producers.Emitter` the resolver uses."""
+    """The part of :class:`provline.producers.Emitter` serve publishes Feedback with."""
 
     def emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> dict[str, Any]: ...
+
+    def emit_spooled(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None,
+                     on_spooled: Callable[[], None]) -> dict[str, Any] | None: ...
+
+
+def publish_durably(emitter: FeedbackEmitter, events: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """Emit each Feedback and wait until all are in the emitter's on-disk spool, so an answer of
+    "accepted" survives a broker outage and a restart of serve; the full events, or None when one
+    was dropped (queue full) or not spooled within ``DURABLE_TIMEOUT_S``. Blocks; thread-safe."""
+    timeout_s = DURABLE_TIMEOUT_S
+    spooled = threading.Semaphore(0)
+    sent = []
+    for fields in events:
+        event = emitter.emit_spooled("Feedback", fields, on_spooled=spooled.release)
+        if event is None:
+            return None
+        sent.append(event)
+    deadline = time.monotonic() + timeout_s
+    if all(spooled.acquire(timeout=max(0.0, deadline - time.monotonic())) for _ in sent):
+        return sent
+    return None
 
 
 def _micros(value: datetime) -> int:

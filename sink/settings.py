@@ -210,7 +210,11 @@ class ServeSettings(ProvlineSettings):
     signing: SigningSettings = Field(default_factory=SigningSettings)
 
     def publishing(self) -> PublishingSettings:
-        """The settings serve publishes Feedback with (already validated, so not re-read from the environment)."""
+        """The settings serve publishes Feedback with (already validated, so not re-read from the environment).
+
+        Every append to the spool is fsynced and a full queue refuses at once: ``POST /v1/feedback``
+        answers "accepted" only once its events are on disk, and 503 rather than waiting for room."""
+        emitter = self.emitter.model_copy(update={"spool_fsync": "always", "on_full": "drop"})
         return PublishingSettings.model_construct(
-            kafka=self.kafka, topics=self.topics, signing=self.signing, emitter=self.emitter,
+            kafka=self.kafka, topics=self.topics, signing=self.signing, emitter=emitter,
         )

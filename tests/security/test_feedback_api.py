@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from provline.producers import MemoryTransport
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain, load_private_key, signature_valid
+from provline.sink import feedback
 from provline.sink.api import create_api
 from provline.sink.settings import ServeSettings
 from provline.sink.writer import insert_plan, plan_batch
@@ -146,3 +147,18 @@ def test_hostile_payloads_are_refused_and_nothing_is_published_or_stored(
     statuses = store.query("SELECT status, count() FROM access_log WHERE path = '/v1/feedback' GROUP BY status "
                            "ORDER BY status").result_rows
     assert statuses == [(200, 2), (404, 4), (413, 2), (422, 14)]
+
+
+def test_feedback_is_answered_accepted_only_once_it_is_in_the_spool(
+    api: tuple[TestClient, MemoryTransport, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the emitter's spool writer stopped, a label is held in memory only: the API must not call
+    it accepted (a restart of serve would lose it), but answer 503 so that the sender tries again."""
+    http, _, emitter = api
+    monkeypatch.setattr(feedback, "DURABLE_TIMEOUT_S", 0.5)
+    first = http.post("/v1/feedback", headers=bearer("crm"), json={"prediction_id": "p1", "label": "a"})
+    assert first.status_code == 202
+    emitter.processor.close(0.1)  # the worker that moves queued messages into the spool stops
+    refused = http.post("/v1/feedback", headers=bearer("crm"), json={"prediction_id": "p1", "label": "b"})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert "durable" in refused.json()["detail"]
