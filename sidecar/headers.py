@@ -188,8 +188,8 @@ def new_traceparent() -> str:
     return f"00-{trace_id:032x}-{parent_id:016x}-01"
 
 
-def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
-    """The client's traceparent, unchanged, when there is exactly one valid one; otherwise a new trace."""
+def caller_traceparent(incoming: Sequence[bytes]) -> str | None:
+    """The client's traceparent when there is exactly one valid one, else None."""
     if len(incoming) == 1:
         try:
             value = incoming[0].decode("ascii").strip()
@@ -197,4 +197,9 @@ def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
             value = ""
         if is_valid_traceparent(value):
             return value
-    return new_traceparent()
+    return None
+
+
+def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
+    """The client's traceparent, unchanged, when there is exactly one valid one; otherwise a new trace."""
+    return caller_traceparent(incoming) or new_traceparent()
