@@ -40,7 +40,7 @@ log = logging.getLogger("provline.otel")
 DEFAULT_SERVICE_NAME = "provline-sidecar"
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_QUEUE_SIZE = 2048
-DEFAULT_SCHEDULE_DELAY_MS = 1000.0
+DEFAULT_SCHEDULE_DELAY_S = 1.0
 SPAN_NAME = "provline.exchange"
 INSTRUMENTATION_SCOPE = "provline"
 
@@ -78,7 +78,7 @@ class OtelSettings(Section):
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="one export request, retries included")
     max_queue_size: int = Field(DEFAULT_MAX_QUEUE_SIZE, ge=1, description="spans waiting for export; beyond, "
                                                                            "new ones are dropped")
-    schedule_delay_ms: float = Field(DEFAULT_SCHEDULE_DELAY_MS, gt=0, description="longest wait before an export")
+    schedule_delay_s: float = Field(DEFAULT_SCHEDULE_DELAY_S, gt=0, description="longest wait before an export")
 
     @property
     def enabled(self) -> bool:
@@ -166,7 +166,7 @@ class SpanExport:
             sampler=ALWAYS_ON)  # sampling is decided in _export (PROVLINE_OTEL__SAMPLING), not by the SDK
         self._provider.add_span_processor(BatchSpanProcessor(
             _counting(exporter, str(settings.endpoint)), max_queue_size=settings.max_queue_size,
-            schedule_delay_millis=settings.schedule_delay_ms,
+            schedule_delay_millis=settings.schedule_delay_s * 1000,
             export_timeout_millis=settings.timeout_s * 1000,
         ))
         self._tracer = self._provider.get_tracer(INSTRUMENTATION_SCOPE)

@@ -81,7 +81,7 @@ def settings(upstream: str, otel_endpoint: str, bootstrap: str, topics: Topics, 
     return SidecarSettings(
         sidecar={"upstream": upstream, "kserve_metadata": False, "model_name": "churn", "model_version": "3"},
         emitter={"close_timeout_s": 60}, kafka={"bootstrap": bootstrap}, topics={"prefix": topics.prefix},
-        otel={"endpoint": otel_endpoint, "service_name": "checkout", "schedule_delay_ms": 50, **otel},
+        otel={"endpoint": otel_endpoint, "service_name": "checkout", "schedule_delay_s": 0.05, **otel},
     )
 
 

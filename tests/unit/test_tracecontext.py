@@ -74,3 +74,17 @@ def test_upper_case_trace_ids_are_refused_with_a_hint(trace_id: str) -> None:
 def test_invalid_trace_ids_get_a_clear_error(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_trace_id(value)
+
+
+def test_span_attributes_name_the_recorded_fields_and_leave_out_unknown_ones() -> None:
+    from provline.sidecar.otel import ExchangeSpan, is_failure, span_attributes
+
+    span = ExchangeSpan(prediction_id="p1", endpoint="/predict", start_ns=1, end_ns=2, model_name="churn",
+                        model_version=None, status=200, input_sha256="ab" * 32)
+    assert span_attributes(span) == {"provline.prediction_id": "p1", "provline.endpoint": "/predict",
+                                     "provline.model_name": "churn", "provline.input_sha256": "ab" * 32,
+                                     "http.response.status_code": 200}
+    assert not is_failure(span)
+    assert is_failure(ExchangeSpan(prediction_id="p", endpoint="/", start_ns=1, end_ns=2, status=502))
+    assert is_failure(ExchangeSpan(prediction_id="p", endpoint="/", start_ns=1, end_ns=2, status=0,
+                                   error="upstream unreachable"))
