@@ -331,16 +331,35 @@ def trace(
     prediction_id: Annotated[str | None, typer.Argument(help="the prediction id the sidecar gave the exchange")] = None,
     request_id: Annotated[str | None, typer.Option(
         "--request-id", help="find the prediction by the client's or model server's own request id instead")] = None,
+    otel_trace_id: Annotated[str | None, typer.Option(
+        "--otel-trace-id", help="find the prediction(s) by the OpenTelemetry trace id (32 lower-case hex) "
+        "of the request's traceparent instead")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the trace as JSON")] = False,
     api: ApiOption = None,
 ) -> None:
-    """Print the whole chain behind one prediction (by its prediction id, or by --request-id)."""
-    if (prediction_id is None) == (request_id is None):
-        console.print("[red]give a prediction id or --request-id, not both[/red]" if prediction_id
-                      else "[red]give a prediction id, or --request-id[/red]")
+    """Print the whole chain behind one prediction (by its prediction id, --request-id or --otel-trace-id).
+
+    An OpenTelemetry trace id may cover several predictions: then their ids are listed.
+    """
+    given = [value for value in (prediction_id, request_id, otel_trace_id) if value is not None]
+    if len(given) != 1:
+        console.print("[red]give one of a prediction id, --request-id or --otel-trace-id[/red]" if not given
+                      else "[red]give a prediction id, --request-id or --otel-trace-id, only one of them[/red]")
         raise typer.Exit(2)
     if request_id is not None:
         prediction_id = _prediction_of_request(api, request_id)
+    if otel_trace_id is not None:
+        found = _predictions_of_otel_trace(api, otel_trace_id)
+        if len(found) > 1:
+            if as_json:
+                print(json.dumps({"otel_trace_id": otel_trace_id, "prediction_ids": found}, indent=2))
+            else:
+                console.print(f"{len(found)} predictions carry OpenTelemetry trace id {otel_trace_id} "
+                              "(newest first); show one with provline trace PREDICTION_ID:")
+                for one in found:
+                    print(one)
+            return
+        prediction_id = found[0]
     with _exits_on_errors():
         status, body = _client(api).get(f"/v1/traces/{prediction_id}")
     if status == 404:
@@ -365,6 +384,39 @@ def _prediction_of_request(api: str | None, request_id: str) -> str:
     else:
         console.print(f"[yellow]{len(found)} predictions carry request id {request_id!r}; ask for one by its "
                       f"prediction id: {', '.join(found)}[/yellow]")
+    raise typer.Exit(1)
+
+
+_REDACTED_TRACEPARENT = {
+    "hash": "the capture policy stores traceparent as a keyed hash (headers: hash: [traceparent])",
+    "mask": "the capture policy masks traceparent (headers: mask: [traceparent])",
+}
+
+
+def _predictions_of_otel_trace(api: str | None, trace_id: str) -> list[str]:
+    """The predictions whose request's traceparent carries ``trace_id``, newest first (at least one);
+    exits 2 on an invalid id, 1 when none does."""
+    from provline.schemas.tracecontext import check_trace_id
+
+    try:
+        check_trace_id(trace_id)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    answer = _answer(api, "/v1/predictions", {"otel_trace_id": trace_id})
+    found = [str(one) for one in answer["prediction_ids"]]
+    if found:
+        return found
+    why = _REDACTED_TRACEPARENT.get(answer.get("traceparent_redacted") or "")
+    if why is not None:
+        console.print(
+            f"[yellow]no stored request carries OpenTelemetry trace id {trace_id}, but {why}, so a trace id "
+            "cannot be found in what is stored. Find the prediction instead by its prediction id (the sidecar "
+            "returns it in the x-prediction-id reply header, and the OTLP span it exports carries it as "
+            "provline.prediction_id) or by --request-id; to make trace ids findable, keep traceparent in the "
+            "policy (a trace id is random, not personal data).[/yellow]")
+    else:
+        console.print(f"[yellow]no stored request carries OpenTelemetry trace id {trace_id} (yet)[/yellow]")
     raise typer.Exit(1)
 
 

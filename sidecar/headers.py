@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from provline.schemas.events import new_event_id
+from provline.schemas.tracecontext import parse_traceparent
 
 Header = tuple[bytes, bytes]
 
@@ -37,7 +38,6 @@ _NOT_FORWARDED_ON_REQUEST = HOP_BY_HOP | _RECOMPUTED_ON_REQUEST
 _NOT_FORWARDED_ON_RESPONSE = HOP_BY_HOP | {PREDICTION_ID_HEADER}
 
 _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
 def values(headers: Iterable[Header], name: bytes) -> list[bytes]:
@@ -173,13 +173,7 @@ def choose_prediction_id(request_id: bytes | None) -> str:
 
 def is_valid_traceparent(value: str) -> bool:
     """W3C Trace Context rules: lower-case hex, version not ff, non-zero ids; version 00 has no extra fields."""
-    match = _TRACEPARENT.fullmatch(value)
-    if match is None:
-        return False
-    version, trace_id, parent_id, _flags, rest = match.groups()
-    if version == "ff" or (version == "00" and rest is not None):
-        return False
-    return trace_id != "0" * 32 and parent_id != "0" * 16
+    return parse_traceparent(value) is not None
 
 
 def new_traceparent() -> str:
@@ -194,8 +188,8 @@ def new_traceparent() -> str:
     return f"00-{trace_id:032x}-{parent_id:016x}-01"
 
 
-def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
-    """The client's traceparent, unchanged, when there is exactly one valid one; otherwise a new trace."""
+def caller_traceparent(incoming: Sequence[bytes]) -> str | None:
+    """The client's traceparent when there is exactly one valid one, else None."""
     if len(incoming) == 1:
         try:
             value = incoming[0].decode("ascii").strip()
@@ -203,4 +197,9 @@ def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
             value = ""
         if is_valid_traceparent(value):
             return value
-    return new_traceparent()
+    return None
+
+
+def traceparent_for_upstream(incoming: Sequence[bytes]) -> str:
+    """The client's traceparent, unchanged, when there is exactly one valid one; otherwise a new trace."""
+    return caller_traceparent(incoming) or new_traceparent()

@@ -37,11 +37,12 @@ from provline.sidecar.headers import (
     REQUEST_ID_HEADER,
     TRACEPARENT_HEADER,
     Header,
+    caller_traceparent,
     choose_prediction_id,
     downstream_response_headers,
     first,
     host_header,
-    traceparent_for_upstream,
+    new_traceparent,
     upstream_request_headers,
     usable_request_id,
     values,
@@ -56,6 +57,7 @@ from provline.sidecar.metrics import (
     UPSTREAM_LATENCY,
 )
 from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
+from provline.sidecar.otel import OtelUnavailableError, SpanExport, build_export
 from provline.sidecar.payload import BodyTap, ObservedBody
 from provline.sidecar.policy import KEYED_MODES, Mode, RouteDecision
 from provline.sidecar.recorder import Exchange, Recorder
@@ -136,6 +138,7 @@ class SidecarApp:
         )
         self._backlog_task: asyncio.Task[None] | None = None
         self.recorder: Recorder | None = None
+        self.spans: SpanExport | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -164,9 +167,13 @@ class SidecarApp:
             if not s.kafka.bootstrap:
                 raise StartupError("follow_deployments needs PROVLINE_KAFKA__BOOTSTRAP to read Deployment events")
             self._follower = DeploymentFollower(s.kafka, s.topics, self._deployments)
+        try:
+            self.spans = build_export(s.otel)
+        except OtelUnavailableError as exc:
+            raise StartupError(str(exc)) from exc
         self.recorder = Recorder(
             self.emitter, policy=self.policy, redactor=self._redactor, capture=self._capture,
-            resolver=self._resolver, endpoint=self._endpoint, model_name=s.sidecar.model_name,
+            resolver=self._resolver, endpoint=self._endpoint, model_name=s.sidecar.model_name, spans=self.spans,
         )
         self.recorder.start()
         self._backlog_task = asyncio.create_task(self._report_backlog(), name="provline-sidecar-backlog")
@@ -181,6 +188,9 @@ class SidecarApp:
             self._backlog_task.cancel()
         if self.recorder is not None:
             await self.recorder.stop()
+        if self.spans is not None:
+            await asyncio.to_thread(self.spans.shutdown)
+            self.spans = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -234,7 +244,8 @@ class SidecarApp:
             self._count_non_inference(route.kind)
         prediction_id = (self._prediction_id(first(client_headers, REQUEST_ID_HEADER), decision.capture)
                          if announced else new_event_id())  # an unannounced id only names the call in logs
-        traceparent = traceparent_for_upstream(values(client_headers, TRACEPARENT_HEADER))
+        caller = caller_traceparent(values(client_headers, TRACEPARENT_HEADER))
+        traceparent = caller or new_traceparent()
         recorded = announced and (decision.sample_rate >= 1.0 or random.random() < decision.sample_rate)
         digest_key = self._redactor.digest_key(decision.capture)
 
@@ -252,7 +263,8 @@ class SidecarApp:
             request = message.get("body", b"")
             data = request
             content_length = str(len(request)).encode() if request or _has_body(client_headers) else None
-        exchange = Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request, announced=announced)
+        exchange = Exchange(scope, prediction_id, traceparent, decision.capture, recorded, request, announced=announced,
+                            caller_traced=caller is not None)
 
         started = time.perf_counter_ns()
         try:

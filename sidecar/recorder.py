@@ -42,6 +42,7 @@ from provline.sidecar.headers import (
 )
 from provline.sidecar.metrics import DEGRADED_RECORDS, EVENT_ERRORS
 from provline.sidecar.model_version import ModelMetadata, ModelVersionResolver
+from provline.sidecar.otel import ExchangeSpan, SpanExport
 from provline.sidecar.payload import ObservedBody
 from provline.sidecar.policy import KEYED_MODES, Mode, Policy, Redactor
 from provline.sidecar.routes import classify
@@ -71,6 +72,8 @@ class Exchange:
     # (health, metadata) that is not recorded, which is relayed as it is.
     announced: bool = True
     received_ns: int = field(default_factory=time.time_ns)  # wall clock when the request arrived
+    caller_traced: bool = False  # whether ``traceparent`` is the caller's (else the sidecar began the trace)
+    sent_ns: int = 0  # wall clock when the reply had been sent (set when queued for recording)
 
     def event_time(self, kind: str) -> datetime:
         """When the event's half happened: the request when it arrived, the reply when the upstream gave it."""
@@ -84,8 +87,10 @@ class Recorder:
     def __init__(
         self, emitter: Emitter, *, policy: Policy, redactor: Redactor, capture: Capture,
         resolver: ModelVersionResolver, endpoint: Callable[[Scope], str], model_name: str | None,
+        spans: SpanExport | None = None,
     ) -> None:
         self.emitter = emitter
+        self._spans = spans
         self._policy = policy
         self._redactor = redactor
         self._capture = capture
@@ -110,6 +115,7 @@ class Recorder:
     def queue(self, exchange: Exchange) -> None:
         """Queue a served exchange for recording; never waits. Past MAX_UNRECORDED it is dropped and counted."""
         if len(self._unrecorded) < MAX_UNRECORDED:
+            exchange.sent_ns = exchange.sent_ns or time.time_ns()
             self._unrecorded.append(exchange)
             self._queued.set()
         else:  # its two events are lost; the DeliveryGap record will say so
@@ -155,6 +161,16 @@ class Recorder:
     def _emit_pair(self, exchange: Exchange, pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
         self.emitter.emit_exchange(*pair, request_time=exchange.event_time("InferenceRequest"),
                                    response_time=exchange.event_time("InferenceResponse"))
+        if self._spans is not None:  # the exchange is recorded: its span names the recorded fields
+            request, response = pair
+            self._spans.export(ExchangeSpan(
+                prediction_id=exchange.prediction_id, endpoint=request["endpoint"],
+                start_ns=exchange.received_ns, end_ns=exchange.sent_ns or time.time_ns(),
+                traceparent=exchange.traceparent if exchange.caller_traced else None,
+                began=None if exchange.caller_traced else exchange.traceparent,
+                model_name=request.get("model_name"), model_version=request.get("model_version"),
+                status=response.get("status"), input_sha256=request.get("body_sha256"), error=response.get("error"),
+            ))
 
     async def _full_pair(self, exchange: Exchange, known: _Known) -> tuple[dict[str, Any], dict[str, Any]]:
         """Both events' fields, with bodies captured per the exchange's mode; fills ``known`` as it goes."""

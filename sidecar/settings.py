@@ -9,6 +9,7 @@ the publishing sections every emitter reads (``kafka``, ``topics``, ``signing``,
                                                         digests of redacted and hash-only captures
     PROVLINE_KAFKA__BOOTSTRAP=broker:9092               as for any emitter; the sidecar always drops
                                                         rather than waits (on_full=drop), one spool per worker
+    PROVLINE_OTEL__ENDPOINT=http://collector:4318/v1/traces  optional: one OTLP span per recorded exchange
 
 Build once at start-up and pass down; nothing here reads the environment at import time.
 """
@@ -29,6 +30,7 @@ from provline.sidecar.limits import (
     DEFAULT_MAX_HEADER_BYTES,
 )
 from provline.sidecar.model_version import DEFAULT_METADATA_TTL_S
+from provline.sidecar.otel import OtelSettings
 from provline.sidecar.payload import DEFAULT_MAX_FEATURES, DEFAULT_MAX_ROWS
 
 DEFAULT_PORT = 8080
@@ -156,6 +158,7 @@ class SidecarSettings(PublishingSettings):
 
     sidecar: ProxySettings
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
+    otel: OtelSettings = Field(default_factory=OtelSettings)
 
 
 DEFAULT_INGEST_PORT = 8090

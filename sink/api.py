@@ -42,6 +42,7 @@ from starlette.responses import Response
 from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
+from provline.schemas.tracecontext import check_trace_id
 from provline.sink import evidence, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
@@ -331,11 +332,29 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             )
         return found
 
-    @app.get("/v1/predictions", summary="The predictions whose request carried a client or server request id")
+    @app.get("/v1/predictions",
+             summary="The predictions whose request carried a client or server request id, or an OpenTelemetry "
+             "trace id")
     def get_predictions(
-        reader: Viewer, request_id: Annotated[str, Query(min_length=1, max_length=1000,
-                                                          description="a V2 request id, x-request-id or ce-requestid")],
+        reader: Viewer,
+        request_id: Annotated[str | None, Query(min_length=1, max_length=1000,
+                                                description="a V2 request id, x-request-id or ce-requestid")] = None,
+        otel_trace_id: Annotated[str | None, Query(
+            max_length=100, description="an OpenTelemetry trace id: 32 lower-case hex, from the request's "
+            "traceparent")] = None,
     ) -> dict[str, Any]:
+        if (request_id is None) == (otel_trace_id is None):
+            raise HTTPException(status_code=400, detail="give exactly one of request_id and otel_trace_id")
+        if otel_trace_id is not None:
+            try:
+                check_trace_id(otel_trace_id)
+            except ValueError as exc:
+                raise HTTPException(status_code=400, detail=str(exc)) from exc
+            with store.lock:
+                matches = queries.predictions_with_otel_trace_id(store.client, otel_trace_id)
+            return {"otel_trace_id": otel_trace_id, "prediction_ids": matches.prediction_ids,
+                    "traceparent_redacted": matches.redacted}
+        assert request_id is not None
         with store.lock:
             found = queries.predictions_with_request_id(store.client, request_id)
         return {"request_id": request_id, "prediction_ids": found}

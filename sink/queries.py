@@ -132,6 +132,36 @@ def predictions_with_request_id(client: Client, request_id: str) -> list[str]:
     return [str(row[0]) for row in result.result_rows]
 
 
+@dataclass(frozen=True)
+class OtelMatches:
+    """The predictions whose request carried an OpenTelemetry trace id, and, when none did, whether
+    stored requests have their traceparent redacted (``"hash"`` or ``"mask"``), which hides the id."""
+
+    prediction_ids: list[str]
+    redacted: str | None = None
+
+
+def predictions_with_otel_trace_id(client: Client, trace_id: str) -> OtelMatches:
+    """The prediction ids whose request's traceparent carries ``trace_id``, newest first.
+
+    ``trace_id`` must already be checked (provline.schemas.tracecontext.check_trace_id). Reads the
+    materialized ``otel_trace_id`` column through its bloom filter (migration 0010), not the payloads.
+    """
+    result = client.query(
+        "SELECT prediction_id FROM inference_requests WHERE otel_trace_id = {trace_id:String} "
+        "GROUP BY prediction_id ORDER BY max(event_time) DESC LIMIT {limit:UInt32}",
+        parameters={"trace_id": trace_id, "limit": MAX_PREDICTIONS_PER_REQUEST_ID}, settings=TRACE_SETTINGS,
+    )
+    found = [str(row[0]) for row in result.result_rows]
+    if found:
+        return OtelMatches(found)
+    redacted = client.query(
+        "SELECT traceparent_form FROM inference_requests WHERE traceparent_form IN ('hash', 'mask') "
+        "LIMIT 1", settings=TRACE_SETTINGS,
+    ).result_rows
+    return OtelMatches([], str(redacted[0][0]) if redacted else None)
+
+
 def _trace_rows(client: Client, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
     return list(client.query(sql_file(sql), parameters=parameters, settings=TRACE_SETTINGS).named_results())
 
