@@ -1,0 +1,141 @@
+"""Performance and alerts on the real broker and chDB store, delivered to a real HTTP receiver run here.
+
+Events go through the broker and the sink writer (the production path); the monitor's rounds run
+as ``provline serve`` runs them, with a webhook, a Slack-compatible and an Alertmanager-API receiver
+that are one HTTP server collecting posts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+from sklearn.metrics import accuracy_score
+
+from provline.schemas import Topics
+from provline.sink.monitor import Monitor, stored_performance
+from provline.sink.settings import MonitoringSettings
+from tests.integration.test_sink_store import Events, produce, run_writer_until, sink_settings
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver:
+    """A real HTTP server that keeps every POST body by path."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, Any]] = []
+        lock = threading.Lock()
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    posts.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def by_path(self, path: str) -> list[Any]:
+        return [body for p, body in self.posts if p == path]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    server.thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def monitoring(receiver: Receiver, **extra: Any) -> MonitoringSettings:
+    return MonitoringSettings(receivers=[{"kind": "webhook", "url": receiver.url + "/hook"},
+                                         {"kind": "slack", "url": receiver.url + "/slack"},
+                                         {"kind": "alertmanager", "url": receiver.url}],
+                              retries=0, **extra)
+
+
+def story(*, drifted: bool, wrong: int, gap: bool) -> tuple[Events, list[str], list[str]]:
+    """An evaluated model, 40 predictions with labels (``wrong`` of them wrong), one drift window."""
+    events = Events()
+    t0 = events.add("RunEvent", run_id="run-1", name="train", state="COMPLETED")["event_time"]
+    events.add("Evaluation", model_name="churn", model_version="3", passed=True,
+               metrics=[{"name": "accuracy", "value": 0.95, "ci_low": 0.9, "ci_high": 0.98}])
+    labels, predictions = [], []
+    for index in range(40):
+        prediction_id = f"p-{index}"
+        predicted = str(index % 2)
+        label = predicted if index >= wrong else str(1 - index % 2)
+        events.add("PredictionTrace", prediction_id=prediction_id, endpoint="/predict", complete=True,
+                   model_name="churn", model_version="3", request_time=t0, outputs={"predict": predicted})
+        # the label arrives after the trace: it is joined from the stored feedback by prediction id
+        events.add("Feedback", prediction_id=prediction_id, label=label, source="crm", observed_time=t0)
+        labels.append(label)
+        predictions.append(predicted)
+    for feature, breached in (("age", drifted), ("income", False)):
+        events.add("DriftMetric", model_name="churn", model_version="3", feature=feature, window_start=t0,
+                   window_end=t0 + timedelta(hours=1), metric="psi", value=0.5 if breached else 0.01, threshold=0.2,
+                   breached=breached, sample_size=100)
+    if gap:
+        events.add("DeliveryGap", dropped=12, reason="queue_full", first_time=t0, last_time=t0)
+    return events, labels, predictions
+
+
+def stored(events: Events, kafka_bootstrap: str, topics: Topics, chdb_path: str, store: Client) -> None:
+    produce(kafka_bootstrap, topics, events)
+    expected = len(events.all)
+    counted = ("run_events", "evaluations", "prediction_traces", "feedback", "drift_metrics", "delivery_gaps")
+
+    def count() -> int:
+        return sum(int(store.command(f"SELECT count() FROM {table}")) for table in counted)  # type: ignore[arg-type]
+
+    run_writer_until(sink_settings(kafka_bootstrap, topics, chdb_path), lambda: count() >= expected,
+                     "every event stored")
+
+
+def test_in_distribution_traffic_raises_no_alert_and_performance_matches_scikit_learn(
+    kafka_bootstrap: str, topics: Topics, chdb_path: str, store: Client, receiver: Receiver,
+) -> None:
+    events, labels, predictions = story(drifted=False, wrong=1, gap=False)
+    stored(events, kafka_bootstrap, topics, chdb_path, store)
+    monitor = Monitor(monitoring(receiver), store)
+    for _ in range(2):
+        monitor.run_once()
+    assert receiver.posts == []
+    rows = {row["metric"]: row for row in stored_performance(store, "churn", version="3")}
+    assert rows["accuracy"]["value"] == pytest.approx(accuracy_score(labels, predictions))
+    assert rows["accuracy"]["sample_count"] == 40 and rows["accuracy"]["baseline"] == 0.95
+    assert rows["accuracy"]["ci_low"] < rows["accuracy"]["value"] < rows["accuracy"]["ci_high"]
+
+
+def test_drift_gap_and_performance_breaches_alert_once_each_across_rounds_and_a_restart(
+    kafka_bootstrap: str, topics: Topics, chdb_path: str, store: Client, receiver: Receiver,
+) -> None:
+    events, labels, predictions = story(drifted=True, wrong=12, gap=True)  # accuracy 0.7 against 0.95
+    stored(events, kafka_bootstrap, topics, chdb_path, store)
+    monitor = Monitor(monitoring(receiver), store)
+    for _ in range(3):
+        monitor.run_once()
+    Monitor(monitoring(receiver), store).run_once()  # a restarted serve: its state is the store's
+    hooks = receiver.by_path("/hook")
+    assert sorted(hook["rule"] for hook in hooks) == ["delivery_gap", "drift_breach", "performance_below_baseline"]
+    assert len({hook["key"] for hook in hooks}) == 3
+    assert len(receiver.by_path("/slack")) == 3 and all("text" in body for body in receiver.by_path("/slack"))
+    alertmanager = [alert for body in receiver.by_path("/api/v2/alerts") for alert in body]
+    assert sorted(a["labels"]["alertname"] for a in alertmanager) == [
+        "delivery_gap", "drift_breach", "performance_below_baseline"]
+    assert accuracy_score(labels, predictions) == pytest.approx(0.7)
