@@ -33,6 +33,7 @@ NESTED = "__"
 SECTIONS = frozenset({
     "kafka", "topics", "signing", "emitter", "run", "capture", "sidecar", "ingest", "processors", "drift", "sink",
     "store", "api", "sql", "evidence", "client", "anchor", "feedback",
+    "monitoring",
 })
 DEFAULT_TOPIC_PREFIX = "provline"
 DEFAULT_TOPIC_PARTITIONS = 4

@@ -91,7 +91,10 @@ def wilson(successes: int, n: int, *, z: float = _Z) -> tuple[float, float]:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends (the formula gives 0 and 1 there only up to rounding)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float | None], n: int, *, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -155,6 +158,13 @@ def roc_auc(y_true: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.nd
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def _proportion(value: float, successes: int, n: int) -> Estimate:
+    if n == 0:
+        return Estimate(value, 0, None, None, "none")
+    low, high = wilson(successes, n)
+    return Estimate(value, n, low, high, "wilson")
+
+
 def classification_metrics(labels: Sequence[str], predictions: Sequence[str], *, positive_label: str | None = None,
                            scores: Sequence[float | None] | None = None,
                            resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Estimate]:
@@ -173,10 +183,8 @@ def classification_metrics(labels: Sequence[str], predictions: Sequence[str], *,
         predicted = int(np.sum(y_pred == positive_label))
         actual = int(np.sum(y_true == positive_label))
         true_positive = int(np.sum((y_pred == positive_label) & (y_true == positive_label)))
-        out["precision"] = Estimate(precision, predicted, *(wilson(true_positive, predicted) if predicted
-                                                           else (None, None)), "wilson" if predicted else "none")
-        out["recall"] = Estimate(recall, actual, *(wilson(true_positive, actual) if actual else (None, None)),
-                                 "wilson" if actual else "none")
+        out["precision"] = _proportion(precision, true_positive, predicted)
+        out["recall"] = _proportion(recall, true_positive, actual)
         f1_low, f1_high = bootstrap(lambda i: _precision_recall_f1(y_true[i], y_pred[i], positive_label)[2], n,
                                     resamples=resamples)
         out["f1"] = Estimate(f1, n, f1_low, f1_high, "bootstrap")
@@ -190,7 +198,10 @@ def classification_metrics(labels: Sequence[str], predictions: Sequence[str], *,
     else:
         precision, recall, f1 = _macro(y_true, y_pred)
         for index, (name, value) in enumerate((("precision", precision), ("recall", recall), ("f1", f1))):
-            low_b, high_b = bootstrap(lambda i, k=index: _macro(y_true[i], y_pred[i])[k], n, resamples=resamples)
+            def macro_part(i: np.ndarray, k: int = index) -> float:
+                return _macro(y_true[i], y_pred[i])[k]
+
+            low_b, high_b = bootstrap(macro_part, n, resamples=resamples)
             out[name] = Estimate(value, n, low_b, high_b, "bootstrap")
     return out
 
