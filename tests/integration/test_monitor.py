@@ -16,12 +16,15 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from sklearn.metrics import accuracy_score
+from fastapi.testclient import TestClient
+from sklearn.metrics import accuracy_score, f1_score
 
 from provline.schemas import Topics
+from provline.sink.api import create_api
 from provline.sink.monitor import Monitor, stored_performance
-from provline.sink.settings import MonitoringSettings
-from tests.integration.test_sink_store import Events, produce, run_writer_until, sink_settings
+from provline.sink.settings import MonitoringSettings, ServeSettings
+from provline.sink.store import open_store
+from tests.integration.test_sink_store import Events, insert_directly, produce, run_writer_until, sink_settings
 
 pytestmark = pytest.mark.integration
 
@@ -139,3 +142,31 @@ def test_drift_gap_and_performance_breaches_alert_once_each_across_rounds_and_a_
     assert sorted(a["labels"]["alertname"] for a in alertmanager) == [
         "delivery_gap", "drift_breach", "performance_below_baseline"]
     assert accuracy_score(labels, predictions) == pytest.approx(0.7)
+
+
+def test_the_api_computes_performance_on_demand_for_viewers_and_stores_verify_outcomes(
+    store: Client, chdb_path: str, tmp_path: Any,
+) -> None:
+    events, labels, predictions = story(drifted=False, wrong=5, gap=False)
+    insert_directly(store, events)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("models:\n  churn:\n    positive_label: '1'\n    metrics: [accuracy, f1]\n")
+    api_client = open_store(chdb_path)
+    try:
+        settings = ServeSettings(store={"url": chdb_path}, monitoring={"policy": str(policy)},
+                                 api={"tokens": {"vi": {"token": "v" * 32, "role": "viewer"},
+                                                 "au": {"token": "a" * 32, "role": "auditor"}}})
+        http = TestClient(create_api(settings, api_client))
+        viewer = {"Authorization": f"Bearer {'v' * 32}"}
+        assert http.get("/v1/performance/churn", headers=viewer).json()["performance"] == []  # no round yet
+        assert http.get("/v1/performance/churn").status_code == 401
+        rows = http.get("/v1/performance/churn", params={"refresh": "true", "version": "3"}, headers=viewer).json()
+        by_metric = {row["metric"]: row for row in rows["performance"]}
+        assert by_metric["accuracy"]["value"] == pytest.approx(accuracy_score(labels, predictions))
+        assert by_metric["f1"]["value"] == pytest.approx(f1_score(labels, predictions, pos_label="1"))
+        assert by_metric["precision"]["ci_method"] == "wilson" and by_metric["f1"]["ci_method"] == "bootstrap"
+
+        assert http.get("/v1/verify", headers={"Authorization": f"Bearer {'a' * 32}"}).status_code == 200
+        assert store.query("SELECT outcome, reader FROM verify_runs").result_rows == [("clean", "au")]
+    finally:
+        api_client.close()
