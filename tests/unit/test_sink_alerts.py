@@ -95,3 +95,15 @@ def test_policy_defaults_and_output_fields() -> None:
     assert pick_field({"output": 1.0}, None, ("predict", "output")) == 1.0
     assert pick_field({"predict": "a", "output": 1.0}, None, ("predict", "output")) == "a"
     assert pick_field({"predict": "a"}, "p", ("predict",)) is None
+
+
+def test_the_policy_example_in_the_operations_guide_is_valid() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    section = text[text.index("## Monitoring policy"):]
+    example = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml\n") + 8)]
+    policy = parse_policy(example, source="docs/operations.md")
+    assert policy.for_model("churn").positive_label == "1" and policy.for_model("house-prices").task == "regression"
+    with pytest.raises(PolicyError, match="line 5, key models.iris.task: Input should be 'classification' or"):
+        parse_policy("defaults: {}\nmodels:\n  other: {}\n  iris:\n    task: classifier\n", source="policy.yaml")
