@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from provline.schemas import Topics
 from provline.sink.api import create_api
-from provline.sink.monitor import Monitor, stored_performance
+from provline.sink.monitor import ALERT_FAILURES, Monitor, stored_performance
 from provline.sink.settings import MonitoringSettings, ServeSettings
 from provline.sink.store import open_store
 from tests.integration.test_sink_store import Events, insert_directly, produce, run_writer_until, sink_settings
@@ -34,15 +34,21 @@ class Receiver:
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, Any]] = []
+        self.refuse = 0  # answer this many posts with 503 (not kept) before taking them
         lock = threading.Lock()
         posts = self.posts
+        receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with lock:
-                    posts.append((self.path, json.loads(body)))
-                self.send_response(200)
+                    refused = receiver.refuse > 0
+                    if refused:
+                        receiver.refuse -= 1
+                    else:
+                        posts.append((self.path, json.loads(body)))
+                self.send_response(503 if refused else 200)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -170,3 +176,20 @@ def test_the_api_computes_performance_on_demand_for_viewers_and_stores_verify_ou
         assert store.query("SELECT outcome, reader FROM verify_runs").result_rows == [("clean", "au")]
     finally:
         api_client.close()
+
+
+def test_a_failed_delivery_is_retried_counted_and_sent_once_when_the_receiver_is_back(
+    store: Client, receiver: Receiver,
+) -> None:
+    events, _, _ = story(drifted=True, wrong=0, gap=False)
+    insert_directly(store, events)
+    settings = MonitoringSettings(receivers=[{"kind": "webhook", "url": receiver.url + "/hook"}], retries=1)
+    failures = ALERT_FAILURES.labels("webhook")._value.get()
+    receiver.refuse = 2  # the first try and its retry
+    monitor = Monitor(settings, store)
+    monitor.run_once()
+    assert receiver.posts == [] and ALERT_FAILURES.labels("webhook")._value.get() == failures + 2
+    assert store.query("SELECT count() FROM alert_state").result_rows == [(0,)]  # not recorded: retried next round
+    monitor.run_once()
+    monitor.run_once()
+    assert [hook["rule"] for hook in receiver.by_path("/hook")] == ["drift_breach"]
