@@ -49,13 +49,25 @@ class Alert:
 
 
 def drift_alerts(rows: Iterable[dict[str, Any]]) -> list[Alert]:
-    """One alert per breached drift metric row (model version, feature, metric, window)."""
-    alerts = []
+    """One alert per breached drift window (model version, feature, metric), holding until a later
+    window of the same feature and metric is within its threshold (then it resolves)."""
+    rows = list(rows)
+
+    def subject(row: dict[str, Any]) -> str:
+        return f"{row['model_name']}@{row['model_version']}/{row['feature']}/{row['metric']}"
+
+    latest_clean: dict[str, Any] = {}
     for row in rows:
         if not row.get("breached"):
+            here = subject(row)
+            if here not in latest_clean or row["window_start"] > latest_clean[here]:
+                latest_clean[here] = row["window_start"]
+    alerts = []
+    for row in rows:
+        here = subject(row)
+        if not row.get("breached") or (here in latest_clean and latest_clean[here] > row["window_start"]):
             continue
-        subject = f"{row['model_name']}@{row['model_version']}/{row['feature']}/{row['metric']}"
-        alerts.append(Alert(DRIFT, subject, str(row["window_start"]),
+        alerts.append(Alert(DRIFT, here, str(row["window_start"]),
                             f"drift on {row['feature']} of {row['model_name']}@{row['model_version']}: "
                             f"{row['metric']} {float(row['value']):.4g} over threshold {float(row['threshold']):.4g}",
                             labels={"model": str(row["model_name"]), "version": str(row["model_version"]),

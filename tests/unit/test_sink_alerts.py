@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -23,8 +23,8 @@ from provline.sink.performance import PerformanceRow
 T0 = datetime(2026, 1, 1, 10, tzinfo=UTC)
 
 
-def drift_row(breached: bool, feature: str = "x") -> dict[str, object]:
-    return {"model_name": "m", "model_version": "1", "feature": feature, "metric": "psi", "window_start": T0,
+def drift_row(breached: bool, feature: str = "x", start: datetime = T0) -> dict[str, object]:
+    return {"model_name": "m", "model_version": "1", "feature": feature, "metric": "psi", "window_start": start,
             "value": 0.4 if breached else 0.01, "threshold": 0.2, "breached": breached}
 
 
@@ -46,7 +46,9 @@ def test_a_breach_seen_on_several_cycles_is_sent_once_and_resolves_once() -> Non
         fired += step.fire
         sent |= {a.key for a in step.fire}
     assert len(fired) == 1
-    step = plan(evaluate(drift=[drift_row(False)]), sent)
+    assert plan(evaluate(drift=[drift_row(True), drift_row(False, start=T0 - timedelta(hours=1))]), sent).resolve == []
+    later = T0 + timedelta(hours=1)
+    step = plan(evaluate(drift=[drift_row(True), drift_row(False, start=later)]), sent)  # back in distribution
     assert step.fire == [] and step.resolve == [fired[0].key]
 
 
