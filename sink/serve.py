@@ -31,7 +31,7 @@ PRODUCER_NAME = "provline-serve"  # the producer name of the Feedback serve publ
 def run_serve(settings: ServeSettings) -> None:
     """Open the store, migrate, run the writer in a thread and serve the API until SIGTERM/SIGINT.
 
-    Blocks; call from the main thread. A third thread runs the monitor (performance and alert rounds
+    Blocks; call from the main thread. A thread of its own runs the monitor (performance and alert rounds
     every ``PROVLINE_MONITORING__INTERVAL_S``, :mod:`provline.sink.monitor`).
     On a signal the API stops accepting requests, then the writer
     inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
