@@ -122,3 +122,23 @@ def test_windows_of_prediction_time_and_baseline_comparison() -> None:
     assert below_baseline(worse, 0.1) and not below_baseline(worse, 0.25)
     error = PerformanceRow("m", "1", t0, t0, "mae", 3.0, 10, None, None, "bootstrap", baseline=1.0)
     assert below_baseline(error, 0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * 3600 - 1), st.sampled_from(["1", "2"]), binary, binary), max_size=50))
+def test_every_window_of_every_version_matches_scikit_learn(items: list[tuple[int, str, str, str]]) -> None:
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    predictions = [LabelledPrediction("m", version, t0 + timedelta(seconds=offset), prediction=predicted, label=label)
+                   for offset, version, label, predicted in items]
+    rows = compute_performance(predictions, window=timedelta(hours=1), tasks=lambda _: ("classification", "1"),
+                               resamples=RESAMPLES)
+    expected: dict[tuple[str, int], tuple[list[str], list[str]]] = {}
+    for offset, version, label, predicted in items:
+        labels, predicted_list = expected.setdefault((version, offset // 3600), ([], []))
+        labels.append(label)
+        predicted_list.append(predicted)
+    got = {(r.model_version, r.window_start.hour): r for r in rows if r.metric == "f1"}
+    assert set(got) == set(expected)
+    for key, (labels, predicted_list) in expected.items():
+        assert got[key].count == len(labels)
+        assert got[key].value == pytest.approx(skm.f1_score(labels, predicted_list, pos_label="1", zero_division=0))
