@@ -50,17 +50,19 @@ $(JOB_PROVLINE_INSTALLED): $(MLFLOW_INSTALLED) pyproject.toml
 	touch $@
 
 # What tests/deploy checks the deploy assets with, from Debian: promtool (package prometheus) for the
-# alert rules and scrape config, and docker-compose (its Compose specification schema and interpolation;
-# `docker-compose config` needs no Docker engine). Installed only where missing.
+# alert rules and scrape config, docker-compose (its Compose specification schema and interpolation;
+# `docker-compose config` needs no Docker engine), and Alertmanager (package prometheus-alertmanager), the
+# real receiver of provline's alerts in tests/deploy/test_alertmanager.py. Installed only where missing.
 DEPLOY_TOOLS := build/.deploy-tools
 
 deploy-tools: $(DEPLOY_TOOLS)
 
 $(DEPLOY_TOOLS):
 	@mkdir -p build
-	@if ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v docker-compose >/dev/null \
+			|| ! command -v prometheus-alertmanager >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus docker-compose >/dev/null; fi
+			prometheus docker-compose prometheus-alertmanager >/dev/null; fi
 	@touch $@
 
 # deploy/kubernetes is rendered by the real kustomize, built from its Go module into build/k8s/bin, and its

@@ -606,6 +606,22 @@ def drift(
     _print_rows(body["drift"], as_json, f"drift of {model} (all fields: --json)", DRIFT_COLUMNS)
 
 
+PERFORMANCE_COLUMNS = ("model_version", "window_start", "metric", "value", "sample_count", "ci_low", "ci_high",
+                       "baseline")
+
+
+@app.command()
+def performance(
+    model: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[str | None, typer.Option("--version", help="only this model version")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="compute now instead of reading the last round")] = False,
+    as_json: JsonOption = False, api: ApiOption = None,
+) -> None:
+    """MODEL's performance per version and window (labels joined to predictions), with its evaluated baseline."""
+    body = _answer(api, f"/v1/performance/{model}", {"version": version or "", "refresh": refresh})
+    _print_rows(body["performance"], as_json, f"performance of {model} (all fields: --json)", PERFORMANCE_COLUMNS)
+
+
 @app.command()
 def export(
     subject: Annotated[str, typer.Argument(help="a prediction id, or MODEL@VERSION")],

@@ -32,7 +32,7 @@ NESTED = "__"
 # Every section any provline service reads; a variable outside them is misspelt or from an older provline.
 SECTIONS = frozenset({
     "kafka", "topics", "signing", "emitter", "run", "capture", "sidecar", "ingest", "processors", "drift", "sink",
-    "store", "api", "sql", "evidence", "client", "anchor", "feedback", "otel",
+    "store", "api", "sql", "evidence", "client", "anchor", "feedback", "otel", "monitoring",
 })
 DEFAULT_TOPIC_PREFIX = "provline"
 DEFAULT_TOPIC_PARTITIONS = 4

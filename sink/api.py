@@ -43,11 +43,12 @@ from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.schemas.tracecontext import check_trace_id
-from provline.sink import evidence, queries
+from provline.sink import evidence, monitor, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
 from provline.sink.metrics import VERIFY_RUNS
+from provline.sink.monitoring import MonitoringPolicy
 from provline.sink.queries import Filters
 from provline.sink.sandbox import MAX_SQL_CHARS, open_sandboxes
 from provline.sink.settings import ServeSettings
@@ -186,14 +187,20 @@ class Verification:
         return self._client
 
     def run(self, catalog: Catalog, trust: Trust, *, sessions: list[str] | None,
-            anchors: Sequence[tuple[str, list[AnchoredSession]]] = ()) -> Report:
+            anchors: Sequence[tuple[str, list[AnchoredSession]]] = (), reader: str = "") -> Report:
         client = self._locked_client()
         try:
             report = verify_store(client, catalog, trust, sessions=sessions, anchors=anchors,
                                   retention_days=self._retention_days)
+            outcome = "findings" if report.findings else "clean"
+            VERIFY_RUNS.labels(outcome).inc()  # alerts.yml: ProvlineVerifyFindings
+            try:  # stored too, for the monitor's verify-failure alert (sink/alerts.py)
+                monitor.record_verify_run(client, run_id=str(uuid.uuid4()), outcome=outcome,
+                                          problems=len(report.findings), reader=reader)
+            except ClickHouseError:
+                log.exception("could not store the outcome of a verify run (%s); its alert will not fire", outcome)
         finally:
             self._lock.release()
-        VERIFY_RUNS.labels("findings" if report.findings else "clean").inc()  # alerts.yml: ProvlineVerifyFindings
         return report
 
     def heads(self) -> list[dict[str, Any]]:
@@ -244,6 +251,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
     trust = Trust.from_config(evidence_keys.trusted_keys)
     verification = Verification(settings.store.url, settings.store.retention_days)
+    policy = MonitoringPolicy.load(settings.monitoring.policy)
 
     def write_access_log(row: list[Any]) -> None:
         with store.lock:
@@ -403,6 +411,15 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
                                  breached_only=breached_only)
         return {"model": model, "drift": rows}
 
+    @app.get("/v1/performance/{model}", summary="Model performance per version and window, against its evaluation")
+    def get_performance(model: str, reader: Viewer, version: str = "", refresh: bool = False) -> dict[str, Any]:
+        with store.lock:
+            if refresh:  # on demand: compute this model's windows now, as the monitor loop does each round
+                monitor.compute_and_store(store.client, settings.monitoring, policy, model=model)
+            rows = monitor.stored_performance(store.client, model, version=version)
+        return {"model": model, "window_s": settings.monitoring.window_s,
+                "performance": [queries.to_jsonable(row) for row in rows]}
+
     @app.post(SQL_PATH, summary="One read-only SQL statement (auditor: raw payloads too; admin: also access_log)")
     def post_sql(request: Request, body: SqlRequest, reader: Auditor) -> dict[str, Any]:
         sandbox = sandboxes[reader.role]
@@ -431,14 +448,15 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
 
     @app.get("/v1/verify", summary="Verify the stored events: bytes, chains, signatures, columns, derived rows")
     def get_verify(reader: Auditor, session: str = "") -> dict[str, Any]:
-        return verification.run(catalog, trust, sessions=[session] if session else None).as_dict()
+        return verification.run(catalog, trust, sessions=[session] if session else None,
+                                reader=reader.name).as_dict()
 
     @app.post("/v1/verify", summary="Verify the store, also against anchors the caller has checked")
     def post_verify(body: VerifyRequest, reader: Auditor) -> dict[str, Any]:
         anchors = [(anchor.name, [AnchoredSession(s.session, s.count, s.head) for s in anchor.sessions])
                    for anchor in body.anchors]
         return verification.run(catalog, trust, sessions=[body.session] if body.session else None,
-                                anchors=anchors).as_dict()
+                                anchors=anchors, reader=reader.name).as_dict()
 
     @app.get("/v1/anchor", summary="Every session's event count and chain head, to anchor outside the store")
     def get_anchor(reader: Auditor) -> dict[str, Any]:

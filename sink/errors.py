@@ -9,7 +9,8 @@
     │   ├── SqlBusyError        the role's SQL session is running another statement; try again later
     │   └── SqlQueryError       the engine could not run it (unknown table or column, bad types...)
     ├── DeadLetterError         undecodable messages could not be written to the dead-letter topic
-    └── BundleError             no evidence bundle can be built for the subject asked for
+    ├── BundleError             no evidence bundle can be built for the subject asked for
+    └── PolicyError             the monitoring policy file (performance, alert thresholds) is not valid
 """
 
 from __future__ import annotations
@@ -57,3 +58,7 @@ class DeadLetterError(SinkError):
 
 class BundleError(SinkError, ValueError):
     """The store holds nothing about the subject, or the bundle format is unknown."""
+
+
+class PolicyError(SinkError, ValueError):
+    """The monitoring policy file is not valid; the message names the line, the key and the fix."""

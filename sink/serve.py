@@ -16,6 +16,7 @@ from provline.producers.emitter import build_emitter
 from provline.sink.api import create_api
 from provline.sink.errors import SinkError
 from provline.sink.feedback import FeedbackResolver
+from provline.sink.monitor import Monitor
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
@@ -30,7 +31,9 @@ PRODUCER_NAME = "provline-serve"  # the producer name of the Feedback serve publ
 def run_serve(settings: ServeSettings) -> None:
     """Open the store, migrate, run the writer in a thread and serve the API until SIGTERM/SIGINT.
 
-    Blocks; call from the main thread. On a signal the API stops accepting requests, then the writer
+    Blocks; call from the main thread. A thread of its own runs the monitor (performance and alert rounds
+    every ``PROVLINE_MONITORING__INTERVAL_S``, :mod:`provline.sink.monitor`).
+    On a signal the API stops accepting requests, then the writer
     inserts and commits the batch in hand and stops; nothing un-inserted is committed. Raises
     :class:`provline.config.ConfigError` at once when Kafka refuses the configured credentials or
     TLS, and :class:`provline.sink.errors.SinkError` when the writer died (the API is then shut down too).
@@ -44,6 +47,8 @@ def run_serve(settings: ServeSettings) -> None:
     insert_clients = [open_store(settings.store.url) for _ in range(settings.sink.insert_threads - 1)]
     resolver_client = open_store(settings.store.url)
     emitter = build_emitter(settings.publishing(), producer_name=PRODUCER_NAME)
+    # The monitor (performance, alerts) on a client of its own: it never holds up the writer or the API.
+    monitor_client = open_store(settings.store.url)
     stop = threading.Event()
     failures: list[BaseException] = []
     try:
@@ -62,7 +67,10 @@ def run_serve(settings: ServeSettings) -> None:
         thread = threading.Thread(
             target=_run_writer, args=(writer, stop, server, failures), name="provline-sink-writer"
         )
+        monitor = Monitor(settings.monitoring, monitor_client)
+        monitor_thread = threading.Thread(target=monitor.run, args=(stop,), name="provline-monitor", daemon=True)
         thread.start()
+        monitor_thread.start()
         _install_stop_handlers(stop)
         try:
             server.run()
@@ -72,9 +80,11 @@ def run_serve(settings: ServeSettings) -> None:
             if thread.is_alive():
                 log.error("sink writer did not stop within %.0f s", WRITER_JOIN_TIMEOUT_SECONDS)
             resolving.join(WRITER_JOIN_TIMEOUT_SECONDS)
+            monitor_thread.join(WRITER_JOIN_TIMEOUT_SECONDS)
+            monitor.close()
     finally:
         emitter.close()
-        for client in (api_client, writer_client, resolver_client, *insert_clients):
+        for client in (api_client, writer_client, resolver_client, monitor_client, *insert_clients):
             client.close()
     if failures:
         raise SinkError(f"the sink writer stopped on {failures[0]!r}; see the log above") from failures[0]

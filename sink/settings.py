@@ -7,6 +7,7 @@ and ``topics``, and ``emitter`` and ``signing`` for the Feedback serve publishes
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -193,6 +194,44 @@ class FeedbackSettings(Section):
     )
 
 
+DEFAULT_PERFORMANCE_WINDOW_S = 3600.0
+DEFAULT_MONITOR_INTERVAL_S = 60.0
+DEFAULT_ALERT_RETRIES = 3
+
+
+class AlertReceiver(BaseModel):
+    """Where alerts go: ``webhook`` (generic JSON), ``slack`` (Slack-compatible ``{"text"}``) or
+    ``alertmanager`` (its base URL; alerts are posted to ``/api/v2/alerts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["webhook", "slack", "alertmanager"]
+    url: str = Field(pattern=r"^https?://")
+
+
+class MonitoringSettings(Section):
+    """Model performance and alerts, computed by ``provline serve`` (section ``monitoring``)."""
+
+    policy: Path | None = Field(None, description="the monitoring policy file (YAML): per model the prediction "
+                                "and score fields, the task and alert thresholds (docs/operations.md)")
+    window_s: float = Field(DEFAULT_PERFORMANCE_WINDOW_S, gt=0,
+                            description="window of prediction time performance is computed over (3600: hourly)")
+    interval_s: float = Field(DEFAULT_MONITOR_INTERVAL_S, gt=0,
+                              description="seconds between two rounds of performance computation and alert rules")
+    receivers: list[AlertReceiver] = Field(default_factory=list, description='alert receivers, as JSON, e.g. '
+                                           '[{"kind": "slack", "url": "https://hooks.slack.com/..."}]')
+    retries: int = Field(DEFAULT_ALERT_RETRIES, ge=0, description="retries of a failed delivery per round")
+    generator_url: str = Field("", description="the generatorURL of Alertmanager alerts (a link to your console)")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_loads(cls, value: Path | None) -> Path | None:
+        from provline.sink.monitoring import MonitoringPolicy
+
+        MonitoringPolicy.load(value)  # a wrong policy file is an error at start, naming its line and key
+        return value
+
+
 class ServeSettings(ProvlineSettings):
     """Settings of ``provline serve`` and of the commands that open the store themselves (``migrate``)."""
 
@@ -206,6 +245,7 @@ class ServeSettings(ProvlineSettings):
     sql: SqlSettings = Field(default_factory=SqlSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     emitter: EmitterSettings = Field(default_factory=EmitterSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
 

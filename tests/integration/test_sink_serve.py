@@ -57,13 +57,18 @@ def test_serve_writes_serves_and_stops_on_sigterm(
     seal(chain, "ModelVersion", model)
     value = new_envelope(producer_identity("test", "serve"))
     value.update(prediction_id="pred-serve", endpoint="/predict", complete=True, model_name="churn",
-                 model_version="3")
+                 model_version="3", outputs={"predict": "1"})
     seal(chain, "PredictionTrace", value)
+    feedback = new_envelope(producer_identity("test", "serve"))
+    feedback.update(prediction_id="pred-serve", label="1", source="crm", observed_time=feedback["event_time"])
+    seal(chain, "Feedback", feedback)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(topics.lineage, key=key_for("ModelVersion", model),
                      value=default_catalog().encode("ModelVersion", model))
     producer.produce(topics.traces, key=key_for("PredictionTrace", value),
                      value=default_catalog().encode("PredictionTrace", value))
+    producer.produce(topics.inference, key=key_for("Feedback", feedback),
+                     value=default_catalog().encode("Feedback", feedback))
     assert producer.flush(10) == 0
 
     port = free_port()
@@ -74,6 +79,7 @@ def test_serve_writes_serves_and_stops_on_sigterm(
         "PROVLINE_STORE__URL": f"chdb://{tmp_path / 'store'}",
         "PROVLINE_API__PORT": str(port),
         "PROVLINE_SINK__BATCH_MAX_S": "0.1",
+        "PROVLINE_MONITORING__INTERVAL_S": "0.5",
         "PROVLINE_API__TOKENS": json.dumps({"ops": {"token": TOKEN, "role": "auditor"}}),
         "PROVLINE_EVIDENCE__SIGNING_KEY": base64.b64encode(SIGNING_KEY).decode(),
     }
@@ -95,6 +101,18 @@ def test_serve_writes_serves_and_stops_on_sigterm(
 
 
 SIGNING_KEY = bytes(range(32))
+
+
+def check_performance(base: str) -> None:
+    """serve's monitor computes performance from the stored label on its own; the command reads it."""
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not (rows := json.loads(cli("performance", "churn", "--version", "3", "--json", "--api", base).output)):
+        assert time.monotonic() < deadline, "serve's monitor stored no performance for churn@3"
+        time.sleep(0.2)
+    accuracy = next(row for row in rows if row["metric"] == "accuracy")
+    assert (accuracy["value"], accuracy["sample_count"]) == (1.0, 1)
+    refreshed = cli("performance", "churn", "--refresh", "--api", base)
+    assert refreshed.exit_code == 0 and "accuracy" in refreshed.output
 
 
 def cli(*args: str) -> Result:
@@ -121,6 +139,7 @@ def check_cli(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert json.loads(cli("runs", "--json", "--api", base).output) == []
     assert json.loads(cli("drift", "churn@3", "--json", "--api", base).output) == []
     assert cli("verify", "--api", base).exit_code == 0
+    check_performance(base)
     check_anchors(base, tmp_path, monkeypatch)
     out = tmp_path / "bundle"
     exported = cli("export", "pred-serve", "--format", "prov", "--out", str(out), "--api", base)
