@@ -51,6 +51,8 @@ def ddl_columns() -> dict[str, list[str]]:
         for statement in split_statements(text):
             match = re.search(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\n\)", statement, re.S)
             added = re.search(r"^ALTER TABLE (\w+)\s+ADD COLUMN", statement, re.M)
+            if added and " MATERIALIZED " in statement:  # computed by the engine, never written by the sink
+                continue
             if added:
                 for column, after in re.findall(r"ADD COLUMN IF NOT EXISTS (\w+)[^,;]*?(?:AFTER (\w+))?\s*(?:,|$)",
                                                 statement):
