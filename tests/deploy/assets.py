@@ -51,15 +51,18 @@ def resolved_compose() -> dict[str, Any]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the services' prometheus_client registries produce: the sink's, the sidecar's and
-    the producers' (the default registry) and a processors worker's (a registry of its own)."""
+    """Every sample name the services' prometheus_client registries produce: the sink's and its monitor's,
+    the sidecar's, the ingest service's and the producers' (the default registry) and a processors
+    worker's (a registry of its own)."""
     from prometheus_client import REGISTRY
 
     import provline.producers.emitter
     import provline.producers.gaps
     import provline.producers.processor
+    import provline.sidecar.ingest
     import provline.sidecar.metrics
-    import provline.sink.metrics  # noqa: F401  (each module registers its metrics when imported)
+    import provline.sink.metrics
+    import provline.sink.monitor  # noqa: F401  (each module registers its metrics when imported)
     from provline.stream_processors.metrics import ProcessorMetrics
 
     names: set[str] = set()
