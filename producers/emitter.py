@@ -224,15 +224,18 @@ class Emitter:
         return self.processor.flush(timeout) if self.processor is not None else True
 
     def close(self, timeout: float | None = None) -> bool:
-        """Seal the session (a final SessionSeal), then deliver queued events, waiting at most ``timeout``
-        seconds (default: the configured ``close_timeout_s``); True when all were delivered. Later
-        calls return the first call's answer (close also runs at interpreter exit)."""
+        """Seal the session (a final SessionSeal, unless it emitted nothing), then deliver queued events,
+        waiting at most ``timeout`` seconds (default: the configured ``close_timeout_s``); True when all
+        were delivered. Later calls return the first call's answer (close also runs at interpreter exit)."""
         with self._close_lock:
             if self._close_started:
                 return self._delivered
             self._close_started = True
-        # the session's last event, also when dropped
-        self._send([(SEAL, {"final": True}, None)], closing=True, report=False)
+        if self._chain.count:  # the session's last event, also when dropped
+            self._send([(SEAL, {"final": True}, None)], closing=True, report=False)
+        else:  # a session that emitted nothing has nothing to seal (serve, say, that published no Feedback)
+            with self._lock:
+                self._closed = True
         if self.processor is not None:
             self._delivered = self.processor.close(self.close_timeout_s if timeout is None else timeout)
         return self._delivered

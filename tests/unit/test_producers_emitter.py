@@ -98,11 +98,22 @@ def test_an_unusable_signing_key_fails_at_start_up(key: str, message: str) -> No
 
 def test_a_closed_emitter_records_the_drop() -> None:
     emitter, transport = memory_emitter()
+    emitter.emit("Deployment", deployment("0"))
     emitter.close()
     emitter.emit("Deployment", deployment("1"))
     # closing sealed the session: its last event is the final seal, nothing follows it
-    [(kind, seal)] = [(d.record, d.value) for d in (default_catalog().decode(raw) for raw in events_sent(transport))]
-    assert (kind, seal["count"], seal["final"]) == ("SessionSeal", 0, True)
+    kinds = [(d.record, d.value) for d in (default_catalog().decode(raw) for raw in events_sent(transport))]
+    assert [(kind, value.get("count"), value.get("final")) for kind, value in kinds] == [
+        ("Deployment", None, None), ("SessionSeal", 1, True)]
+    assert emitter.drops.take()[0]["reason"] == "emitter_closed"
+
+
+def test_a_session_that_emitted_nothing_closes_without_a_seal() -> None:
+    """A service that publishes rarely (serve, with no Feedback) adds nothing to the record at each restart."""
+    emitter, transport = memory_emitter()
+    assert emitter.close()
+    emitter.emit("Deployment", deployment("1"))
+    assert events_sent(transport) == []
     assert emitter.drops.take()[0]["reason"] == "emitter_closed"
 
 
