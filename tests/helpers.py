@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import uuid
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
+
+from confluent_kafka import Consumer
 
 from provline.producers import Emitter, JobSettings, Lineage, MemoryTransport, build_emitter
 from provline.schemas import Catalog, default_catalog
@@ -127,3 +131,38 @@ class StoredMessage:
 
     def value(self) -> bytes | None:
         return self._value
+
+
+def wait_until(condition: Any, what: str, timeout: float, *, interval: float = 0.05) -> Any:
+    """Poll ``condition()`` until it returns something true, and return that; after ``timeout`` s, AssertionError."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def consume_events(bootstrap: str, topic: str, done: Any, timeout: float) -> list[tuple[str, dict[str, Any]]]:
+    """Decoded (kind, value) of the events on ``topic`` (an exchange frame's two included), read from the
+    start until ``done(events)`` holds, then until a second passes without more."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    def read(wait_s: float) -> int:
+        messages = [message for message in consumer.consume(500, wait_s) if message.error() is None]
+        for message in messages:
+            for event in events_in(default_catalog(), message.value()):
+                decoded = default_catalog().decode(event)
+                events.append((decoded.record, decoded.value))
+        return len(messages)
+
+    try:
+        wait_until(lambda: read(0.5) >= 0 and done(events), f"the expected events on {topic}", timeout)
+        while read(1.0):
+            pass
+    finally:
+        consumer.close()
+    return events

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,19 +17,18 @@ import orjson
 import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
-from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from provline.producers import Emitter
-from provline.schemas import Topics, default_catalog
-from provline.schemas.frames import events_in
+from provline.schemas import Topics
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.ingest import IngestApp
 from provline.sidecar.settings import IngestSettings
 from provline.sink.settings import ServeSettings
 from provline.sink.store import open_store
 from provline.sink.writer import SinkWriter
-from tests.helpers import LoopThread
+from tests import helpers
+from tests.helpers import LoopThread, consume_events
 from tests.integration.test_processors_join import start_worker
 from tests.integration.test_sidecar_proxy import PREDICTION, Upstream, start_server, stop_server
 
@@ -46,13 +44,6 @@ SELDON_TYPE = "io.seldon.serving.inference.{}"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
-def wait_until(condition, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 def metric(name: str, **labels: str) -> float:
@@ -98,29 +89,6 @@ def post(url: str, headers: dict[str, str], body: bytes | str) -> httpx.Response
     return httpx.post(url, headers=headers, content=body, timeout=30)
 
 
-def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
-    """Decoded (kind, value) of the events on ``topic``, read until ``done(events)`` holds and a second passes
-    without more."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ingest-check-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([topic])
-    events: list[tuple[str, dict]] = []
-
-    def read(wait_s: float) -> int:
-        messages = [message for message in consumer.consume(500, wait_s) if message.error() is None]
-        for message in messages:
-            for event in events_in(default_catalog(), message.value()):
-                decoded = default_catalog().decode(event)
-                events.append((decoded.record, decoded.value))
-        return len(messages)
-
-    try:
-        wait_until(lambda: read(0.5) >= 0 and done(events), f"the expected events on {topic}", timeout)
-        while read(1.0):
-            pass
-    finally:
-        consumer.close()
-    return events
 
 
 TRACE_FIELDS = ("endpoint", "model_name", "model_version", "request_sha256", "response_sha256", "status",
@@ -319,3 +287,11 @@ def test_the_capture_policy_redacts_as_the_sidecar_does(tmp_path: Path) -> None:
     assert b"123-45-6789" not in request["body"] and "ssn" not in request["features"]
     assert request["body_sha256"].startswith("hmac-sha256:") and request["traceparent"].startswith("hmac-sha256:")
     assert ingested["InferenceResponse"]["outputs"]["label"] == "****"
+
+
+def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
+    return consume_events(bootstrap, topic, done, timeout)
+
+
+def wait_until(condition, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
+    return helpers.wait_until(condition, what, timeout)

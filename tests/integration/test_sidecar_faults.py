@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import aiohttp
 import pytest
-from confluent_kafka import Consumer
 from prometheus_client import REGISTRY
 
 from deploy.local.kafka import LocalKafka
-from provline.schemas import Topics, default_catalog
+from provline.schemas import Topics
 from provline.schemas.events import utcnow
-from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.writer import SinkWriter
-from tests.helpers import LoopThread
+from tests import helpers
+from tests.helpers import LoopThread, consume_events
 from tests.integration.test_sidecar_proxy import Upstream, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -49,13 +47,6 @@ async def send_all(url: str, ids: list[str]) -> list[int]:
     return statuses
 
 
-def wait_until(condition, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-    return result
 
 
 def dropped() -> float:
@@ -135,29 +126,6 @@ def test_with_the_broker_down_every_request_succeeds_and_every_event_is_stored_o
         store.close()
 
 
-def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
-    """Decoded (kind, value) of the messages on ``topic``: read until ``done(events)`` holds, then until
-    a second passes without more."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"gap-check-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([topic])
-    events: list[tuple[str, dict]] = []
-
-    def read(wait_s: float) -> int:
-        messages = [message for message in consumer.consume(500, wait_s) if message.error() is None]
-        for message in messages:
-            for event in events_in(default_catalog(), message.value()):
-                decoded = default_catalog().decode(event)
-                events.append((decoded.record, decoded.value))
-        return len(messages)
-
-    try:
-        wait_until(lambda: read(0.5) >= 0 and done(events), f"the expected events on {topic}", timeout)
-        while read(1.0):
-            pass
-    finally:
-        consumer.close()
-    return events
 
 
 def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_once_delivery_resumes(
@@ -214,3 +182,11 @@ def test_events_dropped_while_the_spool_is_full_are_counted_in_delivery_gaps_onc
     event_ids = [value["event_id"] for _, value in inference]
     assert len(set(event_ids)) == len(event_ids)
     assert 2 * (requests + 1) - lost <= len(event_ids) < 2 * (requests + 1)
+
+
+def consume(bootstrap: str, topic: str, done, timeout: float = DEADLINE_S) -> list[tuple[str, dict]]:  # type: ignore[no-untyped-def]
+    return consume_events(bootstrap, topic, done, timeout)
+
+
+def wait_until(condition, what: str, timeout: float = DEADLINE_S):  # type: ignore[no-untyped-def]
+    return helpers.wait_until(condition, what, timeout)
