@@ -38,7 +38,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.sidecar import free_port, load, new_loop, stop, wait_listening  # noqa: E402
+from bench.sidecar import bench_kafka, free_port, load, new_loop, stop, wait_listening  # noqa: E402
 
 EVENT_BODY = json.dumps({"id": "bench", "inputs": [
     {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}).encode()
@@ -136,19 +136,8 @@ def main() -> None:
     parser.add_argument("--kafka", default="local", help="'local' (start a broker), 'none', or host:port")
     args = parser.parse_args()
     ctx = multiprocessing.get_context("spawn")
-    broker = None
     with tempfile.TemporaryDirectory(prefix="provline-bench-ingest-") as scratch:
-        kafka: str | None = None
-        if args.kafka == "local":
-            from deploy.local.kafka import LocalKafka, create_topics
-            from provline.schemas import Topics
-
-            console.print("starting a local Kafka broker...")
-            broker = LocalKafka(Path(scratch) / "kafka").start()
-            kafka = broker.bootstrap
-            create_topics(kafka, Topics("bench").all)
-        elif args.kafka != "none":
-            kafka = args.kafka
+        broker, kafka = bench_kafka(args.kafka, Path(scratch))
         processes, ports = start_targets(ctx, kafka, Path(scratch))
         results: dict[str, list[Measured]] = {target: [] for target in ports}
         try:

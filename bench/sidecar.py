@@ -578,6 +578,22 @@ def stop(process: Any) -> None:
         process.join(30)
 
 
+def bench_kafka(choice: str, scratch: Path) -> tuple[Any, str | None]:
+    """The broker of a benchmark (started when ``choice`` is 'local', with the bench topics) and its
+    bootstrap; None for 'none' (events encoded, then discarded); else ``choice`` is host:port."""
+    if choice == "none":
+        return None, None
+    if choice != "local":
+        return None, choice
+    from deploy.local.kafka import LocalKafka, create_topics
+    from provline.schemas import Topics
+
+    console.print("starting a local Kafka broker...")
+    broker = LocalKafka(scratch / "kafka").start()
+    create_topics(broker.bootstrap, Topics("bench").all)
+    return broker, broker.bootstrap
+
+
 def missing_tools() -> list[str]:
     return [name for name, found in (("nginx", nginx_binary()), ("wrk", shutil.which("wrk"))) if not found]
 
@@ -614,19 +630,8 @@ def main() -> None:
     upstream = ctx.Process(target=run_upstream, args=(upstream_port, args.upstream), daemon=True)
     upstream.start()
     wait_listening(upstream_port)
-    broker = None
     with tempfile.TemporaryDirectory(prefix="provline-bench-") as scratch:
-        kafka: str | None = None
-        if args.kafka == "local":
-            from deploy.local.kafka import LocalKafka, create_topics
-            from provline.schemas import Topics
-
-            console.print("starting a local Kafka broker...")
-            broker = LocalKafka(Path(scratch) / "kafka").start()
-            kafka = broker.bootstrap
-            create_topics(kafka, Topics("bench").all)
-        elif args.kafka != "none":
-            kafka = args.kafka
+        broker, kafka = bench_kafka(args.kafka, Path(scratch))
         try:
             results = run_all(ctx, args, upstream, upstream_port, kafka, Path(scratch))
         finally:
