@@ -126,9 +126,10 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     dead_letters = DeadLetters(producer, topics.dlq)
     metrics = ProcessorMetrics()
     app.provline_metrics = metrics
-    lineage = register_lineage_agent(
+    lineage_agent = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
     )
+    lineage = lineage_agent.index
     encoder = TraceEncoder(catalog, signer=signer_of(settings.signing))
     accumulator = DriftAccumulator(
         lineage.baseline_of, window_us=int(settings.drift.window_s * 1_000_000),
@@ -147,7 +148,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     )
     inference = _raw_topic(app, topics.inference)
     register_join_agent(
-        app, topic=inference, joiner=joiner, catalog=catalog,
+        app, topic=inference, joiner=joiner, lineage=lineage_agent, catalog=catalog,
         partitions=partitions, batch_size=worker.batch_size,
         batch_within=worker.batch_within_s, after_batch=send_partials,
     )

@@ -361,13 +361,19 @@ def halves(entry: PendingEntry) -> tuple[dict[str, Any] | None, dict[str, Any] |
     return entry.get("q"), entry.get("r")
 
 
-def next_step(entry: PendingEntry, trace: Mapping[str, Any], *, now: float, timing: Timing) -> Step:
-    """Emit when both halves and the lineage are here, or when the entry's wait is over."""
+def next_step(entry: PendingEntry, trace: Mapping[str, Any], *, now: float, timing: Timing,
+              lineage_current: bool = True) -> Step:
+    """Emit when both halves and the lineage are here, or when the entry's wait is over.
+
+    ``lineage_current``: whether the worker has read all the lineage fetched so far. While it has
+    not, a trace that looks complete may still name the version an unread rollout or rollback
+    replaced, so it waits too (for the same ``lineage_wait`` at most).
+    """
     if is_done(entry) or not has_a_half(entry):
         return Step.WAIT
     if not has_both_halves(entry):
         return Step.EMIT if now - entry["s"] >= timing.ttl else Step.WAIT
-    if trace["complete"]:
+    if trace["complete"] and lineage_current:
         return Step.EMIT
     held_since = entry.get("h")
     if held_since is not None and now - held_since >= timing.lineage_wait:

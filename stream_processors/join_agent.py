@@ -95,6 +95,7 @@ from provline.stream_processors.join import (
     without_feedback,
 )
 from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.lineage_agent import LineageAgent
 from provline.stream_processors.metrics import ProcessorMetrics
 from provline.stream_processors.positions import (
     PositionRecord,
@@ -112,6 +113,7 @@ PENDING_TABLE = "pending-predictions"
 MAX_TICK_SECONDS = 1.0
 MIN_TICK_SECONDS = 0.05
 CHANGELOG_BACKLOG_MESSAGES = 10_000  # table writes waiting in Faust's producer before a batch waits for them
+LINEAGE_CATCH_UP_SECONDS = 0.2  # enough for the lineage agent to read what one fetch brought
 
 
 def tick_interval(timing: Timing) -> float:
@@ -149,6 +151,11 @@ class Joiner:
         self._changelog: list[tuple[str, PendingEntry | PositionRecord | None, int]] = []
         self.positions = Positions()
         self._events_in: dict[str, Any] = {}
+        # Whether this worker has read all the lineage fetched so far; set by the agent before every
+        # batch and tick. While it is False no trace is decided from the lineage index: a rollout or
+        # rollback still unread would give it the version that was replaced.
+        self.lineage_current = True
+        self._lineage_was_current = True
 
     def _write(self, key: str, entry: PendingEntry | PositionRecord | None, partition: int) -> None:
         # into the store now; to the changelog (of the entry's own partition) once the batch's
@@ -205,11 +212,12 @@ class Joiner:
     def _emit_exchange(self, prediction_id: str, events: list[Decoded], partition: int, *, now: float) -> bool:
         """Emit the trace of an exchange nothing is pending for, if it is complete, without a table
         entry: a redelivered frame makes the same trace again, with the same event id, and the sink
-        keeps one. False when the trace would be incomplete (it then waits in the table as two halves)."""
+        keeps one. False when the trace would be incomplete, or this worker has lineage still to read (it
+        then waits in the table as two halves)."""
         entry: PendingEntry = {"p": partition, "s": now, "q": summarize(REQUEST, events[0].value),
                                "r": summarize(RESPONSE, events[1].value)}
         trace = build_trace(entry["q"], entry["r"], self.lineage)
-        if not trace["complete"]:
+        if not trace["complete"] or not self.lineage_current:
             return False
         self._emit(prediction_id, entry, trace, now=now)
         self.metrics.exchanges_joined.inc()
@@ -279,7 +287,8 @@ class Joiner:
                 and (has_both_halves(entry) or now - entry["s"] >= self.timing.ttl):
             request, response = halves(entry)
             trace = build_trace(request, response, self.lineage)
-            if next_step(entry, trace, now=now, timing=self.timing) is Step.EMIT:
+            if next_step(entry, trace, now=now, timing=self.timing,
+                         lineage_current=self.lineage_current) is Step.EMIT:
                 feedback = newest_feedback(entry)
                 if feedback is not None:
                     trace = {**trace, **label_fields(feedback)}
@@ -333,14 +342,16 @@ class Joiner:
         self.drift.add(trace)
 
     def on_timer(self, *, now: float, owns: Any, caught_up: Any = None) -> None:
-        """Retry held entries if lineage changed; act on entries whose deadline passed.
+        """Retry held entries if lineage changed or was read up to its end; act on entries whose deadline passed.
 
         ``owns(partition)`` says whether this worker owns an inference partition now;
         ``caught_up(partition)`` whether it has read all of it. A lone half's time-to-live only
         ends on a caught-up partition: after a restart or under lag, its other half may still be
         waiting unread in the topic.
         """
-        if self._held and self.lineage.changes != self._lineage_changes:
+        caught_up_on_lineage = self.lineage_current and not self._lineage_was_current
+        self._lineage_was_current = self.lineage_current
+        if self._held and (self.lineage.changes != self._lineage_changes or caught_up_on_lineage):
             self._lineage_changes = self.lineage.changes
             for prediction_id in list(self._held):
                 entry = self.table.data.get(prediction_id)
@@ -383,10 +394,13 @@ class Joiner:
 
 
 def register_join_agent(
-    app: faust.App, *, topic: faust.TopicT, joiner: Joiner, catalog: Catalog, partitions: int, batch_size: int,
-    batch_within: float, after_batch: Any,
+    app: faust.App, *, topic: faust.TopicT, joiner: Joiner, lineage: LineageAgent, catalog: Catalog,
+    partitions: int, batch_size: int, batch_within: float, after_batch: Any,
 ) -> TableT[str, Any]:
     """Add the pending table, the join agent and its timer to ``app``; returns the table.
+
+    Before each batch the agent gives the lineage agent up to ``LINEAGE_CATCH_UP_SECONDS`` to read
+    what was fetched (a seal or a deployment just published); traces are decided only once it has.
 
     ``after_batch()`` runs after every batch and timer tick (the drift partials are sent there).
     """
@@ -411,6 +425,7 @@ def register_join_agent(
                  joiner.positions.decided)
 
     async def handle_batch(events: list[EventT[bytes]]) -> None:
+        joiner.lineage_current = await lineage.catch_up(LINEAGE_CATCH_UP_SECONDS)
         now = time.time()
         touched: dict[str, PendingEntry] = {}
         decided: set[int] = set()
@@ -446,6 +461,7 @@ def register_join_agent(
     async def on_tick() -> None:
         assigned = app.consumer.assignment()
         name = topic.get_topic_name()
+        joiner.lineage_current = lineage.is_current()
         joiner.on_timer(now=time.time(), owns=lambda partition: TP(name, partition) in assigned,
                         caught_up=lambda partition: _caught_up(app, TP(name, partition),
                                                                joiner.positions.decided.get(partition)))

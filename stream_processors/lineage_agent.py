@@ -25,16 +25,23 @@ GlobalTable shared by several app instances; lineage is low-volume.
 A lineage event Faust skips would leave traces with the wrong model version, so, as in the join,
 the table also holds the last decided offset of each lineage partition (written after the
 event's entries) and the agent seeks back over offsets Faust skipped (:mod:`provline.stream_processors.positions`).
+
+The join decides no trace while this worker's lineage partitions are not read up to the end seen at
+the last fetch (:attr:`LineageAgent.is_current`): lineage and inference are separate streams, and a
+prediction joined before an already published rollback was read would get the version it replaced.
+Lineage is read on other workers' partitions through the changelog; that path has no such check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from provline.schemas.errors import SchemaError
 from provline.schemas.serde import Catalog
@@ -48,16 +55,53 @@ from provline.stream_processors.positions import (
     position_key,
     positions_in,
 )
-from provline.stream_processors.rewind import assigned_partitions, seek_back
+from provline.stream_processors.rewind import assigned_partitions, log_end, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"
+CATCH_UP_POLL_SECONDS = 0.005
+
+
+def read_to_end(decided: dict[int, int], ends: dict[int, int | None]) -> bool:
+    """Whether every partition's events up to its end (None: not fetched yet) are decided. Pure."""
+    for partition, end in ends.items():
+        if end is None:
+            return False
+        last = decided.get(partition)
+        if end > (last + 1 if last is not None else 0):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class LineageAgent:
+    """This worker's lineage: its index, and whether it has read its lineage partitions to the end."""
+
+    index: LineageIndex
+    app: faust.App
+    topic: str
+    positions: Positions
+
+    def is_current(self) -> bool:
+        """Whether every lineage event fetched so far on this worker's partitions is in the index."""
+        ends = {partition: log_end(self.app, TP(self.topic, partition))
+                for partition in assigned_partitions(self.app, self.topic)}
+        return read_to_end(self.positions.decided, ends)
+
+    async def catch_up(self, within: float) -> bool:
+        """Wait up to ``within`` seconds, yielding to the lineage agent, for :meth:`is_current`; its answer."""
+        deadline = time.monotonic() + within
+        while not self.is_current():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(CATCH_UP_POLL_SECONDS)
+        return True
 
 
 def register_lineage_agent(
     app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters, metrics: ProcessorMetrics
-) -> LineageIndex:
-    """Add the lineage table and agent to ``app``; returns this worker's index of it."""
+) -> LineageAgent:
+    """Add the lineage table and agent to ``app``; returns this worker's view of it."""
     index = LineageIndex()
     positions = Positions()
     name = topic.get_topic_name()
@@ -115,4 +159,4 @@ def register_lineage_agent(
     async def retry_rewinds() -> None:  # the lineage topic is quiet: a gap may see no later event
         await seek_back(app, name, positions, metrics, now=time.time())
 
-    return index
+    return LineageAgent(index=index, app=app, topic=name, positions=positions)

@@ -21,6 +21,7 @@ from provline.stream_processors.join import (
 )
 from provline.stream_processors.join_agent import Joiner
 from provline.stream_processors.lineage import LineageIndex, to_micros
+from provline.stream_processors.lineage_agent import read_to_end
 from provline.stream_processors.metrics import ProcessorMetrics
 from provline.stream_processors.positions import position_key, positions_in
 from provline.stream_processors.traces import TraceEncoder
@@ -293,3 +294,63 @@ def test_a_frame_holding_two_predictions_is_refused() -> None:
     with pytest.raises(ValueError, match="request of 'p1' and the response of 'p2'"):
         joiner.take(frame, {}, partition=2, now=100)
     assert traces(producer) == []
+
+
+# A frame joined before the worker read a rollback already published got the version the rollback
+# replaced (CI: test_processors_stream[frames], p-07648 with version 2 after the rollback to 1).
+
+def test_no_trace_is_decided_while_lineage_is_unread_and_it_goes_out_once_read() -> None:
+    index = LineageIndex()  # read so far: the deploy of 1 and the rollout of 2; the rollback at 150 is not
+    for version, when, action in (("1", 10, "DEPLOY"), ("2", 50, "PROMOTE")):
+        index.ingest("Deployment", {"event_id": f"dep-{version}", "event_time": at(when), "model_name": "churn",
+                                    "model_version": version, "environment": "prod", "endpoint": "/predict",
+                                    "action": action})
+    for version in ("1", "2"):
+        index.ingest("ModelVersion", {"model_name": "churn", "version": version, "artifact_uri": f"s3://m/{version}",
+                                      "artifact_sha256": f"art-{version}", "run_id": "run-1", "datasets": [],
+                                      "feature_sets": []})
+    index.ingest("RunEvent", {"event_time": at(0), "run_id": "run-1", "code": {"repo": "git@r", "commit": "c1"}})
+    joiner, producer = make_joiner(index)
+    joiner.lineage_current = False
+    touched: dict[str, Any] = {}
+    catalog = default_catalog()
+    after_the_rollback = [Decoded(REQUEST, request(160), catalog.current(REQUEST)),
+                          Decoded(RESPONSE, response(160.2), catalog.current(RESPONSE))]
+    joiner.take(after_the_rollback, touched, partition=2, now=100)
+    joiner.take(exchange("p2"), touched, partition=2, now=100)  # by the table path too
+    for pid, entry in touched.items():
+        joiner.advance(pid, entry, now=100)
+    assert traces(producer) == []
+    joiner.on_timer(now=101, owns=lambda p: True)  # still unread: nothing
+    assert traces(producer) == []
+    index.ingest("Deployment", {"event_id": "dep-rollback", "event_time": at(150), "model_name": "churn",
+                                "model_version": "1", "environment": "prod", "endpoint": "/predict",
+                                "action": "ROLLBACK"})
+    joiner.lineage_current = True
+    joiner.on_timer(now=101.5, owns=lambda p: True)
+    found = {t["prediction_id"]: t for t in traces(producer)}
+    assert set(found) == {"p1", "p2"} and all(t["complete"] for t in found.values())
+    assert found["p1"]["model_version"] == "1" and found["p2"]["model_version"] == "2"
+
+
+def test_the_gate_reopening_alone_retries_the_held_traces() -> None:
+    joiner, producer = make_joiner(lineage())  # the index is complete; only the check said "unread"
+    joiner.lineage_current = False
+    touched: dict[str, Any] = {}
+    joiner.take(exchange(), touched, partition=2, now=100)
+    joiner.advance("p1", touched["p1"], now=100)
+    joiner.on_timer(now=100.5, owns=lambda p: True)
+    assert traces(producer) == []
+    joiner.lineage_current = True
+    joiner.on_timer(now=101, owns=lambda p: True)
+    [trace] = traces(producer)
+    assert trace["complete"] and trace["event_id"] == trace_event_id("p1", to_micros(at(100)))
+
+
+def test_read_to_end_needs_every_fetched_partition_decided() -> None:
+    assert read_to_end({0: 4, 1: 9}, {0: 5, 1: 10})
+    assert read_to_end({}, {0: 0})  # an empty partition
+    assert read_to_end({}, {})  # no lineage partition on this worker
+    assert not read_to_end({0: 3}, {0: 5})  # offset 4 unread
+    assert not read_to_end({}, {0: 2})  # nothing read yet
+    assert not read_to_end({0: 4}, {0: None})  # not fetched yet
