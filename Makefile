@@ -137,7 +137,7 @@ typecheck: setup
 		exit $${PIPESTATUS[0]}
 
 test: setup broker model-servers deploy-tools k8s-tools image lint
-	$(BIN)/pytest -p no:cacheprovider -ra tests
+	$(BIN)/pytest -p no:cacheprovider -ra --durations=40 tests
 
 docs: setup
 	$(BIN)/python -m provline.docs README.md

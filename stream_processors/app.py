@@ -158,6 +158,8 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         joiner.send_seal(now=time.monotonic(), final=True)
         producer.close()
 
+    reported: dict[int, int | None] = {}  # partition -> last decided offset at the previous report
+
     @app.timer(LAG_INTERVAL_SECONDS, name="consumer-lag")
     async def report_lag() -> None:  # behind the join's own decided offsets, not Faust's read position
         name = inference.get_topic_name()
@@ -170,6 +172,11 @@ def create_app(settings: ProcessorSettings) -> faust.App:
             decided = joiner.positions.decided.get(tp.partition)
             lag = end - (decided + 1 if decided is not None else 0)
             metrics.lag.labels(tp.topic, str(tp.partition)).set(max(lag, 0))
+            if lag > 0 and tp.partition in reported and reported[tp.partition] == decided:
+                log.warning("%s[%d]: %d events unread after offset %s and none decided for %.0f s "
+                            "(rebalancing: %s, gap waiting for a rewind: %s)", tp.topic, tp.partition, lag, decided,
+                            LAG_INTERVAL_SECONDS, bool(app.rebalancing), joiner.positions.gaps.get(tp.partition))
+            reported[tp.partition] = decided
 
     register_health_pages(app)
     return app

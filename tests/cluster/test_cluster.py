@@ -238,6 +238,16 @@ def test_a_broker_killed_mid_flow_loses_and_duplicates_no_prediction(
           f"re-published copies awaiting a merge: {copies}")
 
 
+def missing_ranges(missing: set[str], placed: dict[str, tuple[int, int]]) -> dict[int, str]:
+    """Inference partition -> how many of ``missing`` it held and their lowest and highest offsets."""
+    offsets: dict[int, list[int]] = {}
+    for pid in missing:
+        partition, offset = placed.get(pid, (-1, -1))
+        offsets.setdefault(partition, []).append(offset)
+    return {partition: f"{len(found)} in offsets {min(found)}..{max(found)}"
+            for partition, found in sorted(offsets.items())}
+
+
 def group_assignment(cluster: LocalKafkaCluster, group: str, topic: str) -> dict[str, list[int]]:
     """Member id -> partitions of ``topic`` it holds, as the group coordinator has them."""
     admin = AdminClient({**cluster.client_config(), "log_level": 0})
@@ -281,8 +291,14 @@ def run_worker_kill(cluster: LocalKafkaCluster, stack: DemoStack, topics: Topics
     frames = [(key, exchange_frame(events.catalog, key, request, response))
               for (key, request), (_, response) in zip(requests, responses, strict=True)]
     half = len(frames) // 2
+    placed: dict[str, tuple[int, int]] = {}  # prediction id -> (inference partition, offset)
+
+    def delivered(error: Any, message: Any) -> None:
+        if error is None:
+            placed[message.key().decode()] = (message.partition(), message.offset())
+
     for key, frame in frames[:half]:
-        producer.produce(topics.inference, key=key.encode(), value=frame)
+        producer.produce(topics.inference, key=key.encode(), value=frame, on_delivery=delivered)
         producer.poll(0)
     assert producer.flush(30) == 0
 
@@ -300,7 +316,7 @@ def run_worker_kill(cluster: LocalKafkaCluster, stack: DemoStack, topics: Topics
         victim.process.wait()
         stack.services.remove(victim)
         for key, frame in frames[half:]:
-            producer.produce(topics.inference, key=key.encode(), value=frame)
+            producer.produce(topics.inference, key=key.encode(), value=frame, on_delivery=delivered)
             producer.poll(0)
         assert producer.flush(30) == 0
 
@@ -309,16 +325,24 @@ def run_worker_kill(cluster: LocalKafkaCluster, stack: DemoStack, topics: Topics
             assert time.monotonic() < deadline, f"the survivor did not take every partition: {assignment}"
             assignment = group_assignment(cluster, app_id, topics.inference)
             time.sleep(0.5)  # polling interval
+        ids = {key for key, _ in frames}
+        # the survivor's traces first (where a loss is the join's), then the store (where it is the sink's)
+        while set(traces) != ids and time.monotonic() < deadline:
+            survivor.check_alive()
+            for _, value in reader.poll():
+                traces.setdefault(value["prediction_id"], []).append(value)
+        assert set(traces) == ids, (
+            f"{len(ids - set(traces))} predictions have no trace in {topics.traces}; "
+            f"missing per inference partition: {missing_ranges(ids - set(traces), placed)}\n"
+            f"--- survivor\n{survivor.log_path.read_text()[-4000:]}")
         wait_until_stored(stack, ["prediction_traces"], PREDICTIONS)
         for _, value in reader.poll(DRAIN_S):
             traces.setdefault(value["prediction_id"], []).append(value)
     finally:
         reader.close()
 
-    ids = {key for key, _ in frames}
     copies = exactly_once_stored(stack, "prediction_traces", ids)
-    # the traces topic: every prediction, and any trace sent again after the kill with the same event id
-    assert set(traces) == ids, f"{len(ids - set(traces))} predictions have no trace in {topics.traces}"
+    # the traces topic: any trace sent again after the kill has the same event id
     different = {pid: len({t["event_id"] for t in found}) for pid, found in traces.items()
                  if len({t["event_id"] for t in found}) > 1}
     assert not different, f"predictions with different traces: {first(different.items())}"
