@@ -43,7 +43,7 @@ from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.schemas.tracecontext import check_trace_id
-from provline.sink import evidence, monitor, queries
+from provline.sink import evidence, lineagegraph, modelpage, monitor, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
@@ -367,6 +367,22 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             found = queries.predictions_with_request_id(store.client, request_id)
         return {"request_id": request_id, "prediction_ids": found}
 
+    @app.get("/v1/lineage/graph", summary="Up- or downstream of a node as a graph, with the predictions below it")
+    def get_lineage_graph(
+        reader: Viewer, node: Annotated[str, Query(description="kind:id, e.g. dataset:sha256:…, model:churn@3")],
+        direction: Annotated[str, Query(description="upstream or downstream")],
+        max_depth: int = queries.DEFAULT_MAX_DEPTH, limit: int = lineagegraph.DEFAULT_NODES,
+    ) -> dict[str, Any]:
+        try:
+            with store.lock:  # registered before /v1/lineage/{direction}, which would take "graph" for a direction
+                found = lineagegraph.graph(store.client, node, direction, max_depth=max_depth, limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no lineage node {node!r} is stored; check the id "
+                                "(provline lineage upstream|downstream NODE walks from stored nodes)")
+        return found
+
     @app.get("/v1/lineage/{direction}", summary="Walk lineage_edges upstream or downstream of a node")
     def get_lineage(
         direction: str, reader: Viewer,
@@ -400,6 +416,24 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     ) -> dict[str, Any]:
         with store.lock:
             return {"models": queries.models(store.client, filters(since, until, project, owner, limit), model=model)}
+
+    @app.get("/v1/models/{model_name}/overview",
+             summary="One model's page: versions, evaluations, approvals, deployments, traffic and drift")
+    def get_model_overview(
+        model_name: str, reader: Viewer, since: datetime | None = None, until: datetime | None = None,
+        window_s: int = modelpage.DEFAULT_WINDOW_S, limit: int = modelpage.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        try:
+            request = modelpage.OverviewRequest.checked(model_name, since=since, until=until, window_s=window_s,
+                                                        limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        with store.lock:
+            found = modelpage.overview(store.client, request)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"nothing is stored for model {model_name!r}; check the "
+                                "name (provline models lists the registered ones)")
+        return found
 
     @app.get("/v1/drift/{model}", summary="Drift statistics of one model")
     def get_drift(
