@@ -375,3 +375,53 @@ def test_both_routes_need_a_reader_and_every_request_is_in_the_access_log(
         ("", "/v1/models/churn/overview", 401, False), ("vic", "/v1/models/churn/overview", 200, True),
         ("vic", "/v1/lineage/graph", 200, True), ("vic", "/v1/models/nope/overview", 404, True),
     ]
+
+
+@pytest.fixture
+def served(seeded: tuple[Client, TestClient, Session, Session]) -> Iterator[str]:
+    """The seeded store's audit API on a local port (uvicorn, as ``provline serve`` runs it); its URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from deploy.local.kafka.broker import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(seeded[1].app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the audit API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_provline_model_prints_the_page_in_80_columns(served: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from provline.cli import app
+
+    monkeypatch.setenv("PROVLINE_CLIENT__API_TOKEN", TOKENS["vic"])
+    shown = CliRunner().invoke(app, ["model", "churn", "--api", served])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert [line.rstrip() for line in lines if line.startswith("churn: ")] == [
+        "churn: versions", "churn: evaluations", "churn: approvals", "churn: deployment timeline",
+        "churn: predictions per window", "churn: drift per feature",
+    ]
+    rollback = next(line for line in lines if "ROLLBACK" in line)
+    assert rollback.split("│")[1:5] == [" 2025-05-01 12:00:00 ", " 1       ", " ROLLBACK ", " 2        "]
+    assert any("2025-05-01 11:00:00" in line and "age" in line and "True" in line for line in lines)
+    as_json = CliRunner().invoke(app, ["model", "churn", "--json", "--window-s", "86400", "--api", served])
+    assert json.loads(as_json.output)["traffic"][0]["predictions"] == 4
+    missing = CliRunner().invoke(app, ["model", "nope", "--api", served])
+    assert missing.exit_code == 1 and "nothing is stored for model 'nope'" in missing.output
