@@ -369,8 +369,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
 
     @app.get("/v1/lineage/graph", summary="Up- or downstream of a node as a graph, with the predictions below it")
     def get_lineage_graph(
-        reader: Viewer, node: Annotated[str, Query(description="kind:id, e.g. dataset:sha256:…, model:churn@3")],
-        direction: Annotated[str, Query(description="upstream or downstream")],
+        reader: Viewer, node: Annotated[str, Query(description="kind:id, e.g. dataset:sha256:…, model:churn@3")] = "",
+        direction: Annotated[str, Query(description="upstream or downstream")] = "",  # missing: 400, as malformed
         max_depth: int = queries.DEFAULT_MAX_DEPTH, limit: int = lineagegraph.DEFAULT_NODES,
     ) -> dict[str, Any]:
         try:

@@ -1,11 +1,11 @@
 """The lineage explorer's data: everything up- or downstream of one node as a graph of nodes and
 edges, with how many predictions lie downstream (``GET /v1/lineage/graph``).
 
-The walk is the one ``/v1/lineage/{direction}`` runs (``sink/sql/lineage_*.sql``, through
-:func:`provline.sink.queries.lineage`); this module adds every stored edge between the nodes it
-reached (``lineage_graph_edges.sql``), their recorded names (``lineage_graph_names.sql``), and the
-count of distinct predictions downstream, which the engine counts over the same walk: the answer
-to a data-deletion request. Individual predictions are not graph nodes (a dataset may lie under
+The walk is the one ``/v1/lineage/{direction}`` runs (``sink/sql/lineage_*.sql``), read once by
+``lineage_graph_walk.sql`` for both the nodes reached and the count of distinct predictions among
+them, which the engine counts: the answer to a data-deletion request. This module adds every
+stored edge between the nodes reached (``lineage_graph_edges.sql``) and their recorded names
+(``lineage_graph_names.sql``). Individual predictions are not graph nodes (a dataset may lie under
 millions; the node asked about may be one): ``predictions_downstream`` counts them, and
 ``/v1/lineage/downstream?kinds=prediction`` lists them.
 
@@ -21,7 +21,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from provline.sink import queries
-from provline.sink.lineage import NODE_KINDS, parse_node
+from provline.sink.lineage import parse_node
 
 DEFAULT_NODES = 500
 MAX_NODES = 5000
@@ -29,8 +29,7 @@ EDGES_PER_NODE = 4
 MAX_DEPTH = 50
 LABEL_CHARS = 40
 SHORT_DIGEST = 12
-GRAPH_KINDS = sorted(NODE_KINDS - {"prediction"})
-_ALL_ROWS = 2**32 - 1  # the walk's LIMIT when the engine counts over it
+_ALL_ROWS = 2**32 - 1  # the walk's own LIMIT: the graph's is applied over it
 
 
 def check(node: str, direction: str, max_depth: int, limit: int) -> tuple[str, str]:
@@ -49,14 +48,15 @@ def graph(client: Client, node: str, direction: str, *, max_depth: int = queries
     """The graph up- or downstream of ``node`` (``kind:id``); None when the store knows no such node.
 
     Raises ValueError for a malformed node, an unknown direction or a bound out of range (:func:`check`).
-    Blocks on four queries (three upstream); not thread-safe on a shared client (hold its lock).
+    Blocks on three queries; not thread-safe on a shared client (hold its lock).
     """
     kind, ident = check(node, direction, max_depth, limit)
-    walked = [row for row in queries.lineage(client, direction, node, kinds=GRAPH_KINDS, max_depth=max_depth,
-                                             limit=limit + 2) if row["node"] != node]  # back to it: a cycle
-    nodes_cut = len(walked) > limit
-    walked = walked[:limit]
-    ids = [node, *(row["node"] for row in walked)]
+    walk = queries.sql_file(f"lineage_{direction}.sql")
+    [(predictions, reached, walked)] = client.query(
+        queries.sql_file("lineage_graph_walk.sql").replace("{walk}", walk.strip()), parameters={
+            "node": node, "kinds": [], "max_depth": max_depth, "limit": _ALL_ROWS, "nodes": limit,
+        }).result_rows
+    ids = [node, *(one for one, _ in walked)]
     edge_limit = EDGES_PER_NODE * len(ids)
     edges = list(client.query(queries.sql_file("lineage_graph_edges.sql"), parameters={
         "nodes": ids, "limit": edge_limit + 1,
@@ -64,29 +64,18 @@ def graph(client: Client, node: str, direction: str, *, max_depth: int = queries
     names = {row["node"]: row["name"] for row in client.query(
         queries.sql_file("lineage_graph_names.sql"), parameters=_name_parameters(kind, ident, node, ids),
     ).named_results()}
-    if not walked and node not in names:
+    if not walked and not predictions and node not in names:
         return None
     return {
         "node": node,
         "direction": direction,
-        "nodes": [{"id": node, "kind": kind, "label": label(node, names.get(node)), "depth": 0}]
-        + [{"id": row["node"], "kind": row["kind"], "label": label(row["node"], names.get(row["node"])),
-            "depth": row["depth"]} for row in walked],
+        "nodes": [{"id": one, "kind": one.partition(":")[0], "label": label(one, names.get(one)), "depth": depth}
+                  for one, depth in [(node, 0), *walked]],
         "edges": [{"from": row["from_node"], "to": row["to_node"], "relation": row["relation"]}
                   for row in edges[:edge_limit]],
-        "predictions_downstream": predictions_downstream(client, node, max_depth) if direction == "downstream" else 0,
-        "truncated": nodes_cut or len(edges) > edge_limit,
+        "predictions_downstream": int(predictions) if direction == "downstream" else 0,
+        "truncated": reached > limit or len(edges) > edge_limit,
     }
-
-
-def predictions_downstream(client: Client, node: str, max_depth: int) -> int:
-    """How many distinct predictions lie downstream of ``node`` within ``max_depth`` hops, counted by the
-    engine over the downstream walk (which answers each node once). Blocks on one query."""
-    walk = queries.sql_file("lineage_downstream.sql")
-    result = client.query(f"SELECT count() FROM (\n{walk}\n)", parameters={
-        "node": node, "kinds": ["prediction"], "max_depth": max_depth, "limit": _ALL_ROWS,
-    })
-    return int(result.result_rows[0][0])
 
 
 def _name_parameters(kind: str, ident: str, node: str, ids: list[str]) -> dict[str, Any]:

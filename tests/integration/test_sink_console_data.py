@@ -331,6 +331,8 @@ HOSTILE = [
     ("/v1/lineage/graph", {"node": "churn@1", "direction": "downstream"}, 400, "not a lineage node"),
     ("/v1/lineage/graph", {"node": "table:lineage_edges", "direction": "downstream"}, 400, "not a lineage node"),
     ("/v1/lineage/graph", {"node": "dataset:", "direction": "downstream"}, 400, "not a lineage node"),
+    ("/v1/lineage/graph", {"direction": "downstream"}, 400, "'' is not a lineage node"),
+    ("/v1/lineage/graph", {"node": f"dataset:{RAW}"}, 400, "direction '' is neither"),
     ("/v1/lineage/graph", {"node": f"dataset:{RAW}", "direction": "upstream' OR 1=1 --"}, 400,
      "neither 'upstream' nor 'downstream'"),
     ("/v1/lineage/graph", {"node": f"dataset:{RAW}", "direction": "downstream", "max_depth": 0}, 400,
