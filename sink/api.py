@@ -23,8 +23,8 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -223,6 +223,30 @@ class LockedClient:
         self.lock = threading.Lock()
 
 
+class ScanStore:
+    """A store connection of its own, opened on first use, for the console's reads that scan (the model
+    page's traffic, a lineage graph walking to every prediction below a dataset), so that they hold up
+    no trace lookup or access-log write on the API's connection. One read at a time; others wait."""
+
+    def __init__(self, store_url: str) -> None:
+        self._url = store_url
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        with self._lock:
+            if self._client is None:
+                self._client = open_store(self._url)
+            yield self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
 def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmitter | None = None) -> FastAPI:
     """Build the app around ``client`` (which the app does not close); blocks while it opens the SQL sandboxes.
 
@@ -231,6 +255,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     closes it.
     """
     sandboxes = open_sandboxes(settings, store_tables(client))
+    scans = ScanStore(settings.store.url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -239,6 +264,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         finally:
             for sandbox in sandboxes.values():
                 sandbox.close()
+            scans.close()
 
     app = FastAPI(
         title="provline audit API", version="1", lifespan=lifespan,
@@ -374,8 +400,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         max_depth: int = queries.DEFAULT_MAX_DEPTH, limit: int = lineagegraph.DEFAULT_NODES,
     ) -> dict[str, Any]:
         try:
-            with store.lock:  # registered before /v1/lineage/{direction}, which would take "graph" for a direction
-                found = lineagegraph.graph(store.client, node, direction, max_depth=max_depth, limit=limit)
+            with scans.client() as scan:  # registered before /v1/lineage/{direction}, which takes any word
+                found = lineagegraph.graph(scan, node, direction, max_depth=max_depth, limit=limit)
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         if found is None:
@@ -428,8 +454,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
                                                         limit=limit)
         except ValueError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
-        with store.lock:
-            found = modelpage.overview(store.client, request)
+        with scans.client() as scan:
+            found = modelpage.overview(scan, request)
         if found is None:
             raise HTTPException(status_code=404, detail=f"nothing is stored for model {model_name!r}; check the "
                                 "name (provline models lists the registered ones)")
