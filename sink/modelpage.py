@@ -147,18 +147,21 @@ def versions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def evaluations(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A row per metric of each Evaluation, in time order, with its threshold. ``passed`` is the metric's
-    result when it has a threshold, else the whole evaluation's (then ``threshold`` is None); an
-    evaluation that recorded no metric is one row with ``metric`` None. Pure."""
+    result as recorded; a metric with a threshold but no result of its own takes the evaluation's; one
+    without a threshold was not judged (None). An evaluation that recorded no metric is one row with
+    ``metric`` None and the evaluation's result. Pure."""
     shaped: list[dict[str, Any]] = []
     for row in rows:
         payload = json.loads(row["payload"])
+        overall = bool(payload.get("passed"))
         common = {"version": row["version"], "event_time": iso(row["event_time"]), "event_id": row["event_id"]}
-        metrics = payload.get("metrics") or [{"name": None, "value": None, "threshold": None, "passed": None}]
+        metrics = payload.get("metrics") or [{"name": None, "value": None, "threshold": None, "passed": overall}]
         for metric in metrics:
             passed = metric.get("passed")
+            if passed is None and metric.get("threshold") is not None:
+                passed = overall
             shaped.append({**common, "metric": metric.get("name"), "value": metric.get("value"),
-                           "threshold": metric.get("threshold"),
-                           "passed": bool(payload.get("passed")) if passed is None else bool(passed)})
+                           "threshold": metric.get("threshold"), "passed": None if passed is None else bool(passed)})
     return shaped
 
 

@@ -172,8 +172,8 @@ def test_a_models_page_has_its_versions_evaluations_approvals_timeline_traffic_a
          "event_time": iso(-48), "event_id": v1_eval},
         {"version": "2", "metric": "auc", "value": 0.78, "threshold": 0.8, "passed": False,
          "event_time": iso(-38), "event_id": v2_eval},
-        # no threshold: the evaluation's own result
-        {"version": "2", "metric": "latency_ms", "value": 12.0, "threshold": None, "passed": False,
+        # no threshold: not judged
+        {"version": "2", "metric": "latency_ms", "value": 12.0, "threshold": None, "passed": None,
          "event_time": iso(-38), "event_id": v2_eval},
     ]
     assert [(a["version"], a["actor"], a["role"], a["decision"], a["rationale"], a["event_time"])

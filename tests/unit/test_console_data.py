@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -66,3 +67,22 @@ def test_labels_are_short_and_say_what_a_node_is() -> None:
     assert label("model:churn@3") == "churn@3"
     long = label("deployment:production:/" + "v" * 100)
     assert len(long) == LABEL_CHARS and long.endswith("…")
+
+
+def test_each_metric_says_whether_it_passed_its_threshold() -> None:
+    from provline.sink.modelpage import evaluations
+
+    def row(passed: bool, metrics: list[dict[str, object]]) -> dict[str, object]:
+        return {"version": "3", "event_time": datetime(2025, 5, 1, tzinfo=UTC), "event_id": "e",
+                "payload": json.dumps({"passed": passed, "metrics": metrics})}
+
+    shaped = evaluations([
+        row(False, [{"name": "auc", "value": 0.7, "threshold": 0.8, "passed": False},
+                    {"name": "f1", "value": 0.9, "threshold": 0.5, "passed": None},  # a producer that judged only all
+                    {"name": "latency", "value": 12.0, "threshold": None, "passed": None}]),
+        row(True, []),
+    ])
+    assert [(r["metric"], r["threshold"], r["passed"]) for r in shaped] == [
+        ("auc", 0.8, False), ("f1", 0.5, False), ("latency", None, None), (None, None, True),
+    ]
+    assert shaped[0]["event_time"] == "2025-05-01T00:00:00+00:00"
