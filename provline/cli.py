@@ -592,6 +592,53 @@ def models(
     _print_rows(body["models"], as_json, "models (all fields: --json)", MODEL_COLUMNS)
 
 
+# The model page's sections as tables: (section, title, {column header: field}), chosen to fit 80
+# columns (a row too wide for the terminal is shown as a block); --json has every field.
+MODEL_PAGE: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("versions", "versions", {"version": "version", "artifact": "artifact_sha256", "run": "run_id",
+                              "registered": "registered_at"}),
+    ("evaluations", "evaluations", {"when": "event_time", "version": "version", "metric": "metric", "value": "value",
+                                    "threshold": "threshold", "passed": "passed"}),
+    ("approvals", "approvals", {"when": "event_time", "version": "version", "decision": "decision",
+                                "actor": "actor", "role": "role"}),
+    ("deployments", "deployment timeline", {"when": "event_time", "version": "version", "action": "action",
+                                            "replaced": "previous_version", "env": "environment",
+                                            "endpoint": "endpoint"}),
+    ("traffic", "predictions per window", {"window": "window_start", "version": "version",
+                                           "predictions": "predictions"}),
+    ("drift", "drift per feature", {"window": "window_start", "version": "version", "feature": "feature",
+                                    "stat": "statistic", "value": "value", "threshold": "threshold",
+                                    "breach": "breached"}),
+)
+
+
+@app.command()
+def model(
+    name: Annotated[str, typer.Argument(help="model name")],
+    since: SinceOption = None, until: UntilOption = None,
+    window_s: Annotated[int, typer.Option("--window-s", help="seconds per traffic window")] = 3600,
+    limit: Annotated[int, typer.Option(help="at most this many rows per section")] = 1000,
+    as_json: JsonOption = False, api: ApiOption = None,
+) -> None:
+    """MODEL's page: versions, evaluations, approvals, deployment timeline, traffic per version, drift."""
+    from urllib.parse import quote
+
+    body = _answer(api, f"/v1/models/{quote(name, safe='')}/overview",
+                   {"since": since, "until": until, "window_s": window_s, "limit": limit})
+    if as_json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return
+    for section, title, columns in MODEL_PAGE:
+        rows = [{column: row[field] for column, field in columns.items()} for row in body[section]]
+        if rows:
+            _print_rows(rows, False, f"{name}: {title}")
+        else:
+            console.print(f"{name}: no {title}")
+    if body.get("truncated"):
+        console.print(f"[yellow]cut at {limit} rows: {', '.join(body['truncated'])}; narrow with --since and "
+                      "--until, or raise --limit[/yellow]")
+
+
 @app.command()
 def drift(
     model: Annotated[str, typer.Argument(help="model name, or NAME@VERSION")],

@@ -23,8 +23,8 @@ import hmac
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -43,7 +43,7 @@ from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
 from provline.schemas.integrity import load_private_key
 from provline.schemas.tracecontext import check_trace_id
-from provline.sink import evidence, monitor, queries
+from provline.sink import evidence, lineagegraph, modelpage, monitor, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
@@ -223,6 +223,30 @@ class LockedClient:
         self.lock = threading.Lock()
 
 
+class ScanStore:
+    """A store connection of its own, opened on first use, for the console's reads that scan (the model
+    page's traffic, a lineage graph walking to every prediction below a dataset), so that they hold up
+    no trace lookup or access-log write on the API's connection. One read at a time; others wait."""
+
+    def __init__(self, store_url: str) -> None:
+        self._url = store_url
+        self._client: Client | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        with self._lock:
+            if self._client is None:
+                self._client = open_store(self._url)
+            yield self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
 def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmitter | None = None) -> FastAPI:
     """Build the app around ``client`` (which the app does not close); blocks while it opens the SQL sandboxes.
 
@@ -231,6 +255,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     closes it.
     """
     sandboxes = open_sandboxes(settings, store_tables(client))
+    scans = ScanStore(settings.store.url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -239,6 +264,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         finally:
             for sandbox in sandboxes.values():
                 sandbox.close()
+            scans.close()
 
     app = FastAPI(
         title="provline audit API", version="1", lifespan=lifespan,
@@ -367,6 +393,22 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             found = queries.predictions_with_request_id(store.client, request_id)
         return {"request_id": request_id, "prediction_ids": found}
 
+    @app.get("/v1/lineage/graph", summary="Up- or downstream of a node as a graph, with the predictions below it")
+    def get_lineage_graph(
+        reader: Viewer, node: Annotated[str, Query(description="kind:id, e.g. dataset:sha256:…, model:churn@3")] = "",
+        direction: Annotated[str, Query(description="upstream or downstream")] = "",  # missing: 400, as malformed
+        max_depth: int = queries.DEFAULT_MAX_DEPTH, limit: int = lineagegraph.DEFAULT_NODES,
+    ) -> dict[str, Any]:
+        try:
+            with scans.client() as scan:  # registered before /v1/lineage/{direction}, which takes any word
+                found = lineagegraph.graph(scan, node, direction, max_depth=max_depth, limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"no lineage node {node!r} is stored; check the id "
+                                "(provline lineage upstream|downstream NODE walks from stored nodes)")
+        return found
+
     @app.get("/v1/lineage/{direction}", summary="Walk lineage_edges upstream or downstream of a node")
     def get_lineage(
         direction: str, reader: Viewer,
@@ -400,6 +442,24 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     ) -> dict[str, Any]:
         with store.lock:
             return {"models": queries.models(store.client, filters(since, until, project, owner, limit), model=model)}
+
+    @app.get("/v1/models/{model_name}/overview",
+             summary="One model's page: versions, evaluations, approvals, deployments, traffic and drift")
+    def get_model_overview(
+        model_name: str, reader: Viewer, since: datetime | None = None, until: datetime | None = None,
+        window_s: int = modelpage.DEFAULT_WINDOW_S, limit: int = modelpage.DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        try:
+            request = modelpage.OverviewRequest.checked(model_name, since=since, until=until, window_s=window_s,
+                                                        limit=limit)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        with scans.client() as scan:
+            found = modelpage.overview(scan, request)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"nothing is stored for model {model_name!r}; check the "
+                                "name (provline models lists the registered ones)")
+        return found
 
     @app.get("/v1/drift/{model}", summary="Drift statistics of one model")
     def get_drift(
