@@ -38,6 +38,9 @@ from provline.producers.transports import Transport
 log = logging.getLogger("provline.emitter")
 
 EVENTS_DELIVERED = Counter("provline_events_delivered_total", "Events the destination acknowledged")
+SPOOL_WRITE_ERRORS = Counter("provline_spool_write_errors_total",
+                             "Batches the spool's disk refused (full, read-only, failing); they wait in memory")
+SPOOL_RETRY_S = 1.0  # how often a refused batch is offered to the disk again
 SHIP_INTERVAL_S = 0.05
 # Waking the worker for every message would hand the GIL back and forth per message; it wakes on a
 # full batch, or after linger_s.
@@ -97,6 +100,7 @@ class BatchProcessor:
         self._cursor = spool.cursor_at(spool.committed)  # replay what an earlier process left
         self._in_flight = 0
         self._close_deadline = float("inf")
+        self._spool_error: OSError | None = None  # the disk's last refusal, until a write succeeds again
         self._worker = threading.Thread(target=self._run, name="provline-emitter", daemon=True)
         self._worker.start()
 
@@ -162,7 +166,7 @@ class BatchProcessor:
 
     @property
     def alive(self) -> bool:
-        """Whether the worker thread runs (it stops at close, or on an error writing the spool)."""
+        """Whether the worker thread runs (it stops at close; a disk refusing the spool does not stop it)."""
         return self._worker.is_alive()
 
     @property
@@ -228,29 +232,66 @@ class BatchProcessor:
         last_checkpoint = time.monotonic()
         while True:
             batch = self._take_batch()
-            first = self._spool.append(batch) if batch else self._spool.next_sequence
+            if batch and not self._append(batch):
+                batch = []
             self._in_hand = 0
             if batch:
                 self._spooled_up_to(len(batch))
-            self._ship(batch, first)
+            self._ship(batch, self._spool.next_sequence - len(batch))
             closing = self._closing.is_set()
             self.transport.poll(SHIP_INTERVAL_S if closing else 0)
             if time.monotonic() - last_checkpoint >= CHECKPOINT_INTERVAL_S:
-                self._spool.checkpoint()
+                try:
+                    self._spool.checkpoint()
+                except OSError as exc:  # the committed mark is written again at the next checkpoint
+                    self._refused(exc)
                 last_checkpoint = time.monotonic()
             if closing and (
                 (not self._queue and self._spool.backlog == 0) or time.monotonic() >= self._close_deadline
             ):
                 break
-        while self._queue and not self._spool_full():  # past the deadline: keep on disk what fits
-            batch = self._take_batch()
-            self._spool.append(batch)
+        while self._queue and not self._spool_full() and self._spool_error is None:
+            batch = self._take_batch()  # past the deadline: keep on disk what fits
+            if self._append(batch, wait=False):
+                self._spooled_up_to(len(batch))
             self._in_hand = 0
-            self._spooled_up_to(len(batch))
+        reason = "spool_full_at_close" if self._spool_error is None else "spool_unwritable_at_close"
         for _ in range(len(self._queue)):
-            self.drops.record("spool_full_at_close")
+            self.drops.record(reason)
         self.transport.close(max(0.0, self._close_deadline - time.monotonic()))
-        self._spool.close()
+        try:
+            self._spool.close()
+        except OSError as exc:
+            log.error("provline: could not close the spool in %s: %s", self._spool.directory, exc)
+
+    def _append(self, batch: list[QueuedMessage], *, wait: bool = True) -> bool:
+        """Append ``batch`` to the spool; when the disk refuses it, put it back at the head of the queue
+        (new events queue behind it, up to the queue's bound), wait ``SPOOL_RETRY_S`` and return False."""
+        try:
+            self._spool.append(batch)
+        except OSError as exc:
+            with self._room:
+                self._queue.extendleft(reversed(batch))
+                self._in_hand = 0
+            self._refused(exc)
+            if wait:
+                self._closing.wait(SPOOL_RETRY_S)
+                if self._closing.is_set():
+                    time.sleep(SHIP_INTERVAL_S)  # closing: retry until the deadline, without spinning
+            return False
+        if self._spool_error is not None:
+            log.warning("provline: the spool in %s takes writes again", self._spool.directory)
+            self._spool_error = None
+        return True
+
+    def _refused(self, error: OSError) -> None:
+        SPOOL_WRITE_ERRORS.inc()
+        if self._spool_error is None:  # once per outage; the counter counts every refusal
+            log.error("provline: cannot write the spool in %s (%s). Events wait in memory, at most %d; beyond "
+                      "that they are dropped and recorded as a DeliveryGap. Free space on that disk or fix "
+                      "the volume; the write is retried every %.0f s.", self._spool.directory, error,
+                      self._options.queue_max_messages, SPOOL_RETRY_S)
+        self._spool_error = error
 
     def _ship(self, batch: list[QueuedMessage], first: int) -> None:
         """Hand spooled, unsent messages to the transport, oldest first, up to max_in_flight.

@@ -140,31 +140,56 @@ class Spool:
         return self.next_sequence - self.committed - len(self._acked_ahead)
 
     def append(self, messages: list[tuple[str, bytes, bytes]]) -> int:
-        """Append a batch; returns the sequence number of its first record."""
+        """Append a batch; returns the sequence number of its first record.
+
+        Raises OSError when the disk refuses the batch (full, read-only, failing): the spool then
+        holds none of it, and the next append opens its segment again.
+        """
         first = self.next_sequence
-        if self._writer is None or self._writer_bytes >= self.segment_bytes:
-            self._roll()
-        assert self._writer is not None
         data = b"".join(encode_record(topic, key, value) for topic, key, value in messages)
-        self._writer.write(data)
-        self._writer.flush()
+        try:
+            if self._writer is None or self._writer_bytes >= self.segment_bytes:
+                self._roll()
+            assert self._writer is not None
+            self._writer.write(data)
+            self._writer.flush()
+            self._maybe_fsync()
+        except OSError:
+            self._abandon_writer()
+            raise
         self._writer_bytes += len(data)
         self._size_bytes += len(data)
         self.next_sequence += len(messages)
-        self._maybe_fsync()
         return first
 
+    def _abandon_writer(self) -> None:
+        """After a failed write: close the segment and cut what part of the batch reached it."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        try:
+            writer.close()  # flushes what is buffered, if the disk takes it now
+        except OSError:
+            pass
+        try:
+            os.truncate(writer.name, self._writer_bytes)
+        except OSError as exc:
+            log.error("spool %s: could not cut a partly written batch (%s); records after it will not be "
+                      "replayed from this segment", writer.name, exc)
+
     def _roll(self) -> None:
+        continuing = self._writer is None  # a first open (or one after a failed write), not a full segment
         if self._writer is not None:
             self._fsync_now()
             self._writer.close()
+            self._writer = None
         last = next(reversed(self._segments.items()), None)
-        if last is not None and last[1].stat().st_size < self.segment_bytes and self._writer is None:
-            path = last[1]  # continue the segment a previous process left unfinished
+        if continuing and last is not None and (not last[1].exists() or last[1].stat().st_size < self.segment_bytes):
+            first, path = last  # continue the segment left unfinished (by a previous process, or a failed write)
         else:
-            path = self.directory / f"{_SEGMENT_PREFIX}{self.next_sequence:020d}.log"
-            self._segments[self.next_sequence] = path
+            first, path = self.next_sequence, self.directory / f"{_SEGMENT_PREFIX}{self.next_sequence:020d}.log"
         self._writer = open(path, "ab")  # noqa: SIM115 - kept open for appends until close()
+        self._segments[first] = path
         self._writer_bytes = path.stat().st_size
 
     def _maybe_fsync(self) -> None:
