@@ -15,8 +15,12 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
+from provline.schemas import Catalog
+from provline.sink.chain import LedgerEntry, build_chain, verify_record
+from provline.sink.ingest import CONTENT_OF_PAYLOAD
 from provline.sink.lineage import parse_node
 from provline.sink.rows import TABLES, to_jsonable
+from provline.sink.verify import Trust
 
 
 @cache
@@ -234,6 +238,72 @@ def trace(client: Client, prediction_id: str, registry: RegistryCache | None = N
             }, registry)
     row = joined_trace_row(prediction_rows, registry_rows, run_id)
     return None if row is None else shape_trace(prediction_id, row)
+
+
+
+# ---------------------------------------------------------------- the complete trace (issue 18)
+
+
+@cache
+def chain_sql() -> str:
+    """``chain.sql`` with the ledger's payload digest (the one expression both must share) filled in."""
+    return sql_file("chain.sql").replace("{content}", CONTENT_OF_PAYLOAD)
+
+
+def chain_records(client: Client, prediction_id: str) -> list[dict[str, Any]]:
+    """Every stored record of one prediction's chain of custody, with its raw bytes: one query of point
+    lookups (``chain.sql``); one row per event id (a redelivered copy not merged away yet is the same)."""
+    result = client.query(chain_sql(), parameters={"prediction_id": prediction_id}, settings=TRACE_SETTINGS,
+                          column_formats={"raw": "bytes"})
+    rows: dict[str, dict[str, Any]] = {}
+    for row in result.named_results():
+        rows.setdefault(str(row["event_id"]), dict(row))
+    return list(rows.values())
+
+
+def chain_ledger(
+    client: Client, records: list[dict[str, Any]],
+) -> tuple[dict[str, list[LedgerEntry]], set[tuple[str, str]]]:
+    """What the ledger holds of ``records``: their ids' ledger rows, and which (session, prev_hash) links
+    it has recorded. One query (``chain_ledger.sql``), point lookups by id and by (session, hash)."""
+    links = sorted({(str(r["producer_session"]), str(r["prev_hash"])) for r in records if r.get("prev_hash")})
+    result = client.query(sql_file("chain_ledger.sql"), parameters={
+        "event_ids": sorted({str(r["event_id"]) for r in records}), "links": links,
+    }, settings=TRACE_SETTINGS)
+    entries: dict[str, list[LedgerEntry]] = {}
+    recorded: set[tuple[str, str]] = set()
+    for what, event_id, hash_, session, content_digest, content_sha256 in result.result_rows:
+        if what == "self":
+            entries.setdefault(str(event_id), []).append(LedgerEntry(str(hash_), str(content_digest),
+                                                                     str(content_sha256)))
+        else:
+            recorded.add((str(session), str(hash_)))
+    return entries, recorded
+
+
+def complete_trace(
+    client: Client, prediction_id: str, registry: RegistryCache | None = None, *, catalog: Catalog,
+    trust: Trust, payloads: bool = False,
+) -> dict[str, Any] | None:
+    """:func:`trace` with the whole chain of custody under ``"chain"`` (:func:`provline.sink.chain.build_chain`),
+    each record checked against its bytes, the ledger and ``trust``; ``payloads``: include the raw request
+    and response bodies (roles that may see payloads). None when no trace is stored.
+
+    Two queries more than :func:`trace` (``chain.sql``, ``chain_ledger.sql``), both point lookups. Blocks on
+    the store; not thread-safe on a shared client.
+    """
+    found = trace(client, prediction_id, registry)
+    if found is None:
+        return None
+    rows = chain_records(client, prediction_id)
+    entries, recorded = chain_ledger(client, rows) if rows else ({}, set())
+    records = [
+        verify_record(catalog, trust, row, entries.get(str(row["event_id"]), []),
+                      (str(row["producer_session"]), str(row.get("prev_hash"))) in recorded)
+        for row in rows
+    ]
+    found["chain"] = build_chain(prediction_id, records, payloads=payloads)
+    return found
 
 
 # ---------------------------------------------------------------- lineage, runs, models, drift
