@@ -273,6 +273,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     )
     store = LockedClient(client)
     registry = queries.RegistryCache()
+    chains = queries.ChainCache()
     catalog = default_catalog()
     evidence_keys = settings.evidence
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
@@ -356,7 +357,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             raise HTTPException(status_code=403, detail=f"raw payloads need role auditor; {reader.name} is a viewer")
         with store.lock:
             found = queries.complete_trace(store.client, prediction_id, registry, catalog=catalog, trust=trust,
-                                           payloads=reader.may(PAYLOAD_ROLE))
+                                           payloads=reader.may(PAYLOAD_ROLE), chains=chains)
             if found is not None and raw:
                 ids = [value for value in found["sources"].values() if value]
                 found["raw_events"] = [

@@ -35,7 +35,8 @@ MAX_LABEL = 40
 SIGNATURE_PROBLEMS = frozenset({UNSIGNED, UNTRUSTED, BAD_SIGNATURE})
 NO_KEYS = "signatures not checked: no trusted keys configured (PROVLINE_EVIDENCE__TRUSTED_KEYS)"
 NO_ANCHOR = "anchors are held outside the store: provline verify --anchor checks them"
-PAYLOAD_ROLES = frozenset({"auditor", "admin"})  # the roles that may see raw payloads
+# Of chain_prediction.sql's rows, the column an answer reads (as payload_or_sha256) where it reads no payload.
+STORED_COLUMNS = {"request": "body_sha256", "response": "body_sha256"}
 
 
 @dataclass(frozen=True)
@@ -75,35 +76,64 @@ def verification(hash_chain: bool | None, signature: bool | None, details: Seque
             "detail": "; ".join(details)}
 
 
-def verify_record(
-    catalog: Catalog, trust: Trust, row: Mapping[str, Any], ledger: Sequence[LedgerEntry], link_recorded: bool,
-) -> Record:
-    """One row of ``chain.sql`` (kind, event_id, event_time, hash, prev_hash, producer_session, producer_name,
-    raw, payload_digest), checked; ``ledger`` its id's ledger rows, ``link_recorded`` whether the event its
-    prev_hash names is recorded in its session."""
+@dataclass(frozen=True)
+class Checked:
+    """What a record's own bytes say (decoded, hashed, signature checked): the part of its verification
+    that depends on nothing else stored, so it may be kept while the record's table is unchanged."""
+
+    kind: str
+    event_id: str
+    event_time: datetime
+    hash: str
+    prev_hash: str | None
+    session: str
+    payload_digest: str
+    value: dict[str, Any] | None
+    chain_problems: tuple[str, ...]
+    signature_problems: tuple[str, ...]
+
+
+def check_row(catalog: Catalog, trust: Trust, row: Mapping[str, Any]) -> Checked:
+    """One stored row (kind, event_id, event_time, hash, prev_hash, producer_session, producer_name, raw,
+    payload_digest) checked against its own bytes by verify's :func:`check_event`."""
     findings, event = check_event(catalog, {**row, "raw": bytes(row["raw"])}, trust)
     chain_problems = [f.detail for f in findings if f.problem in (ALTERED, COLUMNS)]
-    signature_problems = [f.detail for f in findings if f.problem in SIGNATURE_PROBLEMS]
     if event is not None and event.kind != row["kind"]:
         chain_problems.append(f"its bytes are a {event.kind}, not the {row['kind']} its table holds")
-    chain_problems += ledger_problems(str(row["hash"]), str(row.get("payload_digest") or ""), ledger)
-    if row.get("prev_hash") and not link_recorded:
-        chain_problems.append(f"the event before it in its chain ({str(row['prev_hash'])[:16]}…) is not recorded in "
+    column = STORED_COLUMNS.get(str(row.get("source", "")))
+    if event is not None and column is not None and row.get("payload_or_sha256") != event.value.get(column):
+        chain_problems.append(f"its stored {column} is not its bytes': the row was altered")
+    return Checked(
+        kind=str(row["kind"]), event_id=str(row["event_id"]), event_time=row["event_time"], hash=str(row["hash"]),
+        prev_hash=row.get("prev_hash") or None, session=str(row["producer_session"]),
+        payload_digest=str(row.get("payload_digest") or ""),
+        value=to_jsonable(dict(event.value)) if event is not None else None,
+        chain_problems=tuple(chain_problems),
+        signature_problems=tuple(f.detail for f in findings if f.problem in SIGNATURE_PROBLEMS),
+    )
+
+
+def finish_record(checked: Checked, trust: Trust, ledger: Sequence[LedgerEntry], link_recorded: bool) -> Record:
+    """The record with its whole verification: its bytes' checks, and what the ledger says of it
+    (``ledger``: its id's ledger rows; ``link_recorded``: the event its prev_hash names is recorded in its
+    session)."""
+    chain_problems = list(checked.chain_problems) + ledger_problems(checked.hash, checked.payload_digest, ledger)
+    if checked.prev_hash and not link_recorded:
+        chain_problems.append(f"the event before it in its chain ({checked.prev_hash[:16]}…) is not recorded in "
                               "its session: it was deleted or this one was inserted")
-    details = chain_problems + signature_problems
+    details = chain_problems + list(checked.signature_problems)
     if not chain_problems:
         details.insert(0, "bytes hash to their hash; ledgered as stored; "
-                          + ("linked to its predecessor" if row.get("prev_hash") else "starts its chain"))
+                          + ("linked to its predecessor" if checked.prev_hash else "starts its chain"))
     if trust.enabled:
-        signature: bool | None = not signature_problems
-        if not signature_problems:
+        signature: bool | None = not checked.signature_problems
+        if not checked.signature_problems:
             details.append("signed by a trusted key")
     else:
         signature = None
         details.append(NO_KEYS)
     details.append(NO_ANCHOR)
-    value = to_jsonable(dict(event.value)) if event is not None else None
-    return Record(str(row["kind"]), str(row["event_id"]), row["event_time"], value,
+    return Record(checked.kind, checked.event_id, checked.event_time, checked.value,
                   verification(not chain_problems, signature, details))
 
 

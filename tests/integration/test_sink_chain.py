@@ -258,6 +258,7 @@ def test_a_tampered_record_is_shown_not_verified_and_the_rest_stay_verified(
 ) -> None:
     client, http, e = stored
     approval = f"approval:{e['approval']['event_id']}"
+    assert statuses(answer(http)["chain"])[approval] == "verified"  # and the API keeps the checked registry
     raw = bytearray(stored_raw(client, "decisions", e["approval"]["event_id"]))
     at = raw.index(b"rita")
     raw[at] = ord("m")  # "mita" approved it
@@ -309,3 +310,16 @@ def test_an_unknown_prediction_is_404(stored: tuple[Client, TestClient, dict[str
     _, http, _ = stored
     response = http.get("/v1/traces/nope", headers={"Authorization": f"Bearer {TOKENS['vic'][0]}"})
     assert response.status_code == 404
+
+
+def test_a_request_column_an_answer_reads_changed_is_not_verified(
+    stored: tuple[Client, TestClient, dict[str, dict[str, Any]]],
+) -> None:
+    """body_sha256 of the request row changed, its bytes untouched (finding 5 of issue 13)."""
+    client, http, e = stored
+    update(client, "inference_requests", "body_sha256 = {h:String}", e["request"]["event_id"], h="f" * 64)
+    node = by_id(answer(http)["chain"])["prediction:p1"]
+    assert node["verification"]["status"] == "not_verified" and "body_sha256" in node["verification"]["detail"]
+    assert {r["kind"]: r["status"] for r in node["fields"]["records"]} == {
+        "InferenceRequest": "not_verified", "InferenceResponse": "verified"}
+    assert node["fields"]["request_body_sha256"] == hashlib.sha256(BODY).hexdigest()  # the bytes' own
