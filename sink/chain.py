@@ -225,7 +225,7 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
         return graph.as_dict()
     t = trace.fields
     request, response = newest(by_kind.get("InferenceRequest", [])), newest(by_kind.get("InferenceResponse", []))
-    prediction = graph.add(node("prediction", prediction_id), "prediction", f"prediction {prediction_id}", trace,
+    prediction = graph.add(node("prediction", prediction_id), "prediction", prediction_id, trace,
                            _prediction_fields(t, request, response, payloads),
                            combined(r for r in (trace, request, response) if r is not None))
     graph.nodes[prediction]["event_id"] = trace.event_id
@@ -266,7 +266,7 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
         if record is not None:
             f = record.fields
             ident = graph.add(node("feature_set", f"{f.get('name')}@{digest}"), "feature_set",
-                              f"features {f.get('name')}", record, {
+                              str(f.get("name")), record, {
                                   **pick(f, "name", "digest", "input_datasets", "run_id"),
                                   "features": [pick(x, "name", "dtype", "code", "parameters")
                                                for x in f.get("features") or []],
@@ -282,7 +282,7 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
             if (e.get("model_name"), e.get("model_version")) != (name, version):
                 continue
             ident = graph.add(node("evaluation", record.event_id), "evaluation",
-                              f"evaluation {'passed' if e.get('passed') else 'failed'} {e.get('slice') or ''}".strip(),
+                              f"{'passed' if e.get('passed') else 'failed'} {e.get('slice') or ''}".strip(),
                               record, {**pick(e, "dataset", "slice", "metrics", "passed", "tests", "run_id"),
                                        "event_time": e.get("event_time")})
             graph.link(model, ident, "evaluated")
@@ -309,7 +309,7 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
     if feedback is not None:
         g = feedback.fields
         text = g.get("label") if g.get("label") is not None else g.get("outcome")
-        ident = graph.add(node("ground_truth", feedback.event_id), "ground_truth", f"ground truth {text}", feedback,
+        ident = graph.add(node("ground_truth", feedback.event_id), "ground_truth", str(text), feedback,
                           {**pick(g, "label", "outcome", "source", "observed_time", "client_request_id"),
                            "arrived": g.get("event_time")})
         graph.link(prediction, ident, "labelled")
@@ -354,7 +354,8 @@ def _add_run(graph: Graph, run_id: str, records: list[Record]) -> str:
 
     hyper = carried("hyperparameters")
     seeds = carried("seeds")
-    run = graph.add(node("run", run_id), "run", f"run {v.get('name') or run_id}", latest, {
+    text = f"{v['name']} ({run_id})" if v.get("name") and v.get("name") != run_id else run_id
+    run = graph.add(node("run", run_id), "run", text, latest, {
         **pick(v, "run_id", "name", "state", "stage", "parent_run_id", "inputs", "outputs", "metrics", "error",
                "exit_code", "duration_ms"),
         "hyperparameters": hyper.fields["hyperparameters"] if hyper else {},
