@@ -15,7 +15,7 @@ what the node says is what was signed. A record that fails a check is shown, nev
 - ``anchor``: always None here: anchors are published outside the store, and ``provline verify
   --anchor`` checks them against the whole session (a deleted tail leaves no trace on one record).
 
-Node ids, kinds and edges follow the contract of issue 18 (docs/audit-api.md, "The complete trace").
+Node ids, kinds and edges follow the contract of issue 18 (README, "The complete trace").
 """
 
 from __future__ import annotations
@@ -253,20 +253,20 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
                                   *((model_record.fields.get("datasets") or []) if model_record else [])]))
     datasets = {}
     for digest in digests:
-        record = newest(r for r in by_kind.get("DatasetVersion", []) if r.fields.get("digest") == digest)
-        if record is not None:
-            datasets[digest] = graph.add(node("dataset", digest), "dataset", f"{record.fields.get('name')} {digest}",
-                                         record, _dataset_fields(record.fields))
+        stored = newest(r for r in by_kind.get("DatasetVersion", []) if r.fields.get("digest") == digest)
+        if stored is not None:
+            datasets[digest] = graph.add(node("dataset", digest), "dataset", f"{stored.fields.get('name')} {digest}",
+                                         stored, _dataset_fields(stored.fields))
             graph.link(run or model or prediction, datasets[digest], "trained_on")
 
     feature_digests = list(dict.fromkeys([*(t.get("feature_sets") or []),
                                           *((model_record.fields.get("feature_sets") or []) if model_record else [])]))
     for digest in feature_digests:
-        record = newest(r for r in by_kind.get("FeatureSetVersion", []) if r.fields.get("digest") == digest)
-        if record is not None:
-            f = record.fields
+        stored = newest(r for r in by_kind.get("FeatureSetVersion", []) if r.fields.get("digest") == digest)
+        if stored is not None:
+            f = stored.fields
             ident = graph.add(node("feature_set", f"{f.get('name')}@{digest}"), "feature_set",
-                              str(f.get("name")), record, {
+                              str(f.get("name")), stored, {
                                   **pick(f, "name", "digest", "input_datasets", "run_id"),
                                   "features": [pick(x, "name", "dtype", "code", "parameters")
                                                for x in f.get("features") or []],
