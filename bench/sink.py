@@ -407,21 +407,20 @@ TRUST = Trust()  # no trusted keys: the generated events are not signed
 
 
 def chain_granules(client: Client, prediction_id: str) -> dict[str, tuple[int, int]]:
-    """Granules read / total of the complete trace's three queries (each table's read, summed), by EXPLAIN."""
+    """Granules read / total of the complete trace's queries (each table's read, summed), by EXPLAIN; the
+    registry's (and its ledger lookups, alike) are cached per model version."""
     found = queries.trace(client, prediction_id) or {}
     rows = queries.prediction_records(client, prediction_id)
     own = [check_row(default_catalog(), TRUST, row) for row in rows]
     trace_value = next((r.value for r in own if r.kind == "PredictionTrace"), None)
     parameters = queries.registry_parameters(trace_value, found) or {}
-    behind = queries.registry_records(client, parameters, default_catalog(), TRUST)
-    records = own + behind
     statements = {
         "chain_prediction.sql (the prediction's records)": (queries.chain_sql("chain_prediction.sql"),
                                                             {"prediction_id": prediction_id}),
         "chain_registry.sql (the registry's, cached)": (queries.chain_sql("chain_registry.sql"), parameters),
-        "chain_ledger.sql (ledger by id and by link)": (queries.chain_sql("chain_ledger.sql"), {
-            "event_ids": sorted({r.event_id for r in records}),
-            "links": sorted({(r.session, r.prev_hash) for r in records if r.prev_hash})}),
+        "chain_ledger.sql (the prediction's, by id and link)": (queries.chain_sql("chain_ledger.sql"), {
+            "event_ids": sorted({r.event_id for r in own}),
+            "links": sorted({(r.session, r.prev_hash) for r in own if r.prev_hash})}),
     }
     granules_read = {}
     for name, (sql, values) in statements.items():

@@ -17,7 +17,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from provline.schemas import Catalog
-from provline.sink.chain import Checked, LedgerEntry, build_chain, check_row, finish_record
+from provline.sink.chain import Checked, LedgerEntry, Record, build_chain, check_row, finish_record
 from provline.sink.ingest import CONTENT_OF_PAYLOAD
 from provline.sink.lineage import model_node, parse_node
 from provline.sink.rows import TABLES, to_jsonable
@@ -259,37 +259,36 @@ def chain_sql(name: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 
-# The registry tables chain_registry.sql reads. Their active parts change on every insert, merge and
-# mutation (an ALTER UPDATE or DELETE, which is how a stored row is tampered with): the version of
-# ChainCache, read from part metadata without reading data.
+# The registry tables chain_registry.sql reads, and session_seals (the event before a registry record in
+# its job's chain may be a seal). Their active parts change on every insert, merge and mutation (an ALTER
+# UPDATE or DELETE, which is how a stored row is tampered with): the version of ChainCache, read from part
+# metadata (chain_ledger.sql's 'parts' rows) without reading data.
 REGISTRY_TABLES = ("model_versions", "evaluations", "decisions", "deployments", "run_events", "dataset_versions",
-                   "feature_set_versions")
-REGISTRY_PARTS = (
-    "SELECT table, count(), sum(rows), max(data_version), max(modification_time), groupArray(name) FROM system.parts "
-    "WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)} GROUP BY table ORDER BY table"
-)
+                   "feature_set_versions", "session_seals")
 
 
 class ChainCache:
-    """The checked registry records of recent complete traces (``chain_registry.sql``), valid while the
-    registry tables' parts are unchanged.
+    """The verified registry records of recent complete traces (``chain_registry.sql`` and their ledger
+    checks), valid while the registry tables' parts are unchanged.
 
-    Every prediction of a model version rests on the same registry records; decoding them and checking
-    their hashes and signatures is most of a complete trace's work. Kept per query keys, dropped whenever
-    a registry table's set of active parts changes (an insert, a merge, or a mutation: a row altered in
-    place is a new part), so a record tampered with after it was cached is checked again. What depends
-    on the ledger (chain links, contents as inserted) is checked on every call. Not thread-safe: use it
-    under the same lock as its client.
+    Every prediction of a model version rests on the same registry records; reading their bytes, decoding
+    them, checking hashes and signatures and looking their ids and links up in the ledger is most of a
+    complete trace's work. Kept per query keys, dropped whenever a registry table's (or session_seals')
+    set of active parts changes: an insert, a merge, or a mutation (a row altered or deleted in place
+    makes new parts), so a record tampered with after it was cached, or the event before it deleted, is
+    checked again. The caller reads the parts' version in its own ledger query (:func:`chain_ledger`).
+    Not thread-safe: use it under the same lock as its client.
     """
 
     def __init__(self, max_entries: int = 1_000) -> None:
         self._max_entries = max_entries
         self._version: tuple[Any, ...] | None = None
-        self._records: dict[tuple[Any, ...], list[Checked]] = {}
+        self._records: dict[tuple[Any, ...], list[Record]] = {}
 
-    def records(self, client: Client, parameters: dict[str, Any], catalog: Catalog, trust: Trust) -> list[Checked]:
-        version = tuple(tuple(row) for row in client.query(
-            REGISTRY_PARTS, parameters={"tables": list(REGISTRY_TABLES)}).result_rows)
+    def records(self, client: Client, parameters: dict[str, Any], catalog: Catalog, trust: Trust,
+                version: tuple[Any, ...]) -> list[Record]:
+        """The registry's verified records for ``parameters``, read when the registry's parts (``version``)
+        changed since they were, or they were never read."""
         if version != self._version:
             self._records.clear()
             self._version = version
@@ -298,7 +297,7 @@ class ChainCache:
         if key not in self._records:
             if len(self._records) >= self._max_entries:
                 self._records.clear()
-            self._records[key] = registry_records(client, parameters, catalog, trust)
+            self._records[key] = verified_registry_records(client, parameters, catalog, trust)
         return self._records[key]
 
 
@@ -324,6 +323,13 @@ def registry_records(client: Client, parameters: dict[str, Any], catalog: Catalo
     return [check_row(catalog, trust, row) for row in _unique_rows(result.named_results())]
 
 
+def verified_registry_records(client: Client, parameters: dict[str, Any], catalog: Catalog,
+                              trust: Trust) -> list[Record]:
+    """Steps 2 and 3 for the registry records: read and checked against their bytes, then the ledger."""
+    checked = registry_records(client, parameters, catalog, trust)
+    return finished(checked, trust, chain_ledger(client, checked)) if checked else []
+
+
 def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any]) -> dict[str, Any] | None:
     """The keys of step 2 from the newest trace's decoded event (else the stored answer); None without a model."""
     source = trace_value or found
@@ -338,24 +344,42 @@ def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any
     }
 
 
-def chain_ledger(
-    client: Client, records: Sequence[Checked],
-) -> tuple[dict[str, list[LedgerEntry]], set[tuple[str, str]]]:
+@dataclass(frozen=True)
+class LedgerAnswer:
+    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) links recorded,
+    and the registry tables' parts (a version: see :class:`ChainCache`), when asked for."""
+
+    entries: dict[str, list[LedgerEntry]]
+    recorded: set[tuple[str, str]]
+    parts: tuple[tuple[str, ...], ...] = ()
+
+
+def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = False) -> LedgerAnswer:
     """Step 3: what the ledger holds of ``records``: their ids' ledger rows, and which (session, prev_hash)
-    links it has recorded. One query (``chain_ledger.sql``), point lookups by id and by (session, hash)."""
+    links it has recorded; with ``parts``, the registry tables' parts too. One query (``chain_ledger.sql``),
+    point lookups by id and by (session, hash), and part metadata."""
     links = sorted({(r.session, r.prev_hash) for r in records if r.prev_hash})
     result = client.query(chain_sql("chain_ledger.sql"), parameters={
         "event_ids": sorted({r.event_id for r in records}), "links": links,
+        "tables": list(REGISTRY_TABLES) if parts else [],
     }, settings=TRACE_SETTINGS)
     entries: dict[str, list[LedgerEntry]] = {}
     recorded: set[tuple[str, str]] = set()
+    found_parts = []
     for what, event_id, hash_, session, content_digest, content_sha256 in result.result_rows:
         if what == "self":
             entries.setdefault(str(event_id), []).append(LedgerEntry(str(hash_), str(content_digest),
                                                                      str(content_sha256)))
-        else:
+        elif what == "link":
             recorded.add((str(session), str(hash_)))
-    return entries, recorded
+        else:
+            found_parts.append(tuple(str(x) for x in (event_id, hash_, session, content_digest, content_sha256)))
+    return LedgerAnswer(entries, recorded, tuple(sorted(found_parts)))
+
+
+def finished(checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> list[Record]:
+    return [finish_record(r, trust, ledger.entries.get(r.event_id, []), (r.session, r.prev_hash or "") in
+                          ledger.recorded) for r in checked]
 
 
 def complete_trace(
@@ -367,9 +391,10 @@ def complete_trace(
     and response bodies (roles that may see payloads). None when no trace is stored.
 
     Point lookups only: the prediction's rows with their bytes (one query, which :func:`trace` reads
-    too, in place of ``trace.sql``), the registry records (one query, or ``chains`` while they are
-    unchanged, plus its part-metadata check), the ledger (one query), and :func:`trace`'s registry
-    lookups. Blocks on the store; not thread-safe on a shared client.
+    too, in place of ``trace.sql``); their ledger entries, with the registry's part metadata for
+    ``chains`` (one query); the registry records and their ledger entries (two queries, or from
+    ``chains`` while the registry's parts are unchanged); and :func:`trace`'s registry lookups. Blocks on
+    the store; not thread-safe on a shared client.
     """
     rows = prediction_records(client, prediction_id)
     found = trace(client, prediction_id, registry, prediction_rows=rows)
@@ -379,14 +404,12 @@ def complete_trace(
     latest = max((r for r in own if r.kind == "PredictionTrace"), key=lambda r: (r.event_time, r.event_id),
                  default=None)
     parameters = registry_parameters(latest.value if latest is not None else None, found)
-    behind: list[Checked] = []
+    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None)
+    behind: list[Record] = []
     if parameters is not None:
-        behind = (chains.records(client, parameters, catalog, trust) if chains is not None
-                  else registry_records(client, parameters, catalog, trust))
-    checked = own + behind
-    entries, recorded = chain_ledger(client, checked)
-    records = [finish_record(r, trust, entries.get(r.event_id, []), (r.session, r.prev_hash or "") in recorded)
-               for r in checked]
+        behind = (chains.records(client, parameters, catalog, trust, ledger.parts) if chains is not None
+                  else verified_registry_records(client, parameters, catalog, trust))
+    records = finished(own, trust, ledger) + behind
     found["chain"] = build_chain(prediction_id, records, payloads=payloads)
     return found
 

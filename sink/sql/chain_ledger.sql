@@ -9,3 +9,11 @@ FROM event_ledger WHERE event_id IN {event_ids:Array(String)}
 UNION ALL
 SELECT 'link', event_id, hash, producer_session, '', ''
 FROM event_ledger WHERE (producer_session, hash) IN {links:Array(Tuple(String, String))}
+UNION ALL
+-- 'parts': the registry tables' active parts (sink.queries.REGISTRY_TABLES), ChainCache's version, read
+-- from part metadata in the same round trip (no data is read).
+SELECT 'parts', table, toString(count()), toString(sum(rows)), toString(max(data_version)),
+       toString(max(modification_time))
+FROM system.parts
+WHERE database = currentDatabase() AND active AND table IN {tables:Array(String)}
+GROUP BY table
