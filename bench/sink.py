@@ -420,7 +420,8 @@ def chain_granules(client: Client, prediction_id: str) -> dict[str, tuple[int, i
         "chain_registry.sql (the registry's, cached)": (queries.chain_sql("chain_registry.sql"), parameters),
         "chain_ledger.sql (the prediction's, by id and link)": (queries.chain_sql("chain_ledger.sql"), {
             "event_ids": sorted({r.event_id for r in own}),
-            "links": sorted({(r.session, r.prev_hash) for r in own if r.prev_hash})}),
+            "links": sorted({(r.session, r.prev_hash) for r in own if r.prev_hash}),
+            "tables": list(queries.REGISTRY_TABLES)}),
     }
     granules_read = {}
     for name, (sql, values) in statements.items():
@@ -571,7 +572,8 @@ def print_write(table: Table, rounds: dict[str, list[float]], args: argparse.Nam
 
 
 def print_lookup(table: Table, lookup: dict[str, Any]) -> None:
-    table.add_row("stored predictions (and as many requests)", f"{lookup['stored']:,}")
+    table.add_row("stored predictions (each with its request and response; a tenth with feedback)",
+                  f"{lookup['stored']:,}")
     (bare50, bare99), (trace50, trace99) = lookup["bare"], lookup["trace"]
     table.add_row("baseline: bare one-granule lookup p50 / p99, ms", f"{bare50:.2f} / {bare99:.2f}")
     table.add_row("trace(): 2 point lookups + cached registry, p50 / p99, ms", f"{trace50:.2f} / {trace99:.2f}")
