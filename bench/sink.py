@@ -22,12 +22,16 @@ Broker (write part): PROVLINE_KAFKA__BOOTSTRAP, else a local KRaft broker starte
      them (the batches in between each consumed, framed, inserted and committed in that time;
      group start-up is left out).
    Printed: rows/s of each, and each sink measure's ratio to the baseline of the same round.
-2. Trace lookup. ``--predictions`` traces are generated inside ClickHouse (INSERT ... SELECT FROM
-   numbers()) with one InferenceRequest each and the model versions and run they name, then
-   ``provline trace``'s lookups (sink.queries.trace) run for random prediction ids, interleaved with
-   the baseline: a bare one-granule lookup of prediction_traces. Printed: p50/p99 latency of
-   both (trace() with a registry cache, as the API holds one), and the granules each of its point
-   lookups reads (EXPLAIN indexes=1).
+2. Trace lookup. ``--predictions`` predictions are generated inside ClickHouse (INSERT ... SELECT FROM
+   numbers()), each with its trace, request and response (every tenth with feedback), chained rows
+   carrying real events' bytes, and their ledger rows; the registry they name (model versions,
+   training run, dataset, feature set, evaluations, approvals, deployments) is stored through the
+   sink's own path. Then, for random prediction ids, interleaved: the baseline (a bare one-granule
+   lookup of prediction_traces), ``provline trace``'s lookups before issue 18 (sink.queries.trace,
+   with a registry cache, as the API holds one) and the complete trace the API answers now
+   (sink.queries.complete_trace: the chain of custody, every record decoded and verified). Printed:
+   p50/p99 latency of the three, in the same run, and the granules each point lookup reads
+   (EXPLAIN indexes=1). Issue 18's budget for the complete trace: p50 <= 5 ms, p99 <= 20 ms at 10 M.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +67,11 @@ from deploy.local.kafka import LocalKafka, create_topics  # noqa: E402
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity  # noqa: E402
 from provline.schemas.integrity import HashChain  # noqa: E402
 from provline.sink import queries  # noqa: E402
-from provline.sink.ingest import VIEW_PREFIX  # noqa: E402
+from provline.sink.chain import check_row  # noqa: E402
+from provline.sink.ingest import LEDGER_COLUMNS, LEDGER_TABLE, VIEW_PREFIX, ledger_rows_of  # noqa: E402
 from provline.sink.settings import DEFAULT_BATCH_MAX_EVENTS, DEFAULT_INSERT_THREADS, ServeSettings  # noqa: E402
 from provline.sink.store import migrate, open_store  # noqa: E402
+from provline.sink.verify import Trust  # noqa: E402
 from provline.sink.writer import SinkWriter, insert_plan, plan_batch, source_topics  # noqa: E402
 from tests.helpers import StoredMessage  # noqa: E402
 
@@ -265,41 +272,127 @@ def write_rounds(
     return rounds
 
 
+# Per prediction, as the sidecar and the processors store them: a trace, a request and a response, and
+# ground truth for every tenth. Each row carries the bytes of a real event of its kind (one per model
+# version, {raw_*}), and a hash chained to the row before it, so that the complete trace decodes, hashes,
+# checks signatures and looks up chain links as it does in production (the ids inside the bytes are not
+# the row's: those records come out not_verified, at the same cost).
+CHAINED = ("hex(SHA256(concat('{tag}', toString(number)))), "
+           "if(number = 0, NULL, hex(SHA256(concat('{tag}', toString(number - 1)))))")
 GENERATE_TRACES = """
-INSERT INTO prediction_traces
+INSERT INTO prediction_traces (event_id, event_time, producer_name, producer_session, hash, prev_hash,
+    prediction_id, endpoint, complete, model_name, model_version, request_sha256, artifact_sha256, training_run_id,
+    dataset_digests, payload, raw, kafka_topic, kafka_partition, kafka_offset)
 SELECT
     generateUUIDv7()                                            AS event_id,
     now64(6, 'UTC') - toIntervalSecond(number % 2592000)        AS event_time,
-    'bench-sidecar', 'bench-serving', repeat('h', 64), NULL,
+    'bench-sidecar', 'bench-serving', {chained},
     concat('pred-', toString(number))                           AS prediction_id,
     '/predict', true, 'churn', toString(number % 5), repeat('b', 64), repeat('a', 64), 'run-7', ['sha256:d1'],
     concat('{{"event_time":"2025-01-01T00:00:00+00:00","endpoint":"/predict","complete":true,',
-           '"model_name":"churn","model_version":"', toString(number % 5), '","training_run_id":"run-7"}}'),
-    '', 'bench', 0, number
+           '"model_name":"churn","model_version":"', toString(number % 5), '","training_run_id":"run-7",',
+           '"feature_sets":["sha256:fs1"]}}'),
+    [{raw_trace}][number % 5 + 1], 'bench', 0, number
 FROM numbers({start}, {count})
 """
 # One request per prediction, as the sidecar emits them: trace() looks each up too.
 GENERATE_REQUESTS = """
-INSERT INTO inference_requests
+INSERT INTO inference_requests (event_id, event_time, producer_name, producer_session, hash, prev_hash,
+    prediction_id, endpoint, model_name, model_version, body_sha256, client_id, payload, raw, kafka_topic,
+    kafka_partition, kafka_offset)
 SELECT
     generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
-    'bench-sidecar', 'bench-serving', repeat('h', 64), NULL, concat('pred-', toString(number)),
-    '/predict', 'churn', toString(number % 5), repeat('b', 64), NULL, '{{}}', '', 'bench', 0, number
+    'bench-sidecar', 'bench-serving', {chained}, concat('pred-', toString(number)),
+    '/predict', 'churn', toString(number % 5), repeat('b', 64), NULL, '{{}}', {raw_request}, 'bench', 0, number
 FROM numbers({start}, {count})
 """
-# The registry side: the five model versions the predictions name, and their training run.
-GENERATE_REGISTRY = (
-    """INSERT INTO model_versions
-    SELECT generateUUIDv7(), now64(6, 'UTC'), 'bench-registry', 'bench-registry', repeat('h', 64), NULL,
-        'churn', toString(number), concat('s3://models/churn/', toString(number)), repeat('a', 64), 'run-7',
-        ['sha256:d1'], '{}', '', 'bench', 0, number
-    FROM numbers(5)""",
-    """INSERT INTO run_events
-    SELECT generateUUIDv7(), now64(6, 'UTC') + toIntervalSecond(number), 'bench-trainer', 'bench-trainer',
-        repeat('h', 64), NULL, 'run-7', 'train', if(number = 0, 'STARTED', 'COMPLETED'), NULL, NULL,
-        if(number = 0, 'git@example:ml.git', NULL), if(number = 0, 'c0ffee', NULL), '{}', '', 'bench', 0, number
-    FROM numbers(2)""",
-)
+GENERATE_RESPONSES = """
+INSERT INTO inference_responses (event_id, event_time, producer_name, producer_session, hash, prev_hash,
+    prediction_id, endpoint, status, model_name, model_version, body_sha256, latency_us, payload, raw, kafka_topic,
+    kafka_partition, kafka_offset)
+SELECT
+    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    'bench-sidecar', 'bench-serving', {chained}, concat('pred-', toString(number)),
+    '/predict', 200, 'churn', toString(number % 5), repeat('c', 64), 1500, '{{}}', {raw_response}, 'bench', 0, number
+FROM numbers({start}, {count})
+"""
+GENERATE_FEEDBACK = """
+INSERT INTO feedback (event_id, event_time, producer_name, producer_session, hash, prev_hash, prediction_id, label,
+                      outcome, source, payload, raw, kafka_topic, kafka_partition, kafka_offset)
+SELECT
+    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    'bench-feedback', 'bench-feedback', {chained}, concat('pred-', toString(number)),
+    'churned', NULL, 'crm', '{{}}', {raw_feedback}, 'bench', 0, number
+FROM numbers({start}, {count}) WHERE number % 10 = 0
+"""
+GENERATED = (("prediction_traces", GENERATE_TRACES), ("inference_requests", GENERATE_REQUESTS),
+             ("inference_responses", GENERATE_RESPONSES), ("feedback", GENERATE_FEEDBACK))
+
+
+def registry_events() -> list[bytes]:
+    """The registry side, as a training job sends it (stored through the sink's own path): the five model
+    versions the predictions name, their training run (started, then completed), its dataset and feature
+    set, an evaluation and an approval per version, and a deployment per version each replacing the last."""
+    catalog = default_catalog()
+    chain = HashChain(catalog)
+    producer = producer_identity("bench-registry", "bench-registry")
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("DatasetVersion", {"name": "train", "digest": "sha256:d1", "license": "CC-BY-4.0", "pii_tags": ["email"]}),
+        ("FeatureSetVersion", {"name": "churn", "digest": "sha256:fs1", "input_datasets": ["sha256:d1"],
+                               "features": [{"name": "age", "dtype": "float", "parameters": {},
+                                             "code": {"repo": "git@example:ml.git", "commit": "c0ffee",
+                                                      "path": "f.py", "symbol": "age"}}]}),
+        ("RunEvent", {"run_id": "run-7", "name": "train", "state": "STARTED", "inputs": ["sha256:d1"],
+                      "code": {"repo": "git@example:ml.git", "commit": "c0ffee", "dirty": False},
+                      "environment": {"python": "3.11.9", "packages_sha256": "9" * 64},
+                      "hyperparameters": {"lr": "0.1"}, "seeds": {"numpy": 7}}),
+        ("RunEvent", {"run_id": "run-7", "name": "train", "state": "COMPLETED", "inputs": ["sha256:d1"]}),
+    ]
+    for version in range(5):
+        events += [
+            ("ModelVersion", {"model_name": "churn", "version": str(version), "artifact_uri": f"s3://m/{version}",
+                              "artifact_sha256": "a" * 64, "run_id": "run-7", "datasets": ["sha256:d1"],
+                              "feature_sets": ["sha256:fs1"]}),
+            ("Evaluation", {"model_name": "churn", "model_version": str(version), "passed": True,
+                            "metrics": [{"name": "auc", "value": 0.9, "threshold": 0.85, "passed": True}]}),
+            ("Decision", {"subject": f"model:churn@{version}", "transition": "staging->production",
+                          "outcome": "APPROVED", "actor": "rita", "role": "risk"}),
+            ("Deployment", {"model_name": "churn", "model_version": str(version), "environment": "prod",
+                            "endpoint": "/predict", "action": "PROMOTE"}),
+        ]
+    return [catalog.header(kind) + chain.seal_encode(kind, {**new_envelope(producer), **fields})
+            for kind, fields in events]
+
+
+def sample_raws() -> dict[str, str]:
+    """SQL literals of one real event per generated kind: ``raw_trace`` an array, one per model version."""
+    catalog = default_catalog()
+    chain = HashChain(catalog)
+    producer = producer_identity("bench-sidecar", "bench-serving")
+
+    def literal(kind: str, fields: dict[str, Any]) -> str:
+        raw = catalog.header(kind) + chain.seal_encode(kind, {**new_envelope(producer), **fields})
+        return f"unhex('{raw.hex()}')"
+
+    body = b'{"age": 41, "income": 52000.5, "city": "Oslo", "member": true}'
+    traces = [literal("PredictionTrace", {
+        "prediction_id": "pred-x", "endpoint": "/predict", "complete": True, "model_name": "churn",
+        "model_version": str(version), "artifact_sha256": "a" * 64, "training_run_id": "run-7",
+        "dataset_digests": ["sha256:d1"], "feature_sets": ["sha256:fs1"], "status": 200,
+        "features": {"age": 41.0, "income": 52000.5}, "outputs": {"churn": 0.7}}) for version in range(5)]
+    return {
+        "raw_trace": ", ".join(traces),
+        "raw_request": literal("InferenceRequest", {
+            "prediction_id": "pred-x", "endpoint": "/predict", "method": "POST", "path": "/predict",
+            "body_size": len(body), "body_sha256": "b" * 64, "body": body, "body_truncated": False}),
+        "raw_response": literal("InferenceResponse", {
+            "prediction_id": "pred-x", "endpoint": "/predict", "status": 200, "body_size": 14,
+            "body_sha256": "c" * 64, "body": b'{"churn": 0.7}', "latency_us": 1500}),
+        "raw_feedback": literal("Feedback", {"prediction_id": "pred-x", "label": "churned", "source": "crm",
+                                             "observed_time": datetime.now(UTC)}),
+    }
+
+
 # The point lookups trace.sql makes, one per table, for EXPLAIN: each must read about one granule.
 LOOKUPS = {
     "prediction_traces": "SELECT * FROM prediction_traces WHERE prediction_id = {p:String}",
@@ -307,6 +400,42 @@ LOOKUPS = {
     "model_versions": "SELECT * FROM model_versions WHERE model_name = 'churn' AND model_version = '3'",
     "run_events": "SELECT * FROM run_events WHERE run_id = 'run-7'",
 }
+# Every node kind of a complete trace the generated predictions have (ground truth: every tenth has it).
+CHAIN_KINDS = {"prediction", "model", "run", "commit", "environment", "dataset", "feature_set", "evaluation",
+               "approval", "deployment"}
+TRUST = Trust()  # no trusted keys: the generated events are not signed
+
+
+def chain_granules(client: Client, prediction_id: str) -> dict[str, tuple[int, int]]:
+    """Granules read / total of the complete trace's queries (each table's read, summed), by EXPLAIN; the
+    registry's (and its ledger lookups, alike) are cached per model version."""
+    found = queries.trace(client, prediction_id) or {}
+    rows = queries.prediction_records(client, prediction_id)
+    own = [check_row(default_catalog(), TRUST, row) for row in rows]
+    trace_value = next((r.value for r in own if r.kind == "PredictionTrace"), None)
+    parameters = queries.registry_parameters(trace_value, found) or {}
+    statements = {
+        "chain_prediction.sql (the prediction's records)": (queries.chain_sql("chain_prediction.sql"),
+                                                            {"prediction_id": prediction_id}),
+        "chain_registry.sql (the registry's, cached)": (queries.chain_sql("chain_registry.sql"), parameters),
+        "chain_ledger.sql (the prediction's, by id and link)": (queries.chain_sql("chain_ledger.sql"), {
+            "event_ids": sorted({r.event_id for r in own}),
+            "links": sorted({(r.session, r.prev_hash) for r in own if r.prev_hash}),
+            "tables": list(queries.REGISTRY_TABLES)}),
+    }
+    granules_read = {}
+    for name, (sql, values) in statements.items():
+        explain = "\n".join(row[0] for row in client.query(f"EXPLAIN indexes = 1 {sql}",
+                                                           parameters=values).result_rows)
+        read = total = 0
+        for chunk in explain.split("ReadFromMergeTree")[1:]:
+            counts = re.findall(r"Granules: (\d+)/(\d+)", chunk)
+            if counts:
+                read, total = read + int(counts[-1][0]), total + int(counts[-1][1])
+        granules_read[name] = (read, total)
+    return granules_read
+
+
 # Baseline: the cheapest way to fetch one stored trace, a bare one-granule lookup of one table.
 BARE_LOOKUP = (
     "SELECT event_id, payload FROM prediction_traces WHERE prediction_id = {p:String} "
@@ -329,24 +458,34 @@ def lookup_latency(client: Client, predictions: int, samples: int, progress: Pro
     client.command("CREATE DATABASE IF NOT EXISTS bench_lookup")
     client.database = "bench_lookup"
     migrate(client)
-    task = progress.add_task(f"generating {predictions:,} predictions and requests in ClickHouse", total=predictions)
+    task = progress.add_task(f"generating {predictions:,} predictions (trace, request, response, a tenth "
+                             "with feedback) in ClickHouse", total=predictions)
     step = 1_000_000
+    raws = sample_raws()
     for start in range(0, predictions, step):
         count = min(step, predictions - start)
-        client.command(GENERATE_TRACES.format(start=start, count=count))
-        client.command(GENERATE_REQUESTS.format(start=start, count=count))
+        for table, statement in GENERATED:
+            client.command(statement.format(start=start, count=count, chained=CHAINED.format(tag=table), **raws))
         progress.update(task, completed=start + count)
-    for statement in GENERATE_REGISTRY:
-        client.command(statement)
-    client.command("OPTIMIZE TABLE prediction_traces FINAL")
-    client.command("OPTIMIZE TABLE inference_requests FINAL")
+    for table, _ in GENERATED:  # what the ledger views record for events the sink stores
+        client.command(f"INSERT INTO {LEDGER_TABLE} ({LEDGER_COLUMNS}) {ledger_rows_of(table, '1')}")
+    registry_catalog = default_catalog()
+    plan = plan_batch([StoredMessage("registry", 0, n, raw) for n, raw in enumerate(registry_events())],
+                      registry_catalog)
+    assert not plan.dead_letters and insert_plan(client, plan, registry_catalog) == []
+    for table in ("prediction_traces", "inference_requests", "inference_responses", "feedback", LEDGER_TABLE):
+        client.command(f"OPTIMIZE TABLE {table} FINAL")
+    catalog = default_catalog()
     rng = random.Random(7)
     ids = [f"pred-{rng.randrange(predictions)}" for _ in range(samples)]
     registry = queries.RegistryCache()  # as the API holds one
+    chains = queries.ChainCache()  # likewise
     queries.trace(client, ids[0], registry)  # warm caches, as a running service has them
-    task = progress.add_task("trace lookups by prediction id (and the bare baseline)", total=samples)
+    queries.complete_trace(client, ids[0], registry, catalog=catalog, trust=TRUST, chains=chains)
+    task = progress.add_task("trace lookups by prediction id (bare baseline, trace, complete trace)", total=samples)
     bare: list[float] = []
     full: list[float] = []
+    chain: list[float] = []
     for prediction_id in ids:  # interleaved, so that both see the same machine load
         began = time.perf_counter()
         bare_rows = client.query(
@@ -359,11 +498,17 @@ def lookup_latency(client: Client, predictions: int, samples: int, progress: Pro
         full.append(time.perf_counter() - began)
         assert found is not None and found["prediction_id"] == prediction_id, prediction_id
         assert found["code_commit"] == "c0ffee" and found["sources"]["request"], found
+        began = time.perf_counter()
+        complete = queries.complete_trace(client, prediction_id, registry, catalog=catalog, trust=TRUST,
+                                          payloads=True, chains=chains)
+        chain.append(time.perf_counter() - began)
+        assert complete is not None and {n["kind"] for n in complete["chain"]["nodes"]} == CHAIN_KINDS, complete
         progress.advance(task)
     stored = client.query("SELECT count() FROM prediction_traces").result_rows[0][0]
     return {
-        "bare": percentiles(bare), "trace": percentiles(full), "stored": stored,
+        "bare": percentiles(bare), "trace": percentiles(full), "complete": percentiles(chain), "stored": stored,
         "granules": {table: granules(client, sql, ids[0]) for table, sql in LOOKUPS.items()},
+        "chain_granules": chain_granules(client, ids[0]),
     }
 
 
@@ -427,12 +572,17 @@ def print_write(table: Table, rounds: dict[str, list[float]], args: argparse.Nam
 
 
 def print_lookup(table: Table, lookup: dict[str, Any]) -> None:
-    table.add_row("stored predictions (and as many requests)", f"{lookup['stored']:,}")
+    table.add_row("stored predictions (each with its request and response; a tenth with feedback)",
+                  f"{lookup['stored']:,}")
     (bare50, bare99), (trace50, trace99) = lookup["bare"], lookup["trace"]
     table.add_row("baseline: bare one-granule lookup p50 / p99, ms", f"{bare50:.2f} / {bare99:.2f}")
     table.add_row("trace(): 2 point lookups + cached registry, p50 / p99, ms", f"{trace50:.2f} / {trace99:.2f}")
     table.add_row("trace / bare lookup, p50", f"{trace50 / bare50:.2f}")
-    for name, (read, total) in lookup["granules"].items():
+    complete50, complete99 = lookup["complete"]
+    table.add_row("complete trace (chain of custody, every record verified, cached registry), p50 / p99, ms "
+                  "(budget 5 / 20)", f"{complete50:.2f} / {complete99:.2f}")
+    table.add_row("complete trace / bare lookup, p50", f"{complete50 / bare50:.2f}")
+    for name, (read, total) in {**lookup["granules"], **lookup["chain_granules"]}.items():
         table.add_row(f"granules read / total: {name}", f"{read} / {total}")
 
 

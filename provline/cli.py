@@ -421,14 +421,126 @@ def _predictions_of_otel_trace(api: str | None, trace_id: str) -> list[str]:
 
 
 def print_trace(trace: dict[str, Any]) -> None:
-    table = Table(title=f"prediction {trace.get('prediction_id')}", show_header=False, title_justify="left")
-    table.add_column(style="bold cyan")
-    table.add_column(overflow="fold")
-    for name, value in trace.items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value, sort_keys=True, default=str)
-        table.add_row(name, "" if value is None else str(value))
-    console.print(table)
+    """The trace for a reader: its chain of custody record by record (``chain``, from an API of issue 18 or
+    later), each with its verification; the stored fields as one table from an older API."""
+    chain = trace.get("chain")
+    if not chain or not chain.get("nodes"):
+        table = Table(title=f"prediction {trace.get('prediction_id')}", show_header=False, title_justify="left")
+        table.add_column(style="bold cyan")
+        table.add_column(overflow="fold")
+        for name, value in trace.items():
+            if isinstance(value, dict | list):
+                value = json.dumps(value, sort_keys=True, default=str)
+            table.add_row(name, "" if value is None else str(value))
+        console.print(table)
+        return
+    for renderable in trace_renderables(trace):
+        console.print(renderable)
+
+
+# What the human output shows of each node kind, in order (--json has every field).
+CHAIN_FIELDS: dict[str, tuple[str, ...]] = {
+    "prediction": ("request_time", "endpoint", "status", "latency_us", "request_body_sha256", "features", "outputs",
+                   "request_body", "missing"),
+    "model": ("artifact_uri", "artifact_sha256", "framework", "registered_at"),
+    "run": ("state", "started", "hyperparameters", "seeds", "metrics"),
+    "commit": ("repo", "commit", "branch", "dirty", "entrypoint"),
+    "environment": ("python", "packages_sha256", "package_count", "container_image", "container_digest", "os", "cpu",
+                    "gpus"),
+    "dataset": ("digest", "license", "consent", "pii_tags", "row_count"),
+    "feature_set": ("digest", "features"),
+    "evaluation": ("dataset", "slice", "metrics", "passed"),
+    "approval": ("outcome", "actor", "role", "rationale", "event_time"),
+    "deployment": ("action", "environment", "endpoint", "event_time", "reason"),
+    "ground_truth": ("label", "outcome", "source", "observed_time"),
+}
+CHAIN_TITLES = {"prediction": "prediction", "model": "model version", "run": "training run", "commit": "code",
+                "environment": "environment", "dataset": "dataset", "feature_set": "feature set",
+                "evaluation": "evaluation", "approval": "decision", "deployment": "deployment",
+                "ground_truth": "ground truth"}
+BADGES = {"verified": "[green]✓ verified[/green]", "not_verified": "[bold red]✗ NOT VERIFIED[/bold red]",
+          "unchecked": "[yellow]? unchecked[/yellow]"}
+
+
+def _chain_value(kind: str, name: str, value: Any) -> str:
+    """A field of a chain node as one readable cell."""
+    if kind == "feature_set" and name == "features":
+        parts = []
+        for feature in value or []:
+            code = feature.get("code") or {}
+            where = ":".join(str(p) for p in (code.get("path"), code.get("symbol")) if p)
+            at = f"@{_cell(code['commit'])}" if code.get("commit") else ""
+            parts.append(f"{feature.get('name')} <- {where}{at}" if where or at else str(feature.get("name")))
+        return "; ".join(parts)
+    if kind == "evaluation" and name == "metrics":
+        return "; ".join(_metric(m) for m in value or [])
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={_cell(item)}" for key, item in value.items())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _cell(value)
+
+
+def _metric(metric: dict[str, Any]) -> str:
+    text = f"{metric.get('name')} {_cell(metric.get('value'))}"
+    if metric.get("threshold") is None:
+        return text
+    passed = metric.get("passed")
+    outcome = ", passed" if passed is True else ", failed" if passed is False else ""
+    return f"{text} (threshold {_cell(metric.get('threshold'))}{outcome})"
+
+
+def trace_renderables(trace: dict[str, Any]) -> list[Any]:
+    """The human output of a complete trace: a heading, then per node its kind, label and badge, its event
+    id, the fields a reader looks for, and why a record is not verified. Fits any console width (values fold)."""
+    from rich.markup import escape
+    from rich.padding import Padding
+    from rich.text import Text
+
+    chain = trace["chain"]
+    nodes = chain["nodes"]
+    counts: dict[str, int] = {}
+    for item in nodes:
+        status = item["verification"]["status"]
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
+    out: list[Any] = [Text.from_markup(f"[bold]prediction {trace.get('prediction_id')}[/bold]: "
+                                       f"{len(nodes)} records ({summary})")]
+    relation: dict[str, str] = {}
+    for edge in chain.get("edges", []):
+        relation.setdefault(edge["to"], edge["relation"])
+    for item in nodes:
+        kind, check = item["kind"], item["verification"]
+        via = relation.get(item["id"])
+        heading = (f"[bold cyan]{CHAIN_TITLES.get(kind, kind)}[/bold cyan] {escape(item['label'])}  "
+                   f"{BADGES.get(check['status'], check['status'])}")
+        if via:
+            heading += f"  [dim]({via.replace('_', ' ')})[/dim]"
+        out.append(Text(""))
+        out.append(Text.from_markup(heading))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+        fields = item.get("fields") or {}
+        for name in CHAIN_FIELDS.get(kind, ()):
+            value = fields.get(name)
+            if value in (None, "", [], {}):
+                continue
+            grid.add_row(name.replace("_", " "), _chain_value(kind, name, value))
+        if kind == "deployment":
+            grid.add_row("in force", "yes, at request time" if fields.get("in_force") else "no: the one it replaced")
+        if item.get("event_id"):
+            grid.add_row("event", str(item["event_id"]))
+        if check["status"] != "verified":
+            grid.add_row(Text("why", style="red"), Text(str(check.get("detail", "")), style="red"))
+        out.append(Padding(grid, (0, 0, 0, 2), expand=False))
+    if any(item["verification"].get("signature") is None for item in nodes):
+        out.append(Text(""))
+        out.append(Text("signatures not checked: the server trusts no producer keys "
+                        "(PROVLINE_EVIDENCE__TRUSTED_KEYS)", style="yellow"))
+    out.append(Text(""))
+    out.append(Text("anchors are checked by `provline verify --anchor`", style="dim"))
+    return out
 
 
 def _query(api: str | None) -> Callable[[str], list[dict[str, Any]]]:

@@ -59,6 +59,7 @@ from provline.sink.verify import AnchoredSession, Trust
 log = logging.getLogger(__name__)
 
 ROLE_RANK = {"viewer": 0, "auditor": 1, "admin": 2}
+PAYLOAD_ROLE = "auditor"  # and above: raw payloads (stored events, bodies in the trace's chain, SQL, bundles)
 FEEDBACK_WRITER = "feedback_writer"  # outside the readers' ranks: it may send feedback and nothing else
 FEEDBACK_PATH = "/v1/feedback"
 UNLOGGED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -272,6 +273,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     )
     store = LockedClient(client)
     registry = queries.RegistryCache()
+    chains = queries.ChainCache()
     catalog = default_catalog()
     evidence_keys = settings.evidence
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
@@ -348,10 +350,14 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         prediction_id: str, reader: Viewer,
         raw: Annotated[bool, Query(description="include the stored raw events (auditor)")] = False,
     ) -> dict[str, Any]:
+        """The stored trace, and under ``chain`` every record of its chain of custody as nodes and edges,
+        each with its event id and verification status (:mod:`provline.sink.chain`). The request and
+        response bodies are in the prediction node for auditors and admins only."""
         if raw and not reader.may("auditor"):
             raise HTTPException(status_code=403, detail=f"raw payloads need role auditor; {reader.name} is a viewer")
         with store.lock:
-            found = queries.trace(store.client, prediction_id, registry)
+            found = queries.complete_trace(store.client, prediction_id, registry, catalog=catalog, trust=trust,
+                                           payloads=reader.may(PAYLOAD_ROLE), chains=chains)
             if found is not None and raw:
                 ids = [value for value in found["sources"].values() if value]
                 found["raw_events"] = [

@@ -7,6 +7,7 @@ the store; a client is not thread-safe, so callers serialise use of a shared one
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -15,8 +16,12 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from provline.sink.lineage import parse_node
+from provline.schemas import Catalog
+from provline.sink.chain import Checked, LedgerEntry, Record, build_chain, check_row, finish_record
+from provline.sink.ingest import CONTENT_OF_PAYLOAD
+from provline.sink.lineage import model_node, parse_node
 from provline.sink.rows import TABLES, to_jsonable
+from provline.sink.verify import Trust
 
 
 @cache
@@ -204,15 +209,21 @@ def _registry_rows(client: Client, parameters: dict[str, Any], cache: RegistryCa
     return list(cache.rows(client, parameters))
 
 
-def trace(client: Client, prediction_id: str, registry: RegistryCache | None = None) -> dict[str, Any] | None:
+def trace(
+    client: Client, prediction_id: str, registry: RegistryCache | None = None, *,
+    prediction_rows: list[dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
     """The latest stored PredictionTrace of ``prediction_id`` joined with its request, model and run.
 
     None when no trace is stored. Every read is a point lookup on a table's ORDER BY prefix: one
     query by prediction id (traces, requests), one by model key and run id (registry; from
     ``registry`` when it holds them), and a third only when the trace names no training run and
-    its model version does. Blocks on the store; not thread-safe on a shared client.
+    its model version does. ``prediction_rows``: the rows of ``trace.sql`` (or of a query with its columns
+    first, as :func:`complete_trace` reads them), read already. Blocks on the store; not thread-safe on a
+    shared client.
     """
-    prediction_rows = _trace_rows(client, "trace.sql", {"prediction_id": prediction_id})
+    if prediction_rows is None:
+        prediction_rows = _trace_rows(client, "trace.sql", {"prediction_id": prediction_id})
     latest = newest(prediction_rows, "trace")
     if latest is None:
         return None
@@ -234,6 +245,173 @@ def trace(client: Client, prediction_id: str, registry: RegistryCache | None = N
             }, registry)
     row = joined_trace_row(prediction_rows, registry_rows, run_id)
     return None if row is None else shape_trace(prediction_id, row)
+
+
+
+# ---------------------------------------------------------------- the complete trace (issue 18)
+
+
+@cache
+def chain_sql(name: str) -> str:
+    """A ``chain_*.sql`` with the ledger's payload digest (the one expression both must share) filled in and
+    its comment lines left out (the client tokenises what it sends: a long comment costs on every call)."""
+    text = sql_file(name).replace("{content}", CONTENT_OF_PAYLOAD)
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+# The registry tables chain_registry.sql reads, and session_seals (the event before a registry record in
+# its job's chain may be a seal). Their active parts change on every insert, merge and mutation (an ALTER
+# UPDATE or DELETE, which is how a stored row is tampered with): the version of ChainCache, read from part
+# metadata (chain_ledger.sql's 'parts' rows) without reading data.
+REGISTRY_TABLES = ("model_versions", "evaluations", "decisions", "deployments", "run_events", "dataset_versions",
+                   "feature_set_versions", "session_seals")
+
+
+class ChainCache:
+    """The verified registry records of recent complete traces (``chain_registry.sql`` and their ledger
+    checks), valid while the registry tables' parts are unchanged.
+
+    Every prediction of a model version rests on the same registry records; reading their bytes, decoding
+    them, checking hashes and signatures and looking their ids and links up in the ledger is most of a
+    complete trace's work. Kept per query keys, dropped whenever a registry table's (or session_seals')
+    set of active parts changes: an insert, a merge, or a mutation (a row altered or deleted in place
+    makes new parts), so a record tampered with after it was cached, or the event before it deleted, is
+    checked again. The caller reads the parts' version in its own ledger query (:func:`chain_ledger`).
+    Not thread-safe: use it under the same lock as its client.
+    """
+
+    def __init__(self, max_entries: int = 1_000) -> None:
+        self._max_entries = max_entries
+        self._version: tuple[Any, ...] | None = None
+        self._records: dict[tuple[Any, ...], list[Record]] = {}
+
+    def records(self, client: Client, parameters: dict[str, Any], catalog: Catalog, trust: Trust,
+                version: tuple[Any, ...]) -> list[Record]:
+        """The registry's verified records for ``parameters``, read when the registry's parts (``version``)
+        changed since they were, or they were never read."""
+        if version != self._version:
+            self._records.clear()
+            self._version = version
+        key = tuple((name, tuple(value) if isinstance(value, list) else value)
+                    for name, value in sorted(parameters.items()))
+        if key not in self._records:
+            if len(self._records) >= self._max_entries:
+                self._records.clear()
+            self._records[key] = verified_registry_records(client, parameters, catalog, trust)
+        return self._records[key]
+
+
+def _unique_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per event id (a redelivered copy not merged away yet is the same event)."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        found.setdefault(str(row["event_id"]), row)
+    return list(found.values())
+
+
+def prediction_records(client: Client, prediction_id: str) -> list[dict[str, Any]]:
+    """Step 1: the prediction's own rows with their bytes (``chain_prediction.sql``); also what :func:`trace` reads."""
+    result = client.query(chain_sql("chain_prediction.sql"), parameters={"prediction_id": prediction_id},
+                          settings=TRACE_SETTINGS, column_formats={"raw": "bytes"})
+    return list(result.named_results())
+
+
+def registry_records(client: Client, parameters: dict[str, Any], catalog: Catalog, trust: Trust) -> list[Checked]:
+    """Step 2: the registry records behind a trace (``chain_registry.sql``), each checked against its bytes."""
+    result = client.query(chain_sql("chain_registry.sql"), parameters=parameters, settings=TRACE_SETTINGS,
+                          column_formats={"raw": "bytes"})
+    return [check_row(catalog, trust, row) for row in _unique_rows(result.named_results())]
+
+
+def verified_registry_records(client: Client, parameters: dict[str, Any], catalog: Catalog,
+                              trust: Trust) -> list[Record]:
+    """Steps 2 and 3 for the registry records: read and checked against their bytes, then the ledger."""
+    checked = registry_records(client, parameters, catalog, trust)
+    return finished(checked, trust, chain_ledger(client, checked)) if checked else []
+
+
+def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any]) -> dict[str, Any] | None:
+    """The keys of step 2 from the newest trace's decoded event (else the stored answer); None without a model."""
+    source = trace_value or found
+    name, version = source.get("model_name"), source.get("model_version")
+    if not name or not version:
+        return None
+    return {
+        "model_name": name, "model_version": version, "subject": model_node(name, version),
+        "run_ids": sorted({run for run in (source.get("training_run_id"), found.get("training_run_id")) if run}),
+        "digests": sorted(set(source.get("dataset_digests") or []) | set(found.get("dataset_digests") or [])),
+        "feature_sets": sorted(set(source.get("feature_sets") or []) | set(found.get("feature_sets") or [])),
+    }
+
+
+@dataclass(frozen=True)
+class LedgerAnswer:
+    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) links recorded,
+    and the registry tables' parts (a version: see :class:`ChainCache`), when asked for."""
+
+    entries: dict[str, list[LedgerEntry]]
+    recorded: set[tuple[str, str]]
+    parts: tuple[tuple[str, ...], ...] = ()
+
+
+def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = False) -> LedgerAnswer:
+    """Step 3: what the ledger holds of ``records``: their ids' ledger rows, and which (session, prev_hash)
+    links it has recorded; with ``parts``, the registry tables' parts too. One query (``chain_ledger.sql``),
+    point lookups by id and by (session, hash), and part metadata."""
+    links = sorted({(r.session, r.prev_hash) for r in records if r.prev_hash})
+    result = client.query(chain_sql("chain_ledger.sql"), parameters={
+        "event_ids": sorted({r.event_id for r in records}), "links": links,
+        "tables": list(REGISTRY_TABLES) if parts else [],
+    }, settings=TRACE_SETTINGS)
+    entries: dict[str, list[LedgerEntry]] = {}
+    recorded: set[tuple[str, str]] = set()
+    found_parts = []
+    for what, event_id, hash_, session, content_digest, content_sha256 in result.result_rows:
+        if what == "self":
+            entries.setdefault(str(event_id), []).append(LedgerEntry(str(hash_), str(content_digest),
+                                                                     str(content_sha256)))
+        elif what == "link":
+            recorded.add((str(session), str(hash_)))
+        else:
+            found_parts.append(tuple(str(x) for x in (event_id, hash_, session, content_digest, content_sha256)))
+    return LedgerAnswer(entries, recorded, tuple(sorted(found_parts)))
+
+
+def finished(checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> list[Record]:
+    return [finish_record(r, trust, ledger.entries.get(r.event_id, []), (r.session, r.prev_hash or "") in
+                          ledger.recorded) for r in checked]
+
+
+def complete_trace(
+    client: Client, prediction_id: str, registry: RegistryCache | None = None, *, catalog: Catalog,
+    trust: Trust, payloads: bool = False, chains: ChainCache | None = None,
+) -> dict[str, Any] | None:
+    """:func:`trace` with the whole chain of custody under ``"chain"`` (:func:`provline.sink.chain.build_chain`),
+    each record checked against its bytes, the ledger and ``trust``; ``payloads``: include the raw request
+    and response bodies (roles that may see payloads). None when no trace is stored.
+
+    Point lookups only: the prediction's rows with their bytes (one query, which :func:`trace` reads
+    too, in place of ``trace.sql``); their ledger entries, with the registry's part metadata for
+    ``chains`` (one query); the registry records and their ledger entries (two queries, or from
+    ``chains`` while the registry's parts are unchanged); and :func:`trace`'s registry lookups. Blocks on
+    the store; not thread-safe on a shared client.
+    """
+    rows = prediction_records(client, prediction_id)
+    found = trace(client, prediction_id, registry, prediction_rows=rows)
+    if found is None:
+        return None
+    own = [check_row(catalog, trust, row) for row in _unique_rows(rows)]
+    latest = max((r for r in own if r.kind == "PredictionTrace"), key=lambda r: (r.event_time, r.event_id),
+                 default=None)
+    parameters = registry_parameters(latest.value if latest is not None else None, found)
+    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None)
+    behind: list[Record] = []
+    if parameters is not None:
+        behind = (chains.records(client, parameters, catalog, trust, ledger.parts) if chains is not None
+                  else verified_registry_records(client, parameters, catalog, trust))
+    records = finished(own, trust, ledger) + behind
+    found["chain"] = build_chain(prediction_id, records, payloads=payloads)
+    return found
 
 
 # ---------------------------------------------------------------- lineage, runs, models, drift
