@@ -266,7 +266,9 @@
     try {
       return await api("/v1/lineage/graph?" + new URLSearchParams({ node, direction, max_depth: depth }));
     } catch (error) {
-      if (!routeMissing(error)) throw error;
+      // without the graph route, /v1/lineage/{direction} takes "graph" for a direction and refuses it
+      const walkRouteAnswered = error instanceof ApiError && error.status === 400 && /direction 'graph'/.test(error.detail);
+      if (!routeMissing(error) && !walkRouteAnswered) throw error;
     }
     // a serve without /v1/lineage/graph: the walk's rows, each with the node it came via
     const walked = await api("/v1/lineage/" + encodeURIComponent(direction) + "?" + new URLSearchParams({ node, max_depth: depth }));
