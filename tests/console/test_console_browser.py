@@ -2,13 +2,16 @@
 the demo's data, every process real.
 
 What needs the issue 18 routes of the other parts is checked when serve answers them, and skipped
-(saying so) when it does not yet: verification badges and the tampered record (the trace's ``chain``,
-part 1), evaluations, approvals, the deployment timeline and traffic (``/v1/models/{name}/overview``).
-Everything else runs on what serve answers today.
+(saying so) when it does not yet: verified badges and the tampered record shown not verified (the
+trace's ``chain``, part 1), the deployments and traffic of ``/v1/models/{name}/overview``. Meanwhile the
+console's side of those answers is tested with answers of the contract's shapes, given by the test
+(``answer_with``: the page's fetch of that route returns them). Everything else runs on what serve
+answers today.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -117,7 +120,11 @@ def test_a_model_node_leads_to_the_model_page_with_its_drift_chart(demo: DemoDat
     for chart in charts:
         assert chart.find_elements(By.CSS_SELECTOR, "canvas"), "a drift chart without its canvas"
         legend = chart.text
-        assert "breach threshold" in legend and f"v{MODEL_VERSION}" in legend
+        assert f"v{MODEL_VERSION}" in legend
+        # the threshold is drawn where it applies to the statistic charted (KS, chi-squared: to the p-value)
+        on_p_value = chart.get_attribute("data-statistic") in ("ks", "chi_squared")
+        assert ("breach threshold" in legend) != on_p_value, legend
+    assert any("breach threshold" in chart.text for chart in charts)
     if has_overview(demo):  # issue 18's model overview: deployments and traffic as well
         assert browser.all("#deployments li") and browser.all("#traffic canvas")
 
@@ -201,9 +208,116 @@ def test_no_request_leaves_the_machine(demo: DemoData, browser: Console) -> None
     assert blocked == []  # nothing the pages need is refused by their own CSP
 
 
-def tamper_model_version(demo: DemoData) -> None:
+# ---------------------------------------------------------------- the contract's shapes, before serve answers them
+
+def answer_with(browser: Console, path_part: str, replacement: dict[str, Any], *, merge: bool) -> None:
+    """From the next page on, the answers of requests whose URL contains ``path_part`` carry ``replacement``
+    (merged into the real answer, or instead of it): the issue 18 contract's shapes, given by the test."""
+    constants = (f"const part = {json.dumps(path_part)}, replacement = {json.dumps(replacement)}, "
+                 f"merge = {json.dumps(merge)};")
+    script = constants + """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (input, init) => {
+  const response = await realFetch(input, init);
+  if (!String(input).includes(part)) return response;
+  const body = merge ? Object.assign(await response.json(), replacement) : replacement;
+  return new Response(JSON.stringify(body), {status: 200, headers: {"Content-Type": "application/json"}});
+};"""
+    browser.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+
+
+def contract_chain(demo: DemoData, prediction_id: str, *, altered: str) -> dict[str, Any]:
+    """A chain of every node kind the contract names, all verified but ``altered``."""
+    trace = trace_of(demo, prediction_id)
+    model = f"model:{MODEL_NAME}@{MODEL_VERSION}"
+    ids = {"prediction": f"prediction:{prediction_id}", "model": model, "run": f"run:{demo.facts.run_id}",
+           "environment": f"environment:{demo.facts.run_id}", "dataset": f"dataset:{demo.facts.dataset_digest}",
+           "evaluation": "evaluation:ev-1", "approval": "approval:ap-1", "deployment": "deployment:dep-2",
+           "previous": "deployment:dep-1"}
+
+    def node(key: str, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        ok = ids[key] != altered
+        return {"id": ids[key], "kind": kind, "label": ids[key].split(":", 1)[1][:40], "event_id": f"e-{key}",
+                "fields": fields, "verification": {
+                    "status": "verified" if ok else "not_verified", "hash_chain": ok, "signature": ok,
+                    "anchor": None, "detail": "hash chain and signature checked" if ok
+                    else "stored bytes differ from the hash chain"}}
+    nodes = [node("prediction", "prediction", {"request_time": trace["request_time"], "features": trace["features"]}),
+             node("model", "model", {"artifact_sha256": demo.facts.artifact_sha256}),
+             node("run", "run", {"seed": 7}), node("environment", "environment", {"python": "3.11"}),
+             node("dataset", "dataset", {"license": "synthetic"}),
+             node("evaluation", "evaluation", {"metric": "accuracy", "value": 0.8, "threshold": 0.6, "passed": True}),
+             node("approval", "approval", {"actor": "risk", "role": "risk-officer", "rationale": "passes"}),
+             node("deployment", "deployment", {"action": "PROMOTE", "in_force": True}),
+             node("previous", "deployment", {"action": "DEPLOY", "in_force": False})]
+    edges = [("prediction", "model", "served_by"), ("model", "run", "trained_by"),
+             ("run", "environment", "environment"), ("run", "dataset", "trained_on"),
+             ("model", "evaluation", "evaluated"), ("model", "approval", "approved"),
+             ("model", "deployment", "deployed"), ("deployment", "previous", "replaced")]
+    return {"nodes": nodes, "edges": [{"from": ids[a], "to": ids[b], "relation": r} for a, b, r in edges]}
+
+
+def test_a_chain_of_the_contracts_shape_shows_each_records_badge(demo: DemoData, browser: Console) -> None:
+    """The console's side of part 1 (verified / not verified per record), with the chain given by the test."""
+    chosen = demo.predictions[0].prediction_id
+    model = f"model:{MODEL_NAME}@{MODEL_VERSION}"
+    chain = contract_chain(demo, chosen, altered=model)
+    browser.sign_in("ann")
+    answer_with(browser, f"/v1/traces/{chosen}", {"chain": chain}, merge=True)
+    browser.open(f"/console/predictions/{chosen}")
+    cards = browser.wait_for("#nodes .node")
+    assert graph_node_ids(browser) == {n["id"] for n in chain["nodes"]}
+    assert browser.driver.execute_script("return window.provline.graph.edges().length") == len(chain["edges"])
+    badges = {c.get_attribute("data-node-id"): c.find_element(By.CSS_SELECTOR, ".badge").text for c in cards}
+    assert badges.pop(model) == "not verified"
+    assert set(badges.values()) == {"verified"}
+    assert "stored bytes differ" in browser.find(f'[data-node-id="{model}"]').text
+    assert "1 not verified" in browser.find("#trace-status").text
+    assert browser.driver.execute_script(f"return window.provline.graph.$id('{model}').hasClass('not_verified')")
+
+
+def test_a_model_overview_of_the_contracts_shape_is_charted(demo: DemoData, browser: Console) -> None:
+    """The console's side of the model overview (evaluations, approvals, timeline, traffic), given by the test."""
+    overview = {
+        "model_name": MODEL_NAME,
+        "versions": [{"version": v, "artifact_sha256": "a" * 64, "run_id": f"run-{v}",
+                      "registered_at": f"2026-05-0{v}T09:00:00Z", "event_id": f"mv-{v}"} for v in ("1", "2")],
+        "evaluations": [{"version": "2", "metric": "accuracy", "value": 0.81, "threshold": 0.7, "passed": True,
+                         "event_time": "2026-05-02T10:00:00Z", "event_id": "ev-2"}],
+        "approvals": [{"version": "2", "actor": "rita", "role": "risk-officer", "decision": "approved",
+                       "rationale": "passes", "event_time": "2026-05-02T11:00:00Z", "event_id": "ap-2"}],
+        "deployments": [
+            {"event_time": "2026-05-01T12:00:00Z", "version": "1", "action": "DEPLOY", "environment": "prod",
+             "endpoint": "/predict", "previous_version": None, "event_id": "d-1"},
+            {"event_time": "2026-05-02T12:00:00Z", "version": "2", "action": "PROMOTE", "environment": "prod",
+             "endpoint": "/predict", "previous_version": "1", "event_id": "d-2"},
+            {"event_time": "2026-05-03T12:00:00Z", "version": "1", "action": "ROLLBACK", "environment": "prod",
+             "endpoint": "/predict", "previous_version": "2", "event_id": "d-3"}],
+        "traffic": [{"window_start": f"2026-05-0{d}T00:00:00Z", "version": v, "predictions": n}
+                    for d, v, n in ((1, "1", 40), (2, "1", 10), (2, "2", 30), (3, "1", 35))],
+        "drift": [{"feature": "tenure_months", "window_start": f"2026-05-0{d}T00:00:00Z", "version": "1",
+                   "statistic": "psi", "value": value, "threshold": 0.2, "breached": value > 0.2}
+                  for d, value in ((1, 0.05), (2, 0.12), (3, 0.31))],
+    }
+    browser.sign_in("vic")
+    answer_with(browser, f"/v1/models/{MODEL_NAME}/overview", overview, merge=False)
+    browser.open(f"/console/models/{MODEL_NAME}")
+    browser.wait_for("#drift .drift-chart")
+    assert [r.text.split()[0] for r in browser.all("#versions tbody tr")] == ["1", "2"]
+    assert "passed" in browser.find("#evaluations tbody").text
+    assert "rita" in browser.find("#approvals tbody").text
+    timeline = [li.text for li in browser.all("#deployments li")]
+    assert len(timeline) == 3 and "ROLLBACK v1" in timeline[2] and "replacing v2" in timeline[2]
+    assert browser.all("#deployments li.rollback")
+    traffic = browser.find("#traffic-chart")
+    assert traffic.find_elements(By.CSS_SELECTOR, "canvas") and "v1" in traffic.text and "v2" in traffic.text
+    [drift] = browser.all("#drift .drift-chart")
+    assert drift.get_attribute("data-breaches") == "1" and "breach threshold" in drift.text
+
+
+def tamper_model_version(demo: DemoData) -> str:
     """Alter one byte of the stored ModelVersion, as someone who can write to ClickHouse would (the store is
-    serve's: serve is stopped, the store altered by another process, serve started again)."""
+    serve's: serve is stopped, the store altered by another process, serve started again); its event id."""
     [serve] = [service for service in demo.stack.services if service.name == "serve"]
     serve.stop()
     code = f"""
@@ -217,17 +331,23 @@ raw[at] = ord("0") if raw[at] != ord("0") else ord("1")
 client.command("ALTER TABLE model_versions UPDATE raw = unhex({{hex:String}}) WHERE event_id = {{id:String}}",
                parameters={{"hex": raw.hex(), "id": event_id}}, settings={{"mutations_sync": 2}})
 client.close()
+print(event_id)
 """
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+    altered = subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120, capture_output=True,
+                             text=True).stdout.split()[-1]
     serve.start()
     serve.wait_healthy()
+    return altered
 
 
 def test_a_tampered_record_shows_not_verified(demo: DemoData, browser: Console) -> None:
     """Last in the module: it alters the store the tests before it read."""
+    altered = tamper_model_version(demo)
+    findings = demo.get("/v1/verify", "ann").json()["findings"]
+    assert ("altered", altered) in {(f["problem"], f["event_id"]) for f in findings}, findings
     if not has_chain(demo):
-        pytest.skip("serve's trace answer has no chain with verification yet (issue 18 part 1)")
-    tamper_model_version(demo)
+        pytest.skip("serve's trace answer has no chain with verification yet (issue 18 part 1); the tampered "
+                    "record is found by /v1/verify, but the console cannot show it on the prediction page")
     chosen = demo.predictions[0].prediction_id
     browser.sign_in("ann")
     browser.open(f"/console/predictions/{chosen}")

@@ -75,6 +75,7 @@
     const tbody = node.tBodies[0];
     tbody.replaceChildren(...rows.map((row) => el("tr", {}, row.map((cell) =>
       el("td", {}, cell instanceof Node ? cell : cell === null || cell === undefined ? "" : String(cell))))));
+    if (!rows.length) tbody.append(el("tr", { class: "none" }, el("td", { colspan: columns.length, text: "None recorded." })));
     return node;
   }
 
@@ -95,7 +96,7 @@
   function drawGraph(container, nodes, edges, root, onTap) {
     const known = new Set(nodes.map((n) => n.id));
     const elements = nodes.map((n) => ({
-      data: { id: n.id, label: short(n.label || n.id, 40), kind: n.kind },
+      data: { id: n.id, label: short(n.label || n.id, nodes.length > 6 ? 16 : 40), kind: n.kind },
       classes: [(n.verification && n.verification.status) || "", n.id === root ? "focus" : ""].join(" "),
     })).concat(edges.filter((e) => known.has(e.from) && known.has(e.to)).map((e, i) => ({
       data: { id: "e" + i, source: e.from, target: e.to, relation: e.relation },
@@ -342,7 +343,10 @@
 
   // One uPlot chart: x = window start, one series per version, and the threshold when given.
   function chart(container, title, rows, valueOf, threshold, attrs) {
-    const times = [...new Set(rows.map((r) => seconds(r.window_start)))].sort((a, b) => a - b);
+    const windows = [...new Set(rows.map((r) => seconds(r.window_start)))].sort((a, b) => a - b);
+    // one empty step either side, so a single window is a point in a range and the threshold a line across
+    const step = windows.length > 1 ? (windows[windows.length - 1] - windows[0]) / (windows.length - 1) : 60;
+    const times = [windows[0] - step, ...windows, windows[windows.length - 1] + step];
     const versions = [...new Set(rows.map((r) => String(r.version)))].sort();
     const data = [times];
     const series = [{}];
@@ -391,7 +395,9 @@
     drift.replaceChildren();
     const byFeature = groupBy(answer.drift, (r) => r.feature + " · " + r.statistic);
     for (const [title, rows] of byFeature) {
-      const thresholds = rows.map((r) => r.threshold).filter((t) => t !== null && t !== undefined);
+      // KS and chi-squared breach on their p-value, not on the statistic charted: no line to compare with
+      const onPValue = ["ks", "chi_squared"].includes(rows[0].statistic);
+      const thresholds = onPValue ? [] : rows.map((r) => r.threshold).filter((t) => t !== null && t !== undefined);
       const breaches = rows.filter((r) => r.breached).length;
       chart(drift, `${title}${breaches ? ` — ${breaches} window${breaches > 1 ? "s" : ""} breached` : ""}`, rows,
         (r) => r.value, thresholds.length ? Math.max(...thresholds) : null,
