@@ -7,6 +7,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 
@@ -18,6 +19,21 @@ SAMPLE_CUSTOMERS = [
     {"tenure_months": 48, "monthly_charges": 40.0, "support_calls": 0},
     {"tenure_months": 12, "monthly_charges": 70.25, "support_calls": 2},
 ]
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (SIGINT), a hang-up or SIGTERM; then ignore them, so stopping the stack is not cut short."""
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # SIGINT too: ignored when started in background
+        signal.signal(signum, interrupted)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def main() -> int:
@@ -61,10 +77,7 @@ def main() -> int:
                       f"{stack.console_url}predictions/{chosen.prediction_id}")
         if keep:
             console.print("everything keeps running for the console; press Ctrl-C to stop")
-            try:
-                signal.pause()
-            except KeyboardInterrupt:
-                pass
+            wait_for_interrupt()
         console.print("stopping everything the demo started…")
     return 0
 
