@@ -188,3 +188,15 @@ def test_the_vendored_libraries_and_their_licences_are_served(api: AuditApi) -> 
         assert reply.status_code == 200 and media in reply.headers["content-type"], name
     assert api.http.get("/console/static/../api.py").status_code == 404
     assert api.http.get("/console/static/nothing.js").status_code == 404
+
+
+def test_over_tls_the_cookies_are_secure(api: AuditApi) -> None:
+    with TestClient(api.http.app, base_url="https://testserver") as https:
+        form = {"token": TOKENS["ann"][0], "csrf_token": csrf_of(https), "next": "/console/search"}
+        reply = https.post("/console/sign-in", data=form, headers={"Origin": "https://testserver"},
+                           follow_redirects=False)
+    assert reply.status_code == 303
+    cookies = set_cookie_headers(reply)
+    assert {c.split("=")[0] for c in cookies} == {SESSION_COOKIE, CSRF_COOKIE}
+    for cookie in cookies:
+        assert "secure" in {part.strip().lower() for part in cookie.split(";")}, cookie
