@@ -40,9 +40,6 @@
     return answer;
   }
 
-  // A 404 of FastAPI's router ("Not Found") means this serve has no such route yet, not no such record.
-  function routeMissing(error) { return error instanceof ApiError && error.status === 404 && error.detail === "Not Found"; }
-
   function say(id, text, isError) {
     const node = document.getElementById(id);
     if (node) { node.textContent = text; node.classList.toggle("failed", Boolean(isError)); }
@@ -263,34 +260,17 @@
 
   // ------------------------------------------------------------------ lineage explorer
 
-  async function lineageGraph(node, direction, depth) {
-    try {
-      return await api("/v1/lineage/graph?" + new URLSearchParams({ node, direction, max_depth: depth }));
-    } catch (error) {
-      // without the graph route, /v1/lineage/{direction} takes "graph" for a direction and refuses it
-      const walkRouteAnswered = error instanceof ApiError && error.status === 400 && /direction 'graph'/.test(error.detail);
-      if (!routeMissing(error) && !walkRouteAnswered) throw error;
-    }
-    // a serve without /v1/lineage/graph: the walk's rows, each with the node it came via
-    const walked = await api("/v1/lineage/" + encodeURIComponent(direction) + "?" + new URLSearchParams({ node, max_depth: depth }));
-    const nodes = [{ id: node, kind: node.split(":")[0], label: node }];
-    const edges = [];
-    for (const row of walked.nodes) {
-      nodes.push({ id: row.node, kind: row.kind, label: row.node.slice(row.kind.length + 1) });
-      edges.push(direction === "downstream" ? { from: row.via, to: row.node, relation: row.edge }
-        : { from: row.node, to: row.via, relation: row.edge });
-    }
-    const predictions = direction === "downstream" ? walked.nodes.filter((r) => r.kind === "prediction").length : 0;
-    return { node, direction, nodes, edges, predictions_downstream: predictions };
-  }
-
   async function explore(node, direction, depth) {
     say("lineage-status", "Walking…");
     let answer;
-    try { answer = await lineageGraph(node, direction, depth); } catch (error) { say("lineage-status", error.detail || String(error), true); return; }
-    say("lineage-status", `${answer.nodes.length} nodes ${direction} of ${node}`);
+    try {
+      answer = await api("/v1/lineage/graph?" + new URLSearchParams({ node, direction, max_depth: depth }));
+    } catch (error) { say("lineage-status", error.detail || String(error), true); return; }
+    say("lineage-status", `${answer.nodes.length} nodes ${direction} of ${node}` +
+      (answer.truncated ? " (the nearest only: the graph was cut at its limit)" : ""));
     say("downstream-count", direction === "downstream"
       ? `${answer.predictions_downstream} prediction${answer.predictions_downstream === 1 ? "" : "s"} downstream` : "");
+    document.getElementById("downstream-hint").hidden = direction !== "downstream" || !answer.predictions_downstream;
     drawGraph(document.getElementById("graph"), answer.nodes, answer.edges, node, (id, kind) => {
       if (kind === "prediction") window.location.href = predictionUrl(id.slice("prediction:".length));
       else if (kind === "model") window.location.href = modelUrl(id.slice(6, id.lastIndexOf("@")));
@@ -314,24 +294,6 @@
   }
 
   // ------------------------------------------------------------------ the model page
-
-  async function overview(name) {
-    try {
-      return await api("/v1/models/" + encodeURIComponent(name) + "/overview");
-    } catch (error) {
-      if (!routeMissing(error)) throw error;
-    }
-    // a serve without the overview route: the versions and drift it answers today
-    const [listed, drift] = await Promise.all([api("/v1/models?" + new URLSearchParams({ model: name })),
-      api("/v1/drift/" + encodeURIComponent(name))]);
-    return {
-      model_name: name, evaluations: [], approvals: [], deployments: [], traffic: [], partial: true,
-      versions: listed.models.map((m) => ({ version: m.model_version, artifact_sha256: m.artifact_sha256, run_id: m.run_id,
-        registered_at: m.registered, event_id: null })),
-      drift: drift.drift.map((d) => ({ feature: d.feature, window_start: d.window_start, version: d.model_version,
-        statistic: d.metric, value: d.value, threshold: d.threshold, breached: d.breached })),
-    };
-  }
 
   function groupBy(rows, key) {
     const groups = new Map();
@@ -371,9 +333,10 @@
   async function modelPage() {
     const name = subject;
     let answer;
-    try { answer = await overview(name); } catch (error) { say("model-status", error.detail || String(error), true); return; }
-    say("model-status", answer.partial
-      ? "This serve answers versions and drift only (no model overview route yet)." : "");
+    try { answer = await api("/v1/models/" + encodeURIComponent(name) + "/overview"); }
+    catch (error) { say("model-status", error.detail || String(error), true); return; }
+    const cut = answer.truncated || [];
+    say("model-status", cut.length ? `Only the first rows of ${cut.join(", ")} are shown (the answer's limit).` : "");
     const versions = [...answer.versions].sort((a, b) => String(a.registered_at).localeCompare(String(b.registered_at)));
     table("versions", ["Version", "Registered", "Artifact SHA-256", "Training run"], versions.map((v) => [
       v.version, v.registered_at, el("code", { text: short(v.artifact_sha256 || "", 20) }),
