@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools k8s-tools image clean
+.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools browser-tools k8s-tools image screenshots clean
 
 setup: $(INSTALLED)
 
@@ -63,6 +63,19 @@ $(DEPLOY_TOOLS):
 			|| ! command -v prometheus-alertmanager >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			prometheus docker-compose prometheus-alertmanager >/dev/null; fi
+	@touch $@
+
+# The console's browser tests (tests/console) drive Debian's headless Chromium through its chromedriver
+# (packages chromium and chromium-driver) with Selenium (the [test] extra). Installed only where missing.
+BROWSER_TOOLS := build/.browser-tools
+
+browser-tools: $(BROWSER_TOOLS)
+
+$(BROWSER_TOOLS):
+	@mkdir -p build
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver fonts-dejavu-core >/dev/null; fi
 	@touch $@
 
 # deploy/kubernetes is rendered by the real kustomize, built from its Go module into build/k8s/bin, and its
@@ -136,11 +149,16 @@ typecheck: setup
 		| sed -e 's|^provline/\(schemas\|producers\|sidecar\|stream_processors\|sink\)/|\1/|'; \
 		exit $${PIPESTATUS[0]}
 
-test: setup broker model-servers deploy-tools k8s-tools image lint
+test: setup broker model-servers deploy-tools browser-tools k8s-tools image lint
 	$(BIN)/pytest -p no:cacheprovider -ra --durations=40 tests
 
 docs: setup
 	$(BIN)/python -m provline.docs README.md
+
+# The console's screenshots in docs/console (shown in the README), taken by headless Chromium of a
+# `provline serve` holding the demo's data (tests/console/screenshots.py).
+screenshots: setup broker browser-tools
+	$(BIN)/python -m tests.console.screenshots docs/console
 
 demo: setup broker
 	$(BIN)/python -m deploy.demo

@@ -10,6 +10,10 @@ readiness and metrics probes, allowed, denied or failed (an unhandled error is l
 written to ``access_log`` (who, what, when, status, size; for SQL the statement, its SHA-256 and
 the tables read); if that write fails the answer is withheld (503): no unlogged reads.
 
+The web console (:mod:`provline.sink.console`, under ``/console/``) signs readers in with these same
+tokens, kept in a session cookie that stands in for the bearer token on the console's pages and on the
+console's same-origin ``GET`` requests of ``/v1`` only (:func:`provline.sink.console.auth.cookie_accepted`).
+
 The API owns one client for its answers and the access log: handlers run in a thread pool, so
 calls on it are serialised with a lock (clickhouse-connect clients are not for concurrent queries).
 User SQL never runs on it: each SQL role has a read-only sandbox session of its own
@@ -45,6 +49,7 @@ from provline.schemas.integrity import load_private_key
 from provline.schemas.tracecontext import check_trace_id
 from provline.sink import evidence, lineagegraph, modelpage, monitor, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
+from provline.sink.console import SESSION_COOKIE, console_router, cookie_accepted
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
 from provline.sink.metrics import VERIFY_RUNS
@@ -292,6 +297,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         reader = authenticate(settings, token.strip()) if scheme.lower() == "bearer" else None
+        if not header and cookie_accepted(request.method, request.url.path, request.headers):
+            reader = authenticate(settings, request.cookies.get(SESSION_COOKIE))  # the console's session
         request.state.reader = reader
         request.state.sql_tables = []
         request_id = str(uuid.uuid4())
@@ -592,6 +599,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
             status = {"accepted": 202, "not_found": 404, "invalid": 422}[results[0]["status"]]
             return JSONResponse(status_code=status, content={**counts, "results": results})
         return JSONResponse(status_code=200, content={**counts, "results": results})
+
+    app.include_router(console_router(lambda token: authenticate(settings, token)))
 
     @app.exception_handler(ClickHouseError)
     def store_error(request: Request, exc: ClickHouseError) -> JSONResponse:

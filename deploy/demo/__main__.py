@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 
 from rich.console import Console
 
-from deploy.demo.stack import DemoStack, StackError
+from deploy.demo.stack import DEMO_API_TOKEN, DemoStack, StackError
 from provline.cli import print_trace
 
 SAMPLE_CUSTOMERS = [
@@ -19,10 +21,29 @@ SAMPLE_CUSTOMERS = [
 ]
 
 
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (SIGINT), a hang-up or SIGTERM; then ignore them, so stopping the stack is not cut short."""
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # SIGINT too: ignored when started in background
+        signal.signal(signum, interrupted)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=None, help="keep data and logs here (default: a temp dir)")
+    parser.add_argument("--keep", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep everything running for the web console until Ctrl-C (default: when run from a "
+                        "terminal)")
     args = parser.parse_args()
+    keep = sys.stdin.isatty() if args.keep is None else args.keep
     console = Console()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="provline-demo-"))
     console.print(f"[bold]provline demo[/bold] — data and logs in {workdir}")
@@ -51,6 +72,12 @@ def main() -> int:
             console.print(f"[red]demo failed:[/red] {exc}")
             return 1
         print_trace(trace)
+        console.print(f"\n[bold]web console[/bold] at {stack.console_url} — sign in with the token "
+                      f"[bold]{DEMO_API_TOKEN}[/bold] (role admin);\n  this prediction's page is "
+                      f"{stack.console_url}predictions/{chosen.prediction_id}")
+        if keep:
+            console.print("everything keeps running for the console; press Ctrl-C to stop")
+            wait_for_interrupt()
         console.print("stopping everything the demo started…")
     return 0
 

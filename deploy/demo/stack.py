@@ -143,6 +143,11 @@ class DemoStack:
         return f"http://127.0.0.1:{self.api_port}"
 
     @property
+    def console_url(self) -> str:
+        """The web console's sign-in page; it takes the API token (:data:`DEMO_API_TOKEN`)."""
+        return f"{self.api_url}/console/"
+
+    @property
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {DEMO_API_TOKEN}"}
 
@@ -187,17 +192,20 @@ class DemoStack:
         assert admin is not None
         create_topics(admin, self.topics.all, partitions=TOPIC_PARTITIONS)
 
-    def start_platform(self, *, processors_env: Mapping[str, str] | None = None) -> None:
+    def start_platform(self, *, processors_env: Mapping[str, str] | None = None,
+                       api_tokens: Mapping[str, Mapping[str, str]] | None = None) -> None:
         """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust).
 
         Consumer groups are named after the topic prefix, so stacks sharing a broker never share a
-        group; ``processors_env`` adds PROVLINE_ settings of the processors (drift windows, waits).
+        group; ``processors_env`` adds PROVLINE_ settings of the processors (drift windows, waits);
+        ``api_tokens`` adds readers (name -> token and role) beside the demo's admin.
         """
+        tokens = {"demo": {"token": DEMO_API_TOKEN, "role": "admin"}, **(api_tokens or {})}
         serve = self._provline("serve", ["serve"], self._env(
             "serve",
             PROVLINE_STORE__URL=f"chdb://{self.workdir / 'clickhouse'}",
             PROVLINE_API__PORT=str(self.api_port),
-            PROVLINE_API__TOKENS=json.dumps({"demo": {"token": DEMO_API_TOKEN, "role": "admin"}}),
+            PROVLINE_API__TOKENS=json.dumps(tokens),
             PROVLINE_SINK__CONSUMER_GROUP=f"{self.topics.prefix}-sink",
         ), f"{self.api_url}/healthz")
         self._provline("processors", ["processors"], self._env(

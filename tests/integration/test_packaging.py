@@ -25,6 +25,8 @@ from provline.sink.store import migration_files
 from provline.sink.ingest import derived_select
 assert "PredictionTrace" in default_catalog().records and migration_files()
 derived_select("prediction_index", "t")
+from provline.sink.console import console_router
+console_router(lambda token: None)  # reads its templates and static files from the installed package
 from importlib import resources
 assert (resources.files("provline.schemas") / "openlineage" / "ProvlineRunFacet.json").is_file()
 bare = sorted({"schemas", "producers", "sidecar", "stream_processors", "sink"} & set(sys.modules))
@@ -53,7 +55,13 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     if top_level:
         assert zipfile.ZipFile(wheel).read(top_level[0]).decode().split() == ["provline"]
     for data in ("provline/schemas/avsc/PredictionTrace.v2.avsc", "provline/sink/sql/0001_event_tables.sql",
-                 "provline/schemas/py.typed", "provline/sink/py.typed"):
+                 "provline/schemas/py.typed", "provline/sink/py.typed",
+                 "provline/sink/console/templates/layout.html", "provline/sink/console/static/console.js",
+                 "provline/sink/console/static/console.css",
+                 "provline/sink/console/static/vendor/cytoscape-3.35.0.min.js",
+                 "provline/sink/console/static/vendor/cytoscape-3.35.0.LICENSE",
+                 "provline/sink/console/static/vendor/uPlot-1.6.32.iife.min.js",
+                 "provline/sink/console/static/vendor/uPlot-1.6.32.LICENSE"):
         assert data in names
 
 
