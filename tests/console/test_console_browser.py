@@ -1,15 +1,15 @@
 """The web console in a real browser (issue 18, part 3): headless Chromium against ``provline serve`` holding
 the demo's data, every process real.
 
-The verified badges and the tampered record shown not verified need the trace's ``chain`` (issue 18
-part 1): they are checked once serve answers it, and skipped (saying so) until then. Meanwhile the
-console's side of that answer is tested with a chain of the contract's shape given by the test
-(``answer_with``: the page's fetch of that route returns it); so is a model overview with several
-versions and a rollback, which the demo's data does not have. Everything else runs on what serve answers.
+The verified badges and the tampered record come from serve's trace ``chain``. Every node kind and a
+record that fails is also tested with a chain given by the test (``answer_with``: the page's fetch of that
+route returns it); so is a model overview with several versions and a rollback, which the demo's data does
+not have. Everything else runs on what serve answers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -29,10 +29,6 @@ def trace_of(demo: DemoData, prediction_id: str, reader: str = "ann") -> dict[st
     reply = demo.get(f"/v1/traces/{prediction_id}", reader)
     assert reply.status_code == 200, reply.text
     return reply.json()
-
-
-def has_chain(demo: DemoData) -> bool:
-    return "chain" in trace_of(demo, demo.predictions[0].prediction_id)
 
 
 def graph_node_ids(browser: Console) -> set[str]:
@@ -89,11 +85,8 @@ def test_the_prediction_page_draws_the_chain_of_custody_with_a_badge_per_record(
               for card in cards}
     model_card = browser.find(f'[data-node-id="{model}"]')
     assert demo.facts.artifact_sha256 in model_card.text  # the node's record
-    if has_chain(demo):  # the complete trace answer (issue 18 part 1): every record of an untouched store verifies
-        assert set(badges.values()) == {"verified"}, badges
-        assert {"environment", "evaluation", "deployment"} & {c.get_attribute("data-kind") for c in cards}
-    else:
-        assert set(badges.values()) == {"unchecked"}, badges
+    assert set(badges.values()) == {"verified"}, badges  # every record of an untouched store verifies
+    assert {"environment", "evaluation", "deployment"} & {c.get_attribute("data-kind") for c in cards}
     status = browser.find("#trace-status").text
     assert f"{len(nodes)} records in the chain of custody" in status and "not verified" not in status
 
@@ -149,10 +142,10 @@ def test_viewers_and_auditors_see_different_things(demo: DemoData, browser: Cons
         "const done = arguments[0]; fetch(document.getElementById('evidence').href)"
         ".then((r) => r.json().then((b) => done([r.status, Object.keys(b.files || {})])))")
     assert bundle[0] == 200 and bundle[1], bundle
-    if has_chain(demo):  # the payload itself only for roles that may see it
-        auditor_text = browser.find("#nodes").text
-        body = demo.predictions[0].request_body.decode()
-        assert "payload" in auditor_text and "payload" not in viewer_text, body
+    auditor_text = browser.find("#nodes").text  # the payload itself only for roles that may see it
+    body = base64.b64encode(demo.predictions[0].request_body).decode()
+    assert "request_body" in auditor_text.splitlines() and body in auditor_text, auditor_text
+    assert "request_body" not in viewer_text.splitlines() and body not in viewer_text, viewer_text
 
 
 def test_the_lineage_explorer_counts_the_predictions_downstream_of_the_dataset(
@@ -348,9 +341,6 @@ def test_a_tampered_record_shows_not_verified(demo: DemoData, browser: Console) 
     altered = tamper_model_version(demo)
     findings = demo.get("/v1/verify", "ann").json()["findings"]
     assert ("altered", altered) in {(f["problem"], f["event_id"]) for f in findings}, findings
-    if not has_chain(demo):
-        pytest.skip("serve's trace answer has no chain with verification yet (issue 18 part 1); the tampered "
-                    "record is found by /v1/verify, but the console cannot show it on the prediction page")
     chosen = demo.predictions[0].prediction_id
     browser.sign_in("ann")
     browser.open(f"/console/predictions/{chosen}")
