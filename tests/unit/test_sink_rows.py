@@ -60,7 +60,8 @@ def ddl_columns() -> dict[str, list[str]]:
                     columns.insert(columns.index(after) + 1 if after else len(columns), column)
                 continue
             if match is None:
-                allowed = r"^(ALTER TABLE \w+\s+(MODIFY SETTING|ADD INDEX)|INSERT INTO event_ledger (\(|SELECT))"
+                allowed = (r"^(ALTER TABLE \w+\s+(MODIFY SETTING|ADD INDEX|ADD PROJECTION|MATERIALIZE PROJECTION)"
+                           r"|INSERT INTO event_ledger (\(|SELECT))")
                 assert re.search(allowed, statement, re.M), statement
                 continue
             columns = [
