@@ -87,7 +87,8 @@ def seed() -> tuple[Session, Session]:
     return job, serving
 
 
-def store_sessions(client: Client, *sessions: Session) -> None:
+def store_sessions(client: Client, *sessions: Any) -> None:
+    """Store every event of ``sessions`` (objects with ``events``: (kind, value) pairs) through the sink's writer."""
     catalog = default_catalog()
     events = [event for session in sessions for event in session.events]
     messages = [StoredMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]

@@ -23,8 +23,8 @@ from provline.schemas.integrity import HashChain
 from provline.sink.api import create_api
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store, store_tables
-from provline.sink.writer import insert_plan, plan_batch
-from tests.helpers import StoredMessage, seal
+from tests.helpers import seal
+from tests.integration.test_sink_audit import store_sessions
 
 pytestmark = pytest.mark.integration
 
@@ -52,15 +52,6 @@ class Session:
         value = seal(self.chain, kind, {**new_envelope(self.producer, event_time=when), **fields})
         self.events.append((kind, value))
         return value
-
-
-def store_sessions(client: Client, *sessions: Session) -> None:
-    catalog = default_catalog()
-    events = [event for session in sessions for event in session.events]
-    messages = [StoredMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]
-    plan = plan_batch(messages, catalog)
-    assert not plan.dead_letters
-    assert insert_plan(client, plan, catalog) == []
 
 
 def metric(name: str, value: float, threshold: float | None = None, passed: bool | None = None) -> dict[str, Any]:
