@@ -27,7 +27,7 @@ import httpx
 
 from deploy.demo import model as churn
 from deploy.local.kafka import LocalKafka, create_topics
-from deploy.local.kafka.broker import free_port
+from deploy.local.kafka.broker import free_ports
 from provline.producers import JobSettings, Lineage
 from provline.schemas import Topics
 
@@ -131,12 +131,8 @@ class DemoStack:
     def __post_init__(self) -> None:
         self.workdir = self.workdir.resolve()
         self._own_broker = False
-        self.api_port = free_port()
-        self.model_port = free_port()
-        self.sidecar_port = free_port()
-        self.sidecar_admin_port = free_port()
-        self.processors_web_port = free_port()
-        self.processors_metrics_port = free_port()
+        (self.api_port, self.model_port, self.sidecar_port, self.sidecar_admin_port, self.processors_web_port,
+         self.processors_metrics_port) = free_ports(6)
 
     @property
     def api_url(self) -> str:

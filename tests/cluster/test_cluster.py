@@ -349,7 +349,11 @@ def run_worker_kill(cluster: LocalKafkaCluster, stack: DemoStack, topics: Topics
     wrong = [pid for pid, found in traces.items()
              if not all(t["complete"] and t["model_version"] == expected_version(int(pid.split("-")[1]))
                         for t in found)]
-    assert not wrong, f"traces with the wrong model version or incomplete: {first(wrong)}"
+    shown = {pid: (expected_version(int(pid.split("-")[1])), placed.get(pid),
+                   [(t["complete"], t["missing"], t["model_version"], t["event_id"], t["event_time"])
+                    for t in traces[pid]]) for pid in first(wrong)}
+    assert not wrong, (f"traces with the wrong model version or incomplete (expected version, (partition, offset), "
+                       f"traces): {shown}\n--- survivor\n{survivor.log_path.read_text()[-4000:]}")
     resent = sum(len(found) - 1 for found in traces.values())
     print(f"survivor holds {assignment}; {resent} traces re-sent with their first event id, "
           f"{copies} stored copies awaiting a merge")

@@ -55,9 +55,25 @@ class BrokerError(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, *, besides: tuple[int, ...] = ()) -> list[int]:
+    """``count`` different ports free now, none of ``besides``: held open together while chosen, since
+    ports asked for one after the other may be the same one (the OS hands a closed port out again)."""
+    held: list[socket.socket] = []  # a port of ``besides`` the OS hands out stays bound too, so the next differs
+    chosen: list[int] = []
+    try:
+        while len(chosen) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind(("127.0.0.1", 0))
+            if (port := int(sock.getsockname()[1])) not in besides:
+                chosen.append(port)
+        return chosen
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def ensure_artifacts() -> list[Path]:
@@ -191,12 +207,13 @@ class KafkaNode:
         """``port`` (clients) and ``controller_port`` (KRaft): None or 0, any free port."""
         self.data_dir = Path(data_dir).resolve()
         self.node_id = node_id
-        self.port = port or free_port()
-        self.controller_port = controller_port or free_port()
+        self.scram_users = dict(scram_users or {})
+        chosen = iter(free_ports(3, besides=tuple(p for p in (port, controller_port) if p)))
+        self.port = port or next(chosen)
+        self.controller_port = controller_port or next(chosen)
         if self.controller_port == self.port:
             raise BrokerError(f"the client and controller ports are both {self.port}; give them different ports")
-        self.scram_users = dict(scram_users or {})
-        self.internal_port = free_port() if self.scram_users else None
+        self.internal_port = next(chosen) if self.scram_users else None
         self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
         self.cluster_id = cluster_id or _kafka_cluster_id()
         self.defaults = dict(SINGLE_NODE_DEFAULTS if defaults is None else defaults)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.demo.stack import REPO, DemoStack, Service, StackError
-from deploy.local.kafka.broker import free_port
+from deploy.local.kafka.broker import free_port, free_ports
 
 VENVS = REPO / "build" / "venvs"
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -130,10 +130,10 @@ class RealServersStack(DemoStack):
     def start_mlserver(self, repository: Path, *, wait: bool = True) -> Server:
         """MLServer serving every model under ``repository``; inference in its own process (no
         worker pool), gRPC on a free port, its metrics server off."""
-        port = free_port()
+        port, grpc_port = free_ports(2)
         service = self._server("mlserver", [str(venv_tool("mlserver", "mlserver")), "start", str(repository)],
                                self._env(None, PATH=_on_path("mlserver"), MLSERVER_HOST="127.0.0.1",
-                                         MLSERVER_HTTP_PORT=str(port), MLSERVER_GRPC_PORT=str(free_port()),
+                                         MLSERVER_HTTP_PORT=str(port), MLSERVER_GRPC_PORT=str(grpc_port),
                                          MLSERVER_METRICS_ENDPOINT="", MLSERVER_PARALLEL_WORKERS="0"),
                                f"http://127.0.0.1:{port}/v2/health/ready")
         if wait:
@@ -153,7 +153,7 @@ class RealServersStack(DemoStack):
 
     def start_sidecar(self, name: str, upstream: str, *, wait: bool = True) -> Server:
         """``provline sidecar`` in front of ``upstream``, as the README starts it."""
-        port, admin_port = free_port(), free_port()
+        port, admin_port = free_ports(2)
         service = self._provline(name, [
             "sidecar", "--upstream", upstream, "--host", "127.0.0.1", "--port", str(port),
             "--admin-port", str(admin_port),
