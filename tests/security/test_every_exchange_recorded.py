@@ -13,7 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -23,15 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from provline.producers import Emitter
+from provline.producers import Emitter, MemoryTransport
 from provline.schemas import default_catalog
+from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.errors import UpstreamUnreachable
 from provline.sidecar.events import Capture
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.policy import FieldRules, Policy, Redactor
 from provline.sidecar.recorder import Exchange, Recorder
-from tests.helpers import LoopThread, decoded, events_sent, memory_emitter, serve_app
+from tests.helpers import LoopThread, decoded, memory_emitter, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server, wait_for
 
 KEY = "finding-4-redaction-key-0123456789"
@@ -50,10 +51,20 @@ async def echo(request: web.Request) -> web.Response:
 class Sidecar:
     url: str
     emitter: Emitter
+    client: httpx.Client
+    _decoded: list[tuple[str, dict]] = field(default_factory=list)
+    _read: int = 0
 
     def events(self) -> list[tuple[str, dict]]:
-        events = events_sent(self.emitter.transport)  # type: ignore[arg-type]
-        return [(d.record, d.value) for d in (default_catalog().decode(raw) for raw in events)]
+        """Every event the sidecar has sent so far; each message decoded once (the transport only appends),
+        so polling stays cheap however many exchanges the module's tests have made."""
+        transport: MemoryTransport = self.emitter.transport  # type: ignore[assignment]
+        new = transport.messages[self._read:]
+        self._read += len(new)
+        catalog = default_catalog()
+        self._decoded += [(d.record, d.value) for d in (catalog.decode(raw) for message in new
+                                                        for raw in events_in(catalog, message.value))]
+        return list(self._decoded)
 
     def missing(self, prediction_ids: list[str]) -> int:
         """Events missing for these predictions, waiting a little for the recorder."""
@@ -87,9 +98,13 @@ def upstream_url(loop: LoopThread) -> Iterator[str]:
 def serve(loop: LoopThread, settings: SidecarSettings) -> Iterator[Sidecar]:
     emitter, _ = memory_emitter("finding-4")
     server, task, url = loop.run(start_server(SidecarApp(settings, emitter)))
+    # One client per sidecar, so its TLS context (the CA bundle, tens of ms to load) is built once rather
+    # than per request as httpx.post does; no keep-alive, so every exchange still has a connection of its own.
+    client = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=30)
     try:
-        yield Sidecar(url, emitter)
+        yield Sidecar(url, emitter, client)
     finally:
+        client.close()
         loop.run(stop_server(server, task))
         emitter.close()
 
@@ -111,8 +126,8 @@ def redacting(loop: LoopThread, upstream_url: str, tmp_path_factory: pytest.Temp
 
 def post(sidecar: Sidecar, body: bytes, *, path: str = "/predict", content_type: str = "application/json") -> str:
     prediction_id = str(uuid.uuid4())
-    reply = httpx.post(f"{sidecar.url}{path}", content=body,
-                       headers={"Content-Type": content_type, "X-Request-ID": prediction_id}, timeout=30)
+    reply = sidecar.client.post(f"{sidecar.url}{path}", content=body,
+                        headers={"Content-Type": content_type, "X-Request-ID": prediction_id})
     assert reply.status_code == 200 and reply.content == body
     assert reply.headers["x-prediction-id"] == prediction_id
     return prediction_id
