@@ -307,6 +307,7 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         statement = sql_statement(await request.body()) if is_sql else None
 
         def row(status: int, size: int) -> list[Any]:
+            reader = request.state.reader  # the console's sign-in names its reader once it has checked the form
             return access_row(
                 time=datetime.now(UTC), request_id=request_id, reader=reader.name if reader else "",
                 role=reader.role if reader else "", method=request.method, path=request.url.path,

@@ -140,6 +140,7 @@ def console_router(authenticate: Callable[[str], Reader | None]) -> APIRouter:
         if reader is None:
             return page(request, "sign-in", "Sign in", form.get("next", ""), status=401,
                         error="unknown token; ask an admin for a token in PROVLINE_API__TOKENS")
+        request.state.reader = reader  # so the access log names who signed in
         target = form.get("next", "")
         if not target.startswith(CONSOLE_PREFIX + "/"):  # never redirect off the console
             target = f"{CONSOLE_PREFIX}/search"

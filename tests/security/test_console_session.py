@@ -173,10 +173,17 @@ def test_every_console_request_is_in_the_access_log(api: AuditApi) -> None:
     assert ("ann", "auditor", "GET", 200, True) in access_rows(api, "/console/search")
     assert access_rows(api, "/console/predictions/p1") == [("ann", "auditor", "GET", 200, True)]
     assert access_rows(api, "/v1/traces/p1") == [("ann", "auditor", "GET", 200, True)]
-    assert [row[2:4] for row in access_rows(api, "/console/sign-in")] == [("GET", 200), ("POST", 303)]
+    # the sign-in row names who signed in: the token came in the form, not in a cookie or header
+    assert [row[:4] for row in access_rows(api, "/console/sign-in")] == [("", "", "GET", 200),
+                                                                         ("ann", "auditor", "POST", 303)]
     assert access_rows(api, "/console/static/console.js") == []  # no page asked for it here
     api.http.get("/console/static/console.js")
     assert access_rows(api, "/console/static/console.js") == [("ann", "auditor", "GET", 200, True)]
+
+
+def test_a_refused_sign_in_is_logged_with_no_reader(api: AuditApi) -> None:
+    assert sign_in(api.http, "ann", token="not-a-token").status_code == 401
+    assert access_rows(api, "/console/sign-in") == [("", "", "GET", 200, True), ("", "", "POST", 401, False)]
 
 
 def test_the_vendored_libraries_and_their_licences_are_served(api: AuditApi) -> None:
