@@ -70,7 +70,12 @@ def sent(emitter: Emitter) -> list[bytes]:
 
 def events_sent(transport: MemoryTransport) -> list[bytes]:
     """The events of the messages the transport holds now; an exchange frame's two one after the other."""
-    return [event for message in list(transport.messages) for event in events_in(default_catalog(), message.value)]
+    return events_of(list(transport.messages))
+
+
+def events_of(messages: Iterable[Any]) -> list[bytes]:
+    """The events of these transport messages; an exchange frame's two one after the other."""
+    return [event for message in messages for event in events_in(default_catalog(), message.value)]
 
 
 def decoded(emitter: Emitter, catalog: Catalog | None = None) -> list[tuple[str, dict[str, Any]]]:

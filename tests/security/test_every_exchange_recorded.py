@@ -25,14 +25,13 @@ from prometheus_client import REGISTRY
 
 from provline.producers import Emitter, MemoryTransport
 from provline.schemas import default_catalog
-from provline.schemas.frames import events_in
 from provline.sidecar import SidecarApp, SidecarSettings
 from provline.sidecar.errors import UpstreamUnreachable
 from provline.sidecar.events import Capture
 from provline.sidecar.model_version import ModelVersionResolver
 from provline.sidecar.policy import FieldRules, Policy, Redactor
 from provline.sidecar.recorder import Exchange, Recorder
-from tests.helpers import LoopThread, decoded, memory_emitter, serve_app
+from tests.helpers import LoopThread, decoded, events_of, memory_emitter, serve_app
 from tests.integration.test_sidecar_proxy import start_server, stop_server, wait_for
 
 KEY = "finding-4-redaction-key-0123456789"
@@ -62,8 +61,7 @@ class Sidecar:
         new = transport.messages[self._read:]
         self._read += len(new)
         catalog = default_catalog()
-        self._decoded += [(d.record, d.value) for d in (catalog.decode(raw) for message in new
-                                                        for raw in events_in(catalog, message.value))]
+        self._decoded += [(d.record, d.value) for d in (catalog.decode(raw) for raw in events_of(new))]
         return list(self._decoded)
 
     def missing(self, prediction_ids: list[str]) -> int:
