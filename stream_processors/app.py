@@ -33,7 +33,7 @@ from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.drift_agent import register_drift_agent
 from provline.stream_processors.join import Timing
 from provline.stream_processors.join_agent import Joiner, register_join_agent
-from provline.stream_processors.lineage_agent import register_lineage_agent
+from provline.stream_processors.lineage_agent import LineageEnds, register_lineage_agent
 from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
 from provline.stream_processors.producer import BatchProducer
 from provline.stream_processors.rewind import log_end
@@ -126,8 +126,10 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     dead_letters = DeadLetters(producer, topics.dlq)
     metrics = ProcessorMetrics()
     app.provline_metrics = metrics
+    lineage_ends = LineageEnds(kafka, topics.lineage, client_id=f"{worker.app_id}-lineage-ends")
     lineage_agent = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
+        ends=lineage_ends,
     )
     lineage = lineage_agent.index
     encoder = TraceEncoder(catalog, signer=signer_of(settings.signing))
@@ -157,6 +159,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     def _close_producer(app: faust.App, **_: object) -> None:
         joiner.send_seal(now=time.monotonic(), final=True)
         producer.close()
+        lineage_ends.close()
 
     reported: dict[int, int | None] = {}  # partition -> last decided offset at the previous report
 
@@ -193,7 +196,9 @@ def readiness(*, rebalancing: bool, recovering: bool) -> str | None:
 
 def register_health_pages(app: faust.App) -> None:
     """``/healthz`` (the worker's event loop answers) and ``/readyz`` (503 while it rebalances or
-    recovers its tables) on Faust's web port, for Kubernetes probes and compose health checks."""
+    recovers its tables) on Faust's web port, for Kubernetes probes and compose health checks; and
+    Faust's ``/stats/assignment/``: the partitions this worker holds, for operators (and tests)."""
+    app.web.blueprints.add("/stats/", "faust.web.apps.stats:blueprint")
 
     @app.page("/healthz")
     async def healthz(view: View, request: Request) -> Response:

@@ -26,10 +26,14 @@ A lineage event Faust skips would leave traces with the wrong model version, so,
 the table also holds the last decided offset of each lineage partition (written after the
 event's entries) and the agent seeks back over offsets Faust skipped (:mod:`provline.stream_processors.positions`).
 
-The join decides no trace while this worker's lineage partitions are not read up to the end seen at
-the last fetch (:attr:`LineageAgent.is_current`): lineage and inference are separate streams, and a
-prediction joined before an already published rollback was read would get the version it replaced.
-Lineage is read on other workers' partitions through the changelog; that path has no such check.
+The join decides no trace until the lineage of *every* lineage partition, not only this worker's,
+is in its index up to the ends the broker reported after the join's batch was fetched
+(:meth:`LineageAgent.catch_up`): lineage and inference are separate streams, and a prediction
+joined before an already published rollout was read would get the version it replaced. The other
+workers' partitions count as read up to the last decided offset their changelog records carry,
+so a worker whose peer is slow, stalled or dead holds its traces (for ``lineage_wait`` at most)
+instead of deciding them from lineage it has not seen. :class:`LineageEnds` asks the broker for
+those ends, from a thread, as often as the join asks.
 """
 
 from __future__ import annotations
@@ -37,12 +41,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from faust.types import EventT
 
+from provline.config import KafkaSettings
 from provline.schemas.errors import SchemaError
 from provline.schemas.serde import Catalog
 from provline.stream_processors.dead_letters import DeadLetters
@@ -55,11 +60,13 @@ from provline.stream_processors.positions import (
     position_key,
     positions_in,
 )
-from provline.stream_processors.rewind import assigned_partitions, log_end, seek_back
+from provline.stream_processors.rewind import assigned_partitions, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"
 CATCH_UP_POLL_SECONDS = 0.005
+ENDS_TIMEOUT_SECONDS = 5.0
+ENDS_RETRY_SECONDS = 1.0  # after a failed ask: the broker or a partition leader is away
 
 
 def read_to_end(decided: dict[int, int], ends: dict[int, int | None]) -> bool:
@@ -73,42 +80,118 @@ def read_to_end(decided: dict[int, int], ends: dict[int, int | None]) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class LineageAgent:
-    """This worker's lineage: its index, and whether it has read its lineage partitions to the end."""
+def merged_positions(*sources: dict[int, int]) -> dict[int, int]:
+    """The highest decided offset of each partition over ``sources``. Pure."""
+    merged: dict[int, int] = {}
+    for source in sources:
+        for partition, offset in source.items():
+            merged[partition] = max(offset, merged.get(partition, offset))
+    return merged
 
-    index: LineageIndex
-    app: faust.App
-    topic: str
-    positions: Positions
+
+class LineageEnds:
+    """The end offset of every partition of the lineage topic, as the broker has them now.
+
+    A plain librdkafka consumer that joins no group and reads nothing: it only lists offsets.
+    Its calls block, so :meth:`fetch` runs them in a thread; one ask at a time.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, *, client_id: str) -> None:
+        self._config = kafka.librdkafka(**{"client.id": client_id, "group.id": client_id,
+                                           "enable.auto.commit": False})
+        self._topic = topic
+        self._client: Consumer | None = None  # made on first use: building an app connects to nothing
+        self._lock = asyncio.Lock()
+
+    def _ask(self) -> dict[int, int]:
+        if self._client is None:
+            self._client = Consumer(self._config)
+        metadata = self._client.list_topics(self._topic, timeout=ENDS_TIMEOUT_SECONDS).topics[self._topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        return {partition: self._client.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=ENDS_TIMEOUT_SECONDS, cached=False)[1]
+                for partition in metadata.partitions}
+
+    async def fetch(self) -> dict[int, int]:
+        """The ends now; KafkaException when the broker does not answer in time."""
+        async with self._lock:
+            return await asyncio.to_thread(self._ask)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class LineageAgent:
+    """This worker's lineage: its index, and whether it holds every lineage event published so far."""
+
+    def __init__(self, *, index: LineageIndex, ends: LineageEnds, own: Positions, peers: dict[int, int]) -> None:
+        self.index = index
+        self.ends = ends
+        self._own = own  # offsets this worker decided itself
+        self._peers = peers  # offsets other workers decided, as their changelog records (already applied) say
+        self._asked_at = -1.0  # monotonic time of the last ask for the ends that was answered
+        self._needed_since = 0.0  # the latest join batch's start: ends asked before it may miss its lineage
+        self._ends: dict[int, int | None] = {}
+        self._retry_at = 0.0
+
+    def read_up_to(self) -> dict[int, int]:
+        """The last offset of each lineage partition whose lineage is in the index."""
+        return merged_positions(self._peers, self._own.decided)
 
     def is_current(self) -> bool:
-        """Whether every lineage event fetched so far on this worker's partitions is in the index."""
-        ends = {partition: log_end(self.app, TP(self.topic, partition))
-                for partition in assigned_partitions(self.app, self.topic)}
-        return read_to_end(self.positions.decided, ends)
+        """Whether the index holds every lineage event the broker had when it was last asked, and
+        that ask was made after the latest join batch was fetched."""
+        return self._asked_at >= self._needed_since and read_to_end(self.read_up_to(), self._ends)
+
+    async def refresh(self) -> None:
+        """Ask the broker for the lineage ends now; on failure keep the last answer (retried later)."""
+        now = time.monotonic()
+        if now < self._retry_at:
+            return
+        try:
+            ends = await self.ends.fetch()
+        except KafkaException as exc:
+            self._retry_at = time.monotonic() + ENDS_RETRY_SECONDS
+            log.warning("could not ask the broker for the lineage ends (%s); traces wait until it answers", exc)
+            return
+        self._ends, self._asked_at = dict(ends), now
 
     async def catch_up(self, within: float) -> bool:
-        """Wait up to ``within`` seconds, yielding to the lineage agent, for :meth:`is_current`; its answer."""
-        deadline = time.monotonic() + within
-        while not self.is_current():
+        """Wait up to ``within`` seconds for the index to hold every lineage event published before
+        this call, yielding to the lineage agent; whether it does."""
+        self._needed_since = time.monotonic()
+        deadline = self._needed_since + within
+        while not await self.recheck():
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(CATCH_UP_POLL_SECONDS)
         return True
 
+    async def recheck(self) -> bool:
+        """:meth:`is_current`, asking the broker again first if the last answer is too old."""
+        if self._asked_at < self._needed_since:
+            await self.refresh()
+        return self.is_current()
+
 
 def register_lineage_agent(
-    app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters, metrics: ProcessorMetrics
+    app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters, metrics: ProcessorMetrics,
+    ends: LineageEnds,
 ) -> LineageAgent:
     """Add the lineage table and agent to ``app``; returns this worker's view of it."""
     index = LineageIndex()
     positions = Positions()
+    peers: dict[int, int] = {}
     name = topic.get_topic_name()
 
     async def on_changelog_event(event: EventT[Any]) -> None:
-        if not is_position_key(str(event.key)):
-            index.apply(str(event.key), event.value)
+        key = str(event.key)
+        if not is_position_key(key):
+            index.apply(key, event.value)
+        elif event.value is not None:  # the entries this position follows were applied by earlier calls
+            peers.update(merged_positions(peers, positions_in([(key, event.value)])))
 
     table = app.GlobalTable(
         LINEAGE_TABLE,
@@ -124,6 +207,7 @@ def register_lineage_agent(
         for key, value in table.items():
             if not is_position_key(str(key)):
                 index.apply(str(key), value)
+        peers.update(merged_positions(peers, positions_in(table.items())))
         mine = assigned_partitions(app, name)
         positions.reset({partition: offset for partition, offset in positions_in(table.items()).items()
                          if partition in mine}, now=time.time())
@@ -159,4 +243,4 @@ def register_lineage_agent(
     async def retry_rewinds() -> None:  # the lineage topic is quiet: a gap may see no later event
         await seek_back(app, name, positions, metrics, now=time.time())
 
-    return LineageAgent(index=index, app=app, topic=name, positions=positions)
+    return LineageAgent(index=index, ends=ends, own=positions, peers=peers)

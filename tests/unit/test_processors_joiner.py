@@ -21,7 +21,7 @@ from provline.stream_processors.join import (
 )
 from provline.stream_processors.join_agent import Joiner
 from provline.stream_processors.lineage import LineageIndex, to_micros
-from provline.stream_processors.lineage_agent import read_to_end
+from provline.stream_processors.lineage_agent import merged_positions, read_to_end
 from provline.stream_processors.metrics import ProcessorMetrics
 from provline.stream_processors.positions import position_key, positions_in
 from provline.stream_processors.traces import TraceEncoder
@@ -354,3 +354,10 @@ def test_read_to_end_needs_every_fetched_partition_decided() -> None:
     assert not read_to_end({0: 3}, {0: 5})  # offset 4 unread
     assert not read_to_end({}, {0: 2})  # nothing read yet
     assert not read_to_end({0: 4}, {0: None})  # not fetched yet
+
+
+def test_merged_positions_keeps_each_partitions_highest_decided_offset() -> None:
+    peers, own = {0: 7, 1: 3}, {1: 5, 2: 0}
+    assert merged_positions(peers, own) == {0: 7, 1: 5, 2: 0}
+    assert merged_positions(own, peers) == {0: 7, 1: 5, 2: 0}
+    assert merged_positions() == {}
