@@ -265,7 +265,7 @@ def build_chain(prediction_id: str, records: Sequence[Record], *, payloads: bool
         stored = newest(r for r in by_kind.get("FeatureSetVersion", []) if r.fields.get("digest") == digest)
         if stored is not None:
             f = stored.fields
-            ident = graph.add(node("feature_set", f"{f.get('name')}@{digest}"), "feature_set",
+            ident = graph.add(node("feature_set", digest), "feature_set",  # the lineage graph's id
                               str(f.get("name")), stored, {
                                   **pick(f, "name", "digest", "input_datasets", "run_id"),
                                   "features": [pick(x, "name", "dtype", "code", "parameters")

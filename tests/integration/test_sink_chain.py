@@ -162,7 +162,7 @@ def test_the_trace_answers_the_whole_chain_every_record_verified(
     nodes = by_id(chain)
     prediction, model, run = "prediction:p1", "model:churn@3", "run:run-train"
     commit, environment = "commit:git@x:ml.git@c0ffee12", "environment:run-train"
-    dataset, feature_set = f"dataset:{CLEAN}", f"feature_set:churn-features@{FS}"
+    dataset, feature_set = f"dataset:{CLEAN}", f"feature_set:{FS}"
     evaluation, approval = f"evaluation:{e['evaluation']['event_id']}", f"approval:{e['approval']['event_id']}"
     deployed, replaced = f"deployment:{e['deploy3']['event_id']}", f"deployment:{e['deploy2']['event_id']}"
     truth = f"ground_truth:{e['feedback']['event_id']}"
@@ -180,6 +180,12 @@ def test_the_trace_answers_the_whole_chain_every_record_verified(
         deployed: "deployment", replaced: "deployment", truth: "ground_truth",
     }
     assert all(len(n["label"]) <= 40 for n in chain["nodes"])
+    # the nodes the lineage explorer walks have its ids: a chain node links to its up- and downstream
+    walked = http.get("/v1/lineage/graph", params={"node": prediction, "direction": "upstream"},
+                      headers={"Authorization": f"Bearer {TOKENS['vic'][0]}"})
+    assert walked.status_code == 200, walked.text
+    lineage_ids = {n["id"] for n in walked.json()["nodes"]}
+    assert {model, run, dataset, feature_set} <= lineage_ids, lineage_ids
     # every record verified by its bytes, its ledger entry, its chain link and a trusted signature
     for n in chain["nodes"]:
         assert n["verification"]["status"] == "verified", (n["id"], n["verification"])

@@ -89,13 +89,13 @@ def test_records_shape_into_the_contracts_nodes_and_edges() -> None:
     ids = [n["id"] for n in chain["nodes"]]
     assert len(ids) == len(set(ids))
     assert set(ids) == {"prediction:p1", "model:churn@3", "run:run-1", "commit:git@x:ml.git@c0ffee12",
-                        "environment:run-1", "dataset:d1", "feature_set:churn-features@fs1", "evaluation:ev",
+                        "environment:run-1", "dataset:d1", "feature_set:fs1", "evaluation:ev",
                         "approval:ap", "deployment:dep3", "deployment:dep2", "ground_truth:fb"}
     assert edges(chain) == {
         ("prediction:p1", "model:churn@3", "served_by"), ("model:churn@3", "run:run-1", "trained_by"),
         ("run:run-1", "commit:git@x:ml.git@c0ffee12", "code"), ("run:run-1", "environment:run-1", "environment"),
-        ("run:run-1", "dataset:d1", "trained_on"), ("model:churn@3", "feature_set:churn-features@fs1", "features"),
-        ("feature_set:churn-features@fs1", "dataset:d1", "input"), ("model:churn@3", "evaluation:ev", "evaluated"),
+        ("run:run-1", "dataset:d1", "trained_on"), ("model:churn@3", "feature_set:fs1", "features"),
+        ("feature_set:fs1", "dataset:d1", "input"), ("model:churn@3", "evaluation:ev", "evaluated"),
         ("model:churn@3", "approval:ap", "approved"), ("model:churn@3", "deployment:dep3", "deployed"),
         ("deployment:dep3", "deployment:dep2", "replaced"), ("prediction:p1", "ground_truth:fb", "labelled"),
     }
