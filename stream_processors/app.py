@@ -159,7 +159,6 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     def _close_producer(app: faust.App, **_: object) -> None:
         joiner.send_seal(now=time.monotonic(), final=True)
         producer.close()
-        lineage_ends.close()
 
     reported: dict[int, int | None] = {}  # partition -> last decided offset at the previous report
 

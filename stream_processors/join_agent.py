@@ -461,7 +461,7 @@ def register_join_agent(
     async def on_tick() -> None:
         assigned = app.consumer.assignment()
         name = topic.get_topic_name()
-        joiner.lineage_current = await lineage.recheck()
+        joiner.lineage_current = lineage.is_current()
         joiner.on_timer(now=time.time(), owns=lambda partition: TP(name, partition) in assigned,
                         caught_up=lambda partition: _caught_up(app, TP(name, partition),
                                                                joiner.positions.decided.get(partition)))

@@ -33,7 +33,7 @@ joined before an already published rollout was read would get the version it rep
 workers' partitions count as read up to the last decided offset their changelog records carry,
 so a worker whose peer is slow, stalled or dead holds its traces (for ``lineage_wait`` at most)
 instead of deciding them from lineage it has not seen. :class:`LineageEnds` asks the broker for
-those ends, from a thread, as often as the join asks.
+those ends, one ask after the other (a batch waits about one round trip).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ import time
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from faust.types import EventT
 
 from provline.config import KafkaSettings
@@ -67,6 +68,8 @@ LINEAGE_TABLE = "lineage"
 CATCH_UP_POLL_SECONDS = 0.005
 ENDS_TIMEOUT_SECONDS = 5.0
 ENDS_RETRY_SECONDS = 1.0  # after a failed ask: the broker or a partition leader is away
+ASK_INTERVAL_SECONDS = 0.01  # between asks: a batch waits about one round trip for an ask sent after it
+METADATA_REFRESH_SECONDS = 30.0
 
 
 def read_to_end(decided: dict[int, int], ends: dict[int, int | None]) -> bool:
@@ -92,35 +95,34 @@ def merged_positions(*sources: dict[int, int]) -> dict[int, int]:
 class LineageEnds:
     """The end offset of every partition of the lineage topic, as the broker has them now.
 
-    A plain librdkafka consumer that joins no group and reads nothing: it only lists offsets.
-    Its calls block, so :meth:`fetch` runs them in a thread; one ask at a time.
+    One ListOffsets round trip per ask (librdkafka's admin client, answered on its own thread);
+    the topic's partitions are looked up again every ``METADATA_REFRESH_SECONDS``.
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, *, client_id: str) -> None:
-        self._config = kafka.librdkafka(**{"client.id": client_id, "group.id": client_id,
-                                           "enable.auto.commit": False})
+        self._config = kafka.librdkafka(**{"client.id": client_id})
         self._topic = topic
-        self._client: Consumer | None = None  # made on first use: building an app connects to nothing
-        self._lock = asyncio.Lock()
+        self._client: AdminClient | None = None  # made on first use: building an app connects to nothing
+        self._partitions: list[int] = []
+        self._partitions_at = float("-inf")
 
-    def _ask(self) -> dict[int, int]:
-        if self._client is None:
-            self._client = Consumer(self._config)
-        metadata = self._client.list_topics(self._topic, timeout=ENDS_TIMEOUT_SECONDS).topics[self._topic]
+    def _lookup_partitions(self, admin: AdminClient) -> list[int]:
+        metadata = admin.list_topics(self._topic, timeout=ENDS_TIMEOUT_SECONDS).topics[self._topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
-        return {partition: self._client.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), timeout=ENDS_TIMEOUT_SECONDS, cached=False)[1]
-                for partition in metadata.partitions}
+        return sorted(metadata.partitions)
 
     async def fetch(self) -> dict[int, int]:
         """The ends now; KafkaException when the broker does not answer in time."""
-        async with self._lock:
-            return await asyncio.to_thread(self._ask)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        if self._client is None:
+            self._client = AdminClient(self._config)
+        admin = self._client
+        if time.monotonic() - self._partitions_at >= METADATA_REFRESH_SECONDS:
+            self._partitions = await asyncio.to_thread(self._lookup_partitions, admin)
+            self._partitions_at = time.monotonic()
+        futures = admin.list_offsets({TopicPartition(self._topic, partition): OffsetSpec.latest()
+                                      for partition in self._partitions}, request_timeout=ENDS_TIMEOUT_SECONDS)
+        return {tp.partition: (await asyncio.wrap_future(future)).offset for tp, future in futures.items()}
 
 
 class LineageAgent:
@@ -131,10 +133,9 @@ class LineageAgent:
         self.ends = ends
         self._own = own  # offsets this worker decided itself
         self._peers = peers  # offsets other workers decided, as their changelog records (already applied) say
-        self._asked_at = -1.0  # monotonic time of the last ask for the ends that was answered
+        self._asked_at = -1.0  # monotonic time the last answered ask for the ends was sent
         self._needed_since = 0.0  # the latest join batch's start: ends asked before it may miss its lineage
         self._ends: dict[int, int | None] = {}
-        self._retry_at = 0.0
 
     def read_up_to(self) -> dict[int, int]:
         """The last offset of each lineage partition whose lineage is in the index."""
@@ -142,38 +143,39 @@ class LineageAgent:
 
     def is_current(self) -> bool:
         """Whether the index holds every lineage event the broker had when it was last asked, and
-        that ask was made after the latest join batch was fetched."""
+        that ask was sent after the latest join batch was fetched."""
         return self._asked_at >= self._needed_since and read_to_end(self.read_up_to(), self._ends)
 
-    async def refresh(self) -> None:
-        """Ask the broker for the lineage ends now; on failure keep the last answer (retried later)."""
-        now = time.monotonic()
-        if now < self._retry_at:
-            return
-        try:
-            ends = await self.ends.fetch()
-        except KafkaException as exc:
-            self._retry_at = time.monotonic() + ENDS_RETRY_SECONDS
-            log.warning("could not ask the broker for the lineage ends (%s); traces wait until it answers", exc)
-            return
-        self._ends, self._asked_at = dict(ends), now
+    async def keep_asking(self) -> None:
+        """Ask the broker for the lineage ends, one ask after the other, for as long as the worker runs."""
+        failing = False
+        while True:
+            sent = time.monotonic()
+            try:
+                ends = await self.ends.fetch()
+            except KafkaException as exc:
+                if not failing:
+                    log.warning("could not ask the broker for the lineage ends (%s); traces wait until it answers",
+                                exc)
+                failing = True
+                await asyncio.sleep(ENDS_RETRY_SECONDS)
+                continue
+            if failing:
+                log.info("the broker answers for the lineage ends again")
+            failing = False
+            self._ends, self._asked_at = dict(ends), sent
+            await asyncio.sleep(ASK_INTERVAL_SECONDS)
 
     async def catch_up(self, within: float) -> bool:
         """Wait up to ``within`` seconds for the index to hold every lineage event published before
         this call, yielding to the lineage agent; whether it does."""
         self._needed_since = time.monotonic()
         deadline = self._needed_since + within
-        while not await self.recheck():
+        while not self.is_current():
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(CATCH_UP_POLL_SECONDS)
         return True
-
-    async def recheck(self) -> bool:
-        """:meth:`is_current`, asking the broker again first if the last answer is too old."""
-        if self._asked_at < self._needed_since:
-            await self.refresh()
-        return self.is_current()
 
 
 def register_lineage_agent(
@@ -239,8 +241,14 @@ def register_lineage_agent(
                 table[position_key(message.partition)] = {"offset": message.offset}
             await seek_back(app, name, positions, metrics, now=time.time())
 
+    agent = LineageAgent(index=index, ends=ends, own=positions, peers=peers)
+
+    @app.task
+    async def ask_for_lineage_ends() -> None:
+        await agent.keep_asking()
+
     @app.timer(REWIND_RETRY_SECONDS, name="lineage-rewinds")
     async def retry_rewinds() -> None:  # the lineage topic is quiet: a gap may see no later event
         await seek_back(app, name, positions, metrics, now=time.time())
 
-    return LineageAgent(index=index, ends=ends, own=positions, peers=peers)
+    return agent
