@@ -239,6 +239,9 @@ def register_lineage_agent(
                 if dead_letters.count != dead:
                     await dead_letters.producer.flush()  # the dead letter is out before the position passes it
                 table[position_key(message.partition)] = {"offset": message.offset}
+                # out to the changelog now, not at the next commit: the other workers' joins wait for it,
+                # and a worker killed before then would leave them waiting for its hand-over
+                await app.producer.flush()
             await seek_back(app, name, positions, metrics, now=time.time())
 
     agent = LineageAgent(index=index, ends=ends, own=positions, peers=peers)

@@ -65,6 +65,7 @@ SENDERS = 8  # client threads in front of the sidecar
 STORE_DEADLINE_S = 240.0  # a loaded 2-core machine: polled, the test goes on as soon as all is there
 DRAIN_S = 3.0  # after everything is stored, how long a late duplicate may still show up
 SESSION_TIMEOUT_S = "8"  # a killed group member's partitions are handed over after this long
+HANDOVER_LINEAGE_WAIT_S = "40"  # longer than a hand-over on a loaded machine: 8 s + rebalance + recovery
 SINK_EVENTS = 20_000
 SINK_HANDOVERS = 4
 
@@ -263,9 +264,13 @@ def test_a_processors_worker_killed_mid_flow_hands_its_partitions_over_and_no_tr
     topics = replicated_topics(cluster, "worker-kill")
     app_id = f"{topics.prefix}-processors"
     with DemoStack(tmp_path, kafka_bootstrap=cluster.bootstrap, topics=topics) as stack:
-        stack.start_platform(processors_env={"PROVLINE_KAFKA__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S})
+        # traces wait for lineage across a hand-over (session timeout, rebalance, table recovery) rather
+        # than go out incomplete and be revised: the setting README's "Processors" section gives for that
+        worker_env = {"PROVLINE_KAFKA__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S,
+                      "PROVLINE_PROCESSORS__LINEAGE_WAIT_S": HANDOVER_LINEAGE_WAIT_S}
+        stack.start_platform(processors_env=worker_env)
         survivor = start_worker(cluster.bootstrap, topics, tmp_path / "survivor", tmp_path / "survivor.log",
-                                extra_env={"PROVLINE_KAFKA__SESSION_TIMEOUT_S": SESSION_TIMEOUT_S})
+                                extra_env=worker_env)
         try:
             run_worker_kill(cluster, stack, topics, app_id, survivor)
         finally:
