@@ -381,8 +381,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         return found
 
     @app.get("/v1/predictions",
-             summary="The predictions whose request carried a client or server request id, or an OpenTelemetry "
-             "trace id")
+             summary="The predictions whose request carried a client or server request id or an OpenTelemetry "
+             "trace id, or that a model (version) served in a time window, newest first")
     def get_predictions(
         reader: Viewer,
         request_id: Annotated[str | None, Query(min_length=1, max_length=1000,
@@ -390,9 +390,25 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         otel_trace_id: Annotated[str | None, Query(
             max_length=100, description="an OpenTelemetry trace id: 32 lower-case hex, from the request's "
             "traceparent")] = None,
+        model: Annotated[str | None, Query(min_length=1, max_length=1000,
+                                           description="a model name, or name@version")] = None,
+        since: Annotated[datetime | None, Query(description="with model: traces made at or after (ISO 8601; "
+                                                "without a zone, UTC)")] = None,
+        until: Annotated[datetime | None, Query(description="with model: traces made at or before")] = None,
+        limit: Annotated[int, Query(ge=1, le=queries.MAX_PREDICTIONS_OF_MODEL,
+                                    description="with model: at most this many, the newest")] = 100,
     ) -> dict[str, Any]:
-        if (request_id is None) == (otel_trace_id is None):
-            raise HTTPException(status_code=400, detail="give exactly one of request_id and otel_trace_id")
+        if sum(key is not None for key in (request_id, otel_trace_id, model)) != 1:
+            raise HTTPException(status_code=400, detail="give exactly one of request_id, otel_trace_id and model")
+        if model is not None:
+            name, _, version = model.rpartition("@") if "@" in model else (model, "", "")
+            if not name:
+                raise HTTPException(status_code=400, detail=f"{model!r} names no model; write name or name@version")
+            window = [t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in (since, until)]
+            with store.lock:
+                served = queries.predictions_of_model(store.client, name, version or None, since=window[0],
+                                                      until=window[1], limit=limit)
+            return {"model": model, "prediction_ids": served.prediction_ids, "truncated": served.truncated}
         if otel_trace_id is not None:
             try:
                 check_trace_id(otel_trace_id)

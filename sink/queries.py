@@ -39,6 +39,7 @@ EXCHANGE_FIELDS = (
     "features", "outputs", "feature_rows", "output_rows", "row_count", "served_version",
 )
 MAX_PREDICTIONS_PER_REQUEST_ID = 100
+MAX_PREDICTIONS_OF_MODEL = 1000
 # A trace is a few one-granule point lookups: one thread per UNION ALL branch, no more.
 TRACE_SETTINGS = {"max_threads": 2}
 
@@ -135,6 +136,38 @@ def predictions_with_request_id(client: Client, request_id: str) -> list[str]:
         parameters={"request_id": request_id, "limit": MAX_PREDICTIONS_PER_REQUEST_ID}, settings=TRACE_SETTINGS,
     )
     return [str(row[0]) for row in result.result_rows]
+
+
+@dataclass(frozen=True)
+class ModelPredictions:
+    """The newest predictions served by a model (version), and whether more matched than were asked for."""
+
+    prediction_ids: list[str]
+    truncated: bool
+
+
+def predictions_of_model(client: Client, model_name: str, model_version: str | None = None, *,
+                         since: datetime | None = None, until: datetime | None = None,
+                         limit: int = MAX_PREDICTIONS_PER_REQUEST_ID) -> ModelPredictions:
+    """The prediction ids traced to ``model_name`` (and ``model_version``), their traces made between
+    ``since`` and ``until`` (inclusive), newest first, at most ``limit``. Reads prediction_index, sorted by
+    model, version and day, so a version and a window prune it to the days asked for."""
+    conditions = ["model_name = {name:String}"]
+    parameters: dict[str, Any] = {"name": model_name, "limit": limit + 1}
+    if model_version is not None:
+        conditions.append("model_version = {version:String}")
+        parameters["version"] = model_version
+    for bound, operator, value in (("since", ">=", since), ("until", "<=", until)):
+        if value is not None:
+            conditions.append(f"event_time {operator} {{{bound}:DateTime64(6, 'UTC')}}")
+            parameters[bound] = value.astimezone(UTC).replace(tzinfo=None)
+    result = client.query(
+        f"SELECT prediction_id FROM prediction_index WHERE {' AND '.join(conditions)} "
+        "GROUP BY prediction_id ORDER BY max(event_time) DESC, prediction_id LIMIT {limit:UInt32}",
+        parameters=parameters, settings=TRACE_SETTINGS,
+    )
+    found = [str(row[0]) for row in result.result_rows]
+    return ModelPredictions(found[:limit], truncated=len(found) > limit)
 
 
 @dataclass(frozen=True)

@@ -419,3 +419,48 @@ def test_drift_answers_name_the_model_the_p_value_and_the_baseline(seeded: tuple
     [row] = queries.drift(client, "churn", queries.Filters(), breached_only=True, version="3")[-1:]
     assert (row["model_name"], row["model_version"], row["p_value"], row["baseline_dataset"]) == (
         "churn", "3", 0.001, CLEAN)
+
+
+def test_predictions_of_a_model_are_found_in_the_engine_by_version_and_time_newest_first(chdb_path: str) -> None:
+    """Issue 18: the console found a model's predictions by walking lineage and filtered their time in the
+    browser, so it saw only the first 100 of them; the engine now answers model, version and window."""
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        serving = Session("sidecar")
+        made: dict[str, datetime] = {}
+        for n in range(130):  # more than the console's 100, two versions, one minute apart
+            version = "2" if n % 2 else "1"
+            value = serving.add("PredictionTrace", prediction_id=f"p-{n:03d}", endpoint="/predict", complete=True,
+                                model_name="churn", model_version=version, status=200)
+            made[value["prediction_id"]] = value["event_time"]
+        serving.add("PredictionTrace", prediction_id="q-1", endpoint="/predict", complete=True,
+                    model_name="churn-eu", model_version="1", status=200)
+        store_sessions(client, serving)
+        newest_first = sorted(made, key=lambda pid: made[pid], reverse=True)
+        version_2 = [pid for pid in newest_first if int(pid[2:]) % 2]
+        window = (made["p-020"], made["p-029"])
+
+        every = queries.predictions_of_model(client, "churn", limit=1000)
+        assert (every.prediction_ids, every.truncated) == (newest_first, False)
+        assert queries.predictions_of_model(client, "churn", "2", limit=1000).prediction_ids == version_2
+        first = queries.predictions_of_model(client, "churn", limit=100)
+        assert (first.prediction_ids, first.truncated) == (newest_first[:100], True)
+        in_window = queries.predictions_of_model(client, "churn", since=window[0], until=window[1])
+        assert in_window.prediction_ids == [f"p-{n:03d}" for n in range(29, 19, -1)]
+
+        http = TestClient(create_api(api_settings(chdb_path), client))
+        answer = http.get("/v1/predictions", headers=bearer("vic"), params={
+            "model": "churn@2", "since": window[0].isoformat(), "until": window[1].replace(tzinfo=None).isoformat()})
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"model": "churn@2", "truncated": False,
+                                 "prediction_ids": [f"p-{n:03d}" for n in range(29, 20, -2)]}
+        assert http.get("/v1/predictions", headers=bearer("vic"), params={"model": "churn", "limit": 5}).json()[
+            "prediction_ids"] == newest_first[:5]
+        for params in ({"model": "churn", "request_id": "r"}, {}, {"model": "@3"}, {"model": "churn", "limit": 0},
+                       {"model": "churn", "since": "yesterday"}):
+            refused = http.get("/v1/predictions", headers=bearer("vic"), params=params)
+            assert refused.status_code in (400, 422), (params, refused.status_code, refused.text)
+        assert http.get("/v1/predictions", params={"model": "churn"}).status_code == 401
+    finally:
+        client.close()

@@ -116,40 +116,26 @@
     return found;
   }
 
-  async function modelPredictions(model) {
-    const [name, version] = model.split("@");
-    let versions = version ? [version] : [];
-    if (!version) {
-      const listed = await api("/v1/models?" + new URLSearchParams({ model: name }));
-      versions = listed.models.map((m) => m.model_version);
-    }
-    const ids = new Set();
-    for (const v of versions) {
-      const walked = await api("/v1/lineage/downstream?" + new URLSearchParams(
-        { node: "model:" + name + "@" + v, kinds: "prediction", max_depth: "1" }));
-      for (const row of walked.nodes) ids.add(row.node.slice("prediction:".length));
-    }
-    return [...ids];
-  }
+  // datetime-local gives no zone: the console reads and writes times in UTC, as the answers give them
+  function utc(local) { return local && !/(Z|[+-]\d\d:\d\d)$/.test(local) ? local + "Z" : local; }
 
-  function inWindow(trace, since, until) {
-    const at = trace.request_time || trace.event_time;
-    if (!at) return !since && !until;
-    const t = seconds(at);
-    return (!since || t >= seconds(since)) && (!until || t <= seconds(until));
+  async function modelPredictions(q) {
+    const params = { model: q.model.trim(), limit: String(MAX_TRACES) };
+    if (q.since) params.since = utc(q.since);
+    if (q.until) params.until = utc(q.until);
+    return api("/v1/predictions?" + new URLSearchParams(params));
   }
 
   async function search(form) {
     const q = Object.fromEntries(new FormData(form).entries());
     say("search-status", "Searching…");
-    let ids;
+    let ids, truncated = false;
     if (q.prediction_id) ids = [q.prediction_id.trim()];
     else if (q.request_id) ids = (await api("/v1/predictions?" + new URLSearchParams({ request_id: q.request_id.trim() }))).prediction_ids;
     else if (q.otel_trace_id) ids = (await api("/v1/predictions?" + new URLSearchParams({ otel_trace_id: q.otel_trace_id.trim() }))).prediction_ids;
-    else if (q.model) ids = await modelPredictions(q.model.trim());
+    else if (q.model) ({ prediction_ids: ids, truncated } = await modelPredictions(q));
     else { say("search-status", "Give a prediction id, a request id, a trace id or a model.", true); return; }
-    let traces = await tracesOf(ids);
-    if (q.since || q.until) traces = traces.filter((t) => inWindow(t, q.since, q.until));
+    const traces = await tracesOf(ids);
     const results = document.getElementById("results");
     table("results", ["Prediction", "Model", "Request time", "Status"], traces.map((t) => [
       el("a", { href: predictionUrl(t.prediction_id), class: "prediction-link", text: t.prediction_id }),
@@ -157,7 +143,8 @@
       t.request_time || "", t.missing_trace ? t.missing_trace : t.status,
     ]));
     results.hidden = traces.length === 0;
-    const more = ids.length > MAX_TRACES ? ` (the first ${MAX_TRACES} of ${ids.length} shown)` : "";
+    const more = truncated ? ` (the newest ${ids.length}: narrow the time window for older ones)`
+      : ids.length > MAX_TRACES ? ` (the first ${MAX_TRACES} of ${ids.length} shown)` : "";
     say("search-status", traces.length ? `${traces.length} prediction${traces.length > 1 ? "s" : ""}${more}` : "No prediction found.");
   }
 
