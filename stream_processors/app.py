@@ -33,10 +33,10 @@ from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.drift_agent import register_drift_agent
 from provline.stream_processors.join import Timing
 from provline.stream_processors.join_agent import Joiner, register_join_agent
-from provline.stream_processors.lineage_agent import LineageEnds, register_lineage_agent
+from provline.stream_processors.lineage_agent import register_lineage_agent
 from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
 from provline.stream_processors.producer import BatchProducer
-from provline.stream_processors.rewind import log_end
+from provline.stream_processors.rewind import BrokerOffsets, log_end
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
 from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, describe, ensure_at_start
@@ -126,10 +126,10 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     dead_letters = DeadLetters(producer, topics.dlq)
     metrics = ProcessorMetrics()
     app.provline_metrics = metrics
-    lineage_ends = LineageEnds(kafka, topics.lineage, client_id=f"{worker.app_id}-lineage-ends")
+    offsets = BrokerOffsets(kafka, client_id=f"{worker.app_id}-offsets")
     lineage_agent = register_lineage_agent(
         app, topic=_raw_topic(app, topics.lineage), catalog=catalog, dead_letters=dead_letters, metrics=metrics,
-        ends=lineage_ends,
+        offsets=offsets,
     )
     lineage = lineage_agent.index
     encoder = TraceEncoder(catalog, signer=signer_of(settings.signing))
@@ -150,7 +150,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
     )
     inference = _raw_topic(app, topics.inference)
     register_join_agent(
-        app, topic=inference, joiner=joiner, lineage=lineage_agent, catalog=catalog,
+        app, topic=inference, joiner=joiner, lineage=lineage_agent, catalog=catalog, offsets=offsets,
         partitions=partitions, batch_size=worker.batch_size,
         batch_within=worker.batch_within_s, after_batch=send_partials,
     )

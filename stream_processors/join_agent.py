@@ -105,7 +105,7 @@ from provline.stream_processors.positions import (
     positions_in,
 )
 from provline.stream_processors.producer import BatchProducer
-from provline.stream_processors.rewind import assigned_partitions, log_end, seek_back
+from provline.stream_processors.rewind import BrokerOffsets, assigned_partitions, log_end, seek_back
 from provline.stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
@@ -395,6 +395,7 @@ class Joiner:
 
 def register_join_agent(
     app: faust.App, *, topic: faust.TopicT, joiner: Joiner, lineage: LineageAgent, catalog: Catalog,
+    offsets: BrokerOffsets,
     partitions: int, batch_size: int, batch_within: float, after_batch: Any,
 ) -> TableT[str, Any]:
     """Add the pending table, the join agent and its timer to ``app``; returns the table.
@@ -418,9 +419,11 @@ def register_join_agent(
     @pending.on_recover
     async def resume_from_recovered_state() -> None:
         joiner.rebuild(list(pending.data.items()))
-        mine = assigned_partitions(app, topic.get_topic_name())
-        joiner.positions.reset({partition: offset for partition, offset in positions_in(pending.data.items()).items()
-                                if partition in mine}, now=time.time())
+        name = topic.get_topic_name()
+        mine = assigned_partitions(app, name)
+        recorded = {partition: offset for partition, offset in positions_in(pending.data.items()).items()
+                    if partition in mine}
+        joiner.positions.reset(recorded, now=time.time(), starts=await offsets.starts(name, mine - set(recorded)))
         log.info("join table recovered: %d entries; last decided offsets %s", len(pending.data),
                  joiner.positions.decided)
 

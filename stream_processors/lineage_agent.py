@@ -32,8 +32,9 @@ is in its index up to the ends the broker reported after the join's batch was fe
 joined before an already published rollout was read would get the version it replaced. The other
 workers' partitions count as read up to the last decided offset their changelog records carry,
 so a worker whose peer is slow, stalled or dead holds its traces (for ``lineage_wait`` at most)
-instead of deciding them from lineage it has not seen. :class:`LineageEnds` asks the broker for
-those ends, one ask after the other (a batch waits about one round trip).
+instead of deciding them from lineage it has not seen. The broker is asked for those ends one ask
+after the other (:class:`~provline.stream_processors.rewind.BrokerOffsets`; a batch waits about one
+round trip).
 """
 
 from __future__ import annotations
@@ -44,11 +45,9 @@ import time
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import KafkaException
 from faust.types import EventT
 
-from provline.config import KafkaSettings
 from provline.schemas.errors import SchemaError
 from provline.schemas.serde import Catalog
 from provline.stream_processors.dead_letters import DeadLetters
@@ -61,15 +60,13 @@ from provline.stream_processors.positions import (
     position_key,
     positions_in,
 )
-from provline.stream_processors.rewind import assigned_partitions, seek_back
+from provline.stream_processors.rewind import BrokerOffsets, assigned_partitions, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"
 CATCH_UP_POLL_SECONDS = 0.005
-ENDS_TIMEOUT_SECONDS = 5.0
 ENDS_RETRY_SECONDS = 1.0  # after a failed ask: the broker or a partition leader is away
 ASK_INTERVAL_SECONDS = 0.01  # between asks: a batch waits about one round trip for an ask sent after it
-METADATA_REFRESH_SECONDS = 30.0
 
 
 def read_to_end(decided: dict[int, int], ends: dict[int, int | None]) -> bool:
@@ -92,45 +89,14 @@ def merged_positions(*sources: dict[int, int]) -> dict[int, int]:
     return merged
 
 
-class LineageEnds:
-    """The end offset of every partition of the lineage topic, as the broker has them now.
-
-    One ListOffsets round trip per ask (librdkafka's admin client, answered on its own thread);
-    the topic's partitions are looked up again every ``METADATA_REFRESH_SECONDS``.
-    """
-
-    def __init__(self, kafka: KafkaSettings, topic: str, *, client_id: str) -> None:
-        self._config = kafka.librdkafka(**{"client.id": client_id})
-        self._topic = topic
-        self._client: AdminClient | None = None  # made on first use: building an app connects to nothing
-        self._partitions: list[int] = []
-        self._partitions_at = float("-inf")
-
-    def _lookup_partitions(self, admin: AdminClient) -> list[int]:
-        metadata = admin.list_topics(self._topic, timeout=ENDS_TIMEOUT_SECONDS).topics[self._topic]
-        if metadata.error is not None:
-            raise KafkaException(metadata.error)
-        return sorted(metadata.partitions)
-
-    async def fetch(self) -> dict[int, int]:
-        """The ends now; KafkaException when the broker does not answer in time."""
-        if self._client is None:
-            self._client = AdminClient(self._config)
-        admin = self._client
-        if time.monotonic() - self._partitions_at >= METADATA_REFRESH_SECONDS:
-            self._partitions = await asyncio.to_thread(self._lookup_partitions, admin)
-            self._partitions_at = time.monotonic()
-        futures = admin.list_offsets({TopicPartition(self._topic, partition): OffsetSpec.latest()
-                                      for partition in self._partitions}, request_timeout=ENDS_TIMEOUT_SECONDS)
-        return {tp.partition: (await asyncio.wrap_future(future)).offset for tp, future in futures.items()}
-
-
 class LineageAgent:
     """This worker's lineage: its index, and whether it holds every lineage event published so far."""
 
-    def __init__(self, *, index: LineageIndex, ends: LineageEnds, own: Positions, peers: dict[int, int]) -> None:
+    def __init__(self, *, index: LineageIndex, offsets: BrokerOffsets, topic: str, own: Positions,
+                 peers: dict[int, int]) -> None:
         self.index = index
-        self.ends = ends
+        self._offsets = offsets
+        self._topic = topic
         self._own = own  # offsets this worker decided itself
         self._peers = peers  # offsets other workers decided, as their changelog records (already applied) say
         self._asked_at = -1.0  # monotonic time the last answered ask for the ends was sent
@@ -152,7 +118,7 @@ class LineageAgent:
         while True:
             sent = time.monotonic()
             try:
-                ends = await self.ends.fetch()
+                ends = await self._offsets.ends(self._topic)
             except KafkaException as exc:
                 if not failing:
                     log.warning("could not ask the broker for the lineage ends (%s); traces wait until it answers",
@@ -180,7 +146,7 @@ class LineageAgent:
 
 def register_lineage_agent(
     app: faust.App, *, topic: faust.TopicT, catalog: Catalog, dead_letters: DeadLetters, metrics: ProcessorMetrics,
-    ends: LineageEnds,
+    offsets: BrokerOffsets,
 ) -> LineageAgent:
     """Add the lineage table and agent to ``app``; returns this worker's view of it."""
     index = LineageIndex()
@@ -211,8 +177,8 @@ def register_lineage_agent(
                 index.apply(str(key), value)
         peers.update(merged_positions(peers, positions_in(table.items())))
         mine = assigned_partitions(app, name)
-        positions.reset({partition: offset for partition, offset in positions_in(table.items()).items()
-                         if partition in mine}, now=time.time())
+        recorded = {partition: offset for partition, offset in positions_in(table.items()).items() if partition in mine}
+        positions.reset(recorded, now=time.time(), starts=await offsets.starts(name, mine - set(recorded)))
         log.info("lineage index recovered: %d entries; last decided offsets %s", len(index), positions.decided)
 
     async def handle(event: EventT[bytes]) -> None:
@@ -244,7 +210,7 @@ def register_lineage_agent(
                 await app.producer.flush()
             await seek_back(app, name, positions, metrics, now=time.time())
 
-    agent = LineageAgent(index=index, ends=ends, own=positions, peers=peers)
+    agent = LineageAgent(index=index, offsets=offsets, topic=name, own=positions, peers=peers)
 
     @app.task
     async def ask_for_lineage_ends() -> None:

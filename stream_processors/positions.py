@@ -11,6 +11,8 @@ decided already (a re-read) and is ignored, one above it opens a gap: it is igno
 agent seeks the partition back to the expected offset (:meth:`Positions.due_rewinds`). A skipped
 tail has no later offset to give it away: a partition whose end lies past its last decided offset
 while no event of it came for ``STALL_SECONDS`` is treated as a gap too (:meth:`Positions.check_stalled`).
+A skipped head has no decided offset before it: a partition nobody decided anything of starts at its
+log start (:meth:`Positions.reset`), not where Faust's committed offset says.
 A needless rewind only re-reads events the agent then ignores. The last
 decided offset per partition is kept in the agent's table, whose changelog carries it after the
 entries it covers (:func:`position_key`), so a worker that takes a partition over knows where its
@@ -70,30 +72,40 @@ class Positions:
     def __init__(self, *, retry_seconds: float = REWIND_RETRY_SECONDS, max_rewinds: int = MAX_REWINDS,
                  stall_seconds: float = STALL_SECONDS) -> None:
         self.decided: dict[int, int] = {}
+        self.starts: dict[int, int] = {}  # where partitions with no decided offset begin, when known
         self.gaps: dict[int, Gap] = {}
         self.seen: dict[int, float] = {}  # when an event of each partition last came
         self.retry_seconds = retry_seconds
         self.max_rewinds = max_rewinds
         self.stall_seconds = stall_seconds
 
-    def reset(self, decided: dict[int, int], *, now: float) -> None:
-        """Start over from recovered positions (after a rebalance); partitions not named start anywhere."""
+    def reset(self, decided: dict[int, int], *, now: float, starts: dict[int, int] | None = None) -> None:
+        """Start over from recovered positions (after a rebalance). A partition with no recorded position
+        starts at its log start in ``starts`` (nobody decided any of it: Faust's committed offset may be past
+        events it skipped); one in neither starts at whatever offset comes first."""
         self.decided = dict(decided)
+        self.starts = {partition: offset for partition, offset in (starts or {}).items() if partition not in decided}
         self.gaps = {}
-        self.seen = dict.fromkeys(decided, now)
+        self.seen = dict.fromkeys([*decided, *self.starts], now)
+
+    def _expected(self, partition: int) -> int | None:
+        last = self.decided.get(partition)
+        return last + 1 if last is not None else self.starts.get(partition)
 
     def admit(self, partition: int, offset: int, *, now: float) -> bool:
         """Whether the event at ``offset`` is to be decided now; marks it decided if so."""
         self.seen[partition] = now
-        last = self.decided.get(partition)
-        if last is None or offset == last + 1:
+        expected = self._expected(partition)
+        fresh = partition not in self.decided
+        if expected is None or offset == expected or (fresh and offset < expected):
             self.decided[partition] = offset
+            self.starts.pop(partition, None)
             self.gaps.pop(partition, None)
             return True
-        if offset > last + 1:
+        if offset > expected:
             gap = self.gaps.get(partition)
             if gap is None:
-                self.gaps[partition] = Gap(expected=last + 1, beyond=offset)
+                self.gaps[partition] = Gap(expected=expected, beyond=offset)
             else:
                 gap.beyond = min(gap.beyond, offset)
         return False
@@ -101,11 +113,11 @@ class Positions:
     def check_stalled(self, partition: int, end: int, *, now: float) -> None:
         """Open a gap for ``partition`` if offsets before ``end`` (its log end) are undecided and none came
         for ``stall_seconds``."""
-        last = self.decided.get(partition)
-        if last is None or partition in self.gaps or end <= last + 1:
+        expected = self._expected(partition)
+        if expected is None or partition in self.gaps or end <= expected:
             return
         if now - self.seen.get(partition, now) >= self.stall_seconds:
-            self.gaps[partition] = Gap(expected=last + 1, beyond=end)
+            self.gaps[partition] = Gap(expected=expected, beyond=end)
 
     def due_rewinds(self, now: float) -> list[Rewind]:
         """Partitions to seek back to their first undecided offset, now; after ``max_rewinds`` that

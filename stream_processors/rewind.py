@@ -2,15 +2,69 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import faust
+from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from faust.types import TP
 
+from provline.config import KafkaSettings
 from provline.stream_processors.metrics import ProcessorMetrics
 from provline.stream_processors.positions import MAX_REWINDS, Positions
 
 log = logging.getLogger(__name__)
+OFFSETS_TIMEOUT_SECONDS = 5.0
+METADATA_REFRESH_SECONDS = 30.0
+
+
+class BrokerOffsets:
+    """Where partitions begin and end, as the broker has them now: one ListOffsets round trip per ask
+    (librdkafka's admin client, answered on its own thread); a topic's partitions are looked up again
+    every ``METADATA_REFRESH_SECONDS``."""
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str) -> None:
+        self._config = kafka.librdkafka(**{"client.id": client_id})
+        self._client: AdminClient | None = None  # made on first use: building an app connects to nothing
+        self._partitions: dict[str, tuple[float, list[int]]] = {}
+
+    @property
+    def _admin(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(self._config)
+        return self._client
+
+    def _lookup_partitions(self, topic: str) -> list[int]:
+        metadata = self._admin.list_topics(topic, timeout=OFFSETS_TIMEOUT_SECONDS).topics[topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        return sorted(metadata.partitions)
+
+    async def _list(self, topic: str, partitions: list[int], spec: OffsetSpec) -> dict[int, int]:
+        if not partitions:
+            return {}
+        futures = self._admin.list_offsets({TopicPartition(topic, partition): spec for partition in partitions},
+                                           request_timeout=OFFSETS_TIMEOUT_SECONDS)
+        return {tp.partition: (await asyncio.wrap_future(future)).offset for tp, future in futures.items()}
+
+    async def ends(self, topic: str) -> dict[int, int]:
+        """The end offset of every partition of ``topic``; KafkaException when the broker does not answer."""
+        looked_up, partitions = self._partitions.get(topic, (float("-inf"), []))
+        if time.monotonic() - looked_up >= METADATA_REFRESH_SECONDS:
+            partitions = await asyncio.to_thread(self._lookup_partitions, topic)
+            self._partitions[topic] = (time.monotonic(), partitions)
+        return await self._list(topic, partitions, OffsetSpec.latest())
+
+    async def starts(self, topic: str, partitions: set[int]) -> dict[int, int]:
+        """The log start offset of each of ``partitions``; {} (logged) when the broker does not answer."""
+        try:
+            return await self._list(topic, sorted(partitions), OffsetSpec.earliest())
+        except KafkaException as exc:
+            log.warning("could not ask where %s%s begins (%s): their first events are taken as they come",
+                        topic, sorted(partitions), exc)
+            return {}
 
 
 async def seek_back(app: faust.App, topic: str, positions: Positions, metrics: ProcessorMetrics, *,

@@ -55,3 +55,21 @@ def test_a_partition_with_unread_offsets_and_no_event_for_the_stall_time_is_read
     assert positions.admit(1, 10, now=111)
     positions.check_stalled(1, 15, now=112)  # events come again
     assert positions.due_rewinds(now=120) == []
+
+
+def test_a_partition_nobody_decided_starts_at_its_log_start_so_a_skipped_head_is_read_again() -> None:
+    """Faust dropped the only lineage event of a fresh partition (fetched in an earlier generation, then
+    committed past): with no decided offset any first offset was taken, and that event never came."""
+    positions = Positions(retry_seconds=2, stall_seconds=10)
+    positions.reset({1: 9}, now=0, starts={0: 0, 1: 0, 2: 40})
+    assert positions.starts == {0: 0, 2: 40}  # a recorded position wins over the log start
+    assert not positions.admit(0, 3, now=0)  # 0..2 never handed over
+    assert positions.due_rewinds(now=0) == [Rewind(0, 0)]
+    assert [positions.admit(0, offset, now=1) for offset in (0, 1, 2, 3)] == [True] * 4
+    assert positions.admit(2, 40, now=0) and positions.decided == {0: 3, 1: 9, 2: 40}
+    # a skipped head that is the whole partition: no event comes at all, the stall check finds it
+    positions.reset({}, now=100, starts={5: 0})
+    positions.check_stalled(5, 1, now=105)
+    assert positions.due_rewinds(now=105) == []
+    positions.check_stalled(5, 1, now=110)
+    assert positions.due_rewinds(now=110) == [Rewind(5, 0)]
