@@ -12,7 +12,9 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from provline.schemas.events import stable_event_id
+import yaml
+
+from provline.schemas.events import model_key, stable_event_id
 
 PRODUCER_NAME = "provline-mlflow-import"
 RUN_STATES = {
@@ -49,6 +51,16 @@ def parse_requirements(text: str) -> dict[str, str]:
         name, _, version = line.partition("==")
         packages[name.strip().lower()] = version.strip()
     return packages
+
+
+def python_version(python_env_yaml: str) -> str | None:
+    """The ``python:`` version of an MLflow model's python_env.yaml; None when it names none or is not YAML."""
+    try:
+        document = yaml.safe_load(python_env_yaml)
+    except yaml.YAMLError:
+        return None
+    version = document.get("python") if isinstance(document, dict) else None
+    return str(version) if version else None
 
 
 def environment(requirements: str | None, python_version: str | None) -> dict[str, Any] | None:
@@ -197,9 +209,15 @@ def alias_deployment(
     endpoint: str,
     environment: str,
     at_millis: int,
+    visit: int = 0,
 ) -> Event:
-    """An alias that now points at ``version`` as a Deployment (PROMOTE when it moved, DEPLOY when new)."""
-    subject = f"{model_name}/{alias}/{version}/after={previous_version}"
+    """An alias that now points at ``version`` as a Deployment (PROMOTE when it moved, DEPLOY when new).
+
+    The id depends on the model, alias, version, ``at_millis`` (the version's creation time) and
+    ``visit``: how many times before the alias pointed at this version (so a rollback to a version
+    it left is a new event). Not on ``previous_version``, which an import that keeps no state does
+    not know: such an import gives the id an earlier import gave the same move."""
+    subject = f"{model_name}/{alias}/{version}" + (f"#{visit}" if visit else "")
     return "Deployment", {
         "event_id": stable_event_id("mlflow-alias", subject, at_millis * 1000),
         "model_name": model_name,
@@ -209,5 +227,93 @@ def alias_deployment(
         "action": "PROMOTE" if previous_version else "DEPLOY",
         "reason": f"MLflow alias {alias!r}",
         "previous_version": previous_version,
+        "served_versions": [],
+    }
+
+
+# What an artifact description (:func:`provline.producers.models.describe_artifact` of the downloaded
+# model directory) contributes to a ModelVersion: provline's own digest and the MLmodel facts.
+ARTIFACT_FIELDS = (
+    "artifact_uri", "artifact_sha256", "artifact_files", "flavors", "framework", "mlflow_run_id", "mlflow_model_uuid",
+    "mlflow_created_time", "input_names", "output_names", "io_signature",
+)
+
+
+def with_artifact(fields: dict[str, Any], described: dict[str, Any]) -> dict[str, Any]:
+    """ModelVersion ``fields`` completed by the description of its downloaded artifacts; the event id stays.
+
+    A fact the artifacts do not have (no MLmodel: no flavors, say) keeps the registry's value."""
+    merged = dict(fields)
+    for name in ARTIFACT_FIELDS:
+        value = described.get(name)
+        if value is not None and value != [] and value != "":
+            merged[name] = value
+    if not merged.get("mlflow_run_id"):
+        merged["mlflow_run_id"] = fields.get("run_id")
+    return merged
+
+
+def registered_aliases(model: dict[str, Any]) -> dict[str, str]:
+    """A registered model's (``registered-models/search`` entry) aliases: alias -> version."""
+    return {str(a["alias"]): str(a["version"]) for a in model.get("aliases") or [] if a.get("alias")}
+
+
+def alias_endpoint(model_name: str, alias: str) -> str:
+    """The URI clients load an aliased model by: the Deployment's endpoint."""
+    return f"models:/{model_name}@{alias}"
+
+
+def alias_moves(
+    model_name: str,
+    aliases: dict[str, str],
+    known: dict[str, dict[str, Any]],
+    *,
+    version_times: dict[str, int],
+) -> list[tuple[str, dict[str, Any], list[str]]]:
+    """The Deployment of each alias as it stands now, given what earlier imports saw (``known``: alias ->
+    ``{"history": [versions it pointed at, oldest first]}``, empty on a first import).
+
+    An alias still at the version seen last gives that import's event again (same id); one that
+    moved gives a PROMOTE naming the version it left; one not seen before a DEPLOY. MLflow keeps no
+    alias history: moves between two imports are seen as one, and those before the first import
+    not at all. Returns ``(alias, fields, history)``, ``history`` being what to remember.
+    """
+    moves = []
+    for alias, version in sorted(aliases.items()):
+        history = [str(v) for v in (known.get(alias) or {}).get("history") or []]
+        if not history or history[-1] != version:
+            history = [*history, version]
+        visit = history.count(version) - 1
+        previous = history[-2] if len(history) > 1 else None
+        _, fields = alias_deployment(
+            model_name, alias, version, previous_version=previous, endpoint=alias_endpoint(model_name, alias),
+            environment=alias, at_millis=int(version_times.get(version) or 0), visit=visit,
+        )
+        moves.append((alias, fields, history))
+    return moves
+
+
+LEGACY_STAGES = ("Staging", "Production", "Archived")
+
+
+def stage_deployment(version: dict[str, Any]) -> Event | None:
+    """A model version in a (deprecated) MLflow stage as a Deployment into that stage; None outside one.
+
+    Archived is a RETIRE. The id depends on the version, its stage and the time MLflow last updated it."""
+    stage = str(version.get("current_stage") or "None")
+    if stage not in LEGACY_STAGES:
+        return None
+    name, number = str(version["name"]), str(version["version"])
+    updated = int(version.get("last_updated_timestamp") or version.get("creation_timestamp") or 0)
+    return "Deployment", {
+        "event_id": stable_event_id("mlflow-stage", f"{model_key(name, number)}/{stage}", updated * 1000),
+        "event_time": _time(updated),
+        "model_name": name,
+        "model_version": number,
+        "environment": stage.lower(),
+        "endpoint": f"models:/{name}/{stage}",
+        "action": "RETIRE" if stage == "Archived" else "PROMOTE",
+        "reason": f"MLflow stage {stage!r}",
+        "previous_version": None,
         "served_versions": [],
     }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 from provline.producers.mlflow_bridge import mapping
 
@@ -127,3 +129,79 @@ def test_every_mapped_event_encodes_and_decodes_with_the_current_schemas() -> No
         value = {**new_envelope(producer_identity(mapping.PRODUCER_NAME, "s")), **fields}
         decoded = catalog.decode(catalog.encode(kind, value))
         assert decoded.value["event_id"] == fields["event_id"]
+
+
+def test_an_alias_moved_between_imports_is_a_promotion_and_a_rollback_a_new_event() -> None:
+    times = {"1": 1000, "2": 2000}
+
+    def moves(aliases: dict[str, str], known: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any], list[str]]]:
+        return mapping.alias_moves("iris", aliases, known, version_times=times)
+
+    [(alias, first, history)] = moves({"champion": "1"}, {})
+    assert (alias, first["action"], first["previous_version"], history) == ("champion", "DEPLOY", None, ["1"])
+    assert first["endpoint"] == "models:/iris@champion" and first["environment"] == "champion"
+    [(_, again, same)] = moves({"champion": "1"}, {"champion": {"history": history}})
+    assert again == first and same == ["1"]
+    [(_, moved, history)] = moves({"champion": "2"}, {"champion": {"history": history}})
+    assert (moved["action"], moved["previous_version"], history) == ("PROMOTE", "1", ["1", "2"])
+    [(_, back, history)] = moves({"champion": "1"}, {"champion": {"history": history}})
+    assert (back["previous_version"], history) == ("2", ["1", "2", "1"])
+    assert back["event_id"] not in {first["event_id"], moved["event_id"]}, "a rollback must not be deduplicated"
+    # an import that keeps no state gives a move the id an import with state gave it
+    [(_, stateless, _)] = moves({"champion": "2"}, {})
+    assert stateless["event_id"] == moved["event_id"] and stateless["previous_version"] is None
+
+
+def test_artifact_description_completes_the_model_version_but_keeps_its_id() -> None:
+    _, fields = mapping.model_version_event(
+        {"name": "iris", "version": "1", "run_id": "r1", "source": "models:/m-1", "creation_timestamp": 5},
+        datasets=["mlflow:iris:d"],
+    )
+    described = {"artifact_uri": "mlflow-artifacts:/1/models/m-1/artifacts", "artifact_sha256": "sha256:ab",
+                 "artifact_files": [{"path": "MLmodel", "sha256": "cd", "size": 3}], "flavors": ["sklearn"],
+                 "mlflow_run_id": None, "framework": "sklearn", "input_names": []}
+    merged = mapping.with_artifact(fields, described)
+    assert merged["event_id"] == fields["event_id"] and merged["artifact_sha256"] == "sha256:ab"
+    assert merged["artifact_uri"].startswith("mlflow-artifacts:/") and merged["flavors"] == ["sklearn"]
+    assert merged["mlflow_run_id"] == "r1" and merged["datasets"] == ["mlflow:iris:d"]
+
+
+def test_python_env_yaml_gives_the_python_version() -> None:
+    assert mapping.python_version("python: 3.11.7\nbuild_dependencies:\n- pip==24.0\n") == "3.11.7"
+    assert mapping.python_version("dependencies: [-r requirements.txt]\n") is None
+    assert mapping.python_version(": not yaml: [") is None
+
+
+def test_a_legacy_stage_is_a_deployment_and_no_stage_none() -> None:
+    version = {"name": "iris", "version": "3", "current_stage": "Production", "last_updated_timestamp": 7000}
+    kind, fields = mapping.stage_deployment(version) or ("", {})
+    assert kind == "Deployment" and fields["environment"] == "production" and fields["action"] == "PROMOTE"
+    assert mapping.stage_deployment({**version, "current_stage": "None"}) is None
+    archived = mapping.stage_deployment({**version, "current_stage": "Archived"})
+    assert archived is not None and archived[1]["action"] == "RETIRE"
+
+
+def test_import_state_round_trips_per_server_and_destination(tmp_path: Path) -> None:
+    from provline.producers.mlflow_bridge.importer import ImportReport, ImportState
+
+    path = tmp_path / "state" / "mlflow-import.json"
+    state = ImportState.load(path, key=ImportState.key_of("http://mlflow:5000/", "kafka:b:9092/provline"))
+    assert state.sent == {} and state.key == "http://mlflow:5000 -> kafka:b:9092/provline"
+    report = ImportReport(sent_ids={"e1": "RunEvent"}, aliases={"iris": {"champion": {"history": ["1"]}}},
+                          environments={"r1": {"requirements": "a==1", "python": "3.11"}})
+    state.commit(report)
+    state.save()
+    other = ImportState.load(path, key=ImportState.key_of("http://mlflow:5000", "kafka:other:9092/provline"))
+    assert other.sent == {}, "another destination must not skip what this one received"
+    other.sent["e2"] = "ModelVersion"
+    other.save()
+    again = ImportState.load(path, key=state.key)
+    assert again.sent == {"e1": "RunEvent"} and again.aliases["iris"]["champion"]["history"] == ["1"]
+    assert again.environments["r1"]["python"] == "3.11"
+    path.write_text("{not json")
+    try:
+        ImportState.load(path, key=state.key)
+    except ValueError as exc:
+        assert "--state" in str(exc)
+    else:
+        raise AssertionError("a broken state file must be refused, not treated as empty")
