@@ -140,6 +140,12 @@ class MlflowReader:
         return self._pages("GET", f"{API}/model-versions/search", "model_versions",
                            {"filter": f"name='{_quote_filter(name)}'", "max_results": PAGE_SIZE})
 
+    def logged_model(self, model_id: str) -> dict[str, Any] | None:
+        """An MLflow 3 LoggedModel (info, params, metrics with their datasets); None when the server has none
+        (MLflow 2, or deleted)."""
+        answer = self._call("GET", f"{API}/logged-models/{model_id}", missing_ok=True)
+        return answer.get("model") if answer else None
+
     def download_uri(self, name: str, version: str) -> str:
         """Where a model version's artifacts are (a LoggedModel's storage location in MLflow 3)."""
         answer = self._get(f"{API}/model-versions/get-download-uri", name=name, version=version)

@@ -262,6 +262,11 @@ class MlflowImport:
             self.report.problems.append(f"{model_key(version['name'], version['version'])}: sent without "
                                         "an artifact digest")
         self._emit(kind, fields)
+        model_id = mapping.logged_model_id(version)
+        logged = self.reader.logged_model(model_id) if model_id else None
+        if logged is not None:
+            for evaluation in mapping.logged_model_evaluations(str(version["name"]), str(version["version"]), logged):
+                self._emit(*evaluation)
         stage = mapping.stage_deployment(version)
         if stage is not None:
             self._emit(*stage)

@@ -317,3 +317,56 @@ def stage_deployment(version: dict[str, Any]) -> Event | None:
         "previous_version": None,
         "served_versions": [],
     }
+
+
+LOGGED_MODEL_PREFIX = "models:/m-"
+EVALUATION_TEST = "mlflow logged-model metrics"
+
+
+def logged_model_id(version: dict[str, Any]) -> str | None:
+    """The MLflow 3 LoggedModel a registered version was made from (its ``model_id``, or a
+    ``models:/m-...`` source); None for a version registered from a run's artifacts."""
+    if version.get("model_id"):
+        return str(version["model_id"])
+    source = str(version.get("source") or "")
+    return source.removeprefix("models:/") if source.startswith(LOGGED_MODEL_PREFIX) else None
+
+
+def logged_model_evaluations(model_name: str, version: str, logged_model: dict[str, Any]) -> list[Event]:
+    """An MLflow 3 LoggedModel's metrics (``logged-models/get``'s ``model``) as one Evaluation of the
+    registered version per dataset they were measured on (the last value of each metric).
+
+    MLflow records no thresholds: no metric fails one, so the evaluation passes, as
+    ``Lineage.evaluate`` without thresholds does; ``tests`` says where it came from. The id depends
+    on the version, the dataset and the values, so metrics logged later give a new Evaluation."""
+    info = logged_model.get("info") or {}
+    latest: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for metric in (logged_model.get("data") or {}).get("metrics") or []:
+        group = latest.setdefault((str(metric.get("dataset_name") or ""), str(metric.get("dataset_digest") or "")), {})
+        seen = group.get(str(metric["key"]))
+        order = (int(metric.get("step") or 0), int(metric.get("timestamp") or 0))
+        if seen is None or order >= (int(seen.get("step") or 0), int(seen.get("timestamp") or 0)):
+            group[str(metric["key"])] = metric
+    events: list[Event] = []
+    for (name, digest), metrics in sorted(latest.items()):
+        dataset = dataset_digest({"name": name, "digest": digest}) if name and digest else None
+        rows = [{"name": key, "value": float(m["value"]), "ci_low": None, "ci_high": None, "threshold": None,
+                 "passed": None} for key, m in sorted(metrics.items())]
+        measured = max(int(m.get("timestamp") or 0) for m in metrics.values())
+        values = json.dumps([[row["name"], row["value"]] for row in rows])
+        run_id = next((str(m["run_id"]) for m in metrics.values() if m.get("run_id")), info.get("source_run_id"))
+        events.append(("Evaluation", {
+            "event_id": stable_event_id("mlflow-evaluation", f"{model_key(model_name, version)}/{dataset}/{values}",
+                                        measured * 1000),
+            "event_time": _time(measured),
+            "model_name": model_name,
+            "model_version": version,
+            "dataset": dataset,
+            "slice": None,
+            "metrics": rows,
+            "passed": True,
+            "tests": [EVALUATION_TEST],
+            "run_id": run_id,
+            "predictions_dataset": None,
+        }))
+    return events

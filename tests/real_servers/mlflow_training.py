@@ -5,7 +5,8 @@ full-MLflow virtualenv (build/venvs/mlflow-server) against a real tracking serve
     python mlflow_training.py --version 2 --facts out.json   # trains again (other C), moves @champion to v2
 
 scikit-learn's LogisticRegression with ``mlflow.sklearn.autolog()`` (params, metrics, the model,
-registered as ``MODEL``), the training table logged with ``mlflow.log_input``. It writes what MLflow
+registered as ``MODEL``, the data of the fit as a dataset input its metrics name), the training
+table logged with ``mlflow.log_input``. It writes what MLflow
 recorded (run id, dataset digest, params, model version) to ``--facts``, for the test to compare.
 """
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--facts", type=Path, required=True)
     args = parser.parse_args()
     mlflow.set_experiment(EXPERIMENT)
-    mlflow.sklearn.autolog(registered_model_name=MODEL, log_datasets=False)
+    mlflow.sklearn.autolog(registered_model_name=MODEL)  # logs the fit's data as a run input too
     iris = load_iris(as_frame=True)
     table: pd.DataFrame = iris.frame
     features = table.drop(columns=["target"])
@@ -58,6 +59,7 @@ def main() -> None:
         "params": recorded.data.params,
         "git_commit": recorded.data.tags.get("mlflow.source.git.commit"),
         "dataset_digest": dataset.digest,
+        "inputs": sorted(f"mlflow:{d.dataset.name}:{d.dataset.digest}" for d in recorded.inputs.dataset_inputs),
         "model_version": str(version),
         "model_source": versions[0].source,
     }, indent=1))

@@ -165,7 +165,8 @@ def test_run_events_carry_params_git_commit_dataset_and_environment(bridge: Brid
         assert run["hyperparameters"] == facts["params"], "the run's params (autolog) differ from MLflow's"
         assert facts["git_commit"] == commit, "MLflow did not record the job's git commit"
         assert run["code"]["commit"] == commit and run["code"]["entrypoint"].endswith("mlflow_training.py")
-        assert run["inputs"] == [f"mlflow:{DATASET}:{facts['dataset_digest']}"]
+        assert sorted(run["inputs"]) == facts["inputs"] and len(facts["inputs"]) == 2, "autolog's and log_input's"
+        assert f"mlflow:{DATASET}:{facts['dataset_digest']}" in run["inputs"]
         assert run["outputs"] == [f"{MODEL}@{facts['model_version']}"]
         recorded = _mlflow(bridge, "runs/get", run_id=facts["run_id"])["run"]["data"]
         assert run["metrics"] == {m["key"]: m["value"] for m in recorded["metrics"]} and run["metrics"]
@@ -176,22 +177,24 @@ def test_run_events_carry_params_git_commit_dataset_and_environment(bridge: Brid
 
 def test_the_dataset_version_has_mlflows_digest_schema_and_rows(bridge: Bridge) -> None:
     datasets = [value for done in bridge.imports[:2] for value in done.of("DatasetVersion")]
-    digest = f"mlflow:{DATASET}:{bridge.facts[0]['dataset_digest']}"
-    assert bridge.facts[0]["dataset_digest"] == bridge.facts[1]["dataset_digest"], "the job logged two datasets"
-    assert [d["digest"] for d in datasets] == [digest], "one DatasetVersion for the one table both runs used"
-    dataset = datasets[0]
-    assert dataset["name"] == DATASET and dataset["row_count"] == 150
+    assert sorted(d["digest"] for d in datasets) == bridge.facts[0]["inputs"] == bridge.facts[1]["inputs"], \
+        "one DatasetVersion for each table both runs used"
+    [dataset] = [d for d in datasets if d["name"] == DATASET]
+    assert dataset["digest"] == f"mlflow:{DATASET}:{bridge.facts[0]['dataset_digest']}" and dataset["row_count"] == 150
     assert [c["name"] for c in dataset["columns"]][-1] == "target" and len(dataset["columns"]) == 5
     assert dataset["run_id"] == bridge.facts[0]["run_id"] and dataset["sources"][0].endswith(f"{DATASET}.csv")
 
 
 def test_model_versions_name_their_run_and_the_digest_of_their_artifacts(bridge: Bridge) -> None:
-    versions = {value["version"]: value for done in bridge.imports[:2] for value in done.of("ModelVersion")}
+    versions: dict[str, dict[str, Any]] = {}
+    for done in bridge.imports[:2]:
+        for value in done.of("ModelVersion"):
+            versions.setdefault(value["version"], value)
     assert sorted(versions) == ["1", "2"]
     for facts in bridge.facts:
         version = versions[facts["model_version"]]
         assert version["model_name"] == MODEL and version["run_id"] == version["mlflow_run_id"] == facts["run_id"]
-        assert version["datasets"] == [f"mlflow:{DATASET}:{facts['dataset_digest']}"]
+        assert sorted(version["datasets"]) == facts["inputs"]
         uri = version["artifact_uri"]
         assert uri.startswith("mlflow-artifacts:/"), uri
         on_disk = bridge.artifacts / uri.removeprefix("mlflow-artifacts:/")
@@ -205,6 +208,19 @@ def test_model_versions_name_their_run_and_the_digest_of_their_artifacts(bridge:
         assert version["mlflow_model_uuid"] and registered["model_version"]["source"] == facts["model_source"]
         assert version["input_names"] == ["sepal length (cm)", "sepal width (cm)", "petal length (cm)",
                                           "petal width (cm)"]
+
+
+def test_the_logged_models_metrics_are_an_evaluation_of_each_version(bridge: Bridge) -> None:
+    evaluations = [value for done in bridge.imports[:2] for value in done.of("Evaluation")]
+    for facts in bridge.facts:
+        [evaluation] = [e for e in evaluations if e["model_version"] == facts["model_version"]]
+        model_id = facts["model_source"].removeprefix("models:/")
+        logged = _mlflow(bridge, f"logged-models/{model_id}")["model"]["data"]["metrics"]
+        assert {m["name"]: m["value"] for m in evaluation["metrics"]} == {m["key"]: m["value"] for m in logged}
+        assert "training_accuracy_score" in {m["name"] for m in evaluation["metrics"]}
+        digests = {f"mlflow:{m['dataset_name']}:{m['dataset_digest']}" for m in logged}
+        assert [evaluation["dataset"]] == sorted(digests) and evaluation["dataset"] in facts["inputs"]
+        assert evaluation["model_name"] == MODEL and evaluation["run_id"] == facts["run_id"] and evaluation["passed"]
 
 
 def test_moving_the_champion_alias_is_a_deployment_naming_the_version_it_left(bridge: Bridge) -> None:
@@ -222,11 +238,24 @@ def test_importing_again_sends_only_what_changed_and_then_nothing(bridge: Bridge
     first, second, third, stateless = bridge.imports
     assert not first.ids() & second.ids(), "the second import sent again what the first had delivered"
     assert sorted(kind for kind, _ in second.events if kind != "SessionSeal") == \
-        ["Deployment", "ModelVersion", "RunEvent"], second.output
+        ["Deployment", "Evaluation", "ModelVersion", "RunEvent"], second.output
     assert third.events == [] and NOTHING_SENT.search(third.output), third.output
     # without the state file every event is sent again, with the ids the first imports gave them
     assert stateless.ids() <= first.ids() | second.ids(), "an import without state made events with new ids"
     experiments = {e["name"] for e in _mlflow(bridge, "experiments/search", max_results=100)["experiments"]}
     assert EXPERIMENT in experiments
     assert len(stateless.of("RunEvent")) == len(first.of("RunEvent")) + len(second.of("RunEvent")) == 2
-    assert len(stateless.of("ModelVersion")) == 2 and len(stateless.of("Deployment")) == 1
+    assert len(stateless.of("ModelVersion")) == len(stateless.of("Evaluation")) == 2
+    assert len(stateless.of("Deployment")) == 1 and len(stateless.of("DatasetVersion")) == 2
+
+
+def test_an_unreachable_tracking_server_is_named_and_no_state_written(tmp_path: Path, kafka_bootstrap: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    state = tmp_path / "state.json"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PROVLINE_", "MLFLOW_"))},
+           "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "provline", "mlflow", "import", "--tracking-uri", url, "--state",
+                           str(state)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert url in done.stdout and "--tracking-uri" in done.stdout, done.stdout
+    assert not state.exists(), "a failed import must not write its state"

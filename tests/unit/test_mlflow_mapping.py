@@ -124,6 +124,9 @@ def test_every_mapped_event_encodes_and_decodes_with_the_current_schemas() -> No
             environment="production",
             at_millis=1,
         ),
+        *mapping.logged_model_evaluations("iris", "1", {"data": {"metrics": [
+            {"key": "acc", "value": 0.9, "timestamp": 3, "dataset_name": "iris", "dataset_digest": "d1g"}]}}),
+        mapping.stage_deployment({"name": "iris", "version": "1", "current_stage": "Staging"}) or ("", {}),
     ]
     for kind, fields in events:
         value = {**new_envelope(producer_identity(mapping.PRODUCER_NAME, "s")), **fields}
@@ -205,3 +208,30 @@ def test_import_state_round_trips_per_server_and_destination(tmp_path: Path) -> 
         assert "--state" in str(exc)
     else:
         raise AssertionError("a broken state file must be refused, not treated as empty")
+
+
+def test_logged_model_metrics_are_one_evaluation_per_dataset_with_the_last_values() -> None:
+    def metric(key: str, value: float, step: int, dataset: str | None = "d1") -> dict[str, Any]:
+        return {"key": key, "value": value, "step": step, "timestamp": 1000 + step, "run_id": "r1",
+                **({"dataset_name": "train", "dataset_digest": dataset} if dataset else {})}
+
+    logged = {"info": {"model_id": "m-1", "source_run_id": "r1"},
+              "data": {"metrics": [metric("acc", 0.5, 0), metric("acc", 0.9, 1), metric("loss", 0.2, 0),
+                                   metric("acc", 0.7, 0, dataset=None)]}}
+    evaluations = mapping.logged_model_evaluations("iris", "2", logged)
+    assert [(kind, fields["dataset"]) for kind, fields in evaluations] == [("Evaluation", None),
+                                                                           ("Evaluation", "mlflow:train:d1")]
+    trained = evaluations[1][1]
+    assert [(m["name"], m["value"]) for m in trained["metrics"]] == [("acc", 0.9), ("loss", 0.2)]
+    assert trained["passed"] is True and trained["run_id"] == "r1" and trained["model_version"] == "2"
+    assert [f["event_id"] for _, f in mapping.logged_model_evaluations("iris", "2", logged)] == \
+        [f["event_id"] for _, f in evaluations], "the same metrics give the same ids"
+    relogged = {**logged, "data": {"metrics": [*logged["data"]["metrics"], metric("acc", 0.95, 2)]}}
+    ids = {fields["event_id"] for _, fields in mapping.logged_model_evaluations("iris", "2", relogged)}
+    assert trained["event_id"] not in ids, "new metric values are a new Evaluation"
+
+
+def test_a_version_names_its_logged_model_by_id_or_source() -> None:
+    assert mapping.logged_model_id({"source": "models:/m-abc"}) == "m-abc"
+    assert mapping.logged_model_id({"model_id": "m-x", "source": "runs:/r/model"}) == "m-x"
+    assert mapping.logged_model_id({"source": "runs:/r/model"}) is None
