@@ -253,8 +253,9 @@ def mlflow_import(
     token: Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACKING_TOKEN",
                                               help="bearer token for the tracking server")] = None,
 ) -> None:
-    """Import runs, their dataset inputs, registered model versions (artifacts downloaded and hashed) and
-    aliases as provline events (RunEvent, DatasetVersion, ModelVersion, Deployment) to the lineage topic.
+    """Import runs, their dataset inputs, registered model versions (artifacts downloaded and hashed),
+    their LoggedModel metrics and aliases as RunEvent, DatasetVersion, ModelVersion, Evaluation and
+    Deployment events to the lineage topic.
 
     Event ids are stable, so importing twice sends the same events and the sink keeps one; what an
     earlier import delivered (the --state file) is not sent again. Exits 2 when MLflow cannot be read
