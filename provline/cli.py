@@ -254,8 +254,8 @@ def mlflow_import(
                                               help="bearer token for the tracking server")] = None,
 ) -> None:
     """Import runs, their dataset inputs, registered model versions (artifacts downloaded and hashed),
-    their LoggedModel metrics and aliases as RunEvent, DatasetVersion, ModelVersion, Evaluation and
-    Deployment events to the lineage topic.
+    their LoggedModel metrics, approval tags and aliases as RunEvent, DatasetVersion, ModelVersion,
+    Evaluation, Decision and Deployment events to the lineage topic.
 
     Event ids are stable, so importing twice sends the same events and the sink keeps one; what an
     earlier import delivered (the --state file) is not sent again. Exits 2 when MLflow cannot be read

@@ -267,6 +267,8 @@ class MlflowImport:
         if logged is not None:
             for evaluation in mapping.logged_model_evaluations(str(version["name"]), str(version["version"]), logged):
                 self._emit(*evaluation)
+        for decision in mapping.tag_decisions(version):
+            self._emit(*decision)
         stage = mapping.stage_deployment(version)
         if stage is not None:
             self._emit(*stage)

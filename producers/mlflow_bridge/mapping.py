@@ -370,3 +370,37 @@ def logged_model_evaluations(model_name: str, version: str, logged_model: dict[s
             "predictions_dataset": None,
         }))
     return events
+
+
+DECISION_TAGS = {"provline.approval.": "APPROVED", "provline.rejection.": "REJECTED"}
+DECISION_TRANSITION_FROM = "registered"
+
+
+def tag_decisions(version: dict[str, Any]) -> list[Event]:
+    """Model-version tags ``provline.approval.<environment>.<role> = <actor>`` (or ``provline.rejection.``)
+    as Decisions on ``model:<name>@<version>`` moving ``registered-><environment>``: the approvals a
+    promotion policy asks for, given in MLflow's UI or client. Other tags are not mapped.
+
+    MLflow does not date tags: the id depends on the version's creation time and the tag."""
+    name, number = str(version["name"]), str(version["version"])
+    subject = f"model:{model_key(name, number)}"
+    events: list[Event] = []
+    for key, actor in sorted(_tags(version).items()):
+        prefix = next((p for p in DECISION_TAGS if key.startswith(p)), None)
+        environment, _, role = key.removeprefix(prefix or "").partition(".")
+        if prefix is None or not environment or not role or not actor.strip():
+            continue
+        outcome = DECISION_TAGS[prefix]
+        events.append(("Decision", {
+            "event_id": stable_event_id("mlflow-decision", f"{subject}/{environment}/{role}/{outcome}/{actor}",
+                                        int(version.get("creation_timestamp") or 0) * 1000),
+            "subject": subject,
+            "transition": f"{DECISION_TRANSITION_FROM}->{environment}",
+            "outcome": outcome,
+            "actor": actor.strip(),
+            "role": role,
+            "rationale": f"MLflow model-version tag {key!r}",
+            "alternatives": [],
+            "risk_refs": [],
+        }))
+    return events

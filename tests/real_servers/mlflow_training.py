@@ -2,7 +2,8 @@
 full-MLflow virtualenv (build/venvs/mlflow-server) against a real tracking server (MLFLOW_TRACKING_URI).
 
     python mlflow_training.py --version 1 --facts out.json   # trains, registers v1, sets @champion on it
-    python mlflow_training.py --version 2 --facts out.json   # trains again (other C), moves @champion to v2
+    python mlflow_training.py --version 2 --facts out.json   # trains again (other C), moves @champion to v2,
+                                                             # tags v2 approved for production
 
 scikit-learn's LogisticRegression with ``mlflow.sklearn.autolog()`` (params, metrics, the model,
 registered as ``MODEL``, the data of the fit as a dataset input its metrics name), the training
@@ -21,6 +22,8 @@ MODEL = "iris-bridge"
 DATASET = "iris-train"
 ALIAS = "champion"
 C_OF_VERSION = {"1": 1.0, "2": 0.25}
+APPROVAL_TAG = "provline.approval.production.risk-officer"
+APPROVER = "ada"
 
 
 def main() -> None:
@@ -52,6 +55,8 @@ def main() -> None:
         raise SystemExit(f"autolog registered {len(versions)} versions of {MODEL} from run {run.info.run_id}")
     version = versions[0].version
     client.set_registered_model_alias(MODEL, ALIAS, version)
+    if args.version == "2":  # approved in MLflow by a tag (the convention provline mlflow import reads)
+        client.set_model_version_tag(MODEL, version, APPROVAL_TAG, APPROVER)
     recorded = client.get_run(run.info.run_id)
     args.facts.write_text(json.dumps({
         "run_id": run.info.run_id,

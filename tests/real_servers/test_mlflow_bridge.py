@@ -37,7 +37,7 @@ from deploy.local.model_servers import venv_tool
 from provline.producers.models import describe_artifact
 from provline.schemas import Topics
 from tests.helpers import consume_events
-from tests.real_servers.mlflow_training import ALIAS, DATASET, EXPERIMENT, MODEL
+from tests.real_servers.mlflow_training import ALIAS, APPROVER, DATASET, EXPERIMENT, MODEL
 
 pytestmark = pytest.mark.real_servers
 TRAINING = Path(__file__).with_name("mlflow_training.py")
@@ -223,6 +223,14 @@ def test_the_logged_models_metrics_are_an_evaluation_of_each_version(bridge: Bri
         assert evaluation["model_name"] == MODEL and evaluation["run_id"] == facts["run_id"] and evaluation["passed"]
 
 
+def test_an_approval_tag_on_a_version_is_a_decision(bridge: Bridge) -> None:
+    assert bridge.imports[0].of("Decision") == [], "version 1 has no approval tag"
+    [decision] = bridge.imports[1].of("Decision")
+    assert decision["subject"] == f"model:{MODEL}@2" and decision["outcome"] == "APPROVED"
+    assert (decision["role"], decision["actor"], decision["transition"]) == \
+        ("risk-officer", APPROVER, "registered->production")
+
+
 def test_moving_the_champion_alias_is_a_deployment_naming_the_version_it_left(bridge: Bridge) -> None:
     first, second = bridge.imports[0].of("Deployment"), bridge.imports[1].of("Deployment")
     assert [(d["model_version"], d["action"], d["previous_version"]) for d in first] == [("1", "DEPLOY", None)]
@@ -238,7 +246,7 @@ def test_importing_again_sends_only_what_changed_and_then_nothing(bridge: Bridge
     first, second, third, stateless = bridge.imports
     assert not first.ids() & second.ids(), "the second import sent again what the first had delivered"
     assert sorted(kind for kind, _ in second.events if kind != "SessionSeal") == \
-        ["Deployment", "Evaluation", "ModelVersion", "RunEvent"], second.output
+        ["Decision", "Deployment", "Evaluation", "ModelVersion", "RunEvent"], second.output
     assert third.events == [] and NOTHING_SENT.search(third.output), third.output
     # without the state file every event is sent again, with the ids the first imports gave them
     assert stateless.ids() <= first.ids() | second.ids(), "an import without state made events with new ids"
@@ -246,7 +254,8 @@ def test_importing_again_sends_only_what_changed_and_then_nothing(bridge: Bridge
     assert EXPERIMENT in experiments
     assert len(stateless.of("RunEvent")) == len(first.of("RunEvent")) + len(second.of("RunEvent")) == 2
     assert len(stateless.of("ModelVersion")) == len(stateless.of("Evaluation")) == 2
-    assert len(stateless.of("Deployment")) == 1 and len(stateless.of("DatasetVersion")) == 2
+    assert len(stateless.of("Deployment")) == len(stateless.of("Decision")) == 1
+    assert len(stateless.of("DatasetVersion")) == 2
 
 
 def test_an_unreachable_tracking_server_is_named_and_no_state_written(tmp_path: Path, kafka_bootstrap: str) -> None:

@@ -127,6 +127,8 @@ def test_every_mapped_event_encodes_and_decodes_with_the_current_schemas() -> No
         *mapping.logged_model_evaluations("iris", "1", {"data": {"metrics": [
             {"key": "acc", "value": 0.9, "timestamp": 3, "dataset_name": "iris", "dataset_digest": "d1g"}]}}),
         mapping.stage_deployment({"name": "iris", "version": "1", "current_stage": "Staging"}) or ("", {}),
+        *mapping.tag_decisions({"name": "iris", "version": "1", "tags": [
+            {"key": "provline.approval.production.risk-officer", "value": "ada"}]}),
     ]
     for kind, fields in events:
         value = {**new_envelope(producer_identity(mapping.PRODUCER_NAME, "s")), **fields}
@@ -235,3 +237,17 @@ def test_a_version_names_its_logged_model_by_id_or_source() -> None:
     assert mapping.logged_model_id({"source": "models:/m-abc"}) == "m-abc"
     assert mapping.logged_model_id({"model_id": "m-x", "source": "runs:/r/model"}) == "m-x"
     assert mapping.logged_model_id({"source": "runs:/r/model"}) is None
+
+
+def test_approval_tags_of_a_model_version_are_decisions_other_tags_nothing() -> None:
+    version = {"name": "iris", "version": "2", "creation_timestamp": 9, "tags": [
+        {"key": "provline.approval.production.risk-officer", "value": "ada"},
+        {"key": "provline.rejection.staging.qa", "value": "bob"},
+        {"key": "provline.approval.production", "value": "no role"},
+        {"key": "team", "value": "fraud"},
+    ]}
+    decisions = [fields for _, fields in mapping.tag_decisions(version)]
+    assert [(d["outcome"], d["transition"], d["role"], d["actor"]) for d in decisions] == [
+        ("APPROVED", "registered->production", "risk-officer", "ada"), ("REJECTED", "registered->staging", "qa", "bob")]
+    assert {d["subject"] for d in decisions} == {"model:iris@2"}
+    assert [d["event_id"] for _, d in mapping.tag_decisions(version)] == [d["event_id"] for d in decisions]
