@@ -247,8 +247,8 @@ def mlflow_import(
     state: Annotated[Path, typer.Option(
         "--state", help="where the import remembers what it delivered and where each alias pointed")]
     = MLFLOW_STATE_PATH,
-    no_state: Annotated[bool, typer.Option("--no-state", help="keep no state: send every event again (same "
-                                                                "ids, the sink keeps one); alias moves are not seen")]
+    no_state: Annotated[bool, typer.Option("--no-state", help="keep no state file: read what earlier imports "
+                                                                "sent back from the lineage topic every time")]
     = False,
     token: Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACKING_TOKEN",
                                               help="bearer token for the tracking server")] = None,
@@ -265,8 +265,9 @@ def mlflow_import(
     from provline.producers import JobSettings, build_emitter
     from provline.producers.errors import ProducerError
     from provline.producers.mlflow_bridge.client import MlflowReader
-    from provline.producers.mlflow_bridge.importer import ImportState, MlflowImport
+    from provline.producers.mlflow_bridge.importer import ImportState, MlflowImport, sent_before
     from provline.producers.mlflow_bridge.mapping import PRODUCER_NAME
+    from provline.schemas.events import Topics
 
     moment = _iso_time(since)
     with _exits_on_errors():
@@ -289,6 +290,12 @@ def mlflow_import(
         with MlflowReader(tracking_uri, token=token) as reader, \
                 Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                          console=console, transient=True) as progress:
+            if import_state.empty and settings.transport() == "kafka":
+                # no state for this destination (a first import, a lost file, --no-state): what was sent
+                # already is read back, since sending it again would make provline verify flag the first copy
+                topic = Topics(settings.topics.prefix).lineage
+                progress.add_task(f"reading what earlier imports sent from {topic}", total=None)
+                import_state.recover(sent_before(settings.kafka, topic, emitter.producer["name"]))
             task = progress.add_task(f"reading {tracking_uri}", total=None)
             report = MlflowImport(
                 reader, emitter, import_state, experiments=experiment, since=moment,

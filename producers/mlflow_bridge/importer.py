@@ -1,17 +1,21 @@
 """One import of an MLflow tracking server into provline: read (:mod:`.client`), map (:mod:`.mapping`), emit.
 
+    state = ImportState.load(path, key=ImportState.key_of(uri, "kafka:broker:9092/provline"))
+    if state.empty:
+        state.recover(sent_before(settings.kafka, topics.lineage, "provline-mlflow-import"))
     with MlflowReader(uri) as reader:
-        state = ImportState.load(path, key=ImportState.key_of(uri, settings))
         report = MlflowImport(reader, emitter, state, experiments=["churn"]).run()
     if emitter.close():
         state.commit(report); state.save()
 
-Every event has a stable id (:mod:`.mapping`), so importing twice sends the same events and the
-sink keeps one. The state file adds two things an import cannot get from MLflow: which events were
-already delivered (they are skipped, and so are the artifact downloads of model versions already
-sent), and which version each alias pointed at when last imported (MLflow keeps no alias history;
-that is how a moved alias becomes a PROMOTE naming the version it left). The state is only written
-after the emitter delivered everything, so a failed import is repeated whole next time.
+Every event has a stable id (:mod:`.mapping`), and what an earlier import delivered is not sent
+again: a copy sent by a new producer session would replace the first in the store, and ``provline
+verify`` would then find the first session truncated. The state file records which events were
+delivered (they are skipped, and so are the artifact downloads of model versions already sent) and
+which versions each alias pointed at (MLflow keeps no alias history; that is how a moved alias
+becomes a PROMOTE naming the version it left). Without state for a destination,
+:func:`sent_before` reads the same back from the lineage topic. The state is only written after
+the emitter delivered everything, so a failed import is repeated whole next time.
 
 Blocks on the tracking server; not thread-safe.
 """
@@ -22,6 +26,8 @@ import json
 import logging
 import os
 import tempfile
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,15 +35,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from provline.config import KafkaSettings
 from provline.producers.emitter import Emitter
 from provline.producers.mlflow_bridge import mapping
 from provline.producers.mlflow_bridge.client import ArtifactsUnavailable, MlflowReader
 from provline.producers.models import describe_artifact
+from provline.schemas.errors import SchemaError
 from provline.schemas.events import model_key
+from provline.schemas.frames import events_in
+from provline.schemas.serde import default_catalog
 
 log = logging.getLogger("provline.mlflow")
 
 STATE_VERSION = 1
+TOPIC_READ_TIMEOUT_S = 120.0
 REQUIREMENTS_FILE = "requirements.txt"
 PYTHON_ENV_FILE = "python_env.yaml"
 READY = "READY"
@@ -83,6 +94,17 @@ class ImportState:
         return cls(path, key, sent=dict(mine.get("sent") or {}), aliases=dict(mine.get("aliases") or {}),
                    environments=dict(mine.get("environments") or {}), _others=imports)
 
+    def recover(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Take what earlier imports sent from their events (read back from the lineage topic)."""
+        sent, aliases = mapping.known_from_events(events)
+        self.sent.update(sent)
+        for model, known in aliases.items():
+            self.aliases.setdefault(model, {}).update(known)
+
+    @property
+    def empty(self) -> bool:
+        return not self.sent and not self.aliases
+
     def save(self) -> None:
         """Write the state atomically (a temporary file renamed over the old one)."""
         if self.path is None:
@@ -101,6 +123,62 @@ class ImportState:
         for model, aliases in report.aliases.items():
             self.aliases.setdefault(model, {}).update(aliases)
         self.environments.update(report.environments)
+
+
+def sent_before(kafka: KafkaSettings, topic: str, producer_name: str, *,
+                timeout_s: float = TOPIC_READ_TIMEOUT_S) -> list[tuple[str, dict[str, Any]]]:
+    """The events ``producer_name`` sent to ``topic`` that the brokers still hold, read from the start to
+    the end each partition had when asked. Blocks; MlflowError when the topic cannot be read in time.
+
+    Sending an event again from a new producer session would make the store's copy belong to that
+    session, and ``provline verify`` would find the first session truncated: so an import with no
+    state file learns from the topic what was already sent."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from provline.producers.mlflow_bridge.client import MlflowError
+
+    catalog = default_catalog()
+    consumer = Consumer(kafka.librdkafka(**{
+        "group.id": f"provline-mlflow-import-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "auto.offset.reset": "earliest", "enable.partition.eof": False}))
+    found: list[tuple[str, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None:
+            return found  # no lineage topic yet: nothing was sent
+        ends: dict[int, int] = {}
+        starts = []
+        for partition in described.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            if high > low:
+                ends[partition] = high
+                starts.append(TopicPartition(topic, partition, low))
+        consumer.assign(starts)
+        while ends:
+            if time.monotonic() > deadline:
+                raise MlflowError(f"could not read {topic} to its end within {timeout_s:.0f} s to learn what earlier "
+                                  "imports sent; import with the --state file of the last import")
+            for message in consumer.consume(500, 1.0):
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition(), message.offset()
+                if partition is not None and offset is not None and offset + 1 >= ends.get(partition, 0):
+                    ends.pop(partition, None)
+                try:
+                    for raw in events_in(catalog, message.value()):
+                        event = catalog.decode(raw)
+                        if (event.value.get("producer") or {}).get("name") == producer_name:
+                            found.append((event.record, event.value))
+                except SchemaError:
+                    continue  # not ours to judge: the sink sends it to the dead-letter topic
+    except KafkaException as exc:
+        raise MlflowError(f"could not read {topic} to learn what earlier imports sent: {exc}; check "
+                          "PROVLINE_KAFKA__BOOTSTRAP, or import with the --state file of the last import") from exc
+    finally:
+        consumer.close()
+    return found
 
 
 @dataclass

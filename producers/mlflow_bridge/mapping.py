@@ -404,3 +404,35 @@ def tag_decisions(version: dict[str, Any]) -> list[Event]:
             "risk_refs": [],
         }))
     return events
+
+
+ALIAS_ENDPOINT_PREFIX = "models:/"
+
+
+def known_from_events(events: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """What earlier imports sent, from their events as read back from the lineage topic: (event id ->
+    kind, model -> alias -> ``{"history", "event_time"}``), the state :func:`alias_moves` takes.
+
+    An alias's history is the versions of its Deployments (endpoint ``models:/<name>@<alias>``) in
+    the order they were sent (their ``event_time``, the import that first saw each move)."""
+    sent: dict[str, str] = {}
+    moves: dict[tuple[str, str], list[tuple[datetime, str, str]]] = {}
+    for kind, value in events:
+        if kind == "SessionSeal":
+            continue
+        sent[str(value["event_id"])] = kind
+        endpoint = str(value.get("endpoint") or "") if kind == "Deployment" else ""
+        name, at, alias = endpoint.removeprefix(ALIAS_ENDPOINT_PREFIX).rpartition("@")
+        if endpoint.startswith(ALIAS_ENDPOINT_PREFIX) and at and name == value.get("model_name"):
+            moves.setdefault((name, alias), []).append(
+                (value["event_time"], str(value["event_id"]), str(value["model_version"])))
+    aliases: dict[str, dict[str, Any]] = {}
+    for (name, alias), seen in sorted(moves.items()):
+        first: dict[str, tuple[datetime, str, str]] = {}
+        for move in seen:  # the same move sent twice (same id) counts once, when it was first sent
+            if move[1] not in first or move[0] < first[move[1]][0]:
+                first[move[1]] = move
+        ordered = sorted(first.values())
+        history = [version for _, _, version in ordered]
+        aliases.setdefault(name, {})[alias] = {"history": history, "event_time": ordered[-1][0].isoformat()}
+    return sent, aliases

@@ -7,7 +7,8 @@ artifact proxy over a local folder) and runs a training job that uses MLflow onl
 
     train v1, @champion -> v1   import 1 (state file)
     train v2, @champion -> v2   import 2 (same state file)   import 3 (same state file)
-                                import 4 (--no-state)
+                                import 4 (--no-state: what was sent is read back from the topic)
+    @champion -> v1 (rollback)  import 5 (--no-state)
 
 Every assertion compares the events on the lineage topic (decoded with the current schemas) with
 what MLflow itself recorded (the job's facts, MLflow's REST API, the artifact files on the server's
@@ -30,13 +31,14 @@ from typing import Any
 import httpx
 import pytest
 
-from deploy.demo.stack import REPO, Service
+from deploy.demo.stack import REPO, DemoStack, Service
 from deploy.local.kafka import create_topics
 from deploy.local.kafka.broker import free_port
 from deploy.local.model_servers import venv_tool
 from provline.producers.models import describe_artifact
 from provline.schemas import Topics
 from tests.helpers import consume_events
+from tests.real_servers.audit import provline, wait_for_rows
 from tests.real_servers.mlflow_training import ALIAS, APPROVER, DATASET, EXPERIMENT, MODEL
 
 pytestmark = pytest.mark.real_servers
@@ -65,6 +67,7 @@ class Import:
 
 @dataclass(frozen=True)
 class Bridge:
+    stack: DemoStack  # provline serve and processors on the same broker and topics
     url: str
     artifacts: Path
     facts: list[dict[str, Any]]  # what the job recorded in MLflow, per step
@@ -97,10 +100,13 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> It
     ], server_env, folder / "mlflow-server.log", f"{url}/health").start()
     topics = Topics(prefix=f"mlflow-{uuid.uuid4().hex[:10]}")
     create_topics(kafka_bootstrap, topics.all)
+    stack = DemoStack(folder / "provline", kafka_bootstrap=kafka_bootstrap, topics=topics)
     import_env = {**base_env, "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
                   "COLUMNS": "200"}
     state = folder / "state" / "mlflow-import.json"
     try:
+        stack.start_broker()
+        stack.start_platform()
         server.wait_healthy(timeout=120.0)
 
         def train(version: str) -> dict[str, Any]:
@@ -131,9 +137,14 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> It
         imports = [run_import("--state", str(state))]
         facts.append(train("2"))
         imports += [run_import("--state", str(state)), run_import("--state", str(state)), run_import("--no-state")]
-        yield Bridge(url, folder / "artifacts", facts, imports)
+        rollback = httpx.post(f"{url}/api/2.0/mlflow/registered-models/alias", timeout=30.0,
+                              json={"name": MODEL, "alias": ALIAS, "version": "1"})
+        assert rollback.status_code == 200, rollback.text
+        imports.append(run_import("--no-state"))
+        yield Bridge(stack, url, folder / "artifacts", facts, imports)
     finally:
         server.stop()
+        stack.stop()
 
 
 def _mlflow(bridge: Bridge, path: str, **params: Any) -> dict[str, Any]:
@@ -145,7 +156,7 @@ def _mlflow(bridge: Bridge, path: str, **params: Any) -> dict[str, Any]:
 def test_every_import_exits_cleanly_and_seals_its_session(bridge: Bridge) -> None:
     for number, done in enumerate(bridge.imports, 1):
         assert done.returncode == 0, f"import {number} exited {done.returncode}:\n{done.output}"
-    for number in (1, 2, 4):
+    for number in (1, 2, 5):
         events = bridge.imports[number - 1].events
         assert events, f"import {number} sent nothing:\n{bridge.imports[number - 1].output}"
         seals = [value for kind, value in events if kind == "SessionSeal" and value["final"]]
@@ -235,27 +246,56 @@ def test_moving_the_champion_alias_is_a_deployment_naming_the_version_it_left(br
     first, second = bridge.imports[0].of("Deployment"), bridge.imports[1].of("Deployment")
     assert [(d["model_version"], d["action"], d["previous_version"]) for d in first] == [("1", "DEPLOY", None)]
     assert [(d["model_version"], d["action"], d["previous_version"]) for d in second] == [("2", "PROMOTE", "1")]
-    for deployment in first + second:
+    # the rollback, seen by an import with no state file: the alias's history came back from the topic
+    rollback = bridge.imports[4].of("Deployment")
+    assert [(d["model_version"], d["action"], d["previous_version"]) for d in rollback] == [("1", "PROMOTE", "2")]
+    assert rollback[0]["event_id"] != first[0]["event_id"], "the rollback to v1 is a new event, not v1's first"
+    for deployment in first + second + rollback:
         assert deployment["model_name"] == MODEL and deployment["environment"] == ALIAS
         assert deployment["endpoint"] == f"models:/{MODEL}@{ALIAS}"
     aliases = _mlflow(bridge, "registered-models/get", name=MODEL)["registered_model"]["aliases"]
-    assert aliases == [{"alias": ALIAS, "version": "2"}]
+    assert aliases == [{"alias": ALIAS, "version": "1"}]
 
 
 def test_importing_again_sends_only_what_changed_and_then_nothing(bridge: Bridge) -> None:
-    first, second, third, stateless = bridge.imports
+    first, second, third, stateless, rollback = bridge.imports
     assert not first.ids() & second.ids(), "the second import sent again what the first had delivered"
     assert sorted(kind for kind, _ in second.events if kind != "SessionSeal") == \
         ["Decision", "Deployment", "Evaluation", "ModelVersion", "RunEvent"], second.output
     assert third.events == [] and NOTHING_SENT.search(third.output), third.output
-    # without the state file every event is sent again, with the ids the first imports gave them
-    assert stateless.ids() <= first.ids() | second.ids(), "an import without state made events with new ids"
+    # without the state file, what was sent is read back from the lineage topic: nothing is sent again
+    assert stateless.events == [] and NOTHING_SENT.search(stateless.output), stateless.output
+    assert sorted(kind for kind, _ in rollback.events if kind != "SessionSeal") == ["Deployment"], rollback.output
     experiments = {e["name"] for e in _mlflow(bridge, "experiments/search", max_results=100)["experiments"]}
     assert EXPERIMENT in experiments
-    assert len(stateless.of("RunEvent")) == len(first.of("RunEvent")) + len(second.of("RunEvent")) == 2
-    assert len(stateless.of("ModelVersion")) == len(stateless.of("Evaluation")) == 2
-    assert len(stateless.of("Deployment")) == len(stateless.of("Decision")) == 1
-    assert len(stateless.of("DatasetVersion")) == 2
+    skipped = re.search(r"(\d+) already sent before", stateless.output)
+    assert skipped and int(skipped.group(1)) >= len(first.ids() | second.ids()), stateless.output
+
+
+def test_the_store_keeps_one_row_per_event_verifies_clean_and_promote_takes_the_approved_version(
+        bridge: Bridge) -> None:
+    stack = bridge.stack
+    sessions = sorted({v["producer"]["session_id"] for done in bridge.imports for _, v in done.events})
+    assert len(sessions) == 3  # imports 1, 2 and 5 sent something
+    seals = wait_for_rows(stack, "SELECT producer_session FROM session_seals WHERE is_final AND "
+                                 "producer_name = 'provline-mlflow-import'", at_least=3)
+    assert sorted(row["producer_session"] for row in seals) == sessions, "the sink did not store every import"
+    expected = {"run_events": 2, "dataset_versions": 2, "model_versions": 2, "evaluations": 2, "decisions": 1,
+                "deployments": 3}
+    stored = {table: len(stack.sql(f"SELECT event_id FROM {table} FINAL WHERE producer_name = "
+                                   "'provline-mlflow-import'")) for table in expected}
+    assert stored == expected, "the store must hold each imported event once"
+    for session in sessions:
+        done = provline(stack, "verify", "--session", session)
+        assert done.returncode == 0, f"provline verify --session {session}:\n{done.stdout}{done.stderr}"
+    kafka = {"PROVLINE_KAFKA__BOOTSTRAP": stack.kafka_section("job")["bootstrap"],
+             "PROVLINE_TOPICS__PREFIX": stack.topics.prefix}
+    endpoint = f"models:/{MODEL}@{ALIAS}"
+    refused = provline(stack, "promote", MODEL, "1", "--to", "production", "--endpoint", endpoint, env=kafka)
+    assert refused.returncode == 1 and "no approval by role risk-officer" in refused.stdout, refused.stdout
+    assert refused.stdout.count("\n  - ") == 1, f"only the approval should be missing for v1:\n{refused.stdout}"
+    promoted = provline(stack, "promote", MODEL, "2", "--to", "production", "--endpoint", endpoint, env=kafka)
+    assert promoted.returncode == 0, f"provline promote of the imported, approved v2:\n{promoted.stdout}"
 
 
 def test_an_unreachable_tracking_server_is_named_and_no_state_written(tmp_path: Path, kafka_bootstrap: str) -> None:

@@ -251,3 +251,20 @@ def test_approval_tags_of_a_model_version_are_decisions_other_tags_nothing() -> 
         ("APPROVED", "registered->production", "risk-officer", "ada"), ("REJECTED", "registered->staging", "qa", "bob")]
     assert {d["subject"] for d in decisions} == {"model:iris@2"}
     assert [d["event_id"] for _, d in mapping.tag_decisions(version)] == [d["event_id"] for d in decisions]
+
+
+def test_what_earlier_imports_sent_comes_back_from_their_events() -> None:
+    from datetime import UTC, datetime
+
+    def deployment(version: str, event_id: str, minute: int, endpoint: str = "models:/iris@champion") -> Any:
+        return ("Deployment", {"event_id": event_id, "event_time": datetime(2026, 1, 1, 0, minute, tzinfo=UTC),
+                               "model_name": "iris", "model_version": version, "endpoint": endpoint})
+
+    events = [deployment("2", "d2", 5), deployment("1", "d1", 1), deployment("1", "d1", 9),  # d1 sent twice
+              deployment("3", "x", 7, endpoint="/predict"), ("RunEvent", {"event_id": "r1"}),
+              ("SessionSeal", {"event_id": "s1"})]
+    sent, aliases = mapping.known_from_events(events)
+    assert sent == {"d2": "Deployment", "d1": "Deployment", "x": "Deployment", "r1": "RunEvent"}
+    assert aliases == {"iris": {"champion": {"history": ["1", "2"], "event_time": "2026-01-01T00:05:00+00:00"}}}
+    [(_, back, history)] = mapping.alias_moves("iris", {"champion": "1"}, aliases["iris"], version_times={})
+    assert (back["previous_version"], history) == ("2", ["1", "2", "1"])
