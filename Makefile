@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 BROKER_JARS := deploy/local/kafka/target/lib/.resolved
 
-.PHONY: demo test lint typecheck docs setup broker model-servers deploy-tools browser-tools k8s-tools image screenshots clean
+.PHONY: demo test lint typecheck docs setup broker model-servers mlflow-server deploy-tools browser-tools k8s-tools image screenshots clean
 
 setup: $(INSTALLED)
 
@@ -30,13 +30,19 @@ $(BROKER_JARS): deploy/local/kafka/pom.xml
 # each in a virtualenv of its own (never in .venv), from the pinned files in deploy/local/model_servers.
 # The training job runs in the mlflow one, with provline installed there without its dependencies
 # (the producers' own are in its requirements): re-installed when pyproject.toml changes.
+# mlflow-server is full MLflow (tracking server, SQLite backend, artifact proxy) that
+# tests/real_servers/test_mlflow_bridge.py starts and `provline mlflow import` reads; the mlflow venv
+# is mlflow-skinny for the scoring server, which has no tracking server.
 MODEL_SERVERS := deploy/local/model_servers
 VENVS := build/venvs
 MLSERVER_INSTALLED := $(VENVS)/mlserver/.installed
 MLFLOW_INSTALLED := $(VENVS)/mlflow/.installed
+MLFLOW_SERVER_INSTALLED := $(VENVS)/mlflow-server/.installed
 JOB_PROVLINE_INSTALLED := $(VENVS)/mlflow/.provline-installed
 
-model-servers: $(MLSERVER_INSTALLED) $(JOB_PROVLINE_INSTALLED)
+model-servers: $(MLSERVER_INSTALLED) $(JOB_PROVLINE_INSTALLED) $(MLFLOW_SERVER_INSTALLED)
+
+mlflow-server: $(MLFLOW_SERVER_INSTALLED)
 
 $(VENVS)/%/.installed: $(MODEL_SERVERS)/requirements-%.txt
 	rm -rf $(VENVS)/$*

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -216,6 +217,109 @@ def feedback_import(
         for problem in sorted(problems, key=lambda p: p.row):
             table.add_row(str(problem.row), problem.id[:60], problem.status, problem.reason[:120])
         console.print(table)
+        raise typer.Exit(1)
+
+
+MLFLOW_STATE_PATH = Path(".provline") / "mlflow-import.json"
+mlflow_app = typer.Typer(no_args_is_help=True, help="Bring an MLflow tracking server's lineage into provline.")
+app.add_typer(mlflow_app, name="mlflow")
+
+
+def _iso_time(value: str | None) -> datetime | None:
+    """An ISO 8601 time (``Z`` or an offset; naive means UTC) for --since; BadParameter otherwise."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@mlflow_app.command("import")
+def mlflow_import(
+    tracking_uri: Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                              help="the MLflow tracking server, e.g. http://127.0.0.1:5000")],
+    experiment: Annotated[list[str] | None, typer.Option(
+        "--experiment", help="import this experiment (by name); repeat for more (default: every experiment)")] = None,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="only runs started and model versions created at or after this ISO 8601 time")] = None,
+    state: Annotated[Path, typer.Option(
+        "--state", help="where the import remembers what it delivered and where each alias pointed")]
+    = MLFLOW_STATE_PATH,
+    no_state: Annotated[bool, typer.Option("--no-state", help="keep no state file: read what earlier imports "
+                                                                "sent back from the lineage topic every time")]
+    = False,
+    token: Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACKING_TOKEN",
+                                              help="bearer token for the tracking server")] = None,
+) -> None:
+    """Import runs, their dataset inputs, registered model versions (artifacts downloaded and hashed),
+    their LoggedModel metrics, approval tags and aliases as RunEvent, DatasetVersion, ModelVersion,
+    Evaluation, Decision and Deployment events to the lineage topic.
+
+    Event ids are stable, so importing twice sends the same events and the sink keeps one; what an
+    earlier import delivered (the --state file) is not sent again. Exits 2 when MLflow cannot be read
+    or the events were not delivered, 1 when something was imported incomplete (listed)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from provline.producers import JobSettings, build_emitter
+    from provline.producers.errors import ProducerError
+    from provline.producers.mlflow_bridge.client import MlflowReader
+    from provline.producers.mlflow_bridge.importer import ImportState, MlflowImport, sent_before
+    from provline.producers.mlflow_bridge.mapping import PRODUCER_NAME
+    from provline.schemas.events import Topics
+
+    moment = _iso_time(since)
+    with _exits_on_errors():
+        settings = load_settings(JobSettings)
+        if settings.transport() == "none":
+            raise ConfigError("no broker configured, so the import would send nothing; set "
+                              "PROVLINE_KAFKA__BOOTSTRAP (or PROVLINE_EMITTER__TRANSPORT)")
+        destination = f"{settings.transport()}:{settings.kafka.bootstrap or settings.emitter.file}/" \
+                      f"{settings.topics.prefix}"
+        try:
+            import_state = ImportState.load(None if no_state else state,
+                                            key=ImportState.key_of(tracking_uri, destination))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        try:
+            emitter = build_emitter(settings, producer_name=PRODUCER_NAME)
+        except ProducerError as exc:
+            raise ConfigError(str(exc)) from exc
+    try:
+        with MlflowReader(tracking_uri, token=token) as reader, \
+                Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                         console=console, transient=True) as progress:
+            if import_state.empty and settings.transport() == "kafka":
+                # no state for this destination (a first import, a lost file, --no-state): what was sent
+                # already is read back, since sending it again would make provline verify flag the first copy
+                topic = Topics(settings.topics.prefix).lineage
+                progress.add_task(f"reading what earlier imports sent from {topic}", total=None)
+                import_state.recover(sent_before(settings.kafka, topic, emitter.producer["name"]))
+            task = progress.add_task(f"reading {tracking_uri}", total=None)
+            report = MlflowImport(
+                reader, emitter, import_state, experiments=experiment, since=moment,
+                progress=lambda what: progress.update(task, description=f"reading {what} from {tracking_uri}"),
+            ).run()
+    except ProducerError as exc:
+        emitter.close()  # what was emitted goes out (same ids next time); the state is not written
+        console.print(f"[red]provline mlflow import: {exc}[/red]")
+        raise typer.Exit(2) from exc
+    if not emitter.close():
+        console.print("[red]the events were not all delivered; check PROVLINE_KAFKA__BOOTSTRAP and import again "
+                      "(the same events are sent with the same ids)[/red]")
+        raise typer.Exit(2)
+    import_state.commit(report)
+    import_state.save()
+    table = Table("event", "sent", "already sent", title=f"imported from {tracking_uri}", title_justify="left")
+    for kind in sorted(set(report.sent) | set(report.skipped)):
+        table.add_row(kind, str(report.sent[kind]), str(report.skipped[kind]))
+    console.print(table)
+    console.print(", ".join(f"{count} {what}" for what, count in report.read.items()) + " read; "
+                  f"{sum(report.sent.values())} events sent, {sum(report.skipped.values())} already sent before")
+    if report.problems:
+        for problem in report.problems:
+            console.print(f"[yellow]  - {problem}[/yellow]")
         raise typer.Exit(1)
 
 
