@@ -172,6 +172,10 @@ def register_lineage_agent(
 
     @table.on_recover
     async def rebuild_index() -> None:
+        # Faust picks the changelog partition of a write from the producer's cached metadata, and aiokafka
+        # has none for a topic created after it started (the changelog, on a fresh start): the first write
+        # then crashed the agent and lost its event until a rewind. Fetch that topic's metadata first.
+        await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
         for key, value in table.items():
             if not is_position_key(str(key)):
                 index.apply(str(key), value)
