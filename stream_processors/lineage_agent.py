@@ -172,10 +172,6 @@ def register_lineage_agent(
 
     @table.on_recover
     async def rebuild_index() -> None:
-        # Faust picks the changelog partition of a write from the producer's cached metadata, and aiokafka
-        # has none for a topic created after it started (the changelog, on a fresh start): the first write
-        # then crashed the agent and lost its event until a rewind. Fetch that topic's metadata first.
-        await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
         for key, value in table.items():
             if not is_position_key(str(key)):
                 index.apply(str(key), value)
@@ -185,6 +181,16 @@ def register_lineage_agent(
         positions.reset(recorded, now=time.time(), starts=await offsets.starts(name, mine - set(recorded)))
         log.info("lineage index recovered: %d entries; last decided offsets %s", len(index), positions.decided)
 
+    async def write(key: str, value: Any) -> None:
+        try:
+            table[key] = value
+        except TypeError:
+            # Faust picks the changelog partition of a write from aiokafka's cached metadata, which has
+            # none for a topic created after the producer started (the changelog, on a fresh start):
+            # have it fetch that topic's, once, and write again (nothing was stored by the failed write)
+            await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
+            table[key] = value
+
     async def handle(event: EventT[bytes]) -> None:
         try:
             decoded = catalog.decode(event.value)
@@ -193,7 +199,7 @@ def register_lineage_agent(
             return
         if decoded.record in LINEAGE_EVENT_KINDS:
             for key, value in index.ingest(decoded.record, decoded.value):
-                table[key] = value
+                await write(key, value)
 
     @app.agent(topic, name="lineage")
     async def lineage(stream: faust.StreamT[bytes]) -> None:
@@ -208,10 +214,7 @@ def register_lineage_agent(
                     dead_letters.send(event, "LineageFailed", f"lineage indexing failed: {type(exc).__name__}: {exc}")
                 if dead_letters.count != dead:
                     await dead_letters.producer.flush()  # the dead letter is out before the position passes it
-                table[position_key(message.partition)] = {"offset": message.offset}
-                # out to the changelog now, not at the next commit: the other workers' joins wait for it,
-                # and a worker killed before then would leave them waiting for its hand-over
-                await app.producer.flush()
+                await write(position_key(message.partition), {"offset": message.offset})
             await seek_back(app, name, positions, metrics, now=time.time())
 
     agent = LineageAgent(index=index, offsets=offsets, topic=name, own=positions, peers=peers)
