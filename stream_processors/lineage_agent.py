@@ -45,7 +45,6 @@ import time
 from typing import Any
 
 import faust
-from confluent_kafka import KafkaException
 from faust.types import EventT
 
 from provline.schemas.errors import SchemaError
@@ -119,7 +118,7 @@ class LineageAgent:
             sent = time.monotonic()
             try:
                 ends = await self._offsets.ends(self._topic)
-            except KafkaException as exc:
+            except Exception as exc:  # never stop asking: without answers every trace waits out lineage_wait
                 if not failing:
                     log.warning("could not ask the broker for the lineage ends (%s); traces wait until it answers",
                                 exc)
