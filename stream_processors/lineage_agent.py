@@ -184,10 +184,12 @@ def register_lineage_agent(
         try:
             table[key] = value
         except TypeError:
-            # Faust picks the changelog partition of a write from aiokafka's cached metadata, which has
-            # none for a topic created after the producer started (the changelog, on a fresh start):
-            # have it fetch that topic's, once, and write again (nothing was stored by the failed write)
-            await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
+            # Faust picks the changelog partition of a write from aiokafka's cached metadata, which lacks
+            # a topic created after its last refresh (the changelog, on a fresh start): refresh it and
+            # write again (the failed write stored nothing). Not partitions_for(topic): that narrows the
+            # producer's metadata to the topics it names, and batches of every other topic then wait
+            # forever for a leader (a rebalance's commit hung on them in CI).
+            await app.producer._ensure_producer().client.force_metadata_update()
             table[key] = value
 
     async def handle(event: EventT[bytes]) -> None:
