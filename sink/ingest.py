@@ -214,7 +214,7 @@ CONTENT_OF_PAYLOAD = (
 LEDGER_CONTENTS = ("greatest(uniqExactIf(content_sha256, content_sha256 != ''), "
                    "uniqExactIf(content_digest, content_digest != ''))")
 LEDGER_COLUMNS = ("event_id, hash, content_digest, event_table, producer_session, event_time, kafka_topic, "
-                  "kafka_partition, kafka_offset, inserted")
+                  "kafka_partition, kafka_offset, inserted, prev_hash")
 
 
 def ledger_rows_of(table: str, where: str) -> str:
@@ -223,7 +223,7 @@ def ledger_rows_of(table: str, where: str) -> str:
     killed before it ledgered."""
     return (
         f"SELECT event_id, hash, {CONTENT_OF_PAYLOAD}, '{table}', producer_session, event_time, kafka_topic, "
-        f"kafka_partition, kafka_offset, now64(6) FROM {table} WHERE {where}"
+        f"kafka_partition, kafka_offset, now64(6), ifNull(prev_hash, '') FROM {table} WHERE {where}"
     )
 
 
@@ -241,7 +241,8 @@ def ledger_select(fmt: IngestFormat) -> str:
     return (
         "SELECT event_id, hash, hex(SHA256(contents)) AS content_digest, "
         f"'{fmt.spec.table}' AS event_table, producer.session_id AS producer_session, event_time, "
-        "_topic AS kafka_topic, _partition AS kafka_partition, _offset AS kafka_offset, now64(6) AS inserted\n"
+        "_topic AS kafka_topic, _partition AS kafka_partition, _offset AS kafka_offset, now64(6) AS inserted, "
+        "ifNull(prev_hash, '') AS prev_hash\n"
         f"FROM (SELECT *, toJSONString(tuple({contents})) AS contents FROM {fmt.ingest_table})\n"
         f"WHERE {_REFUSE_UNSEALED}\n"
         "LIMIT 1 BY event_id\n"

@@ -6,7 +6,8 @@
 
 Memory stays bounded for any store: events are read a page at a time, a session's chain shape is
 computed by ClickHouse set-wise (who links to whom), and stored columns are re-derived a page at a
-time through the sink's own ingest SQL over the raw events, compared inside ClickHouse.
+time through the sink's own ingest SQL over the raw events, compared inside ClickHouse. What is held
+whole is the list of copies that another sending of the same event replaced (a crashed worker's batch).
 
 The client must not be used by another thread meanwhile; give verification a connection of its own.
 """
@@ -88,11 +89,12 @@ def verify_store(
     store's (what expired is not missing)."""
     retention_days = retention_days or {}
     report = Report(signatures=trust.enabled)
-    names = list(sessions) if sessions is not None else all_sessions(client)
+    copies = replaced_copies(client, sessions)
+    names = list(sessions) if sessions is not None else sorted(set(all_sessions(client)) | copies.keys())
     report.sessions = len(names)
     lineage_edges: set[tuple[str, str, str]] = set()
     for name in names:
-        verify_session(client, catalog, trust, name, report, lineage_edges, progress)
+        verify_session(client, catalog, trust, name, copies.get(name, Copies()), report, lineage_edges, progress)
     tables_filter = list(sessions) if sessions is not None else None
     report.findings += deleted_findings(deleted_events(client, tables_filter, retention_days))
     for kind, spec in TABLES.items():
@@ -111,7 +113,7 @@ def verify_store(
     return report
 
 
-def verify_session(client: Client, catalog: Catalog, trust: Trust, session: str, report: Report,
+def verify_session(client: Client, catalog: Catalog, trust: Trust, session: str, copies: Copies, report: Report,
                    lineage_edges: set[tuple[str, str, str]], progress: Progress) -> None:
     """One session: every event from its bytes, then its chain's shape and seals."""
     for page in session_pages(client, session):
@@ -122,7 +124,7 @@ def verify_session(client: Client, catalog: Catalog, trust: Trust, session: str,
                 lineage_edges.update((e.from_node, e.to_node, e.edge) for e in edges_for(event.kind, event.value))
         report.events += len(page)
         progress("events", len(page))
-    links = session_links(client, session)
+    links = session_links(client, session, copies)
     seals = session_seals(client, session)
     report.findings += link_findings(session, links, seals)
     if seals.final_hash is None:
@@ -154,17 +156,54 @@ def session_pages(client: Client, session: str) -> Iterator[list[dict[str, Any]]
         after = page[-1]["event_id"]
 
 
-RESOLVED_GAPS_MAX = 10_000  # missing links per session looked up in the ledger (a crash re-emits one batch)
+@dataclass(frozen=True)
+class Copies:
+    """A session's copies of events whose stored copy came from another sending: same id and contents,
+    sent again (a processors worker taking over a crashed one's batch, from its own session). The event
+    tables keep one copy; the ledger keeps them all, with the link each was sent with (sink/sql/0012)."""
+
+    linked: list[tuple[str, str, str]] = field(default_factory=list)  # (event id, hash, prev_hash; '' starts)
+    unlinked: frozenset[str] = frozenset()  # hashes of copies ledgered before 0012, whose link is unknown
 
 
-def session_links(client: Client, session: str) -> Links:
+def replaced_copies(client: Client, sessions: Sequence[str] | None) -> dict[str, Copies]:
+    """Per session (of ``sessions``, or every one), its ledgered copies that another copy of the same
+    event replaced in the event tables. An id stored with other contents is no copy: verify names it
+    replaced."""
+    of_sessions = "producer_session IN {sessions:Array(String)}" if sessions is not None else "1"
+    ids_of_sessions = (f"WHERE event_id IN (SELECT event_id FROM {LEDGER_TABLE} WHERE {of_sessions})"
+                       if sessions is not None else "")
+    stored = stored_events_sql("event_id IN (SELECT event_id FROM sent_again)",
+                               columns="event_id, producer_session, hash")
+    rows = client.query(
+        f"WITH sent_again AS (SELECT event_id FROM {LEDGER_TABLE} {ids_of_sessions}\n"
+        f"    GROUP BY event_id HAVING uniqExact(hash) > 1 AND {LEDGER_CONTENTS} = 1),\n"
+        f"stored AS (SELECT event_id, producer_session, hash FROM ({stored}))\n"
+        f"SELECT DISTINCT producer_session, event_id, hash, prev_hash FROM {LEDGER_TABLE}\n"
+        f"WHERE {of_sessions} AND event_id IN (SELECT event_id FROM stored)\n"
+        "    AND (producer_session, hash) NOT IN (SELECT producer_session, hash FROM stored)",
+        parameters={"sessions": list(sessions or [])},
+    ).result_rows
+    linked: dict[str, list[tuple[str, str, str]]] = {}
+    unlinked: dict[str, set[str]] = {}
+    for session, event_id, digest, prev_hash in rows:
+        if prev_hash is None:
+            unlinked.setdefault(session, set()).add(digest)
+        else:
+            linked.setdefault(session, []).append((event_id, digest, prev_hash))
+    return {session: Copies(sorted(linked.get(session, [])), frozenset(unlinked.get(session, ())))
+            for session in linked.keys() | unlinked.keys()}
+
+
+def session_links(client: Client, session: str, copies: Copies) -> Links:
     """The chain's shape: starts, links to absent events, events sharing a predecessor, and heads.
 
-    One pass over the session's events: each gives its hash and its link, grouped by hash. A link
-    to an event that another session emitted again under the same id and contents (a processors
-    worker taking over a crashed one's batch), whose copy replaced this session's in the event
-    table, is not absent: the ledger has this session's copy."""
-    chain = stored_events_sql("producer_session = {session:String}", columns="event_id, hash, prev_hash")
+    One pass over the session's stored events and its ``copies`` another sending replaced: each gives
+    its hash and its link, grouped by hash. A copy whose link the ledger does not know only fills the
+    gap a stored event links across."""
+    stored = stored_events_sql("producer_session = {session:String}", columns="event_id, hash, prev_hash")
+    chain = (f"{stored}\nUNION ALL\nSELECT '' AS kind, '' AS table, c.1 AS event_id, c.2 AS hash, c.3 AS prev_hash "
+             "FROM (SELECT arrayJoin({copies:Array(Tuple(String, String, String))}) AS c)")
     row = client.query(
         "WITH links AS (\n"
         "    SELECT tupleElement(pair, 1) AS link, countIf(tupleElement(pair, 2) = 0) AS owners,\n"
@@ -174,35 +213,18 @@ def session_links(client: Client, session: str) -> Links:
         "    ARRAY JOIN [tuple(hash, 0), tuple(ifNull(prev_hash, ''), 1)] AS pair\n"
         "    GROUP BY link)\n"
         "SELECT sum(owners), arrayFlatten(groupArrayIf(followers, link = '')),\n"
-        f"    groupArrayIf({RESOLVED_GAPS_MAX})((link, followers), link != '' AND owners = 0),\n"
+        "    groupArrayIf((link, followers), link != '' AND owners = 0),\n"
         f"    groupArrayIf({SAMPLES})((link, followers), link != '' AND followed > 1),\n"
         f"    groupArrayIf({SAMPLES})((owner, link), owners > 0 AND followed = 0)\n"
         "FROM links",
-        parameters={"session": session},
+        parameters={"session": session, "copies": copies.linked},
     ).result_rows[0]
     gaps = {str(link): list(followers) for link, followers in row[2]}
-    emitted_again = emitted_again_copies(client, session, sorted(gaps))
-    dangling = [(event_id, link) for link, followers in gaps.items() if link not in emitted_again
+    filled = copies.unlinked & gaps.keys()
+    dangling = [(event_id, link) for link, followers in gaps.items() if link not in filled
                 for event_id in followers][:SAMPLES]
-    return Links(events=int(row[0] or 0) + len(emitted_again), roots=list(row[1])[:SAMPLES], dangling=dangling,
+    return Links(events=int(row[0] or 0) + len(filled), roots=list(row[1])[:SAMPLES], dangling=dangling,
                  forks=[(p, list(ids)) for p, ids in row[3]], heads=[tuple(x) for x in row[4]])
-
-
-def emitted_again_copies(client: Client, session: str, hashes: list[str]) -> set[str]:
-    """Of ``hashes`` (links of ``session`` to no stored event), those of the session's own copies of an
-    event still stored under its id with the same contents, as another session emitted it again."""
-    if not hashes:
-        return set()
-    stored = stored_events_sql("event_id IN (SELECT event_id FROM same)", columns="event_id")
-    rows = client.query(
-        f"WITH copies AS (SELECT event_id, hash FROM {LEDGER_TABLE}\n"
-        "    WHERE producer_session = {session:String} AND hash IN {hashes:Array(String)}),\n"
-        f"same AS (SELECT event_id FROM {LEDGER_TABLE} WHERE event_id IN (SELECT event_id FROM copies)\n"
-        f"    GROUP BY event_id HAVING {LEDGER_CONTENTS} = 1)\n"
-        f"SELECT hash FROM copies WHERE event_id IN (SELECT event_id FROM ({stored}))",
-        parameters={"session": session, "hashes": hashes},
-    ).result_rows
-    return {str(h) for (h,) in rows}
 
 
 def session_seals(client: Client, session: str) -> Seals:
@@ -363,8 +385,9 @@ def anchor_heads(client: Client) -> list[dict[str, Any]]:
     """Every session's event count and chain head, as an anchor records them; ``intact`` is False for a
     session whose chain is already broken (verify says why; an anchor should not vouch for it)."""
     heads = []
-    for session in all_sessions(client):
-        links = session_links(client, session)
+    copies = replaced_copies(client, None)
+    for session in sorted(set(all_sessions(client)) | copies.keys()):
+        links = session_links(client, session, copies.get(session, Copies()))
         intact = len(links.roots) == 1 and not links.dangling and not links.forks and len(links.heads) == 1
         heads.append({"session": session, "events": links.events, "intact": intact,
                       "head": links.heads[0][1] if len(links.heads) == 1 else None})

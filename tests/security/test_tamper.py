@@ -272,6 +272,34 @@ def test_a_trace_emitted_again_by_another_worker_is_not_a_finding(store: Client,
     assert verify(store).findings == []
 
 
+
+@pytest.mark.parametrize("replaced", [[0], [0, 1], [1, 2], [0, 1, 2, 3, 4]],
+                         ids=["the start", "the start and the next", "a run", "every event"])
+def test_a_batch_emitted_again_by_another_worker_is_not_a_finding(
+    store: Client, produced: Produced, replaced: list[int],
+) -> None:
+    """A crashed worker's whole batch sent again from the new owner's session: the stored copies replace
+    the first session's start, a run of its events, or all of them but its seal. Its chain is still whole
+    in the ledger, which keeps every copy and the link each was sent with."""
+    sent = [default_catalog().decode(raw).value for raw in produced.messages
+            if default_catalog().decode(raw).value["producer"]["session_id"] == produced.sessions["processors"]]
+    encoder = TraceEncoder(default_catalog(), signer=KEYS[PROCESSORS])
+    again = []
+    for at in replaced:
+        event = sent[at]
+        kind = "PredictionTrace" if "prediction_id" in event else "DriftMetric"
+        fields = {k: v for k, v in event.items() if k not in ("event_id", "event_time", "producer", "prev_hash",
+                                                               "hash", "signature")}
+        again.append(encoder.encode(fields, kind=kind, event_id=event["event_id"]))
+    store_messages(store, [*again, encoder.seal(now=0.0, final=True)], first_offset=1000)
+    first = produced.sessions["processors"]
+    assert store.query("SELECT count() FROM prediction_traces FINAL WHERE producer_session = {s:String}",
+                       parameters={"s": first}).result_rows == [(3 - sum(at < 3 for at in replaced),)]
+    report = verify(store)
+    assert report.findings == []
+    assert anchor_heads(store) and all(head["intact"] for head in anchor_heads(store))
+
+
 # ---------------------------------------------------------------- tampering with stored rows
 
 
