@@ -1078,26 +1078,56 @@ def promote(
 
 @app.command()
 def openlineage(
-    run_id: str,
+    run_id: Annotated[str | None, typer.Argument(help="the run to export")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="export NAME@VERSION's deployments instead: one "
+                                              "event per endpoint, with endpointDeploymentChain and "
+                                              "stageLifecycle facets")] = None,
     namespace: Annotated[str, typer.Option(help="OpenLineage namespace of the job")] = "provline",
     post: Annotated[str | None, typer.Option(help="also POST each event to this OpenLineage endpoint, "
                                                   "e.g. http://marquez:5000/api/v1/lineage")] = None,
     api: ApiOption = None,
 ) -> None:
-    """Export a recorded run as OpenLineage RunEvents (JSON, one per line)."""
+    """Export a recorded run, or a model version's deployments, as OpenLineage RunEvents (JSON, one per line)."""
     import httpx
 
-    from provline.sink.facts import datasets, models_of_run, run_states
-    from provline.sink.openlineage import run_to_openlineage
+    from provline.sink.facts import (
+        datasets,
+        evaluations_of_run,
+        model_deployments,
+        model_facts,
+        models_of_run,
+        run_states,
+    )
+    from provline.sink.openlineage import deployments_to_openlineage, run_to_openlineage
 
+    if (run_id is None) == (model is None):
+        console.print("[red]give a run id or --model NAME@VERSION (one of them)[/red]")
+        raise typer.Exit(2)
     query = _query(api)
-    states = run_states(query, run_id)
-    if not states:
-        console.print(f"[yellow]no run {run_id} in the store[/yellow]")
-        raise typer.Exit(1)
-    digests = sorted({d for s in states for d in (s.get("inputs") or []) + (s.get("outputs") or [])})
-    events = run_to_openlineage(states, datasets=datasets(query, digests), models=models_of_run(query, run_id),
-                                namespace=namespace)
+    if model is not None:
+        name, _, version = model.rpartition("@")
+        if not name or not version:
+            console.print(f"[red]--model wants NAME@VERSION, not {model!r}[/red]")
+            raise typer.Exit(2)
+        facts = model_facts(query, name, version)
+        if facts.model is None:
+            console.print(f"[yellow]no model version {name}@{version} in the store[/yellow]")
+            raise typer.Exit(1)
+        events = deployments_to_openlineage(facts.model, deployments=model_deployments(query, name),
+                                            decisions=facts.decisions, namespace=namespace)
+        if not events:
+            console.print(f"[yellow]{name}@{version} was never deployed[/yellow]")
+            raise typer.Exit(1)
+    else:
+        assert run_id is not None
+        states = run_states(query, run_id)
+        if not states:
+            console.print(f"[yellow]no run {run_id} in the store[/yellow]")
+            raise typer.Exit(1)
+        digests = sorted({d for s in states for d in (s.get("inputs") or []) + (s.get("outputs") or [])})
+        models = models_of_run(query, run_id)
+        events = run_to_openlineage(states, datasets=datasets(query, digests), models=models,
+                                    evaluations=evaluations_of_run(query, run_id, models), namespace=namespace)
     timeout = _client(api).timeout_s
     for event in events:
         print(json.dumps(event, sort_keys=True))

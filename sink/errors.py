@@ -10,6 +10,7 @@
     │   └── SqlQueryError       the engine could not run it (unknown table or column, bad types...)
     ├── DeadLetterError         undecodable messages could not be written to the dead-letter topic
     ├── BundleError             no evidence bundle can be built for the subject asked for
+    ├── OpenLineageModelError   an OpenLineage event does not fit the openlineage-python client's model
     └── PolicyError             the monitoring policy file (performance, alert thresholds) is not valid
 """
 
@@ -62,3 +63,8 @@ class BundleError(SinkError, ValueError):
 
 class PolicyError(SinkError, ValueError):
     """The monitoring policy file is not valid; the message names the line, the key and the fix."""
+
+
+class OpenLineageModelError(SinkError, ValueError):
+    """An OpenLineage event (JSON) cannot be rebuilt from the openlineage-python client's classes, or is
+    not reproduced by them; the message names the JSON path."""

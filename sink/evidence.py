@@ -161,9 +161,9 @@ def _attributes(values: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def to_openlineage(evidence: Mapping[str, Any], catalog: Catalog) -> str:
     """OpenLineage RunEvents of every run whose RunEvents the bundle holds (:mod:`provline.sink.openlineage`),
-    with the datasets and models of the bundle."""
+    with the datasets, models and evaluations of the bundle."""
     decoded = [catalog.decode(base64.b64decode(event["raw"])) for event in evidence["events"]
-               if event["kind"] in ("RunEvent", "DatasetVersion", "ModelVersion")]
+               if event["kind"] in ("RunEvent", "DatasetVersion", "ModelVersion", "Evaluation")]
     datasets = {d.value["digest"]: d.value for d in decoded if d.record == "DatasetVersion"}
     runs: dict[str, list[dict[str, Any]]] = {}
     for item in decoded:
@@ -172,7 +172,11 @@ def to_openlineage(evidence: Mapping[str, Any], catalog: Catalog) -> str:
     out = []
     for run_id, states in sorted(runs.items()):
         models = [d.value for d in decoded if d.record == "ModelVersion" and d.value.get("run_id") == run_id]
-        out += run_to_openlineage(states, datasets=datasets, models=models, namespace=OPENLINEAGE_NAMESPACE)
+        registered = {(m["model_name"], m["version"]) for m in models}
+        evaluations = [d.value for d in decoded if d.record == "Evaluation" and (
+            d.value.get("run_id") == run_id or (d.value["model_name"], d.value["model_version"]) in registered)]
+        out += run_to_openlineage(states, datasets=datasets, models=models, evaluations=evaluations,
+                                  namespace=OPENLINEAGE_NAMESPACE)
     return json.dumps(out, indent=2, sort_keys=True)
 
 

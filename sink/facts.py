@@ -44,6 +44,22 @@ def models_of_run(query: Query, run_id: str) -> list[dict[str, Any]]:
                             f"WHERE JSONExtractString(payload, 'run_id') = {sql_literal(run_id)} ORDER BY event_time")
 
 
+def evaluations_of_run(query: Query, run_id: str, models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Evaluation payloads of the models ``run_id`` registered (``models``: their ModelVersion payloads), and
+    those the run itself performed, oldest first."""
+    wanted = [f"JSONExtractString(payload, 'run_id') = {sql_literal(run_id)}"]
+    wanted += [f"(model_name = {sql_literal(str(m['model_name']))} "
+               f"AND model_version = {sql_literal(str(m['version']))})" for m in models]
+    return _payloads(query, f"SELECT payload FROM evaluations FINAL WHERE {' OR '.join(wanted)} "
+                            "ORDER BY event_time, event_id")
+
+
+def model_deployments(query: Query, model_name: str) -> list[dict[str, Any]]:
+    """Every Deployment payload of ``model_name`` (any version, any endpoint), oldest first."""
+    return _payloads(query, f"SELECT payload FROM deployments FINAL WHERE model_name = {sql_literal(model_name)} "
+                            "ORDER BY event_time, event_id")
+
+
 def model_facts(query: Query, model_name: str, version: str) -> LineageFacts:
     """Everything the promotion policy looks at for ``model_name@version``."""
     facts = LineageFacts(model_name=model_name, version=version)

@@ -28,7 +28,9 @@ derived_select("prediction_index", "t")
 from provline.sink.console import console_router
 console_router(lambda token: None)  # reads its templates and static files from the installed package
 from importlib import resources
-assert (resources.files("provline.schemas") / "openlineage" / "ProvlineRunFacet.json").is_file()
+from provline.sink.openlineage import CUSTOM_FACETS
+for facet in CUSTOM_FACETS:  # every facet's _schemaURL names a schema file the package installs
+    assert (resources.files("provline.schemas") / "openlineage" / f"{facet.__name__}.json").is_file(), facet
 bare = sorted({"schemas", "producers", "sidecar", "stream_processors", "sink"} & set(sys.modules))
 assert not bare, bare
 print(len(names))

@@ -349,6 +349,9 @@ def test_evidence_bundles_are_self_contained_signed_and_verified_offline(
     if fmt == "openlineage":
         runs = json.loads(files[FORMATS[fmt]])
         assert {(r["job"]["name"], r["eventType"]) for r in runs} == {("prep", "COMPLETE"), ("train", "COMPLETE")}
+        train = next(r for r in runs if r["job"]["name"] == "train")
+        assert [e["modelVersion"] for e in train["run"]["facets"]["mlEvaluation"]["evaluations"]] == ["3"]
+        assert [o["facets"]["mlModel"]["artifactSha256"] for o in train["outputs"]] == ["a" * 64]
 
     tampered = dict(files)
     tampered[FORMATS[fmt]] = files[FORMATS[fmt]].replace(b"run-train", b"run-trian", 1)
