@@ -38,6 +38,7 @@ class BatchProducer:
         })
         self._client: Producer | None = None  # made on first use: building an app connects to nothing
         self._failed: list[str] = []
+        self._flushing = asyncio.Lock()
         self.pending = 0
 
     @property
@@ -65,25 +66,33 @@ class BatchProducer:
         self.pending += 1
 
     async def flush(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> None:
-        """Wait until every queued message is delivered; DeliveryError if any was not."""
-        if not self.pending:
-            return
-        self.pending = 0
-        try:
-            left = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, timeout)
-        except KafkaException as exc:
-            raise DeliveryError(f"producer flush failed: {exc}") from exc
-        failed, self._failed = self._failed, []
-        if left or failed:
-            raise DeliveryError(
-                f"{left} messages undelivered after {timeout}s and {len(failed)} failed (first: "
-                f"{failed[:1]}); is the broker reachable? the batch will be consumed again"
-            )
+        """Wait until every message queued before the call is delivered; DeliveryError if any was not.
+
+        One flush at a time: the join's batch and its deadline timer both flush, and a second flush
+        must not return while the first still waits for messages (its caller then releases changelog
+        records covering them). Messages stay counted until a flush delivered them, so the flush after
+        a failed one fails too, until they are delivered."""
+        async with self._flushing:
+            queued = self.pending
+            if not queued:
+                return
+            try:
+                left = await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, timeout)
+            except KafkaException as exc:
+                raise DeliveryError(f"producer flush failed: {exc}") from exc
+            failed, self._failed = self._failed, []
+            if left or failed:
+                raise DeliveryError(
+                    f"{left} messages undelivered after {timeout}s and {len(failed)} failed (first: "
+                    f"{failed[:1]}); is the broker reachable? the batch will be consumed again"
+                )
+            self.pending -= queued  # those queued during this flush are counted until the next one
 
     def close(self, timeout: float = FLUSH_TIMEOUT_SECONDS) -> None:
         if self._client is None:
             return
         left = self._client.flush(timeout)
+        self._client = None  # librdkafka's threads stop when the last reference goes
         if left:
             log.error("%d trace/changelog messages were not delivered at shutdown; they are re-made on restart",
                       left)

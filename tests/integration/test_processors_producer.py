@@ -1,0 +1,84 @@
+"""The join's librdkafka producer (stream_processors/producer.py) against the real broker: a flush that
+returns has delivered everything queued before it, even while another flush is under way or after one
+failed. The join releases a batch's changelog records (its position record among them) only after a
+flush returns; the batch's agent and the deadline timer flush concurrently, so a flush that returned
+early let a position record reach the changelog before the traces it covers. A worker killed then
+lost those traces: its successor started past them (found by the worker-kill cluster test, 32 traces of
+one partition never sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from deploy.local.kafka import create_topics
+from deploy.local.kafka.broker import free_port
+from provline.config import KafkaSettings
+from provline.stream_processors.producer import BatchProducer, DeliveryError
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+MESSAGES = 20_000
+
+
+def delivered(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"watermarks-{uuid.uuid4().hex[:8]}"})
+    try:
+        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions))
+    finally:
+        consumer.close()
+
+
+def _led(bootstrap: str, topic: str) -> bool:
+    try:
+        return delivered(bootstrap, topic, 2) == 0
+    except KafkaException:
+        return False
+
+
+def test_a_flush_called_while_another_runs_returns_only_when_everything_before_it_is_delivered(
+    kafka_bootstrap: str,
+) -> None:
+    topic = f"producer-{uuid.uuid4().hex[:10]}"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    wait_until(lambda: _led(kafka_bootstrap, topic), "the new topic's partitions to have leaders", 30)
+
+    async def flush_beside_another() -> int:
+        producer = BatchProducer(KafkaSettings(bootstrap=kafka_bootstrap), client_id="flush-test")
+        try:
+            for n in range(MESSAGES):
+                producer.produce(topic, str(n).encode(), b"x" * 200)
+            batch = asyncio.create_task(producer.flush())  # the batch's flush, under way
+            await asyncio.sleep(0)
+            await producer.flush()  # the timer's
+            seen = delivered(kafka_bootstrap, topic, 2)
+            await batch
+            return seen
+        finally:
+            producer.close()
+
+    assert asyncio.run(flush_beside_another()) == MESSAGES
+
+
+def test_after_a_failed_flush_the_next_one_fails_too_until_the_messages_are_delivered() -> None:
+    async def flush_twice() -> list[str]:
+        producer = BatchProducer(KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"), client_id="flush-test")
+        outcomes = []
+        try:
+            producer.produce("nowhere", None, b"trace")
+            for _ in range(2):
+                try:
+                    await producer.flush(timeout=0.5)
+                    outcomes.append("delivered")
+                except DeliveryError:
+                    outcomes.append("undelivered")
+        finally:
+            producer.close(timeout=0.1)
+        return outcomes
+
+    assert asyncio.run(flush_twice()) == ["undelivered", "undelivered"]
