@@ -175,6 +175,7 @@ def request_fields(
     model_version: str | None,
     request_id: str | None = None,
     content_encoding: str | None = None,
+    mlflow_model_uuid: str | None = None,
 ) -> dict[str, Any]:
     """InferenceRequest fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
     rows = [_values(row) for row in record.rows]
@@ -199,6 +200,7 @@ def request_fields(
         "rows_truncated": record.rows_truncated,
         "request_id": _text(request_id),
         "content_encoding": _text(content_encoding),
+        "mlflow_model_uuid": _text(mlflow_model_uuid),
     }
 
 
@@ -215,6 +217,7 @@ def response_fields(
     error: str | None,
     request_id: str | None = None,
     content_encoding: str | None = None,
+    mlflow_model_uuid: str | None = None,
 ) -> dict[str, Any]:
     """InferenceResponse fields; every string made valid Unicode (:func:`valid_text`), so the event encodes."""
     rows = [_values(row) for row in record.rows]
@@ -236,4 +239,5 @@ def response_fields(
         "rows_truncated": record.rows_truncated,
         "request_id": _text(request_id),
         "content_encoding": _text(content_encoding),
+        "mlflow_model_uuid": _text(mlflow_model_uuid),
     }

@@ -56,6 +56,7 @@ from provline.sidecar.metrics import (
     UPSTREAM_ABORTED,
     UPSTREAM_LATENCY,
 )
+from provline.sidecar.mlflow_model import read_mlflow_model
 from provline.sidecar.model_version import DeploymentIndex, ModelVersionResolver
 from provline.sidecar.otel import OtelUnavailableError, SpanExport, build_export
 from provline.sidecar.payload import BodyTap, ObservedBody
@@ -122,6 +123,7 @@ class SidecarApp:
         self._upstream_origin = f"{upstream.scheme}://{self._upstream_host}"
         self._upstream_prefix = (upstream.path or "").rstrip("/").encode("latin-1")
         rules = capture_rules(capture, max_rows=proxy.max_rows)
+        self.mlflow_model = read_mlflow_model(proxy.mlflow_model) if proxy.mlflow_model is not None else None
         self._capture, self.policy, self._redactor = rules.capture, rules.policy, rules.redactor
         self._default_capture = rules.default_mode
         self._request_id_action = self.policy.headers.named("x-request-id")
@@ -174,6 +176,7 @@ class SidecarApp:
         self.recorder = Recorder(
             self.emitter, policy=self.policy, redactor=self._redactor, capture=self._capture,
             resolver=self._resolver, endpoint=self._endpoint, model_name=s.sidecar.model_name, spans=self.spans,
+            mlflow_model_uuid=self.mlflow_model.model_uuid if self.mlflow_model is not None else None,
         )
         self.recorder.start()
         self._backlog_task = asyncio.create_task(self._report_backlog(), name="provline-sidecar-backlog")

@@ -87,7 +87,7 @@ class Recorder:
     def __init__(
         self, emitter: Emitter, *, policy: Policy, redactor: Redactor, capture: Capture,
         resolver: ModelVersionResolver, endpoint: Callable[[Scope], str], model_name: str | None,
-        spans: SpanExport | None = None,
+        spans: SpanExport | None = None, mlflow_model_uuid: str | None = None,
     ) -> None:
         self.emitter = emitter
         self._spans = spans
@@ -97,6 +97,7 @@ class Recorder:
         self._resolver = resolver
         self._endpoint = endpoint
         self._model_name = model_name
+        self._mlflow_model_uuid = mlflow_model_uuid  # of the model directory the upstream serves, when given
         self._unrecorded: collections.deque[Exchange] = collections.deque()
         self._queued = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -147,7 +148,8 @@ class Recorder:
         everything else kept. Only when even that fails are the events counted as dropped (reason
         ``record_failed``), so a DeliveryGap record says so.
         """
-        known = _Known(endpoint=exchange.scope.get("path", ""), model_name=self._model_name)
+        known = _Known(endpoint=exchange.scope.get("path", ""), model_name=self._model_name,
+                       mlflow_model_uuid=self._mlflow_model_uuid)
         try:
             pair = await self._full_pair(exchange, known)
         except Exception as exc:
@@ -217,6 +219,7 @@ class Recorder:
                 model_version=model_version,
                 request_id=request_id,
                 content_encoding=request_encoding,
+                mlflow_model_uuid=known.mlflow_model_uuid,
             ),
             response_fields(
                 prediction_id=exchange.prediction_id,
@@ -230,6 +233,7 @@ class Recorder:
                 error=exchange.error.reason if exchange.error else None,
                 request_id=reply_id,
                 content_encoding=reply_encoding,
+                mlflow_model_uuid=known.mlflow_model_uuid,
             ),
         )
 
@@ -318,6 +322,7 @@ class _Known:
     endpoint: str
     model_name: str | None
     model_version: str | None = None
+    mlflow_model_uuid: str | None = None
 
 
 def degraded_pair(
@@ -337,12 +342,13 @@ def degraded_pair(
             observed=request, record=BodyRecord(error=reason),
             content_type=seen.request.get(b"content-type"), client_id=client_id, traceparent=traceparent,
             request_id=request_ids[0], content_encoding=seen.request.get(CONTENT_ENCODING_HEADER),
+            mlflow_model_uuid=known.mlflow_model_uuid,
         ),
         response_fields(
             prediction_id=exchange.prediction_id, endpoint=known.endpoint, model_name=known.model_name,
             model_version=known.model_version, status=exchange.status, observed=reply, record=BodyRecord(),
             latency_us=exchange.upstream_ns // 1000, error=error, request_id=request_ids[1],
-            content_encoding=seen.reply.get(CONTENT_ENCODING_HEADER),
+            content_encoding=seen.reply.get(CONTENT_ENCODING_HEADER), mlflow_model_uuid=known.mlflow_model_uuid,
         ),
     )
 

@@ -89,6 +89,11 @@ class ProxySettings(Section):
     model_version: str | None = Field(
         None, description="recorded when the upstream names no version (X-Model-Version, KServe V2)",
     )
+    mlflow_model: Path | None = Field(
+        None, description="the MLflow model directory the upstream (`mlflow models serve -m`) was started with: "
+        "its MLmodel's model_uuid is recorded on every exchange, and the processors trace it to the registered "
+        "version whose ModelVersion names that uuid (provline mlflow import), even one imported later",
+    )
     upstream_connect_timeout_s: float = Field(DEFAULT_CONNECT_TIMEOUT_S, gt=0, description="then 504")
     upstream_read_timeout_s: float = Field(
         DEFAULT_READ_TIMEOUT_S, gt=0, description="longest silence while waiting for upstream bytes; then 504",

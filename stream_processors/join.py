@@ -77,11 +77,11 @@ class PendingEntry(TypedDict, total=False):
 
 _REQUEST_FIELDS = (
     "event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "features",
-    "feature_rows", "row_count", "request_id",
+    "feature_rows", "row_count", "request_id", "mlflow_model_uuid",
 )
 _RESPONSE_FIELDS = (
     "event_id", "prediction_id", "endpoint", "model_name", "model_version", "body_sha256", "status",
-    "latency_us", "outputs", "output_rows", "request_id",
+    "latency_us", "outputs", "output_rows", "request_id", "mlflow_model_uuid",
 )
 
 
@@ -197,7 +197,11 @@ def build_trace(
     one must be given. The model is the version the response named, else the one deployed to the
     endpoint at request time (response time when there is no request), resolved to its registered
     version (a server may report one of the ModelVersion's ``served_versions``; the trace then keeps
-    the reported string as ``served_version``). Positional features and outputs (a single V2 tensor's
+    the reported string as ``served_version``). An exchange naming an MLflow model uuid (the sidecar read
+    it from the served model's directory) is of the version whose ModelVersion names that uuid, whatever
+    the response or a deployment says; until that ModelVersion is known it names no model and misses its
+    lineage, so a late import completes it rather than leaving it credited to another version.
+    Positional features and outputs (a single V2 tensor's
     ``input-0[0]``...) are named after the model's signature when it is known. ``complete`` is true when
     both halves and the lineage (model version, its artifact, and its training run's code) are
     known and the deployment that put the model on the endpoint is found; otherwise ``missing``
@@ -211,17 +215,27 @@ def build_trace(
     at = request["event_time"] if request is not None else first["event_time"]
 
     deployed = lineage.deployment_at(endpoint, at)
-    model_name = _first_not_none(
-        response and response.get("model_name"), deployed and deployed.model_name,
-        request and request.get("model_name"),
-    )
-    reported_version = _first_not_none(
-        response and response.get("model_version"), deployed and deployed.model_version,
-        request and request.get("model_version"),
-    )
-    # the server may report another string than the registered version (MLServer's "v1" for "1")
-    model = lineage.model(model_name, reported_version) if model_name and reported_version else None
-    model_version = model.version if model is not None else reported_version
+    mlflow_uuid = _first_not_none(response and response.get("mlflow_model_uuid"),
+                                  request and request.get("mlflow_model_uuid"))
+    if mlflow_uuid:
+        # the sidecar read the served model's uuid from its model directory: that names the model, not
+        # what a Deployment claims; until its ModelVersion is known the trace misses its lineage (and is
+        # completed when it arrives), never credited to another version
+        model = lineage.mlflow_model(str(mlflow_uuid), endpoint=endpoint, at=at)
+        model_name = model.model_name if model is not None else None
+        reported_version = model_version = model.version if model is not None else None
+    else:
+        model_name = _first_not_none(
+            response and response.get("model_name"), deployed and deployed.model_name,
+            request and request.get("model_name"),
+        )
+        reported_version = _first_not_none(
+            response and response.get("model_version"), deployed and deployed.model_version,
+            request and request.get("model_version"),
+        )
+        # the server may report another string than the registered version (MLServer's "v1" for "1")
+        model = lineage.model(model_name, reported_version) if model_name and reported_version else None
+        model_version = model.version if model is not None else reported_version
     deployment = deployed
     if deployed is not None and (deployed.model_name, deployed.model_version) != (model_name, model_version):
         # the response named another version than the one deployed at request time (a canary, or

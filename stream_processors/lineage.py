@@ -4,7 +4,7 @@ Pure logic, no I/O. Lineage events are reduced to *entries*, JSON-able ``(key, v
 
 * ``deployment/<event_id>``        one Deployment event (never overwritten, so writers never conflict)
 * ``model/<name>@<version>``       one ModelVersion: artifact, training run, datasets, feature sets,
-  signature names and the version strings the model server reports for it
+  signature names, the version strings the model server reports for it and its MLflow model uuid
 * ``run/<run_id>``                 the code (repo, commit) of the latest RunEvent state that named code
 * ``dataset/<digest>``             the column profiles of a DatasetVersion (drift baselines)
 * ``predictions/<name>@<version>`` the dataset profiling the model's own predictions, from the latest
@@ -12,7 +12,9 @@ Pure logic, no I/O. Lineage events are reduced to *entries*, JSON-able ``(key, v
 
 A model server may report another version string than the one registered (MLServer's ``v1`` for
 MLflow's ``1``): a ModelVersion or Deployment declares it in ``served_versions``, and
-:meth:`LineageIndex.model` resolves either string to the registered version.
+:meth:`LineageIndex.model` resolves either string to the registered version. A server that reports
+nothing (``mlflow models serve``) is named by the MLflow model uuid the sidecar read from its model
+directory: :meth:`LineageIndex.mlflow_model` resolves it to the version whose ModelVersion names it.
 
 The Faust shell stores the entries in a changelog-backed table and mirrors every entry it sees
 (its own writes and other workers' changelog records) into a :class:`LineageIndex` with
@@ -82,6 +84,7 @@ class ModelRecord:
     output_names: tuple[str, ...] = ()
     served_versions: tuple[str, ...] = ()
     event_time_us: int = 0
+    mlflow_model_uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def entries_for_event(kind: str, value: Mapping[str, Any]) -> list[Entry]:
             "output_names": list(value.get("output_names") or []),
             "served_versions": list(value.get("served_versions") or []),
             "event_time_us": event_time_us,
+            "mlflow_model_uuid": value.get("mlflow_model_uuid"),
         })]
         if value.get("predictions_dataset"):
             entries.append((PREDICTIONS_PREFIX + key, {"digest": value["predictions_dataset"],
@@ -167,6 +171,7 @@ class LineageIndex:
         self._predictions: dict[str, PredictionsRecord] = {}  # name@version -> its predictions' dataset
         # name@served version -> {entry key declaring it: (event time, registered version)}
         self._served: dict[str, dict[str, tuple[int, str]]] = {}
+        self._mlflow_models: dict[str, set[str]] = {}  # MLflow model uuid -> name@version of the versions naming it
         self.changes = 0  # how many entries were applied: a cheap "did anything change" check
 
     def __len__(self) -> int:
@@ -216,9 +221,15 @@ class LineageIndex:
                 )
 
     def _apply_model(self, key: str, value: Mapping[str, Any] | None) -> None:
-        old = self._models.pop(key[len(MODEL_PREFIX):], None)
+        name_version = key[len(MODEL_PREFIX):]
+        old = self._models.pop(name_version, None)
         if old is not None:
             self._withdraw(key, old.model_name, old.served_versions)
+            if old.mlflow_model_uuid:
+                named = self._mlflow_models.get(old.mlflow_model_uuid, set())
+                named.discard(name_version)
+                if not named:
+                    self._mlflow_models.pop(old.mlflow_model_uuid, None)
         if value is None:
             return
         record = ModelRecord(
@@ -229,8 +240,11 @@ class LineageIndex:
             input_names=tuple(value.get("input_names") or ()), output_names=tuple(value.get("output_names") or ()),
             served_versions=tuple(value.get("served_versions") or ()),
             event_time_us=int(value.get("event_time_us") or 0),
+            mlflow_model_uuid=value.get("mlflow_model_uuid") or None,
         )
-        self._models[key[len(MODEL_PREFIX):]] = record
+        self._models[name_version] = record
+        if record.mlflow_model_uuid:
+            self._mlflow_models.setdefault(record.mlflow_model_uuid, set()).add(name_version)
         self._declare(key, record.model_name, record.version, record.served_versions, record.event_time_us)
 
     def _apply_deployment(self, event_id: str, value: Mapping[str, Any] | None) -> None:
@@ -313,6 +327,27 @@ class LineageIndex:
         The record's ``version`` is always the registered one.
         """
         return self._models.get(model_key(model_name, self.registered_version(model_name, version)))
+
+    def mlflow_model(self, model_uuid: str, *, endpoint: str, at: datetime | int) -> ModelRecord | None:
+        """The registered model version whose ModelVersion names MLflow model ``model_uuid``; None until one does.
+
+        One saved model may be registered more than once (under two names, or twice from one run's
+        artifacts): then the one deployed to ``endpoint`` at ``at`` wins, else the first registered
+        (by event time, then name and version), so the answer never depends on the order events were read.
+        """
+        named = self._mlflow_models.get(model_uuid)
+        if not named:
+            return None
+        candidates = [self._models[key] for key in named]
+        if len(candidates) == 1:
+            return candidates[0]
+        deployed = self.deployment_at(endpoint, at)
+        if deployed is not None:
+            registered = self.registered_version(deployed.model_name, deployed.model_version)
+            for candidate in candidates:
+                if (candidate.model_name, candidate.version) == (deployed.model_name, registered):
+                    return candidate
+        return min(candidates, key=lambda c: (c.event_time_us, c.model_name, c.version))
 
     def code(self, run_id: str) -> CodeRecord | None:
         return self._code.get(run_id)

@@ -6,7 +6,9 @@ artifact proxy over a local folder) and runs a training job that uses MLflow onl
 ``champion`` alias), in two steps, importing after each:
 
     train v1, @champion -> v1   import 1 (state file)
-    train v2, @champion -> v2   import 2 (same state file)   import 3 (same state file)
+    train v2, @champion -> v2   `mlflow models serve -m models:/iris-bridge/2` behind a sidecar given only
+                                the model's directory: one prediction, traced before v2 is imported
+                                import 2 (same state file)   import 3 (same state file)
                                 import 4 (--no-state: what was sent is read back from the topic)
     @champion -> v1 (rollback)  import 5 (--no-state)
 
@@ -33,12 +35,12 @@ import pytest
 
 from deploy.demo.stack import REPO, DemoStack, Service
 from deploy.local.kafka import create_topics
-from deploy.local.kafka.broker import free_port
-from deploy.local.model_servers import venv_tool
+from deploy.local.kafka.broker import free_port, free_ports
+from deploy.local.model_servers import Server, venv_tool
 from provline.producers.models import describe_artifact
 from provline.schemas import Topics
 from tests.helpers import consume_events
-from tests.real_servers.audit import provline, wait_for_rows
+from tests.real_servers.audit import predict, provline, provline_json, trace_of, wait_for_rows, wait_for_trace
 from tests.real_servers.mlflow_training import ALIAS, APPROVER, DATASET, EXPERIMENT, MODEL
 
 pytestmark = pytest.mark.real_servers
@@ -48,6 +50,10 @@ IMPORT_TIMEOUT_S = 180.0
 READ_TIMEOUT_S = 60.0
 Event = tuple[str, dict[str, Any]]
 NOTHING_SENT = re.compile(r"\b0 events sent\b")
+IMPORT_PRODUCER = "provline-mlflow-import"
+SERVED_ENDPOINT = f"models:/{MODEL}@{ALIAS}"  # the sidecar records the alias it serves: its moves are the deployments
+IRIS_ROW = {"sepal length (cm)": 5.9, "sepal width (cm)": 3.0, "petal length (cm)": 5.1, "petal width (cm)": 1.8}
+PROCESSORS_ENV = {"PROVLINE_PROCESSORS__LINEAGE_WAIT_S": "3"}  # a trace of unknown lineage goes out after 3 s
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,22 @@ class Bridge:
     artifacts: Path
     facts: list[dict[str, Any]]  # what the job recorded in MLflow, per step
     imports: list[Import]
+    mlflow_sidecar: Server  # the sidecar in front of `mlflow models serve` of version 2
+    early: tuple[str, dict[str, Any]]  # a prediction of version 2 and its trace, stored before v2 was imported
 
 
 def _sessions(events: list[Event]) -> dict[str, list[Event]]:
+    """The imports' sessions on the lineage topic (the sidecar's seals go there too)."""
     sessions: dict[str, list[Event]] = {}
     for kind, value in events:
-        sessions.setdefault(value["producer"]["session_id"], []).append((kind, value))
+        if value["producer"]["name"] == IMPORT_PRODUCER:
+            sessions.setdefault(value["producer"]["session_id"], []).append((kind, value))
     return sessions
 
 
 def _final_seals(events: list[Event]) -> int:
-    return sum(1 for kind, value in events if kind == "SessionSeal" and value.get("final"))
+    return sum(1 for kind, value in events
+               if kind == "SessionSeal" and value.get("final") and value["producer"]["name"] == IMPORT_PRODUCER)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +115,10 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> It
     import_env = {**base_env, "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
                   "COLUMNS": "200"}
     state = folder / "state" / "mlflow-import.json"
+    serving: list[Service] = []
     try:
         stack.start_broker()
-        stack.start_platform()
+        stack.start_platform(processors_env=PROCESSORS_ENV)
         server.wait_healthy(timeout=120.0)
 
         def train(version: str) -> dict[str, Any]:
@@ -136,15 +148,51 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> It
         facts = [train("1")]
         imports = [run_import("--state", str(state))]
         facts.append(train("2"))
+        sidecar = serve_behind_sidecar(stack, url, folder, facts[1]["model_version"], server_env, serving)
+        early = predict(sidecar, "/invocations", {"dataframe_records": [IRIS_ROW]}).prediction_id
+        early_trace = wait_for_trace(stack, early)  # out after the lineage wait: version 2 is not imported yet
         imports += [run_import("--state", str(state)), run_import("--state", str(state)), run_import("--no-state")]
         rollback = httpx.post(f"{url}/api/2.0/mlflow/registered-models/alias", timeout=30.0,
                               json={"name": MODEL, "alias": ALIAS, "version": "1"})
         assert rollback.status_code == 200, rollback.text
         imports.append(run_import("--no-state"))
-        yield Bridge(stack, url, folder / "artifacts", facts, imports)
+        yield Bridge(stack, url, folder / "artifacts", facts, imports, sidecar, (early, early_trace))
     finally:
+        for service in reversed(serving):
+            service.stop()
         server.stop()
         stack.stop()
+
+
+def serve_behind_sidecar(stack: DemoStack, tracking_uri: str, folder: Path, version: str, server_env: dict[str, str],
+                         serving: list[Service]) -> Server:
+    """`mlflow models serve -m models:/<MODEL>/<version>` (build/venvs/mlflow-server, --env-manager local) and
+    a `provline sidecar` in front of it given only the model's directory (its MLmodel names the uuid):
+    the version's artifacts, where the tracking server keeps them."""
+    answer = httpx.get(f"{tracking_uri}/api/2.0/mlflow/model-versions/get-download-uri", timeout=30.0,
+                       params={"name": MODEL, "version": version})
+    assert answer.status_code == 200, answer.text
+    model_dir = folder / "artifacts" / str(answer.json()["artifact_uri"]).removeprefix("mlflow-artifacts:").strip("/")
+    assert (model_dir / "MLmodel").is_file(), f"no MLmodel under {model_dir}"
+    port, sidecar_port, admin_port = free_ports(3)
+    model_server = Service("mlflow-models-serve", [
+        str(venv_tool("mlflow-server", "mlflow")), "models", "serve", "-m", f"models:/{MODEL}/{version}",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ], {**server_env, "MLFLOW_TRACKING_URI": tracking_uri}, folder / "mlflow-models-serve.log",
+        f"http://127.0.0.1:{port}/ping").start()
+    serving.append(model_server)
+    env = {name: value for name, value in server_env.items() if not name.startswith("PROVLINE_")}
+    env.update({f"PROVLINE_KAFKA__{name.upper()}": value for name, value in stack.kafka_section("sidecar").items()})
+    env.update(PROVLINE_TOPICS__PREFIX=stack.topics.prefix, PROVLINE_SIDECAR__MLFLOW_MODEL=str(model_dir),
+               PROVLINE_SIDECAR__ENDPOINT=SERVED_ENDPOINT, PYTHONUNBUFFERED="1")
+    sidecar = Service("sidecar-mlflow-serve", [
+        sys.executable, "-m", "provline", "sidecar", "--upstream", f"http://127.0.0.1:{port}", "--host", "127.0.0.1",
+        "--port", str(sidecar_port), "--admin-port", str(admin_port),
+    ], env, folder / "sidecar-mlflow-serve.log", f"http://127.0.0.1:{admin_port}/readyz").start()
+    serving.append(sidecar)
+    model_server.wait_healthy(timeout=120.0)
+    sidecar.wait_healthy()
+    return Server(f"http://127.0.0.1:{sidecar_port}", sidecar, admin_url=f"http://127.0.0.1:{admin_port}")
 
 
 def _mlflow(bridge: Bridge, path: str, **params: Any) -> dict[str, Any]:
@@ -308,3 +356,34 @@ def test_an_unreachable_tracking_server_is_named_and_no_state_written(tmp_path: 
     assert done.returncode == 2, done.stdout + done.stderr
     assert url in done.stdout and "--tracking-uri" in done.stdout, done.stdout
     assert not state.exists(), "a failed import must not write its state"
+
+
+def test_a_prediction_through_the_sidecar_of_mlflow_models_serve_traces_to_the_run_commit_and_dataset(
+        bridge: Bridge) -> None:
+    stack, facts = bridge.stack, bridge.facts[1]
+    expected = {"model_name": MODEL, "model_version": facts["model_version"], "training_run_id": facts["run_id"],
+                "code_commit": facts["git_commit"]}
+    digest = f"mlflow:{DATASET}:{facts['dataset_digest']}"
+    # served before version 2 was imported, while the record had @champion on version 1: the trace waited
+    # for the lineage of the model's uuid and went out missing it, never crediting version 1
+    early, before_import = bridge.early
+    assert before_import["missing"] == "lineage" and before_import["model_version"] is None, before_import
+    stored = trace_of(stack, early)
+    assert stored is not None and stored["model_version"] in (None, facts["model_version"]), stored
+
+    # served now, while @champion is back on version 1 (the rollback): the uuid names version 2
+    sent = predict(bridge.mlflow_sidecar, "/invocations", {"dataframe_records": [IRIS_ROW]})
+    assert sent.response.json()["predictions"] in ([0], [1], [2]), sent.response.text
+    trace = wait_for_trace(stack, sent.prediction_id, until=lambda t: t.get("complete") is True)
+    assert trace["complete"], trace
+    assert {name: trace[name] for name in expected} == expected
+    assert digest in trace["dataset_digests"]
+    # the last deployment of version 2 to the alias: the import's move to v2, or `provline promote`'s of v2
+    # when test_the_store_keeps_one_row... ran first; never the rollback to v1
+    [deployed] = stack.sql(f"SELECT model_name, model_version, endpoint FROM deployments FINAL "
+                           f"WHERE event_id = '{trace['deployment_event_id']}'")
+    assert deployed == {"model_name": MODEL, "model_version": facts["model_version"], "endpoint": SERVED_ENDPOINT}
+    audited = provline_json(stack, "trace", sent.prediction_id)
+    assert {name: audited[name] for name in expected} == expected and digest in audited["dataset_digests"]
+    verified = provline(stack, "verify")
+    assert verified.returncode == 0, f"provline verify:\n{verified.stdout}{verified.stderr}"

@@ -1,4 +1,5 @@
-"""InferenceRequest / InferenceResponse v2: v1 plus rows, request id and content encoding, all with defaults."""
+"""InferenceRequest / InferenceResponse v2: v1 plus rows, request id and content encoding; v3: v2 plus the
+MLflow model uuid; all with defaults."""
 
 from __future__ import annotations
 
@@ -33,7 +34,15 @@ def test_v2_is_v1_plus_fields_with_defaults(record: str) -> None:
     assert v2[: len(v1)] == v1
     assert [f["name"] for f in v2[len(v1):]] == ADDED[record]
     assert all("default" in f for f in v2[len(v1):])
-    assert default_catalog().current(record).revision == 2
+
+
+@pytest.mark.parametrize("record", sorted(ADDED))
+def test_v3_is_v2_plus_the_mlflow_model_uuid(record: str) -> None:
+    v2, v3 = fields(record, 2), fields(record, 3)
+    assert v3[: len(v2)] == v2
+    assert [(f["name"], f["type"], f["default"]) for f in v3[len(v2):]] == [
+        ("mlflow_model_uuid", ["null", "string"], None)]
+    assert default_catalog().current(record).revision == 3
 
 
 @pytest.mark.parametrize("record", sorted(ADDED))
@@ -46,3 +55,4 @@ def test_an_event_of_a_v1_writer_decodes_with_the_v2_defaults(record: str, tmp_p
     rows = "feature_rows" if record == "InferenceRequest" else "output_rows"
     assert {name: decoded.value[name] for name in ADDED[record]} == {
         rows: [], "row_count": 1, "rows_truncated": False, "request_id": None, "content_encoding": None}
+    assert decoded.value["mlflow_model_uuid"] is None
