@@ -1054,12 +1054,11 @@ def promote(
 ) -> None:
     """Record a promotion only if the model's lineage is complete; otherwise list what is missing."""
     from provline.producers import Lineage
-    from provline.sink.facts import current_deployment, model_facts
-    from provline.sink.promotion import PromotionPolicy, missing_requirements
+    from provline.sink.facts import current_deployment, promotion_gaps
+    from provline.sink.promotion import PromotionPolicy
 
     query = _query(api)
-    facts = model_facts(query, model, version)
-    missing = missing_requirements(facts, PromotionPolicy.load(policy), to)
+    missing = promotion_gaps(query, model, version, PromotionPolicy.load(policy), to)
     if missing:
         console.print(f"[red]{model}@{version} cannot be promoted to {to}; missing:[/red]")
         for item in missing:
