@@ -147,6 +147,7 @@ class Follower:
         self.sent_total = 0
         self._unconfirmed: set[str] = set()  # ids this follower sent that the store was not yet seen to hold
         self._pending_rollbacks: dict[tuple[str, str], AliasMove] = {}  # rejected moves MLflow refused to undo
+        self._first_seen: dict[str, datetime] = {}  # held moves' Deployment ids -> when a round first saw them
 
     def round(self) -> Round:
         """One incremental import, the guard's checks of the moves it held, and the rollbacks; never raises
@@ -213,6 +214,8 @@ class Follower:
 
     def _guard(self, importer: MlflowImport, move: AliasMove, outcome: Round) -> None:
         assert self.check is not None
+        # a move held for some rounds is dated by the first that saw it, as an import dates every move
+        move = replace(move, moved_at=self._first_seen.setdefault(str(move.fields["event_id"]), move.moved_at))
         environment = self.guards[move.alias]
         version, previous = str(move.fields["model_version"]), move.fields.get("previous_version")
         where = f"{model_key(move.model_name, version)} as {move.alias!r}"
@@ -223,6 +226,7 @@ class Follower:
         except GuardUnavailable as exc:
             outcome.deferred.append(f"{where}: not checked yet, again next round: {exc}")
             return  # neither emitted nor remembered: the next round finds the same move
+        del self._first_seen[str(move.fields["event_id"])]
         if not missing:
             importer.release(move)
             outcome.verdicts.append(Verdict(move.model_name, move.alias, version, previous, environment, []))

@@ -41,6 +41,7 @@ from deploy.local.kafka import create_topics
 from deploy.local.kafka.broker import free_port
 from provline.schemas import Topics, default_catalog
 from provline.schemas.frames import events_in
+from tests.real_servers.audit import provline
 from tests.real_servers.mlflow_server import clean_env, mlflow_server
 
 pytestmark = pytest.mark.real_servers
@@ -137,6 +138,7 @@ class Followed:
     champion_at_end: str | None = None
     running_after_restart: bool = False
     returncode: int | None = None
+    import_after: subprocess.CompletedProcess[str] | None = None  # `provline mlflow import --no-state`, then
 
     def text(self) -> str:
         return "\n".join(self.output)
@@ -230,6 +232,9 @@ def followed(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> 
             kind == "SessionSeal" and value["final"] and value["producer"]["name"] == "provline-mlflow-import"
             for kind, value in events), timeout=30.0)
         result.events = topic.read()
+        result.import_after = subprocess.run(
+            [sys.executable, "-m", "provline", "mlflow", "import", "--tracking-uri", url, "--no-state"],
+            env=env, cwd=folder, capture_output=True, text=True, timeout=120, check=False)
         yield result
     finally:
         if follow is not None and follow.poll() is None:
@@ -248,6 +253,15 @@ def test_every_phase_was_reached_and_follow_stopped_cleanly(followed: Followed) 
     assert len({value["producer"]["session_id"] for _, value in events}) == 1, "one follow, one producer session"
     assert events[-1][0] == "SessionSeal" and events[-1][1]["final"], "the session ends with its final seal"
     assert events[-1][1]["count"] == len(events) - 1, "the final seal covers every event of the session"
+    session = events[-1][1]["producer"]["session_id"]
+    verified = provline(followed.stack, "verify", "--session", session)
+    assert verified.returncode == 0, f"provline verify --session {session}:\n{verified.stdout}{verified.stderr}"
+
+
+def test_an_import_without_state_afterwards_finds_everything_sent(followed: Followed) -> None:
+    done = followed.import_after
+    assert done is not None and done.returncode == 0, f"{done.stdout}{done.stderr}"
+    assert re.search(r"\b0 events sent\b", done.stdout), f"the import sent again what follow had sent:\n{done.stdout}"
 
 
 def test_each_alias_move_is_one_deployment_naming_the_version_it_left(followed: Followed) -> None:

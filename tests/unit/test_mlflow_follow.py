@@ -201,9 +201,12 @@ def test_a_move_the_store_cannot_judge_yet_is_held_and_judged_next_round() -> No
     held = follower.round()
     assert held.verdicts == [] and held.deferred and "audit API down" in held.deferred[0]
     assert _moves(follower) == [], "not emitted before the guard judged it"
+    first_seen = held.report.held[0].moved_at if held.report else None
     store.answering = True
     assert [v.passed for v in follower.round().verdicts] == [True]
     assert _moves(follower) == [("1", "DEPLOY", None)]
+    [(_, deployment)] = [(k, v) for k, v in decoded(follower.emitter) if k == "Deployment"]
+    assert deployment["event_time"] == first_seen, "dated by the round that first saw the move"
 
 
 def test_a_rollback_mlflow_refused_is_tried_again_next_round() -> None:
