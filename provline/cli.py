@@ -221,6 +221,7 @@ def feedback_import(
 
 
 MLFLOW_STATE_PATH = Path(".provline") / "mlflow-import.json"
+MLFLOW_FOLLOW_INTERVAL_S = 30.0
 mlflow_app = typer.Typer(no_args_is_help=True, help="Bring an MLflow tracking server's lineage into provline.")
 app.add_typer(mlflow_app, name="mlflow")
 
@@ -236,22 +237,72 @@ def _iso_time(value: str | None) -> datetime | None:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+TrackingUriOption = Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                                help="the MLflow tracking server, e.g. http://127.0.0.1:5000")]
+ExperimentOption = Annotated[list[str] | None, typer.Option(
+    "--experiment", help="import this experiment (by name); repeat for more (default: every experiment)")]
+StateOption = Annotated[Path, typer.Option(
+    "--state", help="where the import remembers what it delivered and where each alias pointed")]
+NoStateOption = Annotated[bool, typer.Option("--no-state", help="keep no state file: read what earlier imports "
+                                                                "sent back from the lineage topic every time")]
+TokenOption = Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACKING_TOKEN",
+                                                 help="bearer token for the tracking server")]
+
+
+if TYPE_CHECKING:
+    from provline.producers import JobSettings
+    from provline.producers.emitter import Emitter
+    from provline.producers.mlflow_bridge.follow import Round
+    from provline.producers.mlflow_bridge.importer import ImportState
+
+
+def _mlflow_destination(tracking_uri: str, state: Path, no_state: bool) -> tuple[JobSettings, ImportState, Emitter]:
+    """The job settings, the import state for this server and destination, and the emitter of an import
+    (``provline mlflow import`` and ``follow``); ConfigError when no broker is configured."""
+    from provline.producers import JobSettings, build_emitter
+    from provline.producers.errors import ProducerError
+    from provline.producers.mlflow_bridge.importer import ImportState
+    from provline.producers.mlflow_bridge.mapping import PRODUCER_NAME
+
+    settings = load_settings(JobSettings)
+    if settings.transport() == "none":
+        raise ConfigError("no broker configured, so the import would send nothing; set "
+                          "PROVLINE_KAFKA__BOOTSTRAP (or PROVLINE_EMITTER__TRANSPORT)")
+    destination = f"{settings.transport()}:{settings.kafka.bootstrap or settings.emitter.file}/" \
+                  f"{settings.topics.prefix}"
+    try:
+        import_state = ImportState.load(None if no_state else state, key=ImportState.key_of(tracking_uri, destination))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        emitter = build_emitter(settings, producer_name=PRODUCER_NAME)
+    except ProducerError as exc:
+        raise ConfigError(str(exc)) from exc
+    return settings, import_state, emitter
+
+
+def _recover_sent(settings: JobSettings, import_state: ImportState, emitter: Emitter,
+                  note: Callable[[str], Any]) -> None:
+    """With no state for this destination (a first import, a lost file, --no-state), what was sent already
+    is read back from the lineage topic: sending it again would make provline verify flag the first copy."""
+    from provline.producers.mlflow_bridge.importer import sent_before
+    from provline.schemas.events import Topics
+
+    if import_state.empty and settings.transport() == "kafka":
+        topic = Topics(settings.topics.prefix).lineage
+        note(f"reading what earlier imports sent from {topic}")
+        import_state.recover(sent_before(settings.kafka, topic, emitter.producer["name"]))
+
+
 @mlflow_app.command("import")
 def mlflow_import(
-    tracking_uri: Annotated[str, typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
-                                              help="the MLflow tracking server, e.g. http://127.0.0.1:5000")],
-    experiment: Annotated[list[str] | None, typer.Option(
-        "--experiment", help="import this experiment (by name); repeat for more (default: every experiment)")] = None,
+    tracking_uri: TrackingUriOption,
+    experiment: ExperimentOption = None,
     since: Annotated[str | None, typer.Option(
         "--since", help="only runs started and model versions created at or after this ISO 8601 time")] = None,
-    state: Annotated[Path, typer.Option(
-        "--state", help="where the import remembers what it delivered and where each alias pointed")]
-    = MLFLOW_STATE_PATH,
-    no_state: Annotated[bool, typer.Option("--no-state", help="keep no state file: read what earlier imports "
-                                                                "sent back from the lineage topic every time")]
-    = False,
-    token: Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACKING_TOKEN",
-                                              help="bearer token for the tracking server")] = None,
+    state: StateOption = MLFLOW_STATE_PATH,
+    no_state: NoStateOption = False,
+    token: TokenOption = None,
 ) -> None:
     """Import runs, their dataset inputs, registered model versions (artifacts downloaded and hashed),
     their LoggedModel metrics, approval tags and aliases as RunEvent, DatasetVersion, ModelVersion,
@@ -262,40 +313,18 @@ def mlflow_import(
     or the events were not delivered, 1 when something was imported incomplete (listed)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from provline.producers import JobSettings, build_emitter
     from provline.producers.errors import ProducerError
     from provline.producers.mlflow_bridge.client import MlflowReader
-    from provline.producers.mlflow_bridge.importer import ImportState, MlflowImport, sent_before
-    from provline.producers.mlflow_bridge.mapping import PRODUCER_NAME
-    from provline.schemas.events import Topics
+    from provline.producers.mlflow_bridge.importer import MlflowImport
 
     moment = _iso_time(since)
     with _exits_on_errors():
-        settings = load_settings(JobSettings)
-        if settings.transport() == "none":
-            raise ConfigError("no broker configured, so the import would send nothing; set "
-                              "PROVLINE_KAFKA__BOOTSTRAP (or PROVLINE_EMITTER__TRANSPORT)")
-        destination = f"{settings.transport()}:{settings.kafka.bootstrap or settings.emitter.file}/" \
-                      f"{settings.topics.prefix}"
-        try:
-            import_state = ImportState.load(None if no_state else state,
-                                            key=ImportState.key_of(tracking_uri, destination))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        try:
-            emitter = build_emitter(settings, producer_name=PRODUCER_NAME)
-        except ProducerError as exc:
-            raise ConfigError(str(exc)) from exc
+        settings, import_state, emitter = _mlflow_destination(tracking_uri, state, no_state)
     try:
         with MlflowReader(tracking_uri, token=token) as reader, \
                 Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
                          console=console, transient=True) as progress:
-            if import_state.empty and settings.transport() == "kafka":
-                # no state for this destination (a first import, a lost file, --no-state): what was sent
-                # already is read back, since sending it again would make provline verify flag the first copy
-                topic = Topics(settings.topics.prefix).lineage
-                progress.add_task(f"reading what earlier imports sent from {topic}", total=None)
-                import_state.recover(sent_before(settings.kafka, topic, emitter.producer["name"]))
+            _recover_sent(settings, import_state, emitter, lambda what: progress.add_task(what, total=None))
             task = progress.add_task(f"reading {tracking_uri}", total=None)
             report = MlflowImport(
                 reader, emitter, import_state, experiments=experiment, since=moment,
@@ -321,6 +350,159 @@ def mlflow_import(
         for problem in report.problems:
             console.print(f"[yellow]  - {problem}[/yellow]")
         raise typer.Exit(1)
+
+
+class _StoreCheck:
+    """The promotion guard's questions to the store, through the audit API as ``provline promote`` asks
+    them (:func:`provline.sink.facts.promotion_gaps`); an API that fails is GuardUnavailable, not an exit."""
+
+    def __init__(self, client: AuditClient, policy: Any) -> None:
+        self.client, self.policy = client, policy
+
+    def _query(self, statement: str) -> list[dict[str, Any]]:
+        from provline.client import ApiError
+        from provline.producers.mlflow_bridge.follow import GuardUnavailable
+
+        try:
+            return self.client.query(statement)
+        except ApiError as exc:
+            raise GuardUnavailable(exc.detail) from exc
+
+    def stored(self, event_ids: list[str]) -> set[str]:
+        from provline.sink.facts import stored_event_ids
+
+        return stored_event_ids(self._query, event_ids)
+
+    def missing(self, model_name: str, version: str, environment: str) -> list[str]:
+        from provline.sink.facts import promotion_gaps
+
+        return promotion_gaps(self._query, model_name, version, self.policy, environment)
+
+
+def _show_round(outcome: Round) -> None:
+    """One round of ``provline mlflow follow`` as lines: what it sent, the guard's verdicts, failures."""
+    where = f"round {outcome.number}"
+    if outcome.error:
+        console.print(f"[yellow]{where}: {outcome.error}; {outcome.failures} failed round(s) in a row, "
+                      f"next try in {outcome.next_in_s:.1f} s[/yellow]")
+    report = outcome.report
+    if report is not None and outcome.sent:
+        console.print(f"{where}: sent " + ", ".join(f"{count} {kind}" for kind, count in sorted(report.sent.items())))
+    elif not outcome.error and not console.is_terminal:  # a heartbeat in logs; a terminal has the status line
+        console.print(f"{where}: nothing new")
+    for verdict in outcome.verdicts:
+        move = f"{verdict.model_name}@{verdict.version} as {verdict.alias!r}"
+        if verdict.passed:
+            console.print(f"[green]{where}: guard: {move} meets the promotion policy for {verdict.environment}"
+                          "[/green]")
+            continue
+        console.print(f"[bold red]{where}: guard REJECTED {move} (from {verdict.previous_version or 'nothing'}) "
+                      f"for {verdict.environment}; recorded as Decision {verdict.decision_id}; missing:[/bold red]")
+        for item in verdict.missing:
+            console.print(f"[red]  - {item}[/red]")
+        if verdict.rolled_back:
+            console.print(f"[red]  moved {verdict.alias!r} back to {verdict.previous_version} in MLflow "
+                          "(recorded as a ROLLBACK)[/red]")
+        elif verdict.not_rolled_back:
+            console.print(f"[red]  not moved back: {verdict.not_rolled_back}[/red]")
+    for item in outcome.deferred:
+        console.print(f"[yellow]{where}: {item}[/yellow]")
+    for problem in report.problems if report is not None else []:
+        console.print(f"[yellow]{where}: {problem}[/yellow]")
+    if not outcome.delivered:
+        console.print(f"[yellow]{where}: the broker has not acknowledged every event yet; the state is saved once "
+                      "it has (check PROVLINE_KAFKA__BOOTSTRAP)[/yellow]")
+
+
+@mlflow_app.command("follow")
+def mlflow_follow(
+    tracking_uri: TrackingUriOption,
+    experiment: ExperimentOption = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="seconds between rounds")]
+    = MLFLOW_FOLLOW_INTERVAL_S,
+    guard: Annotated[list[str] | None, typer.Option(
+        "--guard", help="ALIAS=ENV: check each move of ALIAS with the promotion policy for ENV (repeatable)")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        "--policy", exists=True, dir_okay=False, help="promotion policy (JSON or YAML) of the guard")] = None,
+    enforce: Annotated[bool, typer.Option(
+        "--enforce", help="move a guarded alias whose move was rejected back to its previous version in MLflow")]
+    = False,
+    state: StateOption = MLFLOW_STATE_PATH,
+    no_state: NoStateOption = False,
+    token: TokenOption = None,
+    api: ApiOption = None,
+) -> None:
+    """Keep importing (an incremental `provline mlflow import` every --interval seconds, same state file)
+    until Ctrl-C or SIGTERM, so each alias move becomes one Deployment naming the version it left.
+
+    With --guard, a move of that alias is first checked with `provline promote`'s policy (--policy) over
+    the store, through the audit API (--api): one that fails is recorded as a REJECTED Decision beside
+    its Deployment, and with --enforce the alias is moved back in MLflow. A tracking server that does not
+    answer is retried with backoff. Exits 0 when stopped with everything delivered, 2 otherwise."""
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from provline.client import ApiError
+    from provline.producers.errors import ProducerError
+    from provline.producers.mlflow_bridge.client import MlflowReader
+    from provline.producers.mlflow_bridge.follow import Follower, parse_guard
+    from provline.sink.promotion import PromotionPolicy
+
+    with _exits_on_errors():
+        try:
+            guards = dict(parse_guard(text) for text in guard or [])
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if (enforce or policy is not None) and not guards:
+            raise ConfigError("--enforce and --policy apply to guarded aliases; name them with --guard ALIAS=ENV")
+        check = None
+        if guards:
+            try:
+                rules = PromotionPolicy.load(policy)
+            except (ValidationError, ValueError) as exc:
+                raise ConfigError(f"--policy {policy}: {exc}") from exc
+            check = _StoreCheck(_client(api), rules)
+            try:
+                check.client.query("SELECT 1")
+            except ApiError as exc:
+                raise ConfigError(f"the promotion guard reads the store through the audit API: {exc.detail}") from exc
+        settings, import_state, emitter = _mlflow_destination(tracking_uri, state, no_state)
+    stop = threading.Event()
+    handlers = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    rules_text = ", ".join(f"{a} -> {e}{' (enforced)' if enforce else ''}" for a, e in guards.items())
+    console.print(f"following {tracking_uri} every {interval:g} s"
+                  + (f"; promotion guard: {rules_text}" if guards else "") + "; Ctrl-C stops")
+    try:
+        with MlflowReader(tracking_uri, token=token) as reader, \
+                console.status(f"following {tracking_uri}") as status:
+            try:
+                _recover_sent(settings, import_state, emitter, status.update)
+            except ProducerError as exc:
+                console.print(f"[red]provline mlflow follow: {exc}[/red]")
+                raise typer.Exit(2) from exc
+            follower = Follower(reader, emitter, import_state, experiments=experiment, guards=guards, check=check,
+                                enforce=enforce, progress=lambda what: status.update(
+                                    f"round {follower.rounds}: reading {what} from {tracking_uri}"))
+
+            def shown(outcome: Round) -> None:
+                _show_round(outcome)
+                status.update(f"following {tracking_uri}: {outcome.number} rounds, {follower.sent_total} events "
+                              f"sent; next round in {outcome.next_in_s:.0f} s (Ctrl-C stops)")
+
+            follower.run(stop, interval_s=interval, on_round=shown)
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    delivered = emitter.close()
+    if delivered:
+        import_state.save()
+    console.print(f"stopped after {follower.rounds} rounds; {follower.sent_total} events sent"
+                  + ("" if delivered else "; [red]not all were delivered: they stay in the spool, and the state "
+                                          "was not saved[/red]"))
+    if not delivered:
+        raise typer.Exit(2)
 
 
 topics_app = typer.Typer(no_args_is_help=True, help="Show or create provline's Kafka topics (PROVLINE_TOPICS__*).")
@@ -1054,12 +1236,11 @@ def promote(
 ) -> None:
     """Record a promotion only if the model's lineage is complete; otherwise list what is missing."""
     from provline.producers import Lineage
-    from provline.sink.facts import current_deployment, model_facts
-    from provline.sink.promotion import PromotionPolicy, missing_requirements
+    from provline.sink.facts import current_deployment, promotion_gaps
+    from provline.sink.promotion import PromotionPolicy
 
     query = _query(api)
-    facts = model_facts(query, model, version)
-    missing = missing_requirements(facts, PromotionPolicy.load(policy), to)
+    missing = promotion_gaps(query, model, version, PromotionPolicy.load(policy), to)
     if missing:
         console.print(f"[red]{model}@{version} cannot be promoted to {to}; missing:[/red]")
         for item in missing:

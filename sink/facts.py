@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from provline.sink.promotion import LineageFacts
+from provline.sink.promotion import LineageFacts, PromotionPolicy, missing_requirements
 
 Query = Callable[[str], list[dict[str, Any]]]
 
@@ -76,6 +76,23 @@ def model_facts(query: Query, model_name: str, version: str) -> LineageFacts:
     facts.decisions = _payloads(query, "SELECT payload FROM decisions FINAL "
                                        f"WHERE subject = {sql_literal(facts.subject)} ORDER BY event_time, event_id")
     return facts
+
+
+def promotion_gaps(query: Query, model_name: str, version: str, policy: PromotionPolicy,
+                   environment: str) -> list[str]:
+    """What ``policy`` requires of ``model_name@version`` before a promotion to ``environment`` that the
+    store does not hold, in sentences; empty when it may be promoted. ``provline promote`` and the
+    promotion guard of ``provline mlflow follow`` both decide on this."""
+    return missing_requirements(model_facts(query, model_name, version), policy, environment)
+
+
+def stored_event_ids(query: Query, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` the store holds (in any event table: the ledger has every stored event)."""
+    if not event_ids:
+        return set()
+    wanted = ", ".join(sql_literal(i) for i in event_ids)
+    return {str(row["event_id"]) for row in query(f"SELECT DISTINCT event_id FROM event_ledger "
+                                                  f"WHERE event_id IN ({wanted})")}
 
 
 def current_deployment(query: Query, endpoint: str, environment: str) -> dict[str, Any] | None:

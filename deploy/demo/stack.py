@@ -189,8 +189,9 @@ class DemoStack:
         create_topics(admin, self.topics.all, partitions=TOPIC_PARTITIONS)
 
     def start_platform(self, *, processors_env: Mapping[str, str] | None = None,
-                       api_tokens: Mapping[str, Mapping[str, str]] | None = None) -> None:
-        """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust).
+                       api_tokens: Mapping[str, Mapping[str, str]] | None = None, processors: bool = True) -> None:
+        """``provline serve`` (sink + audit API on chDB) and ``provline processors`` (Faust; not with
+        ``processors`` false, for tests of lineage events only).
 
         Consumer groups are named after the topic prefix, so stacks sharing a broker never share a
         group; ``processors_env`` adds PROVLINE_ settings of the processors (drift windows, waits);
@@ -204,6 +205,9 @@ class DemoStack:
             PROVLINE_API__TOKENS=json.dumps(tokens),
             PROVLINE_SINK__CONSUMER_GROUP=f"{self.topics.prefix}-sink",
         ), f"{self.api_url}/healthz")
+        if not processors:
+            serve.wait_healthy()
+            return
         self._provline("processors", ["processors"], self._env(
             "processors",
             PROVLINE_PROCESSORS__APP_ID=f"{self.topics.prefix}-processors",

@@ -4,5 +4,6 @@
 event ids derived from MLflow ids, so importing twice gives the same events and the sink keeps one);
 :mod:`.client` reads a tracking server's REST API and its artifact proxy; :mod:`.importer` runs one
 import (``provline mlflow import``) and keeps the state that makes a later import send only what
-changed. ``provline mlflow follow`` and the serve-side join are not written yet (issue 19).
+changed; :mod:`.follow` repeats it (``provline mlflow follow``) with a promotion guard on aliases.
+The serve-side join is not written yet (issue 19).
 """

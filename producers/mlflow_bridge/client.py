@@ -10,7 +10,8 @@
                 files = reader.download_artifacts(uri, Path("/tmp/model"))
 
 Every call blocks on the server, each request for at most ``timeout_s`` seconds; paginated lists
-are read to their end. Nothing here maps MLflow entities to provline events
+are read to their end. The one write is :meth:`MlflowReader.set_alias` (the promotion guard's
+rollback). Nothing here maps MLflow entities to provline events
 (:mod:`.mapping` does). Artifacts are read through the tracking server's artifact proxy
 (``mlflow server`` serves ``mlflow-artifacts:`` URIs; the default since MLflow 2), or from the
 local disk for ``file:`` URIs; other stores (S3, GCS...) are not read: :class:`ArtifactsUnavailable`.
@@ -139,6 +140,18 @@ class MlflowReader:
         """Every version of one registered model (source, run id, tags, aliases, stage)."""
         return self._pages("GET", f"{API}/model-versions/search", "model_versions",
                            {"filter": f"name='{_quote_filter(name)}'", "max_results": PAGE_SIZE})
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` of registered model ``name`` points at now; None when it points at none."""
+        answer = self._call("GET", f"{API}/registered-models/alias", params={"name": name, "alias": alias},
+                            missing_ok=True)
+        version = ((answer or {}).get("model_version") or {}).get("version")
+        return str(version) if version is not None else None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` of registered model ``name`` at ``version`` (the one write this bridge makes:
+        ``provline mlflow follow --enforce`` moving a rejected alias back)."""
+        self._call("POST", f"{API}/registered-models/alias", body={"name": name, "alias": alias, "version": version})
 
     def logged_model(self, model_id: str) -> dict[str, Any] | None:
         """An MLflow 3 LoggedModel (info, params, metrics with their datasets); None when the server has none

@@ -192,6 +192,21 @@ class ImportReport:
     sent_ids: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     environments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    held: list[AliasMove] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """A move of a held alias (``MlflowImport(hold_aliases=...)``) that was not emitted: its Deployment
+    ``fields``, the alias's ``history`` with the move, when it was first seen, and the model's version
+    creation times (what :func:`mapping.alias_rollback` needs)."""
+
+    model_name: str
+    alias: str
+    fields: dict[str, Any]
+    history: list[str]
+    moved_at: datetime
+    version_times: dict[str, int]
 
 
 Progress = Callable[[str], None]
@@ -206,20 +221,37 @@ class MlflowImport:
 
     ``experiments``: names (None: every experiment; model versions then only of runs in them);
     ``since``: only runs started and versions created at or after it (aliases are always read);
-    ``progress`` is told what is being read, for a progress display."""
+    ``progress`` is told what is being read, for a progress display; a new move of an alias in
+    ``hold_aliases`` is not emitted but listed in the report's ``held``, for the caller to
+    :meth:`release` (``provline mlflow follow``'s promotion guard decides first)."""
 
     def __init__(
         self, reader: MlflowReader, emitter: Emitter, state: ImportState, *, experiments: list[str] | None = None,
-        since: datetime | None = None, progress: Progress | None = None,
+        since: datetime | None = None, progress: Progress | None = None, hold_aliases: set[str] | None = None,
     ) -> None:
         self.reader, self.emitter, self.state = reader, emitter, state
         self.experiment_names = list(experiments or [])
         self.since_millis = _millis(since)
         self.progress = progress or (lambda _: None)
+        self.hold_aliases = set(hold_aliases or ())
         self.report = ImportReport()
         self._runs: dict[str, dict[str, Any] | None] = {}
         self._models: dict[str, dict[str, Any]] = {}
         self._versions: dict[str, list[dict[str, Any]]] = {}
+
+    def emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> bool:
+        """Emit one more event in this import (skipped when already sent); True when sent."""
+        return self._emit(kind, fields, event_time=event_time)
+
+    def release(self, move: AliasMove, fields: dict[str, Any] | None = None) -> None:
+        """Emit a held move's Deployment (``fields`` instead of the move's, with the same id) and remember it."""
+        self._emit("Deployment", fields or move.fields, event_time=move.moved_at)
+        self.remember_alias(move.model_name, move.alias, move.history, move.moved_at)
+
+    def remember_alias(self, model_name: str, alias: str, history: list[str], moved_at: datetime) -> None:
+        """Record where an alias pointed (its history), as the import does for every move it emits."""
+        self.report.aliases.setdefault(model_name, {})[alias] = {"history": history,
+                                                                 "event_time": moved_at.isoformat()}
 
     def _emit(self, kind: str, fields: dict[str, Any], *, event_time: datetime | None = None) -> bool:
         """Emit unless an earlier import delivered this event id (or this one sent it); True when sent."""
@@ -367,6 +399,8 @@ class MlflowImport:
                 # MLflow does not say when an alias moved: the first import that saw the move dates it
                 moved_at = datetime.fromisoformat(seen["event_time"]) if same and seen.get("event_time") else now
                 self.report.read["aliases"] += 1
-                self._emit("Deployment", fields, event_time=moved_at)
-                self.report.aliases.setdefault(name, {})[alias] = {"history": history,
-                                                                    "event_time": moved_at.isoformat()}
+                move = AliasMove(name, alias, fields, history, moved_at, times)
+                if alias in self.hold_aliases and not same and fields["event_id"] not in self.state.sent:
+                    self.report.held.append(move)  # neither emitted nor remembered until released
+                    continue
+                self.release(move)

@@ -436,3 +436,55 @@ def known_from_events(events: list[tuple[str, dict[str, Any]]]) -> tuple[dict[st
         history = [version for _, _, version in ordered]
         aliases.setdefault(name, {})[alias] = {"history": history, "event_time": ordered[-1][0].isoformat()}
     return sent, aliases
+
+
+GUARD_ROLE = "promotion-guard"  # no policy requires this role, so a guard's rejection never stands for an approval
+GUARD_ACTOR = "provline mlflow follow"
+GUARD_REASON = "rejected by the promotion guard"
+
+
+def guard_rejection(deployment: dict[str, Any], *, environment: str, missing: list[str]) -> Event:
+    """The Decision that rejects an alias move (``deployment``, from :func:`alias_moves`) the promotion
+    policy for ``environment`` refuses: REJECTED on ``model:<name>@<version>``, transition
+    ``registered-><environment>`` (as approvals by tag), role :data:`GUARD_ROLE`, what is missing as
+    rationale. Its id derives from the move's, so checking the same move again gives the same Decision."""
+    subject = f"model:{model_key(deployment['model_name'], deployment['model_version'])}"
+    return "Decision", {
+        "event_id": stable_event_id("mlflow-guard", str(deployment["event_id"]), _id_millis(deployment) * 1000),
+        "subject": subject,
+        "transition": f"{DECISION_TRANSITION_FROM}->{environment}",
+        "outcome": "REJECTED",
+        "actor": GUARD_ACTOR,
+        "role": GUARD_ROLE,
+        "rationale": f"{deployment['reason']} moved to {deployment['model_version']} "
+                     f"(from {deployment['previous_version'] or 'nothing'}; Deployment {deployment['event_id']}); "
+                     f"the promotion policy for {environment} is not met: " + "; ".join(missing),
+        "alternatives": [deployment["previous_version"]] if deployment.get("previous_version") else [],
+        "risk_refs": [],
+    }
+
+
+def _id_millis(fields: dict[str, Any]) -> int:
+    """The milliseconds a stable event id was made with (its first 48 bits)."""
+    return int(str(fields["event_id"]).replace("-", "")[:12], 16)
+
+
+def rejected_deployment(deployment: dict[str, Any], decision: dict[str, Any], *, environment: str) -> dict[str, Any]:
+    """A rejected move's Deployment as recorded: still the PROMOTE (or DEPLOY) it was, since clients
+    loading the alias were served that version, with a reason that names the rejecting Decision.
+    The id stays the move's, so an import that sees the same move sends nothing new."""
+    return {**deployment, "reason": f"{deployment['reason']}; {GUARD_REASON} for {environment} "
+                                    f"(Decision {decision['event_id']})"}
+
+
+def alias_rollback(
+    model_name: str, alias: str, history: list[str], *, version_times: dict[str, int], reason: str,
+) -> tuple[dict[str, Any], list[str]]:
+    """The ROLLBACK of an alias moved back to the version it left (``history[-2]``), and the history to
+    remember. It has the id :func:`alias_moves` gives the alias standing at that version again, so
+    the next import, which finds it there, sends nothing."""
+    if len(history) < 2:
+        raise ValueError(f"alias {alias!r} of {model_name} has no earlier version to move back to")
+    [(_, fields, moved)] = alias_moves(model_name, {alias: history[-2]}, {alias: {"history": history}},
+                                       version_times=version_times)
+    return {**fields, "action": "ROLLBACK", "reason": reason}, moved

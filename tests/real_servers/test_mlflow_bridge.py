@@ -41,6 +41,8 @@ from provline.producers.models import describe_artifact
 from provline.schemas import Topics
 from tests.helpers import consume_events
 from tests.real_servers.audit import predict, provline, provline_json, trace_of, wait_for_rows, wait_for_trace
+from tests.real_servers.mlflow_server import clean_env, mlflow_server
+from tests.real_servers.mlflow_server import server_env as mlflow_env
 from tests.real_servers.mlflow_training import ALIAS, APPROVER, DATASET, EXPERIMENT, MODEL
 
 pytestmark = pytest.mark.real_servers
@@ -101,14 +103,8 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> It
     folder = tmp_path_factory.mktemp("mlflow-bridge")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    mlflow = venv_tool("mlflow-server", "mlflow")
-    base_env = {name: value for name, value in os.environ.items() if not name.startswith(("PROVLINE_", "MLFLOW_"))}
-    server_env = {**base_env, "PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    server = Service("mlflow-server", [
-        str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1",
-    ], server_env, folder / "mlflow-server.log", f"{url}/health").start()
+    base_env, server_env = clean_env(), mlflow_env()
+    server = mlflow_server(folder, port).start()
     topics = Topics(prefix=f"mlflow-{uuid.uuid4().hex[:10]}")
     create_topics(kafka_bootstrap, topics.all)
     stack = DemoStack(folder / "provline", kafka_bootstrap=kafka_bootstrap, topics=topics)
