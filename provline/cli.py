@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -250,8 +250,11 @@ TokenOption = Annotated[str | None, typer.Option("--token", envvar="MLFLOW_TRACK
 
 
 if TYPE_CHECKING:
+    import threading
+
     from provline.producers import JobSettings
     from provline.producers.emitter import Emitter
+    from provline.producers.mlflow_bridge.client import MlflowReader
     from provline.producers.mlflow_bridge.follow import Round
     from provline.producers.mlflow_bridge.importer import ImportState
 
@@ -414,6 +417,47 @@ def _show_round(outcome: Round) -> None:
                       "it has (check PROVLINE_KAFKA__BOOTSTRAP)[/yellow]")
 
 
+@contextmanager
+def _webhook(reader: MlflowReader, listen: tuple[str, int], url: str | None, secret: str,
+             wake: threading.Event) -> Iterator[None]:
+    """`provline mlflow follow --webhook-listen`: the listener, and a webhook registered in MLflow for as
+    long as it serves (deleted when the block ends). A server without webhooks, or that refuses this
+    one, is said so once; follow then polls only."""
+    import secrets
+
+    from provline.producers.mlflow_bridge.client import MlflowError
+    from provline.producers.mlflow_bridge.webhooks import EVENTS, WebhookListener
+
+    host, port = listen
+    url = url or f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    try:
+        listener = WebhookListener(listen, secret, on_delivery=wake.set).start()
+    except OSError as exc:
+        raise ConfigError(f"--webhook-listen {host}:{port}: cannot listen there: {exc}") from exc
+    webhook_id: str | None = None
+    try:
+        try:
+            webhook_id = reader.create_webhook(f"provline-follow-{secrets.token_hex(4)}", url, list(EVENTS), secret)
+        except MlflowError as exc:
+            console.print(f"[yellow]MLflow refused the webhook for {url}: {exc}; polling only (an http URL needs "
+                          "the server started with MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https, a private address "
+                          "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true)[/yellow]")
+        else:
+            if webhook_id is None:
+                console.print(f"[yellow]{reader.tracking_uri} has no webhooks API (MLflow 3.3 or later with a "
+                              "database backend has): polling only[/yellow]")
+            else:
+                console.print(f"MLflow webhook {webhook_id} POSTs to {url}: a delivery starts the next round")
+        yield
+    finally:
+        if webhook_id is not None:
+            try:
+                reader.delete_webhook(webhook_id)
+            except MlflowError as exc:
+                console.print(f"[yellow]could not delete MLflow webhook {webhook_id}: {exc}[/yellow]")
+        listener.close()
+
+
 @mlflow_app.command("follow")
 def mlflow_follow(
     tracking_uri: TrackingUriOption,
@@ -431,6 +475,14 @@ def mlflow_follow(
     no_state: NoStateOption = False,
     token: TokenOption = None,
     api: ApiOption = None,
+    webhook_listen: Annotated[str | None, typer.Option(
+        "--webhook-listen", metavar="HOST:PORT",
+        help="serve MLflow webhook deliveries here; each one starts the next round at once")] = None,
+    webhook_url: Annotated[str | None, typer.Option(
+        "--webhook-url", help="the URL MLflow POSTs to (default http://HOST:PORT/ of --webhook-listen)")] = None,
+    webhook_secret_file: Annotated[Path | None, typer.Option(
+        "--webhook-secret-file", exists=True, dir_okay=False,
+        help="the webhook's signing secret (default: a random one for this run)")] = None,
 ) -> None:
     """Keep importing (an incremental `provline mlflow import` every --interval seconds, same state file)
     until Ctrl-C or SIGTERM, so each alias move becomes one Deployment naming the version it left.
@@ -438,7 +490,12 @@ def mlflow_follow(
     With --guard, a move of that alias is first checked with `provline promote`'s policy (--policy) over
     the store, through the audit API (--api): one that fails is recorded as a REJECTED Decision beside
     its Deployment, and with --enforce the alias is moved back in MLflow. A tracking server that does not
-    answer is retried with backoff. Exits 0 when stopped with everything delivered, 2 otherwise."""
+    answer is retried with backoff. Exits 0 when stopped with everything delivered, 2 otherwise.
+
+    With --webhook-listen, follow registers an MLflow webhook for model version, tag and alias events
+    and starts a round as soon as a delivery with a valid signature arrives (polling goes on at
+    --interval); it deletes the webhook when it stops."""
+    import secrets
     import signal
     import threading
 
@@ -448,6 +505,7 @@ def mlflow_follow(
     from provline.producers.errors import ProducerError
     from provline.producers.mlflow_bridge.client import MlflowReader
     from provline.producers.mlflow_bridge.follow import Follower, parse_guard
+    from provline.producers.mlflow_bridge.webhooks import parse_listen
     from provline.sink.promotion import PromotionPolicy
 
     with _exits_on_errors():
@@ -468,20 +526,46 @@ def mlflow_follow(
                 check.client.query("SELECT 1")
             except ApiError as exc:
                 raise ConfigError(f"the promotion guard reads the store through the audit API: {exc.detail}") from exc
+        listen: tuple[str, int] | None = None
+        if webhook_listen is not None:
+            try:
+                listen = parse_listen(webhook_listen)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            if webhook_url is None and listen[0] in ("0.0.0.0", "::", ""):
+                raise ConfigError(f"--webhook-listen {webhook_listen} listens on every address: name the one MLflow "
+                                  "reaches with --webhook-url")
+        elif webhook_url is not None or webhook_secret_file is not None:
+            raise ConfigError("--webhook-url and --webhook-secret-file apply to webhooks; "
+                              "add --webhook-listen HOST:PORT")
+        secret = (webhook_secret_file.read_text().strip() if webhook_secret_file is not None
+                  else secrets.token_urlsafe(32))
+        if not secret:
+            raise ConfigError(f"--webhook-secret-file {webhook_secret_file} is empty")
         settings, import_state, emitter = _mlflow_destination(tracking_uri, state, no_state)
     stop = threading.Event()
-    handlers = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    wake = threading.Event() if listen is not None else None
+
+    def stopped(*_: object) -> None:
+        stop.set()
+        if wake is not None:
+            wake.set()
+
+    handlers = {number: signal.signal(number, stopped) for number in (signal.SIGINT, signal.SIGTERM)}
     rules_text = ", ".join(f"{a} -> {e}{' (enforced)' if enforce else ''}" for a, e in guards.items())
     console.print(f"following {tracking_uri} every {interval:g} s"
                   + (f"; promotion guard: {rules_text}" if guards else "") + "; Ctrl-C stops")
     try:
         with MlflowReader(tracking_uri, token=token) as reader, \
-                console.status(f"following {tracking_uri}") as status:
+                console.status(f"following {tracking_uri}") as status, ExitStack() as webhooks:
             try:
                 _recover_sent(settings, import_state, emitter, status.update)
             except ProducerError as exc:
                 console.print(f"[red]provline mlflow follow: {exc}[/red]")
                 raise typer.Exit(2) from exc
+            if listen is not None and wake is not None:
+                with _exits_on_errors():
+                    webhooks.enter_context(_webhook(reader, listen, webhook_url, secret, wake))
             follower = Follower(reader, emitter, import_state, experiments=experiment, guards=guards, check=check,
                                 enforce=enforce, progress=lambda what: status.update(
                                     f"round {follower.rounds}: reading {what} from {tracking_uri}"))
@@ -491,7 +575,7 @@ def mlflow_follow(
                 status.update(f"following {tracking_uri}: {outcome.number} rounds, {follower.sent_total} events "
                               f"sent; next round in {outcome.next_in_s:.0f} s (Ctrl-C stops)")
 
-            follower.run(stop, interval_s=interval, on_round=shown)
+            follower.run(stop, interval_s=interval, on_round=shown, wake=wake)
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)

@@ -153,6 +153,25 @@ class MlflowReader:
         ``provline mlflow follow --enforce`` moving a rejected alias back)."""
         self._call("POST", f"{API}/registered-models/alias", body={"name": name, "alias": alias, "version": version})
 
+    def create_webhook(self, name: str, url: str, events: list[tuple[str, str]], secret: str) -> str | None:
+        """Register an active webhook for ``events`` (MLflow's ``(entity, action)`` names) POSTing to ``url``
+        signed with ``secret``; its id, or None when the server has no webhooks API (404: MLflow before
+        3.3). MlflowError when the server refuses it (its answer says why, e.g. the URL's scheme)."""
+        answer = self._call("POST", f"{API}/webhooks", body={
+            "name": name, "url": url, "secret": secret, "status": "ACTIVE",
+            "events": [{"entity": entity.upper(), "action": action.upper()} for entity, action in events]},
+            missing_ok=True)
+        if answer is None:
+            return None
+        webhook_id = (answer.get("webhook") or {}).get("webhook_id")
+        if not webhook_id:
+            raise MlflowError(f"POST {self.tracking_uri}{API}/webhooks answered without a webhook id: {answer}")
+        return str(webhook_id)
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Delete the webhook ``webhook_id``; one already gone is not an error."""
+        self._call("DELETE", f"{API}/webhooks/{webhook_id}", missing_ok=True)
+
     def logged_model(self, model_id: str) -> dict[str, Any] | None:
         """An MLflow 3 LoggedModel (info, params, metrics with their datasets); None when the server has none
         (MLflow 2, or deleted)."""

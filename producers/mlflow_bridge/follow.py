@@ -172,10 +172,12 @@ class Follower:
         return outcome
 
     def run(self, stop: threading.Event, *, interval_s: float = DEFAULT_INTERVAL_S,
-            on_round: Callable[[Round], None] | None = None) -> None:
+            on_round: Callable[[Round], None] | None = None, wake: threading.Event | None = None) -> None:
         """Rounds until ``stop`` is set (checked between rounds; the wait between them ends at once).
         After each round the emitter is flushed and, once the broker acknowledged everything, the state
-        saved. Blocks."""
+        saved. With ``wake`` (set by a webhook delivery), the wait ends when ``wake`` is set, and a wake
+        during a round starts the next one at once; whoever sets ``stop`` must then set ``wake`` too.
+        Blocks."""
         failures, unsaved = 0, True
         while not stop.is_set():
             outcome = self.round()
@@ -189,7 +191,11 @@ class Follower:
             outcome.next_in_s = round_delay(interval_s, failures)
             if on_round is not None:
                 on_round(outcome)
-            stop.wait(outcome.next_in_s)
+            if wake is None:
+                stop.wait(outcome.next_in_s)
+            else:
+                wake.wait(outcome.next_in_s)
+                wake.clear()
 
     # ---------------------------------------------------------------- the guard
 

@@ -24,12 +24,20 @@ def server_env() -> dict[str, str]:
     return {**clean_env(), "PATH": f"{mlflow.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def mlflow_server(folder: Path, port: int) -> Service:
-    """The (not yet started) tracking server on ``port`` keeping its data in ``folder``."""
+# what lets the server deliver webhooks to a listener on this machine over http, without a minute's
+# wait for its cache of each event's webhooks (MLflow's defaults: https only, public addresses only, 60 s)
+LOCAL_WEBHOOKS = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                  "MLFLOW_WEBHOOK_CACHE_TTL": "1"}
+
+
+def mlflow_server(folder: Path, port: int, *, local_webhooks: bool = False) -> Service:
+    """The (not yet started) tracking server on ``port`` keeping its data in ``folder``; with
+    ``local_webhooks``, delivering webhooks to http://127.0.0.1 too."""
     url = f"http://127.0.0.1:{port}"
     return Service("mlflow-server", [
         str(venv_tool("mlflow-server", "mlflow")), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
-    ], {**server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no job runner: its workers take a core
+    ], {**server_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no job runner: its workers take a core
+        **(LOCAL_WEBHOOKS if local_webhooks else {})},
         folder / "mlflow-server.log", f"{url}/health")

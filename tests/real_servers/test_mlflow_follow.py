@@ -39,6 +39,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from deploy.demo.stack import DEMO_API_TOKEN, REPO, DemoStack
 from deploy.local.kafka import create_topics
 from deploy.local.kafka.broker import free_port
+from provline.producers.mlflow_bridge.webhooks import signature
 from provline.schemas import Topics, default_catalog
 from provline.schemas.frames import events_in
 from tests.real_servers.audit import provline
@@ -193,7 +194,8 @@ def followed(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> 
         follow = subprocess.Popen(
             [sys.executable, "-m", "provline", "mlflow", "follow", "--tracking-uri", url, "--interval", "0.5",
              "--guard", f"{GUARDED}=production", "--policy", str(policy), "--enforce",
-             "--state", str(folder / "state.json")],
+             "--state", str(folder / "state.json"),
+             "--webhook-listen", f"127.0.0.1:{free_port()}"],  # refused: this server delivers to https only
             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert follow.stdout is not None
         lines = follow.stdout
@@ -303,6 +305,12 @@ def test_follow_rides_out_a_tracking_server_restart(followed: Followed) -> None:
     assert ("1", "PROMOTE", "3") in deployments(followed.session_events(), FREE)
 
 
+def test_a_webhook_the_server_refuses_leaves_follow_polling(followed: Followed) -> None:
+    text = followed.text()
+    assert "MLflow refused the webhook" in text and "MLFLOW_WEBHOOK_ALLOWED_SCHEMES" in text, text
+    assert "polling only" in text and followed.rounds() >= 8, text
+
+
 def test_a_guard_needs_the_audit_api(tmp_path: Path, kafka_bootstrap: str) -> None:
     env = {**clean_env(), "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "COLUMNS": "200",
            "PROVLINE_CLIENT__API_URL": f"http://127.0.0.1:{free_port()}"}
@@ -315,3 +323,73 @@ def test_a_guard_needs_the_audit_api(tmp_path: Path, kafka_bootstrap: str) -> No
                          check=False)
     assert bad.returncode == 2 and "ALIAS=ENV" in bad.stdout, bad.stdout + bad.stderr
 
+
+
+def test_a_webhook_delivery_starts_a_round_at_once_and_a_forged_one_nothing(tmp_path: Path,
+                                                                            kafka_bootstrap: str) -> None:
+    """`--webhook-listen` with a ten-minute --interval: after the first round, only MLflow's webhook can
+    start another. A delivery with a wrong signature, and one correctly signed long ago, are refused 401;
+    the alias move MLflow then delivers is the one further round, and the webhook is gone after follow."""
+    port, listen_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = mlflow_server(tmp_path, port, local_webhooks=True).start()
+    topics = Topics(prefix=f"hook-{uuid.uuid4().hex[:10]}")
+    create_topics(kafka_bootstrap, topics.all)
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("s3cret-for-this-test\n")
+    output: list[str] = []
+    follow: subprocess.Popen[str] | None = None
+    topic: LineageTopic | None = None
+    try:
+        server.wait_healthy(timeout=180.0)
+        mlflow = Mlflow(url)
+        experiment = str(mlflow.call("POST", "experiments/create", name="hook")["experiment_id"])
+        mlflow.call("POST", "registered-models/create", name=MODEL)
+        # no alias is set before the webhook exists: MLflow would cache "no webhooks" for alias events (1 s here)
+        assert [mlflow.register(experiment, number) for number in (1, 2)] == ["1", "2"]
+        env = {**clean_env(), "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
+               "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "provline", "mlflow", "follow", "--tracking-uri", url, "--interval", "600",
+             "--webhook-listen", f"127.0.0.1:{listen_port}", "--webhook-secret-file", str(secret),
+             "--state", str(tmp_path / "state.json")],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert follow.stdout is not None
+        lines = follow.stdout
+        reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n") for line in lines), daemon=True)
+        reader.start()
+        topic = LineageTopic(kafka_bootstrap, topics.lineage)
+        assert topic.wait("the first round", lambda events: sorted(
+            value["version"] for kind, value in events if kind == "ModelVersion") == ["1", "2"]), "\n".join(output)
+        assert _wait_output(output, lambda: any(ROUND.match(line) for line in output)), "\n".join(output)
+        hooks = mlflow.http.get("/mlflow/webhooks").json().get("webhooks", [])
+        assert [hook["url"] for hook in hooks] == [f"http://127.0.0.1:{listen_port}/"], hooks
+
+        body = json.dumps({"entity": "model_version_alias", "action": "created", "data": {}}).encode()
+        now = str(int(time.time()))
+        forged = {"X-MLflow-Delivery-Id": str(uuid.uuid4()), "X-MLflow-Timestamp": now,
+                  "X-MLflow-Signature": signature("not-the-secret", "x", now, body)}
+        old = str(int(time.time()) - 3600)
+        replayed = {"X-MLflow-Delivery-Id": "d-1", "X-MLflow-Timestamp": old,
+                    "X-MLflow-Signature": signature("s3cret-for-this-test", "d-1", old, body)}
+        for headers in (forged, replayed, {}):
+            refused = httpx.post(f"http://127.0.0.1:{listen_port}/", content=body, headers=headers, timeout=10)
+            assert refused.status_code == 401, (refused.status_code, refused.text)
+
+        mlflow.move(FREE, "2")
+        assert topic.wait("challenger -> 2, long before --interval", lambda events: deployments(events, FREE) == [
+            ("2", "DEPLOY", None)], timeout=30.0), \
+            "\n".join(output) + "\nmlflow server:\n" + (tmp_path / "mlflow-server.log").read_text()[-4000:]
+        follow.send_signal(signal.SIGTERM)
+        assert follow.wait(timeout=60) == 0, "\n".join(output)
+        reader.join(timeout=10)
+        text = "\n".join(output)
+        assert len({line.split(":", 1)[0] for line in output if ROUND.match(line)}) == 2, \
+            f"one round at the start and one for the delivery, none for the refused ones:\n{text}"
+        assert mlflow.http.get("/mlflow/webhooks").json().get("webhooks", []) == [], "follow deletes its webhook"
+    finally:
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+        if topic is not None:
+            topic.close()
+        server.stop()

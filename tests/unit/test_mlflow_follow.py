@@ -3,8 +3,15 @@ guard's decisions over a fake tracking server and store (the real ones: tests/re
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import queue
+import threading
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from provline.producers.mlflow_bridge import mapping
@@ -17,6 +24,17 @@ from provline.producers.mlflow_bridge.follow import (
     round_delay,
 )
 from provline.producers.mlflow_bridge.importer import ImportState
+from provline.producers.mlflow_bridge.webhooks import (
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    TOLERANCE_S,
+    DeliveryRefused,
+    WebhookListener,
+    parse_listen,
+    signature,
+    verify_delivery,
+)
 from provline.sink.promotion import LineageFacts, PromotionPolicy, missing_requirements
 from tests.helpers import decoded, memory_emitter
 
@@ -229,3 +247,88 @@ def test_a_rollback_mlflow_refused_is_tried_again_next_round() -> None:
     assert retried.rolled_back and server.aliases["champion"] == "1"
     assert _moves(follower) == [("1", "DEPLOY", None), ("3", "PROMOTE", "1"), ("1", "ROLLBACK", "3")]
     assert follower.round().sent == 0
+
+
+# ---------------------------------------------------------------- webhook deliveries
+
+SECRET = "s3cret"
+BODY = b'{"entity": "model_version_alias", "action": "created", "timestamp": "2026-01-01T00:00:00+00:00", "data": {}}'
+
+
+def _signed(delivery_id: str = "d-1", timestamp: int = 1_700_000_000, body: bytes = BODY,
+            secret: str = SECRET) -> dict[str, str]:
+    return {DELIVERY_ID_HEADER: delivery_id, TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: signature(secret, delivery_id, str(timestamp), body)}
+
+
+def test_the_signature_is_mlflows_hmac_of_id_timestamp_and_body() -> None:
+    # MLflow 3.x: "v1," + base64(HMAC-SHA256(secret, f"{delivery_id}.{timestamp}.{payload}"))
+    expected = base64.b64encode(hmac.new(b"k", b"id.17.{}", hashlib.sha256).digest()).decode()
+    assert signature("k", "id", "17", b"{}") == f"v1,{expected}"
+
+
+def test_a_delivery_signed_with_the_secret_within_the_tolerance_is_accepted() -> None:
+    assert verify_delivery(SECRET, _signed(), BODY, now=1_700_000_000) == "d-1"
+    assert verify_delivery(SECRET, _signed(), BODY, now=1_700_000_000 + TOLERANCE_S) == "d-1"
+    assert verify_delivery(SECRET, _signed(), BODY, now=1_700_000_000 - 10) == "d-1", "a clock a little behind"
+
+
+@pytest.mark.parametrize(("headers", "body", "now", "why"), [
+    (_signed(secret="another"), BODY, 1_700_000_000, "does not match"),
+    (_signed(), BODY + b" ", 1_700_000_000, "does not match"),
+    (_signed(delivery_id="d-2") | {DELIVERY_ID_HEADER: "d-3"}, BODY, 1_700_000_000, "does not match"),
+    (_signed() | {TIMESTAMP_HEADER: "1700000001"}, BODY, 1_700_000_000, "does not match"),
+    (_signed() | {SIGNATURE_HEADER: "v1,"}, BODY, 1_700_000_000, "does not match"),
+    (_signed(), BODY, 1_700_000_000 + TOLERANCE_S + 1, "a replay"),
+    (_signed(), BODY, 1_700_000_000 - TOLERANCE_S - 1, "a replay"),
+    (_signed() | {TIMESTAMP_HEADER: "yesterday"}, BODY, 1_700_000_000, "not Unix seconds"),
+    ({DELIVERY_ID_HEADER: "d-1", TIMESTAMP_HEADER: "1700000000"}, BODY, 1_700_000_000, "with a secret"),
+    ({}, BODY, 1_700_000_000, "needs the headers"),
+])
+def test_a_delivery_that_does_not_hold_is_refused_saying_why(headers: dict[str, str], body: bytes, now: float,
+                                                              why: str) -> None:
+    with pytest.raises(DeliveryRefused, match=why):
+        verify_delivery(SECRET, headers, body, now=now)
+
+
+def test_webhook_listen_is_host_colon_port() -> None:
+    assert parse_listen("127.0.0.1:8765") == ("127.0.0.1", 8765)
+    assert parse_listen("[::1]:8765") == ("::1", 8765)
+    for wrong in ("8765", "127.0.0.1", "127.0.0.1:", ":8765", "host:http", "host:70000", "host:0"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_listen(wrong)
+
+
+def test_a_wake_starts_the_next_round_at_once_and_stop_with_a_wake_ends_the_wait() -> None:
+    server = FakeServer({"champion": "1"})
+    follower = _follower(server, FakeStore({"1", "2"}), enforce=False)
+    stop, wake, rounds = threading.Event(), threading.Event(), queue.Queue[Any]()
+    runner = threading.Thread(target=follower.run, args=(stop,), daemon=True,
+                              kwargs={"interval_s": 600.0, "on_round": rounds.put, "wake": wake})
+    runner.start()
+    assert rounds.get(timeout=10).number == 1
+    server.aliases["champion"] = "2"
+    wake.set()
+    assert rounds.get(timeout=10).number == 2, "a wake does not wait out the 600 s interval"
+    assert _moves(follower) == [("1", "DEPLOY", None), ("2", "PROMOTE", "1")]
+    stop.set()
+    wake.set()
+    runner.join(timeout=10)
+    assert not runner.is_alive() and rounds.empty()
+
+
+def test_the_listener_wakes_on_a_signed_delivery_only_and_once_per_delivery_id() -> None:
+    woken = threading.Event()
+    listener = WebhookListener(("127.0.0.1", 0), SECRET, on_delivery=woken.set).start()
+    try:
+        url = f"http://127.0.0.1:{listener.port}/"
+        now = int(time.time())
+        assert httpx.post(url, content=BODY, headers=_signed(secret="x", timestamp=now)).status_code == 401
+        assert not woken.is_set()
+        assert httpx.post(url, content=BODY, headers=_signed(timestamp=now)).status_code == 204
+        assert woken.is_set()
+        again = httpx.post(url, content=BODY, headers=_signed(timestamp=now))
+        assert again.status_code == 401 and "delivered before" in again.text
+        assert (listener.accepted, listener.refused) == (1, 2)
+    finally:
+        listener.close()
