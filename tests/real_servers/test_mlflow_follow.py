@@ -151,6 +151,18 @@ class Followed:
         return [(kind, value) for kind, value in self.events if value["producer"]["name"] == "provline-mlflow-import"]
 
 
+def start_follow(args: list[str], env: dict[str, str], output: list[str]) -> tuple[subprocess.Popen[str],
+                                                                                  threading.Thread]:
+    """``provline mlflow follow ARGS`` in the background, its output lines appended to ``output``."""
+    follow = subprocess.Popen([sys.executable, "-m", "provline", "mlflow", "follow", *args], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert follow.stdout is not None
+    lines = follow.stdout
+    reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n") for line in lines), daemon=True)
+    reader.start()
+    return follow, reader
+
+
 def _wait_output(output: list[str], condition: Callable[[], bool], timeout: float = WAIT_S) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -191,16 +203,11 @@ def followed(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> 
         env = {**clean_env(), "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
                "PROVLINE_CLIENT__API_URL": stack.api_url, "PROVLINE_CLIENT__API_TOKEN": DEMO_API_TOKEN,
                "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "provline", "mlflow", "follow", "--tracking-uri", url, "--interval", "0.5",
-             "--guard", f"{GUARDED}=production", "--policy", str(policy), "--enforce",
-             "--state", str(folder / "state.json"),
+        follow, reader = start_follow(
+            ["--tracking-uri", url, "--interval", "0.5", "--guard", f"{GUARDED}=production", "--policy", str(policy),
+             "--enforce", "--state", str(folder / "state.json"),
              "--webhook-listen", f"127.0.0.1:{free_port()}"],  # refused: this server delivers to https only
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert follow.stdout is not None
-        lines = follow.stdout
-        reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n") for line in lines), daemon=True)
-        reader.start()
+            env, output)
         topic = LineageTopic(kafka_bootstrap, topics.lineage)
         reached = result.reached
 
@@ -349,15 +356,9 @@ def test_a_webhook_delivery_starts_a_round_at_once_and_a_forged_one_nothing(tmp_
         assert [mlflow.register(experiment, number) for number in (1, 2)] == ["1", "2"]
         env = {**clean_env(), "PROVLINE_KAFKA__BOOTSTRAP": kafka_bootstrap, "PROVLINE_TOPICS__PREFIX": topics.prefix,
                "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-        follow = subprocess.Popen(
-            [sys.executable, "-m", "provline", "mlflow", "follow", "--tracking-uri", url, "--interval", "600",
-             "--webhook-listen", f"127.0.0.1:{listen_port}", "--webhook-secret-file", str(secret),
-             "--state", str(tmp_path / "state.json")],
-            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert follow.stdout is not None
-        lines = follow.stdout
-        reader = threading.Thread(target=lambda: output.extend(line.rstrip("\n") for line in lines), daemon=True)
-        reader.start()
+        follow, reader = start_follow(
+            ["--tracking-uri", url, "--interval", "600", "--webhook-listen", f"127.0.0.1:{listen_port}",
+             "--webhook-secret-file", str(secret), "--state", str(tmp_path / "state.json")], env, output)
         topic = LineageTopic(kafka_bootstrap, topics.lineage)
         assert topic.wait("the first round", lambda events: sorted(
             value["version"] for kind, value in events if kind == "ModelVersion") == ["1", "2"]), "\n".join(output)
