@@ -102,10 +102,9 @@ from provline.stream_processors.positions import (
     Positions,
     is_position_key,
     position_key,
-    positions_in,
 )
 from provline.stream_processors.producer import BatchProducer
-from provline.stream_processors.rewind import BrokerOffsets, assigned_partitions, log_end, seek_back
+from provline.stream_processors.rewind import BrokerOffsets, log_end, resume_positions, seek_back
 from provline.stream_processors.traces import TraceEncoder
 
 log = logging.getLogger(__name__)
@@ -419,11 +418,7 @@ def register_join_agent(
     @pending.on_recover
     async def resume_from_recovered_state() -> None:
         joiner.rebuild(list(pending.data.items()))
-        name = topic.get_topic_name()
-        mine = assigned_partitions(app, name)
-        recorded = {partition: offset for partition, offset in positions_in(pending.data.items()).items()
-                    if partition in mine}
-        joiner.positions.reset(recorded, now=time.time(), starts=await offsets.starts(name, mine - set(recorded)))
+        await resume_positions(app, topic.get_topic_name(), joiner.positions, offsets, pending.data.items())
         log.info("join table recovered: %d entries; last decided offsets %s", len(pending.data),
                  joiner.positions.decided)
 

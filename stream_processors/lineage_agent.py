@@ -59,7 +59,7 @@ from provline.stream_processors.positions import (
     position_key,
     positions_in,
 )
-from provline.stream_processors.rewind import BrokerOffsets, assigned_partitions, seek_back
+from provline.stream_processors.rewind import BrokerOffsets, resume_positions, seek_back
 
 log = logging.getLogger(__name__)
 LINEAGE_TABLE = "lineage"
@@ -175,9 +175,7 @@ def register_lineage_agent(
             if not is_position_key(str(key)):
                 index.apply(str(key), value)
         peers.update(merged_positions(peers, positions_in(table.items())))
-        mine = assigned_partitions(app, name)
-        recorded = {partition: offset for partition, offset in positions_in(table.items()).items() if partition in mine}
-        positions.reset(recorded, now=time.time(), starts=await offsets.starts(name, mine - set(recorded)))
+        await resume_positions(app, name, positions, offsets, table.items())
         log.info("lineage index recovered: %d entries; last decided offsets %s", len(index), positions.decided)
 
     async def write(key: str, value: Any) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import faust
 from confluent_kafka import KafkaException, TopicPartition
@@ -13,7 +15,7 @@ from faust.types import TP
 
 from provline.config import KafkaSettings
 from provline.stream_processors.metrics import ProcessorMetrics
-from provline.stream_processors.positions import MAX_REWINDS, Positions
+from provline.stream_processors.positions import MAX_REWINDS, Positions, positions_in
 
 log = logging.getLogger(__name__)
 OFFSETS_TIMEOUT_SECONDS = 5.0
@@ -65,6 +67,16 @@ class BrokerOffsets:
             log.warning("could not ask where %s%s begins (%s): their first events are taken as they come",
                         topic, sorted(partitions), exc)
             return {}
+
+
+async def resume_positions(app: faust.App, topic: str, positions: Positions, offsets: BrokerOffsets,
+                           entries: Iterable[tuple[Any, Any]]) -> None:
+    """After a table's recovery: this worker's partitions of ``topic`` resume after the position recorded
+    in ``entries`` (the table's), and those with none from their log start, asked from the broker (Faust's
+    committed offset may lie past events it skipped)."""
+    mine = assigned_partitions(app, topic)
+    recorded = {partition: offset for partition, offset in positions_in(entries).items() if partition in mine}
+    positions.reset(recorded, now=time.time(), starts=await offsets.starts(topic, mine - set(recorded)))
 
 
 async def seek_back(app: faust.App, topic: str, positions: Positions, metrics: ProcessorMetrics, *,
