@@ -327,6 +327,8 @@ class Joiner:
         event_id = completed_event_id(prediction_id, first_time_us(entry))
         self.producer.produce(self.traces_topic, prediction_id.encode(), self.encoder.encode(trace, event_id=event_id))
         self.metrics.traces_completed_late.inc()
+        if not (entry.get("m") and entry.get("v")):  # it went out with no model version to count its values for
+            self.drift.add(trace)
         self._held.discard(prediction_id)
         self._write(prediction_id, marker, marker["p"])
 

@@ -47,15 +47,17 @@ WAIT_S = 90.0
 T = TypeVar("T")
 
 
-def poll(what: str, probe: Callable[[], T | None], timeout: float = WAIT_S, every: float = 0.3) -> T:
-    """``probe()`` until it returns something other than None or False, or fail naming ``what``."""
+def poll(what: str, probe: Callable[[], T | None], timeout: float = WAIT_S, every: float = 0.3,
+         explain: Callable[[], str] | None = None) -> T:
+    """``probe()`` until it returns something other than None or False, or fail naming ``what`` (and
+    what ``explain()`` says of the state then)."""
     deadline = time.monotonic() + timeout
     while True:
         found = probe()
         if found is not None and found is not False:
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not within {timeout:.0f} s")
+            raise AssertionError(f"{what} not within {timeout:.0f} s" + (f"\n{explain()}" if explain else ""))
         time.sleep(every)
 
 
@@ -101,8 +103,21 @@ def demo_data(workdir: Path, *, kafka_bootstrap: str | None = None, prefix: str 
             stack.wait_for_trace(prediction_id)
         data = DemoData(stack, facts, predictions, tagged)
         # drift windows close on the processors' clock, within seconds (DRIFT_ENV)
-        poll("drift metrics of churn", lambda: data.get("/v1/drift/churn").json()["drift"] or None)
+        poll("drift metrics of churn", lambda: data.get("/v1/drift/churn").json()["drift"] or None,
+             explain=lambda: drift_state(data))
         yield data
+
+
+def drift_state(data: DemoData) -> str:
+    """What the traces and the processors say when no drift came: for a failure message."""
+    traces = [data.get(f"/v1/traces/{p.prediction_id}").json() for p in data.predictions]
+    counters = [line for line in httpx.get(f"http://127.0.0.1:{data.stack.processors_metrics_port}/metrics",
+                                           timeout=5.0).text.splitlines()
+                if line.startswith(("provline_processors_drift", "provline_processors_partial",
+                                    "provline_processors_traces")) and "_created" not in line]
+    processors = next(s for s in data.stack.services if s.name == "processors")
+    return "\n".join([f"traces (complete, missing): {[(t.get('complete'), t.get('missing')) for t in traces]}",
+                      *counters, "--- processors log", processors.log_tail(40)])
 
 
 def chromium(*, log_performance: bool = True) -> webdriver.Chrome:

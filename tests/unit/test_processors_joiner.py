@@ -5,8 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from provline.producers.profile import profile_table
 from provline.schemas.serde import Decoded, default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
@@ -180,10 +182,18 @@ def test_a_dead_letter_goes_out_with_the_batch_before_its_position() -> None:
 def catch_up_lineage_without_deployment() -> LineageIndex:
     """What the lineage index holds while the processors catch up: model and run known, deployment not yet read."""
     index = LineageIndex()
-    index.ingest("RunEvent", {"event_time": at(0), "run_id": "run-2", "code": {"repo": "r", "commit": "c"}})
-    index.ingest("ModelVersion", {"model_name": "churn", "version": "2", "artifact_uri": "u", "artifact_sha256": "s",
-                                  "run_id": "run-2", "datasets": [], "feature_sets": []})
+    for kind, value in lineage_of_version_2()[:2]:
+        index.ingest(kind, value)
     return index
+
+
+def lineage_of_version_2() -> list[tuple[str, dict[str, Any]]]:
+    """Run, model version (trained on dataset ds-2) and deployment of churn 2 on /predict."""
+    return [("RunEvent", {"event_time": at(0), "run_id": "run-2", "code": {"repo": "r", "commit": "c"}}),
+            ("ModelVersion", {"model_name": "churn", "version": "2", "artifact_uri": "u", "artifact_sha256": "s",
+                              "run_id": "run-2", "datasets": ["ds-2"], "feature_sets": []}),
+            ("Deployment", {"event_id": "dep-2", "event_time": at(1), "model_name": "churn", "model_version": "2",
+                            "environment": "prod", "endpoint": "/predict", "action": "DEPLOY"})]
 
 
 def test_a_trace_without_its_deployment_is_not_complete_and_its_deployment_completes_it_later() -> None:
@@ -246,6 +256,47 @@ def test_a_marker_awaiting_its_deployment_is_retried_after_a_recovery() -> None:
     recovered.on_timer(now=111, owns=lambda p: True)
     [completed] = traces(producer2)
     assert completed["complete"] is True
+
+
+
+def age_profile() -> dict[str, Any]:
+    [profile] = profile_table(pa.table({"age": [float(v % 80) for v in range(1_000)]})).profiles
+    return dict(profile)
+
+
+def test_a_trace_completed_late_counts_for_drift_once() -> None:
+    """CI, stop 26: traces that went out before their lineage was read never reached the drift monitor."""
+    index = LineageIndex()
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(), now=100)
+    joiner.on_timer(now=110, owns=lambda p: True)  # the wait is over: out incomplete, no model to count for
+    [partial] = traces(producer)
+    assert partial["missing"] == "lineage" and joiner.drift.drain() == []
+    index.ingest("DatasetVersion", {"digest": "ds-2", "name": "customers", "profiles": [age_profile()]})
+    for kind, value in lineage_of_version_2():
+        index.ingest(kind, value)
+    joiner.on_timer(now=111, owns=lambda p: True)
+    assert traces(producer)[-1]["complete"] is True
+    [window] = joiner.drift.drain()
+    assert (window["m"], window["v"]) == ("churn", "2") and window["f"]["age"]["n"] == 1
+    index.ingest("Deployment", {"event_id": "dep-3", "event_time": at(2), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/other", "action": "DEPLOY"})
+    joiner.on_timer(now=112, owns=lambda p: True)
+    assert joiner.drift.drain() == []
+
+
+def test_a_trace_counted_when_it_went_out_is_not_counted_again_when_completed() -> None:
+    index = catch_up_lineage_without_deployment()
+    index.ingest("DatasetVersion", {"digest": "ds-2", "name": "customers", "profiles": [age_profile()]})
+    joiner, producer = make_joiner(index)
+    joiner.advance("p1", both(model_name="churn", model_version="2"), now=100)
+    joiner.on_timer(now=110, owns=lambda p: True)  # out without its deployment, but its model named
+    [counted] = joiner.drift.drain()
+    assert counted["f"]["age"]["n"] == 1
+    index.ingest("Deployment", {"event_id": "dep-2", "event_time": at(1), "model_name": "churn", "model_version": "2",
+                                "environment": "prod", "endpoint": "/predict", "action": "DEPLOY"})
+    joiner.on_timer(now=111, owns=lambda p: True)
+    assert traces(producer)[-1]["complete"] is True and joiner.drift.drain() == []
 
 
 # Issue 15: one message per prediction. A complete exchange frame is decided at once, without a table entry.
