@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from provline.schemas.events import utcnow
@@ -92,6 +93,20 @@ class WorkerProcess:
             return False
         return True
 
+    def settled(self) -> bool:
+        """/readyz says 200: the worker is neither rebalancing nor recovering its tables."""
+        self.check_alive()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/readyz", timeout=1).close()
+        except OSError:  # HTTPError (503) included
+            return False
+        return True
+
+    def assignment(self) -> dict[str, list[int]]:
+        """Topic -> partitions the worker holds (Faust's /stats/assignment/ page)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/stats/assignment/", timeout=5) as answer:
+            return dict(json.load(answer)["actives"])
+
     def stop(self) -> None:
         if self.process.poll() is not None:
             return
@@ -107,20 +122,36 @@ class WorkerProcess:
 def workers(
     request: pytest.FixtureRequest, kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> Iterator[list[WorkerProcess]]:
-    """``request.param`` workers of one app, each with its own data dir, all ready."""
+    """``request.param`` workers of one app, each with its own data dir, all settled in one group."""
     started = [
         start_worker(kafka_bootstrap, topics, tmp_path / f"processors-{n}", tmp_path / f"worker-{n}.log")
         for n in range(request.param)
     ]
     try:
-        deadline = time.monotonic() + READY_DEADLINE_SECONDS
-        while not all(worker.web_ready() for worker in started):
-            assert time.monotonic() < deadline, "the workers did not become ready"
-            time.sleep(0.2)  # polling interval, not a wait for an outcome
+        wait_settled(started, topics)
         yield started
     finally:
         for worker in started:
             worker.stop()
+
+
+def wait_settled(workers: list[WorkerProcess], topics: Topics) -> None:
+    """Until every worker is ready and holds inference partitions: the group has settled, so no
+    rebalance of the start-up moves a partition in the middle of a test (CI, stop 26: a held
+    trace outlived its lineage wait across one)."""
+    deadline = time.monotonic() + READY_DEADLINE_SECONDS
+    while not all(worker.settled() and worker.assignment().get(topics.inference) for worker in workers):
+        assert time.monotonic() < deadline, "the workers did not settle into one group sharing the partitions"
+        time.sleep(0.2)  # polling interval, not a wait for an outcome
+
+
+def read_from_start(kafka_bootstrap: str, topic_names: list[str]) -> Consumer:
+    """A consumer of every partition of ``topic_names`` from the start, without a group to join."""
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    found = consumer.list_topics(timeout=10).topics
+    consumer.assign([TopicPartition(name, partition, OFFSET_BEGINNING)
+                     for name in topic_names for partition in found[name].partitions])
+    return consumer
 
 
 class Events:
@@ -188,11 +219,7 @@ def test_workers_join_shuffled_duplicated_halves_into_one_trace_each(
     produce(producer, topics.inference, halves)
 
     traces: dict[str, list[dict[str, Any]]] = {}
-    consumer = Consumer({
-        "bootstrap.servers": kafka_bootstrap, "group.id": f"{topics.prefix}-check",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
-    consumer.subscribe([topics.traces, topics.dlq])
+    consumer = read_from_start(kafka_bootstrap, [topics.traces, topics.dlq])
     dead_letters = []
     late_deployed = False
     try:
@@ -224,7 +251,8 @@ def test_workers_join_shuffled_duplicated_halves_into_one_trace_each(
 
     assert sorted(traces) == sorted(request_sha), f"{len(traces)} of {len(endpoints)} predictions were traced"
     for pid, found in traces.items():
-        assert len(found) == 1, f"{pid} was traced {len(found)} times"
+        assert len(found) == 1, f"{pid} was traced {len(found)} times: " + "; ".join(
+            f"{t['event_id']} complete={t['complete']} missing={t['missing']}" for t in found)
         trace = found[0]
         assert trace["request_sha256"] == request_sha[pid] and trace["status"] == 200
         if endpoints[pid] == "/shadow":

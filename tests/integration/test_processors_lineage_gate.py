@@ -10,11 +10,9 @@ at once with the version the rollout replaced.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -26,10 +24,10 @@ from confluent_kafka import Producer
 from provline.schemas import Topics
 from provline.schemas.events import utcnow
 from tests.integration.test_processors_join import (
-    READY_DEADLINE_SECONDS,
     Events,
     WorkerProcess,
     start_worker,
+    wait_settled,
 )
 from tests.integration.test_processors_stream import TraceReader
 
@@ -41,12 +39,6 @@ PREDICTIONS = 40
 TRACE_DEADLINE_S = 75.0
 
 
-def assignment(worker: WorkerProcess) -> dict[str, list[int]]:
-    """Topic -> partitions the worker holds (Faust's /stats/assignment/ page)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/stats/assignment/", timeout=5) as answer:
-        return dict(json.load(answer)["actives"])
-
-
 @pytest.fixture
 def two_workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
     env = {"PROVLINE_KAFKA__SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_S),
@@ -54,11 +46,7 @@ def two_workers(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iterato
     started = [start_worker(kafka_bootstrap, topics, tmp_path / f"processors-{n}", tmp_path / f"worker-{n}.log",
                             extra_env=env) for n in range(2)]
     try:
-        deadline = time.monotonic() + READY_DEADLINE_SECONDS
-        while not all(worker.web_ready() for worker in started) or not all(
-                assignment(worker).get(topics.inference) for worker in started):
-            assert time.monotonic() < deadline, "the two workers never shared the inference partitions"
-            time.sleep(0.3)  # polling interval
+        wait_settled(started, topics)
         yield started
     finally:
         for worker in started:
@@ -103,10 +91,10 @@ def test_a_trace_waits_for_a_rollout_a_frozen_peer_holds_and_then_names_the_new_
     kafka_bootstrap: str, topics: Topics, two_workers: list[WorkerProcess]
 ) -> None:
     frozen, reading = two_workers
-    if not assignment(frozen).get(topics.lineage):
+    if not frozen.assignment().get(topics.lineage):
         frozen, reading = reading, frozen
-    frozen_lineage = assignment(frozen)[topics.lineage][0]
-    reading_inference = assignment(reading)[topics.inference][0]
+    frozen_lineage = frozen.assignment()[topics.lineage][0]
+    reading_inference = reading.assignment()[topics.inference][0]
 
     events = Events()
     now = utcnow()
