@@ -901,6 +901,8 @@ def trace_renderables(trace: dict[str, Any]) -> list[Any]:
             grid.add_row("in force", "yes, at request time" if fields.get("in_force") else "no: the one it replaced")
         if item.get("event_id"):
             grid.add_row("event", str(item["event_id"]))
+        if check.get("anchor"):
+            grid.add_row("anchor", Text(*_anchor_text(check["anchor"])))
         if check["status"] != "verified":
             grid.add_row(Text("why", style="red"), Text(str(check.get("detail", "")), style="red"))
         out.append(Padding(grid, (0, 0, 0, 2), expand=False))
@@ -909,8 +911,25 @@ def trace_renderables(trace: dict[str, Any]) -> list[Any]:
         out.append(Text("signatures not checked: the server trusts no producer keys "
                         "(PROVLINE_EVIDENCE__TRUSTED_KEYS)", style="yellow"))
     out.append(Text(""))
-    out.append(Text("anchors are checked by `provline verify --anchor`", style="dim"))
+    anchors = [item["verification"]["anchor"]["status"] for item in nodes if item["verification"].get("anchor")]
+    if anchors:
+        tally = ", ".join(f"{anchors.count(status)} {status.replace('_', ' ')}" for status in sorted(set(anchors)))
+        out.append(Text(f"anchors: {tally}; `provline verify --anchor` checks every session against them",
+                        style="dim"))
+    else:
+        out.append(Text("anchors are checked by `provline verify --anchor` (the server reads none: "
+                        "PROVLINE_ANCHOR__DESTINATION and PROVLINE_ANCHOR__PUBLIC_KEYS)", style="dim"))
     return out
+
+
+def _anchor_text(anchor: dict[str, Any]) -> tuple[str, str]:
+    """A record's anchor status in words, and its colour."""
+    created = str(anchor.get("created") or "")[:19].replace("T", " ")
+    shown = {"anchored": (f"anchored ({created})", "green"),
+             "pending": (f"pending: stored after the newest anchor ({created})", "yellow"),
+             "unanchored": ("no trusted anchor lists its session", "yellow"),
+             "head_missing": (f"the head its anchor ({created}) signed is gone from the store", "red")}
+    return shown.get(str(anchor.get("status")), (str(anchor.get("status")), ""))
 
 
 def _query(api: str | None) -> Callable[[str], list[dict[str, Any]]]:
@@ -1266,7 +1285,6 @@ def anchor_command(
     from provline.client import ClientSettings
     from provline.schemas.integrity import load_private_key
     from provline.sink import anchor as anchors
-    from provline.sink.verify import AnchoredSession
 
     with _exits_on_errors():
         settings = load_settings(ClientSettings).anchor
@@ -1277,8 +1295,7 @@ def anchor_command(
         signer = load_private_key(settings.signing_key.get_secret_value())
         heads = _client(api).answer("/v1/anchor")["sessions"]
     broken = [h["session"] for h in heads if not h["intact"]]
-    document = anchors.build([AnchoredSession(h["session"], h["events"], h["head"]) for h in heads if h["intact"]],
-                             signer)
+    document = anchors.build(anchors.anchored_sessions(heads), signer)
     where = anchors.publish(document, destination, method=method.upper())
     console.print(f"anchored {len(document['sessions'])} sessions, root {document['root'][:16]}…, at {where}")
     if broken:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import Field, SecretStr
 
-from provline.config import ProvlineSettings, Section
+from provline.config import AnchorSettings, ProvlineSettings, Section
 
 DEFAULT_API_URL = "http://127.0.0.1:8700"
 DEFAULT_TIMEOUT_S = 30.0
@@ -24,21 +24,6 @@ class ApiClientSettings(Section):
     api_url: str = Field(DEFAULT_API_URL, description="URL of `provline serve`'s audit API")
     api_token: SecretStr | None = Field(None, description="bearer token (one of the serve's PROVLINE_API__TOKENS)")
     timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0, description="longest wait for one answer")
-
-
-class AnchorSettings(Section):
-    """Anchors: signed digests of every session's chain head, kept where the store cannot rewrite them
-    (section ``anchor``). ``provline anchor`` signs and publishes; ``provline verify --anchor`` checks."""
-
-    signing_key: SecretStr | None = Field(
-        None, description="Ed25519 private key that signs anchors (keep it away from the store and its admins)",
-    )
-    public_keys: list[str] = Field(
-        default_factory=list, description="Ed25519 public keys (PEM or base64) an anchor must be signed by, as JSON",
-    )
-    destination: str | None = Field(
-        None, description="where `provline anchor` publishes: a directory (a new file each time) or an http(s) URL",
-    )
 
 
 class ClientSettings(ProvlineSettings):

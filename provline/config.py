@@ -206,6 +206,24 @@ class SigningSettings(Section):
 # ---------------------------------------------------------------- the settings base class
 
 
+class AnchorSettings(Section):
+    """Anchors: signed digests of every session's chain head, kept where the store cannot rewrite them
+    (section ``anchor``). ``provline anchor`` publishes them to ``destination``; ``provline verify
+    --anchor`` checks them, and ``provline serve`` reads them from there for each record's anchor status."""
+
+    signing_key: SecretStr | None = Field(
+        None, description="Ed25519 private key that signs anchors; only `provline anchor` uses it (keep it away from "
+        "the store and its admins)",
+    )
+    public_keys: list[str] = Field(
+        default_factory=list, description="Ed25519 public keys (PEM or base64) an anchor must be signed by, as JSON",
+    )
+    destination: str | None = Field(
+        None, description="where `provline anchor` publishes, and `provline serve` reads anchors: a directory (a new "
+        "file each time) or an http(s) URL",
+    )
+
+
 class ProvlineSettings(BaseSettings):
     """Base of every deployable's settings: ``PROVLINE_`` variables nested with ``__``, unknown ones refused.
 

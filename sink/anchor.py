@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -31,8 +36,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from provline.schemas.integrity import merkle_root
 from provline.sink.verify import AnchoredSession
 
+log = logging.getLogger(__name__)
 FORMAT = "provline-anchor/1"
 HTTP_TIMEOUT_S = 30.0
+ANCHOR_RELOAD_S = 60.0  # provline serve reads the anchors again this often (they are taken every few minutes)
 
 
 def leaf(session: AnchoredSession) -> bytes:
@@ -57,7 +64,8 @@ def build(sessions: Iterable[AnchoredSession], signer: Ed25519PrivateKey, *,
     document: dict[str, Any] = {
         "format": FORMAT,
         "created": (created or datetime.now(UTC)).isoformat(),
-        "sessions": [{"session": s.session, "count": s.count, "head": s.head} for s in listed],
+        "sessions": [{"session": s.session, "count": s.count, "head": s.head}
+                     | ({"stored_until": s.stored_until} if s.stored_until else {}) for s in listed],
         "root": root_of(listed),
         "public_key": base64.b64encode(public).decode(),  # for people; a verifier uses the keys it trusts
     }
@@ -72,7 +80,10 @@ def check(document: Mapping[str, Any], trusted: Iterable[Ed25519PublicKey]) -> t
     if document.get("format") != FORMAT:
         return [], [f"not a provline anchor (format {document.get('format')!r}, expected {FORMAT})"]
     try:
-        sessions = [AnchoredSession(str(s["session"]), int(s["count"]), str(s["head"])) for s in document["sessions"]]
+        sessions = [AnchoredSession(str(s["session"]), int(s["count"]), str(s["head"]),
+                                    datetime.fromisoformat(s["stored_until"]).isoformat()
+                                    if s.get("stored_until") else None)
+                    for s in document["sessions"]]
     except (KeyError, TypeError, ValueError) as exc:
         return [], [f"its session list is malformed: {exc}"]
     if root_of(sessions) != document.get("root"):
@@ -98,6 +109,50 @@ def _verifies(key: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:
     return True
 
 
+def anchored_sessions(heads: Iterable[Mapping[str, Any]]) -> list[AnchoredSession]:
+    """The sessions to anchor from the store's heads (``GET /v1/anchor``, :func:`provline.sink.verifier.anchor_heads`):
+    the intact ones."""
+    return [AnchoredSession(str(h["session"]), int(h["events"]), str(h["head"]), h.get("stored_until"))
+            for h in heads if h["intact"]]
+
+
+@dataclass(frozen=True)
+class AnchorHead:
+    """A session's head as the newest intact, trusted anchor listing the session recorded it."""
+
+    session: str
+    head: str  # hash of the session's last event at anchor time
+    count: int
+    created: str
+    name: str  # where the anchor was read from
+    root: str
+    stored_until: str | None = None  # see AnchoredSession
+
+
+def newest_heads(documents: Iterable[tuple[str, Mapping[str, Any]]],
+                 trusted: Iterable[Ed25519PublicKey]) -> tuple[dict[str, AnchorHead], list[str]]:
+    """Per session, its head in the newest anchor (by ``created``) that is intact and signed by a trusted key;
+    and the problems of the anchors left out (``name: problem``)."""
+    keys = list(trusted)
+    heads: dict[str, AnchorHead] = {}
+    problems: list[str] = []
+    readable = []
+    for name, document in documents:
+        if isinstance(document, Mapping):
+            readable.append((name, document))
+        else:
+            problems.append(f"{name}: not a provline anchor (a JSON {type(document).__name__}, not an object)")
+    for name, document in sorted(readable, key=lambda item: str(item[1].get("created", ""))):
+        sessions, found = check(document, keys)
+        if found:
+            problems += [f"{name}: {problem}" for problem in found]
+            continue
+        for s in sessions:
+            heads[s.session] = AnchorHead(s.session, s.head, s.count, str(document["created"]), name,
+                                          str(document["root"]), s.stored_until)
+    return heads, problems
+
+
 # ---------------------------------------------------------------- I/O
 
 
@@ -106,8 +161,6 @@ def publish(document: Mapping[str, Any], destination: str, *, method: str = "POS
     returns where it went. Raises OSError (or httpx.HTTPError) when it could not be stored."""
     body = json.dumps(document, indent=2, sort_keys=True).encode()
     if urlsplit(destination).scheme in ("http", "https"):
-        import httpx
-
         response = httpx.request(method, destination, content=body, headers={"Content-Type": "application/json"},
                                  timeout=HTTP_TIMEOUT_S)
         response.raise_for_status()
@@ -124,11 +177,40 @@ def publish(document: Mapping[str, Any], destination: str, *, method: str = "POS
 def load(source: str) -> list[tuple[str, dict[str, Any]]]:
     """(name, document) of the anchors at ``source``: a file, a directory of them, or an http(s) URL."""
     if urlsplit(source).scheme in ("http", "https"):
-        import httpx
-
         response = httpx.get(source, timeout=HTTP_TIMEOUT_S)
         response.raise_for_status()
         return [(source, response.json())]
     path = Path(source.removeprefix("file://"))
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     return [(str(file), json.loads(file.read_text(encoding="utf-8"))) for file in files]
+
+
+class AnchorBook:
+    """The newest anchored head of every session, read from where ``provline anchor`` publishes, again
+    once ``reload_s`` has passed since the last read. An anchor that cannot be read or checked is left
+    out and logged; heads read before stay until a read succeeds. Thread-safe."""
+
+    def __init__(self, source: str, trusted: Iterable[Ed25519PublicKey], *, reload_s: float = ANCHOR_RELOAD_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self._trusted = list(trusted)
+        self._reload_s = reload_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._read_at: float | None = None
+        self._heads: dict[str, AnchorHead] = {}
+
+    def heads(self) -> dict[str, AnchorHead]:
+        with self._lock:
+            now = self._clock()
+            if self._read_at is None or now - self._read_at >= self._reload_s:
+                self._read_at = now
+                try:
+                    self._heads, problems = newest_heads(load(self.source), self._trusted)
+                except (OSError, ValueError, httpx.HTTPError) as exc:
+                    log.warning("could not read the anchors at %s (%s); keeping the %d heads read before",
+                                self.source, exc, len(self._heads))
+                else:
+                    for problem in problems:
+                        log.warning("anchor left out: %s", problem)
+            return self._heads

@@ -45,10 +45,11 @@ from starlette.responses import Response
 
 from provline.producers.feedback import InvalidFeedbackError, feedback_item
 from provline.schemas import Catalog, default_catalog
-from provline.schemas.integrity import load_private_key
+from provline.schemas.integrity import load_private_key, load_public_key
 from provline.schemas.tracecontext import check_trace_id
 from provline.sink import evidence, lineagegraph, modelpage, monitor, queries
 from provline.sink.accesslog import ACCESS_LOG_COLUMNS, access_row, sql_statement
+from provline.sink.anchor import AnchorBook
 from provline.sink.console import SESSION_COOKIE, console_router, cookie_accepted
 from provline.sink.errors import ReadOnlySqlError, SqlBusyError, SqlLimitError, SqlQueryError
 from provline.sink.feedback import FeedbackEmitter, known_predictions, publish_durably, resolve_request_ids
@@ -283,6 +284,8 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
     evidence_keys = settings.evidence
     signer = load_private_key(evidence_keys.signing_key.get_secret_value()) if evidence_keys.signing_key else None
     trust = Trust.from_config(evidence_keys.trusted_keys)
+    anchors = (AnchorBook(settings.anchor.destination, [load_public_key(k) for k in settings.anchor.public_keys])
+               if settings.anchor.destination and settings.anchor.public_keys else None)
     verification = Verification(settings.store.url, settings.store.retention_days)
     policy = MonitoringPolicy.load(settings.monitoring.policy)
 
@@ -363,9 +366,10 @@ def create_api(settings: ServeSettings, client: Client, *, emitter: FeedbackEmit
         response bodies are in the prediction node for auditors and admins only."""
         if raw and not reader.may("auditor"):
             raise HTTPException(status_code=403, detail=f"raw payloads need role auditor; {reader.name} is a viewer")
+        heads = anchors.heads() if anchors is not None else None  # read outside the store's lock: it may do I/O
         with store.lock:
             found = queries.complete_trace(store.client, prediction_id, registry, catalog=catalog, trust=trust,
-                                           payloads=reader.may(PAYLOAD_ROLE), chains=chains)
+                                           payloads=reader.may(PAYLOAD_ROLE), chains=chains, anchor_heads=heads)
             if found is not None and raw:
                 ids = [value for value in found["sources"].values() if value]
                 found["raw_events"] = [

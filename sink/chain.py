@@ -21,13 +21,14 @@ Node ids, kinds and edges follow the contract of issue 18 (README, "The complete
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from provline.schemas import Catalog
+from provline.sink.anchor import AnchorHead
 from provline.sink.lineage import commit_node, model_node, node
-from provline.sink.rows import to_jsonable
+from provline.sink.rows import to_jsonable, utc
 from provline.sink.verify import ALTERED, BAD_SIGNATURE, COLUMNS, UNSIGNED, UNTRUSTED, Trust, check_event
 
 VERIFIED, NOT_VERIFIED, UNCHECKED = "verified", "not_verified", "unchecked"
@@ -35,6 +36,9 @@ MAX_LABEL = 40
 SIGNATURE_PROBLEMS = frozenset({UNSIGNED, UNTRUSTED, BAD_SIGNATURE})
 NO_KEYS = "signatures not checked: no trusted keys configured (PROVLINE_EVIDENCE__TRUSTED_KEYS)"
 NO_ANCHOR = "anchors are held outside the store: provline verify --anchor checks them"
+# A record's anchor status (sink.chain.anchored), when provline serve reads anchors (PROVLINE_ANCHOR__DESTINATION).
+ANCHORED, PENDING, UNANCHORED, HEAD_MISSING = "anchored", "pending", "unanchored", "head_missing"
+ANCHOR_STATUSES = (ANCHORED, PENDING, UNANCHORED, HEAD_MISSING)  # best first: a node of several shows its worst
 # Of chain_prediction.sql's rows, the column an answer reads (as payload_or_sha256) where it reads no payload.
 STORED_COLUMNS = {"request": "body_sha256", "response": "body_sha256"}
 
@@ -46,6 +50,7 @@ class LedgerEntry:
     hash: str
     content_digest: str = ""
     content_sha256: str = ""
+    inserted: datetime | None = None  # when the sink stored it (the store's clock)
 
 
 @dataclass
@@ -57,6 +62,9 @@ class Record:
     event_time: datetime
     value: dict[str, Any] | None
     verification: dict[str, Any]
+    session: str = ""
+    hash: str = ""
+    ledgered: datetime | None = None  # when the ledger first recorded it as stored (None: not recorded)
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -133,8 +141,41 @@ def finish_record(checked: Checked, trust: Trust, ledger: Sequence[LedgerEntry],
         signature = None
         details.append(NO_KEYS)
     details.append(NO_ANCHOR)
+    stored = [entry.inserted for entry in ledger if entry.hash == checked.hash and entry.inserted is not None]
     return Record(checked.kind, checked.event_id, checked.event_time, checked.value,
-                  verification(not chain_problems, signature, details))
+                  verification(not chain_problems, signature, details), checked.session, checked.hash,
+                  min(stored, default=None))
+
+
+def anchored(record: Record, head: AnchorHead | None, head_ledgered: datetime | None) -> Record:
+    """The record with its anchor status, from the newest trusted anchor of its session (``head``; None: no
+    anchor lists it) and when the ledger recorded that head as stored (None: it has no such event).
+
+    An anchor vouches only for sessions whose chain was intact when it was taken, so a record of the
+    session that was in the store then lies before the head it signed: deleting or rewriting the record
+    shows against the anchor (``provline verify --anchor``). In the store then: ledgered no later than
+    the anchor's ``stored_until`` for the session (the store's clock; anchors without it: no later than
+    the head). A record stored later waits for the next anchor (``pending``)."""
+    if head is None:
+        anchor: dict[str, Any] = {"status": UNANCHORED, "anchor": None, "created": None}
+        text = "no trusted anchor lists its session yet"
+    else:
+        anchor = {"status": ANCHORED, "anchor": head.name, "created": head.created, "root": head.root,
+                  "head": head.head}
+        until = datetime.fromisoformat(head.stored_until) if head.stored_until else head_ledgered
+        if record.hash == head.head:
+            text = f"its session's head in the anchor of {head.created}"
+        elif head_ledgered is None:
+            anchor["status"] = HEAD_MISSING
+            text = (f"the head ({head.head[:16]}…) its session's anchor of {head.created} signed is not in the "
+                    "store: events of the session were deleted (provline verify --anchor says which)")
+        elif record.ledgered is not None and until is not None and utc(record.ledgered) <= utc(until):
+            text = f"covered by the anchor of {head.created}: stored before it was taken"
+        else:
+            anchor["status"] = PENDING
+            text = f"stored after its session's newest anchor ({head.created}): the next anchor covers it"
+    details = [d for d in record.verification["detail"].split("; ") if d and d != NO_ANCHOR] + [text]
+    return replace(record, verification={**record.verification, "anchor": anchor, "detail": "; ".join(details)})
 
 
 def ledger_problems(row_hash: str, payload_digest: str, ledger: Sequence[LedgerEntry]) -> list[str]:
@@ -167,7 +208,9 @@ def combined(records: Iterable[Record]) -> dict[str, Any]:
     failing = [f"{r.kind} {r.event_id}: {r.verification['detail']}" for r in items
                if r.verification["status"] == NOT_VERIFIED]
     details = failing or [f"{len(items)} records: " + items[0].verification["detail"]]
-    return verification(worst("hash_chain"), worst("signature"), details)
+    anchors = [r.verification["anchor"] for r in items if r.verification["anchor"] is not None]
+    anchor = max(anchors, key=lambda a: ANCHOR_STATUSES.index(a["status"]), default=None)
+    return {**verification(worst("hash_chain"), worst("signature"), details), "anchor": anchor}
 
 
 # ---------------------------------------------------------------- shaping

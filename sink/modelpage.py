@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
 from provline.sink import queries
+from provline.sink.rows import utc
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -34,11 +35,6 @@ REGISTRY_SECTIONS = {"version": "versions", "evaluation": "evaluations", "approv
 SECTIONS = (*REGISTRY_SECTIONS.values(), "traffic", "drift")
 # Deployment actions that put their version on the endpoint; RETIRE takes it off.
 RETIRE = "RETIRE"
-
-
-def utc(value: datetime) -> datetime:
-    """``value`` in UTC; a naive time (as the store's client returns them, and as people type them) is UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def iso(value: datetime) -> str:

@@ -7,7 +7,7 @@ the store; a client is not thread-safe, so callers serialise use of a shared one
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -17,7 +17,8 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from provline.schemas import Catalog
-from provline.sink.chain import Checked, LedgerEntry, Record, build_chain, check_row, finish_record
+from provline.sink.anchor import AnchorHead
+from provline.sink.chain import Checked, LedgerEntry, Record, anchored, build_chain, check_row, finish_record
 from provline.sink.ingest import CONTENT_OF_PAYLOAD
 from provline.sink.lineage import model_node, parse_node
 from provline.sink.rows import TABLES, to_jsonable
@@ -379,32 +380,35 @@ def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any
 
 @dataclass(frozen=True)
 class LedgerAnswer:
-    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) links recorded,
-    and the registry tables' parts (a version: see :class:`ChainCache`), when asked for."""
+    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) pairs recorded and
+    when each was first stored, and the registry tables' parts (a version: see :class:`ChainCache`), when
+    asked for."""
 
     entries: dict[str, list[LedgerEntry]]
-    recorded: set[tuple[str, str]]
+    recorded: dict[tuple[str, str], datetime]
     parts: tuple[tuple[str, ...], ...] = ()
 
 
-def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = False) -> LedgerAnswer:
+def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = False,
+                 heads: Iterable[tuple[str, str]] = ()) -> LedgerAnswer:
     """Step 3: what the ledger holds of ``records``: their ids' ledger rows, and which (session, prev_hash)
-    links it has recorded; with ``parts``, the registry tables' parts too. One query (``chain_ledger.sql``),
-    point lookups by id and by (session, hash), and part metadata."""
-    links = sorted({(r.session, r.prev_hash) for r in records if r.prev_hash})
+    links it has recorded, and which (session, hash) ``heads``; with ``parts``, the registry tables' parts
+    too. One query (``chain_ledger.sql``), point lookups by id and by (session, hash), and part metadata."""
+    links = sorted({(r.session, r.prev_hash) for r in records if r.prev_hash} | set(heads))
     result = client.query(chain_sql("chain_ledger.sql"), parameters={
         "event_ids": sorted({r.event_id for r in records}), "links": links,
         "tables": list(REGISTRY_TABLES) if parts else [],
     }, settings=TRACE_SETTINGS)
     entries: dict[str, list[LedgerEntry]] = {}
-    recorded: set[tuple[str, str]] = set()
+    recorded: dict[tuple[str, str], datetime] = {}
     found_parts = []
-    for what, event_id, hash_, session, content_digest, content_sha256 in result.result_rows:
+    for what, event_id, hash_, session, content_digest, content_sha256, inserted in result.result_rows:
         if what == "self":
             entries.setdefault(str(event_id), []).append(LedgerEntry(str(hash_), str(content_digest),
-                                                                     str(content_sha256)))
+                                                                     str(content_sha256), inserted))
         elif what == "link":
-            recorded.add((str(session), str(hash_)))
+            pair = (str(session), str(hash_))
+            recorded[pair] = min(recorded.get(pair, inserted), inserted)
         else:
             found_parts.append(tuple(str(x) for x in (event_id, hash_, session, content_digest, content_sha256)))
     return LedgerAnswer(entries, recorded, tuple(sorted(found_parts)))
@@ -415,13 +419,27 @@ def finished(checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> 
                           ledger.recorded) for r in checked]
 
 
+def with_anchors(client: Client, records: list[Record], heads: Mapping[str, AnchorHead],
+                 recorded: Mapping[tuple[str, str], datetime]) -> list[Record]:
+    """``records`` with their anchor status (:func:`provline.sink.chain.anchored`) against ``heads``;
+    ``recorded``: heads already looked up in the ledger (by :func:`chain_ledger`), the others are (one query)."""
+    wanted = {(r.session, heads[r.session].head) for r in records if r.session in heads}
+    missing = wanted - recorded.keys()
+    if missing:
+        recorded = {**recorded, **chain_ledger(client, [], heads=missing).recorded}
+    return [anchored(r, heads.get(r.session), recorded.get((r.session, heads[r.session].head))
+                     if r.session in heads else None) for r in records]
+
+
 def complete_trace(
     client: Client, prediction_id: str, registry: RegistryCache | None = None, *, catalog: Catalog,
     trust: Trust, payloads: bool = False, chains: ChainCache | None = None,
+    anchor_heads: Mapping[str, AnchorHead] | None = None,
 ) -> dict[str, Any] | None:
     """:func:`trace` with the whole chain of custody under ``"chain"`` (:func:`provline.sink.chain.build_chain`),
-    each record checked against its bytes, the ledger and ``trust``; ``payloads``: include the raw request
-    and response bodies (roles that may see payloads). None when no trace is stored.
+    each record checked against its bytes, the ledger and ``trust``, and with ``anchor_heads`` (from an
+    :class:`~provline.sink.anchor.AnchorBook`) against the newest anchor of its session; ``payloads``:
+    include the raw request and response bodies (roles that may see payloads). None when no trace is stored.
 
     Point lookups only: the prediction's rows with their bytes (one query, which :func:`trace` reads
     too, in place of ``trace.sql``); their ledger entries, with the registry's part metadata for
@@ -437,12 +455,16 @@ def complete_trace(
     latest = max((r for r in own if r.kind == "PredictionTrace"), key=lambda r: (r.event_time, r.event_id),
                  default=None)
     parameters = registry_parameters(latest.value if latest is not None else None, found)
-    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None)
+    heads = anchor_heads or {}
+    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None,
+                          heads={(r.session, heads[r.session].head) for r in own if r.session in heads})
     behind: list[Record] = []
     if parameters is not None:
         behind = (chains.records(client, parameters, catalog, trust, ledger.parts) if chains is not None
                   else verified_registry_records(client, parameters, catalog, trust))
     records = finished(own, trust, ledger) + behind
+    if anchor_heads is not None:
+        records = with_anchors(client, records, heads, ledger.recorded)
     found["chain"] = build_chain(prediction_id, records, payloads=payloads)
     return found
 

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from provline.config import KafkaSettings, ProvlineSettings, Section, SigningSettings, TopicSettings
+from provline.config import AnchorSettings, KafkaSettings, ProvlineSettings, Section, SigningSettings, TopicSettings
 from provline.producers.settings import EmitterSettings, PublishingSettings
 
 DEFAULT_CLICKHOUSE_URL = "chdb://.provline/clickhouse"
@@ -244,6 +244,7 @@ class ServeSettings(ProvlineSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     sql: SqlSettings = Field(default_factory=SqlSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
+    anchor: AnchorSettings = Field(default_factory=AnchorSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
     emitter: EmitterSettings = Field(default_factory=EmitterSettings)

@@ -33,7 +33,7 @@ from provline.sink.ingest import (
 )
 from provline.sink.lineage import LINEAGE_KINDS, edges_for
 from provline.sink.queries import stored_events_sql
-from provline.sink.rows import TABLES
+from provline.sink.rows import TABLES, utc
 from provline.sink.verify import (
     AnchoredSession,
     Finding,
@@ -382,13 +382,18 @@ def _row_text(row: Iterable[Any]) -> str:
 
 
 def anchor_heads(client: Client) -> list[dict[str, Any]]:
-    """Every session's event count and chain head, as an anchor records them; ``intact`` is False for a
-    session whose chain is already broken (verify says why; an anchor should not vouch for it)."""
+    """Every session's event count and chain head, as an anchor records them, and when (the store's
+    clock) its last event then was ledgered; ``intact`` is False for a session whose chain is already
+    broken (verify says why; an anchor should not vouch for it)."""
     heads = []
+    # read first: what was ledgered by then, the scans below see (sink.chain.anchored relies on it)
+    stored_until = {str(session): utc(until).isoformat() for session, until in client.query(
+        "SELECT producer_session, max(inserted) FROM event_ledger GROUP BY producer_session").result_rows}
     copies = replaced_copies(client, None)
     for session in sorted(set(all_sessions(client)) | copies.keys()):
         links = session_links(client, session, copies.get(session, Copies()))
         intact = len(links.roots) == 1 and not links.dangling and not links.forks and len(links.heads) == 1
         heads.append({"session": session, "events": links.events, "intact": intact,
-                      "head": links.heads[0][1] if len(links.heads) == 1 else None})
+                      "head": links.heads[0][1] if len(links.heads) == 1 else None,
+                      "stored_until": stored_until.get(session)})
     return heads

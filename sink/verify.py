@@ -208,6 +208,7 @@ class AnchoredSession:
     session: str
     count: int  # events of the session at anchor time
     head: str  # hash of its last event then
+    stored_until: str | None = None  # ISO time (the store's clock) its last stored event was ledgered, then
 
 
 def anchor_findings(anchored: Iterable[AnchoredSession], stored_events: Mapping[str, int],

@@ -236,7 +236,9 @@ def contract_chain(demo: DemoData, prediction_id: str, *, altered: str) -> dict[
         return {"id": ids[key], "kind": kind, "label": ids[key].split(":", 1)[1][:40], "event_id": f"e-{key}",
                 "fields": fields, "verification": {
                     "status": "verified" if ok else "not_verified", "hash_chain": ok, "signature": ok,
-                    "anchor": None, "detail": "hash chain and signature checked" if ok
+                    "anchor": {"status": "pending" if key == "previous" else "anchored", "anchor": "a.json",
+                               "created": "2026-05-03T10:00:00+00:00"},
+                    "detail": "hash chain and signature checked" if ok
                     else "stored bytes differ from the hash chain"}}
     nodes = [node("prediction", "prediction", {"request_time": trace["request_time"], "features": trace["features"]}),
              node("model", "model", {"artifact_sha256": demo.facts.artifact_sha256}),
@@ -268,6 +270,9 @@ def test_a_chain_of_the_contracts_shape_shows_each_records_badge(demo: DemoData,
     assert badges.pop(model) == "not verified"
     assert set(badges.values()) == {"verified"}
     assert "stored bytes differ" in browser.find(f'[data-node-id="{model}"]').text
+    anchors = {c.get_attribute("data-node-id"): c.find_element(By.CSS_SELECTOR, ".badge.anchor").text for c in cards}
+    assert anchors.pop("deployment:dep-1") == "anchor pending"
+    assert set(anchors.values()) == {"anchored"}
     assert "1 not verified" in browser.find("#trace-status").text
     assert browser.driver.execute_script(f"return window.provline.graph.$id('{model}').hasClass('not_verified')")
 

@@ -16,6 +16,7 @@ import hashlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +27,11 @@ from fastapi.testclient import TestClient
 
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
+from provline.sink import anchor
 from provline.sink.api import create_api
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
+from provline.sink.verifier import anchor_heads
 from provline.sink.writer import insert_plan, plan_batch
 from tests.helpers import StoredMessage, seal
 
@@ -329,3 +332,90 @@ def test_a_request_column_an_answer_reads_changed_is_not_verified(
     assert {r["kind"]: r["status"] for r in node["fields"]["records"]} == {
         "InferenceRequest": "not_verified", "InferenceResponse": "verified"}
     assert node["fields"]["request_body_sha256"] == hashlib.sha256(BODY).hexdigest()  # the bytes' own
+
+
+# Issue 18: every record's anchor status, from the anchors `provline anchor` published (read by serve).
+
+ANCHOR_KEY = Ed25519PrivateKey.generate()
+
+
+def publish_anchor(client: Client, directory: Path, key: Ed25519PrivateKey = ANCHOR_KEY) -> dict[str, Any]:
+    """An anchor of the store as it is now, signed and published as ``provline anchor`` does it."""
+    heads = anchor_heads(client)
+    assert all(head["intact"] for head in heads)
+    document = anchor.build(anchor.anchored_sessions(heads), key)
+    anchor.publish(document, str(directory))
+    return document
+
+
+def store_events(client: Client, events: list[tuple[str, dict[str, Any]]]) -> None:
+    catalog = default_catalog()
+    messages = [StoredMessage("t", 0, n, catalog.encode(kind, value)) for n, (kind, value) in enumerate(events)]
+    plan = plan_batch(messages, catalog)
+    assert not plan.dead_letters and insert_plan(client, plan, catalog) == []
+
+
+def api_reading_anchors(client: Client, chdb_path: str, directory: Path,
+                        key: Ed25519PrivateKey = ANCHOR_KEY) -> TestClient:
+    settings = ServeSettings(
+        store={"url": chdb_path},
+        api={"tokens": {name: {"token": token, "role": role} for name, (token, role) in TOKENS.items()}},
+        evidence={"trusted_keys": {name: [public_text(k)] for name, k in KEYS.items()}},
+        anchor={"destination": str(directory), "public_keys": [public_text(key)]},
+    )
+    return TestClient(create_api(settings, client))
+
+
+def anchors_of(chain: dict[str, Any]) -> dict[str, str]:
+    return {n["id"]: n["verification"]["anchor"]["status"] for n in chain["nodes"]}
+
+
+def test_each_record_says_whether_an_anchor_covers_it(chdb_path: str, tmp_path: Path) -> None:
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        events, e = seed()
+        feedback = next(event for event in events if event[0] == "Feedback")
+        store_events(client, [event for event in events if event is not feedback])
+        first = publish_anchor(client, tmp_path / "anchors")
+        store_events(client, [feedback])  # stored after the anchor
+
+        chain = answer(api_reading_anchors(client, chdb_path, tmp_path / "anchors"))["chain"]
+        found = anchors_of(chain)
+        truth = f"ground_truth:{e['feedback']['event_id']}"
+        assert found.pop(truth) == "pending"
+        assert set(found.values()) == {"anchored"}, {k: v for k, v in found.items() if v != "anchored"}
+        head = by_id(chain)[f"deployment:{e['deploy3']['event_id']}"]["verification"]
+        assert head["anchor"]["created"] == first["created"] and head["anchor"]["root"] == first["root"]
+        assert "its session's head" in head["detail"]
+        covered = by_id(chain)[f"approval:{e['approval']['event_id']}"]["verification"]
+        assert "covered by the anchor" in covered["detail"] and covered["status"] == "verified"
+        assert "the next anchor covers it" in by_id(chain)[truth]["verification"]["detail"]
+
+        publish_anchor(client, tmp_path / "anchors")  # the next anchor: read by a serve started now
+        assert set(anchors_of(answer(api_reading_anchors(client, chdb_path, tmp_path / "anchors"))["chain"])
+                   .values()) == {"anchored"}
+
+        # an anchor signed by a key serve does not trust vouches for nothing
+        untrusting = api_reading_anchors(client, chdb_path, tmp_path / "anchors", key=Ed25519PrivateKey.generate())
+        assert set(anchors_of(answer(untrusting)["chain"]).values()) == {"unanchored"}
+
+        # the training job's anchored head deleted from the store and its ledger: its records say so
+        for table in ("deployments", "event_ledger"):
+            client.command(f"ALTER TABLE {table} DELETE WHERE event_id = {{id:String}}",
+                           parameters={"id": e["deploy3"]["event_id"]}, settings={"mutations_sync": 2})
+        chain = answer(api_reading_anchors(client, chdb_path, tmp_path / "anchors"))["chain"]
+        approval = by_id(chain)[f"approval:{e['approval']['event_id']}"]["verification"]
+        assert approval["anchor"]["status"] == "head_missing" and "were deleted" in approval["detail"]
+        assert anchors_of(chain)["prediction:p1"] == "anchored"  # the serving side's sessions are whole
+    finally:
+        client.close()
+
+
+def test_without_anchors_configured_the_anchor_is_null(
+    stored: tuple[Client, TestClient, dict[str, dict[str, Any]]],
+) -> None:
+    _, http, _ = stored
+    chain = answer(http)["chain"]
+    assert {n["verification"]["anchor"] for n in chain["nodes"]} == {None}
+    assert all("provline verify --anchor" in n["verification"]["detail"] for n in chain["nodes"])

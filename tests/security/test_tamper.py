@@ -194,8 +194,7 @@ def taken_anchor(client: Client) -> list[tuple[str, list[anchor.AnchoredSession]
     """An anchor of the store as it is now, as ``provline anchor`` takes it, checked as verify checks it."""
     heads = anchor_heads(client)
     assert all(head["intact"] for head in heads)
-    document = anchor.build([anchor.AnchoredSession(h["session"], h["events"], h["head"]) for h in heads],
-                            ANCHOR_KEY)
+    document = anchor.build(anchor.anchored_sessions(heads), ANCHOR_KEY)
     sessions, problems = anchor.check(document, [ANCHOR_KEY.public_key()])
     assert problems == []
     return [("before", sessions)]

@@ -4,6 +4,7 @@ CLI's human output of it in an 80-column terminal."""
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,11 +12,13 @@ import pytest
 from rich.console import Console
 
 from provline import cli
+from provline.sink.anchor import AnchorHead
 from provline.sink.chain import (
     MAX_LABEL,
     Checked,
     LedgerEntry,
     Record,
+    anchored,
     build_chain,
     combined,
     deployments_at,
@@ -219,6 +222,22 @@ def test_the_chain_reads_well_in_80_columns(monkeypatch: pytest.MonkeyPatch) -> 
                      "yes, at request time", "no: the one it replaced", "python", "3.11.9"):
         assert expected in text, expected
     assert "a" * 64 not in text  # digests cut
+
+
+def test_each_records_anchor_status_reads_well_in_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = AnchorHead("s1", "h9", 9, "2026-03-01T10:00:00+00:00", "/mnt/worm/anchor-1.json", "r" * 64,
+                      "2026-03-01T09:30:00+00:00")
+    items = [anchored(replace(r, session="s1", hash=f"h{n}", ledgered=T0 + timedelta(minutes=n * 5)), head, T0)
+             for n, r in enumerate(records())]
+    chain = build_chain("p1", items, payloads=True)
+    shown = [n["verification"]["anchor"]["status"] for n in chain["nodes"]]
+    assert 0 < shown.count("anchored") < len(shown)  # ledgered by 09:30, or after: pending
+    text = rendered(monkeypatch, {"prediction_id": "p1", "chain": chain})
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("anchored (2026-03-01 10:00:00)") == shown.count("anchored")
+    assert text.count("pending: stored after the newest anchor (2026-03-01 10:00:00)") == shown.count("pending")
+    assert (f"anchors: {shown.count('anchored')} anchored, {shown.count('pending')} pending; `provline verify "
+            "--anchor` checks") in text.replace("\n", "")
 
 
 def test_an_answer_without_a_chain_prints_its_fields(monkeypatch: pytest.MonkeyPatch) -> None:

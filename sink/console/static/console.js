@@ -189,6 +189,9 @@
   }
 
   const BADGE_TEXT = { verified: "verified", not_verified: "not verified", unchecked: "unchecked" };
+  // a record's anchor status (sink.chain.anchored), drawn with the badge style it resembles
+  const ANCHOR_BADGE = { anchored: ["anchored", "verified"], pending: ["anchor pending", "unchecked"],
+    unanchored: ["not anchored", "unchecked"], head_missing: ["anchored head gone", "not_verified"] };
 
   function modelName(node) {
     const id = node.id.slice("model:".length);
@@ -207,7 +210,9 @@
       el("header", {},
         el("span", { class: "kind", text: node.kind.replace("_", " ") }),
         el("h3", { text: node.label || node.id }),
-        el("span", { class: "badge " + v.status, "data-status": v.status, text: BADGE_TEXT[v.status] || v.status })),
+        el("span", { class: "badge " + v.status, "data-status": v.status, text: BADGE_TEXT[v.status] || v.status }),
+        v.anchor ? el("span", { class: "badge anchor " + (ANCHOR_BADGE[v.anchor.status] || ["", "unchecked"])[1],
+          "data-anchor": v.anchor.status, text: (ANCHOR_BADGE[v.anchor.status] || [v.anchor.status])[0] }) : null),
       v.detail ? el("p", { class: "detail", text: v.detail }) : null,
       el("p", { class: "event-id" }, "event ", el("code", { text: node.event_id || "—" })),
       fieldList(node.fields),
