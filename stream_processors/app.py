@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import signal
 import socket
 import sys
 import time
@@ -35,7 +37,7 @@ from provline.stream_processors.join import Timing
 from provline.stream_processors.join_agent import Joiner, register_join_agent
 from provline.stream_processors.lineage_agent import register_lineage_agent
 from provline.stream_processors.metrics import ProcessorMetrics, serve_metrics
-from provline.stream_processors.producer import BatchProducer
+from provline.stream_processors.producer import BatchProducer, DeliveryError
 from provline.stream_processors.rewind import BrokerOffsets, log_end
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
@@ -43,6 +45,7 @@ from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, describe, ensure_
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0
+LOST_CHECK_SECONDS = 1.0
 PRODUCER_MAX_BATCH_BYTES = 1_048_576
 PRODUCER_LINGER_SECONDS = 0.005
 PRODUCER_BUFFER_MESSAGES = 20_000
@@ -122,9 +125,10 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         # one batch of ours puts up to three per prediction there (trace + two table writes)
         app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
 
-    producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join")
-    dead_letters = DeadLetters(producer, topics.dlq)
     metrics = ProcessorMetrics()
+    producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join", dead_letter_topic=topics.dlq,
+                             on_too_large=metrics.too_large.inc)
+    dead_letters = DeadLetters(producer, topics.dlq)
     app.provline_metrics = metrics
     offsets = BrokerOffsets(kafka, client_id=f"{worker.app_id}-offsets")
     lineage_agent = register_lineage_agent(
@@ -154,6 +158,15 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         partitions=partitions, batch_size=worker.batch_size,
         batch_within=worker.batch_within_s, after_batch=send_partials,
     )
+
+    @app.timer(LOST_CHECK_SECONDS, name="lost-messages")
+    async def restart_after_a_lost_message() -> None:
+        # every flush fails from then on, so no position passes the lost message; a new worker
+        # recovers the released positions and makes it again (the process exits non-zero)
+        if producer.lost is not None:
+            await app.crash(DeliveryError(f"a message was lost ({producer.lost}); exiting so that a restarted "
+                                          "worker makes it again from the last released positions"))
+            os.kill(os.getpid(), signal.SIGTERM)  # the crash marks the worker; the signal stops it
 
     @app.on_before_shutdown.connect
     def _close_producer(app: faust.App, **_: object) -> None:

@@ -46,6 +46,9 @@ class ProcessorMetrics:
         )
         self.dead_letters = Counter("provline_processors_dead_letters_total", "messages sent to the DLQ",
                                     registry=r)
+        self.too_large = Counter("provline_processors_too_large_total",
+                                 "traces (or table records) the broker refused for their size, dead-lettered without "
+                                 "their bytes", registry=r)
         self.rewinds = Counter("provline_processors_rewinds_total",
                                "seeks back over inference offsets Faust skipped without handing them over",
                                registry=r)

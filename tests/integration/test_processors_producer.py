@@ -49,7 +49,8 @@ def test_a_flush_called_while_another_runs_returns_only_when_everything_before_i
     wait_until(lambda: _led(kafka_bootstrap, topic), "the new topic's partitions to have leaders", 30)
 
     async def flush_beside_another() -> int:
-        producer = BatchProducer(KafkaSettings(bootstrap=kafka_bootstrap), client_id="flush-test")
+        producer = BatchProducer(KafkaSettings(bootstrap=kafka_bootstrap), client_id="flush-test",
+                                 dead_letter_topic="dlq")
         try:
             for n in range(MESSAGES):
                 producer.produce(topic, str(n).encode(), b"x" * 200)
@@ -67,7 +68,8 @@ def test_a_flush_called_while_another_runs_returns_only_when_everything_before_i
 
 def test_after_a_failed_flush_the_next_one_fails_too_until_the_messages_are_delivered() -> None:
     async def flush_twice() -> list[str]:
-        producer = BatchProducer(KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"), client_id="flush-test")
+        producer = BatchProducer(KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}"), client_id="flush-test",
+                                 dead_letter_topic="dlq")
         outcomes = []
         try:
             producer.produce("nowhere", None, b"trace")
@@ -82,3 +84,39 @@ def test_after_a_failed_flush_the_next_one_fails_too_until_the_messages_are_deli
         return outcomes
 
     assert asyncio.run(flush_twice()) == ["undelivered", "undelivered"]
+
+
+def test_once_a_message_is_lost_every_flush_fails_even_when_later_ones_are_delivered(kafka_bootstrap: str) -> None:
+    """librdkafka drops a message it gave up on from its queue: the flush after the failed one returned
+    and its caller released positions past the lost message (no worker made it again)."""
+    from tests.integration.test_processors_lost import set_topic_config
+
+    topic = f"producer-{uuid.uuid4().hex[:10]}"
+    create_topics(kafka_bootstrap, [topic], partitions=2)
+    wait_until(lambda: _led(kafka_bootstrap, topic), "the new topic's partitions to have leaders", 30)
+    set_topic_config(kafka_bootstrap, topic, "message.timestamp.before.max.ms", "1")  # refuses every write
+
+    async def flush_after_loss() -> list[str]:
+        producer = BatchProducer(KafkaSettings(bootstrap=kafka_bootstrap), client_id="flush-test",
+                                 dead_letter_topic="dlq")
+        outcomes = []
+        try:
+            producer.produce(topic, b"k", b"refused")
+            for _ in range(2):
+                try:
+                    await producer.flush(timeout=10)
+                    outcomes.append("delivered")
+                except DeliveryError as exc:
+                    outcomes.append("lost" if "was lost" in str(exc) else str(exc))
+            set_topic_config(kafka_bootstrap, topic, "message.timestamp.before.max.ms", str(2**63 - 1))
+            producer.produce(topic, b"k", b"taken")
+            try:
+                await producer.flush(timeout=10)
+                outcomes.append("delivered")
+            except DeliveryError:
+                outcomes.append("lost")
+        finally:
+            producer.close(timeout=5)
+        return outcomes
+
+    assert asyncio.run(flush_after_loss()) == ["lost", "lost", "lost"]
