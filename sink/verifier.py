@@ -89,8 +89,7 @@ def verify_store(
     store's (what expired is not missing)."""
     retention_days = retention_days or {}
     report = Report(signatures=trust.enabled)
-    copies = replaced_copies(client, sessions)
-    names = list(sessions) if sessions is not None else sorted(set(all_sessions(client)) | copies.keys())
+    names, copies = sessions_to_check(client, sessions)
     report.sessions = len(names)
     lineage_edges: set[tuple[str, str, str]] = set()
     for name in names:
@@ -164,6 +163,14 @@ class Copies:
 
     linked: list[tuple[str, str, str]] = field(default_factory=list)  # (event id, hash, prev_hash; '' starts)
     unlinked: frozenset[str] = frozenset()  # hashes of copies ledgered before 0012, whose link is unknown
+
+
+def sessions_to_check(client: Client, sessions: Sequence[str] | None) -> tuple[list[str], dict[str, Copies]]:
+    """``sessions`` (None: every stored session, and every session the ledger saw replaced) with the
+    replaced copies of each (:func:`replaced_copies`)."""
+    copies = replaced_copies(client, sessions)
+    names = list(sessions) if sessions is not None else sorted(set(all_sessions(client)) | copies.keys())
+    return names, copies
 
 
 def replaced_copies(client: Client, sessions: Sequence[str] | None) -> dict[str, Copies]:
@@ -389,8 +396,8 @@ def anchor_heads(client: Client) -> list[dict[str, Any]]:
     # read first: what was ledgered by then, the scans below see (sink.chain.anchored relies on it)
     stored_until = {str(session): utc(until).isoformat() for session, until in client.query(
         "SELECT producer_session, max(inserted) FROM event_ledger GROUP BY producer_session").result_rows}
-    copies = replaced_copies(client, None)
-    for session in sorted(set(all_sessions(client)) | copies.keys()):
+    names, copies = sessions_to_check(client, None)
+    for session in names:
         links = session_links(client, session, copies.get(session, Copies()))
         intact = len(links.roots) == 1 and not links.dangling and not links.forks and len(links.heads) == 1
         heads.append({"session": session, "events": links.events, "intact": intact,

@@ -14,13 +14,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from provline.schemas import Topics, default_catalog, key_for, new_envelope, producer_identity
 from provline.schemas.events import utcnow
@@ -154,6 +154,17 @@ def read_from_start(kafka_bootstrap: str, topic_names: list[str]) -> Consumer:
     return consumer
 
 
+def outputs(consumer: Consumer, workers: list[WorkerProcess], until: Callable[[], float]) -> Iterator[Message]:
+    """What ``consumer`` reads, while ``time.monotonic()`` is before ``until()`` (asked again each time);
+    fails as soon as a worker exited."""
+    while time.monotonic() < until():
+        for worker in workers:
+            worker.check_alive()
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            yield message
+
+
 class Events:
     """Builds sealed, encoded events of one producer session."""
 
@@ -225,12 +236,7 @@ def test_workers_join_shuffled_duplicated_halves_into_one_trace_each(
     try:
         deadline = time.monotonic() + TRACE_DEADLINE_SECONDS
         drain_until: float | None = None
-        while time.monotonic() < (drain_until or deadline):
-            for worker in workers:
-                worker.check_alive()
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
+        for message in outputs(consumer, workers, lambda: drain_until or deadline):  # noqa: B023 (read each step)
             if message.topic() == topics.dlq:
                 dead_letters.append(message)
                 continue

@@ -20,7 +20,14 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from provline.schemas import Topics, default_catalog
-from tests.integration.test_processors_join import Events, produce, read_from_start, start_worker, wait_settled
+from tests.integration.test_processors_join import (
+    Events,
+    outputs,
+    produce,
+    read_from_start,
+    start_worker,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +74,13 @@ def traced_and_dead(bootstrap: str, topics: Topics, until: Any, deadline_s: floa
     dead: list[Any] = []
     try:
         deadline = time.monotonic() + deadline_s
-        while time.monotonic() < deadline and not until(traced, dead):
-            for worker in workers:
-                worker.check_alive()
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
+        for message in outputs(consumer, workers, lambda: deadline):
             if message.topic() == topics.dlq:
                 dead.append(message)
             else:
                 traced.add(default_catalog().decode(message.value()).value["prediction_id"])
+            if until(traced, dead):
+                break
     finally:
         consumer.close()
     return traced, dead

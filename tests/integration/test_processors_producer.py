@@ -41,6 +41,15 @@ def _led(bootstrap: str, topic: str) -> bool:
         return False
 
 
+async def flush_outcome(producer: BatchProducer, timeout: float) -> str:
+    """delivered, undelivered (still queued: the next flush waits again) or lost (given up on)."""
+    try:
+        await producer.flush(timeout=timeout)
+    except DeliveryError as exc:
+        return "lost" if "was lost" in str(exc) else "undelivered"
+    return "delivered"
+
+
 def test_a_flush_called_while_another_runs_returns_only_when_everything_before_it_is_delivered(
     kafka_bootstrap: str,
 ) -> None:
@@ -74,11 +83,7 @@ def test_after_a_failed_flush_the_next_one_fails_too_until_the_messages_are_deli
         try:
             producer.produce("nowhere", None, b"trace")
             for _ in range(2):
-                try:
-                    await producer.flush(timeout=0.5)
-                    outcomes.append("delivered")
-                except DeliveryError:
-                    outcomes.append("undelivered")
+                outcomes.append(await flush_outcome(producer, 0.5))
         finally:
             producer.close(timeout=0.1)
         return outcomes
@@ -103,18 +108,10 @@ def test_once_a_message_is_lost_every_flush_fails_even_when_later_ones_are_deliv
         try:
             producer.produce(topic, b"k", b"refused")
             for _ in range(2):
-                try:
-                    await producer.flush(timeout=10)
-                    outcomes.append("delivered")
-                except DeliveryError as exc:
-                    outcomes.append("lost" if "was lost" in str(exc) else str(exc))
+                outcomes.append(await flush_outcome(producer, 10))
             set_topic_config(kafka_bootstrap, topic, "message.timestamp.before.max.ms", str(2**63 - 1))
             producer.produce(topic, b"k", b"taken")
-            try:
-                await producer.flush(timeout=10)
-                outcomes.append("delivered")
-            except DeliveryError:
-                outcomes.append("lost")
+            outcomes.append(await flush_outcome(producer, 10))
         finally:
             producer.close(timeout=5)
         return outcomes
