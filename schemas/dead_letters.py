@@ -9,6 +9,13 @@ key and value bytes as they were, with these headers:
     provline-source-topic     where the message was read
     provline-source-partition
     provline-source-offset
+
+A message a processor made but the broker refused for its size (reason TooLarge) has no value and
+no source position (-1); it names the event it held instead, so that the place ``provline verify``
+finds missing in its producer's chain can be matched with it:
+
+    provline-event-id         the refused event's id
+    provline-event-hash       its hash (what the next event of its session links to)
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ ERROR = "provline-dlq-error"
 SOURCE_TOPIC = "provline-source-topic"
 SOURCE_PARTITION = "provline-source-partition"
 SOURCE_OFFSET = "provline-source-offset"
+EVENT_ID = "provline-event-id"
+EVENT_HASH = "provline-event-hash"
 
 Headers = list[tuple[str, str | bytes | None]]
 

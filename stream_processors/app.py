@@ -26,10 +26,11 @@ from faust.web import Request, Response, View
 
 from provline.config import ConfigError, KafkaSettings, SigningSettings
 from provline.kafka import check_connection
+from provline.schemas.dead_letters import EVENT_HASH, EVENT_ID, Headers
 from provline.schemas.errors import SchemaError
 from provline.schemas.events import Topics
 from provline.schemas.integrity import load_private_key
-from provline.schemas.serde import default_catalog
+from provline.schemas.serde import Catalog, default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
 from provline.stream_processors.drift_agent import register_drift_agent
@@ -126,8 +127,13 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         app.producer.buffer.max_messages = PRODUCER_BUFFER_MESSAGES
 
     metrics = ProcessorMetrics()
+
+    def too_large(value: bytes | None) -> Headers:
+        metrics.too_large.inc()
+        return refused_event_headers(catalog, value)
+
     producer = BatchProducer(kafka, client_id=f"{worker.app_id}-join", dead_letter_topic=topics.dlq,
-                             on_too_large=metrics.too_large.inc)
+                             on_too_large=too_large)
     dead_letters = DeadLetters(producer, topics.dlq)
     app.provline_metrics = metrics
     offsets = BrokerOffsets(kafka, client_id=f"{worker.app_id}-offsets")
@@ -195,6 +201,15 @@ def create_app(settings: ProcessorSettings) -> faust.App:
 
     register_health_pages(app)
     return app
+
+
+def refused_event_headers(catalog: Catalog, value: bytes | None) -> Headers:
+    """The dead-letter headers naming the event a refused message held (none when it holds no event)."""
+    try:
+        event = catalog.decode(value or b"").value
+    except SchemaError:
+        return []
+    return [(EVENT_ID, str(event["event_id"]).encode()), (EVENT_HASH, str(event.get("hash") or "").encode())]
 
 
 def readiness(*, rebalancing: bool, recovering: bool) -> str | None:

@@ -52,10 +52,10 @@ class BatchProducer:
     """Non-blocking ``produce``, awaitable ``flush``. Use from one event loop.
 
     ``dead_letter_topic``: where a message the broker refuses for its size goes, as a dead letter
-    without its value (``on_too_large()`` is called for each)."""
+    without its value, with the headers ``on_too_large(value)`` gives (the event it held)."""
 
     def __init__(self, kafka: KafkaSettings, *, client_id: str, dead_letter_topic: str,
-                 on_too_large: Callable[[], None] = lambda: None) -> None:
+                 on_too_large: Callable[[bytes | None], Headers] = lambda value: []) -> None:
         self._config = kafka.librdkafka(**{
             "client.id": client_id, "acks": "all", "enable.idempotence": True, "linger.ms": LINGER_MS,
             "compression.type": "lz4",
@@ -66,7 +66,7 @@ class BatchProducer:
         self.pending = 0
         self.lost: str | None = None  # the first message librdkafka gave up on: the worker must restart
         self._refused: list[Refused] = []  # refused for their size within a record batch, to send alone
-        self._on_too_large = on_too_large  # called once per message refused for its size (a metric)
+        self._on_too_large = on_too_large  # called once per message refused for its size
 
     @property
     def _producer(self) -> Producer:
@@ -87,7 +87,7 @@ class BatchProducer:
 
     def _on_lone_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None and error.code() in TOO_LARGE:
-            self._dead_letter_too_large(message.topic() or "", message.key(), len(message.value() or b""), str(error))
+            self._dead_letter_too_large(message.topic() or "", message.key(), message.value(), str(error))
         elif error is not None:
             self._lose(message, error)
 
@@ -97,15 +97,15 @@ class BatchProducer:
             self.lost = where
             log.critical("a message was lost by the producer (%s): this worker must restart to make it again", where)
 
-    def _dead_letter_too_large(self, topic: str, key: bytes | None, size: int, error: str) -> None:
-        """A dead letter in place of a message refused for its size: its key, no value, and why."""
-        self._on_too_large()
+    def _dead_letter_too_large(self, topic: str, key: bytes | None, value: bytes | None, error: str) -> None:
+        """A dead letter in place of a message refused for its size: its key, no value, why, and what it held."""
+        size = len(value or b"")
         log.error("%s refused a %d-byte message (key %r): %s; dead-lettered without its value", topic, size, key,
                   error)
         headers = dead_letter_headers(TOO_LARGE_REASON, f"{topic} refused a {size}-byte message: {error}; raise "
                                       "the topic's max.message.bytes (and the producer's message.max.bytes) to keep "
                                       "such messages", topic=topic, partition=-1, offset=-1)
-        self.produce(self._dead_letter_topic, key, None, headers=headers)
+        self.produce(self._dead_letter_topic, key, None, headers=headers + self._on_too_large(value))
 
     def produce(self, topic: str, key: bytes | None, value: bytes | None, *, partition: int | None = None,
                 headers: Headers | None = None) -> None:
@@ -124,7 +124,7 @@ class BatchProducer:
             except KafkaException as exc:
                 if exc.args[0].code() not in TOO_LARGE or topic == self._dead_letter_topic:
                     raise
-                self._dead_letter_too_large(topic, key, len(value or b""), str(exc.args[0]))
+                self._dead_letter_too_large(topic, key, value, str(exc.args[0]))
                 return
         self.pending += 1
 

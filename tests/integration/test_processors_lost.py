@@ -143,6 +143,7 @@ def test_a_trace_the_broker_refuses_for_its_size_becomes_a_dead_letter_and_the_r
         assert headers["provline-dlq-reason"] == b"TooLarge"
         assert headers["provline-source-topic"] == topics.traces.encode()
         assert b"max.message.bytes" in headers["provline-dlq-error"]
+        assert len(headers["provline-event-id"]) == 36 and len(headers["provline-event-hash"]) == 64  # verify's link
         worker.check_alive()
     finally:
         worker.stop()
