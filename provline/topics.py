@@ -207,6 +207,17 @@ def _create(admin: AdminClient, specs: list[TopicSpec], *, timeout_s: float) -> 
     return created
 
 
+def create_missing(kafka: KafkaSettings, specs: list[TopicSpec], *, timeout_s: float = DEFAULT_TIMEOUT_S) -> set[str]:
+    """Create those of ``specs`` that do not exist (a service's own topics beside provline's), once the
+    brokers show them; returns the names created. KafkaException when no broker answers."""
+    admin = _admin(kafka)
+    states = describe(admin, [spec.name for spec in specs], timeout_s=timeout_s)
+    created = _create(admin, [spec for spec in specs if not states[spec.name].exists], timeout_s=timeout_s)
+    if created:
+        _described_once_visible(admin, sorted(created), timeout_s=timeout_s)
+    return created
+
+
 def keep_ensuring(kafka: KafkaSettings, settings: TopicSettings, *, service: str, names: Iterable[str],
                   interval_s: float = RETRY_INTERVAL_S) -> threading.Thread:
     """:func:`ensure_topics` in a daemon thread, retried every ``interval_s`` until the brokers answer.

@@ -33,7 +33,7 @@ from provline.schemas.integrity import load_private_key
 from provline.schemas.serde import Catalog, default_catalog
 from provline.stream_processors.dead_letters import DeadLetters
 from provline.stream_processors.drift import DriftAccumulator
-from provline.stream_processors.drift_agent import register_drift_agent
+from provline.stream_processors.drift_agent import partials_topic, register_drift_agent
 from provline.stream_processors.join import Timing
 from provline.stream_processors.join_agent import Joiner, register_join_agent
 from provline.stream_processors.lineage_agent import register_lineage_agent
@@ -42,7 +42,7 @@ from provline.stream_processors.producer import BatchProducer, DeliveryError
 from provline.stream_processors.rewind import BrokerOffsets, log_end
 from provline.stream_processors.settings import ProcessorSettings
 from provline.stream_processors.traces import TraceEncoder
-from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, describe, ensure_at_start
+from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, TopicSpec, create_missing, describe, ensure_at_start
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0
@@ -212,6 +212,20 @@ def refused_event_headers(catalog: Catalog, value: bytes | None) -> Headers:
     return [(EVENT_ID, str(event["event_id"]).encode()), (EVENT_HASH, str(event.get("hash") or "").encode())]
 
 
+def create_internal_topics(settings: ProcessorSettings) -> None:
+    """Create the drift partials topic the agents read before the worker subscribes. Faust creates it only
+    after its first assignment, and the topic appearing then starts a second rebalance of a worker
+    that had just started; in CI one such rebalance hung in a commit, and the worker never computed
+    drift again (stop 26)."""
+    spec = TopicSpec(partials_topic(settings.processors.app_id), settings.topics.partitions,
+                     settings.topics.replication_factor)
+    try:
+        create_missing(settings.kafka, [spec])
+    except (KafkaException, ConfigError) as exc:  # Faust creates it later, as it would have
+        log.warning("could not create %s before starting (%s); Faust creates it after its first assignment",
+                    spec.name, exc)
+
+
 def readiness(*, rebalancing: bool, recovering: bool) -> str | None:
     """Why a worker cannot take its share of the traffic now, or None when it can. Pure."""
     if rebalancing:
@@ -277,6 +291,7 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     if settings.topics.replication_factor == BROKER_DEFAULT:
         settings = settings.model_copy(update={"topics": settings.topics.model_copy(
             update={"replication_factor": inference_replicas(settings)})})
+    create_internal_topics(settings)
     if settings.processors.web_port == 0:  # Faust takes no port 0: choose a free one, and say which
         chosen = settings.processors.model_copy(update={"web_port": any_free_port()})
         settings = settings.model_copy(update={"processors": chosen})

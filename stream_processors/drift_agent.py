@@ -42,6 +42,11 @@ PARTIALS_TOPIC_SUFFIX = "drift-partials"
 CLOSE_CHECK_MAX_SECONDS = 5.0
 
 
+def partials_topic(app_id: str) -> str:
+    """The internal topic the join's drift partials go through (Faust's name for an app's topic)."""
+    return f"{app_id}-{PARTIALS_TOPIC_SUFFIX}"
+
+
 def register_drift_agent(
     app: faust.App, *, lineage: LineageIndex, accumulator: DriftAccumulator, encoder: TraceEncoder,
     drift_topic: faust.TopicT, thresholds: Thresholds, lateness_seconds: float, partitions: int,
@@ -55,7 +60,7 @@ def register_drift_agent(
     window_us = accumulator.window_us
     lateness_us = int(lateness_seconds * 1_000_000)
     partials = app.topic(
-        f"{app.conf.id}-{PARTIALS_TOPIC_SUFFIX}", key_type=str, value_type=None, key_serializer="raw",
+        partials_topic(app.conf.id), key_type=str, value_type=None, key_serializer="raw",
         value_serializer="json", partitions=partitions, internal=True,
     )
     windows = app.Table(WINDOWS_TABLE, partitions=partitions, help="open drift windows per model version")

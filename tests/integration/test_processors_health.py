@@ -10,9 +10,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer
 
 from provline.schemas import Topics
-from tests.integration.test_processors_join import start_worker
+from provline.stream_processors.app import create_internal_topics
+from provline.stream_processors.settings import ProcessorSettings
+from tests.integration.test_processors_join import start_worker, wait_settled
 
 pytestmark = pytest.mark.integration
 
@@ -44,5 +47,37 @@ def test_a_worker_is_healthy_and_then_ready(kafka_bootstrap: str, topics: Topics
             time.sleep(0.3)
         assert ready == (200, {"status": "ready"}), f"not ready within {DEADLINE_S:.0f}s: {ready}"
         assert answer(worker.web_port, "/healthz") == (200, {"status": "ok"})
+    finally:
+        worker.stop()
+
+
+def test_the_drift_partials_topic_is_made_and_visible_before_the_worker_subscribes(
+    kafka_bootstrap: str, topics: Topics,
+) -> None:
+    settings = ProcessorSettings(kafka={"bootstrap": kafka_bootstrap}, topics={"prefix": topics.prefix},
+                                 processors={"app_id": f"{topics.prefix}-processors"})
+    name = f"{topics.prefix}-processors-drift-partials"
+    for _ in range(2):  # the second start finds it
+        create_internal_topics(settings)
+        reader = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unused"})  # a client of its own
+        try:
+            found = reader.list_topics(timeout=10).topics
+        finally:
+            reader.close()
+        assert name in found and len(found[name].partitions) == settings.topics.partitions
+
+
+def test_a_fresh_worker_holds_its_drift_partials_from_its_first_assignment(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path,
+) -> None:
+    """CI, stop 26: Faust created the partials topic as the worker started, the first assignment came
+    before the brokers' metadata showed it, and its appearing then started a second rebalance, which
+    hung in a commit: the worker computed no drift again. A race: here it usually did not happen."""
+    worker = start_worker(kafka_bootstrap, topics, tmp_path / "data", tmp_path / "worker.log")
+    try:
+        wait_settled([worker], topics)
+        partials = f"{topics.prefix}-processors-drift-partials"
+        assert worker.assignment().get(partials), worker.assignment()
+        assert "Ignoring missing topic" not in worker.log_path.read_text()
     finally:
         worker.stop()
