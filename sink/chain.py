@@ -147,29 +147,30 @@ def finish_record(checked: Checked, trust: Trust, ledger: Sequence[LedgerEntry],
                   min(stored, default=None))
 
 
-def anchored(record: Record, head: AnchorHead | None, head_ledgered: datetime | None) -> Record:
+def anchored(record: Record, head: AnchorHead | None, head_stored: bool) -> Record:
     """The record with its anchor status, from the newest trusted anchor of its session (``head``; None: no
-    anchor lists it) and when the ledger recorded that head as stored (None: it has no such event).
+    anchor lists it) and whether the ledger still records that head in the session.
 
     An anchor vouches only for sessions whose chain was intact when it was taken, so a record of the
     session that was in the store then lies before the head it signed: deleting or rewriting the record
     shows against the anchor (``provline verify --anchor``). In the store then: ledgered no later than
-    the anchor's ``stored_until`` for the session (the store's clock; anchors without it: no later than
-    the head). A record stored later waits for the next anchor (``pending``)."""
+    the anchor's ``stored_until`` for the session (the store's clock; anchors without it: its
+    ``created``, the anchoring host's clock). A record stored later waits for the next anchor
+    (``pending``)."""
     if head is None:
         anchor: dict[str, Any] = {"status": UNANCHORED, "anchor": None, "created": None}
         text = "no trusted anchor lists its session yet"
     else:
         anchor = {"status": ANCHORED, "anchor": head.name, "created": head.created, "root": head.root,
                   "head": head.head}
-        until = datetime.fromisoformat(head.stored_until) if head.stored_until else head_ledgered
+        until = datetime.fromisoformat(head.stored_until or head.created)
         if record.hash == head.head:
             text = f"its session's head in the anchor of {head.created}"
-        elif head_ledgered is None:
+        elif not head_stored:
             anchor["status"] = HEAD_MISSING
             text = (f"the head ({head.head[:16]}…) its session's anchor of {head.created} signed is not in the "
                     "store: events of the session were deleted (provline verify --anchor says which)")
-        elif record.ledgered is not None and until is not None and utc(record.ledgered) <= utc(until):
+        elif record.ledgered is not None and utc(record.ledgered) <= utc(until):
             text = f"covered by the anchor of {head.created}: stored before it was taken"
         else:
             anchor["status"] = PENDING

@@ -380,12 +380,11 @@ def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any
 
 @dataclass(frozen=True)
 class LedgerAnswer:
-    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) pairs recorded and
-    when each was first stored, and the registry tables' parts (a version: see :class:`ChainCache`), when
-    asked for."""
+    """What :func:`chain_ledger` found: per event id its ledger rows, the (session, hash) pairs recorded,
+    and the registry tables' parts (a version: see :class:`ChainCache`), when asked for."""
 
     entries: dict[str, list[LedgerEntry]]
-    recorded: dict[tuple[str, str], datetime]
+    recorded: set[tuple[str, str]]
     parts: tuple[tuple[str, ...], ...] = ()
 
 
@@ -400,15 +399,14 @@ def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = Fa
         "tables": list(REGISTRY_TABLES) if parts else [],
     }, settings=TRACE_SETTINGS)
     entries: dict[str, list[LedgerEntry]] = {}
-    recorded: dict[tuple[str, str], datetime] = {}
+    recorded: set[tuple[str, str]] = set()
     found_parts = []
     for what, event_id, hash_, session, content_digest, content_sha256, inserted in result.result_rows:
         if what == "self":
             entries.setdefault(str(event_id), []).append(LedgerEntry(str(hash_), str(content_digest),
                                                                      str(content_sha256), inserted))
         elif what == "link":
-            pair = (str(session), str(hash_))
-            recorded[pair] = min(recorded.get(pair, inserted), inserted)
+            recorded.add((str(session), str(hash_)))
         else:
             found_parts.append(tuple(str(x) for x in (event_id, hash_, session, content_digest, content_sha256)))
     return LedgerAnswer(entries, recorded, tuple(sorted(found_parts)))
@@ -420,15 +418,16 @@ def finished(checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> 
 
 
 def with_anchors(client: Client, records: list[Record], heads: Mapping[str, AnchorHead],
-                 recorded: Mapping[tuple[str, str], datetime]) -> list[Record]:
+                 looked_up: Iterable[tuple[str, str]], recorded: set[tuple[str, str]]) -> list[Record]:
     """``records`` with their anchor status (:func:`provline.sink.chain.anchored`) against ``heads``;
-    ``recorded``: heads already looked up in the ledger (by :func:`chain_ledger`), the others are (one query)."""
+    ``looked_up``: heads :func:`chain_ledger` already looked for (``recorded``: found), the others are
+    looked for now (one query)."""
     wanted = {(r.session, heads[r.session].head) for r in records if r.session in heads}
-    missing = wanted - recorded.keys()
+    missing = wanted - set(looked_up)
     if missing:
-        recorded = {**recorded, **chain_ledger(client, [], heads=missing).recorded}
-    return [anchored(r, heads.get(r.session), recorded.get((r.session, heads[r.session].head))
-                     if r.session in heads else None) for r in records]
+        recorded = recorded | chain_ledger(client, [], heads=missing).recorded
+    return [anchored(r, heads.get(r.session), r.session in heads and (r.session, heads[r.session].head) in recorded)
+            for r in records]
 
 
 def complete_trace(
@@ -456,15 +455,15 @@ def complete_trace(
                  default=None)
     parameters = registry_parameters(latest.value if latest is not None else None, found)
     heads = anchor_heads or {}
-    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None,
-                          heads={(r.session, heads[r.session].head) for r in own if r.session in heads})
+    own_heads = {(r.session, heads[r.session].head) for r in own if r.session in heads}
+    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None, heads=own_heads)
     behind: list[Record] = []
     if parameters is not None:
         behind = (chains.records(client, parameters, catalog, trust, ledger.parts) if chains is not None
                   else verified_registry_records(client, parameters, catalog, trust))
     records = finished(own, trust, ledger) + behind
     if anchor_heads is not None:
-        records = with_anchors(client, records, heads, ledger.recorded)
+        records = with_anchors(client, records, heads, own_heads, ledger.recorded)
     found["chain"] = build_chain(prediction_id, records, payloads=payloads)
     return found
 

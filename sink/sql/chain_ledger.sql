@@ -8,7 +8,8 @@
 SELECT 'self' AS what, event_id, hash, producer_session, content_digest, content_sha256, inserted
 FROM event_ledger WHERE event_id IN {event_ids:Array(String)}
 UNION ALL
-SELECT 'link', event_id, hash, producer_session, '', '', inserted
+-- (no other column: the projection holds only these, and reading one more scans the ledger)
+SELECT 'link', event_id, hash, producer_session, '', '', toDateTime64(0, 6, 'UTC')
 FROM event_ledger WHERE (producer_session, hash) IN {links:Array(Tuple(String, String))}
 UNION ALL
 -- 'parts': the registry tables' active parts (sink.queries.REGISTRY_TABLES), ChainCache's version, read

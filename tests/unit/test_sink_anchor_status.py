@@ -58,34 +58,35 @@ def head(stored_until: str | None = None) -> AnchorHead:
 
 def test_a_record_stored_before_the_anchor_was_taken_is_anchored_and_one_stored_after_is_pending() -> None:
     until = (T0 + timedelta(minutes=30)).isoformat()
-    inside = anchored(record("h2", T0 + timedelta(minutes=30)), head(until), T0 + timedelta(minutes=10))
+    inside = anchored(record("h2", T0 + timedelta(minutes=30)), head(until), True)
     assert inside.verification["anchor"]["status"] == "anchored"
     assert inside.verification["detail"] == "fine; covered by the anchor of 2026-03-01T10:00:00+00:00: stored " \
                                             "before it was taken"
-    naive = anchored(record("h2", datetime(2026, 3, 1, 9, 30)), head(until), T0)  # the store's client: naive UTC
+    naive = anchored(record("h2", datetime(2026, 3, 1, 9, 30)), head(until), True)  # the store's client: naive UTC
     assert naive.verification["anchor"]["status"] == "anchored"
-    later = anchored(record("h6", T0 + timedelta(minutes=31)), head(until), T0 + timedelta(minutes=10))
+    later = anchored(record("h6", T0 + timedelta(minutes=31)), head(until), True)
     assert later.verification["anchor"]["status"] == "pending" and "next anchor" in later.verification["detail"]
-    # an anchor without stored_until: covered when stored no later than the head
-    assert anchored(record("h2", T0), head(), T0).verification["anchor"]["status"] == "anchored"
-    assert anchored(record("h2", T0 + timedelta(seconds=1)), head(), T0).verification["anchor"]["status"] == "pending"
+    # an anchor without stored_until: covered when stored no later than the anchor was created (10:00)
+    assert anchored(record("h2", T0 + timedelta(hours=1)), head(), True).verification["anchor"]["status"] == "anchored"
+    late = record("h2", T0 + timedelta(hours=1, seconds=1))
+    assert anchored(late, head(), True).verification["anchor"]["status"] == "pending"
 
 
 def test_the_head_itself_a_missing_head_and_no_anchor() -> None:
-    assert anchored(record("h5", None), head(), T0).verification["anchor"]["status"] == "anchored"
-    missing = anchored(record("h2", T0), head(), None).verification
+    assert anchored(record("h5", None), head(), True).verification["anchor"]["status"] == "anchored"
+    missing = anchored(record("h2", T0), head(), False).verification
     assert missing["anchor"]["status"] == "head_missing" and "were deleted" in missing["detail"]
     assert missing["status"] == "verified"  # the record's own checks hold; verify --anchor names the loss
-    none = anchored(record("h2", T0), None, None).verification
+    none = anchored(record("h2", T0), None, False).verification
     assert none["anchor"] == {"status": "unanchored", "anchor": None, "created": None}
     assert "no trusted anchor" in none["detail"] and "provline verify --anchor checks" not in none["detail"]
     # a stored record never recorded in the ledger is not placed before any head
-    assert anchored(record("h2", None), head(), T0).verification["anchor"]["status"] == "pending"
+    assert anchored(record("h2", None), head(), True).verification["anchor"]["status"] == "pending"
 
 
 def test_a_node_of_several_records_shows_its_worst_anchor_status() -> None:
-    good = anchored(record("h2", T0), head(), T0)
-    gone = anchored(record("h3", T0), head(), None)
+    good = anchored(record("h2", T0), head(), True)
+    gone = anchored(record("h3", T0), head(), False)
     assert combined([good, gone])["anchor"]["status"] == "head_missing"
     assert combined([good, good])["anchor"]["status"] == "anchored"
     assert combined([record("h2", T0)])["anchor"] is None  # no anchors read

@@ -227,7 +227,7 @@ def test_the_chain_reads_well_in_80_columns(monkeypatch: pytest.MonkeyPatch) -> 
 def test_each_records_anchor_status_reads_well_in_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
     head = AnchorHead("s1", "h9", 9, "2026-03-01T10:00:00+00:00", "/mnt/worm/anchor-1.json", "r" * 64,
                       "2026-03-01T09:30:00+00:00")
-    items = [anchored(replace(r, session="s1", hash=f"h{n}", ledgered=T0 + timedelta(minutes=n * 5)), head, T0)
+    items = [anchored(replace(r, session="s1", hash=f"h{n}", ledgered=T0 + timedelta(minutes=n * 5)), head, True)
              for n, r in enumerate(records())]
     chain = build_chain("p1", items, payloads=True)
     shown = [n["verification"]["anchor"]["status"] for n in chain["nodes"]]
