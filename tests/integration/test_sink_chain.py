@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from provline.schemas import default_catalog, new_envelope, producer_identity
 from provline.schemas.integrity import HashChain
-from provline.sink import anchor
+from provline.sink import anchor, queries
 from provline.sink.api import create_api
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
@@ -419,3 +419,17 @@ def test_without_anchors_configured_the_anchor_is_null(
     chain = answer(http)["chain"]
     assert {n["verification"]["anchor"] for n in chain["nodes"]} == {None}
     assert all("provline verify --anchor" in n["verification"]["detail"] for n in chain["nodes"])
+
+
+def test_the_ledger_lookup_reads_links_through_its_projection_not_the_whole_ledger(
+    stored: tuple[Client, TestClient, dict[str, dict[str, Any]]],
+) -> None:
+    """bench/sink.py at 10 M predictions: a column the by_session_hash projection lacks, added to the link
+    branch, had ClickHouse scan half the ledger per trace (1.85 s p50)."""
+    client, _, e = stored
+    sql = queries.chain_sql("chain_ledger.sql")
+    plan = "\n".join(row[0] for row in client.query(f"EXPLAIN indexes = 1 {sql}", parameters={
+        "event_ids": [e["trace"]["event_id"]], "links": [("s", e["trace"]["prev_hash"] or "h")],
+        "tables": []}).result_rows)
+    assert "(by_session_hash)" in plan, plan
+    assert plan.count("ReadFromMergeTree") == 1, plan  # the lookup by id; the links come from the projection
