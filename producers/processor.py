@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -82,8 +83,14 @@ class BatchProcessor:
         self._options = options
         self._linger_s = max(options.linger_s, 0.001)
         self._closed = False
-        self._start(open_spool(options))
+        self._start(self._open_spool())
         os.register_at_fork(after_in_child=partial(_call_weakly, weakref.WeakMethod(self._restart_in_child)))
+
+    def _open_spool(self) -> Spool:
+        # Without a configured directory the spool is private to this process: nobody else will ever open
+        # it, so close() removes it once everything in it was delivered (else each run left a directory).
+        self._private_spool = None if self._options.spool_dir else Path(tempfile.mkdtemp(prefix="provline-spool-"))
+        return open_spool(self._options, self._private_spool)
 
     def _start(self, spool: Spool) -> None:
         self.drops = GapTracker()
@@ -108,7 +115,8 @@ class BatchProcessor:
         # The parent's worker thread and transport do not exist in the child; the parent delivers
         # what it queued, and the child gets a private spool, since a spool has one writer.
         if not self._closed:
-            self._start(open_spool(self._options, Path(tempfile.mkdtemp(prefix="provline-spool-"))))
+            self._private_spool = Path(tempfile.mkdtemp(prefix="provline-spool-"))
+            self._start(open_spool(self._options, self._private_spool))
 
     def submit(self, topic: str, key: bytes, value: bytes) -> bool:
         """Queue one message; False when it was dropped (``on_full="drop"`` and the queue is full)."""
@@ -196,7 +204,8 @@ class BatchProcessor:
     def close(self, timeout: float) -> bool:
         """Spool everything queued and try to deliver it within ``timeout`` seconds; True when nothing is left.
 
-        What is left stays in the spool, for the next process that opens it.
+        What is left stays in the spool, for the next process that opens it; a private temporary spool
+        (no ``spool_dir``) is removed when nothing is left.
         """
         self._closed = True
         self._close_deadline = time.monotonic() + timeout
@@ -205,9 +214,15 @@ class BatchProcessor:
             self._room.notify_all()
         self._worker.join(timeout + CLOSE_GRACE_S)
         remaining = self.backlog
-        if remaining:
+        if remaining and self._private_spool is not None:
+            log.warning("provline closed with %d events not yet delivered; they stay in %s, a temporary spool "
+                        "no other process reads: set spool_dir (PROVLINE_EMITTER__SPOOL_DIR) to a lasting "
+                        "directory to have them sent by the next process", remaining, self._spool.directory)
+        elif remaining:
             log.warning("provline closed with %d events not yet delivered; they stay in %s and are sent "
                         "by the next process using that spool directory", remaining, self._spool.directory)
+        elif self._private_spool is not None and not self._worker.is_alive():
+            shutil.rmtree(self._private_spool, ignore_errors=True)
         return remaining == 0
 
     # ---------------------------------------------------------------- the worker thread
