@@ -409,11 +409,10 @@ TRUST = Trust()  # no trusted keys: the generated events are not signed
 def chain_granules(client: Client, prediction_id: str) -> dict[str, tuple[int, int]]:
     """Granules read / total of the complete trace's queries (each table's read, summed), by EXPLAIN; the
     registry's (and its ledger lookups, alike) are cached per model version."""
-    found = queries.trace(client, prediction_id) or {}
     rows = queries.prediction_records(client, prediction_id)
     own = [check_row(default_catalog(), TRUST, row) for row in rows]
     trace_value = next((r.value for r in own if r.kind == "PredictionTrace"), None)
-    parameters = queries.registry_parameters(trace_value, found) or {}
+    parameters = queries.registry_parameters(trace_value or {}) or {}
     statements = {
         "chain_prediction.sql (the prediction's records)": (queries.chain_sql("chain_prediction.sql"),
                                                             {"prediction_id": prediction_id}),

@@ -245,7 +245,7 @@ def _registry_rows(client: Client, parameters: dict[str, Any], cache: RegistryCa
 
 def trace(
     client: Client, prediction_id: str, registry: RegistryCache | None = None, *,
-    prediction_rows: list[dict[str, Any]] | None = None,
+    prediction_rows: list[dict[str, Any]] | None = None, registry_rows: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
     """The latest stored PredictionTrace of ``prediction_id`` joined with its request, model and run.
 
@@ -253,8 +253,9 @@ def trace(
     query by prediction id (traces, requests), one by model key and run id (registry; from
     ``registry`` when it holds them), and a third only when the trace names no training run and
     its model version does. ``prediction_rows``: the rows of ``trace.sql`` (or of a query with its columns
-    first, as :func:`complete_trace` reads them), read already. Blocks on the store; not thread-safe on a
-    shared client.
+    first, as :func:`complete_trace` reads them), read already; ``registry_rows``: the registry's rows in
+    ``trace_registry.sql``'s shape, known already (:func:`registry_rows_of`): no registry lookup is made.
+    Blocks on the store; not thread-safe on a shared client.
     """
     if prediction_rows is None:
         prediction_rows = _trace_rows(client, "trace.sql", {"prediction_id": prediction_id})
@@ -266,7 +267,11 @@ def trace(
     if None in model_key:
         model_key = (None, None)
     run_id = payload.get("training_run_id")
-    registry_rows: list[dict[str, Any]] = []
+    if registry_rows is not None:
+        run_id = run_id or (newest(registry_rows, "model_version") or {}).get("run_id")
+        row = joined_trace_row(prediction_rows, registry_rows, run_id)
+        return None if row is None else shape_trace(prediction_id, row)
+    registry_rows = []
     if model_key[0] is not None or run_id is not None:
         registry_rows = _registry_rows(client, {
             "model_name": model_key[0], "model_version": model_key[1], "run_id": run_id,
@@ -326,13 +331,22 @@ class ChainCache:
         if version != self._version:
             self._records.clear()
             self._version = version
-        key = tuple((name, tuple(value) if isinstance(value, list) else value)
-                    for name, value in sorted(parameters.items()))
+        key = self._key(parameters)
         if key not in self._records:
             if len(self._records) >= self._max_entries:
                 self._records.clear()
             self._records[key] = verified_registry_records(client, parameters, catalog, trust)
         return self._records[key]
+
+    def sessions(self, parameters: dict[str, Any]) -> set[str]:
+        """The producer sessions of the records cached for ``parameters`` when they were last read (maybe
+        stale: for looking up their anchors' heads ahead, in the query that reads the version)."""
+        return {r.session for r in self._records.get(self._key(parameters), [])}
+
+    @staticmethod
+    def _key(parameters: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple((name, tuple(value) if isinstance(value, list) else value)
+                     for name, value in sorted(parameters.items()))
 
 
 def _unique_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -364,18 +378,36 @@ def verified_registry_records(client: Client, parameters: dict[str, Any], catalo
     return finished(checked, trust, chain_ledger(client, checked)) if checked else []
 
 
-def registry_parameters(trace_value: dict[str, Any] | None, found: dict[str, Any]) -> dict[str, Any] | None:
-    """The keys of step 2 from the newest trace's decoded event (else the stored answer); None without a model."""
-    source = trace_value or found
-    name, version = source.get("model_name"), source.get("model_version")
+def registry_parameters(trace_value: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The keys of step 2 from the newest trace; None without a model. The model version's own run,
+    datasets and feature sets are looked up by ``chain_registry.sql`` itself."""
+    name, version = trace_value.get("model_name"), trace_value.get("model_version")
     if not name or not version:
         return None
     return {
         "model_name": name, "model_version": version, "subject": model_node(name, version),
-        "run_ids": sorted({run for run in (source.get("training_run_id"), found.get("training_run_id")) if run}),
-        "digests": sorted(set(source.get("dataset_digests") or []) | set(found.get("dataset_digests") or [])),
-        "feature_sets": sorted(set(source.get("feature_sets") or []) | set(found.get("feature_sets") or [])),
+        "run_ids": [trace_value["training_run_id"]] if trace_value.get("training_run_id") else [],
+        "digests": sorted(set(trace_value.get("dataset_digests") or [])),
+        "feature_sets": sorted(set(trace_value.get("feature_sets") or [])),
     }
+
+
+def registry_rows_of(records: Iterable[Record], model_name: str, model_version: str) -> list[dict[str, Any]]:
+    """The rows ``trace_registry.sql`` would return, from the registry records of a complete trace (decoded
+    from their bytes): the model version's, and the runs' that carry a code reference."""
+    rows: list[dict[str, Any]] = []
+    for r in records:
+        value = r.fields
+        if (r.kind == "ModelVersion" and value.get("model_name") == model_name
+                and value.get("version") == model_version):
+            rows.append({"source": "model_version", "event_id": r.event_id, "event_time": r.event_time,
+                         "uri_or_repo": value.get("artifact_uri"), "sha256_or_commit": value.get("artifact_sha256"),
+                         "run_id": value.get("run_id"), "datasets": value.get("datasets") or []})
+        elif r.kind == "RunEvent" and (value.get("code") or {}).get("commit") is not None:
+            rows.append({"source": "run", "event_id": r.event_id, "event_time": r.event_time,
+                         "uri_or_repo": value["code"].get("repo"), "sha256_or_commit": value["code"]["commit"],
+                         "run_id": value.get("run_id"), "datasets": []})
+    return rows
 
 
 @dataclass(frozen=True)
@@ -443,27 +475,38 @@ def complete_trace(
     Point lookups only: the prediction's rows with their bytes (one query, which :func:`trace` reads
     too, in place of ``trace.sql``); their ledger entries, with the registry's part metadata for
     ``chains`` (one query); the registry records and their ledger entries (two queries, or from
-    ``chains`` while the registry's parts are unchanged); and :func:`trace`'s registry lookups. Blocks on
-    the store; not thread-safe on a shared client.
+    ``chains`` while the registry's parts are unchanged), which :func:`trace` reads too, in place of
+    ``trace_registry.sql``: two queries in all while they are cached. Blocks on the store; not
+    thread-safe on a shared client.
     """
     rows = prediction_records(client, prediction_id)
-    found = trace(client, prediction_id, registry, prediction_rows=rows)
-    if found is None:
+    newest_trace = newest(rows, "trace")
+    if newest_trace is None:
         return None
     own = [check_row(catalog, trust, row) for row in _unique_rows(rows)]
-    latest = max((r for r in own if r.kind == "PredictionTrace"), key=lambda r: (r.event_time, r.event_id),
-                 default=None)
-    parameters = registry_parameters(latest.value if latest is not None else None, found)
+    latest = next(r for r in own if r.event_id == newest_trace["event_id"])
+    # the trace's bytes, else (they do not decode: shown as altered) the stored payload, as trace() reads it
+    parameters = registry_parameters(latest.value or json.loads(newest_trace["payload_or_sha256"]))
     heads = anchor_heads or {}
-    own_heads = {(r.session, heads[r.session].head) for r in own if r.session in heads}
-    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None, heads=own_heads)
+    # the anchored heads of the prediction's sessions and of its cached registry records' (known ahead)
+    sessions = {r.session for r in own}
+    if chains is not None and parameters is not None and heads:
+        sessions |= chains.sessions(parameters)
+    looked_up = {(session, heads[session].head) for session in sessions if session in heads}
+    ledger = chain_ledger(client, own, parts=chains is not None and parameters is not None, heads=looked_up)
     behind: list[Record] = []
-    if parameters is not None:
+    if parameters is None:
+        found = trace(client, prediction_id, registry, prediction_rows=rows)
+    else:
         behind = (chains.records(client, parameters, catalog, trust, ledger.parts) if chains is not None
                   else verified_registry_records(client, parameters, catalog, trust))
+        found = trace(client, prediction_id, prediction_rows=rows, registry_rows=registry_rows_of(
+            behind, parameters["model_name"], parameters["model_version"]))
+    if found is None:
+        return None
     records = finished(own, trust, ledger) + behind
     if anchor_heads is not None:
-        records = with_anchors(client, records, heads, own_heads, ledger.recorded)
+        records = with_anchors(client, records, heads, looked_up, ledger.recorded)
     found["chain"] = build_chain(prediction_id, records, payloads=payloads)
     return found
 

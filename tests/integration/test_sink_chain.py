@@ -32,6 +32,7 @@ from provline.sink.api import create_api
 from provline.sink.settings import ServeSettings
 from provline.sink.store import migrate, open_store
 from provline.sink.verifier import anchor_heads
+from provline.sink.verify import Trust
 from provline.sink.writer import insert_plan, plan_batch
 from tests.helpers import StoredMessage, seal
 
@@ -433,3 +434,56 @@ def test_the_ledger_lookup_reads_links_through_its_projection_not_the_whole_ledg
         "tables": []}).result_rows)
     assert "(by_session_hash)" in plan, plan
     assert plan.count("ReadFromMergeTree") == 1, plan  # the lookup by id; the links come from the projection
+
+
+def counting_queries(client: Client, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every query ``client`` sends from now on (the real chDB client answers them)."""
+    sent: list[str] = []
+    real_query = client.query
+
+    def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(sql)
+        return real_query(sql, *args, **kwargs)
+
+    monkeypatch.setattr(client, "query", counted)
+    return sent
+
+
+def test_a_complete_trace_whose_registry_is_cached_makes_two_queries_and_answers_as_trace_does(
+    stored: tuple[Client, TestClient, dict[str, dict[str, Any]]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fields trace() answers come from the registry records the chain verified already: no registry
+    lookup of its own (it cost a query and a registry version check per trace, about 3 ms of 30 at 1 M)."""
+    client, _, _ = stored
+    catalog, trust, chains = default_catalog(), Trust(), queries.ChainCache()
+    plain = queries.trace(client, "p1")
+    assert queries.complete_trace(client, "p1", catalog=catalog, trust=trust, chains=chains) is not None  # warm
+    sent = counting_queries(client, monkeypatch)
+    found = queries.complete_trace(client, "p1", queries.RegistryCache(), catalog=catalog, trust=trust,
+                                   chains=chains)
+    assert len(sent) == 2, sent  # the prediction's records; their ledger rows with the registry's parts
+    assert found is not None and plain is not None
+    assert {name: found[name] for name in plain} == plain
+
+
+def test_with_anchors_a_cached_registrys_heads_are_looked_up_in_the_same_two_queries(
+    chdb_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The registry records' sessions are known only once they are read; those of the cached ones are
+    asked for ahead, in the ledger query (before: one more ledger lookup per trace)."""
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        events, _ = seed()
+        store_events(client, events)
+        publish_anchor(client, tmp_path / "anchors")
+        book = anchor.AnchorBook(str(tmp_path / "anchors"), [ANCHOR_KEY.public_key()])
+        catalog, trust, chains = default_catalog(), Trust(), queries.ChainCache()
+        queries.complete_trace(client, "p1", catalog=catalog, trust=trust, chains=chains, anchor_heads=book.heads())
+        sent = counting_queries(client, monkeypatch)
+        found = queries.complete_trace(client, "p1", catalog=catalog, trust=trust, chains=chains,
+                                       anchor_heads=book.heads())
+        assert len(sent) == 2, sent
+        assert found is not None and set(anchors_of(found["chain"]).values()) == {"anchored"}
+    finally:
+        client.close()
