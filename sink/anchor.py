@@ -187,8 +187,10 @@ def load(source: str) -> list[tuple[str, dict[str, Any]]]:
 
 class AnchorBook:
     """The newest anchored head of every session, read from where ``provline anchor`` publishes, again
-    once ``reload_s`` has passed since the last read. An anchor that cannot be read or checked is left
-    out and logged; heads read before stay until a read succeeds. Thread-safe."""
+    once ``reload_s`` has passed since the last read. Only the first read is made by the caller of
+    :meth:`heads`; later ones run in a background thread while callers get the heads read before, so a
+    slow directory or URL (up to its 30 s timeout) never holds up a trace. An anchor that cannot be read
+    or checked is left out and logged; heads read before stay until a read succeeds. Thread-safe."""
 
     def __init__(self, source: str, trusted: Iterable[Ed25519PublicKey], *, reload_s: float = ANCHOR_RELOAD_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -198,19 +200,34 @@ class AnchorBook:
         self._clock = clock
         self._lock = threading.Lock()
         self._read_at: float | None = None
+        self._reading = False
+        self._first_read = threading.Event()  # set once the first read ended: until then callers wait for it
         self._heads: dict[str, AnchorHead] = {}
 
     def heads(self) -> dict[str, AnchorHead]:
         with self._lock:
-            now = self._clock()
-            if self._read_at is None or now - self._read_at >= self._reload_s:
-                self._read_at = now
-                try:
-                    self._heads, problems = newest_heads(load(self.source), self._trusted)
-                except (OSError, ValueError, httpx.HTTPError) as exc:
-                    log.warning("could not read the anchors at %s (%s); keeping the %d heads read before",
-                                self.source, exc, len(self._heads))
-                else:
-                    for problem in problems:
-                        log.warning("anchor left out: %s", problem)
-            return self._heads
+            now, never_read = self._clock(), self._read_at is None
+            start = not self._reading and (self._read_at is None or now - self._read_at >= self._reload_s)
+            if start:
+                self._reading, self._read_at = True, now
+        if start and never_read:
+            self._read()
+        elif start:
+            threading.Thread(target=self._read, name="provline-anchor-read", daemon=True).start()
+        self._first_read.wait()
+        return self._heads
+
+    def _read(self) -> None:
+        try:
+            heads, problems = newest_heads(load(self.source), self._trusted)
+        except (OSError, ValueError, httpx.HTTPError) as exc:
+            log.warning("could not read the anchors at %s (%s); keeping the %d heads read before",
+                        self.source, exc, len(self._heads))
+        else:
+            for problem in problems:
+                log.warning("anchor left out: %s", problem)
+            self._heads = heads
+        finally:
+            with self._lock:
+                self._reading = False
+            self._first_read.set()

@@ -4,9 +4,14 @@ record, and provline serve's book of anchors re-read on a schedule."""
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provline.sink import anchor
@@ -92,6 +97,15 @@ def test_a_node_of_several_records_shows_its_worst_anchor_status() -> None:
     assert combined([record("h2", T0)])["anchor"] is None  # no anchors read
 
 
+def settled(book: AnchorBook, wanted: Callable[[dict[str, AnchorHead]], bool], what: str) -> dict[str, AnchorHead]:
+    """The book's heads once the background read it started shows ``wanted`` (it never waits for it)."""
+    deadline = time.monotonic() + 10
+    while not wanted(heads := book.heads()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)  # polling interval
+    return heads
+
+
 def test_the_book_reads_anchors_again_after_its_interval_and_keeps_them_when_a_read_fails(tmp_path: Path) -> None:
     now = [0.0]
     book = AnchorBook(str(tmp_path), [KEY.public_key()], reload_s=60, clock=lambda: now[0])
@@ -100,12 +114,49 @@ def test_the_book_reads_anchors_again_after_its_interval_and_keeps_them_when_a_r
     now[0] = 59.0
     assert book.heads() == {}  # not read again yet
     now[0] = 60.0
-    assert book.heads()["s1"].head == "h3"
+    settled(book, lambda heads: "s1" in heads and heads["s1"].head == "h3", "the book was not read again")
     (tmp_path / "zz-broken.json").write_text("{not json")
+    anchor.publish(document(T0 + timedelta(hours=2), AnchoredSession("s1", 9, "h9")), str(tmp_path))
     now[0] = 120.0
+    book.heads()
+    wait_until_idle(book)
     assert book.heads()["s1"].head == "h3"  # a read that failed keeps what was read before
     (tmp_path / "zz-broken.json").unlink()
     (tmp_path / "zz-list.json").write_text(json.dumps([1, 2]))
-    anchor.publish(document(T0 + timedelta(hours=1), AnchoredSession("s1", 4, "h4")), str(tmp_path))
     now[0] = 180.0
-    assert book.heads()["s1"].head == "h4"  # a document that is no anchor is left out, not fatal
+    settled(book, lambda heads: heads["s1"].head == "h9", "a document that is no anchor stopped the read")
+
+
+def wait_until_idle(book: AnchorBook) -> None:
+    deadline = time.monotonic() + 10
+    while any(t.name == "provline-anchor-read" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the background read never ended"
+        time.sleep(0.01)  # polling interval
+
+
+def test_a_read_that_hangs_does_not_hold_up_the_heads_once_they_were_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve asks the book for every trace: a slow anchor URL (30 s timeout) must not stall those requests."""
+    anchor.publish(document(T0, AnchoredSession("s1", 3, "h3")), str(tmp_path))
+    now = [0.0]
+    book = AnchorBook(str(tmp_path), [KEY.public_key()], reload_s=60, clock=lambda: now[0])
+    assert book.heads()["s1"].head == "h3"
+    released = threading.Event()
+    real_load = anchor.load
+
+    def hanging(source: str) -> Any:
+        released.wait(30)
+        return real_load(source)
+
+    monkeypatch.setattr(anchor, "load", hanging)
+    now[0] = 61.0
+    answered: list[dict[str, AnchorHead]] = []
+    caller = threading.Thread(target=lambda: answered.append(book.heads()))
+    caller.start()
+    caller.join(10)
+    hung = caller.is_alive()
+    released.set()
+    assert not hung, "heads() waited for the read in progress"
+    assert answered[0]["s1"].head == "h3"  # the heads read before, while the new read hangs
+    wait_until_idle(book)
