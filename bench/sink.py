@@ -274,11 +274,14 @@ def write_rounds(
 
 # Per prediction, as the sidecar and the processors store them: a trace, a request and a response, and
 # ground truth for every tenth. Each row carries the bytes of a real event of its kind (one per model
-# version, {raw_*}), and a hash chained to the row before it, so that the complete trace decodes, hashes,
-# checks signatures and looks up chain links as it does in production (the ids inside the bytes are not
-# the row's: those records come out not_verified, at the same cost).
-CHAINED = ("hex(SHA256(concat('{tag}', toString(number)))), "
-           "if(number = 0, NULL, hex(SHA256(concat('{tag}', toString(number - 1)))))")
+# version, {raw_*}) with the row's own event id, hash and previous hash spliced in, and a hash chained to
+# the row before it, so that the complete trace decodes, hashes, checks signatures and looks up chain
+# links as it does in production, and the bytes differ from row to row where real events' do (identical
+# bytes compress to nothing, and made every lookup's read look cheaper than it is: about 1.5 times for a
+# granule of random bytes). The bytes do not hash to their hash: those records come out not_verified, at
+# the same cost.
+CHAINED = ("hex(SHA256(concat('{tag}', toString(number)))) AS hash, "
+           "if(number = 0, NULL, hex(SHA256(concat('{tag}', toString(number - 1))))) AS prev_hash")
 GENERATE_TRACES = """
 INSERT INTO prediction_traces (event_id, event_time, producer_name, producer_session, hash, prev_hash,
     prediction_id, endpoint, complete, model_name, model_version, request_sha256, artifact_sha256, training_run_id,
@@ -289,7 +292,8 @@ SELECT
     'bench-sidecar', 'bench-serving', {chained},
     concat('pred-', toString(number))                           AS prediction_id,
     '/predict', true, 'churn', toString(number % 5), repeat('b', 64), repeat('a', 64), 'run-7', ['sha256:d1'],
-    concat('{{"event_time":"2025-01-01T00:00:00+00:00","endpoint":"/predict","complete":true,',
+    concat('{{"event_id":"', toString(event_id), '","hash":"', hash, '","prev_hash":"', ifNull(prev_hash, ''), '",',
+           '"event_time":"2025-01-01T00:00:00+00:00","endpoint":"/predict","complete":true,',
            '"model_name":"churn","model_version":"', toString(number % 5), '","training_run_id":"run-7",',
            '"feature_sets":["sha256:fs1"]}}'),
     [{raw_trace}][number % 5 + 1], 'bench', 0, number
@@ -301,7 +305,7 @@ INSERT INTO inference_requests (event_id, event_time, producer_name, producer_se
     prediction_id, endpoint, model_name, model_version, body_sha256, client_id, payload, raw, kafka_topic,
     kafka_partition, kafka_offset)
 SELECT
-    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    generateUUIDv7() AS event_id, now64(6, 'UTC') - toIntervalSecond(number % 2592000),
     'bench-sidecar', 'bench-serving', {chained}, concat('pred-', toString(number)),
     '/predict', 'churn', toString(number % 5), repeat('b', 64), NULL, '{{}}', {raw_request}, 'bench', 0, number
 FROM numbers({start}, {count})
@@ -311,7 +315,7 @@ INSERT INTO inference_responses (event_id, event_time, producer_name, producer_s
     prediction_id, endpoint, status, model_name, model_version, body_sha256, latency_us, payload, raw, kafka_topic,
     kafka_partition, kafka_offset)
 SELECT
-    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    generateUUIDv7() AS event_id, now64(6, 'UTC') - toIntervalSecond(number % 2592000),
     'bench-sidecar', 'bench-serving', {chained}, concat('pred-', toString(number)),
     '/predict', 200, 'churn', toString(number % 5), repeat('c', 64), 1500, '{{}}', {raw_response}, 'bench', 0, number
 FROM numbers({start}, {count})
@@ -320,7 +324,7 @@ GENERATE_FEEDBACK = """
 INSERT INTO feedback (event_id, event_time, producer_name, producer_session, hash, prev_hash, prediction_id, label,
                       outcome, source, payload, raw, kafka_topic, kafka_partition, kafka_offset)
 SELECT
-    generateUUIDv7(), now64(6, 'UTC') - toIntervalSecond(number % 2592000),
+    generateUUIDv7() AS event_id, now64(6, 'UTC') - toIntervalSecond(number % 2592000),
     'bench-feedback', 'bench-feedback', {chained}, concat('pred-', toString(number)),
     'churned', NULL, 'crm', '{{}}', {raw_feedback}, 'bench', 0, number
 FROM numbers({start}, {count}) WHERE number % 10 = 0
@@ -365,14 +369,21 @@ def registry_events() -> list[bytes]:
 
 
 def sample_raws() -> dict[str, str]:
-    """SQL literals of one real event per generated kind: ``raw_trace`` an array, one per model version."""
+    """SQL expressions of one real event per generated kind, the row's own id and hashes spliced into its bytes:
+    ``raw_trace`` an array, one per model version."""
     catalog = default_catalog()
     chain = HashChain(catalog)
     producer = producer_identity("bench-sidecar", "bench-serving")
 
     def literal(kind: str, fields: dict[str, Any]) -> str:
-        raw = catalog.header(kind) + chain.seal_encode(kind, {**new_envelope(producer), **fields})
-        return f"unhex('{raw.hex()}')"
+        value = {**new_envelope(producer), **fields}
+        raw = catalog.header(kind) + chain.seal_encode(kind, value)
+        # the row's own id and hashes in place of the sample's: the same lengths, so the bytes still decode
+        expression = f"replaceOne(unhex('{raw.hex()}'), '{value['event_id']}', toString(event_id))"
+        expression = f"replaceOne({expression}, '{value['hash']}', hash)"
+        if value["prev_hash"]:
+            expression = f"replaceOne({expression}, '{value['prev_hash']}', ifNull(prev_hash, '{value['prev_hash']}'))"
+        return expression
 
     body = b'{"age": 41, "income": 52000.5, "city": "Oslo", "member": true}'
     traces = [literal("PredictionTrace", {
