@@ -9,13 +9,16 @@ and dataset profiles), ``join`` (traces), ``drift`` (windowed drift metrics).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 import time
+from dataclasses import dataclass, field
 
 import faust
 from confluent_kafka import KafkaException
@@ -46,7 +49,9 @@ from provline.topics import BROKER_DEFAULT, DEFAULT_TIMEOUT_S, TopicSpec, create
 
 DEFAULT_LOGLEVEL = "info"
 LAG_INTERVAL_SECONDS = 5.0
-LOST_CHECK_SECONDS = 1.0
+WATCHDOG_INTERVAL_SECONDS = 1.0
+CRASH_TIMEOUT_SECONDS = 10.0
+EXIT_GRACE_SECONDS = 30.0  # after asking Faust to stop: the process ends even if its shutdown hangs
 PRODUCER_MAX_BATCH_BYTES = 1_048_576
 PRODUCER_LINGER_SECONDS = 0.005
 PRODUCER_BUFFER_MESSAGES = 20_000
@@ -165,14 +170,7 @@ def create_app(settings: ProcessorSettings) -> faust.App:
         batch_within=worker.batch_within_s, after_batch=send_partials,
     )
 
-    @app.timer(LOST_CHECK_SECONDS, name="lost-messages")
-    async def restart_after_a_lost_message() -> None:
-        # every flush fails from then on, so no position passes the lost message; a new worker
-        # recovers the released positions and makes it again (the process exits non-zero)
-        if producer.lost is not None:
-            await app.crash(DeliveryError(f"a message was lost ({producer.lost}); exiting so that a restarted "
-                                          "worker makes it again from the last released positions"))
-            os.kill(os.getpid(), signal.SIGTERM)  # the crash marks the worker; the signal stops it
+    app.provline_watchdog = Watchdog(app, producer, rebalance_limit_s=worker.rebalance_limit_s)
 
     @app.on_before_shutdown.connect
     def _close_producer(app: faust.App, **_: object) -> None:
@@ -233,6 +231,79 @@ def readiness(*, rebalancing: bool, recovering: bool) -> str | None:
     if recovering:
         return "recovering: rebuilding the join and lineage tables from their changelogs"
     return None
+
+
+class StuckRebalanceError(RuntimeError):
+    """A rebalance outlasted ``rebalance_limit_s``; the worker exits so that it is restarted."""
+
+
+@dataclass
+class RebalanceWatch:
+    """How long the worker has been in its current rebalance, outside table recovery. Pure: the caller
+    passes Faust's state and the time. Faust can hang for good in a rebalance (stop 26: its revoke
+    waited for a commit that never ended); a rebalance that recovers tables may rightly take long."""
+
+    limit_s: float
+    # (rebalance number, when first seen outside recovery)
+    _started: tuple[int, float] | None = field(default=None, init=False)
+
+    def stuck(self, *, rebalancing: bool, recovering: bool, number: int, now: float) -> float | None:
+        """Seconds the current rebalance has lasted once that is more than the limit; None until then."""
+        if not rebalancing or recovering:
+            self._started = None
+            return None
+        if self._started is None or self._started[0] != number:
+            self._started = (number, now)
+        lasted = now - self._started[1]
+        return lasted if lasted > self.limit_s else None
+
+
+class Watchdog:
+    """Stops the worker (exit code 1) so that its supervisor starts a new one, when this one cannot go on:
+    a message was lost (every flush fails from then on, so no position passes it, and a new worker makes
+    it again from the released positions), or a rebalance outlasted ``rebalance_limit_s``.
+
+    A thread, not a Faust timer: Faust starts its timers only after the first table recovery, and a
+    worker can hang before that. The process ends EXIT_GRACE_SECONDS later even if Faust's shutdown hangs.
+    """
+
+    def __init__(self, app: faust.App, producer: BatchProducer, *, rebalance_limit_s: float) -> None:
+        self._app, self._producer = app, producer
+        self._rebalance = RebalanceWatch(limit_s=rebalance_limit_s)
+        self._thread = threading.Thread(target=self._watch, name="provline-watchdog", daemon=True)
+
+    def start(self) -> None:
+        """Call on the thread that runs the worker's event loop: Faust makes its loop-bound objects on first use."""
+        self._loop, self._recovery = self._app.loop, self._app.tables.recovery
+        self._thread.start()
+
+    def reason_to_exit(self, now: float) -> Exception | None:
+        if self._producer.lost is not None:
+            return DeliveryError(f"a message was lost ({self._producer.lost}); exiting so that a restarted worker "
+                                 "makes it again from the last released positions")
+        app = self._app
+        lasted = self._rebalance.stuck(rebalancing=bool(app.rebalancing),
+                                       recovering=bool(self._recovery.in_recovery),
+                                       number=app.rebalancing_count, now=now)
+        if lasted is not None:
+            return StuckRebalanceError(
+                f"rebalance {app.rebalancing_count} has lasted {lasted:.0f} s outside table recovery, more than "
+                f"PROVLINE_PROCESSORS__REBALANCE_LIMIT_S={self._rebalance.limit_s:g}; exiting so that a restarted "
+                "worker joins the group afresh from the last released positions")
+        return None
+
+    def _watch(self) -> None:
+        while (error := self.reason_to_exit(time.monotonic())) is None:
+            time.sleep(WATCHDOG_INTERVAL_SECONDS)
+        hard_exit = threading.Timer(EXIT_GRACE_SECONDS, os._exit, args=(1,))
+        hard_exit.daemon = True
+        hard_exit.start()
+        crashed = asyncio.run_coroutine_threadsafe(self._app.crash(error), self._loop)
+        try:  # the crash marks the worker (exit code 1); the signal then stops it
+            crashed.result(timeout=CRASH_TIMEOUT_SECONDS)
+        except Exception:  # noqa: BLE001 - whatever the loop did, the worker must stop
+            log.critical("%s (the event loop did not take the crash)", error)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def register_health_pages(app: faust.App) -> None:
@@ -305,4 +376,5 @@ def run_worker(settings: ProcessorSettings, *, loglevel: str = DEFAULT_LOGLEVEL)
     port = serve_metrics(app.provline_metrics, settings.processors.metrics_port)
     print(f"provline processors: Prometheus metrics listening on http://0.0.0.0:{port}/metrics", file=sys.stderr,
           flush=True)  # before the Faust worker sets up logging
+    app.provline_watchdog.start()
     faust.Worker(app, loglevel=loglevel).execute_from_commandline()

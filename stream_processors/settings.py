@@ -31,6 +31,7 @@ DEFAULT_BATCH_SIZE = 1000
 DEFAULT_BATCH_WITHIN_S = 0.05
 DEFAULT_DRIFT_WINDOW_S = 600.0
 DEFAULT_DRIFT_LATENESS_S = 90.0
+DEFAULT_REBALANCE_LIMIT_S = 300.0  # librdkafka's default delivery timeout: a flush in a revoke may take that long
 
 
 class WorkerSettings(Section):
@@ -63,6 +64,11 @@ class WorkerSettings(Section):
         DEFAULT_FEEDBACK_RETENTION_S, ge=0,
         description="how long a done prediction keeps its trace's fields so that a label arriving later yields a "
         "labelled revision (memory: docs/operations.md); 0: only for the dedup retention",
+    )
+    rebalance_limit_s: float = Field(
+        DEFAULT_REBALANCE_LIMIT_S, gt=0,
+        description="a worker in one rebalance for longer than this (table recovery not counted) exits with code 1 "
+        "so that its supervisor restarts it: Faust can hang in a rebalance for good",
     )
 
     @model_validator(mode="after")

@@ -4,6 +4,8 @@ compose health checks in deploy/ call them."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,7 @@ from tests.integration.test_processors_join import start_worker, wait_settled
 pytestmark = pytest.mark.integration
 
 DEADLINE_S = 90.0
+REBALANCE_LIMIT_S = 3
 
 
 def answer(port: int, path: str) -> tuple[int, dict[str, str]] | None:
@@ -81,3 +84,30 @@ def test_a_fresh_worker_holds_its_drift_partials_from_its_first_assignment(
         assert "Ignoring missing topic" not in worker.log_path.read_text()
     finally:
         worker.stop()
+
+
+def test_a_worker_stuck_in_a_rebalance_exits_so_that_it_is_restarted(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path,
+) -> None:
+    """A group member that stops answering holds a rebalance up to its session timeout (45 s): the
+    worker joining meanwhile is stuck in it, outside table recovery, as a worker whose Faust hangs
+    in a revoke is for good. With a 3 s limit the newcomer exits, code 1, saying why."""
+    silent = start_worker(kafka_bootstrap, topics, tmp_path / "silent", tmp_path / "silent.log")
+    newcomer = None
+    try:
+        wait_settled([silent], topics)
+        os.kill(silent.process.pid, signal.SIGSTOP)
+        newcomer = start_worker(kafka_bootstrap, topics, tmp_path / "newcomer", tmp_path / "newcomer.log",
+                                extra_env={"PROVLINE_PROCESSORS__REBALANCE_LIMIT_S": str(REBALANCE_LIMIT_S)})
+        deadline = time.monotonic() + DEADLINE_S
+        while newcomer.process.poll() is None:
+            assert time.monotonic() < deadline, "the worker stuck in a rebalance kept running"
+            time.sleep(0.2)  # polling interval
+        log = newcomer.log_path.read_text()
+        assert newcomer.process.returncode == 1, log[-3000:]
+        assert f"more than PROVLINE_PROCESSORS__REBALANCE_LIMIT_S={REBALANCE_LIMIT_S}" in log, log[-3000:]
+    finally:
+        os.kill(silent.process.pid, signal.SIGCONT)
+        silent.stop()
+        if newcomer is not None:
+            newcomer.stop()

@@ -111,3 +111,33 @@ def test_a_worker_is_ready_only_when_neither_rebalancing_nor_recovering() -> Non
     assert "rebalancing" in str(readiness(rebalancing=True, recovering=False))
     assert "recovering" in str(readiness(rebalancing=False, recovering=True))
 
+
+
+def test_a_rebalance_is_stuck_once_it_outlasts_the_limit_outside_recovery() -> None:
+    from provline.stream_processors.app import RebalanceWatch
+
+    watch = RebalanceWatch(limit_s=10)
+    assert watch.stuck(rebalancing=True, recovering=False, number=1, now=100.0) is None
+    assert watch.stuck(rebalancing=True, recovering=False, number=1, now=110.0) is None  # at the limit: not yet
+    assert watch.stuck(rebalancing=True, recovering=False, number=1, now=111.5) == 11.5
+
+
+def test_table_recovery_and_a_new_rebalance_start_the_clock_again() -> None:
+    from provline.stream_processors.app import RebalanceWatch
+
+    watch = RebalanceWatch(limit_s=10)
+    watch.stuck(rebalancing=True, recovering=False, number=1, now=0.0)
+    assert watch.stuck(rebalancing=True, recovering=True, number=1, now=50.0) is None  # recovering may take long
+    assert watch.stuck(rebalancing=True, recovering=False, number=1, now=55.0) is None
+    assert watch.stuck(rebalancing=True, recovering=False, number=2, now=64.0) is None  # another rebalance began
+    assert watch.stuck(rebalancing=True, recovering=False, number=2, now=74.5) == 10.5
+    assert watch.stuck(rebalancing=False, recovering=False, number=2, now=80.0) is None
+    assert watch.stuck(rebalancing=True, recovering=False, number=2, now=85.0) is None  # ended, so counted afresh
+
+
+def test_the_rebalance_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ProcessorSettings().processors.rebalance_limit_s == 300
+    monkeypatch.setenv("PROVLINE_PROCESSORS__REBALANCE_LIMIT_S", "45")
+    assert load_settings(ProcessorSettings).processors.rebalance_limit_s == 45
+    with pytest.raises(ValidationError, match="rebalance_limit_s"):
+        ProcessorSettings(processors={"rebalance_limit_s": 0})
