@@ -25,6 +25,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from faust.auth import Credentials
+from faust.tables.recovery import Recovery
 from faust.web import Request, Response, View
 
 from provline.config import ConfigError, KafkaSettings, SigningSettings
@@ -271,6 +272,8 @@ class Watchdog:
         self._app, self._producer = app, producer
         self._rebalance = RebalanceWatch(limit_s=rebalance_limit_s)
         self._thread = threading.Thread(target=self._watch, name="provline-watchdog", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None  # both taken by start(), on the loop's thread
+        self._recovery: Recovery | None = None
 
     def start(self) -> None:
         """Call on the thread that runs the worker's event loop: Faust makes its loop-bound objects on first use."""
@@ -283,7 +286,7 @@ class Watchdog:
                                  "makes it again from the last released positions")
         app = self._app
         lasted = self._rebalance.stuck(rebalancing=bool(app.rebalancing),
-                                       recovering=bool(self._recovery.in_recovery),
+                                       recovering=bool(self._recovery is not None and self._recovery.in_recovery),
                                        number=app.rebalancing_count, now=now)
         if lasted is not None:
             return StuckRebalanceError(
@@ -298,6 +301,7 @@ class Watchdog:
         hard_exit = threading.Timer(EXIT_GRACE_SECONDS, os._exit, args=(1,))
         hard_exit.daemon = True
         hard_exit.start()
+        assert self._loop is not None, "the watch thread runs only after start() took the loop"
         crashed = asyncio.run_coroutine_threadsafe(self._app.crash(error), self._loop)
         try:  # the crash marks the worker (exit code 1); the signal then stops it
             crashed.result(timeout=CRASH_TIMEOUT_SECONDS)
