@@ -16,6 +16,10 @@ finds missing in its producer's chain can be matched with it:
 
     provline-event-id         the refused event's id
     provline-event-hash       its hash (what the next event of its session links to)
+    provline-event-session    its producer session
+
+The sink stores every dead letter it reads from the topic (``dead_letters``, sink/sql/0013), so that
+the gap such an event leaves in its chain is named dead-lettered, with its reason, not deleted.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ SOURCE_PARTITION = "provline-source-partition"
 SOURCE_OFFSET = "provline-source-offset"
 EVENT_ID = "provline-event-id"
 EVENT_HASH = "provline-event-hash"
+EVENT_SESSION = "provline-event-session"
 
 Headers = list[tuple[str, str | bytes | None]]
 

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from provline.sink.dead_letters import TABLE as DEAD_LETTERS_TABLE
 from provline.sink.errors import (
     ReadOnlySqlError,
     SqlBusyError,
@@ -89,7 +90,8 @@ def default_user(role: str) -> str:
 
 def audit_tables() -> list[str]:
     """Every table the migrations create that holds audit data, sorted. Pure."""
-    return sorted({spec.table for spec in TABLES.values()} | set(DERIVED) | {LEDGER_TABLE, "access_log"})
+    return sorted({spec.table for spec in TABLES.values()} | set(DERIVED)
+                  | {LEDGER_TABLE, DEAD_LETTERS_TABLE, "access_log"})
 
 
 def readable_tables(role: str, tables: Iterable[str]) -> frozenset[str]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -30,6 +31,9 @@ from provline.schemas import Catalog, InvalidEventError, SchemaError, Topics, de
 from provline.schemas.dead_letters import Headers, dead_letter_headers
 from provline.schemas.frames import events_in
 from provline.sink import metrics
+from provline.sink.dead_letters import COLUMNS as DEAD_LETTER_COLUMNS
+from provline.sink.dead_letters import TABLE as DEAD_LETTERS_TABLE
+from provline.sink.dead_letters import MessageHeaders, dead_letter_row
 from provline.sink.errors import DeadLetterError
 from provline.sink.ingest import (
     DERIVED,
@@ -64,6 +68,7 @@ class MessageLike(Protocol):
     def offset(self) -> int | None: ...
     def key(self) -> bytes | None: ...
     def value(self) -> bytes | None: ...
+    def headers(self) -> MessageHeaders: ...
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class FramedEvent:
     def value(self) -> bytes | None:
         return self.event
 
+    def headers(self) -> MessageHeaders:
+        return self.message.headers()
+
 
 @dataclass
 class TableBatch:
@@ -135,6 +143,8 @@ class BatchPlan:
     # lineage_edges rows stated by lineage events (sink/lineage.py), each with its message's position
     edges: list[tuple[tuple[Any, ...], Position]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # the dead-letter topic's messages, as dead_letters rows (sink.dead_letters), each with its position
+    dead_letter_rows: list[tuple[tuple[Any, ...], Position]] = field(default_factory=list)
 
     def without(self, positions: set[Position]) -> BatchPlan:
         """This plan minus the messages at ``positions`` (and the edges they state)."""
@@ -142,6 +152,7 @@ class BatchPlan:
             events={table: batch.without(positions) for table, batch in self.events.items()},
             edges=[(row, position) for row, position in self.edges if position not in positions],
             dead_letters=self.dead_letters,
+            dead_letter_rows=[(row, position) for row, position in self.dead_letter_rows if position not in positions],
         )
 
 
@@ -174,8 +185,10 @@ def _dead_letter(message: MessageLike, exc: Exception) -> DeadLetter:
     return DeadLetter(_origin(message), message.key(), type(exc).__name__, str(exc))
 
 
-def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
+def plan_batch(messages: Iterable[MessageLike], catalog: Catalog, *, dead_letter_topic: str | None = None,
+               now: datetime | None = None) -> BatchPlan:
     """Frame every message into its kind's ingest container; lineage events are decoded for their edges.
+    Messages of ``dead_letter_topic`` become ``dead_letters`` rows (stored ``now``), never dead letters.
 
     The hot path reads only the wire-format header: ClickHouse decodes the body. A message in an
     older writer schema is decoded and re-encoded in the current one (the ``raw`` column keeps
@@ -183,8 +196,12 @@ def plan_batch(messages: Iterable[MessageLike], catalog: Catalog) -> BatchPlan:
     that do not decode are found when their insert fails (:func:`validate`). Pure.
     """
     plan = BatchPlan()
+    stored = now or datetime.now(UTC)
     for message in messages:
         position = (message.topic() or "", message.partition() or 0, message.offset() or 0)
+        if dead_letter_topic is not None and message.topic() == dead_letter_topic:
+            plan.dead_letter_rows.append((dead_letter_row(message, catalog, stored), position))
+            continue
         try:
             raws = events_in(catalog, message.value())
         except (SchemaError, ValueError) as exc:
@@ -291,7 +308,7 @@ def first_offsets(messages: Iterable[MessageLike]) -> dict[tuple[str, int], int]
 
 
 def source_topics(topics: Topics) -> list[str]:
-    return [topics.lineage, topics.inference, topics.traces, topics.drift]
+    return [topics.lineage, topics.inference, topics.traces, topics.drift, topics.dlq]
 
 
 def consumer_config(settings: ServeSettings) -> dict[str, Any]:
@@ -370,6 +387,12 @@ def insert_plan(
                 settings={"insert_deduplication_token": dedup_token("lineage_edges", [p for _, p in plan.edges])},
             )
         metrics.ROWS_WRITTEN.labels(table="lineage_edges").inc(len(rows))
+    if plan.dead_letter_rows:
+        rows = [row for row, _ in plan.dead_letter_rows]
+        with metrics.INSERT_SECONDS.labels(table=DEAD_LETTERS_TABLE).time():
+            client.insert(DEAD_LETTERS_TABLE, rows, column_names=list(DEAD_LETTER_COLUMNS), settings={
+                "insert_deduplication_token": dedup_token(DEAD_LETTERS_TABLE, [p for _, p in plan.dead_letter_rows])})
+        metrics.ROWS_WRITTEN.labels(table=DEAD_LETTERS_TABLE).inc(len(rows))
     for batch in plan.events.values():
         _ = batch.container  # framed here, before the threads: framing inside them measured no faster (GIL)
     clients = [client, *more_clients]
@@ -436,7 +459,8 @@ class _Inserting:
 
 
 class SinkWriter:
-    """Consumes the lineage, inference, traces and drift topics into ClickHouse, each event once.
+    """Consumes the lineage, inference, traces and drift topics into ClickHouse, each event once, and the
+    dead-letter topic into ``dead_letters`` (sink.dead_letters).
 
     Before a batch is inserted its partitions' committed offsets are re-committed unchanged with
     "in flight up to offset E" metadata; after the inserts the new offsets are committed without
@@ -628,7 +652,7 @@ class SinkWriter:
 
     def _start(self, messages: Sequence[MessageLike]) -> _Inserting:
         """:meth:`process_batch` up to the inserts, which it leaves running on the writer's thread."""
-        plan = plan_batch(messages, self._catalog)
+        plan = plan_batch(messages, self._catalog, dead_letter_topic=self._topics.dlq)
         self._send_dead_letters(plan.dead_letters)
         start, end = first_offsets(messages), next_offsets(messages)
         if start:

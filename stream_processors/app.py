@@ -30,7 +30,7 @@ from faust.web import Request, Response, View
 
 from provline.config import ConfigError, KafkaSettings, SigningSettings
 from provline.kafka import check_connection
-from provline.schemas.dead_letters import EVENT_HASH, EVENT_ID, Headers
+from provline.schemas.dead_letters import EVENT_HASH, EVENT_ID, EVENT_SESSION, Headers
 from provline.schemas.errors import SchemaError
 from provline.schemas.events import Topics
 from provline.schemas.integrity import load_private_key
@@ -208,7 +208,8 @@ def refused_event_headers(catalog: Catalog, value: bytes | None) -> Headers:
         event = catalog.decode(value or b"").value
     except SchemaError:
         return []
-    return [(EVENT_ID, str(event["event_id"]).encode()), (EVENT_HASH, str(event.get("hash") or "").encode())]
+    return [(EVENT_ID, str(event["event_id"]).encode()), (EVENT_HASH, str(event.get("hash") or "").encode()),
+            (EVENT_SESSION, str(event["producer"]["session_id"]).encode())]
 
 
 def create_internal_topics(settings: ProcessorSettings) -> None:

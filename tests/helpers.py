@@ -117,10 +117,12 @@ def seal(chain: HashChain, kind: str, value: dict[str, Any]) -> dict[str, Any]:
 class StoredMessage:
     """A Kafka message held outside a consumer (a replay, a test), with the accessors the sink reads."""
 
-    __slots__ = ("_key", "_offset", "_partition", "_topic", "_value")
+    __slots__ = ("_headers", "_key", "_offset", "_partition", "_topic", "_value")
 
-    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = b"") -> None:
+    def __init__(self, topic: str, partition: int, offset: int, value: bytes | None, key: bytes | None = b"",
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
         self._topic, self._partition, self._offset, self._value, self._key = topic, partition, offset, value, key
+        self._headers = headers
 
     def topic(self) -> str:
         return self._topic
@@ -136,6 +138,9 @@ class StoredMessage:
 
     def value(self) -> bytes | None:
         return self._value
+
+    def headers(self) -> list[tuple[str, str | bytes | None]] | None:
+        return self._headers
 
 
 def wait_until(condition: Any, what: str, timeout: float, *, interval: float = 0.05) -> Any:

@@ -3,6 +3,7 @@ CREATE USER IF NOT EXISTS provline_sql_auditor IDENTIFIED WITH sha256_password B
 ALTER USER provline_sql_auditor SETTINGS PROFILE 'provline_sql';
 REVOKE ALL ON *.* FROM provline_sql_auditor;
 GRANT SELECT ON provline.dataset_versions TO provline_sql_auditor;
+GRANT SELECT ON provline.dead_letters TO provline_sql_auditor;
 GRANT SELECT ON provline.decisions TO provline_sql_auditor;
 GRANT SELECT ON provline.delivery_gaps TO provline_sql_auditor;
 GRANT SELECT ON provline.deployments TO provline_sql_auditor;
@@ -24,6 +25,7 @@ ALTER USER provline_sql_admin SETTINGS PROFILE 'provline_sql';
 REVOKE ALL ON *.* FROM provline_sql_admin;
 GRANT SELECT ON provline.access_log TO provline_sql_admin;
 GRANT SELECT ON provline.dataset_versions TO provline_sql_admin;
+GRANT SELECT ON provline.dead_letters TO provline_sql_admin;
 GRANT SELECT ON provline.decisions TO provline_sql_admin;
 GRANT SELECT ON provline.delivery_gaps TO provline_sql_admin;
 GRANT SELECT ON provline.deployments TO provline_sql_admin;
