@@ -9,7 +9,8 @@ what the node says is what was signed. A record that fails a check is shown, nev
 - ``hash_chain``: the bytes decode and hash to the hash they claim; the row's envelope columns are the
   event's; the ledger recorded the id with this hash and these contents only (a payload column changed
   after insert, or an id re-published with other contents, fails); and the event it links to
-  (``prev_hash``) is recorded in its session, or it starts its chain.
+  (``prev_hash``) is recorded in its session, or was dead-lettered and never stored (the detail names
+  the dead letter; ``provline verify`` lists the gap), or it starts its chain.
 - ``signature``: signed by a key trusted for its producer (``PROVLINE_EVIDENCE__TRUSTED_KEYS``); None
   when no keys are configured.
 - ``anchor``: always None here: anchors are published outside the store, and ``provline verify
@@ -121,18 +122,22 @@ def check_row(catalog: Catalog, trust: Trust, row: Mapping[str, Any]) -> Checked
     )
 
 
-def finish_record(checked: Checked, trust: Trust, ledger: Sequence[LedgerEntry], link_recorded: bool) -> Record:
+def finish_record(checked: Checked, trust: Trust, ledger: Sequence[LedgerEntry], link_recorded: bool,
+                  dead_letter: str | None = None) -> Record:
     """The record with its whole verification: its bytes' checks, and what the ledger says of it
     (``ledger``: its id's ledger rows; ``link_recorded``: the event its prev_hash names is recorded in its
-    session)."""
+    session; else ``dead_letter``: how the dead letter that held that event, never stored, names itself).
+    A dead-lettered predecessor is not this record's problem: ``provline verify`` lists the gap."""
     chain_problems = list(checked.chain_problems) + ledger_problems(checked.hash, checked.payload_digest, ledger)
-    if checked.prev_hash and not link_recorded:
+    if checked.prev_hash and not link_recorded and dead_letter is None:
         chain_problems.append(f"the event before it in its chain ({checked.prev_hash[:16]}…) is not recorded in "
                               "its session: it was deleted or this one was inserted")
     details = chain_problems + list(checked.signature_problems)
     if not chain_problems:
-        details.insert(0, "bytes hash to their hash; ledgered as stored; "
-                          + ("linked to its predecessor" if checked.prev_hash else "starts its chain"))
+        link = ("starts its chain" if not checked.prev_hash else "linked to its predecessor" if link_recorded
+                else f"linked to a predecessor ({checked.prev_hash[:16]}…) that was dead-lettered, never stored: "
+                     f"{dead_letter}")
+        details.insert(0, f"bytes hash to their hash; ledgered as stored; {link}")
     if trust.enabled:
         signature: bool | None = not checked.signature_problems
         if not checked.signature_problems:

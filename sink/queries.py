@@ -19,6 +19,7 @@ from clickhouse_connect.driver.client import Client
 from provline.schemas import Catalog
 from provline.sink.anchor import AnchorHead
 from provline.sink.chain import Checked, LedgerEntry, Record, anchored, build_chain, check_row, finish_record
+from provline.sink.dead_letters import Link, gaps
 from provline.sink.ingest import CONTENT_OF_PAYLOAD
 from provline.sink.lineage import model_node, parse_node
 from provline.sink.rows import TABLES, to_jsonable
@@ -375,7 +376,7 @@ def verified_registry_records(client: Client, parameters: dict[str, Any], catalo
                               trust: Trust) -> list[Record]:
     """Steps 2 and 3 for the registry records: read and checked against their bytes, then the ledger."""
     checked = registry_records(client, parameters, catalog, trust)
-    return finished(checked, trust, chain_ledger(client, checked)) if checked else []
+    return finished(client, checked, trust, chain_ledger(client, checked)) if checked else []
 
 
 def registry_parameters(trace_value: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -444,9 +445,26 @@ def chain_ledger(client: Client, records: Sequence[Checked], *, parts: bool = Fa
     return LedgerAnswer(entries, recorded, tuple(sorted(found_parts)))
 
 
-def finished(checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> list[Record]:
-    return [finish_record(r, trust, ledger.entries.get(r.event_id, []), (r.session, r.prev_hash or "") in
-                          ledger.recorded) for r in checked]
+def dead_lettered(client: Client, links: Iterable[Link]) -> dict[Link, str]:
+    """Of the (session, hash) ``links``, those whose event was dead-lettered and never stored, with how its dead
+    letter names itself (:func:`provline.sink.dead_letters.gaps`). One query (``dead_lettered.sql``)."""
+    links = sorted(set(links))
+    if not links:
+        return {}
+    result = client.query(chain_sql("dead_lettered.sql"), parameters={
+        "hashes": sorted({event_hash for _, event_hash in links}), "links": links}, settings=TRACE_SETTINGS)
+    return gaps(links, result.result_rows)
+
+
+def finished(client: Client, checked: Sequence[Checked], trust: Trust, ledger: LedgerAnswer) -> list[Record]:
+    """Step 3 done: each record with what the ledger says of it; a link the ledger lacks is looked up in the
+    dead letters (a query only then)."""
+    unrecorded = {(r.session, r.prev_hash) for r in checked if r.prev_hash and (r.session, r.prev_hash)
+                  not in ledger.recorded}
+    letters = dead_lettered(client, unrecorded)
+    return [finish_record(r, trust, ledger.entries.get(r.event_id, []),
+                          (r.session, r.prev_hash or "") in ledger.recorded,
+                          letters.get((r.session, r.prev_hash or ""))) for r in checked]
 
 
 def with_anchors(client: Client, records: list[Record], heads: Mapping[str, AnchorHead],
@@ -504,7 +522,7 @@ def complete_trace(
             behind, parameters["model_name"], parameters["model_version"]))
     if found is None:
         return None
-    records = finished(own, trust, ledger) + behind
+    records = finished(client, own, trust, ledger) + behind
     if anchor_heads is not None:
         records = with_anchors(client, records, heads, looked_up, ledger.recorded)
     found["chain"] = build_chain(prediction_id, records, payloads=payloads)

@@ -32,7 +32,7 @@ from provline.sink.ingest import (
     ingest_format,
 )
 from provline.sink.lineage import LINEAGE_KINDS, edges_for
-from provline.sink.queries import stored_events_sql
+from provline.sink.queries import dead_lettered, stored_events_sql
 from provline.sink.rows import TABLES, utc
 from provline.sink.verify import (
     AnchoredSession,
@@ -125,7 +125,8 @@ def verify_session(client: Client, catalog: Catalog, trust: Trust, session: str,
         progress("events", len(page))
     links = session_links(client, session, copies)
     seals = session_seals(client, session)
-    report.findings += link_findings(session, links, seals)
+    never_stored = dead_lettered(client, [(session, prev_hash) for _, prev_hash in links.dangling])
+    report.findings += link_findings(session, links, seals, {h: letter for (_, h), letter in never_stored.items()})
     if seals.final_hash is None:
         report.unsealed.append(session)
     if len(links.heads) == 1:

@@ -30,6 +30,7 @@ from provline.schemas.integrity import SigningKeyError, body_digest, load_public
 ALTERED = "altered"  # the stored bytes do not decode, or do not hash to their hash
 COLUMNS = "columns"  # a stored column disagrees with the event it was made from
 MISSING = "missing"  # an event links to one the session does not have
+DEAD_LETTERED = "dead-lettered"  # ... which was never stored: a stored dead letter held it (sink/sql/0013)
 FORK = "fork"  # two events link to the same one: an event was inserted or replaced
 START = "start"  # the session's chain has no start, or more than one
 AFTER_FINAL = "after-final"  # events follow the session's final seal
@@ -153,8 +154,12 @@ class Seals:
     after_final: list[str] = field(default_factory=list)  # event ids linking to the final seal
 
 
-def link_findings(session: str, links: Links, seals: Seals) -> list[Finding]:
-    """Problems of one session's chain; an intact chain has one start and one head, and no gaps or forks."""
+def link_findings(session: str, links: Links, seals: Seals, dead_lettered: Mapping[str, str] | None = None,
+                  ) -> list[Finding]:
+    """Problems of one session's chain; an intact chain has one start and one head, and no gaps or forks.
+    ``dead_lettered``: of the hashes events link to that the session lacks, those a stored dead letter held
+    (and the ledger never recorded stored), with how the dead letter names itself: gaps, not deletions."""
+    dead_lettered = dead_lettered or {}
     findings = []
     if not links.roots:
         findings.append(Finding(START, "no stored event starts the chain (prev_hash null): its first events are "
@@ -162,17 +167,22 @@ def link_findings(session: str, links: Links, seals: Seals) -> list[Finding]:
     elif len(links.roots) > 1:
         findings += [Finding(START, f"{len(links.roots)} events start a chain under one session id: events of "
                                     "another chain were added", session, event_id) for event_id in links.roots]
-    findings += [Finding(MISSING, f"links to {prev_hash[:16]}…, which no stored event of the session has: the "
+    findings += [Finding(DEAD_LETTERED, f"links to {prev_hash[:16]}…, which was never stored: the event before this "
+                                        f"one was dead-lettered, {dead_lettered[prev_hash]}", session, event_id)
+                 if prev_hash in dead_lettered else
+                 Finding(MISSING, f"links to {prev_hash[:16]}…, which no stored event of the session has: the "
                                   "event before this one is missing (deleted, or expired by a retention TTL)",
                          session, event_id) for event_id, prev_hash in links.dangling]
     findings += [Finding(FORK, f"{len(events)} events link to the same predecessor {prev_hash[:16]}…: an event was "
                                "inserted or replaced", session, events[0]) for prev_hash, events in links.forks]
     findings += [Finding(AFTER_FINAL, "links to the session's final seal: nothing can follow it, this was added",
                          session, event_id) for event_id in seals.after_final]
-    if seals.sealed_count is not None and links.events < seals.sealed_count + 1:
+    gaps = len({prev_hash for _, prev_hash in links.dangling} & dead_lettered.keys())
+    if seals.sealed_count is not None and links.events + gaps < seals.sealed_count + 1:
+        never_stored = f" and {gaps} dead-lettered" if gaps else ""
         findings.append(Finding(TRUNCATED, f"the session's seals vouch for {seals.sealed_count + 1} events (the last "
-                                           f"seal included) but {links.events} are stored: events were deleted",
-                                session))
+                                           f"seal included) but {links.events} are stored{never_stored}: events were "
+                                           "deleted", session))
     return findings
 
 

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clickhouse_connect.driver.client import Client
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from provline.schemas import Topics, default_catalog
+from provline.sink.queries import complete_trace
+from provline.sink.verifier import verify_store
+from provline.sink.verify import DEAD_LETTERED, MISSING, Trust
 from tests.integration.test_processors_join import (
     Events,
     outputs,
@@ -28,6 +32,7 @@ from tests.integration.test_processors_join import (
     start_worker,
     wait_settled,
 )
+from tests.integration.test_sink_store import run_writer_until, sink_settings
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +124,10 @@ def test_a_worker_whose_trace_was_lost_exits_and_its_successor_makes_every_trace
 
 
 def test_a_trace_the_broker_refuses_for_its_size_becomes_a_dead_letter_and_the_rest_go_out(
-    kafka_bootstrap: str, topics: Topics, tmp_path: Path,
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, store: Client, chdb_path: str,
 ) -> None:
+    """... and the sink stores the dead letter, so that verify names the trace's place in its worker's chain
+    dead-lettered (TooLarge), not deleted."""
     set_topic_config(kafka_bootstrap, topics.traces, "max.message.bytes", "4000")
     worker = start_worker(kafka_bootstrap, topics, tmp_path / "processors", tmp_path / "worker.log")
     try:
@@ -147,3 +154,27 @@ def test_a_trace_the_broker_refuses_for_its_size_becomes_a_dead_letter_and_the_r
         worker.check_alive()
     finally:
         worker.stop()
+
+    def stored() -> bool:
+        letters = store.query("SELECT count() FROM dead_letters").result_rows[0][0]
+        traces = store.query("SELECT uniqExact(prediction_id) FROM prediction_traces").result_rows[0][0]
+        return bool(letters >= 1 and traces >= len(small))
+
+    run_writer_until(sink_settings(kafka_bootstrap, topics, chdb_path), stored, "the dead letter and the traces stored")
+    [(session, event_hash, reason)] = store.query(
+        "SELECT producer_session, hash, reason FROM dead_letters FINAL").result_rows
+    assert (session, event_hash, reason) == (headers["provline-event-session"].decode(),
+                                             headers["provline-event-hash"].decode(), "TooLarge")
+    report = verify_store(store, default_catalog(), Trust(), sessions=[session])
+    gaps = [f for f in report.findings if f.problem in (DEAD_LETTERED, MISSING)]
+    assert [f.problem for f in gaps] == [DEAD_LETTERED], report.findings
+    assert event_hash[:16] in gaps[0].detail and "TooLarge" in gaps[0].detail and "max.message.bytes" in gaps[0].detail
+    # the trace after the gap is verified: its predecessor was never stored, and the detail says so
+    [(after,)] = store.query("SELECT prediction_id FROM prediction_traces WHERE prev_hash = {h:String}",
+                             parameters={"h": event_hash}).result_rows
+    found = complete_trace(store, after, catalog=default_catalog(), trust=Trust())
+    assert found is not None
+    [prediction] = [n for n in found["chain"]["nodes"] if n["kind"] == "prediction"]
+    assert prediction["verification"]["status"] == "verified", prediction["verification"]
+    assert f"linked to a predecessor ({event_hash[:16]}…) that was dead-lettered, never stored: TooLarge" in (
+        prediction["verification"]["detail"])

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
 from provline.schemas import default_catalog, new_envelope, producer_identity
+from provline.schemas.dead_letters import ERROR, EVENT_HASH, EVENT_ID, EVENT_SESSION, REASON, SOURCE_TOPIC
 from provline.schemas.integrity import HashChain
 from provline.sink import queries
 from provline.sink.api import create_api
@@ -218,6 +219,46 @@ def test_verify_names_the_record_after_a_deleted_event(seeded: tuple[Client, Ses
         ("missing", deleted["event_id"], "dataset_versions"),  # the ledger saw it stored
         ("missing", job.events[3][1]["event_id"], ""),  # the next event links to it
     ])
+    # A dead letter forged for the deleted event (anyone who can produce to the dead-letter topic) does not
+    # excuse the gap: the ledger recorded the event stored.
+    store_dead_letter(client, default_catalog().encode("DatasetVersion", deleted), {REASON: "TooLarge"})
+    assert client.query("SELECT count() FROM dead_letters").result_rows == [(1,)]
+    assert session_findings(client, job) == sorted([
+        ("missing", deleted["event_id"], "dataset_versions"), ("missing", job.events[3][1]["event_id"], ""),
+    ])
+
+
+def store_dead_letter(client: Client, value: bytes | None, headers: dict[str, str]) -> None:
+    """One message of the dead-letter topic, stored as the sink's writer stores it."""
+    named = [(name, text.encode()) for name, text in headers.items()]
+    catalog = default_catalog()
+    plan = plan_batch([StoredMessage("dlq", 0, 0, value, headers=named)], catalog, dead_letter_topic="dlq")
+    assert insert_plan(client, plan, catalog) == []
+
+
+def test_verify_names_the_place_of_an_event_that_was_dead_lettered_not_stored(chdb_path: str) -> None:
+    job, _ = seed()
+    never_stored = job.events[2][1]
+    job.events = [event for event in job.events if event[1] is not never_stored]
+    client = open_store(chdb_path)
+    try:
+        migrate(client)
+        store_sessions(client, job)
+        assert session_findings(client, job) == [("missing", job.events[2][1]["event_id"], "")]
+        store_dead_letter(client, None, {
+            REASON: "TooLarge", ERROR: "larger than max.message.bytes", EVENT_ID: never_stored["event_id"],
+            EVENT_HASH: never_stored["hash"], EVENT_SESSION: job.producer["session_id"],
+            SOURCE_TOPIC: "provline.lineage.v1"})
+        [finding] = verify_store(client, default_catalog(), Trust(), sessions=[job.producer["session_id"]]).findings
+        assert (finding.problem, finding.event_id) == ("dead-lettered", job.events[2][1]["event_id"])
+        assert never_stored["hash"][:16] in finding.detail
+        assert "TooLarge: larger than max.message.bytes" in finding.detail
+        # a dead letter of another session does not name this one's gap
+        client.command("TRUNCATE TABLE dead_letters")
+        store_dead_letter(client, None, {REASON: "TooLarge", EVENT_HASH: never_stored["hash"], EVENT_SESSION: "other"})
+        assert session_findings(client, job) == [("missing", job.events[2][1]["event_id"], "")]
+    finally:
+        client.close()
 
 
 def test_verify_names_a_swapped_pair(seeded: tuple[Client, Session, Session]) -> None:

@@ -163,6 +163,10 @@ def test_a_record_verifies_only_when_bytes_ledger_and_link_hold() -> None:
     assert (ok["status"], ok["hash_chain"], ok["signature"], ok["anchor"]) == ("verified", True, True, None)
     unlinked = finish_record(checked(), SIGNED, ledger, link_recorded=False).verification
     assert unlinked["status"] == "not_verified" and "not recorded" in unlinked["detail"]
+    dead_lettered = finish_record(checked(), SIGNED, ledger, False, "TooLarge: big (made for traces)").verification
+    assert dead_lettered["status"] == "verified" and "not recorded" not in dead_lettered["detail"]
+    assert "linked to a predecessor (h0…) that was dead-lettered, never stored: TooLarge: big" in (
+        dead_lettered["detail"])
     start = finish_record(checked(prev_hash=None), SIGNED, ledger, link_recorded=False).verification
     assert start["status"] == "verified" and "starts its chain" in start["detail"]
     altered = finish_record(checked(chain_problems=("the bytes hash to x",)), SIGNED, ledger, True).verification
